@@ -1,0 +1,281 @@
+"""The bridge: source → intake → spool → delivery, supervised by one TaskGroup.
+
+Lifecycle: start spool (locked), sender, status server, MQTT source and the loops. On stop:
+stop accepting messages → commit and acknowledge what was received → disconnect from the broker
+keeping the session → deliver what waits, up to the stop timeout → close in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from bridge.delivery import Delivery
+from bridge.errors import SpoolError
+from bridge.intake import Intake, Pending
+from bridge.logs import LogThrottle
+from bridge.mapping import Mapper, Rule
+from bridge.metrics import BridgeMetrics
+from bridge.sender import Sender
+from bridge.settings import Settings
+from bridge.source import MqttSource
+from bridge.spool import AsyncSpool, CommitResult, Spool, SpoolFull
+from bridge.status import StatusServer
+
+log = logging.getLogger(__name__)
+_SESSION_KEY = "mqtt_session"
+
+
+class Bridge:
+    """One running bridge. ``await bridge.run()`` until :meth:`stop` is called."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: list[Rule],
+        token: Callable[[], str],
+        *,
+        mqtt_password: str | None = None,
+        metrics: BridgeMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or BridgeMetrics()
+        self.mapper = Mapper(
+            rules,
+            max_payload_bytes=settings.mqtt.max_payload_bytes,
+            max_future_s=settings.mapping.max_future_s,
+        )
+        self.intake = Intake(self.mapper, self.metrics)
+        self.spool = Spool(
+            settings.spool.path,
+            max_bytes=settings.spool.max_bytes,
+            synchronous=settings.spool.synchronous,
+        )
+        self._token = token
+        self._password = mqtt_password
+        self._stop = asyncio.Event()
+        self._space = asyncio.Event()
+        self._throttle = LogThrottle(30.0)
+        self.source: MqttSource | None = None
+        self.delivery: Delivery | None = None
+        self.status: StatusServer | None = None
+        self._had_session = False
+        self._session_tag = f"{settings.mqtt.client_id}@{settings.mqtt.host}:{settings.mqtt.port}"
+        self._started = asyncio.Event()
+        self._aspool: AsyncSpool | None = None
+
+    def stop(self) -> None:
+        """Ask the bridge to shut down gracefully."""
+        self._stop.set()
+
+    async def started(self) -> None:
+        """Wait until every component is up (for tests and the demo)."""
+        await self._started.wait()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; raise on a fatal error (spool write failure, bug)."""
+        s = self.settings
+        async with AsyncSpool(self.spool) as aspool, Sender(
+            s.api.base_url,
+            self._token,
+            body=s.api.body,
+            connect_timeout_s=s.api.connect_timeout_s,
+            read_timeout_s=s.api.read_timeout_s,
+            total_timeout_s=s.api.total_timeout_s,
+            ca_file=s.api.ca_file,
+        ) as sender:
+            self._aspool = aspool
+            self._bind_spool_metrics()
+            self._had_session = await aspool.run(self.spool.meta_get, _SESSION_KEY) == (
+                self._session_tag
+            )
+            if self.spool.depth_points:
+                log.info(
+                    "spool holds %d point(s) from before; delivering them first",
+                    self.spool.depth_points,
+                )
+            self.delivery = Delivery(
+                aspool,
+                sender,
+                self.metrics,
+                max_points=s.batch.max_points,
+                linger_s=s.batch.linger_s,
+                concurrency=s.api.concurrency,
+                requests_per_minute=s.api.requests_per_minute,
+                retry_min_s=s.api.retry_min_s,
+                retry_max_s=s.api.retry_max_s,
+                single_object=s.api.body == "object",
+                on_space_freed=self._space.set,
+            )
+            self.source = MqttSource(
+                s.mqtt,
+                self.mapper.subscriptions,
+                self.intake.receive,
+                password=self._password,
+                on_connected=self._on_connected,
+                on_disconnected=lambda: self.metrics.mqtt_connected.set(0),
+            )
+            async with contextlib.AsyncExitStack() as stack:
+                if s.http.enabled:
+                    self.status = await stack.enter_async_context(
+                        StatusServer(self.metrics.registry, self.problems, s.http.host, s.http.port)
+                    )
+                await self._supervise(aspool)
+
+    async def _supervise(self, aspool: AsyncSpool) -> None:
+        assert self.source is not None and self.delivery is not None
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            source = tg.create_task(self.source.run(), name="bridge.source")
+            commit = tg.create_task(self._commit_loop(aspool), name="bridge.intake.commit")
+            deliver = tg.create_task(self.delivery.run(), name="bridge.delivery")
+            self._started.set()
+            await self._stop.wait()
+            await self._shutdown(source, commit, deliver)
+
+    async def _shutdown(
+        self, source: asyncio.Task[None], commit: asyncio.Task[None], deliver: asyncio.Task[None]
+    ) -> None:
+        assert self.source is not None and self.delivery is not None
+        deadline = time.monotonic() + self.settings.stop_timeout_s
+        log.info("stopping: committing received messages, then delivering what waits")
+        self.intake.accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                while len(self.intake):
+                    await asyncio.sleep(0.01)
+        await self.source.stop()
+        source.cancel()
+        self.delivery.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                while not self.delivery.idle:
+                    await asyncio.sleep(0.02)
+        if not self.delivery.idle:
+            log.warning(
+                "stop timeout reached; %d point(s) stay in the spool for the next start",
+                self.spool.depth_points,
+            )
+        commit.cancel()
+        deliver.cancel()
+
+    # -- commit loop --------------------------------------------------------------------
+
+    async def _commit_loop(self, aspool: AsyncSpool) -> None:
+        assert self.source is not None and self.delivery is not None
+        limit = self.settings.spool.commit_max_messages
+        full_since: float | None = None
+        while True:
+            await self.intake.wait()
+            batch = self.intake.take(limit)
+            records = [r for p in batch for r in p.records]
+            dead = [p.dead for p in batch if p.dead is not None]
+            try:
+                result = await aspool.run(self.spool.commit, records, dead)
+            except SpoolFull as exc:
+                self.intake.put_back(batch)
+                if full_since is None:
+                    full_since = time.monotonic()
+                    self.metrics.spool_full.set(1)
+                self._throttle.log(
+                    log,
+                    logging.ERROR,
+                    "full",
+                    "spool full (%s): withholding MQTT acknowledgements; the broker keeps "
+                    "the messages until delivery frees space",
+                    exc,
+                )
+                self._space.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._space.wait()
+                continue
+            except SpoolError:
+                log.critical("spool write failed; stopping without acknowledging the messages")
+                raise
+            if full_since is not None:
+                self.metrics.intake_paused_seconds.inc(time.monotonic() - full_since)
+                self.metrics.spool_full.set(0)
+                log.info("spool has space again; acknowledging MQTT messages")
+                full_since = None
+            self._acknowledge(batch)
+            self._count(batch, result)
+            self.delivery.notify(result.points_inserted)
+
+    def _acknowledge(self, batch: list[Pending]) -> None:
+        assert self.source is not None
+        state = self.source.state
+        for p in batch:
+            if state.connected and p.generation == state.generation:
+                self.source.ack(p.mid, p.qos)
+            else:
+                self.intake.remember_unacked(p, p.generation)
+
+    def _count(self, batch: list[Pending], result: CommitResult) -> None:
+        m = self.metrics
+        self.intake.flush_counters()
+        m.messages_committed.inc(len(batch))
+        if result.points_duplicate:
+            m.duplicates_suppressed.inc(result.points_duplicate)
+        for p in batch:
+            if p.dead is not None:
+                m.dead_letters.labels(p.dead.reason).inc()
+                self._throttle.log(
+                    log,
+                    logging.WARNING,
+                    f"dead:{p.dead.reason}",
+                    "message on %r dead-lettered (%s): %r",
+                    p.topic[:200],
+                    p.dead.detail[:200],
+                    p.payload[:120],
+                )
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _on_connected(self, session_present: bool) -> None:
+        m = self.metrics
+        m.mqtt_connected.set(1)
+        m.mqtt_connects.inc()
+        assert self.source is not None
+        self.intake.forget_before(self.source.state.generation - 1)
+        if not session_present and self._had_session:
+            m.mqtt_session_lost.inc()
+            log.warning(
+                "broker had no session for client id %r: messages queued while the bridge was "
+                "away may have been dropped by the broker (session expired or broker state lost)",
+                self.settings.mqtt.client_id,
+            )
+        if not self._had_session:
+            self._had_session = True
+            self._tg.create_task(self._remember_session(), name="bridge.session.remember")
+
+    async def _remember_session(self) -> None:
+        assert self._aspool is not None
+        await self._aspool.run(self.spool.meta_set, _SESSION_KEY, self._session_tag)
+
+    def problems(self) -> list[str]:
+        """Reasons the bridge is not ready (empty list = ready)."""
+        out: list[str] = []
+        if self.source is None or not self.source.state.connected:
+            detail = self.source.state.last_error if self.source else "not started"
+            out.append(f"mqtt not connected: {detail}" if detail else "mqtt not connected")
+        if self.spool.full:
+            out.append("spool full")
+        if self.delivery is not None and self.delivery.paused_reason:
+            out.append(f"delivery paused: {self.delivery.paused_reason}")
+        return out
+
+    def _bind_spool_metrics(self) -> None:
+        sp = self.spool
+        m = self.metrics
+        m.spool_points.set_function(lambda: sp.depth_points)
+        m.spool_bytes.set_function(lambda: sp.used_bytes)
+
+        def oldest_age() -> float:
+            oldest = sp.oldest_received_us
+            return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
+
+        m.bind_spool_age(oldest_age)

@@ -1,0 +1,210 @@
+"""Command line: ``metriqo-bridge [run|check|simulate-api|demo]``.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error, 75 spool locked by another instance,
+78 configuration error (nothing was started and no spool was touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from bridge import __version__
+from bridge.errors import EX_CONFIG, ConfigError, SpoolError, SpoolLocked
+
+EX_TEMPFAIL = 75
+log = logging.getLogger("bridge")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="settings file (YAML); env: METRIQO_BRIDGE_CONFIG")
+    p.add_argument("--mappings", metavar="FILE", help="mapping file (mapping.file)")
+    p.add_argument("--mqtt-host", help="broker host (mqtt.host)")
+    p.add_argument("--mqtt-port", help="broker port (mqtt.port)")
+    p.add_argument("--client-id", help="MQTT client id (mqtt.client_id)")
+    p.add_argument("--api-url", help="API base URL (api.base_url)")
+    p.add_argument("--spool", help="spool database path (spool.path)")
+    p.add_argument("--http-port", help="metrics/health port (http.port)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log_level)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting by dotted key, e.g. --set batch.linger_s=0.5 (repeatable)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print effective settings, exit")
+
+
+_FLAG_KEYS = {
+    "mappings": "mapping.file",
+    "mqtt_host": "mqtt.host",
+    "mqtt_port": "mqtt.port",
+    "client_id": "mqtt.client_id",
+    "api_url": "api.base_url",
+    "spool": "spool.path",
+    "http_port": "http.port",
+    "log_level": "log_level",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the README's reference and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="metriqo-bridge",
+        description="Bridge MQTT sensor topics to the Metriqo telemetry API without data loss.",
+    )
+    parser.add_argument("--version", action="version", version=f"metriqo-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the bridge (the default)")
+    _add_run_flags(run)
+    check = sub.add_parser("check", help="validate a mapping file; exit 0 or 78")
+    check.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
+    api = sub.add_parser("simulate-api", help="run a local Metriqo-compatible API server")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument(
+        "--token-file", type=Path, help="file holding the token clients must send "
+        "(default: env METRIQO_BRIDGE_TOKEN_FILE or METRIQO_BRIDGE_TOKEN)"
+    )
+    api.add_argument(
+        "--rate-limit", type=int, default=1000, help="telemetry requests per minute, 0 = none"
+    )
+    demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
+    demo.add_argument("--devices", type=int, default=12, help="simulated devices")
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
+    demo.add_argument("--rate", type=float, default=200.0, help="messages per second in total")
+    demo.add_argument("--mappings", type=Path, default=Path("topic-mappings.yaml"))
+    demo.add_argument("--timeout", type=float, default=60.0, help="max wait for delivery")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metriqo-bridge`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help",
+                                                                              "--version"):
+        args_list.insert(0, "run")
+    args = build_parser().parse_args(args_list)
+    try:
+        if args.command == "check":
+            return _check(args.file)
+        if args.command == "simulate-api":
+            return _simulate_api(args)
+        if args.command == "demo":
+            from bridge.demo import run_demo
+
+            return run_demo(args)
+        return _run(args)
+    except ConfigError as exc:
+        print(f"metriqo-bridge: configuration error:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except SpoolLocked as exc:
+        print(f"metriqo-bridge: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except SpoolError as exc:
+        print(f"metriqo-bridge: spool error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for attr, key in _FLAG_KEYS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = str(value)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}", file="command line")
+        out[key.strip()] = value
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge.app import Bridge
+    from bridge.logs import setup_logging
+    from bridge.mapping_config import load_mappings
+    from bridge.settings import (
+        TokenSource,
+        load_settings,
+        redacted,
+        resolve_mqtt_password,
+    )
+
+    settings = load_settings(file=args.config, overrides=_overrides(args))
+    if args.print_config:
+        sys.stdout.write(orjson.dumps(redacted(settings), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+        return 0
+    # Everything that can be wrong with the configuration fails here, before the spool opens.
+    rules = load_mappings(settings.mapping.file)
+    token = TokenSource(settings)
+    password = resolve_mqtt_password(settings)
+    setup_logging(settings.log_level)
+    bridge = Bridge(settings, rules, token, mqtt_password=password)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, bridge.stop)
+        await bridge.run()
+
+    log.info(
+        "metriqo-bridge %s: %d rule(s), broker %s:%s, API %s, spool %s",
+        __version__,
+        len(rules),
+        settings.mqtt.host,
+        settings.mqtt.port,
+        settings.api.base_url,
+        settings.spool.path,
+    )
+    asyncio.run(serve())
+    log.info("stopped")
+    return 0
+
+
+def _check(file: Path) -> int:
+    from bridge.mapping_config import load_mappings
+
+    rules = load_mappings(file)
+    print(f"{file}: OK, {len(rules)} rule(s)")
+    for rule in rules:
+        print(f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), payload {rule.payload}")
+    return 0
+
+
+def _simulate_api(args: argparse.Namespace) -> int:
+    from bridge.apiserver import serve_forever
+    from bridge.settings import read_secret_file
+
+    token_file = args.token_file or (
+        Path(os.environ["METRIQO_BRIDGE_TOKEN_FILE"])
+        if os.environ.get("METRIQO_BRIDGE_TOKEN_FILE")
+        else None
+    )
+    if token_file is not None:
+        token = read_secret_file(token_file, "token")
+    elif os.environ.get("METRIQO_BRIDGE_TOKEN"):
+        token = os.environ["METRIQO_BRIDGE_TOKEN"]
+    else:
+        raise ConfigError(
+            "the API server needs a token: --token-file FILE or METRIQO_BRIDGE_TOKEN",
+            key="simulate-api",
+        )
+    limit = args.rate_limit if args.rate_limit > 0 else None
+    try:
+        asyncio.run(serve_forever(args.host, args.port, token, limit))
+    except KeyboardInterrupt:
+        pass
+    return 0

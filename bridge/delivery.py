@@ -1,0 +1,233 @@
+"""The delivery loop: spool → batches → API, oldest first, retried until accepted.
+
+Holds a cursor over the spool: records after it have not been handed to a request yet. A batch
+keeps its membership (and Idempotency-Key) for every retry; records leave the spool only in the
+transaction that counts their acceptance, or that moves them to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from bridge.backoff import Backoff
+from bridge.batcher import Batch, take_batch
+from bridge.errors import PermanentDelivery, RetryableDelivery
+from bridge.logs import LogThrottle
+from bridge.metrics import BridgeMetrics
+from bridge.ratelimit import TokenBucket
+from bridge.sender import Sender
+from bridge.spool import AsyncSpool
+
+log = logging.getLogger(__name__)
+
+
+class Delivery:
+    """Sends what the spool holds; see the module docstring."""
+
+    def __init__(
+        self,
+        spool: AsyncSpool,
+        sender: Sender,
+        metrics: BridgeMetrics,
+        *,
+        max_points: int = 100,
+        linger_s: float = 1.0,
+        concurrency: int = 4,
+        requests_per_minute: float = 1000.0,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 60.0,
+        single_object: bool = False,
+        on_space_freed: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._spool = spool
+        self._sender = sender
+        self._m = metrics
+        self._max_points = max_points
+        self._linger = linger_s
+        self._single = single_object
+        self._on_freed = on_space_freed or (lambda: None)
+        self._clock = clock
+        self._wall = wall_clock
+        self._rng = rng
+        self._retry = (retry_min_s, retry_max_s)
+        rate = requests_per_minute / 60.0
+        self._bucket = TokenBucket(rate, burst=max(1.0, min(10.0, rate)), now=clock())
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._cursor = 0
+        self._unsent = spool.spool.depth_points
+        self._unsent_since: float | None = clock() - linger_s if self._unsent else None
+        self._in_flight = 0
+        self._not_before = 0.0
+        self._flushing = False
+        self._throttle = LogThrottle(30.0, clock)
+        self.paused_reason: str | None = None
+
+    # -- signals from the intake ----------------------------------------------------------
+
+    def notify(self, points: int) -> None:
+        """New points were committed to the spool."""
+        if points <= 0:
+            return
+        if self._unsent_since is None:
+            self._unsent_since = self._clock()
+        self._unsent += points
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Send what is waiting without lingering (shutdown)."""
+        self._flushing = True
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing in flight."""
+        return self._unsent == 0 and self._in_flight == 0
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                await self._slots.acquire()
+                batch = await self._next_batch()
+                self._in_flight += 1
+                tg.create_task(self._deliver_slot(batch), name="bridge.delivery.batch")
+
+    async def _next_batch(self) -> Batch:
+        while True:
+            now = self._clock()
+            ready = self._unsent >= self._max_points or (
+                self._unsent > 0
+                and (
+                    self._flushing
+                    or (self._unsent_since is not None and now - self._unsent_since >= self._linger)
+                )
+            )
+            if ready:
+                rows = await self._spool.run(self._spool.spool.fetch, self._cursor, self._max_points)
+                if rows:
+                    batch = take_batch(rows, self._max_points, single_object=self._single)
+                    self._cursor = batch.records[-1].seq
+                    self._unsent = max(0, self._unsent - batch.points)
+                    if self._unsent == 0:
+                        self._unsent_since = None
+                    return batch
+                self._unsent, self._unsent_since = 0, None  # counted points were duplicates
+                continue
+            timeout = None
+            if self._unsent > 0 and self._unsent_since is not None:
+                timeout = max(0.0, self._linger - (now - self._unsent_since))
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _deliver_slot(self, batch: Batch) -> None:
+        try:
+            await self._deliver(batch)
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
+
+    async def _deliver(self, batch: Batch) -> None:
+        objects = batch.body_objects()
+        backoff = Backoff(*self._retry, rng=self._rng)
+        while True:
+            await self._pace()
+            started = self._clock()
+            try:
+                written = await self._sender.post(objects, batch.idempotency_key)
+            except RetryableDelivery as exc:
+                self._count_request(exc.status)
+                await self._after_retryable(exc, backoff)
+                continue
+            except PermanentDelivery as exc:
+                self._count_request(exc.status)
+                await self._after_permanent(batch, exc)
+                return
+            self._m.request_duration.observe(self._clock() - started)
+            self._count_request(201)
+            await self._accepted(batch, written)
+            return
+
+    async def _pace(self) -> None:
+        while True:
+            now = self._clock()
+            wait = max(self._not_before - now, self._bucket.delay(now))
+            if wait <= 0 and self._bucket.take(now):
+                return
+            await asyncio.sleep(max(wait, 0.001))
+
+    def _count_request(self, status: int | None) -> None:
+        label = "error" if status is None else f"{status // 100}xx"
+        self._m.requests.labels(label).inc()
+
+    async def _after_retryable(self, exc: RetryableDelivery, backoff: Backoff) -> None:
+        delay = backoff.next_delay()
+        if exc.status == 429:
+            # Never send earlier than the server asked; all slots share the pause.
+            wait = exc.retry_after if exc.retry_after is not None else delay
+            self._not_before = max(self._not_before, self._clock() + wait)
+            self._throttle.log(log, logging.WARNING, "429", "API rate limit hit; pausing %.1f s", wait)
+            return
+        if exc.status in (401, 403, 404) or (exc.status is not None and 300 <= exc.status < 400):
+            self.paused_reason = str(exc)
+            self._m.delivery_paused.set(1)
+            self._throttle.log(log, logging.ERROR, f"pause{exc.status}", "%s", exc)
+        else:
+            self._throttle.log(
+                log, logging.WARNING, "retry", "delivery failed, will retry: %s", exc
+            )
+        await asyncio.sleep(delay)
+
+    async def _after_permanent(self, batch: Batch, exc: PermanentDelivery) -> None:
+        if len(batch.records) > 1 and exc.status in (400, 413, 422):
+            # Isolate the offending points: halves are delivered (or split) independently.
+            half = len(batch.records) // 2
+            for part in (batch.records[:half], batch.records[half:]):
+                await self._deliver(Batch(part, sum(r.points for r in part)))
+            return
+        detail = f"HTTP {exc.status}: {exc.body}"
+        await self._spool.run(self._spool.spool.reject, batch.seqs, "api_rejected", detail)
+        self._on_freed()
+        self._m.dead_letters.labels("api_rejected").inc(len(batch.records))
+        log.error(
+            "API rejected %d point(s) of device %r permanently; moved to dead letters: %s",
+            batch.points,
+            batch.records[0].device_id,
+            detail,
+        )
+
+    async def _accepted(self, batch: Batch, written: int | None) -> None:
+        if self.paused_reason is not None:
+            log.info("API accepts requests again; delivery resumed")
+            self.paused_reason = None
+            self._m.delivery_paused.set(0)
+        await self._spool.run(self._spool.spool.delivered, batch.seqs)
+        self._on_freed()
+        self._m.points_delivered.inc(batch.points)
+        self._m.batch_points.observe(batch.points)
+        if written is not None and written != batch.points:
+            self._m.points_written_mismatch.inc()
+            self._throttle.log(
+                log,
+                logging.WARNING,
+                "mismatch",
+                "API reported points_written=%d for a batch of %d points",
+                written,
+                batch.points,
+            )
+        now_us = int(self._wall() * 1_000_000)
+        for r in batch.records:
+            self._m.delivery_lag.observe(max(0.0, (now_us - r.received_us) / 1e6))

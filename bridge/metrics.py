@@ -1,0 +1,117 @@
+"""The bridge's Prometheus metrics: one prefix, base units, ``_total`` counters, bounded labels.
+
+Labels are rule names (bounded by the mapping file), reasons (a fixed vocabulary) and status
+classes — never a topic or device id. One :class:`BridgeMetrics` per bridge, on its own registry,
+so tests and embedded uses never share state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from bridge import __version__
+
+PREFIX = "metriqo_bridge_"
+
+
+class BridgeMetrics:
+    """All metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        p = PREFIX
+        self.build_info = Info(p + "build", "Version of the bridge", registry=r)
+        self.build_info.info({"version": __version__})
+        self.messages_received = Counter(
+            p + "messages_received_total", "MQTT messages received", registry=r
+        )
+        self.messages_committed = Counter(
+            p + "messages_committed_total",
+            "Messages committed to the spool (points or dead letter) and acknowledged",
+            registry=r,
+        )
+        self.messages_unmatched = Counter(
+            p + "messages_unmatched_total", "Messages whose topic matched no rule", registry=r
+        )
+        self.points_mapped = Counter(
+            p + "points_mapped_total", "Data points produced by mapping", ["rule"], registry=r
+        )
+        self.mapping_failures = Counter(
+            p + "mapping_failures_total",
+            "Metrics or messages that could not be mapped",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            p + "dead_letters_total", "Dead-letter records written", ["reason"], registry=r
+        )
+        self.duplicates_suppressed = Counter(
+            p + "duplicate_points_suppressed_total",
+            "Points already in the spool (MQTT redelivery), stored once",
+            registry=r,
+        )
+        self.spool_points = Gauge(p + "spool_points", "Data points waiting in the spool", registry=r)
+        self.spool_bytes = Gauge(p + "spool_bytes", "Bytes used by the spool database", registry=r)
+        self.spool_oldest_age = Gauge(
+            p + "spool_oldest_point_age_seconds",
+            "Age of the oldest waiting point since it was received",
+            registry=r,
+        )
+        self.spool_full = Gauge(
+            p + "spool_full", "1 while the spool is full and MQTT intake is paused", registry=r
+        )
+        self.intake_paused_seconds = Counter(
+            p + "intake_paused_seconds_total",
+            "Time MQTT acknowledgements were withheld because the spool was full",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while connected to the broker", registry=r)
+        self.mqtt_connects = Counter(
+            p + "mqtt_connects_total", "Successful broker connections", registry=r
+        )
+        self.mqtt_session_lost = Counter(
+            p + "mqtt_session_lost_total",
+            "Reconnects where the broker had no session (queued messages may be lost)",
+            registry=r,
+        )
+        self.requests = Counter(
+            p + "api_requests_total", "API requests by status class", ["status_class"], registry=r
+        )
+        self.points_delivered = Counter(
+            p + "points_delivered_total", "Points accepted by the API", registry=r
+        )
+        self.points_written_mismatch = Counter(
+            p + "points_written_mismatch_total",
+            "Accepted requests whose points_written differed from the points sent",
+            registry=r,
+        )
+        self.batch_points = Histogram(
+            p + "batch_points",
+            "Data points per API request",
+            buckets=(1, 5, 10, 25, 50, 75, 90, 100),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            p + "api_request_duration_seconds",
+            "API request latency",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            p + "delivery_lag_seconds",
+            "Time from MQTT receive to API acceptance",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+        self.delivery_paused = Gauge(
+            p + "delivery_paused",
+            "1 while delivery is paused by an auth or configuration error from the API",
+            registry=r,
+        )
+
+    def bind_spool_age(self, oldest_age: Callable[[], float]) -> None:
+        """Compute the oldest-point age at scrape time."""
+        self.spool_oldest_age.set_function(oldest_age)

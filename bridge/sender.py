@@ -1,0 +1,141 @@
+"""HTTP client for ``POST /telemetry``. aiohttp is used only here.
+
+One session for the bridge's lifetime, the token in ``Authorization: Bearer`` only, redirects
+never followed (a redirect would carry the token to another host). Responses are classified into
+the error hierarchy; the delivery loop decides what to do with each class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import aiohttp
+import orjson
+
+from bridge.errors import PermanentDelivery, RetryableDelivery
+
+_BODY_EXCERPT = 500
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or HTTP-date); None if absent
+    or unreadable. A date in the past means 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Sender:
+    """Posts batches to the API and classifies the outcome."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Callable[[], str],
+        *,
+        body: Literal["array", "object"] = "array",
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+        total_timeout_s: float = 60.0,
+        ca_file: Path | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/telemetry"
+        self._token = token
+        self._body = body
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            self._ssl = ssl.create_default_context(cafile=str(ca_file))
+        self._wall = wall_clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Sender:
+        self._session = aiohttp.ClientSession(timeout=self._timeout, raise_for_status=False)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, objects: list[dict[str, object]], idempotency_key: str) -> int | None:
+        """Send one batch; return the server's ``points_written`` (None if it gave none).
+
+        Raises:
+            RetryableDelivery: network error, timeout, 5xx, 429, 401/403, 404, redirects.
+            PermanentDelivery: 400, 413, 422 and other 4xx: the content was refused.
+        """
+        assert self._session is not None, "Sender used outside 'async with'"
+        if self._body == "object" and len(objects) != 1:
+            raise ValueError("object body mode needs exactly one object per request")
+        body = orjson.dumps(objects if self._body == "array" else objects[0])
+        headers = {
+            "Authorization": f"Bearer {self._token()}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": idempotency_key,
+        }
+        try:
+            async with self._session.post(
+                self.url, data=body, headers=headers, allow_redirects=False, ssl=self._ssl
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                retry_after = resp.headers.get("Retry-After")
+        except (TimeoutError, asyncio.TimeoutError):
+            raise RetryableDelivery("API request timed out") from None
+        except aiohttp.ClientError as exc:
+            # str(exc) of aiohttp client errors names host and reason, never request headers.
+            raise RetryableDelivery(f"API connection failed: {exc}") from None
+        excerpt = raw[:_BODY_EXCERPT].decode("utf-8", "replace")
+        if 200 <= status < 300:
+            try:
+                written = orjson.loads(raw).get("points_written")
+            except (orjson.JSONDecodeError, AttributeError):
+                return None
+            return written if isinstance(written, int) and not isinstance(written, bool) else None
+        if status == 429:
+            raise RetryableDelivery(
+                "API rate limit (429)",
+                status=status,
+                body=excerpt,
+                retry_after=parse_retry_after(retry_after, self._wall()),
+            )
+        if status >= 500:
+            raise RetryableDelivery(f"API server error {status}", status=status, body=excerpt)
+        if status in (401, 403):
+            raise RetryableDelivery(
+                f"API refused the token ({status}); delivery paused, data kept in the spool",
+                status=status,
+                body=excerpt,
+            )
+        if status == 404 or 300 <= status < 400:
+            raise RetryableDelivery(
+                f"API answered {status}: check api.base_url (now {self.url}); data kept",
+                status=status,
+                body=excerpt,
+            )
+        raise PermanentDelivery(f"API rejected the batch ({status})", status=status, body=excerpt)

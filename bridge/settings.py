@@ -1,0 +1,314 @@
+"""Bridge settings: defaults < settings file < environment < command-line flags.
+
+Environment variables use the prefix ``METRIQO_BRIDGE_`` and ``__`` between section and key
+(``METRIQO_BRIDGE_MQTT__HOST``); ``METRIQO_BRIDGE_TOKEN`` and ``METRIQO_BRIDGE_TOKEN_FILE`` are
+short forms of ``api.token`` and ``api.token_file``. Every error names where the bad value came
+from: ``file:line``, the variable's name, or the flag. pydantic is used only in config loaders.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from bridge.errors import ConfigError, ConfigErrors
+from bridge.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
+
+ENV_PREFIX = "METRIQO_BRIDGE_"
+_ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Section):
+    """TLS to the broker."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+
+class MqttSettings(_Section):
+    """The broker connection and session."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = Field("metriqo-bridge", min_length=1, max_length=128)
+    protocol: Literal["v5", "v311"] = "v5"
+    session_expiry_s: int = Field(7 * 86400, ge=60, le=0xFFFFFFFF)
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    receive_maximum: int = Field(1000, ge=1, le=65535)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TlsSettings = TlsSettings()
+    max_payload_bytes: int = Field(65536, ge=16, le=256 * 1024 * 1024)
+
+
+class ApiSettings(_Section):
+    """The Metriqo API."""
+
+    base_url: str = "https://metriqo.net/api/v2"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    body: Literal["array", "object"] = "array"
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    total_timeout_s: float = Field(60.0, gt=0)
+    requests_per_minute: float = Field(1000.0, gt=0)
+    concurrency: int = Field(4, ge=1, le=64)
+    retry_min_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    allow_http: bool = False
+    ca_file: Path | None = None
+
+
+class BatchSettings(_Section):
+    """Packing points into requests."""
+
+    max_points: int = Field(100, ge=1, le=100)
+    linger_s: float = Field(1.0, ge=0, le=300)
+
+
+class SpoolSettings(_Section):
+    """The durable spool."""
+
+    path: Path = Path("spool/metriqo-bridge.db")
+    max_bytes: int = Field(1 << 30, ge=1 << 20)
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    commit_max_messages: int = Field(5000, ge=1)
+
+
+class MappingSettings(_Section):
+    """The mapping file."""
+
+    file: Path = Path("topic-mappings.yaml")
+    max_future_s: float = Field(86400.0, ge=0)
+
+
+class HttpSettings(_Section):
+    """The metrics and health endpoints."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9470, ge=0, le=65535)
+
+
+class Settings(_Section):
+    """All settings."""
+
+    mqtt: MqttSettings = MqttSettings()
+    api: ApiSettings = ApiSettings()
+    batch: BatchSettings = BatchSettings()
+    spool: SpoolSettings = SpoolSettings()
+    mapping: MappingSettings = MappingSettings()
+    http: HttpSettings = HttpSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stop_timeout_s: float = Field(10.0, gt=0)
+
+
+def load_settings(
+    *,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the layers and validate.
+
+    Args:
+        file: a YAML settings file (``--config`` or ``METRIQO_BRIDGE_CONFIG``).
+        environ: the environment (defaults to ``os.environ``).
+        overrides: ``section.key`` → value from command-line flags.
+
+    Raises:
+        ConfigError: naming file and line, variable, or flag of each bad value.
+    """
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origin: dict[KeyPath, str] = {}
+    index: LineIndex | None = None
+    if file is None and env.get(ENV_PREFIX + "CONFIG"):
+        file = Path(env[ENV_PREFIX + "CONFIG"])
+    if file is not None:
+        data, index = load_yaml_file(file)
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError("settings file must be a mapping of sections", file=str(file))
+        for path, value in _leaves(data or {}):
+            _put(merged, path, value)
+            origin[path] = f"{file}:{index.line_of(path)}"
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        path = _ENV_ALIASES.get(rest) or tuple(p.lower() for p in rest.split("__"))
+        _put(merged, path, value)
+        origin[path] = f"environment variable {name}"
+    for dotted, value in (overrides or {}).items():
+        path = tuple(dotted.split("."))
+        _put(merged, path, value)
+        origin[path] = f"command-line setting {dotted}"
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigErrors([_error(e, origin) for e in exc.errors()]) from None
+    _check(settings, origin)
+    return settings
+
+
+def _leaves(data: dict[str, Any], prefix: KeyPath = ()) -> list[tuple[KeyPath, Any]]:
+    out: list[tuple[KeyPath, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.extend(_leaves(value, (*prefix, key)))
+        else:
+            out.append(((*prefix, key), value))
+    return out
+
+
+def _put(tree: dict[str, Any], path: KeyPath, value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(str(part), {})
+        if not isinstance(child, dict):
+            child = node[str(part)] = {}
+        node = child
+    node[str(path[-1])] = value
+
+
+def _error(err: Any, origin: dict[KeyPath, str]) -> ConfigError:
+    loc: KeyPath = tuple(err["loc"])
+    where = "defaults"
+    for cut in range(len(loc), 0, -1):
+        if loc[:cut] in origin:
+            where = origin[loc[:cut]]
+            break
+    msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
+    # Input values are left out on purpose: the value may be a token or a password.
+    return ConfigError(msg, file=where, key=format_path(loc))
+
+
+def _check(s: Settings, origin: dict[KeyPath, str]) -> None:
+    errors: list[ConfigError] = []
+
+    def fail(path: KeyPath, message: str) -> None:
+        errors.append(ConfigError(message, file=origin.get(path, "defaults"), key=format_path(path)))
+
+    url = urlsplit(s.api.base_url)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        fail(("api", "base_url"), "must be an http(s) URL such as https://metriqo.net/api/v2")
+    elif url.scheme == "http" and not (is_loopback(url.hostname) or s.api.allow_http):
+        fail(
+            ("api", "base_url"),
+            "plain http would send the token unencrypted; use https, a loopback address, "
+            "or set api.allow_http: true",
+        )
+    if s.mqtt.reconnect_min_s > s.mqtt.reconnect_max_s:
+        fail(("mqtt", "reconnect_min_s"), "must not exceed mqtt.reconnect_max_s")
+    tls = s.mqtt.tls
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, key)
+        if value is not None and not Path(value).is_file():
+            fail(("mqtt", "tls", key), f"file not found: {value}")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        fail(("mqtt", "tls", "cert_file"), "cert_file and key_file must be given together")
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """Read a token or password file, refusing one that others can read."""
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} file cannot be read: {exc.strerror}", file=str(path)) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{what} file is readable by group or others; run: chmod 600 {path}", file=str(path)
+        )
+    if not text:
+        raise ConfigError(f"{what} file is empty", file=str(path))
+    return text
+
+
+def resolve_token(s: Settings) -> str:
+    """The API token from ``api.token_file`` (preferred) or ``api.token``."""
+    if s.api.token_file is not None:
+        return read_secret_file(s.api.token_file, "token")
+    if s.api.token is not None and s.api.token.get_secret_value():
+        return s.api.token.get_secret_value()
+    raise ConfigError(
+        "no API token: set METRIQO_BRIDGE_TOKEN_FILE (a 0600 file) or METRIQO_BRIDGE_TOKEN",
+        key="api.token_file",
+    )
+
+
+def resolve_mqtt_password(s: Settings) -> str | None:
+    """The broker password from ``mqtt.password_file`` or ``mqtt.password``."""
+    if s.mqtt.password_file is not None:
+        return read_secret_file(s.mqtt.password_file, "MQTT password")
+    return s.mqtt.password.get_secret_value() if s.mqtt.password else None
+
+
+def redacted(s: Settings) -> dict[str, Any]:
+    """Settings as a plain dict with every secret replaced, for ``--print-config``."""
+    return s.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+class TokenSource:
+    """Supplies the API token, re-reading ``api.token_file`` when it changes so a rotated
+    token is used without a restart. A file that becomes unreadable keeps the last token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._file = settings.api.token_file
+        self._token = resolve_token(settings)
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        if self._file is None:
+            return None
+        try:
+            return self._file.stat().st_mtime
+        except OSError:
+            return None
+
+    def __call__(self) -> str:
+        mtime = self._stat()
+        if mtime is not None and mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                assert self._file is not None
+                self._token = read_secret_file(self._file, "token")
+            except ConfigError as exc:
+                logging.getLogger(__name__).error("token file changed but is unusable: %s", exc)
+        return self._token
+
+    def __repr__(self) -> str:
+        return "TokenSource(<redacted>)"

@@ -1,0 +1,304 @@
+"""MQTT source: paho-mqtt 2.x driven directly from asyncio, with manual acknowledgement.
+
+paho runs without its own thread: the socket is registered with the event loop
+(``add_reader``/``add_writer``) and ``loop_misc`` runs once a second for keepalive. Messages are
+handed to a synchronous sink on the loop thread; the bridge acknowledges them with :meth:`ack`
+after they are committed to the spool. paho types stay inside this module.
+
+The blocking part of connecting (DNS, TCP, TLS handshake) runs in a worker thread so a dead
+broker never stalls the loop; socket callbacks from that thread are passed to the loop safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge.backoff import Backoff
+from bridge.logs import LogThrottle
+from bridge.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+# A sink gets (topic, payload, mid, qos, dup, generation); generation changes on each connection.
+MessageSink = Callable[[str, bytes, int, int, bool, int], None]
+_READS_PER_WAKEUP = 64  # packets read per readiness callback before yielding to other tasks
+
+
+@dataclass(slots=True)
+class SourceState:
+    """What the rest of the bridge may read about the connection."""
+
+    connected: bool = False
+    generation: int = 0
+    session_present: bool | None = None
+    last_error: str = ""
+
+
+class MqttSource:
+    """Owns one paho client and its reconnect loop."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        subscriptions: list[str],
+        sink: MessageSink,
+        *,
+        password: str | None = None,
+        on_connected: Callable[[bool], None] | None = None,
+        on_disconnected: Callable[[], None] | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._s = settings
+        self._subscriptions = subscriptions
+        self._sink = sink
+        self._password = password
+        self._on_connected_cb = on_connected
+        self._on_disconnected_cb = on_disconnected
+        self._rng = rng
+        self.state = SourceState()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._connack = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._stopping = False
+        self._received = 0
+        self._throttle = LogThrottle(30.0)
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        s = self._s
+        v5 = s.protocol == "v5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=False,
+        )
+        if s.username is not None:
+            client.username_pw_set(s.username, self._password)
+        if s.tls.enabled:
+            ctx = ssl.create_default_context(
+                cafile=str(s.tls.ca_file) if s.tls.ca_file else None
+            )
+            if s.tls.cert_file and s.tls.key_file:
+                ctx.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
+            if not s.tls.verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(ctx)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    # -- public -----------------------------------------------------------------------------
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Send PUBACK for a message of the current connection (call in receive order)."""
+        self._client.ack(mid, qos)
+
+    async def run(self) -> None:
+        """Connect, and reconnect forever with capped full-jitter backoff, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        backoff = Backoff(self._s.reconnect_min_s, self._s.reconnect_max_s, self._rng)
+        try:
+            while True:
+                if await self._connect_once():
+                    backoff.reset()
+                    await self._serve_connection()
+                delay = backoff.next_delay()
+                log.info("reconnecting to the broker in %.1f s", delay)
+                await asyncio.sleep(delay)
+        finally:
+            self._teardown()
+
+    async def stop(self) -> None:
+        """Disconnect cleanly, keeping the broker session (no Session Expiry 0 is sent)."""
+        self._stopping = True
+        if self.state.connected:
+            self._client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._lost.wait()
+
+    # -- connection lifecycle -----------------------------------------------------------
+
+    async def _connect_once(self) -> bool:
+        s = self._s
+        self._connack.clear()
+        self._lost.clear()
+        assert self._loop is not None
+        try:
+            await self._loop.run_in_executor(None, self._blocking_connect)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.state.last_error = f"connect to {s.host}:{s.port} failed: {exc}"
+            self._throttle.log(log, logging.WARNING, "connect", "%s", self.state.last_error)
+            self._teardown()
+            return False
+        try:
+            async with asyncio.timeout(s.connect_timeout_s):
+                await self._connack.wait()
+        except TimeoutError:
+            self.state.last_error = f"no CONNACK from {s.host}:{s.port} in {s.connect_timeout_s} s"
+            self._throttle.log(log, logging.WARNING, "connack", "%s", self.state.last_error)
+            self._teardown()
+            return False
+        if not self.state.connected:
+            self._teardown()
+            return False
+        return True
+
+    def _blocking_connect(self) -> None:
+        s = self._s
+        if s.protocol == "v5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+            # Receive Maximum sizes the broker's window of unacknowledged messages; messages
+            # wait here only until the next group commit, so a wide window keeps commits large.
+            props.ReceiveMaximum = s.receive_maximum
+            self._client.connect(
+                s.host, s.port, s.keepalive_s, clean_start=False, properties=props
+            )
+        else:
+            self._client.connect(s.host, s.port, s.keepalive_s)
+
+    async def _serve_connection(self) -> None:
+        """Run keepalive housekeeping until the connection is lost."""
+        while not self._lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._lost.wait()
+            if not self._lost.is_set():
+                self._client.loop_misc()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            self._client._sock_close()  # noqa: SLF001  # paho has no public close-without-DISCONNECT
+        self._set_disconnected()
+
+    def _set_disconnected(self) -> None:
+        if self.state.connected:
+            self.state.connected = False
+            if self._on_disconnected_cb:
+                self._on_disconnected_cb()
+        self._lost.set()
+
+    # -- paho callbacks (loop thread, except socket open during connect) -----------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _ud: Any, flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            self.state.last_error = f"broker refused the connection: {reason}"
+            self._throttle.log(log, logging.ERROR, "refused", "%s", self.state.last_error)
+            self._connack.set()
+            return
+        present = bool(flags.session_present)
+        self.state.connected = True
+        self.state.generation += 1
+        self.state.session_present = present
+        options = SubscribeOptions(qos=1)
+        topics = [(f, options if self._s.protocol == "v5" else 1) for f in self._subscriptions]
+        if topics:
+            client.subscribe(topics)
+        log.info(
+            "connected to %s:%s as %r (session present: %s), subscribed to %d filter(s)",
+            self._s.host,
+            self._s.port,
+            self._s.client_id,
+            present,
+            len(topics),
+        )
+        if self._on_connected_cb:
+            self._on_connected_cb(present)
+        self._connack.set()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if not self._stopping:
+            self.state.last_error = f"disconnected from broker: {reason}"
+            log.warning("%s", self.state.last_error)
+        self._set_disconnected()
+        self._connack.set()
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        self._received += 1
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")  # noqa: SLF001  # brokers validate UTF-8
+        self._sink(topic, msg.payload, msg.mid, msg.qos, bool(msg.dup), self.state.generation)
+
+    def _on_readable(self) -> None:
+        client = self._client
+        for _ in range(_READS_PER_WAKEUP):
+            before = self._received
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if self._received == before:
+                break
+        # TLS may hold decrypted bytes that no longer make the fd readable (paho #131/#151).
+        sock = client.socket()
+        while sock is not None and isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            sock = client.socket()
+
+    def _on_writable(self) -> None:
+        self._client.loop_write()
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._call_on_loop(lambda: loop.add_reader(sock, self._on_readable))
+
+    def _on_socket_close(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+        loop = self._loop
+        assert loop is not None
+
+        def remove() -> None:
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+
+        self._call_on_loop(remove)
+
+    def _on_register_write(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._call_on_loop(lambda: loop.add_writer(sock, self._on_writable))
+
+    def _on_unregister_write(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._call_on_loop(lambda: loop.remove_writer(sock))

@@ -1,0 +1,430 @@
+"""The durable spool: SQLite in WAL mode between the MQTT acknowledgement and the API.
+
+A message is acknowledged to the broker only after its records (or its dead letter) are committed
+here, so ``kill -9`` at any instant loses nothing the broker was told is safe. Records are deleted
+in the same transaction that counts their delivery. ``sqlite3`` is used only in this module.
+
+All methods of :class:`Spool` are blocking and must run on one thread; :class:`AsyncSpool` gives
+the event loop a single worker thread for them, since fsync must not stall the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, ParamSpec, TypeVar
+
+import orjson
+
+from bridge.errors import SpoolError, SpoolLocked
+from bridge.points import DeadLetter, Record
+
+log = logging.getLogger(__name__)
+
+Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
+DEAD_LETTER_PAYLOAD_CAP = 65536  # bytes of payload kept per dead letter; the size is kept too
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: never reuse a delivered seq
+    rid BLOB NOT NULL UNIQUE,               -- deterministic id: MQTT redeliveries are stored once
+    device_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    metrics BLOB NOT NULL,
+    n INTEGER NOT NULL,
+    received_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_size INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, at_us);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+class SpoolFull(SpoolError):
+    """The spool reached its size cap or the disk is full: stop acknowledging the broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRecord:
+    """A record as read back from the spool, with its position."""
+
+    seq: int
+    device_id: str
+    ts_us: int
+    metrics: dict[str, float]
+    received_us: int
+
+    @property
+    def points(self) -> int:
+        """Data points in this record."""
+        return len(self.metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """Outcome of one group commit."""
+
+    records_inserted: int
+    points_inserted: int
+    records_duplicate: int
+    points_duplicate: int
+    dead_letters: int
+
+
+class Spool:
+    """Blocking SQLite spool. See the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        synchronous: Synchronous = "FULL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self.moved_aside: Path | None = None
+        self.depth_records = 0
+        self.depth_points = 0
+        self.oldest_received_us: int | None = None
+        self.used_bytes = 0
+        self.delivered_points_total = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Lock, open (moving a corrupt file aside) and load the depth counters."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool directory {self.path.parent}: {exc}") from exc
+        self._lock()
+        try:
+            self._db = self._connect()
+            if not self._healthy(self._db):
+                self._db.close()
+                self._move_aside()
+                self._db = self._connect()
+            self._db.executescript(_SCHEMA)
+            self._load_counters()
+        except sqlite3.Error as exc:
+            self.close()
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the database and release the lock (idempotent)."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot create lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolLocked(
+                f"spool {self.path} is in use by another metriqo-bridge (pid {holder}); "
+                "each instance needs its own spool path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
+        return db
+
+    @staticmethod
+    def _healthy(db: sqlite3.Connection) -> bool:
+        try:
+            row = db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            log.error("spool integrity check failed: %s", exc)
+            return False
+        if row is None or row[0] != "ok":
+            log.error("spool integrity check failed: %s", row[0] if row else "no result")
+            return False
+        return True
+
+    def _move_aside(self) -> None:
+        # Never delete a damaged spool: it may hold the only copy of readings worth recovering.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(target) + suffix))
+        self.moved_aside = target
+        log.error("spool %s was corrupt; moved aside to %s and started a new one", self.path, target)
+
+    def _load_counters(self) -> None:
+        db = self._conn
+        n_rec, n_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
+        self.depth_records, self.depth_points = int(n_rec), int(n_pts)
+        row = db.execute("SELECT value FROM meta WHERE key='delivered_points'").fetchone()
+        self.delivered_points_total = int(row[0]) if row else 0
+        self._refresh_oldest()
+        self._refresh_size()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError("spool is not open")
+        return self._db
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """True when the spool has reached its size cap."""
+        return self.used_bytes >= self.max_bytes
+
+    def _refresh_size(self) -> None:
+        db = self._conn
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        self.used_bytes = int((pages - free) * size)
+
+    def _refresh_oldest(self) -> None:
+        row = self._conn.execute("SELECT received_us FROM records ORDER BY seq LIMIT 1").fetchone()
+        self.oldest_received_us = int(row[0]) if row else None
+
+    def meta_get(self, key: str) -> str | None:
+        """Read a small persistent value (e.g. the MQTT client id last used)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> None:
+        """Write a small persistent value."""
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def commit(self, records: Sequence[Record], dead: Sequence[DeadLetter]) -> CommitResult:
+        """Store records and dead letters in one durable transaction.
+
+        Raises:
+            SpoolFull: the cap is reached or the disk is full; nothing was written.
+            SpoolError: any other write failure (the caller must stop: never ack after it).
+        """
+        if self.full:
+            raise SpoolFull(f"spool holds {self.used_bytes} bytes, cap {self.max_bytes}")
+        db = self._conn
+        before = self.depth_points
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.record_id,
+                        r.device_id,
+                        r.ts_us,
+                        orjson.dumps(r.metrics),
+                        len(r.metrics),
+                        r.received_us,
+                    )
+                    for r in records
+                ],
+            )
+            inserted = cur.rowcount if records else 0
+            points_offered = sum(len(r.metrics) for r in records)
+            if inserted == len(records):
+                points = points_offered
+            else:
+                points = db.execute(
+                    "SELECT COALESCE(SUM(n), 0) FROM records WHERE seq > ?", (top,)
+                ).fetchone()[0]
+            if dead:
+                now_us = int(self._clock() * 1_000_000)
+                db.executemany(
+                    "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+                    " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            d.received_us or now_us,
+                            d.reason,
+                            d.rule,
+                            d.topic,
+                            d.payload[:DEAD_LETTER_PAYLOAD_CAP],
+                            len(d.payload),
+                            d.detail,
+                        )
+                        for d in dead
+                    ],
+                )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if _is_full(exc):
+                raise SpoolFull(f"disk full while writing the spool: {exc}") from exc
+            raise SpoolError(f"spool write failed: {exc}") from exc
+        self.depth_records += inserted
+        self.depth_points += points
+        if self.oldest_received_us is None and inserted:
+            self._refresh_oldest()
+        self._refresh_size()
+        return CommitResult(
+            records_inserted=inserted,
+            points_inserted=self.depth_points - before,
+            records_duplicate=len(records) - inserted,
+            points_duplicate=points_offered - points,
+            dead_letters=len(dead),
+        )
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+
+    def fetch(self, after_seq: int, limit: int) -> list[SpooledRecord]:
+        """Up to ``limit`` records with ``seq > after_seq``, oldest first."""
+        rows = self._conn.execute(
+            "SELECT seq, device_id, ts_us, metrics, received_us FROM records "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [SpooledRecord(s, d, t, orjson.loads(m), r) for s, d, t, m, r in rows]
+
+    def delivered(self, seqs: Sequence[int]) -> None:
+        """Delete delivered records and count them, in one transaction."""
+        self._remove(seqs, None)
+
+    def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
+        """Move records the API refused to the dead letters, in one transaction."""
+        self._remove(seqs, (reason, detail))
+
+    def _remove(self, seqs: Sequence[int], dead: tuple[str, str] | None) -> None:
+        if not seqs:
+            return
+        db = self._conn
+        marks = ",".join("?" * len(seqs))
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                f"SELECT seq, device_id, ts_us, metrics, n, received_us FROM records "  # noqa: S608
+                f"WHERE seq IN ({marks})",
+                tuple(seqs),
+            ).fetchall()
+            points = sum(int(r[4]) for r in rows)
+            if dead is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('delivered_points', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                    (points,),
+                )
+            else:
+                reason, detail = dead
+                db.executemany(
+                    "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+                    " detail) VALUES (?, ?, '', '', ?, ?, ?)",
+                    [
+                        (
+                            r[5],
+                            reason,
+                            orjson.dumps({"device_id": r[1], "ts_us": r[2], "metrics": r[3]}),
+                            0,
+                            detail,
+                        )
+                        for r in rows
+                    ],
+                )
+            db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise SpoolError(f"spool delete failed: {exc}") from exc
+        self.depth_records -= len(rows)
+        self.depth_points -= points
+        if dead is None:
+            self.delivered_points_total += points
+        self._refresh_oldest()
+        self._refresh_size()
+
+    # -- reads for tools and tests ---------------------------------------------------------
+
+    def dead_letters(self, limit: int = 1000) -> list[tuple[int, str, str, str, bytes, str]]:
+        """(at_us, reason, rule, topic, payload, detail) of the newest dead letters."""
+        rows = self._conn.execute(
+            "SELECT at_us, reason, rule, topic, payload, detail FROM dead_letters "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(int(a), str(b), str(c), str(d), bytes(e), str(f)) for a, b, c, d, e, f in rows]
+
+    def dead_letter_count(self) -> int:
+        """Number of dead letters kept."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class AsyncSpool:
+    """Runs a :class:`Spool` on one dedicated thread so fsync never blocks the event loop."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-spool")
+
+    async def __aenter__(self) -> AsyncSpool:
+        await self.run(self.spool.open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.run(self.spool.close)
+        self._pool.shutdown(wait=True)
+
+    async def run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Call ``fn`` on the spool thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))

@@ -1,0 +1,58 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` on a small aiohttp server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+ReadinessProbe = Callable[[], list[str]]  # returns the reasons for not being ready
+
+
+class StatusServer:
+    """Serves the bridge's metrics and health endpoints until closed."""
+
+    def __init__(
+        self, registry: CollectorRegistry, readiness: ReadinessProbe, host: str, port: int
+    ) -> None:
+        self._registry = registry
+        self._readiness = readiness
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def __aenter__(self) -> StatusServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server  # noqa: SLF001  # aiohttp exposes the bound port only here
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _req: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _req: web.Request) -> web.Response:
+        # Answering at all proves the event loop is alive.
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def _readyz(self, _req: web.Request) -> web.Response:
+        problems = self._readiness()
+        body = orjson.dumps({"ready": not problems, "problems": problems})
+        return web.Response(
+            body=body, status=503 if problems else 200, content_type="application/json"
+        )

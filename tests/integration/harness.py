@@ -1,0 +1,238 @@
+"""Helpers for integration tests: settings, an in-process bridge, a bridge subprocess, and a
+QoS 1 publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.app import Bridge
+from bridge.broker import free_port
+from bridge.mapping_config import load_mappings_text
+from bridge.settings import Settings, load_settings
+from tests.conftest import REPO, TOKEN
+
+TEST_MAPPINGS = """
+version: 1
+rules:
+  - name: env
+    topic: "plant/{site}/{line}/env"
+    device_id: "{site}-{line}"
+    metrics: {temp: temp, rh: rh, kw: power.kw, hz: power.hz}
+    timestamp: {field: ts, format: auto}
+  - name: plain
+    topic: "tele/{device}/{metric}"
+    device_id: "{device}"
+    payload: number
+    metric: "{metric}"
+"""
+
+
+def make_settings(port: int, api_url: str, spool: Path, **extra: str) -> Settings:
+    """Settings for a bridge on the test broker and API."""
+    overrides = {
+        "mqtt.port": str(port),
+        "mqtt.client_id": "bridge-under-test",
+        "mqtt.reconnect_max_s": "1",
+        "api.base_url": api_url,
+        "api.token": TOKEN,
+        "api.requests_per_minute": "1000000",
+        "api.retry_max_s": "1",
+        "spool.path": str(spool),
+        "http.port": "0",
+        "batch.linger_s": "0.2",
+    }
+    overrides.update(extra)
+    return load_settings(environ={}, overrides=overrides)
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    settings: Settings, mappings: str = TEST_MAPPINGS, connected: bool = True
+) -> AsyncIterator[Bridge]:
+    """Run a bridge in this event loop; stop it gracefully on exit."""
+    bridge = Bridge(settings, load_mappings_text(mappings, "test-mappings.yaml"), lambda: TOKEN)
+    task = asyncio.create_task(bridge.run(), name="test.bridge")
+    try:
+        async with asyncio.timeout(10):
+            await bridge.started()
+            while connected and not (bridge.source and bridge.source.state.connected):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        yield bridge
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+def metric(bridge: Bridge, name: str, **labels: str) -> float:
+    """Current value of one sample of the bridge's registry (0 if absent)."""
+    value = bridge.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+class Publisher:
+    """A QoS 1 MQTT publisher on its own thread; :meth:`publish_all` waits for every PUBACK."""
+
+    def __init__(self, port: int, client_id: str = "test-publisher") -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish_all(
+        self, messages: Iterable[tuple[str, bytes]], rate: float | None = None, timeout: float = 60
+    ) -> int:
+        """Publish and wait for the broker to acknowledge each; optional messages/s pacing."""
+        infos = []
+        start = time.monotonic()
+        for i, (topic, payload) in enumerate(messages):
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            infos.append(self.client.publish(topic, payload, qos=1))
+        for info in infos:
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise TimeoutError("broker did not acknowledge a publish")
+        return len(infos)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def env_messages(count: int, start_ms: int, sites: int = 3, lines: int = 4) -> list[tuple[str, bytes]]:
+    """JSON env messages with unique timestamps; values derived from the index."""
+    out = []
+    for i in range(count):
+        site, line = f"s{i % sites}", f"l{(i // sites) % lines}"
+        payload = (
+            b'{"temp": %d.25, "rh": %d, "power": {"kw": %d.5, "hz": 50}, "ts": %d}'
+            % (i, i % 100, i % 7, start_ms + i)
+        )
+        out.append((f"plant/{site}/{line}/env", payload))
+    return out
+
+
+def expected_env_points(count: int, start_ms: int, sites: int = 3, lines: int = 4) -> set[tuple[str, str, int, float]]:
+    """The (device, metric, ts_ms, value) points :func:`env_messages` should produce."""
+    out = set()
+    for i in range(count):
+        device = f"s{i % sites}-l{(i // sites) % lines}"
+        ts = start_ms + i
+        out |= {
+            (device, "temp", ts, i + 0.25),
+            (device, "rh", ts, float(i % 100)),
+            (device, "kw", ts, i % 7 + 0.5),
+            (device, "hz", ts, 50.0),
+        }
+    return out
+
+
+def delivered_points(points: Iterable[object]) -> list[tuple[str, str, int, float]]:
+    """Stored API points as (device, metric, ts_ms, value) tuples."""
+    out = []
+    for p in points:
+        ts_ms = round(p.timestamp.timestamp() * 1000)  # type: ignore[attr-defined]
+        out.append((p.device_id, p.metric, ts_ms, p.value))  # type: ignore[attr-defined]
+    return out
+
+
+class BridgeProcess:
+    """The bridge as a subprocess (``python -m bridge run``), so it can be SIGKILLed."""
+
+    def __init__(
+        self, port: int, api_url: str, workdir: Path, mappings: str = TEST_MAPPINGS, **extra: str
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.mappings = workdir / "mappings.yaml"
+        self.mappings.write_text(mappings, encoding="utf-8")
+        self.http_port = free_port()
+        self.settings = {
+            "mqtt.port": str(port),
+            "mqtt.client_id": "bridge-proc",
+            "mqtt.reconnect_max_s": "1",
+            "api.base_url": api_url,
+            "api.requests_per_minute": "1000000",
+            "api.retry_max_s": "1",
+            "spool.path": str(workdir / "spool.db"),
+            "http.port": str(self.http_port),
+            "batch.linger_s": "0.2",
+            "mapping.file": str(self.mappings),
+        }
+        self.settings.update(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.outputs: list[Path] = []
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "bridge", "run"]
+        for key, value in self.settings.items():
+            args += ["--set", f"{key}={value}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
+        env["METRIQO_BRIDGE_TOKEN"] = TOKEN
+        out = self.workdir / f"bridge-{len(self.outputs)}.log"
+        self.outputs.append(out)
+        with out.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until /readyz answers 200."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bridge exited with {self.proc.returncode}: {self.output()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310
+                if r.status == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"bridge not ready in {timeout} s: {self.output()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.outputs if p.exists())
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def run_in_thread(fn: object, *args: object) -> threading.Thread:
+    """Start ``fn(*args)`` in a daemon thread."""
+    t = threading.Thread(target=fn, args=args, daemon=True)  # type: ignore[arg-type]
+    t.start()
+    return t
