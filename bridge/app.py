@@ -53,6 +53,7 @@ class Bridge:
             settings.spool.path,
             max_bytes=settings.spool.max_bytes,
             synchronous=settings.spool.synchronous,
+            dedup_window_s=settings.spool.dedup_window_s,
         )
         self._token = token
         self._password = mqtt_password
@@ -78,15 +79,18 @@ class Bridge:
     async def run(self) -> None:
         """Run until :meth:`stop`; raise on a fatal error (spool write failure, bug)."""
         s = self.settings
-        async with AsyncSpool(self.spool) as aspool, Sender(
-            s.api.base_url,
-            self._token,
-            body=s.api.body,
-            connect_timeout_s=s.api.connect_timeout_s,
-            read_timeout_s=s.api.read_timeout_s,
-            total_timeout_s=s.api.total_timeout_s,
-            ca_file=s.api.ca_file,
-        ) as sender:
+        async with (
+            AsyncSpool(self.spool) as aspool,
+            Sender(
+                s.api.base_url,
+                self._token,
+                body=s.api.body,
+                connect_timeout_s=s.api.connect_timeout_s,
+                read_timeout_s=s.api.read_timeout_s,
+                total_timeout_s=s.api.total_timeout_s,
+                ca_file=s.api.ca_file,
+            ) as sender,
+        ):
             self._aspool = aspool
             self._bind_spool_metrics()
             self._had_session = await aspool.run(self.spool.meta_get, _SESSION_KEY) == (
@@ -145,22 +149,24 @@ class Bridge:
         self.intake.accepting = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                while len(self.intake):
+                while len(self.intake):  # noqa: ASYNC110  # bounded poll during shutdown only
                     await asyncio.sleep(0.01)
         await self.source.stop()
         source.cancel()
         self.delivery.flush()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                while not self.delivery.idle:
+                while not self.delivery.idle:  # noqa: ASYNC110  # bounded poll during shutdown
                     await asyncio.sleep(0.02)
-        if not self.delivery.idle:
+        timed_out = not self.delivery.idle
+        commit.cancel()
+        deliver.cancel()
+        if timed_out:
+            await asyncio.wait([deliver])  # let in-flight deletes settle before counting
             log.warning(
                 "stop timeout reached; %d point(s) stay in the spool for the next start",
                 self.spool.depth_points,
             )
-        commit.cancel()
-        deliver.cancel()
 
     # -- commit loop --------------------------------------------------------------------
 
@@ -209,10 +215,11 @@ class Bridge:
         assert self.source is not None
         state = self.source.state
         for p in batch:
-            if state.connected and p.generation == state.generation:
+            # A message from an earlier connection cannot be acknowledged on this one; the
+            # broker redelivers it and the intake recognises it (see Intake.receive).
+            if p.qos and state.connected and p.generation == state.generation:
                 self.source.ack(p.mid, p.qos)
-            else:
-                self.intake.remember_unacked(p, p.generation)
+                self.intake.acknowledged(p.mid)
 
     def _count(self, batch: list[Pending], result: CommitResult) -> None:
         m = self.metrics
@@ -240,7 +247,8 @@ class Bridge:
         m.mqtt_connected.set(1)
         m.mqtt_connects.inc()
         assert self.source is not None
-        self.intake.forget_before(self.source.state.generation - 1)
+        if not session_present:
+            self.intake.session_lost()
         if not session_present and self._had_session:
             m.mqtt_session_lost.inc()
             log.warning(
@@ -262,6 +270,8 @@ class Bridge:
         if self.source is None or not self.source.state.connected:
             detail = self.source.state.last_error if self.source else "not started"
             out.append(f"mqtt not connected: {detail}" if detail else "mqtt not connected")
+        elif not self.source.state.subscribed:
+            out.append("mqtt subscriptions not yet acknowledged")
         if self.spool.full:
             out.append("spool full")
         if self.delivery is not None and self.delivery.paused_reason:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -13,9 +14,7 @@ class Backoff:
     broker or API is not hit by a synchronized wave.
     """
 
-    def __init__(
-        self, base: float, cap: float, rng: Callable[[], float] = random.random
-    ) -> None:
+    def __init__(self, base: float, cap: float, rng: Callable[[], float] = random.random) -> None:
         self.base = base
         self.cap = cap
         self._rng = rng
@@ -23,7 +22,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Delay before the next attempt; each call widens the window up to the cap."""
-        window = min(self.cap, self.base * (2 ** min(self.attempt, 62)))
+        window = min(self.cap, math.ldexp(self.base, min(self.attempt, 62)))
         self.attempt += 1
         return self._rng() * window
 

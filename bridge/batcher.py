@@ -48,7 +48,11 @@ class Batch:
             metrics = dict(r.metrics)
             by_key[key] = metrics
             objects.append(
-                {"device_id": r.device_id, "timestamp": format_timestamp(r.ts_us), "metrics": metrics}
+                {
+                    "device_id": r.device_id,
+                    "timestamp": format_timestamp(r.ts_us),
+                    "metrics": metrics,
+                }
             )
         return objects
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -85,9 +86,12 @@ class LocalBroker:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "mosquitto.conf"
+        # Started as root, mosquitto switches to the "mosquitto" user, which cannot write our
+        # private persistence directory; keep the current user instead.
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
         path.write_text(
             f"{base}\n# generated\nlistener {self.port} 127.0.0.1\n"
-            f"persistence_location {data}/\n{self.extra_config}\n",
+            f"persistence_location {data}/\n{user}{self.extra_config}\n",
             encoding="utf-8",
         )
         return path
@@ -101,17 +105,25 @@ class LocalBroker:
             [binary, "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
         )
         log.close()
+        try:
+            self._wait_listening(timeout)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a stray broker behind (Ctrl-C included)
+            raise
+
+    def _wait_listening(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise BrokerUnavailable(f"mosquitto exited with {self.proc.returncode}: {tail}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.05)
-        self.stop()
         raise BrokerUnavailable(f"mosquitto did not listen on port {self.port} in {timeout} s")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -72,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
     api.add_argument(
-        "--token-file", type=Path, help="file holding the token clients must send "
-        "(default: env METRIQO_BRIDGE_TOKEN_FILE or METRIQO_BRIDGE_TOKEN)"
+        "--token-file",
+        type=Path,
+        help="file holding the token clients must send "
+        "(default: env METRIQO_BRIDGE_TOKEN_FILE or METRIQO_BRIDGE_TOKEN)",
     )
     api.add_argument(
         "--rate-limit", type=int, default=1000, help="telemetry requests per minute, 0 = none"
@@ -90,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metriqo-bridge`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help",
-                                                                              "--version"):
+    if not args_list or (
+        args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")
+    ):
         args_list.insert(0, "run")
     args = build_parser().parse_args(args_list)
     try:
@@ -180,7 +184,9 @@ def _check(file: Path) -> int:
     rules = load_mappings(file)
     print(f"{file}: OK, {len(rules)} rule(s)")
     for rule in rules:
-        print(f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), payload {rule.payload}")
+        print(
+            f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), payload {rule.payload}"
+        )
     return 0
 
 
@@ -203,8 +209,6 @@ def _simulate_api(args: argparse.Namespace) -> int:
             key="simulate-api",
         )
     limit = args.rate_limit if args.rate_limit > 0 else None
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(args.host, args.port, token, limit))
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -113,7 +113,9 @@ class Delivery:
                 )
             )
             if ready:
-                rows = await self._spool.run(self._spool.spool.fetch, self._cursor, self._max_points)
+                rows = await self._spool.run(
+                    self._spool.spool.fetch, self._cursor, self._max_points
+                )
                 if rows:
                     batch = take_batch(rows, self._max_points, single_object=self._single)
                     self._cursor = batch.records[-1].seq
@@ -179,7 +181,9 @@ class Delivery:
             # Never send earlier than the server asked; all slots share the pause.
             wait = exc.retry_after if exc.retry_after is not None else delay
             self._not_before = max(self._not_before, self._clock() + wait)
-            self._throttle.log(log, logging.WARNING, "429", "API rate limit hit; pausing %.1f s", wait)
+            self._throttle.log(
+                log, logging.WARNING, "429", "API rate limit hit; pausing %.1f s", wait
+            )
             return
         if exc.status in (401, 403, 404) or (exc.status is not None and 300 <= exc.status < 400):
             self.paused_reason = str(exc)

@@ -49,10 +49,13 @@ class Intake:
         self._pending: deque[Pending] = deque()
         self._ready = asyncio.Event()
         self.accepting = True
-        # Receive times of messages committed but never acknowledged (their connection dropped):
-        # the broker will redeliver them with DUP=1, and reusing the time keeps their record ids
-        # equal, so the spool stores them once even when the payload carries no timestamp.
-        self._replay: dict[tuple[str, bytes], deque[tuple[int, int]]] = {}
+        # Messages received but not yet acknowledged, by packet id. A broker resends exactly these
+        # after a reconnect (DUP=1, same packet id), and it cannot have reused an id we never
+        # acknowledged; so a DUP whose id, topic and payload match an entry is that message, and
+        # reusing its receive time keeps its record id, so the spool stores it once even when the
+        # payload carries no timestamp. Bounded by the 65,535 packet ids.
+        self._unacked: dict[int, tuple[str, int, int]] = {}
+        self._last_us = 0
         self._received = 0
         self._unmatched = 0
         self._points: dict[str, int] = {}
@@ -61,19 +64,23 @@ class Intake:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def receive(
+    def receive(  # noqa: PLR0917  # the MessageSink signature, called per message
         self, topic: str, payload: bytes, mid: int, qos: int, dup: bool, generation: int
     ) -> None:
         """The MQTT sink: map one message and queue it."""
         if not self.accepting:
             return  # shutting down: left unacknowledged, the broker keeps it for the session
-        received_us = int(self._wall() * 1_000_000)
-        if dup and self._replay:
-            earlier = self._replay.get((topic, payload))
-            if earlier:
-                received_us = earlier.popleft()[0]
-                if not earlier:
-                    del self._replay[(topic, payload)]
+        # Strictly increasing receive times: two identical plain payloads can never share a
+        # record id (which would store the second as a redelivery of the first).
+        received_us = max(int(self._wall() * 1_000_000), self._last_us + 1)
+        self._last_us = received_us
+        if qos:
+            digest = hash(payload)
+            if dup:
+                earlier = self._unacked.get(mid)
+                if earlier is not None and earlier[0] == topic and earlier[1] == digest:
+                    received_us = earlier[2]
+            self._unacked[mid] = (topic, digest, received_us)
         mapped = self.mapper.map(topic, payload, received_us)
         self._received += 1
         dead = None
@@ -111,19 +118,13 @@ class Intake:
         """Return an uncommitted batch to the front, keeping receive order."""
         self._pending.extendleft(reversed(batch))
 
-    def remember_unacked(self, p: Pending, generation: int) -> None:
-        """Record the receive time of a committed message that could not be acknowledged."""
-        self._replay.setdefault((p.topic, p.payload), deque()).append((p.received_us, generation))
+    def acknowledged(self, mid: int) -> None:
+        """The PUBACK for ``mid`` was sent: the broker may reuse the id from now on."""
+        self._unacked.pop(mid, None)
 
-    def forget_before(self, generation: int) -> None:
-        """Drop replay entries from connections before ``generation`` (their redelivery is
-        over: it happens right after the reconnect that follows the drop)."""
-        for key in list(self._replay):
-            kept = deque(e for e in self._replay[key] if e[1] >= generation)
-            if kept:
-                self._replay[key] = kept
-            else:
-                del self._replay[key]
+    def session_lost(self) -> None:
+        """The broker has no session: nothing will be redelivered."""
+        self._unacked.clear()
 
     def flush_counters(self) -> None:
         """Move the per-message counts into the Prometheus metrics."""

@@ -28,9 +28,7 @@ class LogThrottle:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(
-        self, logger: logging.Logger, level: int, key: str, msg: str, *args: object
-    ) -> bool:
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object) -> bool:
         """Log now if the key's interval has passed; return whether a line was written."""
         now = self._clock()
         last = self._last.get(key)

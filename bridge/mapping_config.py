@@ -82,7 +82,9 @@ def compile_mappings(data: object, index: LineIndex) -> list[Rule]:
         at: KeyPath = ("rules", i)
         if rule_spec.name in seen:
             errors.append(
-                index.error((*at, "name"), f"duplicate rule name (also rule {seen[rule_spec.name]})")
+                index.error(
+                    (*at, "name"), f"duplicate rule name (also rule {seen[rule_spec.name]})"
+                )
             )
         seen.setdefault(rule_spec.name, i)
         rule = _compile_rule(rule_spec, at, index, errors)
@@ -189,9 +191,7 @@ def _template(
     return Template(text=text, parts=tuple(parts))
 
 
-def _field_path(
-    text: str, at: KeyPath, index: LineIndex, errors: list[ConfigError]
-) -> FieldPath:
+def _field_path(text: str, at: KeyPath, index: LineIndex, errors: list[ConfigError]) -> FieldPath:
     segments = tuple(text.split("."))
     if any(not s for s in segments):
         errors.append(index.error(at, f"field path {text!r} has an empty segment"))

@@ -53,7 +53,9 @@ class BridgeMetrics:
             "Points already in the spool (MQTT redelivery), stored once",
             registry=r,
         )
-        self.spool_points = Gauge(p + "spool_points", "Data points waiting in the spool", registry=r)
+        self.spool_points = Gauge(
+            p + "spool_points", "Data points waiting in the spool", registry=r
+        )
         self.spool_bytes = Gauge(p + "spool_bytes", "Bytes used by the spool database", registry=r)
         self.spool_oldest_age = Gauge(
             p + "spool_oldest_point_age_seconds",
@@ -68,7 +70,9 @@ class BridgeMetrics:
             "Time MQTT acknowledgements were withheld because the spool was full",
             registry=r,
         )
-        self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while connected to the broker", registry=r)
+        self.mqtt_connected = Gauge(
+            p + "mqtt_connected", "1 while connected to the broker", registry=r
+        )
         self.mqtt_connects = Counter(
             p + "mqtt_connects_total", "Successful broker connections", registry=r
         )

@@ -7,7 +7,6 @@ the error hierarchy; the delivery loop decides what to do with each class.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import ssl
 import time
@@ -105,7 +104,7 @@ class Sender:
                 status = resp.status
                 raw = await resp.read()
                 retry_after = resp.headers.get("Retry-After")
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise RetryableDelivery("API request timed out") from None
         except aiohttp.ClientError as exc:
             # str(exc) of aiohttp client errors names host and reason, never request headers.

@@ -92,6 +92,7 @@ class SpoolSettings(_Section):
     max_bytes: int = Field(1 << 30, ge=1 << 20)
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     commit_max_messages: int = Field(5000, ge=1)
+    dedup_window_s: float = Field(900.0, ge=0)
 
 
 class MappingSettings(_Section):
@@ -206,7 +207,9 @@ def _check(s: Settings, origin: dict[KeyPath, str]) -> None:
     errors: list[ConfigError] = []
 
     def fail(path: KeyPath, message: str) -> None:
-        errors.append(ConfigError(message, file=origin.get(path, "defaults"), key=format_path(path)))
+        errors.append(
+            ConfigError(message, file=origin.get(path, "defaults"), key=format_path(path))
+        )
 
     url = urlsplit(s.api.base_url)
     if url.scheme not in ("https", "http") or not url.hostname:

@@ -44,6 +44,7 @@ class SourceState:
     """What the rest of the bridge may read about the connection."""
 
     connected: bool = False
+    subscribed: bool = False
     generation: int = 0
     session_present: bool | None = None
     last_error: str = ""
@@ -94,9 +95,7 @@ class MqttSource:
         if s.username is not None:
             client.username_pw_set(s.username, self._password)
         if s.tls.enabled:
-            ctx = ssl.create_default_context(
-                cafile=str(s.tls.ca_file) if s.tls.ca_file else None
-            )
+            ctx = ssl.create_default_context(cafile=str(s.tls.ca_file) if s.tls.ca_file else None)
             if s.tls.cert_file and s.tls.key_file:
                 ctx.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
             if not s.tls.verify:
@@ -106,6 +105,7 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -173,14 +173,12 @@ class MqttSource:
     def _blocking_connect(self) -> None:
         s = self._s
         if s.protocol == "v5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = s.session_expiry_s
             # Receive Maximum sizes the broker's window of unacknowledged messages; messages
             # wait here only until the next group commit, so a wide window keeps commits large.
             props.ReceiveMaximum = s.receive_maximum
-            self._client.connect(
-                s.host, s.port, s.keepalive_s, clean_start=False, properties=props
-            )
+            self._client.connect(s.host, s.port, s.keepalive_s, clean_start=False, properties=props)
         else:
             self._client.connect(s.host, s.port, s.keepalive_s)
 
@@ -197,10 +195,11 @@ class MqttSource:
     def _teardown(self) -> None:
         sock = self._client.socket()
         if sock is not None:
-            self._client._sock_close()  # noqa: SLF001  # paho has no public close-without-DISCONNECT
+            self._client._sock_close()  # paho has no public close-without-DISCONNECT
         self._set_disconnected()
 
     def _set_disconnected(self) -> None:
+        self.state.subscribed = False
         if self.state.connected:
             self.state.connected = False
             if self._on_disconnected_cb:
@@ -221,10 +220,11 @@ class MqttSource:
         self.state.connected = True
         self.state.generation += 1
         self.state.session_present = present
-        options = SubscribeOptions(qos=1)
-        topics = [(f, options if self._s.protocol == "v5" else 1) for f in self._subscriptions]
-        if topics:
-            client.subscribe(topics)
+        topics = self._subscriptions
+        if topics and self._s.protocol == "v5":
+            client.subscribe([(f, SubscribeOptions(qos=1)) for f in topics])
+        elif topics:
+            client.subscribe([(f, 1) for f in topics])
         log.info(
             "connected to %s:%s as %r (session present: %s), subscribed to %d filter(s)",
             self._s.host,
@@ -236,6 +236,16 @@ class MqttSource:
         if self._on_connected_cb:
             self._on_connected_cb(present)
         self._connack.set()
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _ud: Any, _mid: int, reasons: list[Any], _props: Any
+    ) -> None:
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            # The broker's ACL may forbid a filter: say so loudly, keep the rest running.
+            self.state.last_error = f"broker refused {len(refused)} subscription(s): {refused}"
+            log.error("%s", self.state.last_error)
+        self.state.subscribed = True
 
     def _on_disconnect(
         self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any
@@ -251,8 +261,10 @@ class MqttSource:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
-            topic = msg._topic.decode("utf-8", "replace")  # noqa: SLF001  # brokers validate UTF-8
-        self._sink(topic, msg.payload, msg.mid, msg.qos, bool(msg.dup), self.state.generation)
+            topic = msg._topic.decode("utf-8", "replace")  # brokers validate UTF-8
+        self._sink(
+            topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.dup), self.state.generation
+        )
 
     def _on_readable(self) -> None:
         client = self._client
@@ -301,4 +313,8 @@ class MqttSource:
     def _on_unregister_write(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
         loop = self._loop
         assert loop is not None
-        self._call_on_loop(lambda: loop.remove_writer(sock))
+
+        def remove() -> None:
+            loop.remove_writer(sock)
+
+        self._call_on_loop(remove)

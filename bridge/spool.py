@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, at_us);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+-- Ids of recently delivered records: a broker that redelivers a message after the bridge
+-- delivered it (its PUBACK was lost in a broker restart) does not cause a second delivery.
+CREATE TABLE IF NOT EXISTS delivered_ids (rid BLOB PRIMARY KEY, at_us INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_ids_at ON delivered_ids (at_us);
 """
 
 
@@ -98,9 +103,12 @@ class Spool:
         *,
         max_bytes: int = 1 << 30,
         synchronous: Synchronous = "FULL",
+        dedup_window_s: float = 900.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self.dedup_window_s = dedup_window_s
+        self._next_prune = 0.0
         self.max_bytes = max_bytes
         self.synchronous = synchronous
         self._clock = clock
@@ -196,7 +204,9 @@ class Spool:
             if src.exists():
                 src.rename(Path(str(target) + suffix))
         self.moved_aside = target
-        log.error("spool %s was corrupt; moved aside to %s and started a new one", self.path, target)
+        log.error(
+            "spool %s was corrupt; moved aside to %s and started a new one", self.path, target
+        )
 
     def _load_counters(self) -> None:
         db = self._conn
@@ -258,7 +268,8 @@ class Spool:
             top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
             cur = db.executemany(
                 "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+                "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE rid = ?1)",
                 [
                     (
                         r.record_id,
@@ -351,6 +362,16 @@ class Spool:
             ).fetchall()
             points = sum(int(r[4]) for r in rows)
             if dead is None:
+                now = self._clock()
+                db.execute(
+                    f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
+                    f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
+                    (int(now * 1_000_000), *seqs),
+                )
+                if now >= self._next_prune:
+                    self._next_prune = now + 60.0
+                    cutoff = int((now - self.dedup_window_s) * 1_000_000)
+                    db.execute("DELETE FROM delivered_ids WHERE at_us < ?", (cutoff,))
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('delivered_points', ?) "
                     "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",

@@ -68,7 +68,7 @@ async def running_bridge(
     try:
         async with asyncio.timeout(10):
             await bridge.started()
-            while connected and not (bridge.source and bridge.source.state.connected):
+            while connected and not (bridge.source and bridge.source.state.subscribed):
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.02)
@@ -119,20 +119,26 @@ class Publisher:
         self.client.disconnect()
 
 
-def env_messages(count: int, start_ms: int, sites: int = 3, lines: int = 4) -> list[tuple[str, bytes]]:
+def env_messages(
+    count: int, start_ms: int, sites: int = 3, lines: int = 4
+) -> list[tuple[str, bytes]]:
     """JSON env messages with unique timestamps; values derived from the index."""
     out = []
     for i in range(count):
         site, line = f"s{i % sites}", f"l{(i // sites) % lines}"
-        payload = (
-            b'{"temp": %d.25, "rh": %d, "power": {"kw": %d.5, "hz": 50}, "ts": %d}'
-            % (i, i % 100, i % 7, start_ms + i)
+        payload = b'{"temp": %d.25, "rh": %d, "power": {"kw": %d.5, "hz": 50}, "ts": %d}' % (
+            i,
+            i % 100,
+            i % 7,
+            start_ms + i,
         )
         out.append((f"plant/{site}/{line}/env", payload))
     return out
 
 
-def expected_env_points(count: int, start_ms: int, sites: int = 3, lines: int = 4) -> set[tuple[str, str, int, float]]:
+def expected_env_points(
+    count: int, start_ms: int, sites: int = 3, lines: int = 4
+) -> set[tuple[str, str, int, float]]:
     """The (device, metric, ts_ms, value) points :func:`env_messages` should produce."""
     out = set()
     for i in range(count):
@@ -204,7 +210,7 @@ class BridgeProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bridge exited with {self.proc.returncode}: {self.output()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
             time.sleep(0.1)

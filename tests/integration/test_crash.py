@@ -24,7 +24,9 @@ from tests.integration.harness import (
 )
 
 
-async def _publish_in_background(port: int, messages: list[tuple[str, bytes]], rate: float) -> asyncio.Task[int]:
+async def _publish_in_background(
+    port: int, messages: list[tuple[str, bytes]], rate: float
+) -> asyncio.Task[int]:
     pub = Publisher(port, client_id=f"pub-{time.monotonic_ns()}")
 
     def run() -> int:
@@ -36,9 +38,20 @@ async def _publish_in_background(port: int, messages: list[tuple[str, bytes]], r
     return asyncio.create_task(asyncio.to_thread(run))
 
 
+async def _wait_all_delivered(api: LocalApi, n: int, start_ms: int, timeout: float) -> None:
+    """Wait until every expected point has arrived (a count would be fooled by duplicates)."""
+    want = expected_env_points(n, start_ms)
+    async with asyncio.timeout(timeout):
+        while not want <= set(delivered_points(api.store.points())):
+            await asyncio.sleep(0.1)
+
+
 def _assert_no_loss(api: LocalApi, n: int, start_ms: int) -> None:
     got = delivered_points(api.store.points())
-    assert set(got) == expected_env_points(n, start_ms), "points lost or invented"
+    missing = expected_env_points(n, start_ms) - set(got)
+    extra = set(got) - expected_env_points(n, start_ms)
+    assert not missing, f"{len(missing)} points lost, e.g. {sorted(missing)[:8]}"
+    assert not extra, f"{len(extra)} points invented, e.g. {sorted(extra)[:8]}"
     # Duplicates are allowed only as exact repeats (same point id and timestamp).
     for point, count in Counter(got).items():
         assert count <= 2, (point, count)
@@ -68,7 +81,7 @@ async def test_sigkill_mid_stream_loses_nothing(
             proc.start()
             await asyncio.to_thread(proc.wait_ready)
         assert await publishing == n
-        await api.store.wait_for_points(4 * n, 90)
+        await _wait_all_delivered(api, n, start_ms, 90)
         assert proc.terminate() == 0
     finally:
         proc.close()
@@ -99,7 +112,7 @@ async def test_sigkill_while_api_down_then_restart_delivers_spool(
         proc.kill()
         async with LocalApi(token=TOKEN, port=port, rate_limit_per_minute=None) as api:
             proc.start()
-            await api.store.wait_for_points(4 * n, 60)
+            await _wait_all_delivered(api, n, start_ms, 60)
             assert proc.terminate() == 0
             _assert_no_loss(api, n, start_ms)
     finally:
@@ -127,14 +140,16 @@ async def test_sigterm_under_load_drains_and_exits_zero(
         assert took < 10.0
         await publishing
         proc.start()  # messages left unacknowledged at stop are still in the broker session
-        await api.store.wait_for_points(4 * n, 60)
+        await _wait_all_delivered(api, n, start_ms, 60)
         assert proc.terminate() == 0
     finally:
         proc.close()
     _assert_no_loss(api, n, start_ms)
 
 
-def _run_cli(args: list[str], tmp_path: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    args: list[str], tmp_path: Path, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
     env["METRIQO_BRIDGE_TOKEN"] = TOKEN
     return subprocess.run(
@@ -184,8 +199,11 @@ def test_check_command_reports_ok_and_errors(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nrules:\n  - name: x\n    topic: a/#/b\n    device_id: d\n"
-                   "    payload: number\n    metric: m\n", encoding="utf-8")
+    bad.write_text(
+        "version: 1\nrules:\n  - name: x\n    topic: a/#/b\n    device_id: d\n"
+        "    payload: number\n    metric: m\n",
+        encoding="utf-8",
+    )
     result = _run_cli(["check", str(bad)], tmp_path)
     assert result.returncode == 78
     assert f"{bad}:4: rules[0].topic: '#' is only allowed as the last level" in result.stderr
@@ -205,7 +223,8 @@ async def test_second_instance_on_same_spool_is_refused(
         code = await asyncio.to_thread(second.proc.wait, 30)
         assert code == 75
         assert "in use by another metriqo-bridge" in second.output()
-        assert first.proc is not None and first.proc.poll() is None
+        assert first.proc is not None
+        assert first.proc.poll() is None
     finally:
         first.close()
         second.close()

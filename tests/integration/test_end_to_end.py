@@ -65,7 +65,8 @@ async def test_plain_numbers_are_stamped_with_receive_time(
         pub = Publisher(broker.port)
         try:
             await asyncio.to_thread(
-                pub.publish_all, [(f"tele/meter-{i}/voltage", b"%d.5" % (220 + i)) for i in range(20)]
+                pub.publish_all,
+                [(f"tele/meter-{i}/voltage", b"%d.5" % (220 + i)) for i in range(20)],
             )
         finally:
             pub.close()
@@ -80,7 +81,9 @@ async def test_plain_numbers_are_stamped_with_receive_time(
     for r in api.store.requests:
         body = r.body
         assert isinstance(body, list)
-        assert all("timestamp" in obj for obj in body), "every point carries an explicit timestamp"
+        for obj in body:
+            assert isinstance(obj, dict)
+            assert "timestamp" in obj, "every point carries an explicit timestamp"
 
 
 async def test_malformed_payloads_are_dead_lettered_and_neighbours_delivered(
@@ -95,7 +98,11 @@ async def test_malformed_payloads_are_dead_lettered_and_neighbours_delivered(
         ("plant/s0/l0/env", b'{"temp": 1e400, "ts": 1}', "invalid_json"),
         ("plant/s0/l0/env", b"\x1f\x8b\x08\x00binary", "invalid_json"),
         ("plant/s0/l0/env", b"", "invalid_json"),
-        ("plant/s0/l0/env", b'{"temp": 1, "rh": 2, "power": {"kw": 3, "hz": 4}}', "missing_timestamp"),
+        (
+            "plant/s0/l0/env",
+            b'{"temp": 1, "rh": 2, "power": {"kw": 3, "hz": 4}}',
+            "missing_timestamp",
+        ),
         ("plant/s0/l0/env", b'{"temp": 1, "ts": "yesterday"}', "bad_timestamp"),
         ("plant/s0/l0/env", b'{"temp": 1, "ts": "3000-01-01T00:00:00Z"}', "bad_timestamp"),
         ("plant/s0/l0/env", b'{"temp": 1, "ts": "2026-01-01T00:00:00"}', "bad_timestamp"),
@@ -135,7 +142,10 @@ async def test_malformed_payloads_are_dead_lettered_and_neighbours_delivered(
         }
     got = set(delivered_points(api.store.points()))
     assert expected_env_points(30, start_ms) <= got
-    assert {(p[1], p[3]) for p in got - expected_env_points(30, start_ms)} == {("kw", 2.5), ("hz", 50.0)}
+    assert {(p[1], p[3]) for p in got - expected_env_points(30, start_ms)} == {
+        ("kw", 2.5),
+        ("hz", 50.0),
+    }
     want = Counter(b[2] for b in bad)
     want["boolean_value"] += 1  # the partial message is dead-lettered by its first failure
     assert Counter(d[1] for d in dead) == want
