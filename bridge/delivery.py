@@ -23,6 +23,7 @@ from bridge.sender import Sender
 from bridge.spool import AsyncSpool
 
 log = logging.getLogger(__name__)
+_MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever
 
 
 class Delivery:
@@ -180,6 +181,16 @@ class Delivery:
         if exc.status == 429:
             # Never send earlier than the server asked; all slots share the pause.
             wait = exc.retry_after if exc.retry_after is not None else delay
+            if wait > _MAX_RETRY_AFTER_S:
+                self._throttle.log(
+                    log,
+                    logging.ERROR,
+                    "retry-after-cap",
+                    "API asked to wait %.0f s; capping the pause at %.0f s",
+                    wait,
+                    _MAX_RETRY_AFTER_S,
+                )
+                wait = _MAX_RETRY_AFTER_S
             self._not_before = max(self._not_before, self._clock() + wait)
             self._throttle.log(
                 log, logging.WARNING, "429", "API rate limit hit; pausing %.1f s", wait

@@ -49,7 +49,7 @@ class FieldPath:
                 cur = cur.get(seg, _MISSING)
                 if cur is _MISSING:
                     return _MISSING
-            elif isinstance(cur, list) and seg.isdigit() and int(seg) < len(cur):
+            elif isinstance(cur, list) and seg.isascii() and seg.isdigit() and int(seg) < len(cur):
                 cur = cur[int(seg)]
             else:
                 return _MISSING

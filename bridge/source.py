@@ -128,6 +128,8 @@ class MqttSource:
                 if await self._connect_once():
                     backoff.reset()
                     await self._serve_connection()
+                if self._stopping:
+                    return
                 delay = backoff.next_delay()
                 log.info("reconnecting to the broker in %.1f s", delay)
                 await asyncio.sleep(delay)

@@ -131,12 +131,19 @@ class Spool:
             raise SpoolError(f"cannot create spool directory {self.path.parent}: {exc}") from exc
         self._lock()
         try:
-            self._db = self._connect()
-            if not self._healthy(self._db):
-                self._db.close()
+            try:
+                self._db = self._connect()
+                healthy = self._healthy(self._db)
+            except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+                log.error("spool %s cannot be read: %s", self.path, exc)
+                healthy = False
+            if not healthy:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
                 self._move_aside()
                 self._db = self._connect()
-            self._db.executescript(_SCHEMA)
+            self._conn.executescript(_SCHEMA)
             self._load_counters()
         except sqlite3.Error as exc:
             self.close()
@@ -199,6 +206,10 @@ class Spool:
         # Never delete a damaged spool: it may hold the only copy of readings worth recovering.
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while any(Path(str(target) + sfx).exists() for sfx in ("", "-wal", "-shm")):
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():
@@ -314,6 +325,9 @@ class Spool:
             if _is_full(exc):
                 raise SpoolFull(f"disk full while writing the spool: {exc}") from exc
             raise SpoolError(f"spool write failed: {exc}") from exc
+        except BaseException:
+            self._rollback()  # never leave a transaction open: every later write would fail
+            raise
         self.depth_records += inserted
         self.depth_points += points
         if self.oldest_received_us is None and inserted:
@@ -386,7 +400,9 @@ class Spool:
                         (
                             r[5],
                             reason,
-                            orjson.dumps({"device_id": r[1], "ts_us": r[2], "metrics": r[3]}),
+                            orjson.dumps(
+                                {"device_id": r[1], "ts_us": r[2], "metrics": orjson.loads(r[3])}
+                            ),
                             0,
                             detail,
                         )
@@ -398,6 +414,9 @@ class Spool:
         except sqlite3.Error as exc:
             self._rollback()
             raise SpoolError(f"spool delete failed: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
         self.depth_records -= len(rows)
         self.depth_points -= points
         if dead is None:

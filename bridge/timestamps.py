@@ -32,7 +32,11 @@ def parse_timestamp(value: object, fmt: TimestampFormat) -> int:
     if isinstance(value, int | float):
         if fmt == "iso8601":
             raise PayloadError("bad_timestamp", "expected an ISO 8601 string")
-        return _from_epoch(float(value), fmt)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise PayloadError("bad_timestamp", "epoch value is out of range") from None
+        return _from_epoch(number, fmt)
     if isinstance(value, str):
         if fmt in ("auto", "iso8601"):
             if fmt == "auto" and _looks_numeric(value):

@@ -16,6 +16,7 @@ from bridge.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
 MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
@@ -77,6 +78,7 @@ def load_yaml_text(text: str, name: str) -> tuple[Any, LineIndex]:
     """Parse YAML text with the safe loader; see module docstring for what is refused."""
     index = LineIndex(name)
     try:
+        _check_events(text, name)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -88,6 +90,53 @@ def load_yaml_text(text: str, name: str) -> tuple[Any, LineIndex]:
     if node is None:
         return None, index
     return _build(node, (), index, set()), index
+
+
+def _check_events(text: str, name: str) -> None:
+    """Refuse aliases (naming the line and key that use one) and nesting deep enough to exhaust
+    the composer's recursion, before building anything."""
+    # One frame per open collection: [is_mapping, expecting_key, key or index, path]
+    stack: list[list[Any]] = []
+
+    def value_path() -> KeyPath:
+        if not stack:
+            return ()
+        frame = stack[-1]
+        return (*frame[3], frame[2])
+
+    def after_value() -> None:
+        if stack:
+            frame = stack[-1]
+            if frame[0]:
+                frame[1] = True
+            else:
+                frame[2] += 1
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark else None
+        is_key = bool(stack) and stack[-1][0] and stack[-1][1]
+        if isinstance(event, yaml.AliasEvent):
+            where = format_path(value_path()) if not is_key else format_path(stack[-1][3])
+            raise ConfigError(
+                "YAML aliases (*name) are not allowed", file=name, line=line, key=where
+            )
+        if isinstance(event, yaml.ScalarEvent):
+            if is_key:
+                stack[-1][1] = False
+                stack[-1][2] = event.value
+            else:
+                after_value()
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise ConfigError(f"nesting deeper than {MAX_DEPTH} levels", file=name, line=line)
+            path = value_path() if not is_key else stack[-1][3]
+            if is_key:
+                stack[-1][1] = False
+                stack[-1][2] = "?"
+            stack.append([isinstance(event, yaml.MappingStartEvent), True, 0, path])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            stack.pop()
+            after_value()
 
 
 def _build(node: yaml.Node, path: KeyPath, index: LineIndex, seen: set[int]) -> Any:

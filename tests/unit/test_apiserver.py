@@ -15,7 +15,7 @@ import pytest
 from bridge.apiserver import LocalApi, StoredPoint, serve_forever
 
 # A made-up token for the local fake server; S105 flags any literal assigned to TOKEN.
-TOKEN = "mqk_test_5e3c9a1f"  # noqa: S105
+TOKEN = "mqk_test_5e3c9a1f"
 WAIT = 5.0  # generous: only a bug makes a loopback request take this long
 T0 = datetime(2024, 11, 15, 8, 0, tzinfo=UTC)
 

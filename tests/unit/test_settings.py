@@ -1,0 +1,321 @@
+"""Unit tests of settings loading: layer precedence, error provenance and secret hygiene."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import ConfigError, ConfigErrors
+from bridge.settings import (
+    Settings,
+    is_loopback,
+    load_settings,
+    read_secret_file,
+    redacted,
+    resolve_mqtt_password,
+    resolve_token,
+)
+
+# Made-up secrets: each must never appear in an error message or a dump.
+SECRET = "mqk_live_7f3d2a9b1c4e8f60aa55"
+PASSWORD = "broker-pw-1c0ffee"
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    """Write ``text`` to ``path`` with permissions ``mode``."""
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def load_error(
+    tmp_path: Path,
+    file_text: str | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> ConfigError:
+    """The ConfigError raised for these layers (file written as settings.yaml)."""
+    file = write(tmp_path / "settings.yaml", file_text) if file_text is not None else None
+    with pytest.raises(ConfigError) as info:
+        load_settings(file=file, environ=environ or {}, overrides=overrides)
+    return info.value
+
+
+def everything_said(err: ConfigError) -> str:
+    """All text an error exposes: str, repr and every field of every sub-error."""
+    parts = [str(err), repr(err)]
+    for e in err.errors if isinstance(err, ConfigErrors) else [err]:
+        parts += [str(e), repr(e), e.detail, e.key, str(e.file), repr(e.args)]
+    return "\n".join(parts)
+
+
+def test_defaults_apply_without_any_layer() -> None:
+    """With no file, environment or flags the documented defaults are used."""
+    s = load_settings(environ={})
+    assert s == Settings()
+    assert (s.mqtt.host, s.mqtt.port, s.batch.max_points) == ("127.0.0.1", 1883, 100)
+    assert s.api.base_url.startswith("https://")
+
+
+def test_precedence_is_defaults_then_file_then_env_then_flags(tmp_path: Path) -> None:
+    """Each layer overrides the one before it key by key; untouched keys keep lower layers."""
+    file = write(
+        tmp_path / "settings.yaml",
+        "mqtt:\n  host: file-host\n  port: 1884\n  keepalive_s: 40\nbatch:\n  linger_s: 2.5\n",
+    )
+    s = load_settings(
+        file=file,
+        environ={
+            "METRIQO_BRIDGE_MQTT__PORT": "1885",
+            "METRIQO_BRIDGE_MQTT__KEEPALIVE_S": "50",
+            "METRIQO_BRIDGE_LOG_LEVEL": "DEBUG",
+            "UNRELATED": "ignored",
+        },
+        overrides={"mqtt.port": "1886"},
+    )
+    assert s.mqtt.port == 1886  # flag beats env beats file
+    assert s.mqtt.keepalive_s == 50  # env beats file
+    assert s.mqtt.host == "file-host"  # file beats default
+    assert s.batch.linger_s == 2.5
+    assert s.log_level == "DEBUG"
+    assert s.mqtt.client_id == "metriqo-bridge"  # default
+
+
+def test_config_file_can_be_named_by_the_environment(tmp_path: Path) -> None:
+    """METRIQO_BRIDGE_CONFIG selects the settings file when no file argument is given."""
+    file = write(tmp_path / "s.yaml", "http:\n  port: 9999\n")
+    s = load_settings(environ={"METRIQO_BRIDGE_CONFIG": str(file)})
+    assert s.http.port == 9999
+
+
+def test_nested_env_keys_use_double_underscore(tmp_path: Path) -> None:
+    """METRIQO_BRIDGE_MQTT__TLS__ENABLED sets mqtt.tls.enabled."""
+    s = load_settings(environ={"METRIQO_BRIDGE_MQTT__TLS__ENABLED": "true"})
+    assert s.mqtt.tls.enabled is True
+
+
+def test_token_and_token_file_aliases(tmp_path: Path) -> None:
+    """METRIQO_BRIDGE_TOKEN and _TOKEN_FILE set api.token and api.token_file."""
+    token_file = write(tmp_path / "token", SECRET + "\n")
+    s = load_settings(environ={"METRIQO_BRIDGE_TOKEN": SECRET})
+    assert s.api.token is not None
+    assert s.api.token.get_secret_value() == SECRET
+    assert resolve_token(s) == SECRET
+    s = load_settings(environ={"METRIQO_BRIDGE_TOKEN_FILE": str(token_file)})
+    assert s.api.token_file == token_file
+    assert resolve_token(s) == SECRET
+
+
+def test_token_file_is_preferred_over_token(tmp_path: Path) -> None:
+    """When both are set the token file wins."""
+    token_file = write(tmp_path / "token", "from-file")
+    s = load_settings(
+        environ={"METRIQO_BRIDGE_TOKEN": SECRET, "METRIQO_BRIDGE_TOKEN_FILE": str(token_file)}
+    )
+    assert resolve_token(s) == "from-file"
+
+
+def test_missing_token_is_a_config_error() -> None:
+    """Without token or token file resolve_token raises ConfigError naming the variables."""
+    with pytest.raises(ConfigError, match="METRIQO_BRIDGE_TOKEN_FILE"):
+        resolve_token(load_settings(environ={}))
+
+
+def test_env_error_names_the_variable(tmp_path: Path) -> None:
+    """A bad value from the environment is reported with the variable's name and key path."""
+    err = load_error(tmp_path, environ={"METRIQO_BRIDGE_MQTT__PORT": "70000"})
+    assert "environment variable METRIQO_BRIDGE_MQTT__PORT: mqtt.port: " in str(err)
+
+
+def test_file_error_names_file_and_line(tmp_path: Path) -> None:
+    """A bad value from the settings file is reported as file:line with the key path."""
+    err = load_error(tmp_path, "mqtt:\n  host: h\n  port: 0\n")
+    assert f"{tmp_path / 'settings.yaml'}:3: mqtt.port: " in str(err)
+
+
+def test_flag_error_names_the_flag(tmp_path: Path) -> None:
+    """A bad value from a command-line flag is reported with the flag's name."""
+    err = load_error(tmp_path, overrides={"batch.max_points": "101"})
+    assert "command-line setting batch.max_points: batch.max_points: " in str(err)
+
+
+def test_unknown_settings_are_refused_with_their_origin(tmp_path: Path) -> None:
+    """Unknown keys from file and environment are all reported, each with its origin."""
+    err = load_error(tmp_path, "mqtt:\n  hots: x\n", environ={"METRIQO_BRIDGE_API__TOKN": "value"})
+    assert isinstance(err, ConfigErrors)
+    message = str(err)
+    assert f"{tmp_path / 'settings.yaml'}:2: mqtt.hots: unknown setting" in message
+    assert "environment variable METRIQO_BRIDGE_API__TOKN: api.tokn: unknown setting" in message
+
+
+def test_settings_file_must_be_a_mapping(tmp_path: Path) -> None:
+    """A settings file holding a list is refused naming the file."""
+    err = load_error(tmp_path, "- a\n- b\n")
+    assert str(tmp_path / "settings.yaml") in str(err)
+    assert "mapping" in str(err)
+
+
+def test_settings_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    """A YAML syntax error in the settings file names the file and line."""
+    err = load_error(tmp_path, "mqtt:\n  host: [x\n  port: 1\n")
+    assert f"{tmp_path / 'settings.yaml'}:3: YAML syntax error" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("environ", "overrides", "file_text"),
+    [
+        ({"METRIQO_BRIDGE_MQTT__PORT": SECRET}, None, None),
+        ({"METRIQO_BRIDGE_API__CONCURRENCY": SECRET}, None, None),
+        ({"METRIQO_BRIDGE_API__ALLOW_HTTP": SECRET}, None, None),
+        ({"METRIQO_BRIDGE_LOG_LEVEL": SECRET}, None, None),
+        ({"METRIQO_BRIDGE_API": SECRET}, None, None),
+        ({"METRIQO_BRIDGE_MQTT__PROTOCOL": SECRET}, None, None),
+        ({}, {"mqtt.keepalive_s": SECRET}, None),
+        ({}, {"api.body": SECRET}, None),
+        ({}, None, f"api:\n  requests_per_minute: {SECRET}\n"),
+        ({}, None, f"mqtt:\n  password: [{SECRET}]\n"),
+        ({}, None, f"api:\n  token: {{nested: {SECRET}}}\n"),
+        ({"METRIQO_BRIDGE_API__BASE_URL": f"http://user:{SECRET}@metriqo.net"}, None, None),
+        ({"METRIQO_BRIDGE_API__BASE_URL": SECRET}, None, None),
+    ],
+)
+def test_errors_never_contain_the_rejected_value(
+    tmp_path: Path,
+    environ: dict[str, str],
+    overrides: dict[str, str] | None,
+    file_text: str | None,
+) -> None:
+    """A token-like value in a wrong-typed field never appears in the error text."""
+    err = load_error(tmp_path, file_text, environ, overrides)
+    assert SECRET not in everything_said(err)
+
+
+def test_errors_do_not_leak_a_valid_token_set_alongside(tmp_path: Path) -> None:
+    """An error elsewhere does not print the (valid) token that is also configured."""
+    err = load_error(
+        tmp_path,
+        environ={"METRIQO_BRIDGE_TOKEN": SECRET, "METRIQO_BRIDGE_MQTT__PASSWORD": PASSWORD},
+        overrides={"mqtt.port": "0"},
+    )
+    said = everything_said(err)
+    assert SECRET not in said
+    assert PASSWORD not in said
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://metriqo.net/api/v2", "http://10.0.0.5:8080/api", "http://127.0.0.1.nip.io/api"],
+)
+def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path, url: str) -> None:
+    """An http:// API URL to a non-loopback host is refused, naming where it was set."""
+    err = load_error(tmp_path, environ={"METRIQO_BRIDGE_API__BASE_URL": url})
+    message = str(err)
+    assert "environment variable METRIQO_BRIDGE_API__BASE_URL: api.base_url: plain http" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/api/v2",
+        "http://localhost/api",
+        "http://[::1]:9000/",
+        "http://127.9.9.9",
+    ],
+)
+def test_plain_http_to_loopback_is_allowed(url: str) -> None:
+    """An http:// URL to a loopback address is accepted (local test servers)."""
+    s = load_settings(environ={"METRIQO_BRIDGE_API__BASE_URL": url})
+    assert s.api.base_url == url
+
+
+def test_plain_http_can_be_allowed_explicitly() -> None:
+    """api.allow_http: true accepts a remote http:// URL."""
+    s = load_settings(
+        environ={},
+        overrides={"api.base_url": "http://gateway.plant/api", "api.allow_http": "true"},
+    )
+    assert s.api.base_url == "http://gateway.plant/api"
+
+
+@pytest.mark.parametrize("url", ["ftp://metriqo.net/api", "metriqo.net/api", "https://"])
+def test_non_http_urls_are_refused(tmp_path: Path, url: str) -> None:
+    """A base_url that is not an http(s) URL with a host is refused."""
+    err = load_error(tmp_path, overrides={"api.base_url": url})
+    assert "command-line setting api.base_url: api.base_url: must be an http(s) URL" in str(err)
+
+
+def test_cross_field_checks_name_their_origin(tmp_path: Path) -> None:
+    """Semantic checks (reconnect bounds, TLS files) report all problems with their origin."""
+    err = load_error(
+        tmp_path,
+        "mqtt:\n  reconnect_min_s: 60\n  tls:\n    cert_file: /nonexistent/cert.pem\n",
+    )
+    assert isinstance(err, ConfigErrors)
+    message = str(err)
+    file = tmp_path / "settings.yaml"
+    assert f"{file}:2: mqtt.reconnect_min_s: must not exceed" in message
+    assert f"{file}:4: mqtt.tls.cert_file: file not found" in message
+    assert "cert_file and key_file must be given together" in message
+
+
+def test_is_loopback() -> None:
+    """localhost and loopback IPs are loopback; other names and addresses are not."""
+    assert is_loopback("localhost")
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert not is_loopback("10.0.0.1")
+    assert not is_loopback("localhost.example.com")
+    assert not is_loopback("metriqo.net")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o004])
+def test_read_secret_file_refuses_files_others_can_read(tmp_path: Path, mode: int) -> None:
+    """A secret file with any group or other permission bit is refused with a chmod hint."""
+    path = write(tmp_path / "token", SECRET, mode)
+    with pytest.raises(ConfigError, match="chmod 600") as info:
+        read_secret_file(path, "token")
+    assert SECRET not in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_read_secret_file_accepts_owner_only_files(tmp_path: Path, mode: int) -> None:
+    """A 0600 (or 0400) secret file is read, surrounding whitespace removed."""
+    path = write(tmp_path / "token", f"  {SECRET}\n", mode)
+    assert read_secret_file(path, "token") == SECRET
+
+
+def test_read_secret_file_refuses_missing_and_empty_files(tmp_path: Path) -> None:
+    """A missing or blank secret file is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="token file not found"):
+        read_secret_file(tmp_path / "absent", "token")
+    with pytest.raises(ConfigError, match="token file is empty"):
+        read_secret_file(write(tmp_path / "blank", " \n"), "token")
+
+
+def test_mqtt_password_comes_from_file_or_setting(tmp_path: Path) -> None:
+    """The broker password is read from password_file when set, else from mqtt.password."""
+    assert resolve_mqtt_password(load_settings(environ={})) is None
+    s = load_settings(environ={"METRIQO_BRIDGE_MQTT__PASSWORD": PASSWORD})
+    assert resolve_mqtt_password(s) == PASSWORD
+    pw_file = write(tmp_path / "pw", "from-file\n")
+    s = load_settings(environ={"METRIQO_BRIDGE_MQTT__PASSWORD_FILE": str(pw_file)})
+    assert resolve_mqtt_password(s) == "from-file"
+
+
+def test_redacted_hides_the_token_and_password() -> None:
+    """redacted() replaces the token and password and never contains their values."""
+    s = load_settings(
+        environ={"METRIQO_BRIDGE_TOKEN": SECRET, "METRIQO_BRIDGE_MQTT__PASSWORD": PASSWORD}
+    )
+    out = redacted(s)
+    dumped = json.dumps(out)
+    assert SECRET not in dumped
+    assert PASSWORD not in dumped
+    assert out["api"]["token"] == "**********"
+    assert out["mqtt"]["password"] == "**********"
+    assert out["mqtt"]["port"] == 1883
+    assert SECRET not in repr(s)
+    assert SECRET not in str(s)

@@ -1,0 +1,423 @@
+"""Unit tests of the durable SQLite spool, each on a real database file in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bridge.errors import SpoolError, SpoolLocked
+from bridge.points import DeadLetter, Record
+from bridge.spool import DEAD_LETTER_PAYLOAD_CAP, AsyncSpool, Spool, SpoolFull
+
+T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
+NOW_S = 1_731_657_700.0  # the fake wall clock: 100 s after T0
+
+
+class FakeClock:
+    """A wall clock that only moves when told to."""
+
+    def __init__(self, now: float = NOW_S) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rec(i: int, n: int = 2, device: str = "d1") -> Record:
+    """Record number ``i`` with ``n`` metrics, received ``i`` ms after T0."""
+    return Record(
+        device,
+        T0_US + i * 1_000_000,
+        {f"m{j}": float(i * 10 + j) for j in range(n)},
+        T0_US + i * 1000,
+    )
+
+
+def dead(
+    reason: str = "invalid_json", payload: bytes = b"{oops", received_us: int = T0_US
+) -> DeadLetter:
+    """A dead letter as the intake would write it."""
+    return DeadLetter(reason, "detail text", "plant/a/b", payload, "rule-a", received_us)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """The spool file path (its directory does not exist yet)."""
+    return tmp_path / "spool" / "bridge.db"
+
+
+@pytest.fixture
+def spool(path: Path) -> Iterator[Spool]:
+    """An open spool with a fake wall clock, closed after the test."""
+    s = Spool(path, clock=FakeClock())
+    s.open()
+    yield s
+    s.close()
+
+
+def reopen(s: Spool) -> Spool:
+    """Close ``s`` and open a new Spool on the same file."""
+    s.close()
+    again = Spool(s.path, clock=FakeClock())
+    again.open()
+    return again
+
+
+def integrity(s: Spool) -> list[str]:
+    """Rows of PRAGMA integrity_check."""
+    return [str(row[0]) for row in s._conn.execute("PRAGMA integrity_check").fetchall()]
+
+
+def test_open_creates_the_directory_the_database_and_a_lock_file(path: Path) -> None:
+    """open() creates the parent directory, the database and a lock file holding our pid."""
+    s = Spool(path)
+    s.open()
+    try:
+        assert path.is_file()
+        lock = path.with_name(path.name + ".lock")
+        assert lock.read_text() == str(os.getpid())
+        assert (s.depth_records, s.depth_points, s.oldest_received_us) == (0, 0, None)
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        s.close()
+
+
+def test_commit_then_fetch_returns_records_in_commit_order(spool: Spool) -> None:
+    """Records come back oldest first with increasing seqs and their exact contents."""
+    first = spool.commit([rec(1), rec(2, n=3), rec(3)], [])
+    second = spool.commit([rec(4, n=1), rec(5)], [])
+    assert (first.records_inserted, first.points_inserted) == (3, 7)
+    assert (second.records_inserted, second.points_inserted) == (2, 3)
+    got = spool.fetch(0, 100)
+    assert [(r.device_id, r.ts_us, r.metrics, r.received_us) for r in got] == [
+        (x.device_id, x.ts_us, x.metrics, x.received_us)
+        for x in (rec(1), rec(2, n=3), rec(3), rec(4, n=1), rec(5))
+    ]
+    seqs = [r.seq for r in got]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+    assert [r.points for r in got] == [2, 3, 2, 1, 2]
+    assert [r.seq for r in spool.fetch(seqs[1], 2)] == seqs[2:4]
+    assert spool.fetch(seqs[-1], 10) == []
+    assert (spool.depth_records, spool.depth_points) == (5, 10)
+
+
+def test_duplicate_record_ids_are_stored_once_and_counted(spool: Spool) -> None:
+    """A record id already spooled (or repeated in one commit) is ignored and counted."""
+    spool.commit([rec(1, n=2), rec(2, n=3)], [])
+    again = spool.commit([rec(2, n=3), rec(3, n=4), rec(3, n=4)], [])
+    assert again.records_inserted == 1
+    assert again.points_inserted == 4
+    assert again.records_duplicate == 2
+    assert again.points_duplicate == 7
+    assert (spool.depth_records, spool.depth_points) == (3, 9)
+    assert len(spool.fetch(0, 10)) == 3
+
+
+def test_duplicate_id_with_other_values_keeps_the_first_copy(spool: Spool) -> None:
+    """Ids ignore values: a redelivery with another value keeps the first stored values."""
+    spool.commit([Record("d", T0_US, {"t": 1.0}, T0_US)], [])
+    result = spool.commit([Record("d", T0_US, {"t": 2.0}, T0_US + 5)], [])
+    assert result.records_duplicate == 1
+    assert [r.metrics for r in spool.fetch(0, 10)] == [{"t": 1.0}]
+
+
+def test_delivered_deletes_records_and_counts_points_across_reopen(spool: Spool) -> None:
+    """delivered() removes records and adds their points to a persistent delivered total."""
+    spool.commit([rec(1, n=2), rec(2, n=3), rec(3, n=4)], [])
+    seqs = [r.seq for r in spool.fetch(0, 10)]
+    spool.delivered(seqs[:2])
+    assert spool.delivered_points_total == 5
+    assert (spool.depth_records, spool.depth_points) == (1, 4)
+    assert [r.seq for r in spool.fetch(0, 10)] == seqs[2:]
+    spool = reopen(spool)
+    try:
+        assert spool.delivered_points_total == 5
+        spool.delivered(seqs[2:])
+        assert spool.delivered_points_total == 9
+        spool = reopen(spool)
+        assert spool.delivered_points_total == 9
+        assert (spool.depth_records, spool.depth_points) == (0, 0)
+    finally:
+        spool.close()
+
+
+def test_delivered_ignores_unknown_and_empty_seq_lists(spool: Spool) -> None:
+    """Delivering no seqs or seqs already gone changes nothing."""
+    spool.commit([rec(1)], [])
+    spool.delivered([])
+    spool.delivered([999])
+    assert (spool.depth_records, spool.delivered_points_total) == (1, 0)
+    (only,) = spool.fetch(0, 10)
+    spool.delivered([only.seq])
+    spool.delivered([only.seq])
+    assert (spool.depth_records, spool.delivered_points_total) == (0, 2)
+
+
+def test_seqs_are_never_reused_after_delivery(spool: Spool) -> None:
+    """After all records are delivered, new records get higher seqs (idempotency keys differ)."""
+    spool.commit([rec(1), rec(2)], [])
+    old = [r.seq for r in spool.fetch(0, 10)]
+    spool.delivered(old)
+    spool = reopen(spool)
+    try:
+        spool.commit([rec(3)], [])
+        assert spool.fetch(0, 10)[0].seq > max(old)
+    finally:
+        spool.close()
+
+
+def test_reject_moves_records_to_dead_letters(spool: Spool) -> None:
+    """reject() deletes the records and keeps them as dead letters with the reason."""
+    spool.commit([rec(1), rec(2)], [])
+    seqs = [r.seq for r in spool.fetch(0, 10)]
+    spool.reject(seqs[:1], "api_rejected", "400: bad metric")
+    assert [r.seq for r in spool.fetch(0, 10)] == seqs[1:]
+    assert (spool.depth_records, spool.depth_points, spool.delivered_points_total) == (1, 2, 0)
+    (letter,) = spool.dead_letters()
+    assert letter[1:4] == ("api_rejected", "", "")
+    assert letter[5] == "400: bad metric"
+    assert b'"device_id":"d1"' in letter[4]
+
+
+def test_a_failed_reject_rolls_back_and_leaves_the_spool_usable(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-SQLite error inside reject() rolls back: the record stays and commits continue."""
+    spool.commit([rec(1)], [])
+    seq = spool.fetch(0, 1)[0].seq
+
+    def fail(*args: object, **kwargs: object) -> bytes:
+        raise TypeError("injected encoding fault")
+
+    monkeypatch.setattr(orjson, "dumps", fail)  # the spool calls orjson.dumps at run time
+    with pytest.raises((TypeError, SpoolError)):
+        spool.reject([seq], "api_rejected", "x")
+    monkeypatch.undo()
+    assert [r.seq for r in spool.fetch(0, 10)] == [seq]
+    assert spool.commit([rec(2)], []).records_inserted == 1
+
+
+def test_dead_letters_from_commit_keep_reason_and_truncated_payload(spool: Spool) -> None:
+    """Dead letters are stored with reason, rule, topic, detail and a capped payload copy."""
+    big = bytes(range(256)) * 400  # 102,400 bytes
+    result = spool.commit([rec(1)], [dead("too_large", big), dead("invalid_json", b"{oops")])
+    assert result.dead_letters == 2
+    assert spool.dead_letter_count() == 2
+    newest, oldest = spool.dead_letters()
+    assert newest == (T0_US, "invalid_json", "rule-a", "plant/a/b", b"{oops", "detail text")
+    assert oldest[1] == "too_large"
+    assert oldest[4] == big[:DEAD_LETTER_PAYLOAD_CAP]
+    sizes = [r[0] for r in spool._conn.execute("SELECT payload_size FROM dead_letters ORDER BY id")]
+    assert sizes == [len(big), 5]
+    assert spool.depth_records == 1
+
+
+def test_dead_letter_without_receive_time_uses_the_injected_clock(spool: Spool) -> None:
+    """A dead letter with received_us 0 is stamped with the spool's clock."""
+    spool.commit([], [dead(received_us=0)])
+    assert spool.dead_letters()[0][0] == int(NOW_S * 1_000_000)
+
+
+def test_dead_letters_only_commit_inserts_no_records(spool: Spool) -> None:
+    """A commit of only dead letters stores them and leaves the record depth alone."""
+    result = spool.commit([], [dead(), dead()])
+    assert (result.records_inserted, result.points_inserted, result.dead_letters) == (0, 0, 2)
+    assert (spool.depth_records, spool.oldest_received_us) == (0, None)
+
+
+def test_depth_counters_and_oldest_survive_close_and_reopen(spool: Spool) -> None:
+    """depth_records, depth_points and oldest_received_us are rebuilt from the file on open."""
+    spool.commit([rec(3, n=1), rec(4, n=5)], [])
+    spool.commit([rec(5, n=2)], [dead()])
+    assert spool.oldest_received_us == rec(3).received_us
+    before = (spool.depth_records, spool.depth_points, spool.oldest_received_us)
+    assert before == (3, 8, rec(3).received_us)
+    spool = reopen(spool)
+    try:
+        assert (spool.depth_records, spool.depth_points, spool.oldest_received_us) == before
+        assert spool.dead_letter_count() == 1
+        spool.delivered([spool.fetch(0, 1)[0].seq])
+        assert spool.oldest_received_us == rec(4).received_us
+    finally:
+        spool.close()
+
+
+def test_meta_values_persist(spool: Spool) -> None:
+    """meta_set values are read back by meta_get, also after reopening."""
+    assert spool.meta_get("client_id") is None
+    spool.meta_set("client_id", "bridge-1")
+    spool.meta_set("client_id", "bridge-2")
+    spool = reopen(spool)
+    try:
+        assert spool.meta_get("client_id") == "bridge-2"
+    finally:
+        spool.close()
+
+
+def test_second_spool_on_the_same_path_is_locked_out(path: Path) -> None:
+    """While one Spool is open another on the same path raises SpoolLocked; after close it opens."""
+    first = Spool(path)
+    first.open()
+    second = Spool(path)
+    try:
+        with pytest.raises(SpoolLocked, match=f"pid {os.getpid()}"):
+            second.open()
+        first.commit([rec(1)], [])
+    finally:
+        first.close()
+    second.open()
+    try:
+        assert second.depth_records == 1
+    finally:
+        second.close()
+
+
+def test_closed_spool_refuses_work_and_close_is_idempotent(path: Path) -> None:
+    """Using a spool that is not open raises SpoolError; close() may be called twice."""
+    s = Spool(path)
+    with pytest.raises(SpoolError, match="not open"):
+        s.fetch(0, 1)
+    s.open()
+    s.close()
+    s.close()
+    with pytest.raises(SpoolError, match="not open"):
+        s.commit([rec(1)], [])
+
+
+def test_garbled_pages_are_moved_aside_and_a_new_spool_starts(path: Path) -> None:
+    """A file failing quick_check is renamed to .corrupt-<time> (kept) and a fresh spool opens."""
+    s = Spool(path)
+    s.open()
+    s.commit([rec(i, n=50) for i in range(300)], [])
+    s.close()
+    raw = bytearray(path.read_bytes())
+    noise = random.Random(1)
+    for offset in range(2 * 4096, len(raw), 4096):  # keep the header page, garble the rest
+        raw[offset : offset + 4096] = noise.randbytes(4096)
+    path.write_bytes(bytes(raw))
+    fresh = Spool(path, clock=FakeClock())
+    fresh.open()
+    try:
+        assert fresh.moved_aside == path.with_name(path.name + ".corrupt-20241115T080140")
+        assert fresh.moved_aside.read_bytes() == bytes(raw)
+        assert fresh.depth_records == 0
+        assert fresh.commit([rec(1)], []).records_inserted == 1
+        assert integrity(fresh) == ["ok"]
+    finally:
+        fresh.close()
+
+
+def test_garbage_file_is_moved_aside_and_a_new_spool_starts(path: Path) -> None:
+    """A .db file of garbage bytes is moved aside (never deleted) and a new spool works."""
+    path.parent.mkdir(parents=True)
+    garbage = random.Random(2).randbytes(64 * 1024)
+    path.write_bytes(garbage)
+    s = Spool(path, clock=FakeClock())
+    s.open()
+    try:
+        assert s.moved_aside is not None
+        assert s.moved_aside.name.startswith("bridge.db.corrupt-")
+        assert s.moved_aside.read_bytes() == garbage
+        assert s.commit([rec(1)], []).records_inserted == 1
+    finally:
+        s.close()
+
+
+def test_two_corrupt_spools_in_the_same_second_are_both_kept(path: Path) -> None:
+    """Moving aside never overwrites an earlier corrupt copy, even within the same second."""
+    copies = []
+    for seed in (3, 4):
+        s = Spool(path)
+        s.open()
+        s.commit([rec(i, n=50) for i in range(100)], [])
+        s.close()
+        raw = bytearray(path.read_bytes())
+        raw[2 * 4096 :] = random.Random(seed).randbytes(len(raw) - 2 * 4096)
+        path.write_bytes(bytes(raw))
+        copies.append(bytes(raw))
+        fresh = Spool(path, clock=FakeClock())
+        fresh.open()
+        fresh.close()
+    kept = {p.read_bytes() for p in path.parent.glob("bridge.db.corrupt-*")}
+    assert set(copies) <= kept
+
+
+def test_max_bytes_cap_makes_commit_raise_spool_full_without_writing(spool: Spool) -> None:
+    """At the size cap commit raises SpoolFull and stores neither records nor dead letters."""
+    spool.commit([rec(1)], [])
+    spool.max_bytes = spool.used_bytes
+    assert spool.full
+    with pytest.raises(SpoolFull, match="cap"):
+        spool.commit([rec(2)], [dead()])
+    assert [r.ts_us for r in spool.fetch(0, 10)] == [rec(1).ts_us]
+    assert (spool.depth_records, spool.dead_letter_count()) == (1, 0)
+    spool.delivered([spool.fetch(0, 1)[0].seq])  # delivery still works while full
+    spool.max_bytes = 1 << 30
+    assert spool.commit([rec(2)], []).records_inserted == 1
+
+
+def test_tiny_max_bytes_refuses_the_first_commit(path: Path) -> None:
+    """A spool opened with a cap below its schema size is full from the start."""
+    s = Spool(path, max_bytes=1)
+    s.open()
+    try:
+        with pytest.raises(SpoolFull):
+            s.commit([rec(1)], [])
+        assert s.fetch(0, 10) == []
+    finally:
+        s.close()
+
+
+def test_disk_full_makes_commit_raise_spool_full_and_keeps_the_file_intact(spool: Spool) -> None:
+    """SQLITE_FULL (via max_page_count) raises SpoolFull, rolls back, and passes integrity_check."""
+    spool.commit([rec(1)], [])
+    pages = spool._conn.execute("PRAGMA page_count").fetchone()[0]
+    spool._conn.execute(f"PRAGMA max_page_count={pages}")
+    big = [Record("d", T0_US + i, {f"m{j}": 1.0 for j in range(100)}, T0_US) for i in range(50)]
+    with pytest.raises(SpoolFull, match="full"):
+        spool.commit(big, [dead(payload=b"x" * 60_000)])
+    assert integrity(spool) == ["ok"]
+    assert [r.ts_us for r in spool.fetch(0, 100)] == [rec(1).ts_us]
+    assert (spool.depth_records, spool.depth_points, spool.dead_letter_count()) == (1, 2, 0)
+    spool._conn.execute("PRAGMA max_page_count=1073741823")
+    result = spool.commit(big, [])
+    assert result.records_inserted == 50
+    assert integrity(spool) == ["ok"]
+
+
+def test_other_write_errors_raise_spool_error(spool: Spool) -> None:
+    """A write failure that is not 'disk full' raises SpoolError (not SpoolFull)."""
+    spool._conn.execute("DROP TABLE dead_letters")
+    with pytest.raises(SpoolError) as info:
+        spool.commit([rec(1)], [dead()])
+    assert not isinstance(info.value, SpoolFull)
+    assert spool.fetch(0, 10) == []  # the records of the failed transaction were rolled back
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+async def test_async_spool_runs_every_call_on_one_worker_thread(path: Path) -> None:
+    """AsyncSpool runs open, calls and close on a single thread other than the event loop's."""
+    seen: set[int] = set()
+
+    def where() -> int:
+        seen.add(threading.get_ident())
+        return threading.get_ident()
+
+    async with AsyncSpool(Spool(path)) as aspool:
+        for _ in range(20):
+            await aspool.run(where)
+        result = await aspool.run(aspool.spool.commit, [rec(1)], [])
+        assert result.records_inserted == 1
+        assert len(await aspool.run(aspool.spool.fetch, 0, limit=10)) == 1
+        await aspool.run(where)
+    assert len(seen) == 1
+    assert threading.get_ident() not in seen
+    assert aspool.spool._db is None  # closed on exit
