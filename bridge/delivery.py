@@ -152,10 +152,12 @@ class Delivery:
             try:
                 written = await self._sender.post(objects, batch.idempotency_key)
             except RetryableDelivery as exc:
+                self._m.request_duration.observe(self._clock() - started)
                 self._count_request(exc.status)
                 await self._after_retryable(exc, backoff)
                 continue
             except PermanentDelivery as exc:
+                self._m.request_duration.observe(self._clock() - started)
                 self._count_request(exc.status)
                 await self._after_permanent(batch, exc)
                 return

@@ -18,6 +18,7 @@ import random
 import socket
 import ssl
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,18 @@ class MqttSource:
         return True
 
     def _blocking_connect(self) -> None:
+        try:
+            self._connect_call()
+        except BaseException as exc:
+            # paho leaves the socket of a failed TLS handshake to the garbage collector; with a
+            # reconnect loop that is one descriptor per attempt until GC runs. Close it now.
+            for frame, _ in traceback.walk_tb(exc.__traceback__):
+                for value in frame.f_locals.values():
+                    if isinstance(value, socket.socket) and value is not self._client.socket():
+                        value.close()
+            raise
+
+    def _connect_call(self) -> None:
         s = self._s
         if s.protocol == "v5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -252,7 +265,8 @@ class MqttSource:
     def _on_disconnect(
         self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        if not self._stopping:
+        if not self._stopping and self.state.connected:
+            # Only a link that was up is news; a refused CONNACK already said why.
             self.state.last_error = f"disconnected from broker: {reason}"
             log.warning("%s", self.state.last_error)
         self._set_disconnected()

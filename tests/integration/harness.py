@@ -60,10 +60,18 @@ def make_settings(port: int, api_url: str, spool: Path, **extra: str) -> Setting
 
 @contextlib.asynccontextmanager
 async def running_bridge(
-    settings: Settings, mappings: str = TEST_MAPPINGS, connected: bool = True
+    settings: Settings,
+    mappings: str = TEST_MAPPINGS,
+    connected: bool = True,
+    password: str | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run a bridge in this event loop; stop it gracefully on exit."""
-    bridge = Bridge(settings, load_mappings_text(mappings, "test-mappings.yaml"), lambda: TOKEN)
+    bridge = Bridge(
+        settings,
+        load_mappings_text(mappings, "test-mappings.yaml"),
+        lambda: TOKEN,
+        mqtt_password=password,
+    )
     task = asyncio.create_task(bridge.run(), name="test.bridge")
     try:
         async with asyncio.timeout(10):
@@ -88,10 +96,18 @@ def metric(bridge: Bridge, name: str, **labels: str) -> float:
 class Publisher:
     """A QoS 1 MQTT publisher on its own thread; :meth:`publish_all` waits for every PUBACK."""
 
-    def __init__(self, port: int, client_id: str = "test-publisher") -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str = "test-publisher",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(1000)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()

@@ -214,3 +214,64 @@ async def test_readyz_reports_broker_down(api: LocalApi, tmp_path: Path) -> None
                 body = orjson.loads(await r.read())
         assert body["ready"] is False
         assert "mqtt not connected" in body["problems"][0]
+
+
+async def test_single_object_body_mode_sends_one_object_per_request(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """With api.body=object every request is one JSON object, and every point still arrives."""
+    n = 200
+    start_ms = int(time.time() * 1000) - n
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db", **{"api.body": "object"})
+    async with running_bridge(settings):
+        pub = Publisher(broker.port)
+        try:
+            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
+        finally:
+            pub.close()
+        await api.store.wait_for_points(4 * n, 60)
+    assert set(delivered_points(api.store.points())) == expected_env_points(n, start_ms)
+    assert len(api.store.requests) == n
+    assert all(isinstance(r.body, dict) for r in api.store.requests)
+
+
+async def test_api_rejecting_one_point_dead_letters_only_that_record(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """A 400 for a batch is bisected down to the refused record; the rest is delivered."""
+    n = 60
+    start_ms = int(time.time() * 1000) - n
+    # The bridge never builds a body the local API would refuse, so the one fault is injected
+    # at the sender seam: every request containing one device's points gets a 400.
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+    async with running_bridge(settings) as bridge:
+        assert bridge.delivery is not None
+        sender = bridge.delivery._sender
+        real_post = sender.post
+        poison_device = "s1-l1"
+
+        async def post(objects: list[dict[str, object]], key: str) -> int | None:
+            if any(o["device_id"] == poison_device for o in objects):
+                from bridge.errors import PermanentDelivery
+
+                raise PermanentDelivery("rejected", status=400, body='{"error":"bad_request"}')
+            return await real_post(objects, key)
+
+        sender.post = post  # type: ignore[method-assign,assignment]
+        pub = Publisher(broker.port)
+        try:
+            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
+        finally:
+            pub.close()
+        want = {p for p in expected_env_points(n, start_ms) if p[0] != poison_device}
+        async with asyncio.timeout(30):
+            while not want <= set(delivered_points(api.store.points())):
+                await asyncio.sleep(0.05)
+            while bridge.spool.depth_points:
+                await asyncio.sleep(0.05)
+        dead = bridge.spool.dead_letters()
+    poisoned = {p for p in expected_env_points(n, start_ms) if p[0] == poison_device}
+    assert set(delivered_points(api.store.points())) == want
+    assert len(dead) == len(poisoned) // 4
+    assert {d[1] for d in dead} == {"api_rejected"}
+    assert all('"bad_request"' in d[5] for d in dead)
