@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -27,6 +29,12 @@ from bridge.status import StatusServer
 
 log = logging.getLogger(__name__)
 _SESSION_KEY = "mqtt_session"
+
+
+def _task_stack(task: asyncio.Task[object]) -> str:
+    buf = io.StringIO()
+    task.print_stack(file=buf)
+    return buf.getvalue()
 
 
 class Bridge:
@@ -69,8 +77,18 @@ class Bridge:
         self._aspool: AsyncSpool | None = None
 
     def stop(self) -> None:
-        """Ask the bridge to shut down gracefully."""
-        self._stop.set()
+        """Ask the bridge to shut down gracefully; a second call while stopping forces exit.
+
+        The forced path logs every pending task's stack first: a shutdown that needs a second
+        signal is a bug, and that log is what finds it.
+        """
+        if not self._stop.is_set():
+            self._stop.set()
+            return
+        log.error("second stop request: exiting now; pending tasks follow")
+        for task in asyncio.all_tasks():
+            log.error("pending task %s:\n%s", task.get_name(), _task_stack(task))
+        os._exit(1)  # the spool is consistent at every commit; nothing unacknowledged is lost
 
     async def started(self) -> None:
         """Wait until every component is up (for tests and the demo)."""

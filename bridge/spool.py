@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 DEAD_LETTER_PAYLOAD_CAP = 65536  # bytes of payload kept per dead letter; the size is kept too
+_IN_CHUNK = 900  # seqs per "IN (...)" list: below SQLite's historic 999-variable limit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -355,14 +356,59 @@ class Spool:
         return [SpooledRecord(s, d, t, orjson.loads(m), r) for s, d, t, m, r in rows]
 
     def delivered(self, seqs: Sequence[int]) -> None:
-        """Delete delivered records and count them, in one transaction."""
-        self._remove(seqs, None)
+        """Delete delivered records, remember their ids and count them, in one transaction.
+
+        The delivery loop batches the seqs of several accepted requests into one call, so the
+        fsync of this transaction is shared by all of them.
+        """
+        if not seqs:
+            return
+        db = self._conn
+        now = self._clock()
+        at_us = int(now * 1_000_000)
+        points = rows = 0
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(seqs), _IN_CHUNK):
+                chunk = tuple(seqs[start : start + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                n_rows, n_points = db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
+                    f"WHERE seq IN ({marks})",
+                    chunk,
+                ).fetchone()
+                db.execute(
+                    f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
+                    f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
+                    (at_us, *chunk),
+                )
+                db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
+                rows += int(n_rows)
+                points += int(n_points)
+            if now >= self._next_prune:
+                self._next_prune = now + 60.0
+                cutoff = int((now - self.dedup_window_s) * 1_000_000)
+                db.execute("DELETE FROM delivered_ids WHERE at_us < ?", (cutoff,))
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('delivered_points', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (points,),
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise SpoolError(f"spool delete failed: {exc}") from exc
+        except BaseException:
+            self._rollback()  # never leave a transaction open: every later write would fail
+            raise
+        self.depth_records -= rows
+        self.depth_points -= points
+        self.delivered_points_total += points
+        self._refresh_oldest()
+        self._refresh_size()
 
     def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """Move records the API refused to the dead letters, in one transaction."""
-        self._remove(seqs, (reason, detail))
-
-    def _remove(self, seqs: Sequence[int], dead: tuple[str, str] | None) -> None:
         if not seqs:
             return
         db = self._conn
@@ -370,45 +416,25 @@ class Spool:
         try:
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute(
-                f"SELECT seq, device_id, ts_us, metrics, n, received_us FROM records "  # noqa: S608
+                f"SELECT device_id, ts_us, metrics, n, received_us FROM records "  # noqa: S608
                 f"WHERE seq IN ({marks})",
                 tuple(seqs),
             ).fetchall()
-            points = sum(int(r[4]) for r in rows)
-            if dead is None:
-                now = self._clock()
-                db.execute(
-                    f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
-                    f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
-                    (int(now * 1_000_000), *seqs),
-                )
-                if now >= self._next_prune:
-                    self._next_prune = now + 60.0
-                    cutoff = int((now - self.dedup_window_s) * 1_000_000)
-                    db.execute("DELETE FROM delivered_ids WHERE at_us < ?", (cutoff,))
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('delivered_points', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                    (points,),
-                )
-            else:
-                reason, detail = dead
-                db.executemany(
-                    "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
-                    " detail) VALUES (?, ?, '', '', ?, ?, ?)",
-                    [
-                        (
-                            r[5],
-                            reason,
-                            orjson.dumps(
-                                {"device_id": r[1], "ts_us": r[2], "metrics": orjson.loads(r[3])}
-                            ),
-                            0,
-                            detail,
-                        )
-                        for r in rows
-                    ],
-                )
+            db.executemany(
+                "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+                " detail) VALUES (?, ?, '', '', ?, 0, ?)",
+                [
+                    (
+                        received_us,
+                        reason,
+                        orjson.dumps(
+                            {"device_id": device, "ts_us": ts, "metrics": orjson.loads(metrics)}
+                        ),
+                        detail,
+                    )
+                    for device, ts, metrics, _n, received_us in rows
+                ],
+            )
             db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -418,9 +444,7 @@ class Spool:
             self._rollback()
             raise
         self.depth_records -= len(rows)
-        self.depth_points -= points
-        if dead is None:
-            self.delivered_points_total += points
+        self.depth_points -= sum(int(r[3]) for r in rows)
         self._refresh_oldest()
         self._refresh_size()
 

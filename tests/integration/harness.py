@@ -123,7 +123,12 @@ class Publisher:
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            infos.append(self.client.publish(topic, payload, qos=1))
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise RuntimeError(f"publish refused by the client: {mqtt.error_string(info.rc)}")
+            infos.append(info)
+            if len(infos) % 1000 == 0:  # keep paho's outgoing queue bounded
+                infos[-1000].wait_for_publish(timeout)
         for info in infos:
             info.wait_for_publish(timeout)
             if not info.is_published():
