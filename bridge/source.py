@@ -79,6 +79,15 @@ class MqttSource:
         self._lost = asyncio.Event()
         self._stopping = False
         self._received = 0
+        # Our own receive window: messages of this connection not yet acknowledged. Brokers are
+        # supposed to stop at Receive Maximum, but mosquitto 2.0.11 floods a resumed session
+        # once the client starts acknowledging (measured: 10 PUBACKs released 500 messages past
+        # a window of 50), so the bridge stops reading the socket itself at the window; TCP
+        # then holds the broker back and memory stays bounded.
+        self._window = settings.receive_maximum
+        self._unacked = 0
+        self._reading_paused = False
+        self._sock: Any = None
         self._throttle = LogThrottle(30.0)
         self._client = self._make_client()
 
@@ -118,6 +127,12 @@ class MqttSource:
     def ack(self, mid: int, qos: int) -> None:
         """Send PUBACK for a message of the current connection (call in receive order)."""
         self._client.ack(mid, qos)
+        self._unacked -= 1
+        if self._reading_paused and self._unacked < self._window:
+            self._reading_paused = False
+            if self._loop is not None and self._sock is not None:
+                self._loop.add_reader(self._sock, self._on_readable)
+                self._loop.call_soon(self._on_readable)  # bytes may already sit in a TLS buffer
 
     async def run(self) -> None:
         """Connect, and reconnect forever with capped full-jitter backoff, until cancelled."""
@@ -274,6 +289,8 @@ class MqttSource:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._received += 1
+        if msg.qos:
+            self._unacked += 1
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -285,6 +302,9 @@ class MqttSource:
     def _on_readable(self) -> None:
         client = self._client
         for _ in range(_READS_PER_WAKEUP):
+            if self._unacked >= self._window:
+                self._pause_reading()
+                return
             before = self._received
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
@@ -292,10 +312,20 @@ class MqttSource:
                 break
         # TLS may hold decrypted bytes that no longer make the fd readable (paho #131/#151).
         sock = client.socket()
-        while sock is not None and isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+        while (
+            sock is not None
+            and isinstance(sock, ssl.SSLSocket)
+            and sock.pending() > 0
+            and self._unacked < self._window
+        ):
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
             sock = client.socket()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._loop is not None and self._sock is not None:
+            self._reading_paused = True
+            self._loop.remove_reader(self._sock)
 
     def _on_writable(self) -> None:
         self._client.loop_write()
@@ -309,7 +339,14 @@ class MqttSource:
     def _on_socket_open(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
         loop = self._loop
         assert loop is not None
-        self._call_on_loop(lambda: loop.add_reader(sock, self._on_readable))
+
+        def add() -> None:
+            self._sock = sock
+            self._unacked = 0  # a new connection: the broker resends what was never acked
+            self._reading_paused = False
+            loop.add_reader(sock, self._on_readable)
+
+        self._call_on_loop(add)
 
     def _on_socket_close(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
         loop = self._loop
@@ -318,6 +355,9 @@ class MqttSource:
         def remove() -> None:
             loop.remove_reader(sock)
             loop.remove_writer(sock)
+            if self._sock is sock:
+                self._sock = None
+                self._reading_paused = False
 
         self._call_on_loop(remove)
 

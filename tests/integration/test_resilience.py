@@ -209,3 +209,30 @@ async def test_lost_puback_duplicates_only_receive_time_points(
     assert len(env) == 200
     assert len(set(env)) == 200
     assert sorted(p[3] for p in volts) == sorted(float(i) for i in range(50) for _ in range(2))
+
+
+async def test_backlog_drain_keeps_unacknowledged_messages_within_the_window(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """Draining a backlog, the bridge never holds more unacknowledged messages than its
+    receive window, even though mosquitto 2.0 sends past Receive Maximum once acks flow."""
+    n = 5000
+    start_ms = int(time.time() * 1000) - n
+    settings = make_settings(
+        broker.port, api.url, tmp_path / "spool.db", **{"mqtt.receive_maximum": "100"}
+    )
+    async with running_bridge(settings):
+        pass  # creates the session
+    pub = Publisher(broker.port)
+    try:
+        await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
+    finally:
+        pub.close()
+    most_pending = 0
+    async with running_bridge(settings) as bridge:
+        async with asyncio.timeout(60):
+            while bridge.spool.delivered_points_total < 4 * n:
+                most_pending = max(most_pending, len(bridge.intake))
+                await asyncio.sleep(0.001)
+    assert 0 < most_pending <= 100
+    assert set(delivered_points(api.store.points())) == expected_env_points(n, start_ms)
