@@ -140,6 +140,17 @@ class Publisher:
         self.client.disconnect()
 
 
+async def publish(
+    port: int, messages: list[tuple[str, bytes]], client_id: str = "test-publisher", **kw: str
+) -> int:
+    """Publish ``messages`` at QoS 1 from a fresh client and wait for every PUBACK."""
+    pub = Publisher(port, client_id=client_id, **kw)
+    try:
+        return await asyncio.to_thread(pub.publish_all, messages)
+    finally:
+        pub.close()
+
+
 def env_messages(
     count: int, start_ms: int, sites: int = 3, lines: int = 4
 ) -> list[tuple[str, bytes]]:

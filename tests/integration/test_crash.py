@@ -21,6 +21,7 @@ from tests.integration.harness import (
     delivered_points,
     env_messages,
     expected_env_points,
+    publish,
 )
 
 
@@ -103,11 +104,7 @@ async def test_sigkill_while_api_down_then_restart_delivers_spool(
     try:
         proc.start()
         await asyncio.to_thread(proc.wait_ready)
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-        finally:
-            pub.close()
+        await publish(broker.port, env_messages(n, start_ms))
         await asyncio.sleep(1.0)  # committed and acknowledged, but undeliverable
         proc.kill()
         async with LocalApi(token=TOKEN, port=port, rate_limit_per_minute=None) as api:

@@ -20,6 +20,7 @@ from tests.integration.harness import (
     expected_env_points,
     make_settings,
     metric,
+    publish,
     running_bridge,
 )
 
@@ -32,11 +33,7 @@ async def test_every_published_point_arrives_once_in_batches_of_at_most_100(
     start_ms = int(time.time() * 1000) - n
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-        finally:
-            pub.close()
+        await publish(broker.port, env_messages(n, start_ms))
         async with asyncio.timeout(60):
             await api.store.wait_for_points(4 * n, 60)
             while bridge.spool.depth_points:
@@ -126,11 +123,7 @@ async def test_malformed_payloads_are_dead_lettered_and_neighbours_delivered(
     messages.append(partial)
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, messages)
-        finally:
-            pub.close()
+        await publish(broker.port, messages)
         await api.store.wait_for_points(4 * 30 + 2, 30)
         async with asyncio.timeout(10):
             while metric(bridge, "metriqo_bridge_messages_committed_total") < len(messages):
@@ -161,11 +154,7 @@ async def test_metrics_and_health_endpoints(
     """/metrics exposes the bridge's metrics; /healthz is 200; /readyz is 200 when connected."""
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, env_messages(10, int(time.time() * 1000) - 50))
-        finally:
-            pub.close()
+        await publish(broker.port, env_messages(10, int(time.time() * 1000) - 50))
         await api.store.wait_for_points(40, 30)
         async with asyncio.timeout(10):
             while metric(bridge, "metriqo_bridge_points_delivered_total") < 40:
@@ -224,11 +213,7 @@ async def test_single_object_body_mode_sends_one_object_per_request(
     start_ms = int(time.time() * 1000) - n
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db", **{"api.body": "object"})
     async with running_bridge(settings):
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-        finally:
-            pub.close()
+        await publish(broker.port, env_messages(n, start_ms))
         await api.store.wait_for_points(4 * n, 60)
     assert set(delivered_points(api.store.points())) == expected_env_points(n, start_ms)
     assert len(api.store.requests) == n
@@ -258,11 +243,7 @@ async def test_api_rejecting_one_point_dead_letters_only_that_record(
             return await real_post(objects, key)
 
         sender.post = post  # type: ignore[method-assign,assignment]
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-        finally:
-            pub.close()
+        await publish(broker.port, env_messages(n, start_ms))
         want = {p for p in expected_env_points(n, start_ms) if p[0] != poison_device}
         async with asyncio.timeout(30):
             while not want <= set(delivered_points(api.store.points())):

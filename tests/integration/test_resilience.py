@@ -11,12 +11,12 @@ from bridge.apiserver import LocalApi
 from bridge.broker import LocalBroker, free_port
 from tests.conftest import TOKEN
 from tests.integration.harness import (
-    Publisher,
     delivered_points,
     env_messages,
     expected_env_points,
     make_settings,
     metric,
+    publish,
     running_bridge,
 )
 
@@ -37,21 +37,13 @@ async def test_broker_restart_mid_stream_loses_nothing(
     messages = env_messages(n, start_ms)
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, messages[: n // 2])
-        finally:
-            pub.close()
+        await publish(broker.port, messages[: n // 2])
         broker.stop()  # SIGTERM: mosquitto saves its sessions
         await _wait_for(lambda: not bridge.source.state.connected)  # type: ignore[union-attr]
         await asyncio.sleep(1.0)
         broker.start()
         await _wait_for(lambda: bridge.source.state.connected)  # type: ignore[union-attr]
-        pub = Publisher(broker.port, client_id="pub-2")
-        try:
-            await asyncio.to_thread(pub.publish_all, messages[n // 2 :])
-        finally:
-            pub.close()
+        await publish(broker.port, messages[n // 2 :], client_id="pub-2")
         await api.store.wait_for_points(4 * n, 60)
         await _wait_for(lambda: bridge.spool.depth_points == 0)
         assert bridge.source is not None
@@ -72,11 +64,7 @@ async def test_backlog_queued_while_bridge_is_down_is_delivered(
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings):
         pass  # establishes the session and its subscriptions
-    pub = Publisher(broker.port)
-    try:
-        await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-    finally:
-        pub.close()
+    await publish(broker.port, env_messages(n, start_ms))
     async with running_bridge(settings) as bridge:
         await api.store.wait_for_points(4 * n, 60)
         assert bridge.source is not None
@@ -127,11 +115,7 @@ async def test_full_spool_withholds_acks_then_recovers_without_loss(
         **{"spool.max_bytes": str(1 << 20), "mqtt.receive_maximum": "200"},
     )
     async with running_bridge(settings) as bridge:
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-        finally:
-            pub.close()
+        await publish(broker.port, env_messages(n, start_ms))
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_spool_full") == 1)
         committed = metric(bridge, "metriqo_bridge_messages_committed_total")
         assert committed < n
@@ -163,11 +147,7 @@ async def test_unacknowledged_messages_are_redelivered_and_stored_once(
         assert source is not None
         real = bridge._acknowledge
         bridge._acknowledge = lambda batch: None  # type: ignore[method-assign]  # the one fault
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, _mixed_messages())
-        finally:
-            pub.close()
+        await publish(broker.port, _mixed_messages())
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_messages_committed_total") == 100)
         await _wait_for(lambda: api.store.point_count() == 250)
         bridge._acknowledge = real  # type: ignore[method-assign]
@@ -193,11 +173,7 @@ async def test_lost_puback_duplicates_only_receive_time_points(
         assert source is not None
         real_ack = source.ack
         source.ack = lambda mid, qos: None  # type: ignore[method-assign]  # the one fault
-        pub = Publisher(broker.port)
-        try:
-            await asyncio.to_thread(pub.publish_all, _mixed_messages())
-        finally:
-            pub.close()
+        await publish(broker.port, _mixed_messages())
         await _wait_for(lambda: api.store.point_count() == 250)
         source.ack = real_ack  # type: ignore[method-assign]
         source._client.disconnect()
@@ -223,11 +199,7 @@ async def test_backlog_drain_keeps_unacknowledged_messages_within_the_window(
     )
     async with running_bridge(settings):
         pass  # creates the session
-    pub = Publisher(broker.port)
-    try:
-        await asyncio.to_thread(pub.publish_all, env_messages(n, start_ms))
-    finally:
-        pub.close()
+    await publish(broker.port, env_messages(n, start_ms))
     most_pending = 0
     async with running_bridge(settings) as bridge:
         async with asyncio.timeout(60):

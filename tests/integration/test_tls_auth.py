@@ -19,6 +19,7 @@ from tests.integration.harness import (
     expected_env_points,
     make_settings,
     metric,
+    publish,
     running_bridge,
 )
 
@@ -189,11 +190,12 @@ async def test_username_password_from_a_file(api: LocalApi, tmp_path: Path) -> N
 
         assert resolve_mqtt_password(settings) == "s3cret-pw"
         async with running_bridge(settings, password="s3cret-pw") as bridge:
-            pub = Publisher(broker.port, username="sensor", password="sensor-pw")
-            try:
-                await asyncio.to_thread(pub.publish_all, env_messages(10, int(time.time() * 1000)))
-            finally:
-                pub.close()
+            await publish(
+                broker.port,
+                env_messages(10, int(time.time() * 1000)),
+                username="sensor",
+                password="sensor-pw",
+            )
             await api.store.wait_for_points(40, 30)
             assert metric(bridge, "metriqo_bridge_mqtt_connected") == 1
 

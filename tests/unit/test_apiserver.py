@@ -13,24 +13,12 @@ import orjson
 import pytest
 
 from bridge.apiserver import LocalApi, StoredPoint, serve_forever
+from tests.unit.clock import FakeClock
 
 # A made-up token for the local fake server; S105 flags any literal assigned to TOKEN.
 TOKEN = "mqk_test_5e3c9a1f"
 WAIT = 5.0  # generous: only a bug makes a loopback request take this long
 T0 = datetime(2024, 11, 15, 8, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True)

@@ -12,21 +12,9 @@ from bridge.backoff import Backoff
 from bridge.logs import LogThrottle
 from bridge.ratelimit import TokenBucket
 from bridge.sender import parse_retry_after
+from tests.unit.clock import FakeClock
 
 NOW = 1_731_657_600.0  # 2024-11-15T08:00:00Z as a wall-clock time
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # -- Backoff ----------------------------------------------------------------------------------

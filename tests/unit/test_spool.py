@@ -15,19 +15,10 @@ import pytest
 from bridge.errors import SpoolError, SpoolLocked
 from bridge.points import DeadLetter, Record
 from bridge.spool import DEAD_LETTER_PAYLOAD_CAP, AsyncSpool, Spool, SpoolFull
+from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
 NOW_S = 1_731_657_700.0  # the fake wall clock: 100 s after T0
-
-
-class FakeClock:
-    """A wall clock that only moves when told to."""
-
-    def __init__(self, now: float = NOW_S) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rec(i: int, n: int = 2, device: str = "d1") -> Record:
@@ -56,7 +47,7 @@ def path(tmp_path: Path) -> Path:
 @pytest.fixture
 def spool(path: Path) -> Iterator[Spool]:
     """An open spool with a fake wall clock, closed after the test."""
-    s = Spool(path, clock=FakeClock())
+    s = Spool(path, clock=FakeClock(NOW_S))
     s.open()
     yield s
     s.close()
@@ -65,7 +56,7 @@ def spool(path: Path) -> Iterator[Spool]:
 def reopen(s: Spool) -> Spool:
     """Close ``s`` and open a new Spool on the same file."""
     s.close()
-    again = Spool(s.path, clock=FakeClock())
+    again = Spool(s.path, clock=FakeClock(NOW_S))
     again.open()
     return again
 
@@ -303,7 +294,7 @@ def test_garbled_pages_are_moved_aside_and_a_new_spool_starts(path: Path) -> Non
     for offset in range(2 * 4096, len(raw), 4096):  # keep the header page, garble the rest
         raw[offset : offset + 4096] = noise.randbytes(4096)
     path.write_bytes(bytes(raw))
-    fresh = Spool(path, clock=FakeClock())
+    fresh = Spool(path, clock=FakeClock(NOW_S))
     fresh.open()
     try:
         assert fresh.moved_aside == path.with_name(path.name + ".corrupt-20241115T080140")
@@ -320,7 +311,7 @@ def test_garbage_file_is_moved_aside_and_a_new_spool_starts(path: Path) -> None:
     path.parent.mkdir(parents=True)
     garbage = random.Random(2).randbytes(64 * 1024)
     path.write_bytes(garbage)
-    s = Spool(path, clock=FakeClock())
+    s = Spool(path, clock=FakeClock(NOW_S))
     s.open()
     try:
         assert s.moved_aside is not None
@@ -343,7 +334,7 @@ def test_two_corrupt_spools_in_the_same_second_are_both_kept(path: Path) -> None
         raw[2 * 4096 :] = random.Random(seed).randbytes(len(raw) - 2 * 4096)
         path.write_bytes(bytes(raw))
         copies.append(bytes(raw))
-        fresh = Spool(path, clock=FakeClock())
+        fresh = Spool(path, clock=FakeClock(NOW_S))
         fresh.open()
         fresh.close()
     kept = {p.read_bytes() for p in path.parent.glob("bridge.db.corrupt-*")}
