@@ -271,7 +271,7 @@ class Spool:
             SpoolFull: the cap is reached or the disk is full; nothing was written.
             SpoolError: any other write failure (the caller must stop: never ack after it).
         """
-        if self.full:
+        if self.full and not self._shrink_dedup_ids():
             raise SpoolFull(f"spool holds {self.used_bytes} bytes, cap {self.max_bytes}")
         db = self._conn
         before = self.depth_points
@@ -341,6 +341,29 @@ class Spool:
             points_duplicate=points_offered - points,
             dead_letters=len(dead),
         )
+
+    def _shrink_dedup_ids(self) -> bool:
+        """Make room by forgetting the older half of the delivered ids; True if no longer full.
+
+        Those ids only guard against a redelivered message being sent twice; waiting readings
+        matter more, so they never make the spool refuse new data.
+        """
+        db = self._conn
+        count = db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]
+        if not count:
+            return False
+        try:
+            db.execute(
+                "DELETE FROM delivered_ids WHERE at_us <= "
+                "(SELECT at_us FROM delivered_ids ORDER BY at_us LIMIT 1 OFFSET ?)",
+                (count // 2,),
+            )
+        except sqlite3.Error as exc:
+            log.warning("could not trim the delivered-id memory: %s", exc)
+            return False
+        log.info("spool at its cap: forgot %d of %d delivered ids to make room", count // 2, count)
+        self._refresh_size()
+        return not self.full
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -412,3 +412,18 @@ async def test_async_spool_runs_every_call_on_one_worker_thread(path: Path) -> N
     assert len(seen) == 1
     assert threading.get_ident() not in seen
     assert aspool.spool._db is None  # closed on exit
+
+
+def test_delivered_ids_never_keep_the_spool_full(tmp_path: Path) -> None:
+    """Remembered delivered ids alone never make the spool refuse new readings at its cap."""
+    spool = Spool(tmp_path / "s.db", max_bytes=1 << 20, clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        for block in range(100):  # 50,000 records delivered: far more ids than 1 MiB holds
+            batch = [rec(block * 500 + k, n=1) for k in range(500)]
+            assert spool.commit(batch, []).records_inserted == 500
+            spool.delivered([r.seq for r in spool.fetch(0, 1000)])
+        assert spool.depth_points == 0
+        assert spool.used_bytes <= 1 << 20
+    finally:
+        spool.close()
