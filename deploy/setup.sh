@@ -26,7 +26,16 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: Python 3.11 or newer is needed ($python is $("$python" --version 2>&1))" >&2
     exit 1
 fi
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+if [ ! -x .venv/bin/python ] && ! "$python" -m venv .venv; then
+    # Debian/Ubuntu ship venv separately (python3-venv).
+    if command -v apt-get >/dev/null 2>&1; then
+        rm -rf .venv
+        $([ "$(id -u)" -eq 0 ] || echo sudo) apt-get install -y -qq python3-venv
+        "$python" -m venv .venv
+    else
+        exit 1
+    fi
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
 echo "setup: done — .venv/bin/metriqo-bridge is ready"
