@@ -14,12 +14,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bridge.delivery import Delivery
-from bridge.errors import SpoolError
+from bridge.errors import ConfigError, SpoolError
 from bridge.intake import Intake, Pending
 from bridge.logs import LogThrottle
 from bridge.mapping import Mapper, Rule
+from bridge.mapping_config import load_mappings
 from bridge.metrics import BridgeMetrics
 from bridge.sender import Sender
 from bridge.settings import Settings
@@ -29,6 +31,14 @@ from bridge.status import StatusServer
 
 log = logging.getLogger(__name__)
 _SESSION_KEY = "mqtt_session"
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
 def _task_stack(task: asyncio.Task[object]) -> str:
@@ -48,14 +58,14 @@ class Bridge:
         *,
         mqtt_password: str | None = None,
         metrics: BridgeMetrics | None = None,
+        mappings_path: Path | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or BridgeMetrics()
-        self.mapper = Mapper(
-            rules,
-            max_payload_bytes=settings.mqtt.max_payload_bytes,
-            max_future_s=settings.mapping.max_future_s,
-        )
+        self.mapper = self._make_mapper(rules)
+        self.metrics.config_last_reload_time.set(time.time())
+        self._mappings_path = mappings_path
+        self._reload_requested = asyncio.Event()
         self.intake = Intake(self.mapper, self.metrics)
         self.spool = Spool(
             settings.spool.path,
@@ -75,6 +85,70 @@ class Bridge:
         self._session_tag = f"{settings.mqtt.client_id}@{settings.mqtt.host}:{settings.mqtt.port}"
         self._started = asyncio.Event()
         self._aspool: AsyncSpool | None = None
+
+    def _make_mapper(self, rules: list[Rule]) -> Mapper:
+        return Mapper(
+            rules,
+            max_payload_bytes=self.settings.mqtt.max_payload_bytes,
+            max_future_s=self.settings.mapping.max_future_s,
+        )
+
+    def request_reload(self) -> None:
+        """Re-read the mapping file soon (SIGHUP)."""
+        self._reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Load the mapping file again; on any error keep running the current rules.
+
+        Returns whether the new file is now in use. Messages already received keep the
+        mapping they were received under.
+        """
+        path = self._mappings_path
+        if path is None:
+            log.warning("reload requested, but this bridge was not started from a mapping file")
+            return False
+        try:
+            rules = await asyncio.to_thread(load_mappings, path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("failure").inc()
+            self.metrics.config_last_reload_ok.set(0)
+            log.error("reload of %s failed; still running the previous mapping:\n%s", path, exc)
+            return False
+        mapper = self._make_mapper(rules)
+        self.mapper = self.intake.mapper = mapper
+        added: list[str] = []
+        removed: list[str] = []
+        if self.source is not None:
+            added, removed = self.source.update_subscriptions(mapper.subscriptions)
+        self.metrics.config_reloads.labels("success").inc()
+        self.metrics.config_last_reload_ok.set(1)
+        self.metrics.config_last_reload_time.set(time.time())
+        log.info(
+            "reloaded %s: %d rule(s); subscribed %s, unsubscribed %s",
+            path,
+            len(rules),
+            added or "nothing new",
+            removed or "nothing",
+        )
+        return True
+
+    async def _watch_mappings(self) -> None:
+        """Reload on SIGHUP, and when the file changes (mtime, size or inode: a Kubernetes
+        ConfigMap update swaps a symlink)."""
+        path = self._mappings_path
+        assert path is not None
+        interval = self.settings.mapping.reload_interval_s
+        last = _file_key(path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval or None):
+                    await self._reload_requested.wait()
+            requested = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            key = _file_key(path)
+            if requested or key != last:
+                last = key
+                await self.reload()
 
     def stop(self) -> None:
         """Ask the bridge to shut down gracefully; a second call while stopping forces exit.
@@ -154,8 +228,13 @@ class Bridge:
             source = tg.create_task(self.source.run(), name="bridge.source")
             commit = tg.create_task(self._commit_loop(aspool), name="bridge.intake.commit")
             deliver = tg.create_task(self.delivery.run(), name="bridge.delivery")
+            watch = None
+            if self._mappings_path is not None:
+                watch = tg.create_task(self._watch_mappings(), name="bridge.mapping.watch")
             self._started.set()
             await self._stop.wait()
+            if watch is not None:
+                watch.cancel()
             await self._shutdown(source, commit, deliver)
 
     async def _shutdown(

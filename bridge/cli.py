@@ -156,12 +156,15 @@ def _run(args: argparse.Namespace) -> int:
     token = TokenSource(settings)
     password = resolve_mqtt_password(settings)
     setup_logging(settings.log_level)
-    bridge = Bridge(settings, rules, token, mqtt_password=password)
+    bridge = Bridge(
+        settings, rules, token, mqtt_password=password, mappings_path=settings.mapping.file
+    )
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, bridge.stop)
+        loop.add_signal_handler(signal.SIGHUP, bridge.request_reload)
         await bridge.run()
 
     log.info(

@@ -110,6 +110,23 @@ class BridgeMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
         )
+        self.config_reloads = Counter(
+            p + "config_reloads_total",
+            "Mapping file reloads by result (success, failure)",
+            ["result"],
+            registry=r,
+        )
+        self.config_last_reload_ok = Gauge(
+            p + "config_last_reload_successful",
+            "1 if the last mapping reload succeeded (or none was tried), 0 if it failed",
+            registry=r,
+        )
+        self.config_last_reload_ok.set(1)
+        self.config_last_reload_time = Gauge(
+            p + "config_last_reload_success_timestamp_seconds",
+            "When the running mapping was loaded (Unix time)",
+            registry=r,
+        )
         self.delivery_paused = Gauge(
             p + "delivery_paused",
             "1 while delivery is paused by an auth or configuration error from the API",

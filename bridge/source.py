@@ -124,6 +124,24 @@ class MqttSource:
 
     # -- public -----------------------------------------------------------------------------
 
+    def update_subscriptions(self, filters: list[str]) -> tuple[list[str], list[str]]:
+        """Switch to a new set of filters (mapping reload); returns (added, removed).
+
+        Applied at once when connected, and used for every later (re)connect.
+        """
+        old = self._subscriptions
+        added = [f for f in filters if f not in old]
+        removed = [f for f in old if f not in filters]
+        self._subscriptions = list(filters)
+        if self.state.connected:
+            if added and self._s.protocol == "v5":
+                self._client.subscribe([(f, SubscribeOptions(qos=1)) for f in added])
+            elif added:
+                self._client.subscribe([(f, 1) for f in added])
+            if removed:
+                self._client.unsubscribe(removed)
+        return added, removed
+
     def ack(self, mid: int, qos: int) -> None:
         """Send PUBACK for a message of the current connection (call in receive order)."""
         self._client.ack(mid, qos)
