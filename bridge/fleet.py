@@ -159,7 +159,7 @@ def _metric_captures(rule: Rule) -> list[dict[str, str]]:
 
 
 def _template_captures(template: Template) -> set[str]:
-    return {value for is_capture, value in template.parts if is_capture}
+    return {part.value for part in template.parts if part.kind == "capture"}
 
 
 def _capture_value(name: str, index: int) -> str:

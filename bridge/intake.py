@@ -59,6 +59,8 @@ class Intake:
         self._received = 0
         self._unmatched = 0
         self._points: dict[str, int] = {}
+        self._ignored: dict[str, int] = {}
+        self._replaced: dict[str, int] = {}
         self._failures: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
@@ -85,6 +87,10 @@ class Intake:
         self._received += 1
         dead = None
         rule = mapped.rule or ""
+        if mapped.ignored:
+            self._ignored[rule] = self._ignored.get(rule, 0) + 1
+        if mapped.replaced_timestamps:
+            self._replaced[rule] = self._replaced.get(rule, 0) + mapped.replaced_timestamps
         if mapped.failures:
             first = mapped.failures[0]
             if first.reason == "unmatched":
@@ -141,3 +147,9 @@ class Intake:
         for (rule, reason), n in self._failures.items():
             m.mapping_failures.labels(rule, reason).inc(n)
         self._failures.clear()
+        for rule, n in self._ignored.items():
+            m.messages_ignored.labels(rule).inc(n)
+        self._ignored.clear()
+        for rule, n in self._replaced.items():
+            m.timestamps_replaced.labels(rule).inc(n)
+        self._replaced.clear()

@@ -9,29 +9,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
 import orjson
 
 from bridge.errors import PayloadError
 from bridge.points import Record
-from bridge.timestamps import TimestampFormat, check_not_future, parse_timestamp
+from bridge.templates import Template
+from bridge.timestamps import TimestampFormat, check_not_future, check_not_past, parse_timestamp
 from bridge.topics import TopicFilter, TopicRouter
+from bridge.transforms import IDENTITY, Transform, parse_boolean
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 _MISSING = object()
 MAX_POINTS_PER_RECORD = 100  # the API's per-request cap: no single object may exceed it
 
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    """A string built from literal text and topic captures, e.g. ``{site}-{line}``."""
-
-    text: str
-    parts: tuple[tuple[bool, str], ...]  # (is_capture, literal text or capture name)
-
-    def render(self, captures: dict[str, str]) -> str:
-        """Fill in the captures."""
-        return "".join(captures[v] if is_cap else v for is_cap, v in self.parts)
+__all__ = ["FieldPath", "Mapped", "Mapper", "Rule", "Template", "TimestampRule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +50,36 @@ class FieldPath:
 
 
 @dataclass(frozen=True, slots=True)
+class TimestampRule:
+    """Where and how a rule reads the measurement time."""
+
+    field: FieldPath | None = None
+    capture: str | None = None
+    fmt: TimestampFormat = "auto"
+    pattern: str | None = None
+    tz: tzinfo | None = None
+    max_future_s: float | None = None  # None: the bridge-wide mapping.max_future_s
+    max_past_s: float | None = None
+    fallback_to_receive_time: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """A compiled mapping rule."""
 
     name: str
     topic: TopicFilter
     device_id: Template
-    payload: str  # "json" | "number"
+    payload: str  # "json" | "number" | "boolean" | "text"
     metrics: tuple[tuple[str, FieldPath], ...]
     metric: Template | None
     ts_field: FieldPath | None
     ts_format: TimestampFormat
     reject_on_error: bool
+    transforms: tuple[Transform, ...] = ()  # per entry of ``metrics``; one for plain payloads
+    timestamp: TimestampRule | None = None
+    ignore: bool = False
+    keep_going: bool = False  # "continue: true": later matching rules apply too
 
 
 @dataclass(slots=True)
@@ -77,12 +88,15 @@ class Mapped:
 
     ``records`` go to the spool; ``failures`` are per-metric or per-message problems, each
     counted by reason. The message is dead-lettered when ``failures`` is non-empty (with the
-    good records, if any, still delivered) so nothing is dropped without a trace.
+    good records, if any, still delivered) so nothing is dropped without a trace. An ignored
+    message (an ``ignore`` rule matched) has neither and is only counted.
     """
 
     rule: str | None
     records: list[Record] = field(default_factory=list)
     failures: list[PayloadError] = field(default_factory=list)
+    ignored: bool = False
+    replaced_timestamps: int = 0
 
     @property
     def points(self) -> int:
@@ -91,7 +105,7 @@ class Mapped:
 
 
 class Mapper:
-    """Applies the first matching rule to each message."""
+    """Applies the first matching rule (and later ones after ``continue: true``)."""
 
     def __init__(
         self, rules: list[Rule], *, max_payload_bytes: int = 65536, max_future_s: float = 86400.0
@@ -108,89 +122,142 @@ class Mapper:
 
     def map(self, topic: str, payload: bytes, received_us: int) -> Mapped:
         """Map one message. Never raises for bad input: problems come back as failures."""
-        routed = self._router.route(topic)
-        if routed is None:
+        routes = self._router.route_all(topic)
+        if not routes:
             return Mapped(None, failures=[PayloadError("unmatched", "no rule matches the topic")])
-        index, captures = routed
-        rule = self.rules[index]
-        out = Mapped(rule.name)
-        if len(payload) > self._max_payload:
-            out.failures.append(
-                PayloadError("too_large", f"{len(payload)} bytes > cap {self._max_payload}")
-            )
-            return out
-        device_id = rule.device_id.render(captures)
-        if not device_id:
-            out.failures.append(PayloadError("bad_device_id", "device_id template rendered empty"))
-            return out
-        try:
-            if rule.payload == "number":
-                metrics, ts_us = self._number(rule, captures, payload, received_us)
-            else:
-                metrics, ts_us = self._json(rule, payload, received_us, out.failures)
-        except PayloadError as exc:
-            out.failures.append(exc)
-            return out
-        if rule.reject_on_error and out.failures:
-            return out
-        if not metrics:
-            if not out.failures:
-                out.failures.append(PayloadError("no_metrics", "the payload held no metrics"))
-            return out
-        if len(metrics) <= MAX_POINTS_PER_RECORD:
-            out.records.append(Record(device_id, ts_us, metrics, received_us))
-        else:
-            items = list(metrics.items())
-            for start in range(0, len(items), MAX_POINTS_PER_RECORD):
-                chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
-                out.records.append(Record(device_id, ts_us, chunk, received_us))
+        out: Mapped | None = None
+        doc: object = _MISSING
+        for index, captures in routes:
+            rule = self.rules[index]
+            if out is None:
+                out = Mapped(rule.name)
+            if rule.ignore:
+                out.ignored = not out.records and not out.failures
+                break
+            if len(payload) > self._max_payload:
+                out.failures.append(
+                    PayloadError("too_large", f"{len(payload)} bytes > cap {self._max_payload}")
+                )
+                break
+            if rule.payload == "json" and doc is _MISSING:
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    out.failures.append(PayloadError("invalid_json", str(exc)[:200]))
+                    break
+            self._apply(rule, captures, payload, doc, received_us=received_us, out=out)
+            if not rule.keep_going:
+                break
+        assert out is not None
+        if not out.records and not out.failures and not out.ignored:
+            out.failures.append(PayloadError("no_metrics", "the payload held no metrics"))
         return out
 
-    def _number(
-        self, rule: Rule, captures: dict[str, str], payload: bytes, received_us: int
-    ) -> tuple[dict[str, float], int]:
-        if not _NUMBER.fullmatch(payload):
-            raise PayloadError("not_numeric", "payload is not a plain number")
-        value = float(payload)
-        if not math.isfinite(value):
-            raise PayloadError("non_finite", "value is not finite")
+    def _apply(
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        payload: bytes,
+        doc: object,
+        *,
+        received_us: int,
+        out: Mapped,
+    ) -> None:
+        failures: list[PayloadError] = []
+        try:
+            if rule.payload == "json":
+                if not isinstance(doc, dict):
+                    raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
+                metrics = self._json_metrics(rule, doc, failures)
+            else:
+                metrics = self._plain(rule, captures, payload)
+            ts_us = self._timestamp(rule, captures, doc, received_us, out)
+            device_id = rule.device_id.render(captures, doc)
+            if not device_id:
+                raise PayloadError("bad_device_id", "device_id template rendered empty")
+        except PayloadError as exc:
+            out.failures.append(exc)
+            return
+        out.failures.extend(failures)
+        if rule.reject_on_error and failures:
+            return
+        if not metrics:
+            return
+        if len(metrics) <= MAX_POINTS_PER_RECORD:
+            out.records.append(Record(device_id, ts_us, metrics, received_us))
+            return
+        items = list(metrics.items())
+        for start in range(0, len(items), MAX_POINTS_PER_RECORD):
+            chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
+            out.records.append(Record(device_id, ts_us, chunk, received_us))
+
+    def _plain(self, rule: Rule, captures: dict[str, str], payload: bytes) -> dict[str, float]:
+        transform = rule.transforms[0] if rule.transforms else IDENTITY
         assert rule.metric is not None
         name = rule.metric.render(captures)
         if not name:
             raise PayloadError("bad_metric_name", "metric template rendered empty")
-        return {name: value}, received_us
-
-    def _json(
-        self, rule: Rule, payload: bytes, received_us: int, failures: list[PayloadError]
-    ) -> tuple[dict[str, float], int]:
+        if rule.payload == "number":
+            if not _NUMBER.fullmatch(payload):
+                raise PayloadError("not_numeric", "payload is not a plain number")
+            value = float(payload)
+            if not math.isfinite(value):
+                raise PayloadError("non_finite", "value is not finite")
+            return {name: transform.apply(name, value)}
+        if rule.payload == "boolean":
+            return {name: transform.apply(name, parse_boolean(payload))}
         try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise PayloadError("invalid_json", str(exc)[:200]) from None
-        if not isinstance(doc, dict):
-            raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
-        ts_us = received_us
-        if rule.ts_field is not None:
-            raw_ts = rule.ts_field.get(doc)
-            if raw_ts is _MISSING:
-                raise PayloadError("missing_timestamp", f"no field {rule.ts_field.text!r}")
-            ts_us = parse_timestamp(raw_ts, rule.ts_format)
-            check_not_future(ts_us, received_us, self._max_future_s)
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PayloadError("not_text", "payload is not UTF-8 text") from None
+        return {name: transform.apply(name, text)}
+
+    @staticmethod
+    def _json_metrics(
+        rule: Rule, doc: dict[str, object], failures: list[PayloadError]
+    ) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for name, path in rule.metrics:
+        transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
+        for (name, path), transform in zip(rule.metrics, transforms, strict=True):
             value = path.get(doc)
             if value is _MISSING:
                 failures.append(PayloadError("missing_field", f"{name}: no field {path.text!r}"))
-            elif isinstance(value, bool):
-                # bool is an int in Python; a JSON true/false is not a measurement.
-                failures.append(PayloadError("boolean_value", f"{name}: boolean, not a number"))
-            elif isinstance(value, int | float):
-                if isinstance(value, float) and not math.isfinite(value):
-                    failures.append(PayloadError("non_finite", f"{name}: value is not finite"))
-                else:
-                    metrics[name] = float(value)
-            else:
-                failures.append(
-                    PayloadError("not_numeric", f"{name}: {type(value).__name__}, not a number")
-                )
-        return metrics, ts_us
+                continue
+            try:
+                metrics[name] = transform.apply(name, value)
+            except PayloadError as exc:
+                failures.append(exc)
+        return metrics
+
+    def _timestamp(
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        doc: object,
+        received_us: int,
+        out: Mapped,
+    ) -> int:
+        ts = rule.timestamp
+        if ts is None:
+            return received_us
+        if ts.capture is not None:
+            raw: object = captures.get(ts.capture, "")
+        else:
+            assert ts.field is not None
+            raw = ts.field.get(doc)
+            if raw is _MISSING:
+                if ts.fallback_to_receive_time:
+                    out.replaced_timestamps += 1
+                    return received_us
+                raise PayloadError("missing_timestamp", f"no field {ts.field.text!r}")
+        try:
+            ts_us = parse_timestamp(raw, ts.fmt, ts.tz, ts.pattern)
+            future = self._max_future_s if ts.max_future_s is None else ts.max_future_s
+            check_not_future(ts_us, received_us, future)
+            check_not_past(ts_us, received_us, ts.max_past_s)
+        except PayloadError:
+            if ts.fallback_to_receive_time:
+                out.replaced_timestamps += 1
+                return received_us
+            raise
+        return ts_us

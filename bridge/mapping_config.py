@@ -8,31 +8,55 @@ file in one pass.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import ConfigError, ConfigErrors
-from bridge.mapping import FieldPath, Rule, Template
+from bridge.mapping import FieldPath, Rule, TimestampRule
+from bridge.templates import Template, compile_template
 from bridge.timestamps import TimestampFormat
 from bridge.topics import parse_filter
+from bridge.transforms import Transform
 from bridge.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 
-_TEMPLATE_PART = re.compile(r"\{([^{}]*)\}|([^{}]+)|(\{|\})")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+
+class TransformSpec(_Strict):
+    """Value transforms: for a plain payload (``transform:``) or one JSON metric."""
+
+    scale: float | None = None
+    offset: float | None = None
+    round: int | None = Field(None, ge=0, le=12)
+    range: list[float] | None = Field(None, min_length=2, max_length=2)
+    out_of_range: Literal["reject", "clamp"] = "reject"
+    map: dict[str, float] | None = None
+
+
+class MetricSpec(TransformSpec):
+    """A JSON metric with transforms: ``{path: p, scale: 0.001, range: [0, 16]}``."""
+
+    path: str = Field(min_length=1)
 
 
 class TimestampSpec(_Strict):
-    """Where a rule finds the measurement time in the payload."""
+    """Where a rule finds the measurement time."""
 
-    field: str = Field(min_length=1)
+    field: str | None = Field(None, min_length=1)
+    capture: str | None = Field(None, min_length=1)
     format: TimestampFormat = "auto"
+    pattern: str | None = Field(None, min_length=1)
+    timezone: str | None = None
+    max_future_s: float | None = Field(None, ge=0)
+    max_past_s: float | None = Field(None, ge=0)
+    on_invalid: Literal["reject", "receive_time"] = "reject"
 
 
 class RuleSpec(_Strict):
@@ -40,12 +64,15 @@ class RuleSpec(_Strict):
 
     name: str = Field(pattern=_NAME)
     topic: str = Field(min_length=1)
-    device_id: str = Field(min_length=1)
-    payload: Literal["json", "number"] = "json"
-    metrics: dict[str, str] | None = None
+    device_id: str | None = Field(None, min_length=1)
+    payload: Literal["json", "number", "boolean", "text"] = "json"
+    metrics: dict[str, str | MetricSpec] | None = None
     metric: str | None = None
+    transform: TransformSpec | None = None
     timestamp: TimestampSpec | None = None
     on_error: Literal["drop_metric", "reject_message"] = "drop_metric"
+    ignore: bool = False
+    continue_: bool = Field(False, alias="continue")
 
 
 class MappingFile(_Strict):
@@ -87,7 +114,7 @@ def compile_mappings(data: object, index: LineIndex) -> list[Rule]:
                 )
             )
         seen.setdefault(rule_spec.name, i)
-        rule = _compile_rule(rule_spec, at, index, errors)
+        rule = _Compiler(rule_spec, at, index, errors).rule()
         if rule is not None:
             rules.append(rule)
     if errors:
@@ -97,102 +124,189 @@ def compile_mappings(data: object, index: LineIndex) -> list[Rule]:
 
 def _pydantic_error(err: object, index: LineIndex) -> ConfigError:
     assert isinstance(err, dict)
-    loc: KeyPath = tuple(p for p in err["loc"] if isinstance(p, str | int))
+    # Union members appear in the location ("str", "MetricSpec"); they are not keys.
+    loc: KeyPath = tuple(
+        p for p in err["loc"] if isinstance(p, int) or (isinstance(p, str) and p not in _UNION)
+    )
     message = str(err["msg"])
     if err["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see the README for the keys a rule takes)"
     return index.error(loc, message)
 
 
-def _compile_rule(
-    spec: RuleSpec, at: KeyPath, index: LineIndex, errors: list[ConfigError]
-) -> Rule | None:
-    before = len(errors)
-    try:
-        topic = parse_filter(spec.topic)
-    except ValueError as exc:
-        errors.append(index.error((*at, "topic"), str(exc)))
-        return None
-    captures = set(topic.capture_names)
-    device_id = _template(spec.device_id, captures, (*at, "device_id"), index, errors)
-    metric_paths: tuple[tuple[str, FieldPath], ...] = ()
-    metric_name: Template | None = None
-    if spec.payload == "json":
+_UNION = frozenset({"str", "MetricSpec"})
+
+
+class _Compiler:
+    """Checks the meaning of one rule and builds its runtime form."""
+
+    def __init__(
+        self, spec: RuleSpec, at: KeyPath, index: LineIndex, errors: list[ConfigError]
+    ) -> None:
+        self.spec = spec
+        self.at = at
+        self.index = index
+        self.errors = errors
+        self.captures: set[str] = set()
+
+    def fail(self, key: str | tuple[str, ...], message: str) -> None:
+        keys = (key,) if isinstance(key, str) else key
+        self.errors.append(self.index.error((*self.at, *keys), message))
+
+    def rule(self) -> Rule | None:
+        spec = self.spec
+        before = len(self.errors)
+        try:
+            topic = parse_filter(spec.topic)
+        except ValueError as exc:
+            self.fail("topic", str(exc))
+            return None
+        self.captures = set(topic.capture_names)
+        if spec.ignore:
+            return self._ignore_rule(topic, before)
+        if spec.device_id is None:
+            self.fail("device_id", "a rule needs 'device_id' (or 'ignore: true')")
+            return None
+        json_payload = spec.payload == "json"
+        device_id = self._template(spec.device_id, "device_id", payload_fields=json_payload)
+        metrics: tuple[tuple[str, FieldPath], ...] = ()
+        transforms: tuple[Transform, ...] = ()
+        metric_name: Template | None = None
+        if json_payload:
+            metrics, transforms = self._json_metrics()
+        else:
+            metric_name, transforms = self._plain()
+        timestamp = self._timestamp(json_payload)
+        if len(self.errors) > before:
+            return None
+        return Rule(
+            name=spec.name,
+            topic=topic,
+            device_id=device_id,
+            payload=spec.payload,
+            metrics=metrics,
+            metric=metric_name,
+            ts_field=timestamp.field if timestamp else None,
+            ts_format=timestamp.fmt if timestamp else "auto",
+            reject_on_error=spec.on_error == "reject_message",
+            transforms=transforms,
+            timestamp=timestamp,
+            keep_going=spec.continue_,
+        )
+
+    def _ignore_rule(self, topic: object, before: int) -> Rule | None:
+        spec = self.spec
+        for key in ("device_id", "metrics", "metric", "transform", "timestamp"):
+            if getattr(spec, key) is not None:
+                self.fail(key, "an ignore rule takes only name and topic")
+        if spec.continue_:
+            self.fail("continue", "an ignore rule ends the matching; 'continue' makes no sense")
+        if len(self.errors) > before:
+            return None
+        assert not isinstance(topic, str)
+        return Rule(
+            name=spec.name,
+            topic=topic,  # type: ignore[arg-type]
+            device_id=Template("", ()),
+            payload=spec.payload,
+            metrics=(),
+            metric=None,
+            ts_field=None,
+            ts_format="auto",
+            reject_on_error=False,
+            ignore=True,
+        )
+
+    def _template(self, text: str, key: str, *, payload_fields: bool) -> Template:
+        try:
+            return compile_template(text, self.captures, payload_fields)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+            return Template(text, ())
+
+    def _json_metrics(self) -> tuple[tuple[tuple[str, FieldPath], ...], tuple[Transform, ...]]:
+        spec = self.spec
         if spec.metric is not None:
-            errors.append(
-                index.error((*at, "metric"), "'metric' is for payload: number; use 'metrics'")
-            )
+            self.fail("metric", "'metric' is for plain payloads; use 'metrics'")
+        if spec.transform is not None:
+            self.fail("transform", "for a json rule, put transforms on each metric")
         if not spec.metrics:
-            errors.append(
-                index.error((*at, "metrics"), "a json rule needs 'metrics: {name: field.path}'")
-            )
-        else:
-            metric_paths = tuple(
-                (name, _field_path(path, (*at, "metrics", name), index, errors))
-                for name, path in spec.metrics.items()
-            )
-            for name in spec.metrics:
-                if not name.strip():
-                    errors.append(index.error((*at, "metrics", name), "metric name is empty"))
-    else:
+            self.fail("metrics", "a json rule needs 'metrics: {name: field.path}'")
+            return (), ()
+        paths: list[tuple[str, FieldPath]] = []
+        transforms: list[Transform] = []
+        for name, entry in spec.metrics.items():
+            if not name.strip():
+                self.fail(("metrics", name), "metric name is empty")
+            if isinstance(entry, str):
+                paths.append((name, self._field_path(entry, ("metrics", name))))
+                transforms.append(Transform())
+            else:
+                paths.append((name, self._field_path(entry.path, ("metrics", name, "path"))))
+                transforms.append(self._transform(entry, ("metrics", name)))
+        return tuple(paths), tuple(transforms)
+
+    def _plain(self) -> tuple[Template | None, tuple[Transform, ...]]:
+        spec = self.spec
         if spec.metrics is not None:
-            errors.append(
-                index.error((*at, "metrics"), "'metrics' is for payload: json; use 'metric'")
-            )
+            self.fail("metrics", "'metrics' is for payload: json; use 'metric'")
         if spec.metric is None:
-            errors.append(
-                index.error((*at, "metric"), "a number rule needs 'metric: <name or {capture}>'")
-            )
-        else:
-            metric_name = _template(spec.metric, captures, (*at, "metric"), index, errors)
-        if spec.timestamp is not None:
-            errors.append(
-                index.error(
-                    (*at, "timestamp"), "a plain number payload has no field to read a time from"
-                )
-            )
-    ts_path: FieldPath | None = None
-    ts_format: TimestampFormat = "auto"
-    if spec.timestamp is not None and spec.payload == "json":
-        ts_path = _field_path(spec.timestamp.field, (*at, "timestamp", "field"), index, errors)
-        ts_format = spec.timestamp.format
-    if len(errors) > before:
-        return None
-    return Rule(
-        name=spec.name,
-        topic=topic,
-        device_id=device_id,
-        payload=spec.payload,
-        metrics=metric_paths,
-        metric=metric_name,
-        ts_field=ts_path,
-        ts_format=ts_format,
-        reject_on_error=spec.on_error == "reject_message",
-    )
+            self.fail("metric", f"a {spec.payload} rule needs 'metric: <name or {{capture}}>'")
+            return None, ()
+        name = self._template(spec.metric, "metric", payload_fields=False)
+        transform = self._transform(spec.transform, ("transform",)) if spec.transform else None
+        if spec.payload == "text" and (transform is None or not transform.value_map):
+            self.fail("transform", "a text rule needs 'transform: {map: {TEXT: number, ...}}'")
+        return name, (transform or Transform(),)
 
+    def _transform(self, t: TransformSpec, key: tuple[str, ...]) -> Transform:
+        if t.range is not None and t.range[0] > t.range[1]:
+            self.fail((*key, "range"), "range must be [low, high] with low <= high")
+        return Transform.build(
+            scale=t.scale,
+            offset=t.offset,
+            digits=t.round,
+            valid_range=t.range,
+            clamp=t.out_of_range == "clamp",
+            value_map=t.map,
+        )
 
-def _template(
-    text: str, captures: set[str], at: KeyPath, index: LineIndex, errors: list[ConfigError]
-) -> Template:
-    parts: list[tuple[bool, str]] = []
-    for m in _TEMPLATE_PART.finditer(text):
-        name, literal, stray = m.groups()
-        if stray is not None:
-            errors.append(index.error(at, f"unbalanced {stray!r} in template {text!r}"))
-        elif name is not None:
-            if name not in captures:
-                known = ", ".join(sorted(captures)) or "none"
-                errors.append(
-                    index.error(at, f"template uses {{{name}}} but the topic captures: {known}")
-                )
-            parts.append((True, name))
-        else:
-            parts.append((False, literal))
-    return Template(text=text, parts=tuple(parts))
+    def _timestamp(self, json_payload: bool) -> TimestampRule | None:
+        ts = self.spec.timestamp
+        if ts is None:
+            return None
+        if (ts.field is None) == (ts.capture is None):
+            self.fail("timestamp", "give exactly one of 'field' (payload) or 'capture' (topic)")
+            return None
+        if ts.field is not None and not json_payload:
+            self.fail(("timestamp", "field"), "a plain payload has no field to read a time from")
+        if ts.capture is not None and ts.capture not in self.captures:
+            known = ", ".join(sorted(self.captures)) or "none"
+            self.fail(("timestamp", "capture"), f"the topic captures: {known}")
+        tz = None
+        if ts.timezone is not None:
+            try:
+                tz = ZoneInfo(ts.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                self.fail(("timestamp", "timezone"), f"unknown time zone {ts.timezone!r}")
+        if ts.pattern is not None and "%" not in ts.pattern:
+            self.fail(("timestamp", "pattern"), "a strptime pattern such as '%d.%m.%Y %H:%M:%S'")
+        field = None
+        if ts.field is not None:
+            field = self._field_path(ts.field, ("timestamp", "field"))
+        return TimestampRule(
+            field=field,
+            capture=ts.capture,
+            fmt=ts.format,
+            pattern=ts.pattern,
+            tz=tz,
+            max_future_s=ts.max_future_s,
+            max_past_s=ts.max_past_s,
+            fallback_to_receive_time=ts.on_invalid == "receive_time",
+        )
 
-
-def _field_path(text: str, at: KeyPath, index: LineIndex, errors: list[ConfigError]) -> FieldPath:
-    segments = tuple(text.split("."))
-    if any(not s for s in segments):
-        errors.append(index.error(at, f"field path {text!r} has an empty segment"))
-    return FieldPath(text=text, segments=segments)
+    def _field_path(self, text: str, key: tuple[str, ...]) -> FieldPath:
+        segments = tuple(text.split("."))
+        if any(not s for s in segments):
+            self.fail(key, f"field path {text!r} has an empty segment")
+        return FieldPath(text=text, segments=segments)

@@ -36,6 +36,18 @@ class BridgeMetrics:
         self.messages_unmatched = Counter(
             p + "messages_unmatched_total", "Messages whose topic matched no rule", registry=r
         )
+        self.messages_ignored = Counter(
+            p + "messages_ignored_total",
+            "Messages dropped on purpose by an ignore rule (acknowledged, not dead-lettered)",
+            ["rule"],
+            registry=r,
+        )
+        self.timestamps_replaced = Counter(
+            p + "timestamps_replaced_total",
+            "Payload timestamps replaced by the receive time (timestamp.on_invalid: receive_time)",
+            ["rule"],
+            registry=r,
+        )
         self.points_mapped = Counter(
             p + "points_mapped_total", "Data points produced by mapping", ["rule"], registry=r
         )

@@ -7,7 +7,7 @@ to hash, and wide enough for every form devices send.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Literal
 
 from bridge.errors import PayloadError
@@ -21,12 +21,28 @@ _AUTO_BOUNDS = ((1e11, 1_000_000.0), (1e14, 1_000.0), (1e17, 1.0), (1e20, 0.001)
 _MIN_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z: older readings are clock faults
 
 
-def parse_timestamp(value: object, fmt: TimestampFormat) -> int:
+def parse_timestamp(
+    value: object, fmt: TimestampFormat, tz: tzinfo | None = None, pattern: str | None = None
+) -> int:
     """Parse a payload timestamp into epoch microseconds.
+
+    Args:
+        value: the raw field value.
+        fmt: how to read numbers and strings (``auto`` decides by type and magnitude).
+        tz: zone for zone-less ISO 8601 strings and patterns; without it they are refused.
+        pattern: a ``strptime`` pattern for strings such as ``26.11.2026 08:32:00``.
 
     Raises:
         PayloadError: with reason ``bad_timestamp`` for anything not understood.
     """
+    if pattern is not None:
+        if not isinstance(value, str):
+            raise PayloadError("bad_timestamp", f"expected a string like {pattern!r}")
+        try:
+            parsed = datetime.strptime(value.strip(), pattern)  # the zone is applied below
+        except ValueError:
+            raise PayloadError("bad_timestamp", f"does not match {pattern!r}") from None
+        return _from_datetime(parsed, tz)
     if isinstance(value, bool):
         raise PayloadError("bad_timestamp", "boolean is not a timestamp")
     if isinstance(value, int | float):
@@ -41,7 +57,7 @@ def parse_timestamp(value: object, fmt: TimestampFormat) -> int:
         if fmt in ("auto", "iso8601"):
             if fmt == "auto" and _looks_numeric(value):
                 return _from_epoch(float(value), fmt)
-            return _from_iso(value)
+            return _from_iso(value, tz)
         if _looks_numeric(value):
             return _from_epoch(float(value), fmt)
         raise PayloadError("bad_timestamp", f"expected a number for {fmt}")
@@ -70,14 +86,21 @@ def _from_epoch(number: float, fmt: TimestampFormat) -> int:
     return _checked(round(number * _EPOCH_SCALE[fmt]))
 
 
-def _from_iso(text: str) -> int:
+def _from_iso(text: str, tz: tzinfo | None = None) -> int:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise PayloadError("bad_timestamp", "not an ISO 8601 timestamp") from None
+    return _from_datetime(parsed, tz)
+
+
+def _from_datetime(parsed: datetime, tz: tzinfo | None) -> int:
     if parsed.tzinfo is None:
-        # A zone-less time is ambiguous (plant local time? UTC?); refusing beats guessing.
-        raise PayloadError("bad_timestamp", "ISO 8601 timestamp has no time zone")
+        if tz is None:
+            # A zone-less time is ambiguous (plant local time? UTC?); refusing beats guessing.
+            # A rule can name the zone with timestamp.timezone.
+            raise PayloadError("bad_timestamp", "timestamp has no time zone")
+        parsed = parsed.replace(tzinfo=tz)
     delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
     return _checked((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
 
@@ -92,6 +115,12 @@ def check_not_future(ts_us: int, now_us: int, max_future_s: float) -> None:
     """Reject readings stamped too far ahead of the receive time (device clock faults)."""
     if ts_us - now_us > max_future_s * 1_000_000:
         raise PayloadError("bad_timestamp", "timestamp is too far in the future")
+
+
+def check_not_past(ts_us: int, now_us: int, max_past_s: float | None) -> None:
+    """Reject readings stamped longer than ``max_past_s`` before the receive time."""
+    if max_past_s is not None and now_us - ts_us > max_past_s * 1_000_000:
+        raise PayloadError("bad_timestamp", "timestamp is too far in the past")
 
 
 def format_timestamp(ts_us: int) -> str:

@@ -1,8 +1,10 @@
 """MQTT topic filters with named captures, matched exactly as the MQTT specification says.
 
 A rule's filter is a list of levels: a literal, ``+`` (any one level), ``#`` (any tail, last level
-only) or ``{name}`` (any one level, captured under ``name``). The broker subscription is the same
-filter with every capture turned into ``+``.
+only), ``{name}`` (any one level, captured under ``name``), ``{name:REGEX}`` (one level that fully
+matches REGEX, captured; ``{_:REGEX}`` only checks) or ``{name#}`` (the rest of the topic, last
+level only, captured with its slashes). The broker subscription is the same filter with every
+capture turned into ``+`` (or ``#`` for a tail capture).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_CAPTURE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_CAPTURE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(#|:(.+))?\}$", re.DOTALL)
+_NO_CAPTURE = "_"
 _WILDCARD_ONE = "+"
 _WILDCARD_TAIL = "#"
 
@@ -23,13 +26,17 @@ class TopicFilter:
         text: the filter as written in the mapping file.
         levels: per level, a literal string, or None for a single-level wildcard.
         captures: per level, the capture name or None.
-        tail: True when the filter ends in ``#``.
+        tail: True when the filter ends in ``#`` or a tail capture.
+        patterns: per level, a regex the level must fully match, or None (may be empty).
+        tail_capture: name under which a ``{name#}`` tail is captured.
     """
 
     text: str
     levels: tuple[str | None, ...]
     captures: tuple[str | None, ...]
     tail: bool
+    patterns: tuple[re.Pattern[str] | None, ...] = ()
+    tail_capture: str | None = None
 
     @property
     def subscription(self) -> str:
@@ -42,7 +49,8 @@ class TopicFilter:
     @property
     def capture_names(self) -> tuple[str, ...]:
         """Names captured by this filter, in level order."""
-        return tuple(c for c in self.captures if c is not None)
+        names = tuple(c for c in self.captures if c is not None)
+        return (*names, self.tail_capture) if self.tail_capture else names
 
     def match(self, levels: list[str]) -> dict[str, str] | None:
         """Match a topic already split on ``/``; return its captures, or None."""
@@ -59,6 +67,11 @@ class TopicFilter:
                     captured[name] = got
             elif want != got:
                 return None
+        for i, pattern in enumerate(self.patterns):
+            if pattern is not None and not pattern.fullmatch(levels[i]):
+                return None
+        if self.tail_capture is not None:
+            captured[self.tail_capture] = "/".join(levels[n:])
         return captured
 
 
@@ -73,35 +86,74 @@ def parse_filter(text: str) -> TopicFilter:
     raw = text.split("/")
     levels: list[str | None] = []
     captures: list[str | None] = []
+    patterns: list[re.Pattern[str] | None] = []
     seen: set[str] = set()
     tail = False
+    tail_capture: str | None = None
     for i, level in enumerate(raw):
+        last = i == len(raw) - 1
         if level == _WILDCARD_TAIL:
-            if i != len(raw) - 1:
+            if not last:
                 raise ValueError("'#' is only allowed as the last level")
             tail = True
             continue
         if level == _WILDCARD_ONE:
             levels.append(None)
             captures.append(None)
+            patterns.append(None)
             continue
-        m = _CAPTURE.match(level)
-        if m:
-            name = m.group(1)
-            if name in seen:
-                raise ValueError(f"capture {{{name}}} appears twice")
-            seen.add(name)
+        capture = _parse_capture(level, last, seen)
+        if capture is not None:
+            name, pattern, is_tail = capture
+            if is_tail:
+                tail, tail_capture = True, name
+                continue
             levels.append(None)
             captures.append(name)
+            patterns.append(pattern)
             continue
         if any(ch in level for ch in "+#{}"):
             raise ValueError(
                 f"level {level!r} mixes wildcard characters with text; "
-                "use '+', '#' or '{name}' as a whole level"
+                "use '+', '#', '{name}', '{name:regex}' or '{name#}' as a whole level"
             )
         levels.append(level)
         captures.append(None)
-    return TopicFilter(text=text, levels=tuple(levels), captures=tuple(captures), tail=tail)
+        patterns.append(None)
+    return TopicFilter(
+        text=text,
+        levels=tuple(levels),
+        captures=tuple(captures),
+        tail=tail,
+        patterns=tuple(patterns) if any(p is not None for p in patterns) else (),
+        tail_capture=tail_capture,
+    )
+
+
+def _parse_capture(
+    level: str, last: bool, seen: set[str]
+) -> tuple[str | None, re.Pattern[str] | None, bool] | None:
+    """(name or None for '_', pattern, is_tail) for a capture level; None for other levels."""
+    m = _CAPTURE.match(level)
+    if not m:
+        return None
+    name, kind, regex = m.group(1), m.group(2), m.group(3)
+    if name in seen:
+        raise ValueError(f"capture {{{name}}} appears twice")
+    if name != _NO_CAPTURE:
+        seen.add(name)
+    captured = None if name == _NO_CAPTURE else name
+    if kind == "#":
+        if not last:
+            raise ValueError(f"tail capture {{{name}#}} is only allowed as the last level")
+        return captured, None, True
+    pattern = None
+    if regex is not None:
+        try:
+            pattern = re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"bad pattern in {level!r}: {exc}") from None
+    return captured, pattern, False
 
 
 class TopicRouter:
@@ -113,22 +165,26 @@ class TopicRouter:
 
     def __init__(self, filters: list[TopicFilter], cache_size: int = 65536) -> None:
         self._filters = filters
-        self._cache: dict[str, tuple[int, dict[str, str]] | None] = {}
+        self._cache: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self._cache_size = cache_size
 
     def route(self, topic: str) -> tuple[int, dict[str, str]] | None:
         """Return (index of the first matching filter, captures) or None."""
+        found = self.route_all(topic)
+        return found[0] if found else None
+
+    def route_all(self, topic: str) -> list[tuple[int, dict[str, str]]]:
+        """Every matching filter in order, as (index, captures); cached per topic."""
         try:
             return self._cache[topic]
         except KeyError:
             pass
         levels = topic.split("/")
-        found: tuple[int, dict[str, str]] | None = None
+        found: list[tuple[int, dict[str, str]]] = []
         for index, filt in enumerate(self._filters):
             captured = filt.match(levels)
             if captured is not None:
-                found = (index, captured)
-                break
+                found.append((index, captured))
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[topic] = found

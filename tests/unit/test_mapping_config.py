@@ -97,7 +97,7 @@ def test_rules_must_be_a_non_empty_list() -> None:
 def test_missing_required_key_points_at_its_rule() -> None:
     """A rule without device_id is reported at the rule's first line with the missing key."""
     text = "version: 1\nrules:\n  - name: r1\n    topic: a/b\n    metrics: {v: v}\n"
-    assert "file.yaml:3: rules[0].device_id: Field required" in str(config_error(text))
+    assert "file.yaml:3: rules[0].device_id: a rule needs 'device_id'" in str(config_error(text))
 
 
 def test_invalid_rule_name_is_refused() -> None:
@@ -145,13 +145,13 @@ def test_json_rule_without_metrics_is_refused() -> None:
 def test_json_rule_with_metric_is_refused() -> None:
     """'metric' belongs to number rules; on a json rule it is an error at its line."""
     err = config_error(rule("    metrics: {v: v}\n    metric: v\n"))
-    assert "file.yaml:7: rules[0].metric: 'metric' is for payload: number" in str(err)
+    assert "file.yaml:7: rules[0].metric: 'metric' is for plain payloads" in str(err)
 
 
 def test_number_rule_with_timestamp_is_refused() -> None:
     """A plain-number rule has no field to read a time from, so 'timestamp' is an error."""
     err = config_error(rule("    payload: number\n    metric: v\n    timestamp: {field: ts}\n"))
-    assert "file.yaml:8: rules[0].timestamp: a plain number payload has no field" in str(err)
+    assert "file.yaml:8: rules[0].timestamp.field: a plain payload has no field" in str(err)
 
 
 def test_number_rule_needs_metric_and_refuses_metrics() -> None:
@@ -317,7 +317,7 @@ rules:
     assert lines[0].startswith("file.yaml:4: rules[0].topic: ")
     assert lines[1].startswith("file.yaml:9: rules[1].device_id: ")
     assert lines[2].startswith("file.yaml:11: rules[2].name: duplicate rule name")
-    assert lines[3].startswith("file.yaml:16: rules[2].timestamp: ")
+    assert lines[3].startswith("file.yaml:16: rules[2].timestamp.field: ")
     assert [(e.file, e.line) for e in err.errors] == [
         ("file.yaml", 4),
         ("file.yaml", 9),
