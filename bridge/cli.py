@@ -1,4 +1,4 @@
-"""Command line: ``metriqo-bridge [run|check|simulate-api|demo]``.
+"""Command line: ``metriqo-bridge [run|check|explain|simulate-api|demo]``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 75 spool locked by another instance,
 78 configuration error (nothing was started and no spool was touched).
@@ -69,6 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(run)
     check = sub.add_parser("check", help="validate a mapping file; exit 0 or 78")
     check.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (shadowed, overlapping rules) as errors",
+    )
+    explain = sub.add_parser(
+        "explain", help="show what the bridge would do with one message; exit 0, 1 or 78"
+    )
+    explain.add_argument(
+        "topic", metavar="TOPIC", help="the MQTT topic, e.g. plant/berlin/line1/env"
+    )
+    explain.add_argument(
+        "payload",
+        nargs="?",
+        metavar="PAYLOAD",
+        help="the payload as text; '-' reads bytes from stdin (default: empty)",
+    )
+    explain.add_argument(
+        "--file", type=Path, default=Path("topic-mappings.yaml"), help="mapping file"
+    )
+    explain.add_argument(
+        "--payload-file", type=Path, metavar="PATH", help="read the payload bytes from a file"
+    )
+    explain.add_argument("--json", action="store_true", help="print a JSON object instead")
     api = sub.add_parser("simulate-api", help="run a local Metriqo-compatible API server")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
@@ -100,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     try:
         if args.command == "check":
-            return _check(args.file)
+            return _check(args.file, strict=args.strict)
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "simulate-api":
             return _simulate_api(args)
         if args.command == "demo":
@@ -181,16 +207,57 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(file: Path) -> int:
+def _check(file: Path, *, strict: bool = False) -> int:
     from bridge.mapping_config import load_mappings
+    from bridge.tuning import format_warning, rule_warnings, topic_lines
 
     rules = load_mappings(file)
     print(f"{file}: OK, {len(rules)} rule(s)")
     for rule in rules:
+        what = "ignored on purpose" if rule.ignore else f"payload {rule.payload}"
+        print(f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), {what}")
+    warnings = rule_warnings(rules, topic_lines(file))
+    for warning in warnings:
+        print(format_warning(warning, str(file)))
+    if warnings and strict:
         print(
-            f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), payload {rule.payload}"
+            f"metriqo-bridge: {len(warnings)} warning(s), an error under --strict", file=sys.stderr
         )
+        return EX_CONFIG
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import time
+
+    from bridge.mapping import Mapper
+    from bridge.mapping_config import load_mappings
+    from bridge.tuning import explain, explanation_json, format_explanation
+
+    if args.payload is not None and args.payload_file is not None:
+        print("metriqo-bridge: give PAYLOAD or --payload-file, not both", file=sys.stderr)
+        return 2
+    if args.payload_file is not None:
+        try:
+            payload = args.payload_file.read_bytes()
+        except OSError as exc:
+            print(f"metriqo-bridge: {args.payload_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    elif args.payload == "-":
+        payload = sys.stdin.buffer.read()
+    else:
+        # fsencode: argv bytes that are not UTF-8 come back exactly as given.
+        payload = os.fsencode(args.payload or "")
+    mapper = Mapper(load_mappings(args.file))
+    result = explain(mapper, args.topic, payload, int(time.time() * 1_000_000))
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(explanation_json(result), option=orjson.OPT_INDENT_2).decode()
+        )
+        sys.stdout.write("\n")
+    else:
+        print(format_explanation(result))
+    return 0 if result.ok else 1
 
 
 def _simulate_api(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.errors import BridgeError
 from bridge.mapping import FieldPath, Rule, Template
 from bridge.topics import TopicRouter
+from bridge.transforms import Transform
 
 QOS = 1
 MAX_INFLIGHT = 1000
@@ -141,6 +142,29 @@ class _Device:
         stream = self.streams[self._next_stream % len(self.streams)]
         self._next_stream += 1
         return stream
+
+
+def _unsimulated(rule: Rule) -> str:
+    """Why the fleet cannot publish for this rule and predict its points exactly ('' if it can)."""
+    if rule.ignore:
+        return "an ignore rule"
+    if rule.payload not in ("json", "number"):
+        return f"payload: {rule.payload} is not simulated"
+    if rule.topic.patterns:
+        return "its topic has pattern levels"
+    if rule.device_id.uses_payload:
+        return "its device_id reads payload fields"
+    if rule.keep_going:
+        return "continue: true"
+    if any(t != Transform() for t in rule.transforms):
+        return "it transforms values"
+    ts = rule.timestamp
+    if ts is not None and (ts.capture or ts.pattern or ts.tz or ts.fallback_to_receive_time):
+        return "its timestamp form is not simulated"
+    parts = (*rule.device_id.parts, *(rule.metric.parts if rule.metric else ()))
+    if any(p.filters for p in parts):
+        return "its templates use filters"
+    return ""
 
 
 def _metric_captures(rule: Rule) -> list[dict[str, str]]:
@@ -309,6 +333,10 @@ class SensorFleet:
     # -- building devices and messages ---------------------------------------------------
 
     def _usable(self, rule: Rule, rules: list[Rule]) -> bool:
+        reason = _unsimulated(rule)
+        if reason:
+            self.skipped_rules[rule.name] = reason
+            return False
         if rule.topic.tail:
             # A '#' filter matches topics no template can name; only simulate fixed shapes.
             self.skipped_rules[rule.name] = "topic ends in '#'"
