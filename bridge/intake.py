@@ -61,6 +61,7 @@ class Intake:
         self._points: dict[str, int] = {}
         self._ignored: dict[str, int] = {}
         self._replaced: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
         self._failures: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
@@ -89,6 +90,8 @@ class Intake:
         rule = mapped.rule or ""
         if mapped.ignored:
             self._ignored[rule] = self._ignored.get(rule, 0) + 1
+        if mapped.skipped_readings:
+            self._skipped[rule] = self._skipped.get(rule, 0) + mapped.skipped_readings
         if mapped.replaced_timestamps:
             self._replaced[rule] = self._replaced.get(rule, 0) + mapped.replaced_timestamps
         if mapped.failures:
@@ -153,3 +156,6 @@ class Intake:
         for rule, n in self._replaced.items():
             m.timestamps_replaced.labels(rule).inc(n)
         self._replaced.clear()
+        for rule, n in self._skipped.items():
+            m.readings_skipped.labels(rule).inc(n)
+        self._skipped.clear()

@@ -15,6 +15,7 @@ import orjson
 
 from bridge.errors import PayloadError
 from bridge.points import Record
+from bridge.readings import CollectRule, ReadingsRule
 from bridge.templates import Template
 from bridge.timestamps import TimestampFormat, check_not_future, check_not_past, parse_timestamp
 from bridge.topics import TopicFilter, TopicRouter
@@ -80,6 +81,9 @@ class Rule:
     timestamp: TimestampRule | None = None
     ignore: bool = False
     keep_going: bool = False  # "continue: true": later matching rules apply too
+    collect: CollectRule | None = None
+    readings: ReadingsRule | None = None
+    readings_time: TimestampRule | None = None  # how element times are read
 
 
 @dataclass(slots=True)
@@ -97,6 +101,7 @@ class Mapped:
     failures: list[PayloadError] = field(default_factory=list)
     ignored: bool = False
     replaced_timestamps: int = 0
+    skipped_readings: int = 0
 
     @property
     def points(self) -> int:
@@ -149,7 +154,7 @@ class Mapper:
             if not rule.keep_going:
                 break
         assert out is not None
-        if not out.records and not out.failures and not out.ignored:
+        if not (out.records or out.failures or out.ignored or out.skipped_readings):
             out.failures.append(PayloadError("no_metrics", "the payload held no metrics"))
         return out
 
@@ -164,11 +169,19 @@ class Mapper:
         out: Mapped,
     ) -> None:
         failures: list[PayloadError] = []
+        readings: list[tuple[str, float, int | None]] = []
         try:
             if rule.payload == "json":
-                if not isinstance(doc, dict):
+                if not isinstance(doc, dict) and rule.readings is None:
                     raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
-                metrics = self._json_metrics(rule, doc, failures)
+                metrics = self._json_metrics(rule, doc, failures) if rule.metrics else {}
+                if rule.collect is not None:
+                    metrics.update(rule.collect.collect(doc, failures))
+                if rule.readings is not None:
+                    readings, skipped = rule.readings.extract(
+                        doc, lambda raw: self._reading_time(rule, raw, received_us), failures
+                    )
+                    out.skipped_readings += skipped
             else:
                 metrics = self._plain(rule, captures, payload)
             ts_us = self._timestamp(rule, captures, doc, received_us, out)
@@ -178,18 +191,44 @@ class Mapper:
         except PayloadError as exc:
             out.failures.append(exc)
             return
+        if readings:
+            by_time = self._group(readings, ts_us, metrics, failures)
+        else:
+            by_time = {ts_us: metrics} if metrics else {}
         out.failures.extend(failures)
         if rule.reject_on_error and failures:
             return
-        if not metrics:
-            return
-        if len(metrics) <= MAX_POINTS_PER_RECORD:
-            out.records.append(Record(device_id, ts_us, metrics, received_us))
-            return
-        items = list(metrics.items())
-        for start in range(0, len(items), MAX_POINTS_PER_RECORD):
-            chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
-            out.records.append(Record(device_id, ts_us, chunk, received_us))
+        for ts, values in by_time.items():
+            items = list(values.items())
+            for start in range(0, len(items), MAX_POINTS_PER_RECORD):
+                chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
+                out.records.append(Record(device_id, ts, chunk, received_us))
+
+    @staticmethod
+    def _group(
+        readings: list[tuple[str, float, int | None]],
+        ts_us: int,
+        metrics: dict[str, float],
+        failures: list[PayloadError],
+    ) -> dict[int, dict[str, float]]:
+        """Readings grouped by time (one API object each); the first of two readings of the
+        same metric at the same time wins, the other is reported."""
+        by_time: dict[int, dict[str, float]] = {ts_us: dict(metrics)} if metrics else {}
+        for name, value, ts in readings:
+            group = by_time.setdefault(ts_us if ts is None else ts, {})
+            if name in group:
+                failures.append(PayloadError("duplicate_reading", f"{name}: twice at one time"))
+                continue
+            group[name] = value
+        return by_time
+
+    def _reading_time(self, rule: Rule, raw: object, received_us: int) -> int:
+        spec = rule.readings_time or TimestampRule()
+        ts_us = parse_timestamp(raw, spec.fmt, spec.tz, spec.pattern)
+        future = self._max_future_s if spec.max_future_s is None else spec.max_future_s
+        check_not_future(ts_us, received_us, future)
+        check_not_past(ts_us, received_us, spec.max_past_s)
+        return ts_us
 
     def _plain(self, rule: Rule, captures: dict[str, str], payload: bytes) -> dict[str, float]:
         transform = rule.transforms[0] if rule.transforms else IDENTITY
@@ -213,9 +252,7 @@ class Mapper:
         return {name: transform.apply(name, text)}
 
     @staticmethod
-    def _json_metrics(
-        rule: Rule, doc: dict[str, object], failures: list[PayloadError]
-    ) -> dict[str, float]:
+    def _json_metrics(rule: Rule, doc: object, failures: list[PayloadError]) -> dict[str, float]:
         metrics: dict[str, float] = {}
         transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
         for (name, path), transform in zip(rule.metrics, transforms, strict=True):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping import FieldPath, Rule, TimestampRule
+from bridge.readings import CollectRule, ReadingsRule
 from bridge.templates import Template, compile_template
 from bridge.timestamps import TimestampFormat
 from bridge.topics import parse_filter
@@ -46,6 +47,31 @@ class MetricSpec(TransformSpec):
     path: str = Field(min_length=1)
 
 
+class CollectSpec(TransformSpec):
+    """Every numeric field under ``path``: ``{path: sensors, include: ['temp*'], prefix: env_}``."""
+
+    path: str = ""
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    rename: dict[str, str] | None = None
+    prefix: str = ""
+
+
+class ReadingsSpec(TransformSpec):
+    """A list of readings, each element with its own name, value and time."""
+
+    path: str = ""
+    name: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+    time: str | None = Field(None, min_length=1)
+    time_format: TimestampFormat = "auto"
+    timezone: str | None = None
+    pattern: str | None = Field(None, min_length=1)
+    where: dict[str, str | bool | int | float] | None = None
+    rename: dict[str, str] | None = None
+    prefix: str = ""
+
+
 class TimestampSpec(_Strict):
     """Where a rule finds the measurement time."""
 
@@ -67,6 +93,8 @@ class RuleSpec(_Strict):
     device_id: str | None = Field(None, min_length=1)
     payload: Literal["json", "number", "boolean", "text"] = "json"
     metrics: dict[str, str | MetricSpec] | None = None
+    collect: CollectSpec | None = None
+    readings: ReadingsSpec | None = None
     metric: str | None = None
     transform: TransformSpec | None = None
     timestamp: TimestampSpec | None = None
@@ -134,7 +162,7 @@ def _pydantic_error(err: object, index: LineIndex) -> ConfigError:
     return index.error(loc, message)
 
 
-_UNION = frozenset({"str", "MetricSpec"})
+_UNION = frozenset({"str", "MetricSpec", "bool", "int", "float"})
 
 
 class _Compiler:
@@ -172,10 +200,16 @@ class _Compiler:
         metrics: tuple[tuple[str, FieldPath], ...] = ()
         transforms: tuple[Transform, ...] = ()
         metric_name: Template | None = None
+        collect = readings = readings_time = None
         if json_payload:
             metrics, transforms = self._json_metrics()
+            collect = self._collect()
+            readings, readings_time = self._readings()
         else:
             metric_name, transforms = self._plain()
+            for key in ("collect", "readings"):
+                if getattr(spec, key) is not None:
+                    self.fail(key, f"'{key}' is for payload: json")
         timestamp = self._timestamp(json_payload)
         if len(self.errors) > before:
             return None
@@ -192,11 +226,22 @@ class _Compiler:
             transforms=transforms,
             timestamp=timestamp,
             keep_going=spec.continue_,
+            collect=collect,
+            readings=readings,
+            readings_time=readings_time,
         )
 
     def _ignore_rule(self, topic: object, before: int) -> Rule | None:
         spec = self.spec
-        for key in ("device_id", "metrics", "metric", "transform", "timestamp"):
+        for key in (
+            "device_id",
+            "metrics",
+            "metric",
+            "transform",
+            "timestamp",
+            "collect",
+            "readings",
+        ):
             if getattr(spec, key) is not None:
                 self.fail(key, "an ignore rule takes only name and topic")
         if spec.continue_:
@@ -231,7 +276,11 @@ class _Compiler:
         if spec.transform is not None:
             self.fail("transform", "for a json rule, put transforms on each metric")
         if not spec.metrics:
-            self.fail("metrics", "a json rule needs 'metrics: {name: field.path}'")
+            if spec.collect is None and spec.readings is None:
+                self.fail(
+                    "metrics",
+                    "a json rule needs 'metrics: {name: field.path}', 'collect' or 'readings'",
+                )
             return (), ()
         paths: list[tuple[str, FieldPath]] = []
         transforms: list[Transform] = []
@@ -245,6 +294,52 @@ class _Compiler:
                 paths.append((name, self._field_path(entry.path, ("metrics", name, "path"))))
                 transforms.append(self._transform(entry, ("metrics", name)))
         return tuple(paths), tuple(transforms)
+
+    def _collect(self) -> CollectRule | None:
+        c = self.spec.collect
+        if c is None:
+            return None
+        return CollectRule(
+            path=self._segments(c.path, ("collect", "path")),
+            include=tuple(c.include or ()),
+            exclude=tuple(c.exclude or ()),
+            rename=dict(c.rename or {}),
+            prefix=c.prefix,
+            transform=self._transform(c, ("collect",)),
+        )
+
+    def _readings(self) -> tuple[ReadingsRule | None, TimestampRule | None]:
+        r = self.spec.readings
+        if r is None:
+            return None, None
+        at = ("readings",)
+        tz = self._zone(r.timezone, (*at, "timezone"))
+        where = tuple((self._segments(k, (*at, "where", k)), v) for k, v in (r.where or {}).items())
+        rule = ReadingsRule(
+            path=self._segments(r.path, (*at, "path")),
+            name=self._segments(r.name, (*at, "name")),
+            value=self._segments(r.value, (*at, "value")),
+            time=self._segments(r.time, (*at, "time")) if r.time else None,
+            where=where,
+            rename=dict(r.rename or {}),
+            prefix=r.prefix,
+            transform=self._transform(r, at),
+        )
+        return rule, TimestampRule(fmt=r.time_format, pattern=r.pattern, tz=tz)
+
+    def _segments(self, text: str, key: tuple[str, ...]) -> tuple[str, ...]:
+        if text in ("", "."):
+            return ()
+        return self._field_path(text, key).segments
+
+    def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
+        if name is None:
+            return None
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(key, f"unknown time zone {name!r}")
+            return None
 
     def _plain(self) -> tuple[Template | None, tuple[Transform, ...]]:
         spec = self.spec
@@ -283,12 +378,7 @@ class _Compiler:
         if ts.capture is not None and ts.capture not in self.captures:
             known = ", ".join(sorted(self.captures)) or "none"
             self.fail(("timestamp", "capture"), f"the topic captures: {known}")
-        tz = None
-        if ts.timezone is not None:
-            try:
-                tz = ZoneInfo(ts.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                self.fail(("timestamp", "timezone"), f"unknown time zone {ts.timezone!r}")
+        tz = self._zone(ts.timezone, ("timestamp", "timezone"))
         if ts.pattern is not None and "%" not in ts.pattern:
             self.fail(("timestamp", "pattern"), "a strptime pattern such as '%d.%m.%Y %H:%M:%S'")
         field = None

@@ -42,6 +42,12 @@ class BridgeMetrics:
             ["rule"],
             registry=r,
         )
+        self.readings_skipped = Counter(
+            p + "readings_skipped_total",
+            "Readings left out by a readings rule's 'where' conditions",
+            ["rule"],
+            registry=r,
+        )
         self.timestamps_replaced = Counter(
             p + "timestamps_replaced_total",
             "Payload timestamps replaced by the receive time (timestamp.on_invalid: receive_time)",

@@ -293,6 +293,7 @@ class Explanation:
     failures: tuple[tuple[str, str], ...]
     ignored: bool = False
     fallback_times: int = 0
+    skipped_readings: int = 0
 
     @property
     def rule(self) -> str | None:
@@ -363,6 +364,7 @@ def explain(mapper: Mapper, topic: str, payload: bytes, received_us: int) -> Exp
         failures=tuple((f.reason, f.detail) for f in mapped.failures),
         ignored=mapped.ignored,
         fallback_times=mapped.replaced_timestamps,
+        skipped_readings=mapped.skipped_readings,
     )
 
 
@@ -430,6 +432,8 @@ def format_explanation(ex: Explanation) -> str:
         for n, (reason, detail) in enumerate(ex.failures):
             text = f"{reason}: {detail}" if detail else reason
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
+    if ex.skipped_readings:
+        lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
     lines.append(f"result  {_result(ex)}")
     return "\n".join(lines)
 
@@ -472,6 +476,7 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
         "failures": [{"reason": reason, "detail": detail} for reason, detail in ex.failures],
         "subscribed": bool(ex.applied),
         "ignored": ex.ignored,
+        "skipped_readings": ex.skipped_readings,
         "dead_lettered": ex.dead_lettered,
         "partial": ex.partial,
     }

@@ -221,3 +221,101 @@ def test_ignore_rule_takes_no_mapping_keys() -> None:
     """An ignore rule with mapping keys is a config error naming the key."""
     err = config_error("  - {name: x, topic: a/b, ignore: true, device_id: d}\n")
     assert "rules[0].device_id: an ignore rule takes only name and topic" in err
+
+
+GATEWAY = (
+    b'[{"id": "Line1.Press.Temp", "v": 71.2, "t": 1795683600123, "q": true},'
+    b' {"id": "Line1.Press.Bar", "v": 5.5, "t": 1795683600123, "q": true},'
+    b' {"id": "Line1.Press.Temp", "v": 99.9, "t": 1795683601123, "q": false},'
+    b' {"id": "Line1.Press.Temp", "v": 71.4, "t": 1795683601123, "q": true}]'
+)
+
+
+def test_readings_list_with_condition_groups_by_time() -> None:
+    """Each kept element becomes a point with its own name and time; bad-quality ones are left
+    out and counted; points of one time share a record."""
+    m = mapper(
+        "  - name: gw\n    topic: 'gw/{g}'\n    device_id: '{g}'\n"
+        "    readings: {name: id, value: v, time: t, time_format: epoch_ms, where: {q: true},"
+        " rename: {Line1.Press.Bar: press_bar}}\n"
+    )
+    out = m.map("gw/g1", GATEWAY, NOW_US)
+    assert not out.failures
+    assert out.skipped_readings == 1
+    got = [(format_timestamp(r.ts_us), r.metrics) for r in out.records]
+    assert got == [
+        ("2026-11-26T09:00:00.123Z", {"Line1.Press.Temp": 71.2, "press_bar": 5.5}),
+        ("2026-11-26T09:00:01.123Z", {"Line1.Press.Temp": 71.4}),
+    ]
+
+
+def test_readings_where_does_not_confuse_true_with_one() -> None:
+    """A condition q: true does not keep a reading whose q is the number 1."""
+    m = mapper(
+        "  - name: gw\n    topic: 'gw/{g}'\n    device_id: '{g}'\n"
+        "    readings: {name: id, value: v, where: {q: true}}\n"
+    )
+    out = m.map("gw/g1", b'[{"id": "a", "v": 1, "q": 1}, {"id": "b", "v": 2, "q": true}]', NOW_US)
+    assert [r.metrics for r in out.records] == [{"b": 2.0}]
+
+
+def test_readings_at_a_path_and_bad_elements_are_reported() -> None:
+    """A list under a path; an element without a value or with a string value is a failure."""
+    m = mapper(
+        "  - name: gw\n    topic: 'gw/{g}'\n    device_id: '{g}'\n"
+        "    readings: {path: data.values, name: n, value: v}\n"
+    )
+    out = m.map(
+        "gw/g1",
+        b'{"data": {"values": [{"n": "a", "v": 1}, {"n": "b"}, {"n": "c", "v": "x"}]}}',
+        NOW_US,
+    )
+    assert [r.metrics for r in out.records] == [{"a": 1.0}]
+    assert reasons(out) == ["missing_field", "not_numeric"]
+    assert reasons(m.map("gw/g1", b'{"data": {}}', NOW_US)) == ["not_a_list"]
+
+
+def test_all_readings_filtered_is_not_a_failure() -> None:
+    """A message whose readings are all left out by 'where' is acknowledged, not dead-lettered."""
+    m = mapper(
+        "  - name: gw\n    topic: 'gw/{g}'\n    device_id: '{g}'\n"
+        "    readings: {name: id, value: v, where: {q: true}}\n"
+    )
+    out = m.map("gw/g1", b'[{"id": "a", "v": 1, "q": false}]', NOW_US)
+    assert not out.failures
+    assert not out.records
+    assert out.skipped_readings == 1
+
+
+def test_collect_every_numeric_field_with_globs_rename_and_prefix() -> None:
+    """collect takes every numeric field under a path, filtered by include/exclude globs."""
+    m = mapper(
+        "  - name: env\n    topic: 'env/{d}'\n    device_id: '{d}'\n"
+        "    collect: {path: sensors, include: ['temp*', 'air.*'], exclude: ['*_raw'],"
+        " rename: {air.rh: humidity}, prefix: 'env_'}\n"
+    )
+    payload = (
+        b'{"sensors": {"temp1": 20.5, "temp2": 21, "temp1_raw": 2048, "label": "hall",'
+        b' "air": {"rh": 40, "co2": 612, "ok": true}, "other": 5}}'
+    )
+    assert one(m.map("env/d1", payload, NOW_US))[2] == {
+        "env_temp1": 20.5,
+        "env_temp2": 21.0,
+        "env_humidity": 40.0,
+        "env_air.co2": 612.0,
+    }
+
+
+def test_collect_combines_with_explicit_metrics() -> None:
+    """Explicit metrics and collected ones land in the same record."""
+    m = mapper(
+        "  - name: env\n    topic: 'env/{d}'\n    device_id: '{d}'\n    metrics: {up: uptime}\n"
+        "    collect: {path: s}\n"
+    )
+    assert one(m.map("env/d1", b'{"uptime": 7, "s": {"a": 1}}', NOW_US))[2] == {"up": 7.0, "a": 1.0}
+
+
+def test_json_rule_needs_some_metric_source() -> None:
+    """A json rule without metrics, collect or readings is refused."""
+    err = config_error("  - {name: r, topic: 'a/{d}', device_id: '{d}'}\n")
+    assert "rules[0].metrics: a json rule needs" in err
