@@ -1,4 +1,4 @@
-"""Command line: ``metriqo-bridge [run|check|explain|simulate-api|demo]``.
+"""Command line: ``metriqo-bridge [run|check|test|explain|schema|simulate-api|demo]``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 75 spool locked by another instance,
 78 configuration error (nothing was started and no spool was touched).
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the bridge (the default)")
     _add_run_flags(run)
+    mtest = sub.add_parser("test", help="run the tests: section of a mapping file; exit 0 or 1")
+    mtest.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
     check = sub.add_parser("check", help="validate a mapping file; exit 0 or 78")
     check.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
     check.add_argument(
@@ -125,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.file, strict=args.strict)
+        if args.command == "test":
+            return _test(args.file)
         if args.command == "explain":
             return _explain(args)
         if args.command == "simulate-api":
@@ -205,6 +209,19 @@ def _run(args: argparse.Namespace) -> int:
     asyncio.run(serve())
     log.info("stopped")
     return 0
+
+
+def _test(file: Path) -> int:
+    from bridge.mapping_config import load_mapping_tests
+    from bridge.mapping_tests import format_outcomes, run_mapping_tests
+
+    rules, tests, index = load_mapping_tests(file)
+    if not tests:
+        print(f"{file}: no tests: add a 'tests:' section (see the README)")
+        return 1
+    outcomes = run_mapping_tests(rules, tests, index)
+    print(format_outcomes(outcomes, str(file)))
+    return 0 if all(o.passed for o in outcomes) else 1
 
 
 def _check(file: Path, *, strict: bool = False) -> int:

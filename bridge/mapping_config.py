@@ -103,11 +103,41 @@ class RuleSpec(_Strict):
     continue_: bool = Field(False, alias="continue")
 
 
+class ExpectedPoints(_Strict):
+    """The points one message should become: one object as the API receives it."""
+
+    device_id: str = Field(min_length=1)
+    timestamp: str | None = None  # ISO 8601; leave out for receive-time points
+    metrics: dict[str, float] = Field(min_length=1)
+
+
+class MappingTest(_Strict):
+    """A message and what the rules must make of it (``metriqo-bridge test``)."""
+
+    name: str | None = None
+    topic: str = Field(min_length=1)
+    payload: str | None = None
+    payload_json: object = None
+    received_at: str | None = None  # ISO 8601 receive time; default: when the test runs
+    expect: list[ExpectedPoints] | None = None
+    expect_failures: list[str] | None = None  # reasons, in order
+    expect_ignored: bool = False
+
+
 class MappingFile(_Strict):
     """The whole ``topic-mappings.yaml``."""
 
     version: Literal[1]
     rules: list[RuleSpec] = Field(min_length=1)
+    tests: list[MappingTest] | None = None
+
+
+def load_mapping_tests(path: Path) -> tuple[list[Rule], list[MappingTest], LineIndex]:
+    """The compiled rules and the ``tests:`` section of a mapping file."""
+    data, index = load_yaml_file(path)
+    rules = compile_mappings(data, index)
+    spec = MappingFile.model_validate(data)
+    return rules, list(spec.tests or []), index
 
 
 def load_mappings(path: Path) -> list[Rule]:
