@@ -150,6 +150,22 @@ class Bridge:
                 last = key
                 await self.reload()
 
+    async def _report_unmatched(self, interval: float = 60.0) -> None:
+        """Once a minute, if any message matched no rule, say how many and name a few topics."""
+        sample = self.intake.unmatched
+        while True:
+            await asyncio.sleep(interval)
+            if sample.since_report:
+                topics = [str(e["topic"]) for e in sample.recent()[:5]]
+                log.warning(
+                    "%d message(s) in the last %.0f s matched no rule, e.g. on %s "
+                    "(all recent ones: GET /debug/unmatched)",
+                    sample.since_report,
+                    interval,
+                    ", ".join(repr(t) for t in topics),
+                )
+                sample.since_report = 0
+
     def stop(self) -> None:
         """Ask the bridge to shut down gracefully; a second call while stopping forces exit.
 
@@ -217,7 +233,13 @@ class Bridge:
             async with contextlib.AsyncExitStack() as stack:
                 if s.http.enabled:
                     self.status = await stack.enter_async_context(
-                        StatusServer(self.metrics.registry, self.problems, s.http.host, s.http.port)
+                        StatusServer(
+                            self.metrics.registry,
+                            self.problems,
+                            s.http.host,
+                            s.http.port,
+                            unmatched=self.intake.unmatched.recent,
+                        )
                     )
                 await self._supervise(aspool)
 
@@ -228,11 +250,13 @@ class Bridge:
             source = tg.create_task(self.source.run(), name="bridge.source")
             commit = tg.create_task(self._commit_loop(aspool), name="bridge.intake.commit")
             deliver = tg.create_task(self.delivery.run(), name="bridge.delivery")
+            report = tg.create_task(self._report_unmatched(), name="bridge.intake.unmatched_report")
             watch = None
             if self._mappings_path is not None:
                 watch = tg.create_task(self._watch_mappings(), name="bridge.mapping.watch")
             self._started.set()
             await self._stop.wait()
+            report.cancel()
             if watch is not None:
                 watch.cancel()
             await self._shutdown(source, commit, deliver)

@@ -80,13 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="show what the bridge would do with one message; exit 0, 1 or 78"
     )
     explain.add_argument(
-        "topic", metavar="TOPIC", help="the MQTT topic, e.g. plant/berlin/line1/env"
+        "topic", nargs="?", metavar="TOPIC", help="the MQTT topic, e.g. plant/berlin/line1/env"
     )
     explain.add_argument(
         "payload",
         nargs="?",
         metavar="PAYLOAD",
         help="the payload as text; '-' reads bytes from stdin (default: empty)",
+    )
+    explain.add_argument("--topic", dest="topic_option", metavar="TOPIC", help="same as TOPIC")
+    explain.add_argument(
+        "--payload", dest="payload_option", metavar="PAYLOAD", help="same as PAYLOAD"
     )
     explain.add_argument(
         "--file", type=Path, default=Path("topic-mappings.yaml"), help="mapping file"
@@ -95,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--payload-file", type=Path, metavar="PATH", help="read the payload bytes from a file"
     )
     explain.add_argument("--json", action="store_true", help="print a JSON object instead")
+    schema = sub.add_parser(
+        "schema", help="print the JSON Schema of topic-mappings.yaml (for editors)"
+    )
+    schema.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write it to FILE instead of stdout"
+    )
     api = sub.add_parser("simulate-api", help="run a local Metriqo-compatible API server")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
@@ -131,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _test(args.file)
         if args.command == "explain":
             return _explain(args)
+        if args.command == "schema":
+            return _schema(args.output)
         if args.command == "simulate-api":
             return _simulate_api(args)
         if args.command == "demo":
@@ -251,22 +263,13 @@ def _explain(args: argparse.Namespace) -> int:
     from bridge.mapping_config import load_mappings
     from bridge.tuning import explain, explanation_json, format_explanation
 
-    if args.payload is not None and args.payload_file is not None:
-        print("metriqo-bridge: give PAYLOAD or --payload-file, not both", file=sys.stderr)
+    message = _explain_message(args)
+    if isinstance(message, str):
+        print(f"metriqo-bridge: {message}", file=sys.stderr)
         return 2
-    if args.payload_file is not None:
-        try:
-            payload = args.payload_file.read_bytes()
-        except OSError as exc:
-            print(f"metriqo-bridge: {args.payload_file}: {exc.strerror}", file=sys.stderr)
-            return 2
-    elif args.payload == "-":
-        payload = sys.stdin.buffer.read()
-    else:
-        # fsencode: argv bytes that are not UTF-8 come back exactly as given.
-        payload = os.fsencode(args.payload or "")
+    topic, payload = message
     mapper = Mapper(load_mappings(args.file))
-    result = explain(mapper, args.topic, payload, int(time.time() * 1_000_000))
+    result = explain(mapper, topic, payload, int(time.time() * 1_000_000))
     if args.json:
         sys.stdout.write(
             orjson.dumps(explanation_json(result), option=orjson.OPT_INDENT_2).decode()
@@ -275,6 +278,50 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         print(format_explanation(result))
     return 0 if result.ok else 1
+
+
+def _explain_message(args: argparse.Namespace) -> tuple[str, bytes] | str:
+    """Topic and payload bytes from TOPIC/PAYLOAD, --topic/--payload or --payload-file.
+
+    Returns a usage error message instead when the arguments do not fit together.
+    """
+    positional = [a for a in (args.topic, args.payload) if a is not None]
+    topic = args.topic_option
+    if topic is None:
+        if not positional:
+            return "give the topic: TOPIC or --topic TOPIC"
+        topic = positional.pop(0)
+    elif len(positional) == 2:
+        return "give TOPIC or --topic, not both"
+    # With --topic, a single positional is the payload: "explain --topic T PAYLOAD".
+    texts = [t for t in (*positional, args.payload_option) if t is not None]
+    if len(texts) + (args.payload_file is not None) > 1:
+        return "give one payload: PAYLOAD, --payload or --payload-file"
+    if args.payload_file is not None:
+        try:
+            return topic, args.payload_file.read_bytes()
+        except OSError as exc:
+            return f"{args.payload_file}: {exc.strerror}"
+    if texts == ["-"]:
+        return topic, sys.stdin.buffer.read()
+    # fsencode: argv bytes that are not UTF-8 come back exactly as given.
+    return topic, os.fsencode(texts[0] if texts else "")
+
+
+def _schema(output: Path | None) -> int:
+    from bridge.schema import schema_bytes
+
+    data = schema_bytes()
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        print(f"metriqo-bridge: {output}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _simulate_api(args: argparse.Namespace) -> int:

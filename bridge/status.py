@@ -9,16 +9,23 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 ReadinessProbe = Callable[[], list[str]]  # returns the reasons for not being ready
+DebugProvider = Callable[[], object]  # returns a JSON-serialisable value
 
 
 class StatusServer:
     """Serves the bridge's metrics and health endpoints until closed."""
 
     def __init__(
-        self, registry: CollectorRegistry, readiness: ReadinessProbe, host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        readiness: ReadinessProbe,
+        host: str,
+        port: int,
+        unmatched: DebugProvider | None = None,
     ) -> None:
         self._registry = registry
         self._readiness = readiness
+        self._unmatched = unmatched
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -29,6 +36,7 @@ class StatusServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/debug/unmatched", self._debug_unmatched)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -48,6 +56,10 @@ class StatusServer:
     async def _healthz(self, _req: web.Request) -> web.Response:
         # Answering at all proves the event loop is alive.
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def _debug_unmatched(self, _req: web.Request) -> web.Response:
+        body = orjson.dumps({"unmatched": self._unmatched() if self._unmatched else []})
+        return web.Response(body=body, content_type="application/json")
 
     async def _readyz(self, _req: web.Request) -> web.Response:
         problems = self._readiness()

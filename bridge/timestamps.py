@@ -19,6 +19,7 @@ _EPOCH_SCALE = {"epoch_s": 1_000_000, "epoch_ms": 1_000, "epoch_us": 1, "epoch_n
 # 1e11 s is the year 5138, 1e14 ms the year 5138: anything below is read in the smaller unit.
 _AUTO_BOUNDS = ((1e11, 1_000_000.0), (1e14, 1_000.0), (1e17, 1.0), (1e20, 0.001))
 _MIN_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z: older readings are clock faults
+_MAX_US = 253_402_300_799 * 1_000_000  # 9999-12-31T23:59:59Z: the last time ISO 8601 can write
 
 
 def parse_timestamp(
@@ -83,7 +84,10 @@ def _from_epoch(number: float, fmt: TimestampFormat) -> int:
             if number < bound:
                 return _checked(round(number * scale))
         raise PayloadError("bad_timestamp", f"epoch value {number!r} is out of range")
-    return _checked(round(number * _EPOCH_SCALE[fmt]))
+    us = number * _EPOCH_SCALE[fmt]
+    if not math.isfinite(us) or us > _MAX_US:
+        raise PayloadError("bad_timestamp", f"epoch value {number!r} is out of range")
+    return _checked(round(us))
 
 
 def _from_iso(text: str, tz: tzinfo | None = None) -> int:

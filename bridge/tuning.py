@@ -3,7 +3,8 @@
 Pure functions over compiled rules. ``check`` warns about rules that can never match (an earlier
 filter matches every topic theirs can) and about rules whose filters overlap (topics in the
 overlap go to the earlier rule). ``explain`` runs one message through the real :class:`Mapper`
-and says which rule took it and why the earlier ones did not.
+and says which rule took it and why the earlier ones did not, down to the request body the
+sender would POST (packed by the sender's own :mod:`bridge.batcher`).
 
 Filter containment follows the MQTT matching rules exactly, as :meth:`TopicFilter.match` does:
 ``+`` and ``{name}`` match any one level, including an empty one; ``a/#`` also matches ``a``
@@ -21,7 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
+from bridge.batcher import take_batch
 from bridge.mapping import Mapper, Rule
+from bridge.points import Record
+from bridge.spool import SpooledRecord
 from bridge.timestamps import format_timestamp
 from bridge.topics import TopicFilter
 from bridge.yamlfile import load_yaml_file
@@ -282,6 +288,9 @@ class Explanation:
         ignored: an ``ignore`` rule took the message: counted, neither delivered nor
             dead-lettered.
         fallback_times: timestamps replaced by the receive time (``on_invalid: receive_time``).
+        skipped_readings: readings left out by a ``readings.where`` condition.
+        requests: the JSON objects POSTed for the points, one tuple per request of at most
+            :data:`MAX_POINTS` points, built by the sender's own batcher (see :attr:`body`).
     """
 
     topic: str
@@ -294,6 +303,12 @@ class Explanation:
     ignored: bool = False
     fallback_times: int = 0
     skipped_readings: int = 0
+    requests: tuple[tuple[dict[str, object], ...], ...] = ()
+
+    @property
+    def body(self) -> list[dict[str, object]]:
+        """The objects of every request, in order: what the API receives for this message."""
+        return [obj for request in self.requests for obj in request]
 
     @property
     def rule(self) -> str | None:
@@ -365,7 +380,33 @@ def explain(mapper: Mapper, topic: str, payload: bytes, received_us: int) -> Exp
         ignored=mapped.ignored,
         fallback_times=mapped.replaced_timestamps,
         skipped_readings=mapped.skipped_readings,
+        requests=request_bodies(mapped.records),
     )
+
+
+MAX_POINTS = 100  # the API's limit per request, and the default batch.max_points
+
+
+def request_bodies(
+    records: Sequence[Record], max_points: int = MAX_POINTS
+) -> tuple[tuple[dict[str, object], ...], ...]:
+    """The request bodies (arrays of API objects) the sender would POST for ``records``.
+
+    Packed and merged by :mod:`bridge.batcher`, as the delivery loop does: records in order,
+    at most ``max_points`` points a request, records of one device and timestamp merged into one
+    object. A running bridge may also pack records of other messages into the same requests.
+    """
+    # Positions stand in for spool seqs: only the packing and the objects are used.
+    rows = [
+        SpooledRecord(seq, r.device_id, r.ts_us, dict(r.metrics), r.received_us)
+        for seq, r in enumerate(records, start=1)
+    ]
+    requests: list[tuple[dict[str, object], ...]] = []
+    while rows:
+        batch = take_batch(rows, max_points)
+        requests.append(tuple(batch.body_objects()))
+        rows = rows[len(batch.records) :]
+    return tuple(requests)
 
 
 def _value(value: float) -> str:
@@ -434,8 +475,20 @@ def format_explanation(ex: Explanation) -> str:
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
+    for n, request in enumerate(ex.requests):
+        lines.extend(_body_lines(list(request), n, len(ex.requests)))
     lines.append(f"result  {_result(ex)}")
     return "\n".join(lines)
+
+
+def _body_lines(objects: list[dict[str, object]], n: int, total: int) -> list[str]:
+    # Exactly the bytes the sender's orjson.dumps writes, only indented.
+    text = orjson.dumps(objects, option=orjson.OPT_INDENT_2).decode()
+    lines = [" " * 8 + line for line in text.splitlines()]
+    if total == 1:
+        return ["body    " + lines[0][8:], *lines[1:]]
+    points = sum(len(m) for o in objects if isinstance(m := o["metrics"], dict))
+    return [f"{'body' if n == 0 else '':8}request {n + 1} of {total}, {points} points:", *lines]
 
 
 def explanation_json(ex: Explanation) -> dict[str, Any]:
@@ -474,6 +527,8 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
             for p in ex.points
         ],
         "failures": [{"reason": reason, "detail": detail} for reason, detail in ex.failures],
+        "body": ex.body,
+        "requests": len(ex.requests),
         "subscribed": bool(ex.applied),
         "ignored": ex.ignored,
         "skipped_readings": ex.skipped_readings,

@@ -256,3 +256,33 @@ async def test_api_rejecting_one_point_dead_letters_only_that_record(
     assert len(dead) == len(poisoned) // 4
     assert {d[1] for d in dead} == {"api_rejected"}
     assert all('"bad_request"' in d[5] for d in dead)
+
+
+async def test_unmatched_topics_are_counted_sampled_and_served(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """A message the rules' patterns refuse is counted, dead-lettered, and listed by
+    /debug/unmatched with its count."""
+    mappings = (
+        "version: 1\nrules:\n"
+        "  - {name: hall, topic: 'hall/{id:dev-\\d+}/temp', device_id: '{id}', payload: number,"
+        " metric: temp}\n"
+    )
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+    async with running_bridge(settings, mappings=mappings) as bridge:
+        await publish(
+            broker.port,
+            [("hall/dev-1/temp", b"20"), ("hall/oven/temp", b"250"), ("hall/oven/temp", b"251")],
+        )
+        await api.store.wait_for_points(1, 20)
+        async with asyncio.timeout(10):
+            while metric(bridge, "metriqo_bridge_messages_committed_total") < 3:
+                await asyncio.sleep(0.02)
+        assert metric(bridge, "metriqo_bridge_messages_unmatched_total") == 2
+        assert bridge.status is not None
+        url = f"http://127.0.0.1:{bridge.status.port}/debug/unmatched"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            body = orjson.loads(await r.read())
+        dead = bridge.spool.dead_letters()
+    assert [(e["topic"], e["count"]) for e in body["unmatched"]] == [("hall/oven/temp", 2)]
+    assert [d[1] for d in dead] == ["unmatched", "unmatched"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bridge.cli import main
 from bridge.errors import EX_CONFIG
 from bridge.mapping import Mapper
 from bridge.mapping_config import load_mappings_text
+from bridge.points import Record
 from bridge.topics import TopicFilter, parse_filter
 from bridge.tuning import (
     Point,
@@ -26,6 +28,7 @@ from bridge.tuning import (
     format_explanation,
     format_warning,
     mismatch,
+    request_bodies,
     rule_warnings,
     topic_lines,
 )
@@ -268,8 +271,26 @@ def test_explain_a_matching_json_message(mapper: Mapper) -> None:
         "points  temperature_c = 21.7\n"
         "        humidity_pct = 40.5\n"
         "        power_kw = 3.2\n"
+        "body    [\n"
+        "          {\n"
+        '            "device_id": "berlin-line1-env",\n'
+        '            "timestamp": "2026-11-26T08:32:00.125Z",\n'
+        '            "metrics": {\n'
+        '              "temperature_c": 21.7,\n'
+        '              "humidity_pct": 40.5,\n'
+        '              "power_kw": 3.2\n'
+        "            }\n"
+        "          }\n"
+        "        ]\n"
         "result  3 points, nothing dead-lettered"
     )
+    assert explanation_json(ex)["body"] == [
+        {
+            "device_id": "berlin-line1-env",
+            "timestamp": "2026-11-26T08:32:00.125Z",
+            "metrics": {"temperature_c": 21.7, "humidity_pct": 40.5, "power_kw": 3.2},
+        }
+    ]
 
 
 def test_explain_a_plain_number_lists_the_rules_tried_first(mapper: Mapper) -> None:
@@ -362,10 +383,14 @@ def test_explain_follows_continue_and_reports_ignore() -> None:
     text = format_explanation(ex)
     assert "also    env (rule 3 of 5)   captures: site=b line=line1" in text
     assert text.count("device  ") == 2
+    assert [o["device_id"] for o in ex.body] == ["raw-b", "b-line1"]
+    assert text.count("body    ") == 1
     missed = explain(chain, "plant/b/lineX/env", b'{"temp": 1}', RECV_US)
     assert missed.tried[1].reason == r"level 3 'lineX' does not match /line\d+/"
     ignored = explain(chain, "plant/b/debug/x", b"", RECV_US)
     assert (ignored.ignored, ignored.ok, ignored.points, ignored.failures) == (True, True, (), ())
+    assert (ignored.body, explanation_json(ignored)["requests"]) == ([], 0)
+    assert "body" not in format_explanation(ignored)
     assert format_explanation(ignored).endswith(
         "ignored: counted, neither delivered nor dead-lettered"
     )
@@ -433,3 +458,79 @@ def test_explain_reads_the_payload_from_a_file_or_stdin(
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"-3.5")))
     assert main(["explain", "tele/m/volt", "-", "--file", str(path)]) == 0
     assert "volt = -3.5" in capsys.readouterr().out
+
+
+def _points(request: Sequence[dict[str, object]]) -> int:
+    """Data points in a request body."""
+    return sum(len(m) for o in request if isinstance(m := o["metrics"], dict))
+
+
+def test_request_bodies_merge_one_device_and_time_and_split_at_100_points() -> None:
+    """Bodies come from the batcher: same device+time merged, at most 100 points a request."""
+    t0, t1 = RECV_US, RECV_US + 1_000
+    records = [
+        Record("a", t0, {"x": 1.0}, RECV_US),
+        Record("a", t0, {"y": 2.0}, RECV_US),  # merges into the first object
+        Record("a", t0, {"x": 3.0}, RECV_US),  # same metric again: an object of its own
+        Record("b", t0, {"x": 4.0}, RECV_US),
+        Record("a", t1, {f"m{i}": float(i) for i in range(97)}, RECV_US),
+    ]
+    requests = request_bodies(records)
+    assert [[(o["device_id"], _points((o,))) for o in r] for r in requests] == [
+        [("a", 2), ("a", 1), ("b", 1)],
+        [("a", 97)],
+    ]
+    assert requests[0][0] == {
+        "device_id": "a",
+        "timestamp": "2026-11-26T08:32:01Z",
+        "metrics": {"x": 1.0, "y": 2.0},
+    }
+    assert request_bodies([]) == ()
+
+
+def test_explain_shows_each_request_of_a_large_message() -> None:
+    """A message of more than 100 points shows one labelled body block per request."""
+    yaml_text = """
+version: 1
+rules:
+  - name: gateway
+    topic: gw
+    device_id: gw
+    readings: {name: id, value: v, time: t, time_format: epoch_s}
+"""
+    readings = [{"id": f"m{i}", "v": i, "t": 1795681920 + i // 100} for i in range(150)]
+    ex = explain(Mapper(load_mappings_text(yaml_text)), "gw", orjson.dumps(readings), RECV_US)
+    assert ex.ok
+    assert [_points(r) for r in ex.requests] == [100, 50]
+    text = format_explanation(ex)
+    assert "body    request 1 of 2, 100 points:\n        [\n" in text
+    assert "        request 2 of 2, 50 points:\n" in text
+    doc = explanation_json(ex)
+    assert (len(doc["body"]), doc["requests"]) == (2, 2)
+
+
+def test_explain_takes_topic_and_payload_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--topic/--payload work like the positionals, alone or mixed; conflicts exit 2."""
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD_YAML)
+    file = ["--file", str(path), "--json"]
+    for argv in (
+        ["--topic", "tele/m/volt", "--payload", "229.8"],
+        ["--topic", "tele/m/volt", "229.8"],
+        ["tele/m/volt", "--payload", "229.8"],
+        ["tele/m/volt", "229.8"],
+    ):
+        assert main(["explain", *argv, *file]) == 0, argv
+        doc = orjson.loads(capsys.readouterr().out)
+        assert doc["body"][0]["metrics"] == {"volt": 229.8}, argv
+        assert doc["body"][0]["device_id"] == "m"
+    for argv in (
+        [],
+        ["--topic", "tele/m/volt", "tele/m/volt", "1"],
+        ["tele/m/volt", "1", "--payload", "2"],
+        ["--topic", "tele/m/volt", "--payload", "1", "--payload-file", str(path)],
+    ):
+        assert main(["explain", *argv, *file]) == 2, argv
+        assert capsys.readouterr().err.startswith("metriqo-bridge: give "), argv
