@@ -83,6 +83,7 @@ class Rule:
     keep_going: bool = False  # "continue: true": later matching rules apply too
     collect: CollectRule | None = None
     readings: ReadingsRule | None = None
+    each: FieldPath | None = None  # several devices in one payload: map each element
     readings_time: TimestampRule | None = None  # how element times are read
 
 
@@ -150,7 +151,10 @@ class Mapper:
                 except orjson.JSONDecodeError as exc:
                     out.failures.append(PayloadError("invalid_json", str(exc)[:200]))
                     break
-            self._apply(rule, captures, payload, doc, received_us=received_us, out=out)
+            if rule.each is None:
+                self._apply(rule, captures, payload, doc, received_us=received_us, out=out)
+            else:
+                self._apply_each(rule, captures, payload, doc, received_us=received_us, out=out)
             if not rule.keep_going:
                 break
         assert out is not None
@@ -167,6 +171,7 @@ class Mapper:
         *,
         received_us: int,
         out: Mapped,
+        root: object = _MISSING,
     ) -> None:
         failures: list[PayloadError] = []
         readings: list[tuple[str, float, int | None]] = []
@@ -184,7 +189,7 @@ class Mapper:
                     out.skipped_readings += skipped
             else:
                 metrics = self._plain(rule, captures, payload)
-            ts_us = self._timestamp(rule, captures, doc, received_us, out)
+            ts_us = self._timestamp(rule, captures, doc, received_us, out, root=root)
             device_id = rule.device_id.render(captures, doc)
             if not device_id:
                 raise PayloadError("bad_device_id", "device_id template rendered empty")
@@ -203,6 +208,40 @@ class Mapper:
             for start in range(0, len(items), MAX_POINTS_PER_RECORD):
                 chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
                 out.records.append(Record(device_id, ts, chunk, received_us))
+
+    def _apply_each(
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        payload: bytes,
+        doc: object,
+        *,
+        received_us: int,
+        out: Mapped,
+    ) -> None:
+        """Map every element of the list or object at ``rule.each`` as its own message part;
+        ``{@key}`` is the element's key (or index)."""
+        assert rule.each is not None
+        items = rule.each.get(doc)
+        if isinstance(items, dict):
+            pairs = [(str(k), v) for k, v in items.items()]
+        elif isinstance(items, list):
+            pairs = [(str(i), v) for i, v in enumerate(items)]
+        else:
+            where = rule.each.text
+            reason = "missing_field" if items is _MISSING else "not_a_list"
+            out.failures.append(PayloadError(reason, f"{where!r} holds no list or object"))
+            return
+        for key, element in pairs:
+            self._apply(
+                rule,
+                {**captures, "@key": key},
+                payload,
+                element,
+                received_us=received_us,
+                out=out,
+                root=doc,
+            )
 
     @staticmethod
     def _group(
@@ -273,6 +312,8 @@ class Mapper:
         doc: object,
         received_us: int,
         out: Mapped,
+        *,
+        root: object = _MISSING,
     ) -> int:
         ts = rule.timestamp
         if ts is None:
@@ -282,6 +323,8 @@ class Mapper:
         else:
             assert ts.field is not None
             raw = ts.field.get(doc)
+            if raw is _MISSING and root is not _MISSING:
+                raw = ts.field.get(root)  # an element without its own time: the message's
             if raw is _MISSING:
                 if ts.fallback_to_receive_time:
                     out.replaced_timestamps += 1

@@ -95,6 +95,7 @@ class RuleSpec(_Strict):
     metrics: dict[str, str | MetricSpec] | None = None
     collect: CollectSpec | None = None
     readings: ReadingsSpec | None = None
+    each: str | None = Field(None, min_length=1)
     metric: str | None = None
     transform: TransformSpec | None = None
     timestamp: TimestampSpec | None = None
@@ -226,6 +227,13 @@ class _Compiler:
             self.fail("device_id", "a rule needs 'device_id' (or 'ignore: true')")
             return None
         json_payload = spec.payload == "json"
+        each = None
+        if spec.each is not None:
+            if json_payload:
+                each = self._field_path(spec.each, ("each",))
+                self.captures.add("@key")
+            else:
+                self.fail("each", "'each' is for payload: json")
         device_id = self._template(spec.device_id, "device_id", payload_fields=json_payload)
         metrics: tuple[tuple[str, FieldPath], ...] = ()
         transforms: tuple[Transform, ...] = ()
@@ -259,6 +267,7 @@ class _Compiler:
             collect=collect,
             readings=readings,
             readings_time=readings_time,
+            each=each,
         )
 
     def _ignore_rule(self, topic: object, before: int) -> Rule | None:

@@ -319,3 +319,34 @@ def test_json_rule_needs_some_metric_source() -> None:
     """A json rule without metrics, collect or readings is refused."""
     err = config_error("  - {name: r, topic: 'a/{d}', device_id: '{d}'}\n")
     assert "rules[0].metrics: a json rule needs" in err
+
+
+def test_each_maps_several_devices_from_one_payload() -> None:
+    """each: an object (or list) of devices; {@key} names each, paths are per element, and a
+    time missing in the element comes from the whole message."""
+    m = mapper(
+        "  - name: gw\n    topic: 'gw/{g}'\n    device_id: '{g}-{@key}'\n    each: devices\n"
+        "    metrics: {t: temp}\n    timestamp: {field: ts}\n"
+    )
+    payload = (
+        b'{"ts": "2026-11-26T09:00:00Z", "devices": {"a": {"temp": 1},'
+        b' "b": {"temp": 2, "ts": "2026-11-26T09:00:05Z"}}}'
+    )
+    out = m.map("gw/g1", payload, NOW_US)
+    assert not out.failures
+    assert [(r.device_id, format_timestamp(r.ts_us), r.metrics) for r in out.records] == [
+        ("g1-a", "2026-11-26T09:00:00Z", {"t": 1.0}),
+        ("g1-b", "2026-11-26T09:00:05Z", {"t": 2.0}),
+    ]
+
+
+def test_each_over_a_list_uses_element_fields_for_the_device() -> None:
+    """Over a list, the device id can come from a field of each element."""
+    m = mapper(
+        "  - name: gw\n    topic: 'gw/{g}'\n    device_id: '{$id|lower}'\n    each: items\n"
+        "    metrics: {v: v}\n"
+    )
+    out = m.map("gw/g1", b'{"items": [{"id": "A1", "v": 1}, {"id": "B2", "v": "x"}]}', NOW_US)
+    assert [(r.device_id, r.metrics) for r in out.records] == [("a1", {"v": 1.0})]
+    assert reasons(out) == ["not_numeric"]
+    assert reasons(m.map("gw/g1", b'{"items": 5}', NOW_US)) == ["not_a_list"]
