@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping import FieldPath, Rule, TimestampRule
-from bridge.readings import CollectRule, ReadingsRule
+from bridge.readings import CollectRule, ReadingsRule, split_path
 from bridge.templates import Template, compile_template
 from bridge.timestamps import TimestampFormat
 from bridge.topics import parse_filter
@@ -435,7 +435,9 @@ class _Compiler:
         )
 
     def _field_path(self, text: str, key: tuple[str, ...]) -> FieldPath:
-        segments = tuple(text.split("."))
-        if any(not s for s in segments):
-            self.fail(key, f"field path {text!r} has an empty segment")
+        try:
+            segments = split_path(text)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+            segments = ()
         return FieldPath(text=text, segments=segments)

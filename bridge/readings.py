@@ -13,6 +13,46 @@ from bridge.transforms import IDENTITY, Transform
 _MISSING = object()
 
 
+def split_path(text: str) -> tuple[str, ...]:
+    """Split a field path on dots. A key containing dots is quoted or escaped:
+    ``meta."fw.version"``, ``meta.'fw.version'`` or ``meta.fw\\.version``.
+
+    Raises:
+        ValueError: for an unterminated quote or an empty segment.
+    """
+    segments: list[str] = []
+    buf: list[str] = []
+    quote: str | None = None
+    quoted = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            else:
+                buf.append(ch)
+        elif ch == "\\" and i + 1 < len(text):
+            i += 1
+            buf.append(text[i])
+        elif ch in "\"'" and not buf:
+            quote, quoted = ch, True
+        elif ch == ".":
+            if not buf and not quoted:
+                raise ValueError(f"field path {text!r} has an empty segment")
+            segments.append("".join(buf))
+            buf, quoted = [], False
+        else:
+            buf.append(ch)
+        i += 1
+    if quote is not None:
+        raise ValueError(f"field path {text!r} has an unterminated quote")
+    if not buf and not quoted:
+        raise ValueError(f"field path {text!r} has an empty segment")
+    segments.append("".join(buf))
+    return tuple(segments)
+
+
 def get_path(doc: object, segments: tuple[str, ...]) -> object:
     """Value at a dotted path (numeric segments index lists), or the module's missing marker."""
     cur = doc
@@ -51,10 +91,15 @@ class CollectRule:
             failures.append(PayloadError("missing_field", f"no field {'.'.join(self.path)!r}"))
             return {}
         out: dict[str, float] = {}
-        for name, value in _numeric_leaves(base, ""):
-            if self.include and not any(fnmatchcase(name, g) for g in self.include):
+        for leaf, value in _numeric_leaves(base, ""):
+            if self.include and not any(fnmatchcase(leaf, g) for g in self.include):
                 continue
-            if any(fnmatchcase(name, g) for g in self.exclude):
+            if any(fnmatchcase(leaf, g) for g in self.exclude):
+                continue
+            # A number at the collect path itself is named after the path.
+            name = leaf or (self.path[-1] if self.path else "")
+            if not name and not self.prefix:
+                failures.append(PayloadError("bad_metric_name", "collected value has no name"))
                 continue
             metric = self.prefix + self.rename.get(name, name)
             try:

@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.readings import split_path
+
 _SLUG_OUT = re.compile(r"[^a-z0-9]+")
 _PART = re.compile(r"\{([^{}]*)\}|([^{}]+)|([{}])")
 
@@ -96,9 +98,9 @@ def compile_template(text: str, captures: set[str], payload_fields: bool) -> Tem
         if head.startswith("$"):
             if not payload_fields:
                 raise ValueError(f"{{{head}}}: payload fields need a json payload")
-            path = tuple(head[1:].split("."))
-            if not head[1:] or any(not s for s in path):
+            if not head[1:]:
                 raise ValueError(f"{{{head}}}: empty field path")
+            path = split_path(head[1:])
             parts.append(Part("field", head, filters, path))
         else:
             if head not in captures:

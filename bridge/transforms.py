@@ -69,6 +69,8 @@ class Transform:
             raise PayloadError("non_finite", f"{name}: value is not finite")
         if self.scale != 1.0 or self.offset != 0.0:
             value = value * self.scale + self.offset
+            if not math.isfinite(value):  # checked before the range, or clamp would hide it
+                raise PayloadError("non_finite", f"{name}: value overflows after scale/offset")
         if self.digits is not None:
             value = round(value, self.digits)
         if self.low is not None and value < self.low:

@@ -350,3 +350,24 @@ def test_each_over_a_list_uses_element_fields_for_the_device() -> None:
     assert [(r.device_id, r.metrics) for r in out.records] == [("a1", {"v": 1.0})]
     assert reasons(out) == ["not_numeric"]
     assert reasons(m.map("gw/g1", b'{"items": 5}', NOW_US)) == ["not_a_list"]
+
+
+def test_keys_with_dots_are_quoted_or_escaped() -> None:
+    """A key containing dots is reached with quotes or a backslash in a field path."""
+    m = mapper(
+        "  - name: r\n    topic: 'p/{d}'\n    device_id: '{$meta.\"fw.version\"}'\n"
+        "    metrics:\n      a: 'values.\"temp.c\"'\n      b: \"values.'air rh'\"\n"
+        "      c: 'values.p\\.bar'\n"
+    )
+    payload = b'{"meta": {"fw.version": "7"}, "values": {"temp.c": 1, "air rh": 2, "p.bar": 3}}'
+    assert one(m.map("p/d1", payload, NOW_US)) == (
+        "7",
+        format_timestamp(NOW_US),
+        {"a": 1.0, "b": 2.0, "c": 3.0},
+    )
+
+
+def test_bad_field_path_is_a_config_error() -> None:
+    """An unterminated quote in a field path names the key."""
+    err = config_error("  - {name: r, topic: 'p/{d}', device_id: '{d}', metrics: {a: 'x.\"y'}}\n")
+    assert "rules[0].metrics.a: field path 'x.\"y' has an unterminated quote" in err
