@@ -84,6 +84,7 @@ class Rule:
     collect: CollectRule | None = None
     readings: ReadingsRule | None = None
     each: FieldPath | None = None  # several devices in one payload: map each element
+    metric_names: tuple[Template | None, ...] = ()  # per ``metrics`` entry whose name is a template
     readings_time: TimestampRule | None = None  # how element times are read
 
 
@@ -179,7 +180,7 @@ class Mapper:
             if rule.payload == "json":
                 if not isinstance(doc, dict) and rule.readings is None:
                     raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
-                metrics = self._json_metrics(rule, doc, failures) if rule.metrics else {}
+                metrics = self._json_metrics(rule, doc, failures, captures) if rule.metrics else {}
                 if rule.collect is not None:
                     metrics.update(rule.collect.collect(doc, failures))
                 if rule.readings is not None:
@@ -291,10 +292,22 @@ class Mapper:
         return {name: transform.apply(name, text)}
 
     @staticmethod
-    def _json_metrics(rule: Rule, doc: object, failures: list[PayloadError]) -> dict[str, float]:
+    def _json_metrics(
+        rule: Rule, doc: object, failures: list[PayloadError], captures: dict[str, str]
+    ) -> dict[str, float]:
         metrics: dict[str, float] = {}
         transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
-        for (name, path), transform in zip(rule.metrics, transforms, strict=True):
+        names = rule.metric_names or (None,) * len(rule.metrics)
+        for (name, path), transform, template in zip(rule.metrics, transforms, names, strict=True):
+            if template is not None:
+                try:
+                    name = template.render(captures, doc)  # noqa: PLW2901  # the rendered name
+                except PayloadError as exc:
+                    failures.append(exc)
+                    continue
+                if not name:
+                    failures.append(PayloadError("bad_metric_name", f"{template.text!r} is empty"))
+                    continue
             value = path.get(doc)
             if value is _MISSING:
                 failures.append(PayloadError("missing_field", f"{name}: no field {path.text!r}"))

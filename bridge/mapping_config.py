@@ -207,6 +207,7 @@ class _Compiler:
         self.index = index
         self.errors = errors
         self.captures: set[str] = set()
+        self.metric_names: list[Template | None] = []
 
     def fail(self, key: str | tuple[str, ...], message: str) -> None:
         keys = (key,) if isinstance(key, str) else key
@@ -268,6 +269,7 @@ class _Compiler:
             readings=readings,
             readings_time=readings_time,
             each=each,
+            metric_names=tuple(self.metric_names) if any(self.metric_names) else (),
         )
 
     def _ignore_rule(self, topic: object, before: int) -> Rule | None:
@@ -301,7 +303,7 @@ class _Compiler:
             ignore=True,
         )
 
-    def _template(self, text: str, key: str, *, payload_fields: bool) -> Template:
+    def _template(self, text: str, key: str | tuple[str, ...], *, payload_fields: bool) -> Template:
         try:
             return compile_template(text, self.captures, payload_fields)
         except ValueError as exc:
@@ -323,9 +325,15 @@ class _Compiler:
             return (), ()
         paths: list[tuple[str, FieldPath]] = []
         transforms: list[Transform] = []
+        self.metric_names = []
         for name, entry in spec.metrics.items():
             if not name.strip():
                 self.fail(("metrics", name), "metric name is empty")
+            self.metric_names.append(
+                self._template(name, ("metrics", name), payload_fields=True)
+                if "{" in name
+                else None
+            )
             if isinstance(entry, str):
                 paths.append((name, self._field_path(entry, ("metrics", name))))
                 transforms.append(Transform())

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.errors import PayloadError
 from bridge.readings import split_path
 
 _SLUG_OUT = re.compile(r"[^a-z0-9]+")
@@ -51,20 +52,31 @@ class Template:
         return any(p.kind == "field" for p in self.parts)
 
     def render(self, captures: dict[str, str], doc: object = None) -> str:
-        """Fill in captures and payload fields (a missing field renders empty)."""
+        """Fill in captures and payload fields.
+
+        Raises:
+            PayloadError: ``missing_field`` when a payload field is absent (or not a scalar):
+                a half-built device id or metric name would write to the wrong series.
+        """
         out = []
         for p in self.parts:
             if p.kind == "text":
                 out.append(p.value)
                 continue
-            value = captures.get(p.value, "") if p.kind == "capture" else _field(doc, p.path)
+            if p.kind == "capture":
+                value = captures.get(p.value, "")
+            else:
+                found = _field(doc, p.path)
+                if found is None:
+                    raise PayloadError("missing_field", f"template {self.text!r}: no {p.value}")
+                value = found
             for f in p.filters:
                 value = f(value)
             out.append(value)
         return "".join(out)
 
 
-def _field(doc: object, path: tuple[str, ...]) -> str:
+def _field(doc: object, path: tuple[str, ...]) -> str | None:
     cur = doc
     for seg in path:
         if isinstance(cur, dict):
@@ -72,9 +84,9 @@ def _field(doc: object, path: tuple[str, ...]) -> str:
         elif isinstance(cur, list) and seg.isascii() and seg.isdigit() and int(seg) < len(cur):
             cur = cur[int(seg)]
         else:
-            return ""
+            return None
     if cur is None or isinstance(cur, dict | list):
-        return ""
+        return None
     if isinstance(cur, bool):
         return "true" if cur else "false"
     if isinstance(cur, float) and cur.is_integer():

@@ -371,3 +371,16 @@ def test_bad_field_path_is_a_config_error() -> None:
     """An unterminated quote in a field path names the key."""
     err = config_error("  - {name: r, topic: 'p/{d}', device_id: '{d}', metrics: {a: 'x.\"y'}}\n")
     assert "rules[0].metrics.a: field path 'x.\"y' has an unterminated quote" in err
+
+
+def test_metric_names_can_be_templates() -> None:
+    """A metrics key may be a template over captures and payload fields, with filters."""
+    m = mapper(
+        "  - name: r\n    topic: 'p/{line}/{d}'\n    device_id: '{d}'\n    metrics:\n"
+        "      '{line|lower}_{$unit}_temp': t\n      rh: h\n"
+    )
+    got = one(m.map("p/L1/d1", b'{"t": 20, "h": 40, "unit": "c"}', NOW_US))
+    assert got[2] == {"l1_c_temp": 20.0, "rh": 40.0}
+    out = m.map("p/L1/d1", b'{"t": 20, "h": 40}', NOW_US)  # no unit: that metric is reported
+    assert out.records[0].metrics == {"rh": 40.0}
+    assert reasons(out) == ["missing_field"]
