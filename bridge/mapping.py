@@ -15,14 +15,14 @@ import orjson
 
 from bridge.errors import PayloadError
 from bridge.points import Record
-from bridge.readings import CollectRule, ReadingsRule
+from bridge.readings import MISSING as _MISSING
+from bridge.readings import CollectRule, ReadingsRule, get_path
 from bridge.templates import Template
 from bridge.timestamps import TimestampFormat, check_not_future, check_not_past, parse_timestamp
 from bridge.topics import TopicFilter, TopicRouter
 from bridge.transforms import IDENTITY, Transform, parse_boolean
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
-_MISSING = object()
 MAX_POINTS_PER_RECORD = 100  # the API's per-request cap: no single object may exceed it
 
 __all__ = ["FieldPath", "Mapped", "Mapper", "Rule", "Template", "TimestampRule"]
@@ -36,18 +36,8 @@ class FieldPath:
     segments: tuple[str, ...]
 
     def get(self, doc: object) -> object:
-        """The value at this path, or the ``_MISSING`` sentinel."""
-        cur = doc
-        for seg in self.segments:
-            if isinstance(cur, dict):
-                cur = cur.get(seg, _MISSING)
-                if cur is _MISSING:
-                    return _MISSING
-            elif isinstance(cur, list) and seg.isascii() and seg.isdigit() and int(seg) < len(cur):
-                cur = cur[int(seg)]
-            else:
-                return _MISSING
-        return cur
+        """The value at this path, or the ``MISSING`` marker."""
+        return get_path(doc, self.segments)
 
 
 @dataclass(frozen=True, slots=True)

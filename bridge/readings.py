@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 from bridge.errors import PayloadError
 from bridge.transforms import IDENTITY, Transform
 
-_MISSING = object()
+MISSING: object = object()  # what get_path returns for an absent path
 
 
 def split_path(text: str) -> tuple[str, ...]:
@@ -58,19 +58,19 @@ def get_path(doc: object, segments: tuple[str, ...]) -> object:
     cur = doc
     for seg in segments:
         if isinstance(cur, dict):
-            cur = cur.get(seg, _MISSING)
-            if cur is _MISSING:
-                return _MISSING
+            cur = cur.get(seg, MISSING)
+            if cur is MISSING:
+                return MISSING
         elif isinstance(cur, list) and seg.isascii() and seg.isdigit() and int(seg) < len(cur):
             cur = cur[int(seg)]
         else:
-            return _MISSING
+            return MISSING
     return cur
 
 
 def is_missing(value: object) -> bool:
     """True for the marker :func:`get_path` returns for an absent path."""
-    return value is _MISSING
+    return value is MISSING
 
 
 @dataclass(frozen=True, slots=True)

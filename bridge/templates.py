@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.errors import PayloadError
-from bridge.readings import split_path
+from bridge.readings import MISSING, get_path, split_path
 
 _SLUG_OUT = re.compile(r"[^a-z0-9]+")
 _PART = re.compile(r"\{([^{}]*)\}|([^{}]+)|([{}])")
@@ -77,15 +77,8 @@ class Template:
 
 
 def _field(doc: object, path: tuple[str, ...]) -> str | None:
-    cur = doc
-    for seg in path:
-        if isinstance(cur, dict):
-            cur = cur.get(seg)
-        elif isinstance(cur, list) and seg.isascii() and seg.isdigit() and int(seg) < len(cur):
-            cur = cur[int(seg)]
-        else:
-            return None
-    if cur is None or isinstance(cur, dict | list):
+    cur = get_path(doc, path)
+    if cur is MISSING or cur is None or isinstance(cur, dict | list):
         return None
     if isinstance(cur, bool):
         return "true" if cur else "false"
