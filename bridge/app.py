@@ -150,6 +150,20 @@ class Bridge:
                 last = key
                 await self.reload()
 
+    async def _flush_coalesced(self, aspool: AsyncSpool, interval: float = 1.0) -> None:
+        """Once a second, turn coalescing windows that have closed into records to send."""
+        assert self.delivery is not None
+        grace_us = round(self.settings.mapping.coalesce_grace_s * 1_000_000)
+        if not any(r.coalesce for r in self.mapper.rules):
+            # Still flush once: windows left open by an earlier run or a removed rule.
+            added = await aspool.run(self.spool.flush_coalesced, 2**62, 0)
+            self.delivery.notify(added)
+        while True:
+            now_us = int(time.time() * 1_000_000)
+            added = await aspool.run(self.spool.flush_coalesced, now_us, grace_us)
+            self.delivery.notify(added)
+            await asyncio.sleep(interval)
+
     async def _report_unmatched(self, interval: float = 60.0) -> None:
         """Once a minute, if any message matched no rule, say how many and name a few topics."""
         sample = self.intake.unmatched
@@ -250,6 +264,7 @@ class Bridge:
             source = tg.create_task(self.source.run(), name="bridge.source")
             commit = tg.create_task(self._commit_loop(aspool), name="bridge.intake.commit")
             deliver = tg.create_task(self.delivery.run(), name="bridge.delivery")
+            fold = tg.create_task(self._flush_coalesced(aspool), name="bridge.spool.coalesce")
             report = tg.create_task(self._report_unmatched(), name="bridge.intake.unmatched_report")
             watch = None
             if self._mappings_path is not None:
@@ -257,6 +272,7 @@ class Bridge:
             self._started.set()
             await self._stop.wait()
             report.cancel()
+            fold.cancel()
             if watch is not None:
                 watch.cancel()
             await self._shutdown(source, commit, deliver)

@@ -156,6 +156,8 @@ def _unsimulated(rule: Rule) -> str:
         return "its device_id reads payload fields"
     if rule.keep_going:
         return "continue: true"
+    if rule.coalesce is not None:
+        return "it coalesces points"
     if rule.collect is not None or rule.readings is not None or rule.each is not None:
         return "collect/readings/each rules are not simulated"
     if any(t != Transform() for t in rule.transforms):

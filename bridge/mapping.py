@@ -14,7 +14,7 @@ from datetime import tzinfo
 import orjson
 
 from bridge.errors import PayloadError
-from bridge.points import Record
+from bridge.points import Coalesce, Record
 from bridge.readings import MISSING as _MISSING
 from bridge.readings import CollectRule, ReadingsRule, get_path
 from bridge.templates import Template
@@ -74,6 +74,7 @@ class Rule:
     collect: CollectRule | None = None
     readings: ReadingsRule | None = None
     each: FieldPath | None = None  # several devices in one payload: map each element
+    coalesce: Coalesce | None = None
     metric_names: tuple[Template | None, ...] = ()  # per ``metrics`` entry whose name is a template
     readings_time: TimestampRule | None = None  # how element times are read
 
@@ -198,7 +199,7 @@ class Mapper:
             items = list(values.items())
             for start in range(0, len(items), MAX_POINTS_PER_RECORD):
                 chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
-                out.records.append(Record(device_id, ts, chunk, received_us))
+                out.records.append(Record(device_id, ts, chunk, received_us, rule.coalesce))
 
     def _apply_each(
         self,

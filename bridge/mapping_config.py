@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping import FieldPath, Rule, TimestampRule
+from bridge.points import Coalesce
 from bridge.readings import CollectRule, ReadingsRule, split_path
 from bridge.templates import Template, compile_template
 from bridge.timestamps import TimestampFormat
@@ -85,6 +86,13 @@ class TimestampSpec(_Strict):
     on_invalid: Literal["reject", "receive_time"] = "reject"
 
 
+class CoalesceSpec(_Strict):
+    """Fold each metric's points into one per window: ``{window_s: 60, function: avg}``."""
+
+    window_s: float = Field(gt=0, le=86400)
+    function: Literal["last", "avg", "min", "max", "sum", "count"] = "last"
+
+
 class RuleSpec(_Strict):
     """One mapping rule as written in the file."""
 
@@ -96,6 +104,7 @@ class RuleSpec(_Strict):
     collect: CollectSpec | None = None
     readings: ReadingsSpec | None = None
     each: str | None = Field(None, min_length=1)
+    coalesce: CoalesceSpec | None = None
     metric: str | None = None
     transform: TransformSpec | None = None
     timestamp: TimestampSpec | None = None
@@ -269,6 +278,11 @@ class _Compiler:
             readings=readings,
             readings_time=readings_time,
             each=each,
+            coalesce=(
+                Coalesce(round(spec.coalesce.window_s * 1_000_000), spec.coalesce.function)
+                if spec.coalesce
+                else None
+            ),
             metric_names=tuple(self.metric_names) if any(self.metric_names) else (),
         )
 

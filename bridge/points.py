@@ -7,6 +7,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Coalesce:
+    """Fold a rule's points into one per metric and time window before sending.
+
+    Attributes:
+        window_us: window length; windows are aligned to the Unix epoch.
+        function: ``last``, ``avg``, ``min``, ``max``, ``sum`` or ``count``.
+    """
+
+    window_us: int
+    function: str
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """Metric values of one device at one timestamp: one object of an API request.
 
@@ -21,6 +34,7 @@ class Record:
     ts_us: int
     metrics: dict[str, float]
     received_us: int
+    coalesce: Coalesce | None = None
 
     @property
     def record_id(self) -> bytes:

@@ -101,6 +101,7 @@ class MappingSettings(_Section):
     file: Path = Path("topic-mappings.yaml")
     max_future_s: float = Field(86400.0, ge=0)
     reload_interval_s: float = Field(2.0, ge=0)  # 0: reload only on SIGHUP
+    coalesce_grace_s: float = Field(2.0, ge=0)  # how long a window stays open for late points
 
 
 class HttpSettings(_Section):

@@ -61,6 +61,25 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS delivered_ids (rid BLOB PRIMARY KEY, at_us INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivered_ids_at ON delivered_ids (at_us);
+-- Running aggregates of coalescing rules, one row per device, metric and window. Updated in the
+-- same transaction that precedes the MQTT acknowledgement, so they are as durable as records;
+-- a closed window is turned into a record by flush_coalesced().
+CREATE TABLE IF NOT EXISTS coalesce_state (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket_us INTEGER NOT NULL,
+    window_us INTEGER NOT NULL,
+    fn TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    lo REAL NOT NULL,
+    hi REAL NOT NULL,
+    last REAL NOT NULL,
+    last_ts INTEGER NOT NULL,
+    received_us INTEGER NOT NULL,
+    PRIMARY KEY (device_id, metric, bucket_us, fn)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS coalesce_state_end ON coalesce_state (bucket_us);
 """
 
 
@@ -275,8 +294,14 @@ class Spool:
             raise SpoolFull(f"spool holds {self.used_bytes} bytes, cap {self.max_bytes}")
         db = self._conn
         before = self.depth_points
+        folded: Sequence[Record] = ()
+        if any(r.coalesce is not None for r in records):
+            folded = [r for r in records if r.coalesce is not None]
+            records = [r for r in records if r.coalesce is None]
         try:
             db.execute("BEGIN IMMEDIATE")
+            if folded:
+                self._fold(db, folded)
             top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
             cur = db.executemany(
                 "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
@@ -341,6 +366,99 @@ class Spool:
             points_duplicate=points_offered - points,
             dead_letters=len(dead),
         )
+
+    @staticmethod
+    def _fold(db: sqlite3.Connection, records: Sequence[Record]) -> None:
+        rows = []
+        for r in records:
+            c = r.coalesce
+            assert c is not None
+            bucket = r.ts_us - r.ts_us % c.window_us
+            for metric, v in r.metrics.items():
+                rows.append(
+                    (
+                        r.device_id,
+                        metric,
+                        bucket,
+                        c.window_us,
+                        c.function,
+                        v,
+                        v,
+                        v,
+                        v,
+                        r.ts_us,
+                        r.received_us,
+                    )
+                )
+        db.executemany(
+            "INSERT INTO coalesce_state (device_id, metric, bucket_us, window_us, fn, n, total,"
+            " lo, hi, last, last_ts, received_us) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, metric, bucket_us, fn) DO UPDATE SET n = n + 1,"
+            " total = total + excluded.total, lo = min(lo, excluded.lo),"
+            " hi = max(hi, excluded.hi),"
+            " last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,"
+            " last_ts = max(last_ts, excluded.last_ts),"
+            " received_us = min(received_us, excluded.received_us)",
+            rows,
+        )
+
+    def flush_coalesced(self, now_us: int, grace_us: int) -> int:
+        """Turn windows that ended more than ``grace_us`` ago into records (one per device and
+        window, stamped with the window start); returns the points added."""
+        db = self._conn
+        rows = db.execute(
+            "SELECT device_id, metric, bucket_us, fn, n, total, lo, hi, last, received_us "
+            "FROM coalesce_state WHERE bucket_us + window_us + ? <= ? "
+            "ORDER BY bucket_us, device_id",
+            (grace_us, now_us),
+        ).fetchall()
+        if not rows:
+            return 0
+        grouped: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
+        for device, metric, bucket, fn, n, total, lo, hi, last, received in rows:
+            value = {"last": last, "avg": total / n, "min": lo, "max": hi, "sum": total}.get(
+                fn, float(n)
+            )
+            metrics, first = grouped.get((device, bucket), ({}, received))
+            metrics[metric] = value
+            grouped[(device, bucket)] = (metrics, min(first, received))
+        records = [Record(d, b, m, r) for (d, b), (m, r) in grouped.items()]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.record_id,
+                        r.device_id,
+                        r.ts_us,
+                        orjson.dumps(r.metrics),
+                        len(r.metrics),
+                        r.received_us,
+                    )
+                    for r in records
+                ],
+            )
+            db.executemany(
+                "DELETE FROM coalesce_state WHERE device_id = ? AND metric = ? AND bucket_us = ?"
+                " AND fn = ?",
+                [(d, m, b, f) for d, m, b, f, *_ in rows],
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise SpoolError(f"spool write failed: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        added = sum(len(r.metrics) for r in records)
+        self.depth_records += len(records)
+        self.depth_points += added
+        if self.oldest_received_us is None:
+            self._refresh_oldest()
+        self._refresh_size()
+        return added
 
     def _shrink_dedup_ids(self) -> bool:
         """Make room by forgetting the older half of the delivered ids; True if no longer full.

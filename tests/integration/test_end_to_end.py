@@ -286,3 +286,26 @@ async def test_unmatched_topics_are_counted_sampled_and_served(
         dead = bridge.spool.dead_letters()
     assert [(e["topic"], e["count"]) for e in body["unmatched"]] == [("hall/oven/temp", 2)]
     assert [d[1] for d in dead] == ["unmatched", "unmatched"]
+
+
+async def test_coalescing_rule_sends_one_point_per_window(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """A coalescing rule's readings reach the API as one averaged point per metric and
+    window, stamped with the window start."""
+    mappings = (
+        "version: 1\nrules:\n"
+        "  - {name: fast, topic: 'fast/{d}', device_id: '{d}', metrics: {v: v},"
+        " timestamp: {field: ts, format: epoch_ms}, coalesce: {window_s: 10, function: avg}}\n"
+    )
+    start_ms = (int(time.time()) // 10 - 3) * 10_000  # a window that closed 20-30 s ago
+    messages = [
+        ("fast/d1", b'{"v": %d, "ts": %d}' % (i, start_ms + i * 1000)) for i in range(10)
+    ] + [("fast/d1", b'{"v": 100, "ts": %d}' % (start_ms + 10_000))]
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+    async with running_bridge(settings, mappings=mappings):
+        await publish(broker.port, messages)
+        await api.store.wait_for_points(2, 20)
+        await asyncio.sleep(1.5)  # a second flush must not send anything more
+    got = sorted(delivered_points(api.store.points()))
+    assert got == [("d1", "v", start_ms, 4.5), ("d1", "v", start_ms + 10_000, 100.0)]
