@@ -156,15 +156,40 @@ def _parse_capture(
     return captured, pattern, False
 
 
-class TopicRouter:
-    """Finds the first filter matching a topic, with a bounded cache of recent topics.
+class _Node:
+    """A level of the filter trie."""
 
-    A plant has a bounded set of topics that repeat at high rate, so a dict lookup answers almost
-    every message; the cache is cleared when it reaches its cap so memory stays bounded.
+    __slots__ = ("children", "ends", "plus", "tails")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.plus: _Node | None = None
+        self.ends: list[int] = []  # filters that end exactly here
+        self.tails: list[int] = []  # filters ending in '#' here: this level and everything below
+
+
+class TopicRouter:
+    """Finds the filters matching a topic, in rule order.
+
+    A trie over the filters' levels narrows the candidates (a message costs about the same with
+    1,000 rules as with 10); each candidate then checks its captures, patterns and the '$' rule.
+    Plants publish a bounded set of topics at high rate, so results are also cached, with the
+    cache cleared when it reaches its cap so memory stays bounded.
     """
 
     def __init__(self, filters: list[TopicFilter], cache_size: int = 65536) -> None:
         self._filters = filters
+        self._root = _Node()
+        for index, filt in enumerate(filters):
+            node = self._root
+            for level in filt.levels:
+                if level is None:
+                    if node.plus is None:
+                        node.plus = _Node()
+                    node = node.plus
+                else:
+                    node = node.children.setdefault(level, _Node())
+            (node.tails if filt.tail else node.ends).append(index)
         self._cache: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self._cache_size = cache_size
 
@@ -181,11 +206,28 @@ class TopicRouter:
             pass
         levels = topic.split("/")
         found: list[tuple[int, dict[str, str]]] = []
-        for index, filt in enumerate(self._filters):
-            captured = filt.match(levels)
+        for index in sorted(self._candidates(levels)):
+            captured = self._filters[index].match(levels)
             if captured is not None:
                 found.append((index, captured))
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[topic] = found
         return found
+
+    def _candidates(self, levels: list[str]) -> list[int]:
+        out: list[int] = []
+        stack = [(self._root, 0)]
+        depth_max = len(levels)
+        while stack:
+            node, depth = stack.pop()
+            out.extend(node.tails)
+            if depth == depth_max:
+                out.extend(node.ends)
+                continue
+            child = node.children.get(levels[depth])
+            if child is not None:
+                stack.append((child, depth + 1))
+            if node.plus is not None:
+                stack.append((node.plus, depth + 1))
+        return out

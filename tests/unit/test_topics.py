@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bridge.topics import TopicFilter, TopicRouter, parse_filter
@@ -136,3 +138,35 @@ def test_router_cache_stays_within_its_bound() -> None:
         assert router.route(f"t/{i}") == (0, {"n": str(i)})
         assert len(router._cache) <= 8
     assert router.route("t/3") == (0, {"n": "3"})
+
+
+def test_router_trie_agrees_with_checking_every_filter() -> None:
+    """The trie finds exactly the filters (in rule order) that a scan of all of them finds."""
+    rng = random.Random(7)
+    words = ["a", "b", "$SYS", "", "c"]
+
+    def level(last: bool) -> str:
+        kind = rng.random()
+        if kind < 0.2:
+            return "+"
+        if kind < 0.3:
+            return "{x" + str(rng.randrange(1000)) + "}"
+        if kind < 0.35:
+            return "{p" + str(rng.randrange(1000)) + ":[ab]}"
+        if last and kind < 0.5:
+            return "#"
+        return rng.choice(words)
+
+    filters = []
+    for _ in range(300):
+        n = rng.randrange(1, 5)
+        try:
+            filters.append(parse_filter("/".join(level(i == n - 1) for i in range(n))))
+        except ValueError:
+            continue
+    router = TopicRouter(filters)
+    for _ in range(3000):
+        topic = "/".join(rng.choice(words) for _ in range(rng.randrange(1, 6)))
+        levels = topic.split("/")
+        brute = [(i, c) for i, f in enumerate(filters) if (c := f.match(levels)) is not None]
+        assert router.route_all(topic) == brute, topic
