@@ -264,17 +264,18 @@ class Bridge:
             source = tg.create_task(self.source.run(), name="bridge.source")
             commit = tg.create_task(self._commit_loop(aspool), name="bridge.intake.commit")
             deliver = tg.create_task(self.delivery.run(), name="bridge.delivery")
-            fold = tg.create_task(self._flush_coalesced(aspool), name="bridge.spool.coalesce")
-            report = tg.create_task(self._report_unmatched(), name="bridge.intake.unmatched_report")
-            watch = None
+            # Helpers with nothing to finish: cancelled as soon as a stop is asked for. Keeping
+            # them in one list means a new one cannot be forgotten and hold the TaskGroup open.
+            helpers = [
+                tg.create_task(self._flush_coalesced(aspool), name="bridge.spool.coalesce"),
+                tg.create_task(self._report_unmatched(), name="bridge.intake.unmatched_report"),
+            ]
             if self._mappings_path is not None:
-                watch = tg.create_task(self._watch_mappings(), name="bridge.mapping.watch")
+                helpers.append(tg.create_task(self._watch_mappings(), name="bridge.mapping.watch"))
             self._started.set()
             await self._stop.wait()
-            report.cancel()
-            fold.cancel()
-            if watch is not None:
-                watch.cancel()
+            for task in helpers:
+                task.cancel()
             await self._shutdown(source, commit, deliver)
 
     async def _shutdown(
