@@ -16,6 +16,7 @@ The token is never logged, printed or put into an error message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -27,10 +28,12 @@ from typing import Self
 import orjson
 from aiohttp import web
 
+from bridge.apiserver_faults import FaultName, Faults, FaultState, StormReply, find_poison
 from bridge.apiserver_validation import (
     JsonValue,
     ParsedTimestamp,
     RequestError,
+    TelemetryItem,
     check_bearer,
     decode_json,
     format_timestamp,
@@ -67,7 +70,11 @@ class RequestRecord:
         idempotency_key: The Idempotency-Key header, if any.
         content_type: The Content-Type header, if any.
         body: The parsed JSON body, or the raw bytes when it was not JSON.
-        points_written: Data points accepted (0 unless the status is 201).
+        points_written: Data points stored (0 unless the status is 201, or 500 from the
+            ``record_then_500`` fault).
+        fault: The injected fault (`bridge.apiserver_faults.FaultName`) that answered or
+            delayed the request, None for a normal answer. A ``hang`` record has status 0:
+            the request was never answered.
     """
 
     received_at: float
@@ -78,6 +85,7 @@ class RequestRecord:
     content_type: str | None
     body: JsonValue | bytes
     points_written: int
+    fault: FaultName | None = None
 
 
 @dataclass(slots=True)
@@ -228,6 +236,74 @@ def _error(exc: RequestError) -> web.Response:
     return _json(exc.status, {"error": exc.code, "message": exc.message}, headers)
 
 
+class _RotationRefused(RequestError):
+    """A 401 from the ``unauthorized_until_token`` fault (same body as a normal 401)."""
+
+    def __init__(self) -> None:
+        super().__init__("Invalid or expired API token.", code="unauthorized", status=401)
+
+
+def _outage(state: FaultState) -> tuple[web.Response, int, FaultName] | None:
+    # A hung or failing server answers before identity is even looked at, and stores nothing.
+    if state.faults.hang:
+        return _json(504, {"error": "hang", "message": "Never sent."}), 0, "hang"
+    status = state.error_status()
+    if status is None:
+        return None
+    payload = {"error": "server_error", "message": f"Injected fault: HTTP {status}."}
+    return _json(status, payload), 0, "error_rate"
+
+
+def _storm_reply(storm: StormReply) -> web.Response:
+    message = f"Rate limited (storm, {math.ceil(storm.remaining_s)} s left)."
+    headers = None if storm.retry_after is None else {"Retry-After": storm.retry_after}
+    return _json(429, {"error": "rate_limited", "message": message}, headers)
+
+
+def _refuse_payload(
+    faults: Faults, items: list[TelemetryItem]
+) -> tuple[web.Response, int, FaultName] | None:
+    if faults.max_points_413 is not None:
+        total = sum(len(item.metrics) for item in items)
+        if total > faults.max_points_413:
+            message = f"body: {total} data points exceed this server's limit of "
+            payload = {"error": "payload_too_large", "message": f"{message}{faults.max_points_413}"}
+            return _json(413, payload), 0, "max_points_413"
+    if faults.poison_value is not None:
+        where = find_poison(items, faults.poison_value)
+        if where is not None:
+            payload = {"error": "bad_request", "message": f"{where}: value rejected"}
+            return _json(400, payload), 0, "poison_value"
+    return None
+
+
+async def _hang(
+    request: web.Request, response: web.Response, stopping: asyncio.Event
+) -> web.StreamResponse:
+    # Never answer. aiohttp does not cancel a handler whose client went away, so look at the
+    # transport now and then; return (unsent) once the client is gone or the server stops.
+    while request.transport is not None and not request.transport.is_closing():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.05)
+            break
+    return response
+
+
+async def _trickle(request: web.Request, response: web.Response, bps: int) -> web.StreamResponse:
+    body = response.body
+    assert isinstance(body, bytes)
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    chunk = max(1, bps // 10)
+    for start in range(0, len(body), chunk):
+        piece = body[start : start + chunk]
+        await asyncio.sleep(len(piece) / bps)
+        await stream.write(piece)
+    await stream.write_eof()
+    return stream
+
+
 def _row(t: str, values: list[float]) -> dict[str, object]:
     return {"t": t, "avg": math.fsum(values) / len(values), "min": min(values), "max": max(values)}
 
@@ -260,8 +336,12 @@ class _Handlers:
         rate_limit_per_minute: int | None,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        *,
+        faults: Faults | None = None,
     ) -> None:
         self._store = store
+        self._faults = None if faults is None else FaultState(faults)
+        self._stopping = asyncio.Event()
         self._token = token
         self._limit = rate_limit_per_minute
         # Only one token is valid, so a single window is the per-token window.
@@ -274,14 +354,27 @@ class _Handlers:
     def _now_wall(self) -> datetime:
         return datetime.fromtimestamp(self._wall_clock(), UTC)
 
-    def _check_auth(self, request: web.Request) -> None:
-        check_bearer(request.headers.get("Authorization"), self._token)
+    async def on_startup(self, _app: web.Application) -> None:
+        if self._faults is not None:
+            self._faults.start()
 
-    async def telemetry(self, request: web.Request) -> web.Response:
+    async def on_shutdown(self, _app: web.Application) -> None:
+        self._stopping.set()
+
+    def _check_auth(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization")
+        if self._faults is not None and self._faults.rotates_token:
+            if not self._faults.rotated_token_ok(header):
+                raise _RotationRefused
+            return
+        check_bearer(header, self._token)
+
+    async def telemetry(self, request: web.Request) -> web.StreamResponse:
         received_at = self._clock()
         received_wall = self._now_wall()
         body: JsonValue | bytes = b""
         written = 0
+        fault: FaultName | None = None
         try:
             body = await request.read()
             parsed: JsonValue | RequestError
@@ -290,24 +383,43 @@ class _Handlers:
                 body = parsed
             except RequestError as exc:
                 parsed = exc
-            response, written = self._ingest(request, parsed, received_at, received_wall)
+            response, written, fault = self._ingest(request, parsed, received_at, received_wall)
         except web.HTTPRequestEntityTooLarge as exc:
             response = _json(413, {"error": "payload_too_large", "message": exc.text})
         except RequestError as exc:
             response = _error(exc)
+            fault = "unauthorized_until_token" if isinstance(exc, _RotationRefused) else None
+        if fault is None and self._faults is not None:
+            if self._faults.faults.slow_body_bps:
+                fault = "slow_body"
+            elif self._faults.faults.latency_s:
+                fault = "latency"
         self._store.record_request(
             RequestRecord(
                 received_at=received_at,
                 received_wall=received_wall,
-                status=response.status,
+                status=0 if fault == "hang" else response.status,
                 authorization=request.headers.get("Authorization"),
                 idempotency_key=request.headers.get("Idempotency-Key"),
                 content_type=request.headers.get("Content-Type"),
                 body=body,
                 points_written=written,
+                fault=fault,
             )
         )
-        return response
+        if fault == "hang":
+            return await _hang(request, response, self._stopping)
+        return await self._deliver(request, response)
+
+    async def _deliver(self, request: web.Request, response: web.Response) -> web.StreamResponse:
+        if self._faults is None:
+            return response
+        faults = self._faults.faults
+        if faults.latency_s:
+            await asyncio.sleep(faults.latency_s)
+        if not faults.slow_body_bps or response.body is None:
+            return response
+        return await _trickle(request, response, faults.slow_body_bps)
 
     def _ingest(
         self,
@@ -315,9 +427,15 @@ class _Handlers:
         parsed: JsonValue | RequestError,
         received_at: float,
         received_wall: datetime,
-    ) -> tuple[web.Response, int]:
+    ) -> tuple[web.Response, int, FaultName | None]:
+        faults = self._faults
+        early = None if faults is None else _outage(faults)
+        if early is not None:
+            return early
         # Order as a real gateway would: identity, then quota, then payload.
         self._check_auth(request)
+        if faults is not None and (storm := faults.storm()) is not None:
+            return _storm_reply(storm), 0, "storm_429"
         if self._limiter is not None:
             wait = self._limiter.admit(received_at)
             if wait is not None:
@@ -327,10 +445,14 @@ class _Handlers:
                     f"retry after {retry_after} s."
                 )
                 payload: dict[str, object] = {"error": "rate_limited", "message": message}
-                return _json(429, payload, {"Retry-After": str(retry_after)}), 0
+                return _json(429, payload, {"Retry-After": str(retry_after)}), 0, None
         if isinstance(parsed, RequestError):
             raise parsed
         items = validate_telemetry(parsed)
+        if faults is not None:
+            refused = _refuse_payload(faults.faults, items)
+            if refused is not None:
+                return refused
         # Server-stamped points get millisecond precision, like typical client timestamps.
         stamp = ParsedTimestamp(
             received_wall.replace(microsecond=received_wall.microsecond // 1000 * 1000), 3
@@ -342,13 +464,16 @@ class _Handlers:
             for name, value in item.metrics
         ]
         self._store.add_points(points, received_wall)
+        if faults is not None and faults.record_then_fail():
+            payload = {"error": "server_error", "message": "Injected fault: HTTP 500."}
+            return _json(500, payload), len(points), "record_then_500"
         accepted: dict[str, object] = {
             "status": "accepted",
             "points_written": len(points),
             "device_id": items[0].device_id,
             "devices": len({item.device_id for item in items}),
         }
-        return _json(201, accepted), len(points)
+        return _json(201, accepted), len(points), None
 
     async def devices(self, request: web.Request) -> web.Response:
         try:
@@ -387,6 +512,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     *,
     wall_clock: Callable[[], float] = time.time,
+    faults: Faults | None = None,
 ) -> web.Application:
     """Builds the aiohttp application serving the v2 endpoints under ``/api/v2``.
 
@@ -397,6 +523,8 @@ def create_app(
             None for no limit. The GET endpoints are not limited.
         clock: Monotonic seconds for the rate-limit window; inject a fake one in tests.
         wall_clock: Epoch seconds for receipt times, server stamps and device status.
+        faults: Faults to inject into ``POST /telemetry`` (see `bridge.apiserver_faults`);
+            a rotated token (``unauthorized_until_token``) applies to every endpoint.
 
     Raises:
         ValueError: An empty token or a negative rate limit.
@@ -405,8 +533,10 @@ def create_app(
         raise ValueError("token must be non-empty")
     if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
         raise ValueError("rate_limit_per_minute must be >= 0 or None")
-    handlers = _Handlers(store, token, rate_limit_per_minute, clock, wall_clock)
+    handlers = _Handlers(store, token, rate_limit_per_minute, clock, wall_clock, faults=faults)
     app = web.Application()
+    app.on_startup.append(handlers.on_startup)
+    app.on_shutdown.append(handlers.on_shutdown)
     app.router.add_post(f"{API_PREFIX}/telemetry", handlers.telemetry)
     app.router.add_get(f"{API_PREFIX}/devices", handlers.devices)
     app.router.add_get(f"{API_PREFIX}/metrics", handlers.metrics)
@@ -430,6 +560,7 @@ class LocalApi:
         *,
         wall_clock: Callable[[], float] = time.time,
         store: ApiStore | None = None,
+        faults: Faults | None = None,
     ) -> None:
         """Prepares the server; nothing listens until the block is entered.
 
@@ -442,10 +573,11 @@ class LocalApi:
             clock: See `create_app`.
             wall_clock: See `create_app`.
             store: A store to record into; a fresh one by default.
+            faults: See `create_app`.
         """
         self.store = ApiStore() if store is None else store
         self._app = create_app(
-            self.store, token, rate_limit_per_minute, clock, wall_clock=wall_clock
+            self.store, token, rate_limit_per_minute, clock, wall_clock=wall_clock, faults=faults
         )
         self._host = host
         self._requested_port = port
@@ -489,13 +621,19 @@ class LocalApi:
 
 
 async def serve_forever(
-    host: str, port: int, token: str, rate_limit_per_minute: int | None
+    host: str,
+    port: int,
+    token: str,
+    rate_limit_per_minute: int | None,
+    faults: Faults | None = None,
 ) -> None:
     """Serves the fake API until cancelled, printing its URL (never the token) once.
 
-    Backs ``metriqo-bridge simulate-api``.
+    Backs ``metriqo-bridge simulate-api``. With `faults`, prints their one-line summary too.
     """
-    async with LocalApi(token, host, port, rate_limit_per_minute) as api:
+    async with LocalApi(token, host, port, rate_limit_per_minute, faults=faults) as api:
         limit = "none" if rate_limit_per_minute is None else f"{rate_limit_per_minute}/min"
         print(f"Metriqo-compatible API listening on {api.url} (telemetry rate limit: {limit})")
+        if faults is not None:
+            print(faults.summary())
         await asyncio.get_running_loop().create_future()

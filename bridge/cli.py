@@ -117,6 +117,65 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument(
         "--rate-limit", type=int, default=1000, help="telemetry requests per minute, 0 = none"
     )
+    faults = api.add_argument_group("fault injection (POST /telemetry; all off by default)")
+    faults.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share (0..1) of requests answered 500/502/503, storing nothing",
+    )
+    faults.add_argument(
+        "--record-then-500",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share (0..1) of requests stored and then answered 500",
+    )
+    faults.add_argument(
+        "--429-storm",
+        dest="storm_429",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer 429 to every request for SECONDS after start",
+    )
+    faults.add_argument(
+        "--retry-after",
+        default="seconds",
+        choices=["seconds", "http-date", "zero", "garbage", "missing", "huge"],
+        help="Retry-After form during the 429 storm (default: seconds)",
+    )
+    faults.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before the response headers",
+    )
+    faults.add_argument(
+        "--slow-body",
+        type=int,
+        default=0,
+        metavar="BPS",
+        help="stream response bodies at BPS bytes per second",
+    )
+    faults.add_argument("--hang", action="store_true", help="accept requests, never answer")
+    faults.add_argument(
+        "--unauthorized-until-token-file",
+        type=Path,
+        metavar="FILE",
+        help="answer 401 until a request carries the token in FILE; then accept only it",
+    )
+    faults.add_argument(
+        "--max-points-413", type=int, metavar="N", help="413 for more than N points per request"
+    )
+    faults.add_argument(
+        "--poison-value",
+        type=float,
+        metavar="X",
+        help="400 (naming the object index) for any point whose value is exactly X",
+    )
     demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
@@ -326,6 +385,7 @@ def _schema(output: Path | None) -> int:
 
 def _simulate_api(args: argparse.Namespace) -> int:
     from bridge.apiserver import serve_forever
+    from bridge.apiserver_faults import Faults
     from bridge.settings import read_secret_file
 
     token_file = args.token_file or (
@@ -343,6 +403,26 @@ def _simulate_api(args: argparse.Namespace) -> int:
             key="simulate-api",
         )
     limit = args.rate_limit if args.rate_limit > 0 else None
+    rotated = (
+        None
+        if args.unauthorized_until_token_file is None
+        else read_secret_file(args.unauthorized_until_token_file, "unauthorized-until-token")
+    )
+    try:
+        faults = Faults(
+            error_rate=args.error_rate,
+            record_then_500=args.record_then_500,
+            storm_429_s=args.storm_429,
+            retry_after=args.retry_after,
+            latency_s=args.latency,
+            slow_body_bps=args.slow_body,
+            hang=args.hang,
+            unauthorized_until_token=rotated,
+            max_points_413=args.max_points_413,
+            poison_value=args.poison_value,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="simulate-api") from None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(args.host, args.port, token, limit))
+        asyncio.run(serve_forever(args.host, args.port, token, limit, faults))
     return 0
