@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -60,6 +61,13 @@ class Delivery:
         self._retry = (retry_min_s, retry_max_s)
         rate = requests_per_minute / 60.0
         self._bucket = TokenBucket(rate, burst=max(1.0, min(10.0, rate)), now=clock())
+        self._rate_ceiling = rate
+        self._rate_floor = min(rate, 1.0 / 60.0)  # at least one request a minute
+        self._m.pacing_rate.set(rate)
+        # Points delivered per second, smoothed over about a minute, for the drain estimate.
+        self._delivery_rate = 0.0
+        self._rate_stamp = clock()
+        self._m.drain_eta.set_function(self._drain_eta)
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._cursor = 0
@@ -185,6 +193,21 @@ class Delivery:
             await self._accepted(batch, written)
             return
 
+    def _note_delivered(self, points: int) -> None:
+        now = self._clock()
+        elapsed = max(1e-3, now - self._rate_stamp)
+        self._rate_stamp = now
+        weight = min(1.0, elapsed / 60.0)
+        self._delivery_rate += weight * (points / elapsed - self._delivery_rate)
+
+    def _drain_eta(self) -> float:
+        waiting = self._spool.spool.depth_points
+        if waiting == 0:
+            return 0.0
+        # The rate fades while nothing is delivered, so a stalled delivery shows a growing ETA.
+        rate = self._delivery_rate * math.exp(-(self._clock() - self._rate_stamp) / 60.0)
+        return waiting / rate if rate > 1e-9 else math.inf
+
     async def _pace(self) -> None:
         while True:
             now = self._clock()
@@ -212,9 +235,20 @@ class Delivery:
                     _MAX_RETRY_AFTER_S,
                 )
                 wait = _MAX_RETRY_AFTER_S
-            self._not_before = max(self._not_before, self._clock() + wait)
+            now = self._clock()
+            added = max(0.0, now + wait - max(self._not_before, now))
+            self._not_before = max(self._not_before, now + wait)
+            self._m.rate_limited_pause.inc(added)
+            # Multiplicative decrease: the bridge (or its replicas together) asked too much.
+            self._bucket.rate = max(self._rate_floor, self._bucket.rate / 2)
+            self._m.pacing_rate.set(self._bucket.rate)
             self._throttle.log(
-                log, logging.WARNING, "429", "API rate limit hit; pausing %.1f s", wait
+                log,
+                logging.WARNING,
+                "429",
+                "API rate limit hit; pausing %.1f s, pacing now %.2f requests/s",
+                wait,
+                self._bucket.rate,
             )
             return
         if exc.status in (401, 403, 404) or (exc.status is not None and 300 <= exc.status < 400):
@@ -255,6 +289,11 @@ class Delivery:
         self._done.extend(batch.seqs)
         self._done_ready.set()
         self._m.points_delivered.inc(batch.points)
+        self._note_delivered(batch.points)
+        if self._bucket.rate < self._rate_ceiling:
+            # Additive increase: about 50 accepted requests back to the configured rate.
+            self._bucket.rate = min(self._rate_ceiling, self._bucket.rate + self._rate_ceiling / 50)
+            self._m.pacing_rate.set(self._bucket.rate)
         self._m.batch_points.observe(batch.points)
         if written is not None and written != batch.points:
             self._m.points_written_mismatch.inc()

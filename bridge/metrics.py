@@ -145,6 +145,21 @@ class BridgeMetrics:
             "When the running mapping was loaded (Unix time)",
             registry=r,
         )
+        self.pacing_rate = Gauge(
+            p + "api_pacing_rate_requests_per_second",
+            "Current client-side request rate limit (halved on 429, recovering slowly)",
+            registry=r,
+        )
+        self.rate_limited_pause = Counter(
+            p + "api_rate_limited_pause_seconds_total",
+            "Time delivery was paused because the API answered 429",
+            registry=r,
+        )
+        self.drain_eta = Gauge(
+            p + "spool_drain_eta_seconds",
+            "Estimated time to deliver what waits at the recent delivery rate (+Inf: stalled)",
+            registry=r,
+        )
         self.delivery_paused = Gauge(
             p + "delivery_paused",
             "1 while delivery is paused by an auth or configuration error from the API",

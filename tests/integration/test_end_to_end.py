@@ -309,3 +309,40 @@ async def test_coalescing_rule_sends_one_point_per_window(
         await asyncio.sleep(1.5)  # a second flush must not send anything more
     got = sorted(delivered_points(api.store.points()))
     assert got == [("d1", "v", start_ms, 4.5), ("d1", "v", start_ms + 10_000, 100.0)]
+
+
+async def test_429_storm_is_waited_out_and_pacing_backs_off(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """During a 429 storm no request is sent before Retry-After has passed; pacing halves and
+    recovers; every point arrives once the storm ends."""
+    from bridge.apiserver_faults import Faults
+
+    n = 300
+    start_ms = int(time.time() * 1000) - n
+    faults = Faults(storm_429_s=2.0, retry_after="seconds")
+    async with LocalApi(token=TOKEN, rate_limit_per_minute=None, faults=faults) as api:
+        settings = make_settings(
+            broker.port,
+            api.url,
+            tmp_path / "spool.db",
+            # One request at a time: every request after a 429 was sent after reading it.
+            **{"api.requests_per_minute": "600", "api.concurrency": "1"},
+        )
+        async with running_bridge(settings) as bridge:
+            await publish(broker.port, env_messages(n, start_ms))
+            await api.store.wait_for_points(4 * n, 30)
+            paused = metric(bridge, "metriqo_bridge_api_rate_limited_pause_seconds_total")
+            rate = metric(bridge, "metriqo_bridge_api_pacing_rate_requests_per_second")
+        requests = api.store.requests
+    assert set(delivered_points(api.store.points())) == expected_env_points(n, start_ms)
+    limited = [r for r in requests if r.status == 429]
+    assert limited, "the storm answered nothing"
+    for r in limited:
+        # Each 429 said "Retry-After: N" with N = what was left of the storm rounded up, so at
+        # least 1 s: the next request came no earlier.
+        later = [x.received_at for x in requests if x.received_at > r.received_at]
+        if later:
+            assert min(later) - r.received_at >= 1.0 - 0.02
+    assert paused >= 1.0
+    assert rate < 10.0  # halved from 600/min = 10/s, recovering
