@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,8 +298,7 @@ class Spool:
         if any(r.coalesce is not None for r in records):
             folded = [r for r in records if r.coalesce is not None]
             records = [r for r in records if r.coalesce is None]
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction("write", full_means_back_pressure=True):
             if folded:
                 self._fold(db, folded)
             top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
@@ -345,15 +344,6 @@ class Spool:
                         for d in dead
                     ],
                 )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            if _is_full(exc):
-                raise SpoolFull(f"disk full while writing the spool: {exc}") from exc
-            raise SpoolError(f"spool write failed: {exc}") from exc
-        except BaseException:
-            self._rollback()  # never leave a transaction open: every later write would fail
-            raise
         self.depth_records += inserted
         self.depth_points += points
         if self.oldest_received_us is None and inserted:
@@ -423,8 +413,7 @@ class Spool:
             metrics[metric] = value
             grouped[(device, bucket)] = (metrics, min(first, received))
         records = [Record(d, b, m, r) for (d, b), (m, r) in grouped.items()]
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction("write"):
             db.executemany(
                 "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -445,13 +434,6 @@ class Spool:
                 " AND fn = ?",
                 [(d, m, b, f) for d, m, b, f, *_ in rows],
             )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"spool write failed: {exc}") from exc
-        except BaseException:
-            self._rollback()
-            raise
         added = sum(len(r.metrics) for r in records)
         self.depth_records += len(records)
         self.depth_points += added
@@ -483,6 +465,30 @@ class Spool:
         self._refresh_size()
         return not self.full
 
+    @contextlib.contextmanager
+    def _transaction(
+        self, what: str, *, full_means_back_pressure: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE … COMMIT``, rolled back on any error and translated once.
+
+        Raises:
+            SpoolFull: the disk is full, where the caller treats that as back-pressure.
+            SpoolError: any other SQLite failure (the caller must not acknowledge after it).
+        """
+        db = self._conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if full_means_back_pressure and _is_full(exc):
+                raise SpoolFull(f"disk full while writing the spool: {exc}") from exc
+            raise SpoolError(f"spool {what} failed: {exc}") from exc
+        except BaseException:
+            self._rollback()  # never leave a transaction open: every later write would fail
+            raise
+
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
@@ -508,8 +514,7 @@ class Spool:
         now = self._clock()
         at_us = int(now * 1_000_000)
         points = rows = 0
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction("delete"):
             for start in range(0, len(seqs), _IN_CHUNK):
                 chunk = tuple(seqs[start : start + _IN_CHUNK])
                 marks = ",".join("?" * len(chunk))
@@ -535,13 +540,6 @@ class Spool:
                 "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
                 (points,),
             )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"spool delete failed: {exc}") from exc
-        except BaseException:
-            self._rollback()  # never leave a transaction open: every later write would fail
-            raise
         self.depth_records -= rows
         self.depth_points -= points
         self.delivered_points_total += points
@@ -554,8 +552,7 @@ class Spool:
             return
         db = self._conn
         marks = ",".join("?" * len(seqs))
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction("delete"):
             rows = db.execute(
                 f"SELECT device_id, ts_us, metrics, n, received_us FROM records "  # noqa: S608
                 f"WHERE seq IN ({marks})",
@@ -577,13 +574,6 @@ class Spool:
                 ],
             )
             db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"spool delete failed: {exc}") from exc
-        except BaseException:
-            self._rollback()
-            raise
         self.depth_records -= len(rows)
         self.depth_points -= sum(int(r[3]) for r in rows)
         self._refresh_oldest()
