@@ -72,6 +72,7 @@ class Bridge:
             max_bytes=settings.spool.max_bytes,
             synchronous=settings.spool.synchronous,
             dedup_window_s=settings.spool.dedup_window_s,
+            when_full=settings.spool.when_full,
         )
         self._token = token
         self._password = mqtt_password
@@ -150,8 +151,9 @@ class Bridge:
                 last = key
                 await self.reload()
 
-    async def _flush_coalesced(self, aspool: AsyncSpool, interval: float = 1.0) -> None:
-        """Once a second, turn coalescing windows that have closed into records to send."""
+    async def _spool_housekeeping(self, aspool: AsyncSpool, interval: float = 1.0) -> None:
+        """Once a second: turn coalescing windows that have closed into records to send, and
+        pick up records a ``dead-letters requeue`` wrote from another process."""
         assert self.delivery is not None
         grace_us = round(self.settings.mapping.coalesce_grace_s * 1_000_000)
         if not any(r.coalesce for r in self.mapper.rules):
@@ -162,6 +164,10 @@ class Bridge:
             now_us = int(time.time() * 1_000_000)
             added = await aspool.run(self.spool.flush_coalesced, now_us, grace_us)
             self.delivery.notify(added)
+            requeued = await aspool.run(self.spool.external_changes)
+            if requeued > 0:
+                log.info("%d requeued point(s) found in the spool; delivering them", requeued)
+                self.delivery.notify(requeued)
             await asyncio.sleep(interval)
 
     async def _report_unmatched(self, interval: float = 60.0) -> None:
@@ -234,6 +240,7 @@ class Bridge:
                 retry_min_s=s.api.retry_min_s,
                 retry_max_s=s.api.retry_max_s,
                 single_object=s.api.body == "object",
+                order=s.batch.backlog_order,
                 on_space_freed=self._space.set,
             )
             self.source = MqttSource(
@@ -267,7 +274,7 @@ class Bridge:
             # Helpers with nothing to finish: cancelled as soon as a stop is asked for. Keeping
             # them in one list means a new one cannot be forgotten and hold the TaskGroup open.
             helpers = [
-                tg.create_task(self._flush_coalesced(aspool), name="bridge.spool.coalesce"),
+                tg.create_task(self._spool_housekeeping(aspool), name="bridge.spool.housekeeping"),
                 tg.create_task(self._report_unmatched(), name="bridge.intake.unmatched_report"),
             ]
             if self._mappings_path is not None:
@@ -347,7 +354,23 @@ class Bridge:
                 full_since = None
             self._acknowledge(batch)
             self._count(batch, result)
+            if result.points_dropped:
+                self._dropped(result.points_dropped)
             self.delivery.notify(result.points_inserted)
+
+    def _dropped(self, points: int) -> None:
+        assert self.delivery is not None
+        self.delivery.forget(points)
+        self.metrics.points_dropped.labels("spool_full").inc(points)
+        self._throttle.log(
+            log,
+            logging.ERROR,
+            "dropped",
+            "spool full: deleted the %d oldest waiting point(s) unsent to make room "
+            "(spool.when_full=drop-oldest; %d dropped since the spool was created)",
+            points,
+            self.spool.dropped_points_total,
+        )
 
     def _acknowledge(self, batch: list[Pending]) -> None:
         assert self.source is not None

@@ -1,8 +1,10 @@
-"""The delivery loop: spool → batches → API, oldest first, retried until accepted.
+"""The delivery loop: spool → batches → API, retried until accepted.
 
-Holds a cursor over the spool: records after it have not been handed to a request yet. A batch
-keeps its membership (and Idempotency-Key) for every retry; records leave the spool only in the
-transaction that counts their acceptance, or that moves them to the dead letters.
+Oldest first by default: a cursor over the spool marks what has been handed to a request. With
+``live-first`` the newest waiting records go first, so current values reach the API while a
+backlog drains with the capacity left over. A batch keeps its membership (and Idempotency-Key)
+for every retry; records leave the spool only in the transaction that counts their acceptance,
+or that moves them to the dead letters.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from bridge.backoff import Backoff
 from bridge.batcher import Batch, take_batch
@@ -43,6 +46,7 @@ class Delivery:
         retry_min_s: float = 0.5,
         retry_max_s: float = 60.0,
         single_object: bool = False,
+        order: Literal["oldest-first", "live-first"] = "oldest-first",
         on_space_freed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -54,6 +58,7 @@ class Delivery:
         self._max_points = max_points
         self._linger = linger_s
         self._single = single_object
+        self._live_first = order == "live-first"
         self._on_freed = on_space_freed or (lambda: None)
         self._clock = clock
         self._wall = wall_clock
@@ -92,6 +97,12 @@ class Delivery:
             self._unsent_since = self._clock()
         self._unsent += points
         self._wake.set()
+
+    def forget(self, points: int) -> None:
+        """Waiting points were deleted unsent (the spool's drop-oldest policy)."""
+        self._unsent = max(0, self._unsent - points)
+        if self._unsent == 0:
+            self._unsent_since = None
 
     def flush(self) -> None:
         """Send what is waiting without lingering (shutdown)."""
@@ -141,12 +152,8 @@ class Delivery:
                 )
             )
             if ready:
-                rows = await self._spool.run(
-                    self._spool.spool.fetch, self._cursor, self._max_points
-                )
-                if rows:
-                    batch = take_batch(rows, self._max_points, single_object=self._single)
-                    self._cursor = batch.records[-1].seq
+                batch = await self._spool.run(self._take)
+                if batch is not None:
                     self._unsent = max(0, self._unsent - batch.points)
                     if self._unsent == 0:
                         self._unsent_since = None
@@ -162,6 +169,24 @@ class Delivery:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _take(self) -> Batch | None:
+        """Choose the next batch and mark it handed out: on the spool thread, so drop-oldest
+        cannot delete a record between the two."""
+        sp = self._spool.spool
+        if self._live_first:
+            rows = sp.fetch_newest(self._max_points)
+        else:
+            rows = sp.fetch(self._cursor, self._max_points)
+        if not rows:
+            return None
+        batch = take_batch(rows, self._max_points, single_object=self._single)
+        if self._live_first:
+            batch = Batch(batch.records[::-1], batch.points)  # the body stays in time order
+        else:
+            self._cursor = batch.records[-1].seq
+        sp.hand_out(batch.seqs)
+        return batch
 
     async def _deliver_slot(self, batch: Batch) -> None:
         try:

@@ -83,6 +83,12 @@ class BridgeMetrics:
         self.spool_full = Gauge(
             p + "spool_full", "1 while the spool is full and MQTT intake is paused", registry=r
         )
+        self.points_dropped = Counter(
+            p + "points_dropped_total",
+            "Waiting points deleted unsent, by reason (spool_full: the drop-oldest policy)",
+            ["reason"],
+            registry=r,
+        )
         self.intake_paused_seconds = Counter(
             p + "intake_paused_seconds_total",
             "Time MQTT acknowledgements were withheld because the spool was full",

@@ -83,6 +83,10 @@ class BatchSettings(_Section):
 
     max_points: int = Field(100, ge=1, le=100)
     linger_s: float = Field(1.0, ge=0, le=300)
+    # Which waiting points go first when there is a backlog: the oldest (the API receives
+    # each device's points in time order) or the newest (dashboards stay current while the
+    # backlog drains with whatever capacity is left).
+    backlog_order: Literal["oldest-first", "live-first"] = "oldest-first"
 
 
 class SpoolSettings(_Section):
@@ -93,6 +97,9 @@ class SpoolSettings(_Section):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     commit_max_messages: int = Field(5000, ge=1)
     dedup_window_s: float = Field(900.0, ge=0)
+    # At the cap: withhold MQTT acknowledgements (the broker keeps the messages) or delete the
+    # oldest waiting points, counted in points_dropped_total{reason="spool_full"}.
+    when_full: Literal["back-pressure", "drop-oldest"] = "back-pressure"
 
 
 class MappingSettings(_Section):

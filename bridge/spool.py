@@ -31,6 +31,7 @@ from bridge.points import DeadLetter, Record
 log = logging.getLogger(__name__)
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
+WhenFull = Literal["back-pressure", "drop-oldest"]
 DEAD_LETTER_PAYLOAD_CAP = 65536  # bytes of payload kept per dead letter; the size is kept too
 _IN_CHUNK = 900  # seqs per "IN (...)" list: below SQLite's historic 999-variable limit
 
@@ -105,13 +106,60 @@ class SpooledRecord:
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
-    """Outcome of one group commit."""
+    """Outcome of one group commit.
+
+    ``points_dropped`` are waiting (never sent) points the drop-oldest policy deleted to make
+    room for this commit; they are counted in the spool's meta table too.
+    """
 
     records_inserted: int
     points_inserted: int
     records_duplicate: int
     points_duplicate: int
     dead_letters: int
+    points_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """One stored dead letter, as the ``dead-letters`` commands show it."""
+
+    id: int
+    at_us: int
+    reason: str
+    rule: str
+    topic: str
+    payload: bytes
+    payload_size: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters a query or requeue covers; empty fields match everything."""
+
+    reasons: tuple[str, ...] = ()
+    since_us: int | None = None
+    until_us: int | None = None
+    ids: tuple[int, ...] = ()
+
+    def where(self) -> tuple[str, list[object]]:
+        """SQL condition and parameters."""
+        terms: list[str] = []
+        args: list[object] = []
+        if self.reasons:
+            terms.append(f"reason IN ({','.join('?' * len(self.reasons))})")
+            args.extend(self.reasons)
+        if self.since_us is not None:
+            terms.append("at_us >= ?")
+            args.append(self.since_us)
+        if self.until_us is not None:
+            terms.append("at_us < ?")
+            args.append(self.until_us)
+        if self.ids:
+            terms.append(f"id IN ({','.join('?' * len(self.ids))})")
+            args.extend(self.ids)
+        return (" AND ".join(terms) or "1"), args
 
 
 class Spool:
@@ -124,10 +172,12 @@ class Spool:
         max_bytes: int = 1 << 30,
         synchronous: Synchronous = "FULL",
         dedup_window_s: float = 900.0,
+        when_full: WhenFull = "back-pressure",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.dedup_window_s = dedup_window_s
+        self.when_full = when_full
         self._next_prune = 0.0
         self.max_bytes = max_bytes
         self.synchronous = synchronous
@@ -140,6 +190,11 @@ class Spool:
         self.oldest_received_us: int | None = None
         self.used_bytes = 0
         self.delivered_points_total = 0
+        self.dropped_points_total = 0
+        # Seqs fetched for delivery and not yet deleted: drop-oldest never touches them, so a
+        # point is either delivered or counted as dropped, never both.
+        self._handed_out: set[int] = set()
+        self._data_version = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -163,6 +218,30 @@ class Spool:
                     self._db = None
                 self._move_aside()
                 self._db = self._connect()
+            self._conn.executescript(_SCHEMA)
+            self._load_counters()
+        except sqlite3.Error as exc:
+            self.close()
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def open_shared(self) -> None:
+        """Open an existing spool beside a running bridge, for the ``dead-letters`` tools.
+
+        Takes no lock and never moves a file aside: SQLite's own locking serialises the
+        writes, and the bridge notices them through :meth:`external_changes`.
+
+        Raises:
+            SpoolError: no spool at the path, or it cannot be read.
+        """
+        if not self.path.exists():
+            raise SpoolError(f"no spool at {self.path} (check spool.path)")
+        try:
+            self._db = self._connect()
+            if not self._healthy(self._db):
+                raise SpoolError(f"spool {self.path} failed its integrity check")
             self._conn.executescript(_SCHEMA)
             self._load_counters()
         except sqlite3.Error as exc:
@@ -243,10 +322,21 @@ class Spool:
         db = self._conn
         n_rec, n_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
         self.depth_records, self.depth_points = int(n_rec), int(n_pts)
-        row = db.execute("SELECT value FROM meta WHERE key='delivered_points'").fetchone()
-        self.delivered_points_total = int(row[0]) if row else 0
+        self.delivered_points_total = int(self.meta_get("delivered_points") or 0)
+        self.dropped_points_total = int(self.meta_get("dropped_points") or 0)
+        self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
         self._refresh_oldest()
         self._refresh_size()
+
+    def external_changes(self) -> int:
+        """Reload the counters if another connection (a ``dead-letters requeue``) wrote to the
+        spool since the last call; returns the points it added (0 if none)."""
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._data_version:
+            return 0
+        before = self.depth_points
+        self._load_counters()
+        return self.depth_points - before
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -290,8 +380,12 @@ class Spool:
             SpoolFull: the cap is reached or the disk is full; nothing was written.
             SpoolError: any other write failure (the caller must stop: never ack after it).
         """
+        dropped = 0
         if self.full and not self._shrink_dedup_ids():
-            raise SpoolFull(f"spool holds {self.used_bytes} bytes, cap {self.max_bytes}")
+            if self.when_full == "drop-oldest":
+                dropped = self._drop_oldest()
+            if self.full:
+                raise SpoolFull(f"spool holds {self.used_bytes} bytes, cap {self.max_bytes}")
         db = self._conn
         before = self.depth_points
         folded: Sequence[Record] = ()
@@ -306,17 +400,7 @@ class Spool:
                 "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
                 "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
                 "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE rid = ?1)",
-                [
-                    (
-                        r.record_id,
-                        r.device_id,
-                        r.ts_us,
-                        orjson.dumps(r.metrics),
-                        len(r.metrics),
-                        r.received_us,
-                    )
-                    for r in records
-                ],
+                [_record_row(r) for r in records],
             )
             inserted = cur.rowcount if records else 0
             points_offered = sum(len(r.metrics) for r in records)
@@ -355,6 +439,7 @@ class Spool:
             records_duplicate=len(records) - inserted,
             points_duplicate=points_offered - points,
             dead_letters=len(dead),
+            points_dropped=dropped,
         )
 
     @staticmethod
@@ -417,17 +502,7 @@ class Spool:
             db.executemany(
                 "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.record_id,
-                        r.device_id,
-                        r.ts_us,
-                        orjson.dumps(r.metrics),
-                        len(r.metrics),
-                        r.received_us,
-                    )
-                    for r in records
-                ],
+                [_record_row(r) for r in records],
             )
             db.executemany(
                 "DELETE FROM coalesce_state WHERE device_id = ? AND metric = ? AND bucket_us = ?"
@@ -465,6 +540,46 @@ class Spool:
         self._refresh_size()
         return not self.full
 
+    def _drop_oldest(self) -> int:
+        """Delete the oldest waiting records until the spool is below its cap (with 2 %
+        headroom, so the next commits do not drop again at once); returns the points dropped.
+
+        Records handed to a request are skipped. The count goes to the meta table in the same
+        transaction, so it survives restarts.
+        """
+        db = self._conn
+        dropped = 0
+        target = self.max_bytes * 0.98
+        while self.used_bytes >= target and self.depth_records > len(self._handed_out):
+            per_record = self.used_bytes / max(1, self.depth_records)
+            want = max(16, int((self.used_bytes - target) / per_record) + 1)
+            rows = db.execute(
+                "SELECT seq, n FROM records ORDER BY seq LIMIT ?", (want + len(self._handed_out),)
+            ).fetchall()
+            victims = [(seq, n) for seq, n in rows if seq not in self._handed_out][:want]
+            if not victims:
+                break
+            seqs = [seq for seq, _n in victims]
+            points = sum(int(n) for _seq, n in victims)
+            with self._transaction("drop"):
+                for start in range(0, len(seqs), _IN_CHUNK):
+                    chunk = tuple(seqs[start : start + _IN_CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('dropped_points', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                    (points,),
+                )
+            self.depth_records -= len(seqs)
+            self.depth_points -= points
+            self.dropped_points_total += points
+            dropped += points
+            self._refresh_size()
+        if dropped:
+            self._refresh_oldest()
+        return dropped
+
     @contextlib.contextmanager
     def _transaction(
         self, what: str, *, full_means_back_pressure: bool = False
@@ -501,6 +616,20 @@ class Spool:
             (after_seq, limit),
         ).fetchall()
         return [SpooledRecord(s, d, t, orjson.loads(m), r) for s, d, t, m, r in rows]
+
+    def fetch_newest(self, limit: int) -> list[SpooledRecord]:
+        """Up to ``limit`` of the newest records not handed out yet, newest first."""
+        rows = self._conn.execute(
+            "SELECT seq, device_id, ts_us, metrics, received_us FROM records "
+            "ORDER BY seq DESC LIMIT ?",
+            (limit + len(self._handed_out),),
+        ).fetchall()
+        fresh = [row for row in rows if row[0] not in self._handed_out][:limit]
+        return [SpooledRecord(s, d, t, orjson.loads(m), r) for s, d, t, m, r in fresh]
+
+    def hand_out(self, seqs: Sequence[int]) -> None:
+        """Mark records as taken by a request until :meth:`delivered` or :meth:`reject`."""
+        self._handed_out.update(seqs)
 
     def delivered(self, seqs: Sequence[int]) -> None:
         """Delete delivered records, remember their ids and count them, in one transaction.
@@ -540,6 +669,7 @@ class Spool:
                 "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
                 (points,),
             )
+        self._handed_out.difference_update(seqs)
         self.depth_records -= rows
         self.depth_points -= points
         self.delivered_points_total += points
@@ -574,6 +704,7 @@ class Spool:
                 ],
             )
             db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
+        self._handed_out.difference_update(seqs)
         self.depth_records -= len(rows)
         self.depth_points -= sum(int(r[3]) for r in rows)
         self._refresh_oldest()
@@ -593,6 +724,68 @@ class Spool:
     def dead_letter_count(self) -> int:
         """Number of dead letters kept."""
         return int(self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+
+    def find_dead_letters(
+        self, which: DeadLetterFilter, limit: int | None = None
+    ) -> list[DeadLetterRow]:
+        """Dead letters matching ``which``, oldest first."""
+        cond, args = which.where()
+        rows = self._conn.execute(
+            "SELECT id, at_us, reason, rule, topic, payload, payload_size, detail "  # noqa: S608
+            f"FROM dead_letters WHERE {cond} ORDER BY id LIMIT ?",
+            (*args, -1 if limit is None else limit),
+        ).fetchall()
+        return [
+            DeadLetterRow(int(i), int(a), str(r), str(ru), str(t), bytes(p), int(n), str(d))
+            for i, a, r, ru, t, p, n, d in rows
+        ]
+
+    def dead_letter_counts(self, which: DeadLetterFilter) -> dict[str, int]:
+        """Matching dead letters per reason."""
+        cond, args = which.where()
+        rows = self._conn.execute(
+            f"SELECT reason, COUNT(*) FROM dead_letters WHERE {cond} "  # noqa: S608
+            "GROUP BY reason ORDER BY reason",
+            args,
+        ).fetchall()
+        return {str(r): int(n) for r, n in rows}
+
+    def requeue(self, ids: Sequence[int], records: Sequence[Record]) -> int:
+        """In one transaction: store ``records`` for delivery and delete the dead letters
+        ``ids`` they came from; returns the points stored.
+
+        Unlike :meth:`commit` this skips the delivered-id check: the user asked for a resend.
+        """
+        db = self._conn
+        with self._transaction("requeue"):
+            top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+            db.executemany(
+                "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [_record_row(r) for r in records],
+            )
+            points = int(
+                db.execute(
+                    "SELECT COALESCE(SUM(n), 0) FROM records WHERE seq > ?", (top,)
+                ).fetchone()[0]
+            )
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = tuple(ids[start : start + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", chunk)  # noqa: S608
+        self._load_counters()
+        return points
+
+
+def _record_row(r: Record) -> tuple[bytes, str, int, bytes, int, int]:
+    return (
+        r.record_id,
+        r.device_id,
+        r.ts_us,
+        orjson.dumps(r.metrics),
+        len(r.metrics),
+        r.received_us,
+    )
 
 
 def _is_full(exc: sqlite3.Error) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.errors import SpoolError, SpoolLocked
 from bridge.points import DeadLetter, Record
-from bridge.spool import DEAD_LETTER_PAYLOAD_CAP, AsyncSpool, Spool, SpoolFull
+from bridge.spool import DEAD_LETTER_PAYLOAD_CAP, AsyncSpool, DeadLetterFilter, Spool, SpoolFull
 from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
@@ -427,3 +427,174 @@ def test_delivered_ids_never_keep_the_spool_full(tmp_path: Path) -> None:
         assert spool.used_bytes <= 1 << 20
     finally:
         spool.close()
+
+
+# -- drop-oldest policy ------------------------------------------------------------------------
+
+
+def fill_to_cap(s: Spool, block: int = 500) -> int:
+    """Commit records until the spool reports full; returns how many were committed."""
+    i = 0
+    while not s.full:
+        s.commit([rec(i + k, n=4) for k in range(block)], [])
+        i += block
+    return i
+
+
+def test_drop_oldest_deletes_the_oldest_waiting_points_and_counts_them(tmp_path: Path) -> None:
+    """At the cap, drop-oldest makes room by deleting the oldest unsent records; the dropped
+    count is exact, persisted, and every point is either still waiting or counted dropped."""
+    s = Spool(tmp_path / "s.db", max_bytes=1 << 20, when_full="drop-oldest", clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        committed = fill_to_cap(s)
+        result = s.commit([rec(10**6 + k, n=4) for k in range(200)], [])
+        assert result.records_inserted == 200
+        assert result.points_dropped > 0
+        waiting = s.fetch(0, 10**7)
+        assert s.depth_points == sum(r.points for r in waiting)
+        # Every committed point is waiting or counted as dropped: nothing vanished uncounted.
+        assert s.depth_points + s.dropped_points_total == (committed + 200) * 4
+        # The oldest went: what is left is a contiguous tail of what was committed.
+        first = waiting[0].ts_us
+        assert first > rec(0).ts_us
+        assert [r.ts_us for r in waiting[:3]] == [first, first + 1_000_000, first + 2_000_000]
+        assert s.dropped_points_total == result.points_dropped
+        again = reopen(s)
+        assert again.dropped_points_total == result.points_dropped
+        s = again
+    finally:
+        s.close()
+
+
+def test_drop_oldest_never_deletes_records_handed_to_a_request(tmp_path: Path) -> None:
+    """Records in flight are skipped: their delivery must not also count as a drop."""
+    s = Spool(tmp_path / "s.db", max_bytes=1 << 20, when_full="drop-oldest", clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        fill_to_cap(s)
+        in_flight = s.fetch(0, 30)
+        s.hand_out([r.seq for r in in_flight])
+        s.commit([rec(10**6 + k, n=4) for k in range(200)], [])
+        kept = {r.seq for r in s.fetch(0, 10**7)}
+        assert {r.seq for r in in_flight} <= kept
+        s.delivered([r.seq for r in in_flight])
+        assert s.delivered_points_total == 30 * 4
+    finally:
+        s.close()
+
+
+def test_back_pressure_is_the_default_and_drops_nothing(tmp_path: Path) -> None:
+    """Without the opt-in policy a full spool refuses the commit and keeps every point."""
+    s = Spool(tmp_path / "s.db", max_bytes=1 << 20, clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        committed = fill_to_cap(s)
+        with pytest.raises(SpoolFull):
+            s.commit([rec(10**6, n=4)], [])
+        assert (s.depth_points, s.dropped_points_total) == (committed * 4, 0)
+    finally:
+        s.close()
+
+
+def test_drop_oldest_with_everything_in_flight_falls_back_to_back_pressure(path: Path) -> None:
+    """When every waiting record is handed out there is nothing to drop: commit refuses."""
+    s = Spool(path, when_full="drop-oldest", clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        s.commit([rec(1), rec(2)], [])
+        s.hand_out([r.seq for r in s.fetch(0, 10)])
+        s.max_bytes = s.used_bytes
+        with pytest.raises(SpoolFull):
+            s.commit([rec(3)], [])
+        assert (s.depth_records, s.dropped_points_total) == (2, 0)
+    finally:
+        s.close()
+
+
+# -- live-first fetch ----------------------------------------------------------------------------
+
+
+def test_fetch_newest_skips_records_handed_out_and_returns_newest_first(spool: Spool) -> None:
+    """The newest waiting records come first; what a request holds is not offered twice."""
+    spool.commit([rec(i) for i in range(10)], [])
+    newest = spool.fetch_newest(3)
+    assert [r.ts_us for r in newest] == [rec(i).ts_us for i in (9, 8, 7)]
+    spool.hand_out([r.seq for r in newest])
+    nxt = spool.fetch_newest(3)
+    assert [r.ts_us for r in nxt] == [rec(i).ts_us for i in (6, 5, 4)]
+    spool.delivered([r.seq for r in newest])
+    spool.commit([rec(10)], [])
+    assert [r.ts_us for r in spool.fetch_newest(2)] == [rec(i).ts_us for i in (10, 6)]
+
+
+# -- dead-letter tools and writes from another process ------------------------------------------
+
+
+def test_find_dead_letters_filters_by_reason_time_and_id(spool: Spool) -> None:
+    """Filters combine; results come oldest first with their stored payload and size."""
+    spool.commit([], [dead("invalid_json", b"{a", T0_US), dead("no_metrics", b"{}", T0_US + 5)])
+    spool.commit([], [dead("invalid_json", b"{b", T0_US + 10)])
+    every = spool.find_dead_letters(DeadLetterFilter())
+    assert [d.payload for d in every] == [b"{a", b"{}", b"{b"]
+    assert [d.payload for d in spool.find_dead_letters(DeadLetterFilter(("invalid_json",)))] == [
+        b"{a",
+        b"{b",
+    ]
+    late = DeadLetterFilter(since_us=T0_US + 5, until_us=T0_US + 10)
+    assert [d.reason for d in spool.find_dead_letters(late)] == ["no_metrics"]
+    assert [d.payload for d in spool.find_dead_letters(DeadLetterFilter(ids=(every[2].id,)))] == [
+        b"{b"
+    ]
+    assert spool.dead_letter_counts(DeadLetterFilter()) == {"invalid_json": 2, "no_metrics": 1}
+    assert len(spool.find_dead_letters(DeadLetterFilter(), limit=2)) == 2
+
+
+def test_requeue_stores_records_and_removes_their_dead_letters_atomically(spool: Spool) -> None:
+    """Requeued records wait for delivery even if their ids were delivered before."""
+    spool.commit([rec(1)], [dead(), dead("no_metrics")])
+    spool.delivered([r.seq for r in spool.fetch(0, 10)])  # rec(1)'s id is now remembered
+    first = spool.find_dead_letters(DeadLetterFilter())[0]
+    assert spool.requeue([first.id], [rec(1), rec(2)]) == 4
+    assert [r.ts_us for r in spool.fetch(0, 10)] == [rec(1).ts_us, rec(2).ts_us]
+    assert spool.depth_points == 4
+    assert [d.reason for d in spool.find_dead_letters(DeadLetterFilter())] == ["no_metrics"]
+
+
+def test_a_failed_requeue_keeps_the_dead_letters(spool: Spool) -> None:
+    """The insert and the delete are one transaction."""
+    spool.commit([], [dead()])
+    first = spool.find_dead_letters(DeadLetterFilter())[0]
+    bad = Record("d1", T0_US, {"m": float("nan")}, T0_US)  # orjson writes null: still stored
+    spool._conn.execute(
+        "CREATE TRIGGER no_more BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'nope'); END"
+    )
+    with pytest.raises(SpoolError, match="requeue"):
+        spool.requeue([first.id], [bad])
+    assert spool.dead_letter_count() == 1
+    assert spool.depth_records == 0
+
+
+def test_shared_open_sees_a_running_spool_and_the_owner_notices_its_writes(spool: Spool) -> None:
+    """A tool opens the spool beside the locked owner; the owner picks up its requeue."""
+    spool.commit([rec(1)], [dead()])
+    assert spool.external_changes() == 0
+    tool = Spool(spool.path, clock=FakeClock(NOW_S))
+    tool.open_shared()
+    try:
+        letter = tool.find_dead_letters(DeadLetterFilter())[0]
+        tool.requeue([letter.id], [rec(7, n=3)])
+    finally:
+        tool.close()
+    assert spool.external_changes() == 3
+    assert spool.depth_points == 5
+    assert spool.external_changes() == 0
+    assert spool.dead_letter_count() == 0
+
+
+def test_shared_open_of_a_missing_spool_names_the_path(tmp_path: Path) -> None:
+    """No spool file: a clear error, and nothing is created."""
+    missing = tmp_path / "nope.db"
+    with pytest.raises(SpoolError, match="no spool at"):
+        Spool(missing).open_shared()
+    assert not missing.exists()
