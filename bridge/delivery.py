@@ -27,6 +27,7 @@ from bridge.sender import Sender
 from bridge.spool import AsyncSpool
 
 log = logging.getLogger(__name__)
+_PACING_GUARD_S = 0.5
 _MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever
 
 
@@ -64,8 +65,11 @@ class Delivery:
         self._wall = wall_clock
         self._rng = rng
         self._retry = (retry_min_s, retry_max_s)
-        rate = requests_per_minute / 60.0
-        self._bucket = TokenBucket(rate, burst=max(1.0, min(10.0, rate)), now=clock())
+        # The API counts requests in a sliding 60 s window as they arrive. A bucket of one token
+        # spaces sends evenly, and pacing over a slightly longer window leaves room for network
+        # jitter to bunch arrivals together without the API counting one too many.
+        rate = requests_per_minute / (60.0 + _PACING_GUARD_S)
+        self._bucket = TokenBucket(rate, burst=1.0, now=clock())
         self._rate_ceiling = rate
         self._rate_floor = min(rate, 1.0 / 60.0)  # at least one request a minute
         self._m.pacing_rate.set(rate)
