@@ -24,21 +24,13 @@ from bridge.mapping import Mapper, Rule
 from bridge.mapping_config import load_mappings
 from bridge.metrics import BridgeMetrics
 from bridge.sender import Sender
-from bridge.settings import Settings
+from bridge.settings import Settings, file_key
 from bridge.source import MqttSource
 from bridge.spool import AsyncSpool, CommitResult, Spool, SpoolFull
 from bridge.status import StatusServer
 
 log = logging.getLogger(__name__)
 _SESSION_KEY = "mqtt_session"
-
-
-def _file_key(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
 def _task_stack(task: asyncio.Task[object]) -> str:
@@ -139,14 +131,14 @@ class Bridge:
         path = self._mappings_path
         assert path is not None
         interval = self.settings.mapping.reload_interval_s
-        last = _file_key(path)
+        last = file_key(path)
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval or None):
                     await self._reload_requested.wait()
             requested = self._reload_requested.is_set()
             self._reload_requested.clear()
-            key = _file_key(path)
+            key = file_key(path)
             if requested or key != last:
                 last = key
                 await self.reload()

@@ -294,6 +294,17 @@ def redacted(s: Settings) -> dict[str, Any]:
     return s.model_dump(mode="json")  # SecretStr dumps as '**********'
 
 
+def file_key(path: Path) -> tuple[int, int, int, int, int] | None:
+    """What identifies a file's current content and permissions (None if it cannot be
+    stat'ed): inode, size, mode, mtime and ctime. ctime moves on a ``chmod`` or a ``cp -p``
+    that keeps the old mtime, so those count as changes too."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class TokenSource:
     """Supplies the API token, re-reading ``api.token_file`` when it changes so a rotated
     token is used without a restart. A file that becomes unreadable keeps the last token."""
@@ -301,25 +312,23 @@ class TokenSource:
     def __init__(self, settings: Settings) -> None:
         self._file = settings.api.token_file
         self._token = resolve_token(settings)
-        self._mtime = self._stat()
-
-    def _stat(self) -> float | None:
-        if self._file is None:
-            return None
-        try:
-            return self._file.stat().st_mtime
-        except OSError:
-            return None
+        self._loaded = None if self._file is None else file_key(self._file)
+        self._reported = self._loaded
 
     def __call__(self) -> str:
-        mtime = self._stat()
-        if mtime is not None and mtime != self._mtime:
-            self._mtime = mtime
+        if self._file is None:
+            return self._token
+        key = file_key(self._file)
+        if key is not None and key != self._loaded:
             try:
-                assert self._file is not None
                 self._token = read_secret_file(self._file, "token")
+                self._loaded = self._reported = key
             except ConfigError as exc:
-                logging.getLogger(__name__).error("token file changed but is unusable: %s", exc)
+                # Not marked as loaded: once the user fixes it (say, with chmod 600) the next
+                # request picks it up. Logged once per change of the file.
+                if key != self._reported:
+                    self._reported = key
+                    logging.getLogger(__name__).error("token file changed but is unusable: %s", exc)
         return self._token
 
     def __repr__(self) -> str:

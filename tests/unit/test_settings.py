@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.settings import (
     Settings,
+    TokenSource,
     is_loopback,
     load_settings,
     read_secret_file,
@@ -319,3 +321,24 @@ def test_redacted_hides_the_token_and_password() -> None:
     assert out["mqtt"]["port"] == 1883
     assert SECRET not in repr(s)
     assert SECRET not in str(s)
+
+
+def test_token_source_picks_up_a_rotated_file_even_when_only_its_mode_is_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new token file first refused for its mode is used once the user runs chmod 600, which
+    leaves the mtime alone; the refusal is logged once, never with the token."""
+    token_file = write(tmp_path / "token", SECRET + "\n")
+    source = TokenSource(load_settings(environ={"METRIQO_BRIDGE_TOKEN_FILE": str(token_file)}))
+    assert source() == SECRET
+    new = write(tmp_path / "token.new", "mqk_live_rotated_0042\n", mode=0o644)
+    stamp = token_file.stat().st_mtime_ns
+    os.utime(new, ns=(stamp, stamp))  # as `cp -p` would: the old file's mtime
+    new.rename(token_file)
+    assert source() == SECRET  # group/world-readable: refused, the old token stays
+    assert source() == SECRET
+    token_file.chmod(0o600)
+    assert source() == "mqk_live_rotated_0042"
+    refusals = [r for r in caplog.records if "unusable" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "mqk_live" not in caplog.text
