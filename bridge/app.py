@@ -20,8 +20,8 @@ from bridge.delivery import Delivery
 from bridge.errors import ConfigError, SpoolError
 from bridge.intake import Intake, Pending
 from bridge.logs import LogThrottle
-from bridge.mapping import Mapper, Rule
-from bridge.mapping_config import load_mappings
+from bridge.mapping import Rule
+from bridge.mapping_config import load_mappings, make_mapper
 from bridge.metrics import BridgeMetrics
 from bridge.sender import Sender
 from bridge.settings import Settings, file_key
@@ -54,7 +54,7 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or BridgeMetrics()
-        self.mapper = self._make_mapper(rules)
+        self.mapper = make_mapper(rules, self.settings)
         self.metrics.config_last_reload_time.set(time.time())
         self._mappings_path = mappings_path
         self._reload_requested = asyncio.Event()
@@ -79,13 +79,6 @@ class Bridge:
         self._started = asyncio.Event()
         self._aspool: AsyncSpool | None = None
 
-    def _make_mapper(self, rules: list[Rule]) -> Mapper:
-        return Mapper(
-            rules,
-            max_payload_bytes=self.settings.mqtt.max_payload_bytes,
-            max_future_s=self.settings.mapping.max_future_s,
-        )
-
     def request_reload(self) -> None:
         """Re-read the mapping file soon (SIGHUP)."""
         self._reload_requested.set()
@@ -107,7 +100,7 @@ class Bridge:
             self.metrics.config_last_reload_ok.set(0)
             log.error("reload of %s failed; still running the previous mapping:\n%s", path, exc)
             return False
-        mapper = self._make_mapper(rules)
+        mapper = make_mapper(rules, self.settings)
         self.mapper = self.intake.mapper = mapper
         added: list[str] = []
         removed: list[str] = []

@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import ConfigError, ConfigErrors
-from bridge.mapping import FieldPath, Rule, TimestampRule
+from bridge.mapping import FieldPath, Mapper, Rule, TimestampRule
 from bridge.points import Coalesce
 from bridge.readings import CollectRule, ReadingsRule, split_path
+from bridge.settings import Settings
 from bridge.templates import Template, compile_template
 from bridge.timestamps import TimestampFormat
 from bridge.topics import parse_filter
@@ -463,3 +464,13 @@ class _Compiler:
             self.fail(key, str(exc))
             segments = ()
         return FieldPath(text=text, segments=segments)
+
+
+def make_mapper(rules: list[Rule], settings: Settings) -> Mapper:
+    """The mapper as the bridge runs it: the rules with the payload and time limits of the
+    settings (shared by the bridge and ``dead-letters requeue``, so both map alike)."""
+    return Mapper(
+        rules,
+        max_payload_bytes=settings.mqtt.max_payload_bytes,
+        max_future_s=settings.mapping.max_future_s,
+    )

@@ -142,6 +142,8 @@ class DeadLetterFilter:
     since_us: int | None = None
     until_us: int | None = None
     ids: tuple[int, ...] = ()
+    after_id: int | None = None  # keyset paging: ids in (after_id, through_id]
+    through_id: int | None = None
 
     def where(self) -> tuple[str, list[object]]:
         """SQL condition and parameters."""
@@ -159,6 +161,12 @@ class DeadLetterFilter:
         if self.ids:
             terms.append(f"id IN ({','.join('?' * len(self.ids))})")
             args.extend(self.ids)
+        if self.after_id is not None:
+            terms.append("id > ?")
+            args.append(self.after_id)
+        if self.through_id is not None:
+            terms.append("id <= ?")
+            args.append(self.through_id)
         return (" AND ".join(terms) or "1"), args
 
 
@@ -690,7 +698,7 @@ class Spool:
             ).fetchall()
             db.executemany(
                 "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
-                " detail) VALUES (?, ?, '', '', ?, 0, ?)",
+                " detail) VALUES (?1, ?2, '', '', ?3, length(?3), ?4)",
                 [
                     (
                         received_us,
@@ -739,6 +747,12 @@ class Spool:
             DeadLetterRow(int(i), int(a), str(r), str(ru), str(t), bytes(p), int(n), str(d))
             for i, a, r, ru, t, p, n, d in rows
         ]
+
+    def newest_dead_letter_id(self) -> int:
+        """The highest dead-letter id (0 when there are none)."""
+        return int(
+            self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM dead_letters").fetchone()[0]
+        )
 
     def dead_letter_counts(self, which: DeadLetterFilter) -> dict[str, int]:
         """Matching dead letters per reason."""

@@ -598,3 +598,21 @@ def test_shared_open_of_a_missing_spool_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="no spool at"):
         Spool(missing).open_shared()
     assert not missing.exists()
+
+
+def test_dead_letter_id_window_pages_and_newest_id(spool: Spool) -> None:
+    """Keyset paging: ids in (after_id, through_id]; newest id is 0 for an empty table."""
+    assert spool.newest_dead_letter_id() == 0
+    spool.commit([], [dead(payload=b"%d" % i) for i in range(5)])
+    ids = [d.id for d in spool.find_dead_letters(DeadLetterFilter())]
+    assert spool.newest_dead_letter_id() == ids[-1]
+    window = DeadLetterFilter(after_id=ids[1], through_id=ids[3])
+    assert [d.id for d in spool.find_dead_letters(window)] == ids[2:4]
+
+
+def test_rejected_records_keep_their_stored_size(spool: Spool) -> None:
+    """A record the API refused is kept as JSON, and its size is that JSON's length."""
+    spool.commit([rec(1)], [])
+    spool.reject([r.seq for r in spool.fetch(0, 10)], "api_rejected", "HTTP 400: no")
+    row = spool.find_dead_letters(DeadLetterFilter(("api_rejected",)))[0]
+    assert row.payload_size == len(row.payload) > 0
