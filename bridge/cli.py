@@ -1,4 +1,5 @@
-"""Command line: ``metriqo-bridge [run|check|test|explain|schema|simulate-api|demo|dead-letters]``.
+"""Command line: ``metriqo-bridge [run|check|test|explain|schema|simulate-api|demo|bench|
+dead-letters]``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 66 no spool at the configured path
 (``dead-letters``), 75 spool locked by another instance, 78 configuration error (nothing was
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import __version__, deadletters_cmd
+from bridge import __version__, bench, deadletters_cmd
 from bridge.errors import EX_CONFIG, ConfigError, SpoolError, SpoolLocked
 
 EX_TEMPFAIL = 75
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="400 (naming the object index) for any point whose value is exactly X",
     )
     deadletters_cmd.add_parser(sub)
+    bench.add_parser(sub)
     demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
@@ -208,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate_api(args)
         if args.command == "dead-letters":
             return deadletters_cmd.run(args, _overrides(args))
+        if args.command == "bench":
+            return bench.run_bench(args)
         if args.command == "demo":
             from bridge.demo import run_demo
 

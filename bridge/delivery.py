@@ -65,11 +65,13 @@ class Delivery:
         self._wall = wall_clock
         self._rng = rng
         self._retry = (retry_min_s, retry_max_s)
-        # The API counts requests in a sliding 60 s window as they arrive. A bucket of one token
-        # spaces sends evenly, and pacing over a slightly longer window leaves room for network
-        # jitter to bunch arrivals together without the API counting one too many.
+        # The API counts requests in a sliding 60 s window as they arrive. Pacing over a
+        # slightly longer window leaves room for network jitter to bunch arrivals together; the
+        # burst may use half of that room (any 60 s then holds at most burst + 60 * rate
+        # requests), so a slot that wakes a little late does not waste its turn.
         rate = requests_per_minute / (60.0 + _PACING_GUARD_S)
-        self._bucket = TokenBucket(rate, burst=1.0, now=clock())
+        burst = max(1.0, min(2.0, requests_per_minute * _PACING_GUARD_S / 120.0))
+        self._bucket = TokenBucket(rate, burst=burst, now=clock())
         self._rate_ceiling = rate
         self._rate_floor = min(rate, 1.0 / 60.0)  # at least one request a minute
         self._m.pacing_rate.set(rate)

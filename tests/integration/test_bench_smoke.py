@@ -3,26 +3,19 @@ complete); the numbers themselves are for people, not assertions."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from bridge import bench
-
-
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    bench.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["bench", *argv])
+from bridge.cli import main
 
 
 def test_rate_mode_delivers_every_point_and_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report.json"
-    code = bench.run_bench(_args("rate", "--rate", "300", "--seconds", "2", "--json", str(out)))
+    code = main(["bench", "rate", "--rate", "300", "--seconds", "2", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads(out.read_text())
@@ -40,7 +33,7 @@ def test_backlog_mode_drains_a_queued_backlog(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "report.json"
-    code = bench.run_bench(_args("backlog", "--messages", "2000", "--json", str(out)))
+    code = main(["bench", "backlog", "--messages", "2000", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads(out.read_text())

@@ -1,0 +1,561 @@
+"""API faults (reliability matrix rows 5-9 and 20): real mosquitto → in-process bridge → a real
+local API over HTTP with injected faults, each scenario judged by the no-loss oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import generate_latest
+
+from bridge.apiserver import ApiStore, LocalApi, RequestRecord
+from bridge.apiserver_faults import Faults
+from bridge.app import Bridge
+from bridge.broker import LocalBroker, free_port
+from bridge.mapping_config import load_mappings_text
+from bridge.settings import Settings, TokenSource
+from tests.conftest import TOKEN
+from tests.integration.harness import (
+    TEST_MAPPINGS,
+    delivered_points,
+    env_messages,
+    expected_env_points,
+    make_settings,
+    metric,
+    publish,
+    running_bridge,
+)
+
+Point = tuple[str, str, int, float]
+
+# Send times come from the bridge's own pacing; this covers timer rounding only.
+SEND_SLACK_S = 0.02
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise TimeoutError(f"not within {timeout} s: {what or predicate}") from None
+
+
+async def _wait_committed(bridge: Bridge, messages: int) -> None:
+    await _wait_for(
+        lambda: metric(bridge, "metriqo_bridge_messages_committed_total") == messages,
+        what=f"{messages} messages committed to the spool",
+    )
+
+
+async def _wait_delivered(api: LocalApi, want: set[Point], timeout: float = 20.0) -> None:
+    """Wait until every wanted point is stored (a count would be fooled by duplicates)."""
+    try:
+        await _wait_for(lambda: want <= set(delivered_points(api.store.points())), timeout)
+    except TimeoutError:
+        missing = want - set(delivered_points(api.store.points()))
+        msg = f"{len(missing)} of {len(want)} points not stored within {timeout} s"
+        raise TimeoutError(msg) from None
+
+
+async def _wait_drained(bridge: Bridge) -> None:
+    await _wait_for(lambda: bridge.spool.depth_points == 0, what="spool drained")
+
+
+def _assert_exactly(got: Sequence[Point], want: set[Point]) -> None:
+    """No point lost, none invented, none twice."""
+    missing, extra = want - set(got), set(got) - want
+    assert not missing, f"{len(missing)} points lost, e.g. {sorted(missing)[:5]}"
+    assert not extra, f"{len(extra)} points invented, e.g. {sorted(extra)[:5]}"
+    twice = [p for p, c in Counter(got).items() if c > 1]
+    assert not twice, f"{len(twice)} points delivered more than once, e.g. {twice[:5]}"
+
+
+def _assert_repeats_are_exact(got: Sequence[Point]) -> None:
+    """A (device, metric, timestamp) stored more than once always carries the same value."""
+    values: dict[tuple[str, str, int], set[float]] = defaultdict(set)
+    for device, name, ts, value in got:
+        values[(device, name, ts)].add(value)
+    conflicting = {k: v for k, v in values.items() if len(v) > 1}
+    assert not conflicting, f"repeats with different values: {list(conflicting.items())[:5]}"
+
+
+def _assert_rate_envelope(times: Iterable[float], rate: float, burst: float) -> None:
+    """Token-bucket envelope of send times: any run of requests i..j satisfies
+    ``j - i + 1 <= burst + rate * (t_j - t_i)`` (plus a little timer slack)."""
+    ts = sorted(times)
+    for i in range(len(ts)):
+        for j in range(i, len(ts)):
+            allowed = burst + rate * (ts[j] - ts[i] + SEND_SLACK_S)
+            assert j - i + 1 <= allowed, (
+                f"{j - i + 1} requests within {ts[j] - ts[i]:.3f} s; the bucket allows "
+                f"{allowed:.2f} (rate {rate}/s, burst {burst})"
+            )
+
+
+def _assert_api_window(times: Sequence[float], limit: float) -> None:
+    """As the API counts: no 60 s span of arrivals holds more than ``limit`` requests."""
+    for t in times:
+        assert sum(1 for u in times if t <= u < t + 60.0) <= limit
+
+
+def _record_sends(bridge: Bridge) -> list[float]:
+    """Wrap the bridge's sender so the start of every POST attempt is recorded (monotonic s),
+    refused connections included: the pacing promise is about when the bridge sends; the
+    arrival times at the API add network and event-loop delays on top."""
+    assert bridge.delivery is not None
+    sender = bridge.delivery._sender
+    real_post = sender.post
+    sends: list[float] = []
+
+    async def post(objects: list[dict[str, object]], idempotency_key: str) -> int | None:
+        sends.append(time.monotonic())
+        return await real_post(objects, idempotency_key)
+
+    sender.post = post  # type: ignore[method-assign]
+    return sends
+
+
+def _burst(requests_per_minute: float) -> float:
+    # The bridge promises even spacing: a burst of at most 2, and of 1 below 480/min, where two
+    # back-to-back requests would use more than half of the 0.5 s pacing guard (delivery.py).
+    return max(1.0, min(2.0, requests_per_minute / 240.0))
+
+
+def _by_key(requests: Iterable[RequestRecord]) -> dict[str | None, list[RequestRecord]]:
+    groups: dict[str | None, list[RequestRecord]] = defaultdict(list)
+    for r in requests:
+        groups[r.idempotency_key].append(r)
+    return groups
+
+
+def _body_points(body: object) -> set[tuple[str, str]]:
+    """(device_id, timestamp) of every object in a request body."""
+    assert isinstance(body, list), body
+    return {(str(o["device_id"]), str(o["timestamp"])) for o in body}
+
+
+def _assert_retries_keep_key_and_membership(requests: Sequence[RequestRecord]) -> None:
+    """Every attempt of a batch has its first attempt's Idempotency-Key and body, ends in one
+    201, and no object travels under two keys."""
+    seen: dict[tuple[str, str], str] = {}
+    for key, attempts in _by_key(requests).items():
+        assert key, "a request without an Idempotency-Key"
+        first = attempts[0].body
+        assert all(a.body == first for a in attempts), f"membership changed under key {key}"
+        statuses = [a.status for a in attempts]
+        assert statuses[-1] == 201, (key, statuses)
+        assert statuses.count(201) == 1, (key, statuses)
+        for obj in _body_points(first):
+            other = seen.setdefault(obj, key)
+            assert other == key, f"{obj} was sent under two keys ({other}, {key})"
+
+
+@contextlib.asynccontextmanager
+async def _running_bridge_with_token(
+    settings: Settings, token: Callable[[], str]
+) -> AsyncIterator[Bridge]:
+    """Like `harness.running_bridge`, but with the token source a deployment uses."""
+    bridge = Bridge(settings, load_mappings_text(TEST_MAPPINGS, "test-mappings.yaml"), token)
+    task = asyncio.create_task(bridge.run(), name="test.bridge")
+    try:
+        async with asyncio.timeout(10):
+            await bridge.started()
+            while not (bridge.source and bridge.source.state.subscribed):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        yield bridge
+    finally:
+        bridge.stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+# -- row 5: API down ----------------------------------------------------------------------------
+
+
+async def test_api_down_spools_everything_then_drains_paced_without_duplicates(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """With nothing listening on the API port, intake goes on and the spool grows; when the API
+    comes up every point arrives once and no attempt, failed or not, beat the token bucket."""
+    rpm = 240.0
+    chunk = 200
+    start_ms = int(time.time() * 1000) - 2 * chunk
+    messages = env_messages(2 * chunk, start_ms)
+    port = free_port()
+    settings = make_settings(
+        broker.port,
+        f"http://127.0.0.1:{port}/api/v2",
+        tmp_path / "spool.db",
+        **{"api.requests_per_minute": str(rpm)},
+    )
+    async with running_bridge(settings) as bridge:
+        sends = _record_sends(bridge)
+        depths: list[float] = []
+        for part in (messages[:chunk], messages[chunk:]):
+            await publish(broker.port, part, client_id=f"pub-{len(depths)}")
+            await _wait_committed(bridge, chunk * (len(depths) + 1))
+            depths.append(metric(bridge, "metriqo_bridge_spool_points"))
+        # Attempts are being made and failing: connection refused, not a pause.
+        await _wait_for(
+            lambda: metric(bridge, "metriqo_bridge_api_requests_total", status_class="error") >= 3
+        )
+        assert depths == [4.0 * chunk, 8.0 * chunk]
+        assert metric(bridge, "metriqo_bridge_points_delivered_total") == 0
+        assert metric(bridge, "metriqo_bridge_delivery_paused") == 0
+        assert math.isinf(metric(bridge, "metriqo_bridge_spool_drain_eta_seconds"))
+        assert metric(bridge, "metriqo_bridge_spool_oldest_point_age_seconds") > 0
+        async with LocalApi(token=TOKEN, port=port, rate_limit_per_minute=None) as api:
+            await _wait_delivered(api, expected_env_points(2 * chunk, start_ms))
+            await _wait_drained(bridge)
+            failed = metric(bridge, "metriqo_bridge_api_requests_total", status_class="error")
+            delivered = metric(bridge, "metriqo_bridge_points_delivered_total")
+        requests = api.store.requests
+    _assert_exactly(delivered_points(api.store.points()), expected_env_points(2 * chunk, start_ms))
+    assert delivered == 8 * chunk
+    assert all(r.status == 201 for r in requests)
+    # No POST storm on recovery: every attempt of the run, the refused ones (never seen by the
+    # API) included, fits the bucket's envelope, and the API never saw more than its limit.
+    assert len(sends) == failed + len(requests)
+    _assert_rate_envelope(sends, rpm / 60, _burst(rpm))
+    _assert_api_window([r.received_at for r in requests], rpm)
+
+
+# -- row 7: intermittent 5xx --------------------------------------------------------------------
+
+
+async def test_random_5xx_are_retried_with_the_same_key_and_membership(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """30 % of requests get 500/502/503 and store nothing: each batch is retried with its first
+    Idempotency-Key and body until a 201, and every point arrives exactly once."""
+    n = 1000
+    start_ms = int(time.time() * 1000) - n
+    faults = Faults(error_rate=0.3, rng=random.Random(20240607))
+    async with LocalApi(token=TOKEN, rate_limit_per_minute=None, faults=faults) as api:
+        settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+        async with running_bridge(settings) as bridge:
+            await publish(broker.port, env_messages(n, start_ms))
+            await _wait_delivered(api, expected_env_points(n, start_ms))
+            await _wait_drained(bridge)
+            by_class = {
+                c: metric(bridge, "metriqo_bridge_api_requests_total", status_class=c)
+                for c in ("2xx", "4xx", "5xx", "error")
+            }
+            assert metric(bridge, "metriqo_bridge_points_delivered_total") == 4 * n
+            assert bridge.spool.dead_letter_count() == 0
+        requests = api.store.requests
+    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    failed = [r for r in requests if r.status >= 500]
+    assert failed, "the fault answered nothing"
+    assert {r.status for r in failed} <= {500, 502, 503}
+    assert all(r.fault == "error_rate" and r.points_written == 0 for r in failed)
+    assert by_class == {
+        "2xx": len(requests) - len(failed),
+        "4xx": 0,
+        "5xx": len(failed),
+        "error": 0,
+    }
+    _assert_retries_keep_key_and_membership(requests)
+
+
+async def test_record_then_500_duplicates_only_exact_repeats_of_the_failed_requests(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The API stores a batch and then answers 500: the retry stores it again, so duplicates
+    appear, but only exact repeats and exactly the points of those requests."""
+    n = 1000
+    start_ms = int(time.time() * 1000) - n
+    faults = Faults(record_then_500=0.3, rng=random.Random(7))
+    async with LocalApi(token=TOKEN, rate_limit_per_minute=None, faults=faults) as api:
+        settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+        async with running_bridge(settings) as bridge:
+            await publish(broker.port, env_messages(n, start_ms))
+            await _wait_delivered(api, expected_env_points(n, start_ms))
+            await _wait_drained(bridge)
+            assert metric(bridge, "metriqo_bridge_points_delivered_total") == 4 * n
+        requests = api.store.requests
+    got = delivered_points(api.store.points())
+    assert set(got) == expected_env_points(n, start_ms)
+    _assert_repeats_are_exact(got)
+    recorded_then_failed = [r for r in requests if r.fault == "record_then_500"]
+    assert recorded_then_failed, "the fault answered nothing"
+    assert len(got) - len(set(got)) == sum(r.points_written for r in recorded_then_failed)
+    _assert_retries_keep_key_and_membership(requests)
+
+
+# -- row 8: slow or hanging API -----------------------------------------------------------------
+
+
+async def test_hanging_api_times_out_and_retries_while_intake_goes_on(
+    broker: LocalBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An API that never answers: the read timeout fires and the same batch is retried, at most
+    api.concurrency POSTs are open at once, intake keeps committing; after the API recovers
+    every point arrives once."""
+    concurrency = 2
+    chunk = 150
+    start_ms = int(time.time() * 1000) - 2 * chunk
+    messages = env_messages(2 * chunk, start_ms)
+    port = free_port()
+    store = ApiStore()  # one store across the hung server and its healthy successor
+    settings = make_settings(
+        broker.port,
+        f"http://127.0.0.1:{port}/api/v2",
+        tmp_path / "spool.db",
+        **{
+            "api.read_timeout_s": "0.5",
+            "api.total_timeout_s": "2",
+            "api.concurrency": str(concurrency),
+        },
+    )
+    async with running_bridge(settings) as bridge:
+        assert bridge.delivery is not None
+        sender = bridge.delivery._sender
+        real_post = sender.post
+        open_posts = most_open = 0
+
+        async def counting_post(
+            objects: list[dict[str, object]], idempotency_key: str
+        ) -> int | None:
+            nonlocal open_posts, most_open
+            open_posts += 1
+            most_open = max(most_open, open_posts)
+            try:
+                return await real_post(objects, idempotency_key)
+            finally:
+                open_posts -= 1
+
+        sender.post = counting_post  # type: ignore[method-assign]
+        hang = Faults(hang=True)
+        async with LocalApi(TOKEN, port=port, rate_limit_per_minute=None, store=store, faults=hang):
+            await publish(broker.port, messages[:chunk])
+            # The same batch hung twice: a timeout fired and it was retried.
+            await _wait_for(
+                lambda: any(len(g) >= 2 for g in _by_key(store.requests).values()),
+                what="one batch sent twice",
+            )
+            depth_before = metric(bridge, "metriqo_bridge_spool_points")
+            await publish(broker.port, messages[chunk:], client_id="pub-2")
+            await _wait_committed(bridge, 2 * chunk)
+            assert depth_before == 4 * chunk
+            assert metric(bridge, "metriqo_bridge_spool_points") == 8 * chunk
+            assert metric(bridge, "metriqo_bridge_points_delivered_total") == 0
+            assert metric(bridge, "metriqo_bridge_api_requests_total", status_class="2xx") == 0
+            assert metric(bridge, "metriqo_bridge_api_requests_total", status_class="error") >= 2
+            assert store.point_count() == 0
+        async with LocalApi(TOKEN, port=port, rate_limit_per_minute=None, store=store) as api:
+            await _wait_delivered(api, expected_env_points(2 * chunk, start_ms))
+            await _wait_drained(bridge)
+    hangs = [r for r in store.requests if r.fault == "hang"]
+    assert len(hangs) >= 2
+    assert all(r.status == 0 for r in hangs)
+    assert "API request timed out" in caplog.text
+    _assert_exactly(delivered_points(store.points()), expected_env_points(2 * chunk, start_ms))
+    assert most_open == concurrency, f"{most_open} POSTs were open at once"
+
+
+# -- row 9: a point the API refuses -------------------------------------------------------------
+
+
+async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A batch with one point the API refuses (400) is bisected: only that point's record is
+    dead-lettered as api_rejected with the API's error body; every other point arrives once."""
+    n = 80
+    poison = 666.125  # no env message carries it
+    start_ms = int(time.time() * 1000) - n - 1
+    poison_ts = start_ms + n  # a timestamp of its own, so its record is merged with no other
+    messages = env_messages(n, start_ms)
+    payload = b'{"temp": 666.125, "rh": 1, "power": {"kw": 2.5, "hz": 50}, "ts": %d}' % poison_ts
+    messages.insert(40, ("plant/s0/l0/env", payload))  # mid-batch: batches are 25 messages
+    async with LocalApi(
+        TOKEN, rate_limit_per_minute=None, faults=Faults(poison_value=poison)
+    ) as api:
+        settings = make_settings(
+            broker.port,
+            api.url,
+            tmp_path / "spool.db",
+            # Everything is spooled before a partial batch is cut: full batches of 100 points.
+            **{"batch.linger_s": "1"},
+        )
+        async with running_bridge(settings) as bridge:
+            await publish(broker.port, messages)
+            await _wait_delivered(api, expected_env_points(n, start_ms))
+            await _wait_drained(bridge)
+            dead = bridge.spool.dead_letters()
+            rejected = metric(bridge, "metriqo_bridge_dead_letters_total", reason="api_rejected")
+        requests = api.store.requests
+    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    assert rejected == 1
+    assert len(dead) == 1
+    _at, reason, _rule, _topic, record, detail = dead[0]
+    assert reason == "api_rejected"
+    assert orjson.loads(record) == {
+        "device_id": "s0-l0",
+        "ts_us": poison_ts * 1000,
+        "metrics": {"temp": poison, "rh": 1.0, "kw": 2.5, "hz": 50.0},
+    }
+    api_error = {"error": "bad_request", "message": 'body[0].metrics["temp"]: value rejected'}
+    assert detail == "HTTP 400: " + orjson.dumps(api_error).decode()
+    refused = [r for r in requests if r.status == 400]
+    assert all(r.fault == "poison_value" for r in refused)
+    assert isinstance(refused[0].body, list)
+    assert len(refused[0].body) > 1, "the poison was never in a batch with other points"
+    assert isinstance(refused[-1].body, list)
+    assert len(refused[-1].body) == 1
+    assert all(r.status in (201, 400) for r in requests)
+
+
+# -- rows 9 and 20: token rotated while delivery is paused by 401 -------------------------------
+
+OLD_TOKEN = "mqk_old_0ld-r0tat3d-t0ken"
+NEW_TOKEN = "mqk_new_n3w-r0tat3d-t0ken"
+
+
+def _write_token(path: Path, token: str, how: str) -> None:
+    """Install a token file the way an operator would."""
+    if how == "overwrite":
+        path.write_text(token + "\n", encoding="utf-8")  # keeps the file's 0600 mode
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    os.replace(tmp, path)
+
+
+@pytest.mark.parametrize("how", ["rename", "overwrite"])
+async def test_token_rotated_during_a_401_pause_is_picked_up_without_restart(
+    broker: LocalBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """401s pause delivery (data kept, nothing dead-lettered); writing the new token into
+    api.token_file resumes it without a restart, and neither token shows in logs, metrics or
+    readiness problems."""
+    caplog.set_level(logging.DEBUG)
+    n = 200
+    start_ms = int(time.time() * 1000) - n
+    messages = env_messages(n, start_ms)
+    token_file = tmp_path / "token"
+    _write_token(token_file, OLD_TOKEN, "rename")
+    faults = Faults(unauthorized_until_token=NEW_TOKEN)
+    async with LocalApi(TOKEN, rate_limit_per_minute=None, faults=faults) as api:
+        settings = make_settings(
+            broker.port, api.url, tmp_path / "spool.db", **{"api.token_file": str(token_file)}
+        )
+        async with _running_bridge_with_token(settings, TokenSource(settings)) as bridge:
+            await publish(broker.port, messages[: n // 2])
+            await _wait_for(
+                lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1,
+                what="delivery paused by the 401s",
+            )
+            await publish(broker.port, messages[n // 2 :], client_id="pub-2")  # keeps spooling
+            await _wait_committed(bridge, n)
+            problems = bridge.problems()
+            assert any(p.startswith("delivery paused") for p in problems), problems
+            assert metric(bridge, "metriqo_bridge_spool_points") == 4 * n
+            assert metric(bridge, "metriqo_bridge_points_delivered_total") == 0
+            assert bridge.spool.dead_letter_count() == 0
+            assert api.store.point_count() == 0
+            _write_token(token_file, NEW_TOKEN, how)
+            await _wait_delivered(api, expected_env_points(n, start_ms))
+            await _wait_drained(bridge)
+            assert metric(bridge, "metriqo_bridge_delivery_paused") == 0
+            assert bridge.problems() == []
+            assert bridge.spool.dead_letter_count() == 0
+            exposition = generate_latest(bridge.metrics.registry).decode()
+        requests = api.store.requests
+    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    assert {r.authorization for r in requests} == {f"Bearer {OLD_TOKEN}", f"Bearer {NEW_TOKEN}"}
+    assert all(r.status == 401 for r in requests if r.authorization == f"Bearer {OLD_TOKEN}")
+    assert all(r.status == 201 for r in requests if r.authorization == f"Bearer {NEW_TOKEN}")
+    assert "401" in caplog.text  # the pause was logged, so the logs were captured
+    for secret in (OLD_TOKEN, NEW_TOKEN):
+        assert secret not in caplog.text
+        assert secret not in exposition
+        assert not any(secret in p for p in problems)
+
+
+async def test_rotated_token_file_fixed_by_chmod_is_picked_up(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A rotated token file first refused for its mode (0644) is used once the operator runs
+    the ``chmod 600`` the bridge's error message asks for."""
+    n = 20
+    start_ms = int(time.time() * 1000) - n
+    token_file = tmp_path / "token"
+    _write_token(token_file, OLD_TOKEN, "rename")
+    faults = Faults(unauthorized_until_token=NEW_TOKEN)
+    async with LocalApi(TOKEN, rate_limit_per_minute=None, faults=faults) as api:
+        settings = make_settings(
+            broker.port,
+            api.url,
+            tmp_path / "spool.db",
+            **{"api.token_file": str(token_file), "stop_timeout_s": "1"},
+        )
+        async with _running_bridge_with_token(settings, TokenSource(settings)) as bridge:
+            await publish(broker.port, env_messages(n, start_ms))
+            await _wait_for(
+                lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1,
+                what="delivery paused by the 401s",
+            )
+            tmp = tmp_path / "token.new"
+            tmp.write_text(NEW_TOKEN + "\n", encoding="utf-8")
+            tmp.chmod(0o644)  # a default umask
+            os.replace(tmp, token_file)
+            seen = len(api.store.requests)
+            await _wait_for(lambda: len(api.store.requests) > seen, what="a retry after the rename")
+            token_file.chmod(0o600)
+            await _wait_delivered(api, expected_env_points(n, start_ms), timeout=5)
+
+
+# -- the configured request rate over a whole run -----------------------------------------------
+
+
+async def test_request_rate_over_a_whole_run_stays_within_the_configured_limit(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """With api.requests_per_minute=120 every span of a backlog drain holds at most
+    burst + 2/s x span requests, and the API's own 120/min limiter never answers 429."""
+    rpm = 120
+    n = 500  # 2000 points: about 20 requests, about 10 s at 2/s
+    start_ms = int(time.time() * 1000) - n
+    async with LocalApi(TOKEN, rate_limit_per_minute=rpm) as api:
+        settings = make_settings(
+            broker.port, api.url, tmp_path / "spool.db", **{"api.requests_per_minute": str(rpm)}
+        )
+        async with running_bridge(settings) as bridge:
+            sends = _record_sends(bridge)
+            await publish(broker.port, env_messages(n, start_ms))
+            await _wait_committed(bridge, n)
+            backlog = metric(bridge, "metriqo_bridge_spool_points")
+            await _wait_delivered(api, expected_env_points(n, start_ms), timeout=30)
+            await _wait_drained(bridge)
+            attempts = sum(
+                metric(bridge, "metriqo_bridge_api_requests_total", status_class=c)
+                for c in ("2xx", "4xx", "5xx", "error")
+            )
+            paused = metric(bridge, "metriqo_bridge_api_rate_limited_pause_seconds_total")
+        requests = api.store.requests
+    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    assert backlog >= 1000, "no backlog: the run never pressed against the bucket"
+    assert 15 <= len(requests) <= 25
+    assert attempts == len(requests)
+    assert [r.status for r in requests] == [201] * len(requests)  # never a 429
+    assert paused == 0
+    assert len(sends) == len(requests)
+    _assert_api_window([r.received_at for r in requests], rpm)
+    _assert_rate_envelope(sends, rpm / 60, _burst(rpm))
