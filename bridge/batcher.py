@@ -29,10 +29,12 @@ class Batch:
 
     @property
     def idempotency_key(self) -> str:
-        """Same for every attempt of this batch, also after a restart (built from seqs)."""
+        """Same for every attempt of this batch, also after a restart: built from the seqs and
+        metric names, since a refused record is retried as parts holding some of its metrics."""
         h = hashlib.blake2b(digest_size=12)
         for r in self.records:
             h.update(r.seq.to_bytes(8, "big"))
+            h.update("\x00".join(sorted(r.metrics)).encode("utf-8", "surrogatepass") + b"\x01")
         return h.hexdigest()
 
     def body_objects(self) -> list[dict[str, object]]:

@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 from bridge.backoff import Backoff
@@ -24,7 +25,7 @@ from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
 from bridge.ratelimit import TokenBucket
 from bridge.sender import Sender
-from bridge.spool import AsyncSpool
+from bridge.spool import AsyncSpool, SpooledRecord
 
 log = logging.getLogger(__name__)
 _PACING_GUARD_S = 0.5
@@ -202,6 +203,15 @@ class Delivery:
             self._slots.release()
 
     async def _deliver(self, batch: Batch) -> None:
+        written, refusal = await self._send(batch)
+        if refusal is None:
+            await self._accepted(batch, written)
+        else:
+            await self._after_permanent(batch, refusal)
+
+    async def _send(self, batch: Batch) -> tuple[int | None, PermanentDelivery | None]:
+        """POST ``batch`` until the API accepts it (its ``points_written``) or refuses it for
+        good (the refusal); retryable failures are retried here without a limit."""
         objects = batch.body_objects()
         backoff = Backoff(*self._retry, rng=self._rng)
         while True:
@@ -217,12 +227,10 @@ class Delivery:
             except PermanentDelivery as exc:
                 self._m.request_duration.observe(self._clock() - started)
                 self._count_request(exc.status)
-                await self._after_permanent(batch, exc)
-                return
+                return None, exc
             self._m.request_duration.observe(self._clock() - started)
             self._count_request(201)
-            await self._accepted(batch, written)
-            return
+            return written, None
 
     def _note_delivered(self, points: int) -> None:
         now = self._clock()
@@ -299,6 +307,9 @@ class Delivery:
             for part in (batch.records[:half], batch.records[half:]):
                 await self._deliver(Batch(part, sum(r.points for r in part)))
             return
+        if batch.points > 1 and exc.status in (400, 413, 422):
+            await self._isolate_metrics(batch.records[0], exc)
+            return
         detail = f"HTTP {exc.status}: {exc.body}"
         await self._spool.run(self._spool.spool.reject, batch.seqs, "api_rejected", detail)
         self._on_freed()
@@ -307,6 +318,47 @@ class Delivery:
             "API rejected %d point(s) of device %r permanently; moved to dead letters: %s",
             batch.points,
             batch.records[0].device_id,
+            detail,
+        )
+
+    async def _isolate_metrics(self, record: SpooledRecord, exc: PermanentDelivery) -> None:
+        """The API refused one record of several metrics: bisect its metrics so the good ones
+        are delivered and only the refused ones are dead-lettered, then settle the record in
+        one spool transaction. A crash midway re-sends the record whole (identical points)."""
+        refused: dict[str, float] = {}
+        answers: list[str] = []
+
+        async def probe(names: list[str], refusal: PermanentDelivery | None) -> None:
+            if refusal is None:
+                part = replace(record, metrics={k: record.metrics[k] for k in names})
+                _written, refusal = await self._send(Batch((part,), len(names)))
+                if refusal is None:
+                    return
+            if len(names) == 1 or refusal.status not in (400, 413, 422):
+                refused.update({k: record.metrics[k] for k in names})
+                answers.append(f"HTTP {refusal.status}: {refusal.body}")
+                return
+            half = len(names) // 2
+            await probe(names[:half], None)
+            await probe(names[half:], None)
+
+        await probe(sorted(record.metrics), exc)
+        detail = "; ".join(dict.fromkeys(answers))
+        await self._spool.run(
+            self._spool.spool.settle_partly, record.seq, refused, "api_rejected", detail
+        )
+        self._on_freed()
+        delivered = record.points - len(refused)
+        self._m.points_delivered.inc(delivered)
+        self._note_delivered(delivered)
+        self._m.dead_letters.labels("api_rejected").inc()
+        log.error(
+            "API rejected %d of %d point(s) of device %r permanently (%s); delivered the rest, "
+            "moved those to dead letters: %s",
+            len(refused),
+            record.points,
+            record.device_id,
+            ", ".join(sorted(refused)),
             detail,
         )
 

@@ -718,6 +718,43 @@ class Spool:
         self._refresh_oldest()
         self._refresh_size()
 
+    def settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
+        """The API accepted some metrics of record ``seq`` and refused ``refused``: in one
+        transaction dead-letter the refused ones (as a record of just those) and delete the
+        record, counting the rest as delivered."""
+        db = self._conn
+        with self._transaction("delete"):
+            row = db.execute(
+                "SELECT rid, device_id, ts_us, n, received_us FROM records WHERE seq = ?", (seq,)
+            ).fetchone()
+            if row is None:
+                return
+            rid, device, ts_us, n, received_us = row
+            if refused:
+                payload = orjson.dumps({"device_id": device, "ts_us": ts_us, "metrics": refused})
+                db.execute(
+                    "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+                    " detail) VALUES (?, ?, '', '', ?, ?, ?)",
+                    (received_us, reason, payload, len(payload), detail),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO delivered_ids (rid, at_us) VALUES (?, ?)",
+                (rid, int(self._clock() * 1_000_000)),
+            )
+            db.execute("DELETE FROM records WHERE seq = ?", (seq,))
+            delivered = int(n) - len(refused)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('delivered_points', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (delivered,),
+            )
+        self._handed_out.discard(seq)
+        self.depth_records -= 1
+        self.depth_points -= int(n)
+        self.delivered_points_total += delivered
+        self._refresh_oldest()
+        self._refresh_size()
+
     # -- reads for tools and tests ---------------------------------------------------------
 
     def dead_letters(self, limit: int = 1000) -> list[tuple[int, str, str, str, bytes, str]]:

@@ -373,8 +373,9 @@ async def test_hanging_api_times_out_and_retries_while_intake_goes_on(
 async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    """A batch with one point the API refuses (400) is bisected: only that point's record is
-    dead-lettered as api_rejected with the API's error body; every other point arrives once."""
+    """A batch with one point the API refuses (400) is bisected down to that record, then to
+    that metric: only the refused point is dead-lettered as api_rejected with the API's error
+    body; every other point, its own message's other metrics included, arrives once."""
     n = 80
     poison = 666.125  # no env message carries it
     start_ms = int(time.time() * 1000) - n - 1
@@ -382,6 +383,11 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
     messages = env_messages(n, start_ms)
     payload = b'{"temp": 666.125, "rh": 1, "power": {"kw": 2.5, "hz": 50}, "ts": %d}' % poison_ts
     messages.insert(40, ("plant/s0/l0/env", payload))  # mid-batch: batches are 25 messages
+    want = expected_env_points(n, start_ms) | {
+        ("s0-l0", "rh", poison_ts, 1.0),
+        ("s0-l0", "kw", poison_ts, 2.5),
+        ("s0-l0", "hz", poison_ts, 50.0),
+    }
     async with LocalApi(
         TOKEN, rate_limit_per_minute=None, faults=Faults(poison_value=poison)
     ) as api:
@@ -394,12 +400,12 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
         )
         async with running_bridge(settings) as bridge:
             await publish(broker.port, messages)
-            await _wait_delivered(api, expected_env_points(n, start_ms))
+            await _wait_delivered(api, want)
             await _wait_drained(bridge)
             dead = bridge.spool.dead_letters()
             rejected = metric(bridge, "metriqo_bridge_dead_letters_total", reason="api_rejected")
         requests = api.store.requests
-    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    _assert_exactly(delivered_points(api.store.points()), want)
     assert rejected == 1
     assert len(dead) == 1
     _at, reason, _rule, _topic, record, detail = dead[0]
@@ -407,7 +413,7 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
     assert orjson.loads(record) == {
         "device_id": "s0-l0",
         "ts_us": poison_ts * 1000,
-        "metrics": {"temp": poison, "rh": 1.0, "kw": 2.5, "hz": 50.0},
+        "metrics": {"temp": poison},
     }
     api_error = {"error": "bad_request", "message": 'body[0].metrics["temp"]: value rejected'}
     assert detail == "HTTP 400: " + orjson.dumps(api_error).decode()
@@ -416,7 +422,13 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
     assert isinstance(refused[0].body, list)
     assert len(refused[0].body) > 1, "the poison was never in a batch with other points"
     assert isinstance(refused[-1].body, list)
-    assert len(refused[-1].body) == 1
+    assert refused[-1].body == [
+        {
+            "device_id": "s0-l0",
+            "timestamp": refused[-1].body[0]["timestamp"],  # type: ignore[index,call-overload]
+            "metrics": {"temp": poison},
+        }
+    ]
     assert all(r.status in (201, 400) for r in requests)
 
 

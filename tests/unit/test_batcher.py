@@ -139,12 +139,17 @@ def test_single_object_mode_still_respects_max_points() -> None:
     assert batch.seqs == [1]
 
 
-def test_idempotency_key_depends_only_on_seqs() -> None:
-    """The same seqs give the same key (across retries and restarts); other seqs another key."""
+def test_idempotency_key_depends_only_on_seqs_and_metric_names() -> None:
+    """The same seqs and metric names give the same key (across retries and restarts); other
+    seqs, or a part of a record's metrics (a refused record is bisected), another key."""
     a = take_batch([sr(1), sr(2)], 100)
-    same_seqs_other_content = Batch((sr(1, 5, device="x"), sr(2, 3)), 8)
+    same_seqs_other_values = Batch((sr(1, 1, device="x"), sr(2)), 2)
     assert a.idempotency_key == take_batch([sr(1), sr(2)], 100).idempotency_key
-    assert a.idempotency_key == same_seqs_other_content.idempotency_key
+    assert a.idempotency_key == same_seqs_other_values.idempotency_key
+    whole = Batch((sr(5, 4),), 4)
+    part = Batch((SpooledRecord(5, "d1", T0_US, {"m0": 5.0, "m1": 6.0}, T0_US),), 2)
+    rest = Batch((SpooledRecord(5, "d1", T0_US, {"m2": 7.0, "m3": 8.0}, T0_US),), 2)
+    assert len({whole.idempotency_key, part.idempotency_key, rest.idempotency_key}) == 3
     keys = {
         a.idempotency_key,
         take_batch([sr(1)], 100).idempotency_key,

@@ -616,3 +616,27 @@ def test_rejected_records_keep_their_stored_size(spool: Spool) -> None:
     spool.reject([r.seq for r in spool.fetch(0, 10)], "api_rejected", "HTTP 400: no")
     row = spool.find_dead_letters(DeadLetterFilter(("api_rejected",)))[0]
     assert row.payload_size == len(row.payload) > 0
+
+
+def test_settle_partly_delivers_the_rest_and_dead_letters_only_the_refused(spool: Spool) -> None:
+    """One transaction: the refused metrics become a dead letter, the record leaves the spool,
+    the others count as delivered and the record's id is remembered against redelivery."""
+    spool.commit([rec(1, n=4)], [])
+    (waiting,) = spool.fetch(0, 10)
+    spool.hand_out([waiting.seq])
+    spool.settle_partly(waiting.seq, {"m2": 12.0}, "api_rejected", "HTTP 400: m2 out of range")
+    assert (spool.depth_records, spool.depth_points, spool.delivered_points_total) == (0, 0, 3)
+    (letter,) = spool.find_dead_letters(DeadLetterFilter())
+    assert orjson.loads(letter.payload) == {
+        "device_id": "d1",
+        "ts_us": rec(1).ts_us,
+        "metrics": {"m2": 12.0},
+    }
+    assert (letter.reason, letter.detail) == ("api_rejected", "HTTP 400: m2 out of range")
+    assert spool.commit([rec(1, n=4)], []).records_duplicate == 1  # a redelivery is discarded
+    spool.settle_partly(waiting.seq, {}, "api_rejected", "")  # already settled: a no-op
+    again = reopen(spool)
+    try:
+        assert again.delivered_points_total == 3
+    finally:
+        again.close()
