@@ -9,9 +9,7 @@ within about a second (it watches the spool's data version).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -180,15 +178,11 @@ def run(args: argparse.Namespace, overrides: dict[str, str]) -> int:
                 dry_run=args.dry_run,
                 drop_ignored=args.drop_ignored,
             )
-        try:
-            if args.dl_command == "list":
-                return list_dead_letters(
-                    spool, which, sys.stdout, sys.stderr, limit=args.limit, as_json=args.json
-                )
-            return _export(spool, which, args.output, args.limit)
-        except BrokenPipeError:
-            _silence_stdout()  # "| head" closed the pipe: stop quietly, as other tools do
-            return 0
+        if args.dl_command == "list":
+            return list_dead_letters(
+                spool, which, sys.stdout, sys.stderr, limit=args.limit, as_json=args.json
+            )
+        return _export(spool, which, args.output, args.limit)
     finally:
         spool.close()
 
@@ -207,14 +201,6 @@ def _export(spool: Spool, which: DeadLetterFilter, output: Path | None, limit: i
         return 1
     print(f"exported {n} dead letter(s) to {output}", file=sys.stderr)
     return 0
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def pages(
