@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge import failpoints
 from bridge.delivery import Delivery
 from bridge.errors import ConfigError, SpoolError
 from bridge.intake import Intake, Pending
@@ -52,6 +53,7 @@ class Bridge:
         metrics: BridgeMetrics | None = None,
         mappings_path: Path | None = None,
     ) -> None:
+        failpoints.arm_from_env()  # inert unless METRIQO_BRIDGE_FAILPOINTS is set (tests only)
         self.settings = settings
         self.metrics = metrics or BridgeMetrics()
         self.mapper = make_mapper(rules, self.settings)
@@ -337,6 +339,7 @@ class Bridge:
                 self.metrics.spool_full.set(0)
                 log.info("spool has space again; acknowledging MQTT messages")
                 full_since = None
+            failpoints.hit("after_commit_before_puback")
             self._acknowledge(batch)
             self._count(batch, result)
             if result.points_dropped:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
+from bridge import failpoints
 from bridge.backoff import Backoff
 from bridge.batcher import Batch, take_batch
 from bridge.errors import PermanentDelivery, RetryableDelivery
@@ -205,6 +206,7 @@ class Delivery:
     async def _deliver(self, batch: Batch) -> None:
         written, refusal = await self._send(batch)
         if refusal is None:
+            failpoints.hit("after_2xx_before_delete")
             await self._accepted(batch, written)
         else:
             await self._after_permanent(batch, refusal)

@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge import failpoints
 from bridge.mapping import Mapper
 from bridge.metrics import BridgeMetrics
 from bridge.points import DeadLetter, Record
@@ -147,6 +148,7 @@ class Intake:
         self._pending.append(
             Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead)
         )
+        failpoints.hit("after_receive_before_commit")
         self._ready.set()
 
     async def wait(self) -> None:

@@ -24,6 +24,8 @@ from bridge.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 
 ENV_PREFIX = "METRIQO_BRIDGE_"
 _ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}
+# Read elsewhere: the settings file path, and test failpoints (bridge/failpoints.py).
+_ENV_NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAILPOINTS"})
 
 
 class _Section(BaseModel):
@@ -162,7 +164,7 @@ def load_settings(
             _put(merged, path, value)
             origin[path] = f"{file}:{index.line_of(path)}"
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
             continue
         rest = name[len(ENV_PREFIX) :]
         path = _ENV_ALIASES.get(rest) or tuple(p.lower() for p in rest.split("__"))
