@@ -60,6 +60,7 @@ class Bridge:
         self.metrics.config_last_reload_time.set(time.time())
         self._mappings_path = mappings_path
         self._reload_requested = asyncio.Event()
+        self._full_since: float | None = None  # while intake waits for spool (or disk) space
         self.intake = Intake(self.mapper, self.metrics)
         self.spool = Spool(
             settings.spool.path,
@@ -67,6 +68,7 @@ class Bridge:
             synchronous=settings.spool.synchronous,
             dedup_window_s=settings.spool.dedup_window_s,
             when_full=settings.spool.when_full,
+            reserve_bytes=settings.spool.reserve_bytes,
         )
         self._token = token
         self._password = mqtt_password
@@ -149,7 +151,10 @@ class Bridge:
             self.delivery.notify(added)
         while True:
             now_us = int(time.time() * 1_000_000)
-            added = await aspool.run(self.spool.flush_coalesced, now_us, grace_us)
+            try:
+                added = await aspool.run(self.spool.flush_coalesced, now_us, grace_us)
+            except SpoolFull:
+                added = 0  # the windows stay in the spool and close once there is room
             self.delivery.notify(added)
             requeued = await aspool.run(self.spool.external_changes)
             if requeued > 0:
@@ -305,7 +310,6 @@ class Bridge:
     async def _commit_loop(self, aspool: AsyncSpool) -> None:
         assert self.source is not None and self.delivery is not None
         limit = self.settings.spool.commit_max_messages
-        full_since: float | None = None
         while True:
             await self.intake.wait()
             batch = self.intake.take(limit)
@@ -315,8 +319,8 @@ class Bridge:
                 result = await aspool.run(self.spool.commit, records, dead)
             except SpoolFull as exc:
                 self.intake.put_back(batch)
-                if full_since is None:
-                    full_since = time.monotonic()
+                if self._full_since is None:
+                    self._full_since = time.monotonic()
                     self.metrics.spool_full.set(1)
                 self._throttle.log(
                     log,
@@ -334,11 +338,11 @@ class Bridge:
             except SpoolError:
                 log.critical("spool write failed; stopping without acknowledging the messages")
                 raise
-            if full_since is not None:
-                self.metrics.intake_paused_seconds.inc(time.monotonic() - full_since)
+            if self._full_since is not None:
+                self.metrics.intake_paused_seconds.inc(time.monotonic() - self._full_since)
                 self.metrics.spool_full.set(0)
                 log.info("spool has space again; acknowledging MQTT messages")
-                full_since = None
+                self._full_since = None
             failpoints.hit("after_commit_before_puback")
             self._acknowledge(batch)
             self._count(batch, result)
@@ -421,7 +425,7 @@ class Bridge:
             out.append(f"mqtt not connected: {detail}" if detail else "mqtt not connected")
         elif not self.source.state.subscribed:
             out.append("mqtt subscriptions not yet acknowledged")
-        if self.spool.full:
+        if self.spool.full or self._full_since is not None:
             out.append("spool full")
         if self.delivery is not None and self.delivery.paused_reason:
             out.append(f"delivery paused: {self.delivery.paused_reason}")

@@ -26,7 +26,7 @@ from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
 from bridge.ratelimit import TokenBucket
 from bridge.sender import Sender
-from bridge.spool import AsyncSpool, SpooledRecord
+from bridge.spool import AsyncSpool, SpooledRecord, SpoolFull
 
 log = logging.getLogger(__name__)
 _PACING_GUARD_S = 0.5
@@ -144,10 +144,39 @@ class Delivery:
             seqs, self._done = self._done, []
             self._deleting = True
             try:
-                await self._spool.run(self._spool.spool.delivered, seqs)
+                # On a full disk a smaller transaction may still fit: split down to one record.
+                size = len(seqs)
+                while seqs:
+                    if not await self._settle(self._spool.spool.delivered, seqs[:size]):
+                        size = max(1, size // 4)
+                        continue
+                    seqs = seqs[size:]
+                    self._on_freed()
             finally:
                 self._deleting = False
-            self._on_freed()
+
+    async def _settle(self, write: Callable[..., None], *args: object, retry: bool = False) -> bool:
+        """Run a spool write that frees space (a delete, a move to the dead letters); False if
+        the disk is full even after the spool gave its reserve back, unless ``retry``: then it
+        tries every second until it succeeds. The records stay handed out meanwhile: neither
+        re-sent nor lost."""
+        while True:
+            try:
+                await self._spool.run(write, *args)
+            except SpoolFull as exc:
+                self._throttle.log(
+                    log,
+                    logging.ERROR,
+                    "settle-full",
+                    "disk full: cannot record delivered points in the spool (%s); retrying "
+                    "every second — free disk space",
+                    exc,
+                )
+                await asyncio.sleep(1.0)
+                if retry:
+                    continue
+                return False
+            return True
 
     async def _next_batch(self) -> Batch:
         while True:
@@ -313,7 +342,7 @@ class Delivery:
             await self._isolate_metrics(batch.records[0], exc)
             return
         detail = f"HTTP {exc.status}: {exc.body}"
-        await self._spool.run(self._spool.spool.reject, batch.seqs, "api_rejected", detail)
+        await self._settle(self._spool.spool.reject, batch.seqs, "api_rejected", detail, retry=True)
         self._on_freed()
         self._m.dead_letters.labels("api_rejected").inc(len(batch.records))
         log.error(
@@ -346,8 +375,8 @@ class Delivery:
 
         await probe(sorted(record.metrics), exc)
         detail = "; ".join(dict.fromkeys(answers))
-        await self._spool.run(
-            self._spool.spool.settle_partly, record.seq, refused, "api_rejected", detail
+        await self._settle(
+            self._spool.spool.settle_partly, record.seq, refused, "api_rejected", detail, retry=True
         )
         self._on_freed()
         delivered = record.points - len(refused)

@@ -102,6 +102,8 @@ class SpoolSettings(_Section):
     # At the cap: withhold MQTT acknowledgements (the broker keeps the messages) or delete the
     # oldest waiting points, counted in points_dropped_total{reason="spool_full"}.
     when_full: Literal["back-pressure", "drop-oldest"] = "back-pressure"
+    # Disk kept free beside the spool for the deletes that free space when the disk fills.
+    reserve_bytes: int = Field(8 << 20, ge=0)
 
 
 class MappingSettings(_Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -26,6 +27,7 @@ from typing import Literal, ParamSpec, TypeVar
 import orjson
 
 from bridge.errors import SpoolError, SpoolLocked
+from bridge.logs import LogThrottle
 from bridge.points import DeadLetter, Record
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,27 @@ class DeadLetterFilter:
         return (" AND ".join(terms) or "1"), args
 
 
+_Method = TypeVar("_Method", bound=Callable[..., None])
+
+
+def _frees_space(method: _Method) -> _Method:
+    """For writes that free space (deletes): on a full disk, release the reserve and try once
+    more, so delivery can go on and intake can resume. Still full → SpoolFull to the caller."""
+
+    @functools.wraps(method)
+    def wrapper(self: Spool, *args: object, **kwargs: object) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except SpoolFull:
+            if not self.release_reserve():
+                raise
+            method(self, *args, **kwargs)
+        if self.reserve_missing:
+            self._reclaim()
+
+    return wrapper  # type: ignore[return-value]
+
+
 class Spool:
     """Blocking SQLite spool. See the module docstring for the guarantees."""
 
@@ -181,11 +204,19 @@ class Spool:
         synchronous: Synchronous = "FULL",
         dedup_window_s: float = 900.0,
         when_full: WhenFull = "back-pressure",
+        reserve_bytes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.dedup_window_s = dedup_window_s
         self.when_full = when_full
+        # A file of this size beside the spool, given back to the filesystem when the disk is
+        # full: in WAL mode even a DELETE needs new pages, so without it a full disk would
+        # also stop the deletes that free space.
+        self.reserve_bytes = reserve_bytes
+        self.reserve_path = path.with_name(path.name + ".reserve")
+        self._reserve_ok = False
+        self._throttle = LogThrottle(30.0)
         self._next_prune = 0.0
         self.max_bytes = max_bytes
         self.synchronous = synchronous
@@ -213,6 +244,7 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create spool directory {self.path.parent}: {exc}") from exc
         self._lock()
+        self.ensure_reserve()
         try:
             try:
                 self._db = self._connect()
@@ -259,6 +291,67 @@ class Spool:
             self.close()
             raise
 
+    def ensure_reserve(self, *, quiet: bool = False) -> bool:
+        """Create (or re-create after a release) the reserve file; False if the disk has no
+        room for it now (logged unless ``quiet``), or none is configured."""
+        if self.reserve_bytes <= 0:
+            return False
+        with contextlib.suppress(OSError):
+            if self.reserve_path.stat().st_size >= self.reserve_bytes:
+                self._reserve_ok = True
+                return True
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)  # real blocks, not a sparse file
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.reserve_path.unlink()
+            if not quiet:
+                log.warning(
+                    "cannot reserve %d bytes beside the spool (%s); retrying later",
+                    self.reserve_bytes,
+                    exc.strerror,
+                )
+            return False
+        self._reserve_ok = True
+        return True
+
+    def release_reserve(self) -> bool:
+        """Give the reserve back to the filesystem; False if there was none to give."""
+        self._reserve_ok = False
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error("cannot release the spool's disk reserve %s: %s", self.reserve_path, exc)
+            return False
+        self._throttle.log(
+            log,
+            logging.ERROR,
+            "reserve",
+            "disk full: released the %d-byte reserve beside the spool so delivered points can "
+            "be deleted; free disk space (the reserve is re-created once there is room)",
+            self.reserve_bytes,
+        )
+        return True
+
+    @property
+    def reserve_missing(self) -> bool:
+        """True when a reserve is configured but not in place (released, or no room for it)."""
+        return self.reserve_bytes > 0 and not self._reserve_ok
+
+    def _reclaim(self) -> None:
+        """Give the disk space of deleted points back to the filesystem: free pages out of the
+        database file, then the WAL copied in and truncated. Best effort, for a full disk."""
+        with contextlib.suppress(sqlite3.Error):
+            # executescript steps the pragma to the end; execute() would free a single page.
+            self._conn.executescript("PRAGMA incremental_vacuum;")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def close(self) -> None:
         """Close the database and release the lock (idempotent)."""
         if self._db is not None:
@@ -290,7 +383,13 @@ class Spool:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
+        new = not self.path.exists() or self.path.stat().st_size == 0
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if new:
+            # Lets a full disk get back the pages of delivered points (see _reclaim). Only
+            # possible on an empty file; older spools keep their pages (a damaged file is never
+            # written to: it is moved aside as it is).
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
@@ -388,6 +487,11 @@ class Spool:
             SpoolFull: the cap is reached or the disk is full; nothing was written.
             SpoolError: any other write failure (the caller must stop: never ack after it).
         """
+        if self.reserve_missing and not self.ensure_reserve(quiet=True):
+            # Intake must never eat the space the deletes need: it waits for the reserve.
+            self._reclaim()
+            if not self.ensure_reserve(quiet=True):
+                raise SpoolFull("disk full: waiting for room to re-create the spool's reserve")
         dropped = 0
         if self.full and not self._shrink_dedup_ids():
             if self.when_full == "drop-oldest":
@@ -400,7 +504,7 @@ class Spool:
         if any(r.coalesce is not None for r in records):
             folded = [r for r in records if r.coalesce is not None]
             records = [r for r in records if r.coalesce is None]
-        with self._transaction("write", full_means_back_pressure=True):
+        with self._transaction("write"):
             if folded:
                 self._fold(db, folded)
             top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
@@ -589,13 +693,12 @@ class Spool:
         return dropped
 
     @contextlib.contextmanager
-    def _transaction(
-        self, what: str, *, full_means_back_pressure: bool = False
-    ) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE … COMMIT``, rolled back on any error and translated once.
 
         Raises:
-            SpoolFull: the disk is full, where the caller treats that as back-pressure.
+            SpoolFull: the disk is full (intake treats that as back-pressure; the deletes
+                that would free space retry after releasing the reserve, see _frees_space).
             SpoolError: any other SQLite failure (the caller must not acknowledge after it).
         """
         db = self._conn
@@ -605,7 +708,7 @@ class Spool:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            if full_means_back_pressure and _is_full(exc):
+            if _is_full(exc):
                 raise SpoolFull(f"disk full while writing the spool: {exc}") from exc
             raise SpoolError(f"spool {what} failed: {exc}") from exc
         except BaseException:
@@ -639,6 +742,7 @@ class Spool:
         """Mark records as taken by a request until :meth:`delivered` or :meth:`reject`."""
         self._handed_out.update(seqs)
 
+    @_frees_space
     def delivered(self, seqs: Sequence[int]) -> None:
         """Delete delivered records, remember their ids and count them, in one transaction.
 
@@ -684,6 +788,7 @@ class Spool:
         self._refresh_oldest()
         self._refresh_size()
 
+    @_frees_space
     def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """Move records the API refused to the dead letters, in one transaction."""
         if not seqs:
@@ -718,6 +823,7 @@ class Spool:
         self._refresh_oldest()
         self._refresh_size()
 
+    @_frees_space
     def settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
         """The API accepted some metrics of record ``seq`` and refused ``refused``: in one
         transaction dead-letter the refused ones (as a record of just those) and delete the

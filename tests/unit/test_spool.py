@@ -640,3 +640,40 @@ def test_settle_partly_delivers_the_rest_and_dead_letters_only_the_refused(spool
         assert again.delivered_points_total == 3
     finally:
         again.close()
+
+
+def test_reserve_is_real_disk_released_once_and_recreated(path: Path) -> None:
+    """The reserve beside the spool occupies real blocks (not a sparse file), is given back
+    once on demand, and comes back when asked while there is room."""
+    s = Spool(path, reserve_bytes=1 << 20, clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        st = s.reserve_path.stat()
+        assert st.st_size == 1 << 20
+        assert st.st_blocks * 512 >= 1 << 20
+        assert not s.reserve_missing
+        assert s.release_reserve()
+        assert s.reserve_missing
+        assert not s.release_reserve()  # nothing left to give
+        assert s.ensure_reserve()
+        assert s.reserve_path.stat().st_size == 1 << 20
+    finally:
+        s.close()
+
+
+def test_no_reserve_by_default_for_the_class(spool: Spool) -> None:
+    """Tools and tests that open a Spool directly get no reserve file."""
+    assert not spool.reserve_path.exists()
+    assert not spool.reserve_missing
+
+
+def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> None:
+    """A new spool file is created with incremental auto-vacuum, so deleted points' pages can
+    be returned to the filesystem when the disk fills."""
+    assert spool._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    spool.commit([rec(i, n=4) for i in range(2000)], [])
+    size = spool.path.stat().st_size + Path(str(spool.path) + "-wal").stat().st_size
+    spool.delivered([r.seq for r in spool.fetch(0, 5000)])
+    spool._reclaim()
+    after = spool.path.stat().st_size + Path(str(spool.path) + "-wal").stat().st_size
+    assert after < size / 2

@@ -1,0 +1,165 @@
+"""Row 12: the spool's filesystem really fills up.
+
+The bridge runs as a subprocess in its own mount namespace (``unshare -rm``) with its spool
+directory on a private 12 MiB tmpfs, so SQLite gets a real ``SQLITE_FULL`` — for the intake's
+inserts, and in WAL mode also for the deletes that would free space. The API is down while a
+backlog fills the disk, then comes up. Expected: back-pressure while full (the broker keeps the
+rest), no crash, the reserve file given back so the deletes can run, intake resuming by itself,
+every point delivered once, and an intact spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bridge.apiserver import LocalApi
+from bridge.broker import LocalBroker, free_port
+from tests.conftest import REPO, TOKEN
+from tests.integration.harness import (
+    TEST_MAPPINGS,
+    Publisher,
+    delivered_points,
+    env_messages,
+    expected_env_points,
+)
+
+_INTEGRITY = (
+    "import sqlite3, sys; "
+    "print('INTEGRITY', sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check')"
+    ".fetchone()[0])"
+)
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _unshare_works(), reason="needs unshare -rm (user + mount namespaces) for a real tmpfs"
+)
+
+
+def _metric(http_port: int, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def _ready_problems(http_port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as r:
+            body: bytes = r.read()
+            return body.decode()
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode())
+    except OSError as exc:
+        return str(exc)
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def _until(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.2)
+
+
+async def test_a_full_disk_pauses_intake_then_drains_without_loss_or_corruption(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    n = 40000  # about 10 MB of spool: more than the 6 MiB left beside the reserve
+    start_ms = int(time.time() * 1000) - n
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    spool = spool_dir / "bridge.db"
+    mappings = tmp_path / "mappings.yaml"
+    mappings.write_text(TEST_MAPPINGS, encoding="utf-8")
+    api_port, http_port = free_port(), free_port()
+    settings = {
+        "mqtt.port": broker.port,
+        "mqtt.reconnect_max_s": 1,
+        "api.base_url": f"http://127.0.0.1:{api_port}/api/v2",
+        "api.retry_max_s": 1,
+        "api.requests_per_minute": 1_000_000,
+        "batch.linger_s": 0.2,
+        "spool.path": spool,
+        "spool.reserve_bytes": 6 << 20,
+        "http.port": http_port,
+        "mapping.file": mappings,
+    }
+    bridge = [sys.executable, "-m", "bridge", "run"]
+    for key, value in settings.items():
+        bridge += ["--set", f"{key}={value}"]
+    script = (
+        f'mount -t tmpfs -o size=12m tmpfs "{spool_dir}" || exit 97; '
+        # The shell passes SIGTERM on to the bridge, then checks the spool it leaves behind.
+        "\"$@\" & child=$!; trap 'kill -TERM $child' TERM; "
+        "wait $child; rc=$?; [ $rc -gt 128 ] && { wait $child; rc=$?; }; "
+        f'df -k "{spool_dir}" | tail -1; '
+        f'"{sys.executable}" -c "{_INTEGRITY}" "{spool}"; exit $rc'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
+    env["METRIQO_BRIDGE_TOKEN"] = TOKEN
+    log = tmp_path / "bridge.log"
+    proc = _start(["unshare", "-rm", "sh", "-c", script, "sh", *bridge], env, log)
+    publisher = Publisher(broker.port)
+    try:
+        await _until(lambda: _metric(http_port, "metriqo_bridge_mqtt_connected") == 1, 20, "up")
+        publishing = asyncio.create_task(
+            asyncio.to_thread(publisher.publish_all, env_messages(n, start_ms))
+        )
+        await _until(
+            lambda: _metric(http_port, "metriqo_bridge_spool_full") == 1, 60, "disk never filled"
+        )
+        committed = _metric(http_port, "metriqo_bridge_messages_committed_total")
+        assert committed is not None
+        assert committed < n
+        assert "spool full" in _ready_problems(http_port)
+        await asyncio.sleep(1.0)
+        assert proc.poll() is None, log.read_text()
+        assert _metric(http_port, "metriqo_bridge_messages_committed_total") == committed
+        async with LocalApi(token=TOKEN, port=api_port, rate_limit_per_minute=None) as api:
+            await publishing
+            await _until(lambda: api.store.point_count() >= 4 * n, 120, "backlog not drained")
+            await _until(
+                lambda: _metric(http_port, "metriqo_bridge_spool_points") == 0, 30, "spool busy"
+            )
+            assert proc.poll() is None, log.read_text()
+            got = delivered_points(api.store.points())
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        publisher.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    output = log.read_text(errors="replace")
+    assert sorted(got) == sorted(expected_env_points(n, start_ms)), "lost or duplicated points"
+    assert "INTEGRITY ok" in output, output[-3000:]
+    assert "released the" in output  # the reserve was given back for the deletes
+    assert "Traceback" not in output, output[-3000:]
+    assert TOKEN not in output
