@@ -136,8 +136,9 @@ class Publisher:
         return len(infos)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # Disconnect first: loop_stop() on a connected client waits about a second.
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 async def publish(
@@ -148,7 +149,7 @@ async def publish(
     try:
         return await asyncio.to_thread(pub.publish_all, messages)
     finally:
-        pub.close()
+        await asyncio.to_thread(pub.close)  # off the loop: an in-process bridge keeps running
 
 
 def env_messages(
