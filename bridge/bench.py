@@ -18,41 +18,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import json
 import math
-import os
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bridge.apiserver import LocalApi, RequestRecord
 from bridge.broker import BrokerUnavailable, LocalBroker, free_port
+from bridge.localrun import (
+    BENCH_MAPPINGS,
+    METRICS_PER_MESSAGE,
+    BridgeProcess,
+    Publisher,
+)
 
 EX_UNAVAILABLE = 69
 _DEVICES = 20
-_BENCH_MAPPINGS = """\
-version: 1
-rules:
-  - name: bench
-    topic: "bench/{device}/env"
-    device_id: "{device}"
-    metrics: {temp: temp, rh: rh, kw: power.kw, hz: power.hz}
-    timestamp: {field: ts, format: epoch_ms}
-"""
-_METRICS = 4
 
 
 # -- pure summary ---------------------------------------------------------------------------------
@@ -134,16 +121,6 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return sxy / sxx, sxy * sxy / (sxx * syy)
 
 
-def message_payload(index: int, base_ms: int) -> bytes:
-    """Message ``index``: its timestamp ``base_ms + index`` identifies it (one per ms)."""
-    return b'{"temp": %d.25, "rh": %d, "power": {"kw": %d.5, "hz": 50}, "ts": %d}' % (
-        index % 1000,
-        index % 100,
-        index % 7,
-        base_ms + index,
-    )
-
-
 def summarize(
     mode: str,
     messages: int,
@@ -179,7 +156,7 @@ def summarize(
             if 0 <= index < len(published_at) and index not in first_arrival:
                 first_arrival[index] = arrived
                 latencies.append(arrived - published_at[index])
-    published = messages * _METRICS
+    published = messages * METRICS_PER_MESSAGE
     delivered_unique = sum(1 for (i, _m) in seen if 0 <= i < messages)
     duplicated = sum(n - 1 for n in seen.values())
     last = max((r.received_wall.timestamp() for r in accepted), default=t0_wall) - t0_wall
@@ -243,113 +220,6 @@ def render(report: Report) -> str:
 # -- the shell ------------------------------------------------------------------------------------
 
 
-class _BridgeProcess:
-    """The bridge as a child process, with its CPU time and RSS read from /proc."""
-
-    def __init__(self, workdir: Path, settings: dict[str, str], token: str) -> None:
-        self.http_port = free_port()
-        self._settings = {**settings, "http.port": str(self.http_port)}
-        self._token = token
-        self._log = workdir / "bridge.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = [sys.executable, "-m", "bridge", "run"]
-        for key, value in self._settings.items():
-            args += ["--set", f"{key}={value}"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
-        env["METRIQO_BRIDGE_TOKEN"] = self._token  # never on the command line: ps shows it
-        with self._log.open("ab") as fh:
-            self.proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError), self._get("/readyz") as r:
-                if r.status == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"bridge not ready after {timeout} s:\n{self.log()[-2000:]}")
-
-    def _get(self, path: str) -> http.client.HTTPResponse:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        response: http.client.HTTPResponse = urllib.request.urlopen(url, timeout=2)
-        return response
-
-    def spool_points(self) -> float:
-        with self._get("/metrics") as r:
-            text = r.read().decode()
-        for line in text.splitlines():
-            if line.startswith("metriqo_bridge_spool_points "):
-                return float(line.split()[1])
-        return math.nan
-
-    def cpu_and_rss(self) -> tuple[float, int]:
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-        rss = 0
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):  # the peak resident set, kept by the kernel
-                rss = int(line.split()[1]) * 1024
-        return cpu, rss
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return -1 if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
-
-
-class _Publisher:
-    """QoS 1 publisher on paho's own thread, paced to a rate, keeping each publish time."""
-
-    def __init__(self, port: int, messages: int, base_ms: int) -> None:
-        self.published_at = [0.0] * messages
-        self._messages = messages
-        self._base_ms = base_ms
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}", protocol=mqtt.MQTTv5
-        )
-        self._client.max_inflight_messages_set(1000)
-        self._client.max_queued_messages_set(0)
-        self._acked = threading.Semaphore(0)
-        self._client.on_publish = lambda *_a: self._acked.release()
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-
-    def run(self, rate: float | None) -> None:
-        start = time.monotonic()
-        for i in range(self._messages):
-            if rate:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            if i >= 2000:  # at most 2,000 unacknowledged: paho's queue stays small
-                self._acked.acquire()
-            self.published_at[i] = time.time()
-            topic = f"bench/d{i % _DEVICES:03d}/env"
-            self._client.publish(topic, message_payload(i, self._base_ms), qos=1)
-        for _ in range(min(2000, self._messages)):
-            if not self._acked.acquire(timeout=60):
-                raise TimeoutError("the broker stopped acknowledging publishes")
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``bench`` and its options."""
     bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
@@ -390,7 +260,7 @@ class _Bench:
         self.base_ms = int(time.time() * 1000) - 10 * 86_400_000  # ten days ago, one ms apart
         self.token = "mqk_bench_" + secrets.token_hex(16)
         mappings = workdir / "bench-mappings.yaml"
-        mappings.write_text(_BENCH_MAPPINGS, encoding="utf-8")
+        mappings.write_text(BENCH_MAPPINGS, encoding="utf-8")
         self.api_port = free_port()
         self.settings = {
             "mqtt.port": str(broker.port),
@@ -410,8 +280,8 @@ class _Bench:
 
     async def run(self) -> int:
         a = self.args
-        bridge = _BridgeProcess(self.workdir, self.settings, self.token)
-        publisher = _Publisher(self.broker.port, self.messages, self.base_ms)
+        bridge = BridgeProcess(self.workdir, self.settings, self.token)
+        publisher = Publisher(self.broker.port, self.messages, self.base_ms, _DEVICES)
         async with LocalApi(
             self.token, port=self.api_port, rate_limit_per_minute=a.api_limit
         ) as api:
@@ -466,12 +336,12 @@ class _Bench:
             a.json_out.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
         return 0 if not report.problems else 1
 
-    async def _sample(self, bridge: _BridgeProcess, t0: float) -> None:
+    async def _sample(self, bridge: BridgeProcess, t0: float) -> None:
         while True:
             await self._sample_once(bridge, t0)
             await asyncio.sleep(1.0)
 
-    async def _sample_once(self, bridge: _BridgeProcess, t0: float) -> None:
+    async def _sample_once(self, bridge: BridgeProcess, t0: float) -> None:
         try:
             points = await asyncio.to_thread(bridge.spool_points)
             cpu, rss = bridge.cpu_and_rss()
@@ -482,9 +352,9 @@ class _Bench:
             s = self.samples[-1]
             print(f"bench: t={s.t:6.1f}s  spool={s.spool_points:9.0f} points  cpu={s.cpu_s:7.1f}s")
 
-    async def _await_delivery(self, api: LocalApi, bridge: _BridgeProcess, t0: float) -> bool:
+    async def _await_delivery(self, api: LocalApi, bridge: BridgeProcess, t0: float) -> bool:
         try:
-            await api.store.wait_for_points(self.messages * _METRICS, self.args.timeout)
+            await api.store.wait_for_points(self.messages * METRICS_PER_MESSAGE, self.args.timeout)
         except TimeoutError:
             return False
         # Wait for the spool to be empty too: the deletes follow the 201s.

@@ -1,4 +1,4 @@
-"""Command line: ``metriqo-bridge [run|check|test|explain|schema|simulate-api|demo|bench|
+"""Command line: ``metriqo-bridge [run|check|test|explain|schema|simulate-api|demo|bench|soak|
 dead-letters]``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 66 no spool at the configured path
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import __version__, bench, deadletters_cmd
+from bridge import __version__, bench, deadletters_cmd, soak
 from bridge.errors import EX_CONFIG, ConfigError, SpoolError, SpoolLocked
 
 EX_TEMPFAIL = 75
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deadletters_cmd.add_parser(sub)
     bench.add_parser(sub)
+    soak.add_parser(sub)
     demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
@@ -212,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return deadletters_cmd.run(args, _overrides(args))
         if args.command == "bench":
             return bench.run_bench(args)
+        if args.command == "soak":
+            return soak.run_soak(args)
         if args.command == "demo":
             from bridge.demo import run_demo
 

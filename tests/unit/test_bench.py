@@ -14,11 +14,11 @@ from bridge.bench import (
     Sample,
     linear_fit,
     max_in_window,
-    message_payload,
     percentile,
     render,
     summarize,
 )
+from bridge.localrun import message_payload
 from bridge.timestamps import format_timestamp
 
 BASE_MS = 1_700_000_000_000
