@@ -216,6 +216,9 @@ class Bridge:
             self._had_session = await aspool.run(self.spool.meta_get, _SESSION_KEY) == (
                 self._session_tag
             )
+            # Receive times a crashed run committed before its PUBACKs: a redelivery reuses
+            # them (dropped again if the broker turns out to have no session).
+            self.intake.restore_unacked(await aspool.run(self.spool.load_unacked))
             if self.spool.depth_points:
                 log.info(
                     "spool holds %d point(s) from before; delivering them first",
@@ -315,9 +318,14 @@ class Bridge:
             batch = self.intake.take(limit)
             records = [r for p in batch for r in p.records]
             dead = [p.dead for p in batch if p.dead is not None]
+            stamped = [(p.mid, p.topic, p.digest, p.received_us) for p in batch if p.stamped]
+            forget, acked = self.intake.take_acked()
             try:
-                result = await aspool.run(self.spool.commit, records, dead)
+                result = await aspool.run(
+                    self.spool.commit, records, dead, stamped, acked, forget_unacked=forget
+                )
             except SpoolFull as exc:
+                self.intake.untake_acked(forget, acked)
                 self.intake.put_back(batch)
                 if self._full_since is None:
                     self._full_since = time.monotonic()
@@ -336,6 +344,7 @@ class Bridge:
                         await self._space.wait()
                 continue
             except SpoolError:
+                self.intake.untake_acked(forget, acked)
                 log.critical("spool write failed; stopping without acknowledging the messages")
                 raise
             if self._full_since is not None:
@@ -343,6 +352,7 @@ class Bridge:
                 self.metrics.spool_full.set(0)
                 log.info("spool has space again; acknowledging MQTT messages")
                 self._full_since = None
+            self.intake.persisted([mid for mid, *_ in stamped])
             failpoints.hit("after_commit_before_puback")
             self._acknowledge(batch)
             self._count(batch, result)

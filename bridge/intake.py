@@ -7,6 +7,7 @@ in plain integers (flushed to Prometheus once per commit, not once per message).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -67,6 +68,13 @@ class Pending:
     received_us: int
     records: list[Record]
     dead: DeadLetter | None
+    digest: bytes = b""  # of the payload, kept for messages stamped with their receive time
+
+    @property
+    def stamped(self) -> bool:
+        """True when a point of this message carries its receive time (no payload timestamp):
+        only then does a redelivery need the same time to be recognised."""
+        return bool(self.qos) and any(r.ts_us == self.received_us for r in self.records)
 
 
 class Intake:
@@ -90,7 +98,10 @@ class Intake:
         # acknowledged; so a DUP whose id, topic and payload match an entry is that message, and
         # reusing its receive time keeps its record id, so the spool stores it once even when the
         # payload carries no timestamp. Bounded by the 65,535 packet ids.
-        self._unacked: dict[int, tuple[str, int, int]] = {}
+        self._unacked: dict[int, tuple[str, bytes, int]] = {}
+        self._acked_since_commit: list[int] = []
+        self._persisted: set[int] = set()  # packet ids with a row in the spool's unacked table
+        self._forget_all = False  # the session was lost: the next commit clears the table
         self.unmatched = UnmatchedTopics()
         self._last_us = 0
         self._received = 0
@@ -114,8 +125,10 @@ class Intake:
         # record id (which would store the second as a redelivery of the first).
         received_us = max(int(self._wall() * 1_000_000), self._last_us + 1)
         self._last_us = received_us
+        digest = b""
         if qos:
-            digest = hash(payload)
+            # Stable across restarts (hash() is salted per process): entries are persisted.
+            digest = hashlib.blake2b(payload, digest_size=8).digest()
             if dup:
                 earlier = self._unacked.get(mid)
                 if earlier is not None and earlier[0] == topic and earlier[1] == digest:
@@ -146,7 +159,7 @@ class Intake:
         if mapped.records:
             self._points[rule] = self._points.get(rule, 0) + mapped.points
         self._pending.append(
-            Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead)
+            Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead, digest)
         )
         failpoints.hit("after_receive_before_commit")
         self._ready.set()
@@ -169,10 +182,37 @@ class Intake:
     def acknowledged(self, mid: int) -> None:
         """The PUBACK for ``mid`` was sent: the broker may reuse the id from now on."""
         self._unacked.pop(mid, None)
+        if mid in self._persisted:
+            self._persisted.discard(mid)
+            self._acked_since_commit.append(mid)
+
+    def take_acked(self) -> tuple[bool, list[int]]:
+        """(forget all, packet ids acknowledged) since the last call, for the next commit to
+        drop from the spool; hand them back with :meth:`untake_acked` if that commit fails."""
+        acked, self._acked_since_commit = self._acked_since_commit, []
+        forget, self._forget_all = self._forget_all, False
+        return forget, acked
+
+    def untake_acked(self, forget: bool, acked: list[int]) -> None:
+        """The commit that should have recorded these failed."""
+        self._acked_since_commit[:0] = acked
+        self._forget_all = self._forget_all or forget
+
+    def persisted(self, mids: list[int]) -> None:
+        """These packet ids now have a row in the spool's unacked table."""
+        self._persisted.update(mids)
+
+    def restore_unacked(self, entries: dict[int, tuple[str, bytes, int]]) -> None:
+        """Receive times a crashed run committed but may not have acknowledged (at start)."""
+        self._unacked.update(entries)
+        self._persisted.update(entries)
 
     def session_lost(self) -> None:
         """The broker has no session: nothing will be redelivered."""
         self._unacked.clear()
+        self._acked_since_commit.clear()
+        self._persisted.clear()
+        self._forget_all = True
 
     def flush_counters(self) -> None:
         """Move the per-message counts into the Prometheus metrics."""

@@ -83,6 +83,15 @@ CREATE TABLE IF NOT EXISTS coalesce_state (
     PRIMARY KEY (device_id, metric, bucket_us, fn)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS coalesce_state_end ON coalesce_state (bucket_us);
+-- Receive times of committed messages stamped with them (no timestamp in the payload), by
+-- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
+-- time, so the same record id, and is stored once. At most one row per packet id.
+CREATE TABLE IF NOT EXISTS unacked (
+    mid INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    received_us INTEGER NOT NULL
+);
 """
 
 
@@ -469,6 +478,11 @@ class Spool:
         row = self._conn.execute("SELECT received_us FROM records ORDER BY seq LIMIT 1").fetchone()
         self.oldest_received_us = int(row[0]) if row else None
 
+    def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
+        """Packet id → (topic, digest, receive time) of stamped messages not known acked."""
+        rows = self._conn.execute("SELECT mid, topic, digest, received_us FROM unacked").fetchall()
+        return {int(m): (str(t), bytes(d), int(r)) for m, t, d, r in rows}
+
     def meta_get(self, key: str) -> str | None:
         """Read a small persistent value (e.g. the MQTT client id last used)."""
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -480,8 +494,21 @@ class Spool:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def commit(self, records: Sequence[Record], dead: Sequence[DeadLetter]) -> CommitResult:
+    def commit(
+        self,
+        records: Sequence[Record],
+        dead: Sequence[DeadLetter],
+        stamped: Sequence[tuple[int, str, bytes, int]] = (),
+        acked: Sequence[int] = (),
+        *,
+        forget_unacked: bool = False,
+    ) -> CommitResult:
         """Store records and dead letters in one durable transaction.
+
+        ``stamped`` are (packet id, topic, payload digest, receive time) of messages in this
+        commit whose points carry their receive time; ``acked`` the packet ids whose PUBACK was
+        sent since the last commit (their entries are dropped); ``forget_unacked`` drops them all
+        first (the broker lost the session). See the ``unacked`` table.
 
         Raises:
             SpoolFull: the cap is reached or the disk is full; nothing was written.
@@ -522,6 +549,12 @@ class Spool:
                 points = db.execute(
                     "SELECT COALESCE(SUM(n), 0) FROM records WHERE seq > ?", (top,)
                 ).fetchone()[0]
+            if forget_unacked:
+                db.execute("DELETE FROM unacked")
+            if acked:
+                db.executemany("DELETE FROM unacked WHERE mid = ?", [(m,) for m in acked])
+            if stamped:
+                db.executemany("INSERT OR REPLACE INTO unacked VALUES (?, ?, ?, ?)", stamped)
             if dead:
                 now_us = int(self._clock() * 1_000_000)
                 db.executemany(

@@ -309,12 +309,6 @@ async def test_crashes_at_random_points_and_counts_lose_nothing(
         raise
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a payload without a timestamp is stamped with its receive time, and "
-    "the DUP match that keeps that time (Intake._unacked) lives in memory only, so after a "
-    "crash the redelivered message gets a new record id and is delivered a second time",
-)
 async def test_crash_after_commit_before_puback_timestampless_payload_stored_once(
     broker: LocalBroker, api: LocalApi, tmp_path: Path
 ) -> None:

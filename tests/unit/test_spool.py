@@ -677,3 +677,17 @@ def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> Non
     spool._reclaim()
     after = spool.path.stat().st_size + Path(str(spool.path) + "-wal").stat().st_size
     assert after < size / 2
+
+
+def test_receive_times_of_unacknowledged_messages_survive_a_reopen(spool: Spool) -> None:
+    """Stamped messages' receive times are committed with their records, dropped once their
+    PUBACK was sent, all dropped when the broker lost the session, and readable after a crash."""
+    spool.commit([rec(1)], [], [(7, "t/a", b"d7", 111), (8, "t/b", b"d8", 222)])
+    spool.commit([rec(2)], [], [(9, "t/c", b"d9", 333)], [7])
+    again = reopen(spool)
+    try:
+        assert again.load_unacked() == {8: ("t/b", b"d8", 222), 9: ("t/c", b"d9", 333)}
+        again.commit([rec(3)], [], [(10, "t/d", b"d10", 444)], forget_unacked=True)
+        assert again.load_unacked() == {10: ("t/d", b"d10", 444)}
+    finally:
+        again.close()
