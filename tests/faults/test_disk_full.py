@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,7 +78,10 @@ def _ready_problems(http_port: int) -> str:
 
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # Its own process group, so a failed test can kill the shell and the bridge together.
+        return subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 async def _until(cond: object, timeout: float, what: str) -> None:
@@ -155,7 +159,7 @@ async def test_a_full_disk_pauses_intake_then_drains_without_loss_or_corruption(
     finally:
         publisher.close()
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     output = log.read_text(errors="replace")
     assert sorted(got) == sorted(expected_env_points(n, start_ms)), "lost or duplicated points"
