@@ -242,8 +242,31 @@ def _check(s: Settings, origin: dict[KeyPath, str]) -> None:
             fail(("mqtt", "tls", key), f"file not found: {value}")
     if (tls.cert_file is None) != (tls.key_file is None):
         fail(("mqtt", "tls", "cert_file"), "cert_file and key_file must be given together")
+    if s.api.ca_file is not None and not Path(s.api.ca_file).is_file():
+        fail(("api", "ca_file"), f"file not found: {s.api.ca_file}")
+    host = s.mqtt.host
+    if not host or "://" in host or any(c in host for c in "/ \t@?#"):
+        fail(("mqtt", "host"), "must be a host name or an IP address, e.g. broker.plant.local")
+    problem = _unwritable(s.spool.path)
+    if problem:
+        fail(("spool", "path"), problem)
     if errors:
         raise ConfigErrors(errors)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the spool cannot be created at ``path`` (None if it can, as far as we can tell)."""
+    target = path.absolute()
+    if target.is_dir():
+        return f"{path} is a directory; give the path of the spool file inside it"
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory, so {path} cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable (read-only or no permission), so {path} cannot be created"
+    return None
 
 
 def is_loopback(host: str) -> bool:
