@@ -397,7 +397,7 @@ class Bridge:
                     log,
                     logging.WARNING,
                     f"dead:{p.dead.reason}",
-                    "message on %r dead-lettered (%s): %r",
+                    "message on %r dead-lettered (%r): %r",  # %r: payload text is escaped
                     p.topic[:200],
                     p.dead.detail[:200],
                     p.payload[:120],

@@ -135,7 +135,7 @@ class MqttSource:
         self._subscriptions = list(filters)
         if self.state.connected:
             if added and self._s.protocol == "v5":
-                self._client.subscribe([(f, SubscribeOptions(qos=1)) for f in added])
+                self._client.subscribe([(f, _subscribe_options()) for f in added])
             elif added:
                 self._client.subscribe([(f, 1) for f in added])
             if removed:
@@ -270,7 +270,7 @@ class MqttSource:
         self.state.session_present = present
         topics = self._subscriptions
         if topics and self._s.protocol == "v5":
-            client.subscribe([(f, SubscribeOptions(qos=1)) for f in topics])
+            client.subscribe([(f, _subscribe_options()) for f in topics])
         elif topics:
             client.subscribe([(f, 1) for f in topics])
         log.info(
@@ -392,3 +392,10 @@ class MqttSource:
             loop.remove_writer(sock)
 
         self._call_on_loop(remove)
+
+
+def _subscribe_options() -> SubscribeOptions:
+    """QoS 1; retained messages only when the subscription is new. A reconnect re-subscribes
+    to filters its session already has, and a replayed retained message without a payload
+    time would otherwise be stored again as a new reading (MQTT v5 Retain Handling 1)."""
+    return SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
