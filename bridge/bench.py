@@ -220,27 +220,6 @@ def render(report: Report) -> str:
 # -- the shell ------------------------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``bench`` and its options."""
-    bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
-    bench.add_argument("mode", choices=["rate", "backlog"], help="live rate or queued backlog")
-    bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
-    bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
-    bench.add_argument("--messages", type=int, default=20000, help="backlog mode: how many")
-    bench.add_argument(
-        "--api-limit", type=int, default=None, help="API requests/min limit (default: none)"
-    )
-    bench.add_argument(
-        "--requests-per-minute", type=float, default=None, help="bridge pacing (api.*)"
-    )
-    bench.add_argument("--protocol", choices=["v5", "v311"], default="v5")
-    bench.add_argument("--timeout", type=float, default=900.0, help="max wait for delivery")
-    bench.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
-    bench.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra bridge setting"
-    )
-
-
 def run_bench(args: argparse.Namespace) -> int:
     """Run one bench; 0 when every point arrived, 1 otherwise, 69 without mosquitto."""
     try:

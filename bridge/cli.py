@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import __version__, bench, deadletters_cmd, soak
+from bridge import __version__, deadletters_cmd, toolargs
 from bridge.errors import EX_CONFIG, ConfigError, SpoolError, SpoolLocked
 
 EX_TEMPFAIL = 75
@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="400 (naming the object index) for any point whose value is exactly X",
     )
     deadletters_cmd.add_parser(sub)
-    bench.add_parser(sub)
-    soak.add_parser(sub)
+    toolargs.add_bench(sub)
+    toolargs.add_soak(sub)
     demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
@@ -212,9 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dead-letters":
             return deadletters_cmd.run(args, _overrides(args))
         if args.command == "bench":
-            return bench.run_bench(args)
+            from bridge.bench import run_bench
+
+            return run_bench(args)
         if args.command == "soak":
-            return soak.run_soak(args)
+            from bridge.soak import run_soak
+
+            return run_soak(args)
         if args.command == "demo":
             from bridge.demo import run_demo
 

@@ -36,23 +36,9 @@ from bridge.bench import linear_fit
 from bridge.broker import BrokerUnavailable, LocalBroker, free_port
 from bridge.faultproxy import BLACKHOLE, PASS, REFUSE, FaultProxy, Mode, latency, reset_after
 from bridge.localrun import BENCH_MAPPINGS, METRICS_PER_MESSAGE, BridgeProcess, Publisher
+from bridge.toolargs import FAULTS
 
 EX_UNAVAILABLE = 69
-FAULTS: tuple[str, ...] = (
-    "bridge_kill",
-    "bridge_term",
-    "bridge_failpoint",
-    "broker_restart",
-    "broker_hang",
-    "mqtt_refuse",
-    "mqtt_blackhole",
-    "mqtt_reset",
-    "api_refuse",
-    "api_blackhole",
-    "api_latency",
-    "api_5xx",
-    "api_429",
-)
 _FAILPOINTS = (
     "after_receive_before_commit",
     "after_commit_before_puback",
@@ -246,23 +232,6 @@ def render(report: SoakReport) -> str:
 
 
 # -- the shell ------------------------------------------------------------------------------------
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``soak`` and its options."""
-    soak = sub.add_parser(
-        "soak", help="run with a seeded random fault schedule, then check nothing was lost"
-    )
-    soak.add_argument("--minutes", type=float, default=5.0, help="how long to publish")
-    soak.add_argument("--seed", type=int, default=None, help="replay a schedule (default: new)")
-    soak.add_argument("--rate", type=float, default=100.0, help="messages per second")
-    soak.add_argument(
-        "--faults",
-        default=",".join(FAULTS),
-        help=f"comma-separated subset of: {', '.join(FAULTS)}",
-    )
-    soak.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
-    soak.add_argument("--keep", type=Path, help="keep the work directory (logs, spool) here")
 
 
 def run_soak(args: argparse.Namespace) -> int:

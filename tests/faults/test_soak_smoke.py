@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
-from bridge.soak import FAULTS, schedule
+from bridge.soak import schedule
+from bridge.toolargs import FAULTS
 
 
 def test_schedule_is_replayable_one_fault_at_a_time_and_quiet_at_the_end() -> None:
