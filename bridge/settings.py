@@ -165,6 +165,8 @@ def load_settings(
         for path, value in _leaves(data or {}):
             _put(merged, path, value)
             origin[path] = f"{file}:{index.line_of(path)}"
+            for cut in range(1, len(path)):  # sections too, for errors about a whole section
+                origin.setdefault(path[:cut], f"{file}:{index.line_of(path[:cut])}")
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
             continue
@@ -211,6 +213,11 @@ def _error(err: Any, origin: dict[KeyPath, str]) -> ConfigError:
         if loc[:cut] in origin:
             where = origin[loc[:cut]]
             break
+    else:
+        # A whole unknown section ("mqqt:"): its origin is that of the values set under it.
+        under = [o for path, o in origin.items() if path[: len(loc)] == loc]
+        if under:
+            where = under[0]
     msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
     # Input values are left out on purpose: the value may be a token or a password.
     return ConfigError(msg, file=where, key=format_path(loc))
