@@ -446,6 +446,7 @@ class Bridge:
         m = self.metrics
         m.spool_points.set_function(lambda: sp.depth_points)
         m.spool_bytes.set_function(lambda: sp.used_bytes)
+        m.spool_moved_aside.set(0 if sp.moved_aside is None else 1)
 
         def oldest_age() -> float:
             oldest = sp.oldest_received_us

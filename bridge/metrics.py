@@ -83,6 +83,11 @@ class BridgeMetrics:
         self.spool_full = Gauge(
             p + "spool_full", "1 while the spool is full and MQTT intake is paused", registry=r
         )
+        self.spool_moved_aside = Gauge(
+            p + "spool_corrupt_moved_aside",
+            "1 when this start found the spool corrupt and moved it aside (never deleted)",
+            registry=r,
+        )
         self.points_dropped = Counter(
             p + "points_dropped_total",
             "Waiting points deleted unsent, by reason (spool_full: the drop-oldest policy)",
