@@ -13,7 +13,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -26,7 +25,6 @@ import pytest
 from bridge.apiserver import LocalApi
 from bridge.broker import LocalBroker
 from bridge.failpoints import ENV_VAR
-from tests.conftest import REPO, TOKEN
 from tests.integration.harness import (
     BridgeProcess,
     Publisher,
@@ -41,21 +39,9 @@ Point = tuple[str, str, int, float]  # (device, metric, ts_ms, value), as delive
 class FailpointBridge(BridgeProcess):
     """:class:`BridgeProcess` whose :meth:`start` can arm failpoints for that run only."""
 
-    def start(self, failpoints: str = "") -> None:
+    def start(self, failpoints: str = "") -> None:  # type: ignore[override]
         """Start ``python -m bridge run``; ``failpoints`` goes to METRIQO_BRIDGE_FAILPOINTS."""
-        args = [sys.executable, "-m", "bridge", "run"]
-        for key, value in self.settings.items():
-            args += ["--set", f"{key}={value}"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
-        env["METRIQO_BRIDGE_TOKEN"] = TOKEN
-        if failpoints:
-            env[ENV_VAR] = failpoints
-        out = self.workdir / f"bridge-{len(self.outputs)}.log"
-        self.outputs.append(out)
-        with out.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
-            )
+        super().start({ENV_VAR: failpoints} if failpoints else None)
 
     @property
     def spool_path(self) -> Path:

@@ -222,12 +222,13 @@ class BridgeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.outputs: list[Path] = []
 
-    def start(self) -> None:
+    def start(self, env_extra: dict[str, str] | None = None) -> None:
         args = [sys.executable, "-m", "bridge", "run"]
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
         env["METRIQO_BRIDGE_TOKEN"] = TOKEN
+        env.update(env_extra or {})
         out = self.workdir / f"bridge-{len(self.outputs)}.log"
         self.outputs.append(out)
         with out.open("wb") as fh:
