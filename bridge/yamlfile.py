@@ -82,8 +82,13 @@ def load_yaml_text(text: str, name: str) -> tuple[Any, LineIndex]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context_mark is not None and exc.problem and "end of stream" in exc.problem:
+            # Something left open (a quote, a bracket) runs to the end of the file: the useful
+            # place is where it was opened, e.g. "while scanning a quoted scalar" on line 5.
+            mark = exc.context_mark
+            problem = f"{exc.context}: {exc.problem}" if exc.context else exc.problem
+        line = mark.line + 1 if mark is not None else None
         raise ConfigError(f"YAML syntax error: {problem}", file=name, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", file=name) from None

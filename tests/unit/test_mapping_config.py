@@ -209,7 +209,7 @@ def test_empty_file_is_refused_naming_the_file(text: str) -> None:
     [
         ("version: 1\nrules:\n  - name: r1\n    topic: [a\n    device_id: x\n", 5),
         ("version: 1\nrules:\n  - name: r1\n   topic: a\n", 4),
-        ('version: 1\nrules: "unterminated\n', 3),
+        ('version: 1\nrules: "unterminated\n', 2),  # where the quote was opened
         ("version: 1\n\tbad: 1\n", 2),
     ],
 )
