@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from bridge.apiserver import LocalApi, RequestRecord
@@ -36,6 +35,7 @@ from bridge.localrun import (
     METRICS_PER_MESSAGE,
     BridgeProcess,
     Publisher,
+    message_index_ms,
 )
 
 EX_UNAVAILABLE = 69
@@ -147,7 +147,7 @@ def summarize(
         assert isinstance(r.body, list)
         for obj in r.body:
             assert isinstance(obj, dict)
-            index = _ts_ms(str(obj["timestamp"])) - base_ms
+            index = message_index_ms(str(obj["timestamp"])) - base_ms
             metrics = obj["metrics"]
             assert isinstance(metrics, dict)
             for name in metrics:
@@ -199,10 +199,6 @@ def summarize(
     if not report.backlog_drained:
         report.problems.append("the spool still held points at the end")
     return report
-
-
-def _ts_ms(text: str) -> int:
-    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def render(report: Report) -> str:

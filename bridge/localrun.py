@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -45,6 +46,12 @@ def message_payload(index: int, base_ms: int) -> bytes:
         index % 7,
         base_ms + index,
     )
+
+
+def message_index_ms(timestamp: str) -> int:
+    """The epoch milliseconds of an API timestamp: ``base_ms + index`` of the message that
+    carried it (see :func:`message_payload`)."""
+    return round(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 class BridgeProcess:

@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from bridge.apiserver import ApiStore, LocalApi, RequestRecord
@@ -35,7 +34,13 @@ from bridge.apiserver_faults import Faults
 from bridge.bench import linear_fit
 from bridge.broker import BrokerUnavailable, LocalBroker, free_port
 from bridge.faultproxy import BLACKHOLE, PASS, REFUSE, FaultProxy, Mode, latency, reset_after
-from bridge.localrun import BENCH_MAPPINGS, METRICS_PER_MESSAGE, BridgeProcess, Publisher
+from bridge.localrun import (
+    BENCH_MAPPINGS,
+    METRICS_PER_MESSAGE,
+    BridgeProcess,
+    Publisher,
+    message_index_ms,
+)
 from bridge.toolargs import FAULTS
 
 EX_UNAVAILABLE = 69
@@ -117,10 +122,6 @@ class SoakReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _ts_ms(text: str) -> int:
-    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def accepted_points(requests: Sequence[RequestRecord], base_ms: int) -> Counter[tuple[int, str]]:
     """How often each (message index, metric) was stored by the API."""
     seen: Counter[tuple[int, str]] = Counter()
@@ -131,7 +132,7 @@ def accepted_points(requests: Sequence[RequestRecord], base_ms: int) -> Counter[
             assert isinstance(obj, dict)
             metrics = obj["metrics"]
             assert isinstance(metrics, dict)
-            index = _ts_ms(str(obj["timestamp"])) - base_ms
+            index = message_index_ms(str(obj["timestamp"])) - base_ms
             for name in metrics:
                 seen[(index, name)] += 1
     return seen

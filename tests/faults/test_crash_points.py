@@ -27,10 +27,10 @@ from bridge.broker import LocalBroker
 from bridge.failpoints import ENV_VAR
 from tests.integration.harness import (
     BridgeProcess,
-    Publisher,
     delivered_points,
     env_messages,
     expected_env_points,
+    publish_in_background,
 )
 
 Point = tuple[str, str, int, float]  # (device, metric, ts_ms, value), as delivered_points()
@@ -111,20 +111,6 @@ async def _wait_for_crash(proc: FailpointBridge, api: LocalApi, timeout: float =
     )
 
 
-async def _publish_in_background(
-    port: int, messages: list[tuple[str, bytes]], rate: float
-) -> asyncio.Task[int]:
-    pub = Publisher(port, client_id=f"pub-{time.monotonic_ns()}")
-
-    def run() -> int:
-        try:
-            return pub.publish_all(messages, rate=rate)
-        finally:
-            pub.close()
-
-    return asyncio.create_task(asyncio.to_thread(run))
-
-
 async def _recover(proc: FailpointBridge, api: LocalApi, want: set[Point]) -> float:
     """Restart without failpoints, wait for every point, stop gracefully; returns the points the
     restarted bridge found already spooled (MQTT redeliveries stored once)."""
@@ -188,7 +174,7 @@ async def _crash_once(
         proc.start(failpoints)
         await asyncio.to_thread(proc.wait_ready)
         assert f"failpoints armed from {ENV_VAR}" in proc.output()
-        publishing = await _publish_in_background(broker.port, env_messages(N, start_ms), RATE)
+        publishing = await publish_in_background(broker.port, env_messages(N, start_ms), RATE)
         crash = await _wait_for_crash(proc, api)
         assert f"failpoint {failpoints}: crash (SIGKILL)" in proc.output()
         assert await publishing == N
@@ -278,7 +264,7 @@ async def test_crashes_at_random_points_and_counts_lose_nothing(
             if cycle == 0:  # later runs find the broker session, which queues while they start
                 await asyncio.to_thread(proc.wait_ready)
             chunk = messages[cycle * per_cycle : (cycle + 1) * per_cycle]
-            publishing = await _publish_in_background(broker.port, chunk, RATE)
+            publishing = await publish_in_background(broker.port, chunk, RATE)
             crash = await _wait_for_crash(proc, api)
             assert await publishing == per_cycle
         await _recover(proc, api, want)
@@ -305,7 +291,7 @@ async def test_crash_after_commit_before_puback_timestampless_payload_stored_onc
     try:
         proc.start("after_commit_before_puback:crash@10")
         await asyncio.to_thread(proc.wait_ready)
-        publishing = await _publish_in_background(broker.port, messages, RATE)
+        publishing = await publish_in_background(broker.port, messages, RATE)
         await _wait_for_crash(proc, api)
         assert await publishing == N
         proc.start()

@@ -152,6 +152,22 @@ async def publish(
         await asyncio.to_thread(pub.close)  # off the loop: an in-process bridge keeps running
 
 
+async def publish_in_background(
+    port: int, messages: list[tuple[str, bytes]], rate: float
+) -> asyncio.Task[int]:
+    """Start publishing ``messages`` at ``rate`` per second from a fresh client, off the loop;
+    the task's result is how many the broker acknowledged."""
+    pub = Publisher(port, client_id=f"pub-{time.monotonic_ns()}")
+
+    def run() -> int:
+        try:
+            return pub.publish_all(messages, rate=rate)
+        finally:
+            pub.close()
+
+    return asyncio.create_task(asyncio.to_thread(run))
+
+
 def env_messages(
     count: int, start_ms: int, sites: int = 3, lines: int = 4
 ) -> list[tuple[str, bytes]]:

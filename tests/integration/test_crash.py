@@ -17,26 +17,12 @@ from bridge.broker import LocalBroker
 from tests.conftest import REPO, TOKEN
 from tests.integration.harness import (
     BridgeProcess,
-    Publisher,
     delivered_points,
     env_messages,
     expected_env_points,
     publish,
+    publish_in_background,
 )
-
-
-async def _publish_in_background(
-    port: int, messages: list[tuple[str, bytes]], rate: float
-) -> asyncio.Task[int]:
-    pub = Publisher(port, client_id=f"pub-{time.monotonic_ns()}")
-
-    def run() -> int:
-        try:
-            return pub.publish_all(messages, rate=rate)
-        finally:
-            pub.close()
-
-    return asyncio.create_task(asyncio.to_thread(run))
 
 
 async def _wait_all_delivered(api: LocalApi, n: int, start_ms: int, timeout: float) -> None:
@@ -70,7 +56,7 @@ async def test_sigkill_mid_stream_loses_nothing(
     try:
         proc.start()
         await asyncio.to_thread(proc.wait_ready)
-        publishing = await _publish_in_background(broker.port, env_messages(n, start_ms), 1500)
+        publishing = await publish_in_background(broker.port, env_messages(n, start_ms), 1500)
         for k in range(kills):
             # Kill once some (but not all) of the stream has been delivered.
             target = (k + 1) * 4 * n // (kills + 2)
@@ -126,7 +112,7 @@ async def test_sigterm_under_load_drains_and_exits_zero(
     try:
         proc.start()
         await asyncio.to_thread(proc.wait_ready)
-        publishing = await _publish_in_background(broker.port, env_messages(n, start_ms), 2000)
+        publishing = await publish_in_background(broker.port, env_messages(n, start_ms), 2000)
         async with asyncio.timeout(30):
             while api.store.point_count() < 2000:
                 await asyncio.sleep(0.01)
