@@ -9,17 +9,57 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from bridge import __version__
 
 PREFIX = "metriqo_bridge_"
+
+# Every reason a dead letter can carry. Their series exist at 0 from the start, so dashboards
+# and `increase()` alerts see the first dead letter of a kind as a change, not a new series.
+DEAD_LETTER_REASONS = (
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "missing_timestamp",
+    "bad_timestamp",
+    "boolean_value",
+    "not_numeric",
+    "not_boolean",
+    "not_text",
+    "unmapped_value",
+    "non_finite",
+    "out_of_range",
+    "too_large",
+    "no_metrics",
+    "not_a_list",
+    "duplicate_reading",
+    "bad_device_id",
+    "bad_metric_name",
+    "unmatched",
+    "api_rejected",
+)
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
+DROP_REASONS = ("spool_full",)
+RELOAD_RESULTS = ("success", "failure")
 
 
 class BridgeMetrics:
     """All metrics, registered on ``registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The *_created samples double every counter's series in the text format and no
+        # dashboard or alert of ours reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = PREFIX
@@ -176,6 +216,20 @@ class BridgeMetrics:
             "1 while delivery is paused by an auth or configuration error from the API",
             registry=r,
         )
+
+        # Fixed vocabularies start at 0 (rule-labelled series appear with their first event).
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for status_class in STATUS_CLASSES:
+            self.requests.labels(status_class)
+        for reason in DROP_REASONS:
+            self.points_dropped.labels(reason)
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+        # The standard process_* metrics (RSS, CPU, open fds, start time) and python_info, so
+        # one scrape shows memory and CPU beside throughput; Linux only, silently absent elsewhere.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def bind_spool_age(self, oldest_age: Callable[[], float]) -> None:
         """Compute the oldest-point age at scrape time."""
