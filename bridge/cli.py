@@ -1,5 +1,5 @@
-"""Command line: ``metriqo-bridge [run|check|test|explain|schema|simulate-api|demo|bench|soak|
-dead-letters]``.
+"""Command line: ``metriqo-bridge [run|check|test|explain|schema|health|simulate-api|
+simulate-sensors|demo|bench|soak|dead-letters]``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 66 no spool at the configured path
 (``dead-letters``), 75 spool locked by another instance, 78 configuration error (nothing was
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import orjson
 
-from bridge import __version__, deadletters_cmd, toolargs
-from bridge.errors import EX_CONFIG, ConfigError, SpoolError, SpoolLocked
+from bridge import __version__, deadletters_cmd, sensors_cmd, toolargs
+from bridge.errors import EX_CONFIG, ConfigError, ConfigErrors, SpoolError, SpoolLocked
+from bridge.logs import json_line, requested_format
 
 EX_TEMPFAIL = 75
 log = logging.getLogger("bridge")
@@ -37,6 +38,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spool", help="spool database path (spool.path)")
     p.add_argument("--http-port", help="metrics/health port (http.port)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log_level)")
+    p.add_argument("--log-format", help="text or json (log_format; env: LOG_FORMAT)")
     p.add_argument(
         "--set",
         action="append",
@@ -56,7 +58,18 @@ _FLAG_KEYS = {
     "spool": "spool.path",
     "http_port": "http.port",
     "log_level": "log_level",
+    "log_format": "log_format",
 }
+
+
+def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = sub.add_parser(
+        "health", help="ask a running bridge for /healthz (or /readyz); exit 0 or 1"
+    )
+    _add_run_flags(health)
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    health.add_argument("--quiet", "-q", action="store_true", help="print only failures")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="400 (naming the object index) for any point whose value is exactly X",
     )
     deadletters_cmd.add_parser(sub)
+    _add_health(sub)
+    sensors_cmd.add_parser(sub)
     toolargs.add_bench(sub)
     toolargs.add_soak(sub)
     demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
@@ -209,6 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _schema(args.output)
         if args.command == "simulate-api":
             return _simulate_api(args)
+        if args.command == "health":
+            from bridge.probe_cmd import run_health
+            from bridge.settings import load_settings
+
+            settings = load_settings(file=args.config, overrides=_overrides(args))
+            return run_health(settings, ready=args.ready, timeout=args.timeout, quiet=args.quiet)
+        if args.command == "simulate-sensors":
+            return sensors_cmd.run(args)
         if args.command == "dead-letters":
             return deadletters_cmd.run(args, _overrides(args))
         if args.command == "bench":
@@ -225,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args)
         return _run(args)
     except ConfigError as exc:
-        print(f"metriqo-bridge: configuration error:\n{exc}", file=sys.stderr)
+        _report_config_error(exc)
         return EX_CONFIG
     except SpoolLocked as exc:
         print(f"metriqo-bridge: {exc}", file=sys.stderr)
@@ -238,6 +261,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()  # "| head" closed the pipe: stop quietly, as other tools do
         return 0
+
+
+def _report_config_error(exc: ConfigError) -> None:
+    """Text for a terminal; with LOG_FORMAT=json one JSON line per error with file, line and
+    key as fields, so a log collector shows why a container exits 78."""
+    if requested_format() != "json":
+        print(f"metriqo-bridge: configuration error:\n{exc}", file=sys.stderr)
+        return
+    for err in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
+        line = json_line(
+            "ERROR",
+            f"configuration error: {err}",
+            file=err.file,
+            line=err.line,
+            key=err.key,
+            error=err.detail,
+        )
+        print(line, file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -282,7 +323,7 @@ def _run(args: argparse.Namespace) -> int:
     rules = load_mappings(settings.mapping.file)
     token = TokenSource(settings)
     password = resolve_mqtt_password(settings)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     bridge = Bridge(
         settings, rules, token, mqtt_password=password, mappings_path=settings.mapping.file
     )

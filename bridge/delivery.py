@@ -345,7 +345,11 @@ class Delivery:
         await self._settle(self._spool.spool.reject, batch.seqs, "api_rejected", detail, retry=True)
         self._on_freed()
         self._m.dead_letters.labels("api_rejected").inc(len(batch.records))
-        log.error(
+        # Throttled: an API that starts refusing a whole fleet's metric must not flood the log.
+        self._throttle.log(
+            log,
+            logging.ERROR,
+            "api_rejected",
             "API rejected %d point(s) of device %r permanently; moved to dead letters: %s",
             batch.points,
             batch.records[0].device_id,
@@ -383,7 +387,10 @@ class Delivery:
         self._m.points_delivered.inc(delivered)
         self._note_delivered(delivered)
         self._m.dead_letters.labels("api_rejected").inc()
-        log.error(
+        self._throttle.log(
+            log,
+            logging.ERROR,
+            "api_rejected_metrics",
             "API rejected %d of %d point(s) of device %r permanently (%s); delivered the rest, "
             "moved those to dead letters: %s",
             len(refused),

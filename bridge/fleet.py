@@ -269,13 +269,16 @@ class SensorFleet:
     """Publishes simulated readings at a total rate and records the points they must become.
 
     Args:
-        host: broker address; must be a loopback IP (the fleet never publishes elsewhere).
+        host: broker address; a loopback IP unless ``any_host`` (tests and the demo never
+            publish anywhere else by accident).
         port: broker port.
         devices: number of simulated devices, spread over the rules round-robin.
         rate: messages per second, all devices together.
         seed: seeds every generated value (`random.Random`), so runs are reproducible.
         rules: the compiled mapping; the shipped ``topic-mappings.yaml`` when None.
         clock: wall clock for payload timestamps (epoch seconds).
+        any_host: allow a broker that is not on loopback (``simulate-sensors --host``).
+        keep_expected: record the expected points (off for a simulator that runs for days).
 
     Attributes:
         expected: points the bridge must deliver, for every message the broker accepted.
@@ -296,8 +299,11 @@ class SensorFleet:
         *,
         rules: list[Rule] | None = None,
         clock: Callable[[], float] = time.time,
+        any_host: bool = False,
+        keep_expected: bool = True,
     ) -> None:
-        _check_loopback(host)
+        if not any_host:
+            _check_loopback(host)
         if devices < 1:
             raise ValueError("devices must be at least 1")
         if rate <= 0:
@@ -329,6 +335,7 @@ class SensorFleet:
         self._connect_error = ""
         self._stopping = threading.Event()
         self.expected: list[ExpectedPoint] = []
+        self._keep_expected = keep_expected
         self.published = 0
         self.unrouted = 0
         self.rejected = 0
@@ -420,7 +427,8 @@ class SensorFleet:
             self.rejected += 1
         else:
             self.published += 1
-            self.expected.extend(message.points)
+            if self._keep_expected:
+                self.expected.extend(message.points)
         self._lock.notify_all()
 
     def _publish(self, client: mqtt.Client, message: _Message) -> None:

@@ -1,21 +1,66 @@
-"""Logging setup and a throttle so a repeating error logs once per interval, with a count."""
+"""Logging setup (plain text or JSON lines) and a throttle so a repeating error logs once per
+interval, with a count."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+LogFormat = Literal["text", "json"]
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level: str) -> None:
-    """Plain text logs to stderr."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors (Loki, Elasticsearch, CloudWatch):
+    ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``, ``msg``, and ``exc`` with
+    the traceback when there is one. A message is one line, whatever it contains."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(out).decode()
+
+
+def setup_logging(level: str, fmt: LogFormat = "text") -> None:
+    """Logs to stderr, as text or as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def requested_format(environ: Mapping[str, str] | None = None) -> LogFormat:
+    """The log format asked for in the environment, for messages written before the settings
+    are loaded (a configuration error): ``METRIQO_BRIDGE_LOG_FORMAT``, then ``LOG_FORMAT``."""
+    env = os.environ if environ is None else environ
+    value = env.get("METRIQO_BRIDGE_LOG_FORMAT") or env.get("LOG_FORMAT") or "text"
+    return "json" if value.strip().lower() == "json" else "text"
+
+
+def json_line(level: str, msg: str, **fields: object) -> str:
+    """One JSON log line in the shape of :class:`JsonFormatter`, with extra fields."""
+    out: dict[str, object] = {
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": "bridge.cli",
+        "msg": msg,
+        **fields,
+    }
+    return orjson.dumps(out).decode()
 
 
 class LogThrottle:

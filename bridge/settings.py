@@ -133,6 +133,8 @@ class Settings(_Section):
     mapping: MappingSettings = MappingSettings()
     http: HttpSettings = HttpSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text for a terminal or journald, json (one object per line) for log collectors.
+    log_format: Literal["text", "json"] = "text"
     stop_timeout_s: float = Field(10.0, gt=0)
 
 
@@ -167,6 +169,9 @@ def load_settings(
             origin[path] = f"{file}:{index.line_of(path)}"
             for cut in range(1, len(path)):  # sections too, for errors about a whole section
                 origin.setdefault(path[:cut], f"{file}:{index.line_of(path[:cut])}")
+    if "LOG_FORMAT" in env:  # the common container convention; the prefixed name wins
+        _put(merged, ("log_format",), env["LOG_FORMAT"].strip().lower())
+        origin[("log_format",)] = "environment variable LOG_FORMAT"
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
             continue
@@ -295,13 +300,30 @@ def read_secret_file(path: Path, what: str) -> str:
         raise ConfigError(f"{what} file not found", file=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"{what} file cannot be read: {exc.strerror}", file=str(path)) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{what} file is readable by group or others; run: chmod 600 {path}", file=str(path)
-        )
+    problem = _exposure(st)
+    if problem:
+        raise ConfigError(f"{what} file is {problem}; run: chmod 600 {path}", file=str(path))
     if not text:
         raise ConfigError(f"{what} file is empty", file=str(path))
     return text
+
+
+def _exposure(st: os.stat_result) -> str | None:
+    """Why a secret file's permissions let others at it (None if they do not).
+
+    Nothing for others, and nothing writable or executable by the group. Group *read* is
+    accepted only when the file's group is one the bridge itself runs in: that is how
+    Kubernetes mounts a Secret with ``fsGroup`` (0440, group = the pod's fsGroup) and how
+    ``root:metriqo 0640`` files are shared with a service's own group; any other group is
+    refused like others."""
+    mode = st.st_mode
+    if mode & stat.S_IRWXO:
+        return "readable by group or others"
+    if mode & (stat.S_IWGRP | stat.S_IXGRP):
+        return "writable by its group"
+    if mode & stat.S_IRGRP and st.st_gid not in {os.getgid(), os.getegid(), *os.getgroups()}:
+        return "readable by group or others"
+    return None
 
 
 def resolve_token(s: Settings) -> str:

@@ -272,10 +272,32 @@ def test_is_loopback() -> None:
     assert not is_loopback("metriqo.net")
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o004])
-def test_read_secret_file_refuses_files_others_can_read(tmp_path: Path, mode: int) -> None:
-    """A secret file with any group or other permission bit is refused with a chmod hint."""
+FOREIGN_GID = 54321  # a group this test process is not in
+
+
+@pytest.mark.parametrize(
+    ("mode", "foreign_group"),
+    [
+        (0o644, False),
+        (0o604, False),
+        (0o700 | 0o004, False),
+        (0o660, False),  # group-writable, even by the bridge's own group
+        (0o610, False),
+        (0o640, True),  # readable by a group the bridge is not in
+        (0o440, True),
+    ],
+)
+def test_read_secret_file_refuses_files_others_can_read(
+    tmp_path: Path, mode: int, foreign_group: bool
+) -> None:
+    """A secret file open to others, writable by its group, or readable by a group the bridge
+    is not in is refused with a chmod hint."""
     path = write(tmp_path / "token", SECRET, mode)
+    if foreign_group:
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another group needs root")
+        assert FOREIGN_GID not in {os.getgid(), *os.getgroups()}
+        os.chown(path, -1, FOREIGN_GID)
     with pytest.raises(ConfigError, match="chmod 600") as info:
         read_secret_file(path, "token")
     assert SECRET not in str(info.value)
@@ -286,6 +308,17 @@ def test_read_secret_file_refuses_files_others_can_read(tmp_path: Path, mode: in
 def test_read_secret_file_accepts_owner_only_files(tmp_path: Path, mode: int) -> None:
     """A 0600 (or 0400) secret file is read, surrounding whitespace removed."""
     path = write(tmp_path / "token", f"  {SECRET}\n", mode)
+    assert read_secret_file(path, "token") == SECRET
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o440])
+def test_read_secret_file_accepts_group_read_by_the_bridges_own_group(
+    tmp_path: Path, mode: int
+) -> None:
+    """Kubernetes mounts a Secret with fsGroup as 0440 owned by the pod's group; a file only
+    the bridge's own group may read is accepted."""
+    path = write(tmp_path / "token", f"{SECRET}\n", mode)
+    os.chown(path, -1, os.getegid())
     assert read_secret_file(path, "token") == SECRET
 
 
@@ -342,3 +375,14 @@ def test_token_source_picks_up_a_rotated_file_even_when_only_its_mode_is_fixed(
     refusals = [r for r in caplog.records if "unusable" in r.getMessage()]
     assert len(refusals) == 1
     assert "mqk_live" not in caplog.text
+
+
+def test_log_format_from_log_format_or_the_prefixed_variable() -> None:
+    """LOG_FORMAT (the container convention) sets log_format; the prefixed variable wins; a bad
+    value names the variable it came from."""
+    assert load_settings(environ={}).log_format == "text"
+    assert load_settings(environ={"LOG_FORMAT": "JSON"}).log_format == "json"
+    both = {"LOG_FORMAT": "json", "METRIQO_BRIDGE_LOG_FORMAT": "text"}
+    assert load_settings(environ=both).log_format == "text"
+    with pytest.raises(ConfigError, match="environment variable LOG_FORMAT"):
+        load_settings(environ={"LOG_FORMAT": "yaml"})

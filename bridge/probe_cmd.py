@@ -1,0 +1,42 @@
+"""``metriqo-bridge health``: ask a running bridge whether it is alive (or ready).
+
+For container HEALTHCHECKs and scripts, where curl may not exist: it reads the same settings
+as ``run`` (file, environment, flags), so it asks the port the bridge listens on.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+
+from bridge.settings import Settings
+
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+
+
+def probe(settings: Settings, *, ready: bool, timeout: float) -> tuple[bool, str]:
+    """(healthy, one-line reason) from ``/healthz`` or ``/readyz``."""
+    if not settings.http.enabled:
+        return False, "http.enabled is false: the bridge serves no health endpoint"
+    host = _WILDCARDS.get(settings.http.host, settings.http.host)
+    path = "/readyz" if ready else "/healthz"
+    conn = http.client.HTTPConnection(host, settings.http.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read(2000).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"no answer from http://{host}:{settings.http.port}{path}: {exc}"
+    finally:
+        conn.close()
+    if resp.status == 200:
+        return True, f"{path}: {resp.status} {body}"
+    return False, f"{path}: {resp.status} {body}"
+
+
+def run_health(settings: Settings, *, ready: bool, timeout: float, quiet: bool) -> int:
+    """Exit 0 when the endpoint answers 200, else 1 (with the reason on stderr)."""
+    ok, reason = probe(settings, ready=ready, timeout=timeout)
+    if not quiet or not ok:
+        print(reason, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
