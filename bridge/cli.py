@@ -1,4 +1,4 @@
-"""Command line: ``metriqo-bridge [run|check|test|explain|schema|health|simulate-api|
+"""Command line: ``metriqo-bridge [run|check|test|explain|schema|health|backup|simulate-api|
 simulate-sensors|demo|bench|soak|dead-letters]``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 66 no spool at the configured path
@@ -20,8 +20,15 @@ from pathlib import Path
 
 import orjson
 
-from bridge import __version__, deadletters_cmd, sensors_cmd, toolargs
-from bridge.errors import EX_CONFIG, ConfigError, ConfigErrors, SpoolError, SpoolLocked
+from bridge import __version__, backup_cmd, deadletters_cmd, sensors_cmd, toolargs
+from bridge.errors import (
+    EX_CONFIG,
+    ConfigError,
+    ConfigErrors,
+    SpoolError,
+    SpoolLocked,
+    SpoolTooNew,
+)
 from bridge.logs import json_line, requested_format
 
 EX_TEMPFAIL = 75
@@ -62,7 +69,7 @@ _FLAG_KEYS = {
 }
 
 
-def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_operations(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health = sub.add_parser(
         "health", help="ask a running bridge for /healthz (or /readyz); exit 0 or 1"
     )
@@ -70,6 +77,11 @@ def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     health.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     health.add_argument("--quiet", "-q", action="store_true", help="print only failures")
+    backup = sub.add_parser(
+        "backup", help="copy the spool consistently, also beside a running bridge"
+    )
+    _add_run_flags(backup)
+    backup_cmd.add_arguments(backup)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="400 (naming the object index) for any point whose value is exactly X",
     )
     deadletters_cmd.add_parser(sub)
-    _add_health(sub)
+    _add_operations(sub)
     sensors_cmd.add_parser(sub)
     toolargs.add_bench(sub)
     toolargs.add_soak(sub)
@@ -230,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = load_settings(file=args.config, overrides=_overrides(args))
             return run_health(settings, ready=args.ready, timeout=args.timeout, quiet=args.quiet)
+        if args.command == "backup":
+            from bridge.settings import load_settings
+
+            settings = load_settings(file=args.config, overrides=_overrides(args))
+            return backup_cmd.run(settings, args.dest, force=args.force)
         if args.command == "simulate-sensors":
             return sensors_cmd.run(args)
         if args.command == "dead-letters":
@@ -249,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except ConfigError as exc:
         _report_config_error(exc)
+        return EX_CONFIG
+    except SpoolTooNew as exc:
+        print(f"metriqo-bridge: spool error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except SpoolLocked as exc:
         print(f"metriqo-bridge: {exc}", file=sys.stderr)

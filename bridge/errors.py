@@ -9,7 +9,8 @@
     │   ├── RetryableDelivery    network errors, timeouts, 5xx, 429: try again later
     │   └── PermanentDelivery    the API refused the batch for what it contains (400, 413, 422)
     └── SpoolError           the durable spool cannot be opened or written
-        └── SpoolLocked          another instance holds the spool's lock
+        ├── SpoolLocked          another instance holds the spool's lock
+        └── SpoolTooNew          a newer version's spool layout (after a downgrade)
 
 Library exceptions are translated once, at the edge of the module that uses the library.
 """
@@ -93,3 +94,8 @@ class SpoolError(BridgeError):
 
 class SpoolLocked(SpoolError):
     """Another bridge process holds the spool's exclusive lock."""
+
+
+class SpoolTooNew(SpoolError):
+    """The spool was written by a newer bridge whose layout this version does not know; it is
+    left untouched (exit 78, like a configuration error: restarting cannot fix it)."""

@@ -26,7 +26,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 import orjson
 
-from bridge.errors import SpoolError, SpoolLocked
+from bridge.errors import SpoolError, SpoolLocked, SpoolTooNew
 from bridge.logs import LogThrottle
 from bridge.points import DeadLetter, Record
 
@@ -36,6 +36,11 @@ Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 WhenFull = Literal["back-pressure", "drop-oldest"]
 DEAD_LETTER_PAYLOAD_CAP = 65536  # bytes of payload kept per dead letter; the size is kept too
 _IN_CHUNK = 900  # seqs per "IN (...)" list: below SQLite's historic 999-variable limit
+
+# The spool's layout, kept in SQLite's user_version. A newer bridge that changes the layout
+# raises it and migrates older files at open; an older bridge refuses a newer file instead of
+# misreading it. 0 means a new file or one from before versions were recorded (layout 1).
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -267,7 +272,7 @@ class Spool:
                     self._db = None
                 self._move_aside()
                 self._db = self._connect()
-            self._conn.executescript(_SCHEMA)
+            self._install_schema()
             self._load_counters()
         except sqlite3.Error as exc:
             self.close()
@@ -291,7 +296,7 @@ class Spool:
             self._db = self._connect()
             if not self._healthy(self._db):
                 raise SpoolError(f"spool {self.path} failed its integrity check")
-            self._conn.executescript(_SCHEMA)
+            self._install_schema()
             self._load_counters()
         except sqlite3.Error as exc:
             self.close()
@@ -404,6 +409,19 @@ class Spool:
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
         return db
+
+    def _install_schema(self) -> None:
+        db = self._conn
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise SpoolTooNew(
+                f"spool {self.path} has layout version {found}, written by a newer "
+                f"metriqo-bridge (this one knows up to {SCHEMA_VERSION}); it was left untouched. "
+                "Run the newer version until the spool is empty, or point spool.path elsewhere"
+            )
+        db.executescript(_SCHEMA)
+        if found < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @staticmethod
     def _healthy(db: sqlite3.Connection) -> bool:
