@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +69,23 @@ async def api() -> AsyncIterator[LocalApi]:
     """A local Metriqo-compatible API without a rate limit."""
     async with LocalApi(token=TOKEN, rate_limit_per_minute=None) as server:
         yield server
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fail any test whose captured output (stdout, stderr, log records) contains the API
+    token: the token must never be printed, logged or put in an error message."""
+    report = yield
+    # A teardown report repeats the setup and call sections; look only at its own.
+    sections = [
+        (name, content)
+        for name, content in report.sections
+        if report.when != "teardown" or "teardown" in name
+    ]
+    leaked = [name for name, content in sections if TOKEN in content]
+    if leaked and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"the API token appeared in captured output: {', '.join(leaked)}"
+    return report

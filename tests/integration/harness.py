@@ -285,6 +285,9 @@ class BridgeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        # The subprocess's output goes to files, out of pytest's capture: check it here.
+        if TOKEN in self.output():
+            raise AssertionError(f"the API token appeared in the bridge's output ({self.workdir})")
 
 
 def run_in_thread(fn: object, *args: object) -> threading.Thread:
