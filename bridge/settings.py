@@ -300,7 +300,7 @@ def read_secret_file(path: Path, what: str) -> str:
         raise ConfigError(f"{what} file not found", file=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"{what} file cannot be read: {exc.strerror}", file=str(path)) from None
-    problem = _exposure(st)
+    problem = _exposure(st, _in_credentials_directory(path))
     if problem:
         raise ConfigError(f"{what} file is {problem}; run: chmod 600 {path}", file=str(path))
     if not text:
@@ -308,7 +308,15 @@ def read_secret_file(path: Path, what: str) -> str:
     return text
 
 
-def _exposure(st: os.stat_result) -> str | None:
+def _in_credentials_directory(path: Path) -> bool:
+    """True for a systemd credential (``LoadCredential=``): systemd keeps those in a read-only
+    directory private to the service, and newer versions grant the service user read access
+    through an ACL on a root-owned 0440 file, which the group check below would refuse."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return creds is not None and creds != "" and path.resolve().parent == Path(creds).resolve()
+
+
+def _exposure(st: os.stat_result, credential: bool = False) -> str | None:
     """Why a secret file's permissions let others at it (None if they do not).
 
     Nothing for others, and nothing writable or executable by the group. Group *read* is
@@ -319,6 +327,8 @@ def _exposure(st: os.stat_result) -> str | None:
     mode = st.st_mode
     if mode & stat.S_IRWXO:
         return "readable by group or others"
+    if credential:
+        return None
     if mode & (stat.S_IWGRP | stat.S_IXGRP):
         return "writable by its group"
     if mode & stat.S_IRGRP and st.st_gid not in {os.getgid(), os.getegid(), *os.getgroups()}:

@@ -386,3 +386,25 @@ def test_log_format_from_log_format_or_the_prefixed_variable() -> None:
     assert load_settings(environ=both).log_format == "text"
     with pytest.raises(ConfigError, match="environment variable LOG_FORMAT"):
         load_settings(environ={"LOG_FORMAT": "yaml"})
+
+
+def test_a_systemd_credential_is_accepted_with_group_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newer systemd hands a credential over as a root-owned 0440 file with an ACL in a
+    directory private to the service; inside $CREDENTIALS_DIRECTORY group-read is accepted,
+    others-read is still refused, and the same file elsewhere is refused."""
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o500)
+    path = write(creds / "metriqo-token", SECRET, 0o440)
+    outside = write(tmp_path / "token", SECRET, 0o440)
+    if os.geteuid() == 0:
+        os.chown(path, -1, FOREIGN_GID)
+        os.chown(outside, -1, FOREIGN_GID)
+        with pytest.raises(ConfigError, match="readable by group"):
+            read_secret_file(outside, "token")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert read_secret_file(path, "token") == SECRET
+    path.chmod(0o444)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        read_secret_file(path, "token")
