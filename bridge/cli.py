@@ -510,6 +510,15 @@ def _simulate_api(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(str(exc), key="simulate-api") from None
+
+    async def serve() -> None:
+        # SIGTERM stops it cleanly: as a container's PID 1 it would otherwise be ignored.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve_forever(args.host, args.port, token, limit, faults)
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(args.host, args.port, token, limit, faults))
+        asyncio.run(serve())
     return 0

@@ -8,6 +8,7 @@ publishes anywhere the user did not name with ``--host``.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +26,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     p.add_argument("--rate", type=float, default=10.0, help="messages/s in all (default 10)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
-    p.add_argument("--mappings", type=Path, help="mapping file (default: the shipped one)")
+    p.add_argument(
+        "--mappings",
+        type=Path,
+        default=Path(os.environ.get("METRIQO_BRIDGE_MAPPING__FILE") or "topic-mappings.yaml"),
+        help="mapping file (default: METRIQO_BRIDGE_MAPPING__FILE or ./topic-mappings.yaml)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated values")
     p.add_argument(
         "--wait-subscriber",
@@ -39,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from bridge.mapping_config import load_mappings
 
-    rules = load_mappings(args.mappings) if args.mappings is not None else None
+    rules = load_mappings(args.mappings)
     try:
         fleet = SensorFleet(
             args.host,
