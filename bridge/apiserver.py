@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -561,6 +562,7 @@ class LocalApi:
         wall_clock: Callable[[], float] = time.time,
         store: ApiStore | None = None,
         faults: Faults | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Prepares the server; nothing listens until the block is entered.
 
@@ -574,6 +576,7 @@ class LocalApi:
             wall_clock: See `create_app`.
             store: A store to record into; a fresh one by default.
             faults: See `create_app`.
+            ssl_context: Serve HTTPS with this server context (tests of TLS to the API).
         """
         self.store = ApiStore() if store is None else store
         self._app = create_app(
@@ -581,6 +584,7 @@ class LocalApi:
         )
         self._host = host
         self._requested_port = port
+        self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -593,9 +597,10 @@ class LocalApi:
 
     @property
     def url(self) -> str:
-        """Base URL of the API, e.g. ``http://127.0.0.1:8123/api/v2``."""
+        """Base URL of the API, e.g. ``http://127.0.0.1:8123/api/v2`` (https with TLS)."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}{API_PREFIX}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{host}:{self.port}{API_PREFIX}"
 
     async def __aenter__(self) -> Self:
         """Binds and starts serving."""
@@ -603,7 +608,9 @@ class LocalApi:
         runner = web.AppRunner(self._app, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
+            site = web.TCPSite(
+                runner, self._host, self._requested_port, ssl_context=self._ssl_context
+            )
             await site.start()
             self._port = int(runner.addresses[0][1])
         except BaseException:

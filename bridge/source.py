@@ -89,6 +89,7 @@ class MqttSource:
         self._reading_paused = False
         self._sock: Any = None
         self._throttle = LogThrottle(30.0)
+        self._socket_error = ""  # paho's last socket error before CONNACK (e.g. a TLS alert)
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -109,6 +110,10 @@ class MqttSource:
             if s.tls.cert_file and s.tls.key_file:
                 ctx.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
             if not s.tls.verify:
+                log.warning(
+                    "mqtt.tls.verify is false: the broker's certificate is not checked, so "
+                    "anyone on the network path can pose as the broker"
+                )
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
             client.tls_set_context(ctx)
@@ -186,6 +191,10 @@ class MqttSource:
         self._connack.clear()
         self._lost.clear()
         assert self._loop is not None
+        # paho reports why a socket failed only through on_log; listen until CONNACK (it
+        # formats a line for every packet once connected, so not longer).
+        self._socket_error = ""
+        self._client.on_log = self._on_log
         try:
             await self._loop.run_in_executor(None, self._blocking_connect)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -259,6 +268,7 @@ class MqttSource:
     def _on_connect(
         self, client: mqtt.Client, _ud: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
+        client.on_log = None
         if reason.is_failure:
             self.state.last_error = f"broker refused the connection: {reason}"
             self._throttle.log(log, logging.ERROR, "refused", "%s", self.state.last_error)
@@ -302,8 +312,26 @@ class MqttSource:
             # Only a link that was up is news; a refused CONNACK already said why.
             self.state.last_error = f"disconnected from broker: {reason}"
             log.warning("%s", self.state.last_error)
+        elif not self._stopping and not self._connack.is_set():
+            # Closed before any CONNACK: mosquitto does this when it rejects a client
+            # certificate after the handshake (TLS 1.3), giving no MQTT reason.
+            detail = self._socket_error or str(reason)
+            if not self._s.tls.enabled:
+                hint = "is it a TLS port? (mqtt.tls.enabled)"
+            elif self._s.tls.cert_file:
+                hint = "it may not accept the client certificate (mqtt.tls.cert_file)"
+            else:
+                hint = "it may require a client certificate (mqtt.tls.cert_file)"
+            self.state.last_error = (
+                f"broker closed the connection before accepting it ({detail}); {hint}"
+            )
+            self._throttle.log(log, logging.ERROR, "closed", "%s", self.state.last_error)
         self._set_disconnected()
         self._connack.set()
+
+    def _on_log(self, _c: mqtt.Client, _ud: Any, level: int, message: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._socket_error = message
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._received += 1
