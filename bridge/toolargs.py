@@ -30,10 +30,46 @@ FAULTS: tuple[str, ...] = (
 def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``bench`` and its options (run by :func:`bridge.bench.run_bench`)."""
     bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
-    bench.add_argument("mode", choices=["rate", "backlog"], help="live rate or queued backlog")
+    bench.add_argument(
+        "mode",
+        choices=["rate", "backlog", "spool", "rules"],
+        help="live rate, queued backlog, memory with a full spool, or many mapping rules",
+    )
     bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
     bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
-    bench.add_argument("--messages", type=int, default=20000, help="backlog mode: how many")
+    bench.add_argument(
+        "--messages", type=int, default=20000, help="backlog and rules modes: backlog size"
+    )
+    bench.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="backlog mode: skip the bare paho-mqtt and mosquitto_sub drains",
+    )
+    bench.add_argument(
+        "--points", type=int, default=5_000_000, help="spool mode: points written into the spool"
+    )
+    bench.add_argument(
+        "--idle-seconds", type=float, default=5.0, help="spool mode: API down, no traffic"
+    )
+    bench.add_argument(
+        "--live-rate", type=float, default=1000.0, help="spool mode: messages/s while API down"
+    )
+    bench.add_argument(
+        "--live-seconds", type=float, default=10.0, help="spool mode: how long, API down"
+    )
+    bench.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=60.0,
+        help="spool mode: API up, drain until empty or this long",
+    )
+    bench.add_argument(
+        "--rules", default="10,1000", help="rules mode: the rule counts to compare (fewest first)"
+    )
+    bench.add_argument(
+        "--iterations", type=int, default=20000, help="rules mode: messages mapped per round"
+    )
+    bench.add_argument("--rounds", type=int, default=5, help="rules mode: rounds (best is kept)")
     bench.add_argument(
         "--api-limit", type=int, default=None, help="API requests/min limit (default: none)"
     )
