@@ -18,26 +18,28 @@ import random
 import socket
 import ssl
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.logs import LogThrottle
+from bridge.mqttwire import PUBLISH, MalformedPacket, WireSocket, frame_length, parse_publish
 from bridge.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
 # A sink gets (topic, payload, mid, qos, dup, generation); generation changes on each connection.
 MessageSink = Callable[[str, bytes, int, int, bool, int], None]
-_READS_PER_WAKEUP = 64  # packets read per readiness callback before yielding to other tasks
+_BYTES_PER_WAKEUP = 1 << 20  # read at most this much per readiness callback, then yield
 
 
 @dataclass(slots=True)
@@ -87,7 +89,8 @@ class MqttSource:
         self._window = settings.receive_maximum
         self._unacked = 0
         self._reading_paused = False
-        self._sock: Any = None
+        self._sock: WireSocket | None = None
+        self._flush_pending = False
         self._throttle = LogThrottle(30.0)
         self._socket_error = ""  # paho's last socket error before CONNACK (e.g. a TLS alert)
         self._client = self._make_client()
@@ -148,14 +151,23 @@ class MqttSource:
         return added, removed
 
     def ack(self, mid: int, qos: int) -> None:
-        """Send PUBACK for a message of the current connection (call in receive order)."""
-        self._client.ack(mid, qos)
+        """Acknowledge a message of the current connection (call in receive order). PUBACKs
+        are buffered and sent together once the caller's batch is done."""
+        wire = self._sock
+        if qos == 1 and wire is not None:
+            wire.queue_puback(mid)
+            if not self._flush_pending and self._loop is not None:
+                self._flush_pending = True
+                self._loop.call_soon(self._flush)
+        else:
+            self._client.ack(mid, qos)
         self._unacked -= 1
         if self._reading_paused and self._unacked < self._window:
             self._reading_paused = False
             if self._loop is not None and self._sock is not None:
-                self._loop.add_reader(self._sock, self._on_readable)
-                self._loop.call_soon(self._on_readable)  # bytes may already sit in a TLS buffer
+                self._loop.add_reader(self._sock.fd, self._on_readable)
+                # Whole packets may already wait in the buffer (or in TLS), not on the socket.
+                self._loop.call_soon(self._on_readable)
 
     async def run(self) -> None:
         """Connect, and reconnect forever with capped full-jitter backoff, until cancelled."""
@@ -334,6 +346,7 @@ class MqttSource:
             self._socket_error = message
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        # Only for what the wire does not parse itself (QoS 2); see _dispatch.
         self._received += 1
         if msg.qos:
             self._unacked += 1
@@ -346,35 +359,104 @@ class MqttSource:
         )
 
     def _on_readable(self) -> None:
+        wire = self._sock
+        budget = _BYTES_PER_WAKEUP
+        while wire is not None and self._sock is wire:
+            self._dispatch(wire)
+            if self._reading_paused or self._sock is not wire:
+                return
+            if budget <= 0:
+                # Yield to other tasks; TLS may hold bytes that no longer make the fd readable.
+                assert self._loop is not None
+                self._loop.call_soon(self._on_readable)
+                return
+            got = wire.fill()
+            if not got:
+                if wire.eof or wire.error is not None:
+                    self._surface_close(wire)
+                return
+            budget -= got
+
+    def _dispatch(self, wire: WireSocket) -> None:
+        """Hand every whole packet in the buffer on: PUBLISH (QoS 0/1) straight to the sink,
+        anything else to paho, one packet at a time, in stream order."""
         client = self._client
-        for _ in range(_READS_PER_WAKEUP):
+        rx = wire.rx
+        v5 = self._s.protocol == "v5"
+        received = self._received
+        while self._sock is wire:
             if self._unacked >= self._window:
                 self._pause_reading()
-                return
-            before = self._received
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
-            if self._received == before:
                 break
-        # TLS may hold decrypted bytes that no longer make the fd readable (paho #131/#151).
-        sock = client.socket()
-        while (
-            sock is not None
-            and isinstance(sock, ssl.SSLSocket)
-            and sock.pending() > 0
-            and self._unacked < self._window
-        ):
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            pos = wire.pos
+            try:
+                length = frame_length(rx, pos)
+                if length is None:
+                    break
+                publish = (
+                    parse_publish(rx, pos, length, v5)
+                    if rx[pos] >> 4 == PUBLISH and self.state.connected
+                    else None
+                )
+            except MalformedPacket as exc:
+                wire.error = ConnectionError(f"malformed packet from the broker: {exc}")
+                self._surface_close(wire)
                 return
-            sock = client.socket()
+            if publish is not None:
+                wire.pos = pos + length
+                self._received += 1
+                if publish.qos:
+                    self._unacked += 1
+                self._sink(
+                    publish.topic,
+                    publish.payload,
+                    publish.mid,
+                    publish.qos,
+                    publish.dup,
+                    self.state.generation,
+                )
+                continue
+            wire.limit = pos + length  # paho reads exactly this packet
+            try:
+                client.loop_read()
+            finally:
+                wire.limit = None
+            if wire.pos == pos:
+                break  # paho did not take it (cannot happen with a whole packet); retry later
+        if self._received != received:
+            _note_bytes_received(client)
+
+    def _surface_close(self, wire: WireSocket) -> None:
+        """Let paho read the end of the stream (or the error) so it runs its disconnect path."""
+        if self._sock is wire:
+            wire.limit = None
+            self._client.loop_read()
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        wire = self._sock
+        if wire is None:
+            return
+        if not wire.flush():
+            if wire.error is not None:
+                self._surface_close(wire)
+            elif self._loop is not None:
+                self._loop.add_writer(wire.fd, self._on_writable)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._loop is not None and self._sock is not None:
             self._reading_paused = True
-            self._loop.remove_reader(self._sock)
+            self._loop.remove_reader(self._sock.fd)
 
     def _on_writable(self) -> None:
+        wire = self._sock
         self._client.loop_write()
+        if wire is None or self._sock is not wire or self._loop is None:
+            return
+        if wire.flush() and not self._client.want_write():
+            self._loop.remove_writer(wire.fd)
+        elif wire.error is not None:
+            self._surface_close(wire)
 
     def _call_on_loop(self, fn: Callable[[], None]) -> None:
         if threading.get_ident() == self._loop_thread:
@@ -382,42 +464,53 @@ class MqttSource:
         elif self._loop is not None:
             self._loop.call_soon_threadsafe(fn)
 
-    def _on_socket_open(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+    def _on_socket_open(self, client: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
         loop = self._loop
         assert loop is not None
+        # paho calls this right after creating the socket, before it sends CONNECT: from here
+        # on it reads and writes through the wire (see bridge/mqttwire.py).
+        wire = WireSocket(sock)
+        client._sock = wire
 
         def add() -> None:
-            self._sock = sock
+            self._sock = wire
             self._unacked = 0  # a new connection: the broker resends what was never acked
             self._reading_paused = False
-            loop.add_reader(sock, self._on_readable)
+            loop.add_reader(wire.fd, self._on_readable)
+            if wire.tx:
+                loop.add_writer(wire.fd, self._on_writable)
 
         self._call_on_loop(add)
 
-    def _on_socket_close(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+    def _on_socket_close(self, _c: mqtt.Client, _ud: Any, sock: WireSocket | Any) -> None:
         loop = self._loop
         assert loop is not None
+        fd = sock.fd if isinstance(sock, WireSocket) else sock.fileno()
 
         def remove() -> None:
-            loop.remove_reader(sock)
-            loop.remove_writer(sock)
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
             if self._sock is sock:
                 self._sock = None
                 self._reading_paused = False
 
         self._call_on_loop(remove)
 
-    def _on_register_write(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+    def _on_register_write(self, _c: mqtt.Client, _ud: Any, sock: WireSocket | Any) -> None:
         loop = self._loop
         assert loop is not None
-        self._call_on_loop(lambda: loop.add_writer(sock, self._on_writable))
+        fd = sock.fd if isinstance(sock, WireSocket) else sock.fileno()
+        self._call_on_loop(lambda: loop.add_writer(fd, self._on_writable))
 
-    def _on_unregister_write(self, _c: mqtt.Client, _ud: Any, sock: socket.socket | Any) -> None:
+    def _on_unregister_write(self, _c: mqtt.Client, _ud: Any, sock: WireSocket | Any) -> None:
         loop = self._loop
         assert loop is not None
 
         def remove() -> None:
-            loop.remove_writer(sock)
+            # paho's queue is empty; the wire may still hold bytes the kernel did not take.
+            if isinstance(sock, WireSocket) and sock.tx:
+                return
+            loop.remove_writer(sock.fd if isinstance(sock, WireSocket) else sock.fileno())
 
         self._call_on_loop(remove)
 
@@ -427,3 +520,9 @@ def _subscribe_options() -> SubscribeOptions:
     to filters its session already has, and a replayed retained message without a payload
     time would otherwise be stored again as a new reading (MQTT v5 Retain Handling 1)."""
     return SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+
+
+def _note_bytes_received(client: mqtt.Client) -> None:
+    """Tell paho's keepalive that the broker is talking: PUBLISH packets parsed by the wire
+    never pass through paho's reader, which is where it notes the time."""
+    client._last_bytes_received = time.monotonic()  # paho 2.2; tests/unit/test_mqttwire.py
