@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
@@ -82,6 +83,10 @@ class Delivery:
         self._rate_stamp = clock()
         self._m.drain_eta.set_function(self._drain_eta)
         self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        # Full batches taken from the spool ahead of a free slot: one spool round trip fills
+        # every slot, instead of one round trip (queued behind commits) per request.
+        self._prepared: deque[Batch] = deque()
         self._wake = asyncio.Event()
         self._cursor = 0
         self._unsent = spool.spool.depth_points
@@ -120,7 +125,13 @@ class Delivery:
     @property
     def idle(self) -> bool:
         """Nothing waiting and nothing in flight."""
-        return self._unsent == 0 and self._in_flight == 0 and not self._done and not self._deleting
+        return (
+            self._unsent == 0
+            and self._in_flight == 0
+            and not self._prepared
+            and not self._done
+            and not self._deleting
+        )
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -179,6 +190,8 @@ class Delivery:
             return True
 
     async def _next_batch(self) -> Batch:
+        if self._prepared:
+            return self._prepared.popleft()
         while True:
             now = self._clock()
             ready = self._unsent >= self._max_points or (
@@ -189,12 +202,13 @@ class Delivery:
                 )
             )
             if ready:
-                batch = await self._spool.run(self._take)
-                if batch is not None:
-                    self._unsent = max(0, self._unsent - batch.points)
+                batches = await self._spool.run(self._take, self._concurrency)
+                if batches:
+                    self._unsent = max(0, self._unsent - sum(b.points for b in batches))
                     if self._unsent == 0:
                         self._unsent_since = None
-                    return batch
+                    self._prepared.extend(batches[1:])
+                    return batches[0]
                 self._unsent, self._unsent_since = 0, None  # counted points were duplicates
                 continue
             timeout = None
@@ -207,23 +221,32 @@ class Delivery:
             except TimeoutError:
                 pass
 
-    def _take(self) -> Batch | None:
-        """Choose the next batch and mark it handed out: on the spool thread, so drop-oldest
-        cannot delete a record between the two."""
+    def _take(self, count: int) -> list[Batch]:
+        """Choose the next batch (and up to ``count - 1`` more, if they are full) and mark
+        them handed out: on the spool thread, so drop-oldest cannot delete a record between
+        the two."""
         sp = self._spool.spool
         if self._live_first:
             rows = sp.fetch_newest(self._max_points)
-        else:
-            rows = sp.fetch(self._cursor, self._max_points)
-        if not rows:
-            return None
-        batch = take_batch(rows, self._max_points, single_object=self._single)
-        if self._live_first:
+            if not rows:
+                return []
+            batch = take_batch(rows, self._max_points, single_object=self._single)
             batch = Batch(batch.records[::-1], batch.points)  # the body stays in time order
-        else:
-            self._cursor = batch.records[-1].seq
-        sp.hand_out(batch.seqs)
-        return batch
+            sp.hand_out(batch.seqs)
+            return [batch]
+        rows = sp.fetch(self._cursor, self._max_points * count)
+        batches: list[Batch] = []
+        start = 0
+        while start < len(rows) and len(batches) < count:
+            batch = take_batch(rows[start:], self._max_points, single_object=self._single)
+            if batches and batch.points < self._max_points:
+                break  # a partial batch waits for its linger, as a first one would
+            batches.append(batch)
+            start += len(batch.records)
+        if batches:
+            self._cursor = batches[-1].records[-1].seq
+            sp.hand_out([seq for b in batches for seq in b.seqs])
+        return batches
 
     async def _deliver_slot(self, batch: Batch) -> None:
         try:
