@@ -7,6 +7,7 @@ import socket
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -23,23 +24,24 @@ def _publish_packet(
     topic: str, payload: bytes, qos: int, mid: int, *, v5: bool, dup: bool = False
 ) -> bytes:
     """A PUBLISH exactly as paho's client encodes one (its own sender, not ours)."""
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
     sent: list[bytes] = []
 
-    def capture(command: int, packet: bytes | bytearray, *_: object, **__: object) -> int:
+    def capture(
+        command: int, packet: bytes | bytearray, mid: int, qos: int, info: object = None
+    ) -> MQTTErrorCode:
         sent.append(bytes(packet))
-        return 0
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     client._packet_queue = capture  # type: ignore[method-assign]
-    client._sock = object()  # paho encodes only when it believes it is connected
+    client._sock = socket.socket()  # paho encodes only when it believes it is connected
     props = None
     if v5:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.UserProperty = ("site", "hall-3")
         props.MessageExpiryInterval = 3600
     client._send_publish(mid, topic.encode(), payload, qos, False, dup, properties=props)
+    client._sock.close()
     client._sock = None
     assert len(sent) == 1
     return sent[0]
@@ -141,5 +143,5 @@ def test_wire_socket_buffers_reads_and_writes_over_a_real_socket() -> None:
 def test_paho_keeps_the_keepalive_clock_the_source_updates() -> None:
     """bridge/source.py moves paho 2.2's _last_bytes_received for PUBLISH packets it parses
     itself; if paho renames it, keepalive would break silently, so fail here instead."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
     assert isinstance(client._last_bytes_received, float)
