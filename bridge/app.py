@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -313,8 +314,16 @@ class Bridge:
     async def _commit_loop(self, aspool: AsyncSpool) -> None:
         assert self.source is not None and self.delivery is not None
         limit = self.settings.spool.commit_max_messages
+        interval = self.settings.spool.commit_interval_s
+        backlog = max(1, self.settings.mqtt.receive_maximum // 2)
+        loop = asyncio.get_running_loop()
+        began = -math.inf
         while True:
             await self.intake.wait()
+            wait = began + interval - loop.time()
+            if wait > 0 and len(self.intake) < backlog and self.intake.accepting:
+                await asyncio.sleep(wait)  # let a few more messages join this commit
+            began = loop.time()
             batch = self.intake.take(limit)
             records = [r for p in batch for r in p.records]
             dead = [p.dead for p in batch if p.dead is not None]
