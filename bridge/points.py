@@ -47,12 +47,23 @@ class Record:
 
 
 def record_id(device_id: str, ts_us: int, metrics: dict[str, float]) -> bytes:
-    """Hash of device, timestamp and sorted metric names (16 bytes)."""
-    h = hashlib.blake2b(digest_size=16)
+    """16 bytes: the timestamp (8, big-endian, so ids sort by time) then a hash of device,
+    timestamp and sorted metric names (8).
+
+    Time first because the spool indexes these ids: data arrives roughly in time order and
+    leaves oldest first, so its index then grows at one end and shrinks at the other. A plain
+    hash put every insert and every delete on a random index page; with a 100,000-record
+    backlog that made commits 5x and deletes 7x slower (bridge spool layout 1 -> 2).
+    """
+    h = hashlib.blake2b(digest_size=8)
     h.update(device_id.encode("utf-8", "surrogatepass"))
     h.update(b"\x00%d\x00" % ts_us)
     h.update("\x00".join(sorted(metrics)).encode("utf-8", "surrogatepass"))
-    return h.digest()
+    return ((ts_us + _TS_OFFSET) & _TS_MASK).to_bytes(8, "big") + h.digest()
+
+
+_TS_OFFSET = 1 << 63  # signed microseconds to an unsigned key that sorts the same way
+_TS_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)

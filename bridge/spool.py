@@ -28,7 +28,7 @@ import orjson
 
 from bridge.errors import SpoolError, SpoolLocked, SpoolTooNew
 from bridge.logs import LogThrottle
-from bridge.points import DeadLetter, Record
+from bridge.points import DeadLetter, Record, record_id
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ _IN_CHUNK = 900  # seqs per "IN (...)" list: below SQLite's historic 999-variabl
 # The spool's layout, kept in SQLite's user_version. A newer bridge that changes the layout
 # raises it and migrates older files at open; an older bridge refuses a newer file instead of
 # misreading it. 0 means a new file or one from before versions were recorded (layout 1).
-SCHEMA_VERSION = 1
+# 2: record ids begin with the timestamp (see points.record_id); layout 1 ids are recomputed.
+SCHEMA_VERSION = 2
+_MIGRATE_CHUNK = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -421,7 +423,43 @@ class Spool:
             )
         db.executescript(_SCHEMA)
         if found < SCHEMA_VERSION:
+            if found < 2:
+                self._migrate_record_ids()
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate_record_ids(self) -> None:
+        """Layout 1 -> 2: recompute every waiting record's id in the new form, in one
+        transaction and in chunks (memory stays flat for a spool of millions of records). The
+        ids of delivered records are forgotten: they cannot be recomputed, so a message the
+        broker redelivers right after the upgrade may be delivered a second time."""
+        db = self._conn
+        count = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        forgotten = db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]
+        if not count and not forgotten:
+            return
+        log.info(
+            "spool %s: updating the layout to version %d (%d waiting record(s))",
+            self.path,
+            SCHEMA_VERSION,
+            count,
+        )
+        with self._transaction("layout update"):
+            after = 0
+            while True:
+                rows = db.execute(
+                    "SELECT seq, device_id, ts_us, metrics FROM records WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (after, _MIGRATE_CHUNK),
+                ).fetchall()
+                if not rows:
+                    break
+                db.executemany(
+                    "UPDATE records SET rid = ? WHERE seq = ?",
+                    [(record_id(d, t, orjson.loads(m)), seq) for seq, d, t, m in rows],
+                )
+                after = rows[-1][0]
+            db.execute("DELETE FROM delivered_ids")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # with the ids, atomically
 
     @staticmethod
     def _healthy(db: sqlite3.Connection) -> bool:

@@ -1,0 +1,84 @@
+"""Spool layout versions: record ids that sort by time (layout 2), and the migration of a
+layout 1 spool, whose ids were a plain hash, at open."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+from bridge.points import Record, record_id
+from bridge.spool import SCHEMA_VERSION, Spool
+from tests.unit.clock import FakeClock
+
+T0_US = 1_731_657_600_000_000
+NOW_S = 1_731_657_700.0
+
+
+def _rec(i: int, device: str = "d1") -> Record:
+    return Record(device, T0_US + i * 1_000_000, {"a": float(i), "b": 2.0}, T0_US + i * 1000)
+
+
+def _layout1_id(r: Record) -> bytes:
+    """A record id as layout 1 made it: a 16-byte hash, unrelated to time."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(r.device_id.encode())
+    h.update(b"\x00%d\x00" % r.ts_us)
+    h.update("\x00".join(sorted(r.metrics)).encode())
+    return h.digest()
+
+
+def test_record_ids_sort_by_time_and_stay_deterministic() -> None:
+    """Ids of later readings sort after earlier ones (also across devices and before 1970),
+    and the same device, time and metric names give the same id whatever the values."""
+    times = [-5_000_000, 0, 1, T0_US, T0_US + 1, 2**62]
+    ids = [record_id("dev", t, {"x": 1.0}) for t in times]
+    assert ids == sorted(ids)
+    assert len({len(i) for i in ids}) == 1
+    assert record_id("a", T0_US, {"x": 1.0}) < record_id("b", T0_US + 1, {"x": 1.0})
+    assert record_id("a", T0_US, {"x": 1.0, "y": 2.0}) == record_id("a", T0_US, {"y": 9, "x": 0})
+    assert record_id("a", T0_US, {"x": 1.0}) != record_id("b", T0_US, {"x": 1.0})
+    assert record_id("a", T0_US, {"x": 1.0}) != record_id("a", T0_US, {"z": 1.0})
+
+
+def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
+    """Every waiting record gets its id in the new form (so a redelivery of it is still
+    recognised), the old delivered-id memory is dropped, and nothing waiting is lost."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path, clock=FakeClock(NOW_S))
+    spool.open()
+    records = [_rec(i, device=f"d{i % 3}") for i in range(25)]
+    spool.commit(records, [])
+    spool.close()
+    db = sqlite3.connect(path)
+    for r in records:
+        db.execute("UPDATE records SET rid = ? WHERE rid = ?", (_layout1_id(r), r.record_id))
+    db.execute("INSERT INTO delivered_ids VALUES (?, ?)", (b"\x01" * 16, T0_US))
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+
+    spool = Spool(path, clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        db = spool._conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        stored = dict(db.execute("SELECT ts_us, rid FROM records").fetchall())
+        assert stored == {r.ts_us: r.record_id for r in records}
+        assert db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0] == 0
+        # A redelivery of a waiting message is recognised against the migrated ids.
+        result = spool.commit([records[7]], [])
+        assert result.points_duplicate == 2
+        assert [r.ts_us for r in spool.fetch(0, 100)] == [r.ts_us for r in records]
+        assert spool.depth_points == 50
+    finally:
+        spool.close()
+
+
+def test_a_new_spool_starts_at_the_current_layout(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "new.db", clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        spool.close()
