@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
+
 from bridge import failpoints
 from bridge.delivery import Delivery
 from bridge.errors import ConfigError, SpoolError
@@ -33,6 +35,7 @@ from bridge.status import StatusServer
 
 log = logging.getLogger(__name__)
 _SESSION_KEY = "mqtt_session"
+_FILTERS_KEY = "mqtt_filters"  # JSON list of the broker filters the session holds
 
 
 def _task_stack(task: asyncio.Task[object]) -> str:
@@ -233,12 +236,15 @@ class Bridge:
                 linger_s=s.batch.linger_s,
                 concurrency=s.api.concurrency,
                 requests_per_minute=s.api.requests_per_minute,
+                replicas=s.api.replicas,
+                adaptive=s.api.budget_split == "adaptive",
                 retry_min_s=s.api.retry_min_s,
                 retry_max_s=s.api.retry_max_s,
                 single_object=s.api.body == "object",
                 order=s.batch.backlog_order,
                 on_space_freed=self._space.set,
             )
+            filters = await aspool.run(self.spool.meta_get, _FILTERS_KEY)
             self.source = MqttSource(
                 s.mqtt,
                 self.mapper.subscriptions,
@@ -246,6 +252,8 @@ class Bridge:
                 password=self._password,
                 on_connected=self._on_connected,
                 on_disconnected=lambda: self.metrics.mqtt_connected.set(0),
+                session_filters=orjson.loads(filters) if filters and self._had_session else [],
+                on_filters=self._remember_filters,
             )
             async with contextlib.AsyncExitStack() as stack:
                 if s.http.enabled:
@@ -431,6 +439,16 @@ class Bridge:
         if not self._had_session:
             self._had_session = True
             self._tg.create_task(self._remember_session(), name="bridge.session.remember")
+
+    def _remember_filters(self, filters: list[str]) -> None:
+        """Keep the filters the broker session holds, so a restart with a different
+        configuration can unsubscribe the ones it dropped (see MqttSource)."""
+        if self._aspool is not None and self._tg is not None:
+            value = orjson.dumps(filters).decode()
+            self._tg.create_task(
+                self._aspool.run(self.spool.meta_set, _FILTERS_KEY, value),
+                name="bridge.session.filters",
+            )
 
     async def _remember_session(self) -> None:
         assert self._aspool is not None

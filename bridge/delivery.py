@@ -25,12 +25,11 @@ from bridge.batcher import Batch, take_batch
 from bridge.errors import PermanentDelivery, RetryableDelivery
 from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
-from bridge.ratelimit import TokenBucket
+from bridge.ratelimit import TokenBucket, pacing
 from bridge.sender import Sender
 from bridge.spool import AsyncSpool, SpooledRecord, SpoolFull
 
 log = logging.getLogger(__name__)
-_PACING_GUARD_S = 0.5
 _MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever
 
 
@@ -47,6 +46,8 @@ class Delivery:
         linger_s: float = 1.0,
         concurrency: int = 4,
         requests_per_minute: float = 1000.0,
+        replicas: int = 1,
+        adaptive: bool = False,
         retry_min_s: float = 0.5,
         retry_max_s: float = 60.0,
         single_object: bool = False,
@@ -68,16 +69,11 @@ class Delivery:
         self._wall = wall_clock
         self._rng = rng
         self._retry = (retry_min_s, retry_max_s)
-        # The API counts requests in a sliding 60 s window as they arrive. Pacing over a
-        # slightly longer window leaves room for network jitter to bunch arrivals together; the
-        # burst may use half of that room (any 60 s then holds at most burst + 60 * rate
-        # requests), so a slot that wakes a little late does not waste its turn.
-        rate = requests_per_minute / (60.0 + _PACING_GUARD_S)
-        burst = max(1.0, min(2.0, requests_per_minute * _PACING_GUARD_S / 120.0))
-        self._bucket = TokenBucket(rate, burst=burst, now=clock())
-        self._rate_ceiling = rate
-        self._rate_floor = min(rate, 1.0 / 60.0)  # at least one request a minute
-        self._m.pacing_rate.set(rate)
+        pace = pacing(requests_per_minute, replicas, adaptive=adaptive)
+        self._bucket = TokenBucket(pace.start, burst=pace.burst, now=clock())
+        self._rate_ceiling = pace.ceiling
+        self._rate_floor = min(pace.start, 1.0 / 60.0)  # at least one request a minute
+        self._m.pacing_rate.set(pace.start)
         # Points delivered per second, smoothed over about a minute, for the drain estimate.
         self._delivery_rate = 0.0
         self._rate_stamp = clock()

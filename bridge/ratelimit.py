@@ -1,6 +1,38 @@
-"""Client-side pacing for the API: a token bucket. Pure: time is an argument."""
+"""Client-side pacing for the API: a token bucket and the rates it runs at. Pure: time is an
+argument."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The API counts requests in a sliding 60 s window as they arrive. Pacing over a slightly
+# longer window leaves room for network jitter to bunch arrivals together.
+PACING_GUARD_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """Requests per second to start at, the most to recover to after 429s, and the burst."""
+
+    start: float
+    ceiling: float
+    burst: float
+
+
+def pacing(requests_per_minute: float, replicas: int = 1, *, adaptive: bool = False) -> Pacing:
+    """This bridge's pacing when ``replicas`` bridges share ``requests_per_minute``.
+
+    Static: each paces at its share. Adaptive: each starts at its share and may recover (after
+    a 429 halved it) up to the whole budget, so a bridge whose partners are idle or down uses
+    what they leave; the 429s of a crowded window pull all of them back under the budget.
+    The burst may use half of the guard's room (any 60 s then holds at most burst + 60 * rate
+    requests), so a slot that wakes a little late does not waste its turn.
+    """
+    share = requests_per_minute / replicas
+    start = share / (60.0 + PACING_GUARD_S)
+    ceiling = (requests_per_minute if adaptive else share) / (60.0 + PACING_GUARD_S)
+    burst = max(1.0, min(2.0, share * PACING_GUARD_S / 120.0))
+    return Pacing(start, ceiling, burst)
 
 
 class TokenBucket:

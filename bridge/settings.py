@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,7 +48,11 @@ class MqttSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    # "{hostname}" is replaced by the host's name: one settings file for every replica.
     client_id: str = Field("metriqo-bridge", min_length=1, max_length=128)
+    # Subscribe through the shared subscription $share/<group>/<filter>: the broker hands each
+    # message to one bridge of the group (scale-out; see the README's "Scaling out").
+    share_group: str | None = None
     protocol: Literal["v5", "v311"] = "v5"
     session_expiry_s: int = Field(7 * 86400, ge=60, le=0xFFFFFFFF)
     keepalive_s: int = Field(30, ge=5, le=65535)
@@ -78,6 +83,11 @@ class ApiSettings(_Section):
     retry_max_s: float = Field(60.0, gt=0)
     allow_http: bool = False
     ca_file: Path | None = None
+    # Bridges sharing the organization's budget (requests_per_minute): "static" gives each
+    # requests_per_minute / replicas; "adaptive" starts there and lets each probe up to the
+    # whole budget, halving on every 429, so together they settle under it.
+    replicas: int = Field(1, ge=1, le=1000)
+    budget_split: Literal["static", "adaptive"] = "static"
 
 
 class BatchSettings(_Section):
@@ -193,6 +203,17 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigErrors([_error(e, origin) for e in exc.errors()]) from None
     _check(settings, origin)
+    if "{hostname}" in settings.mqtt.client_id:
+        client_id = settings.mqtt.client_id.replace("{hostname}", socket.gethostname())
+        if len(client_id) > 128:
+            raise ConfigError(
+                "longer than 128 characters once {hostname} is filled in",
+                file=origin.get(("mqtt", "client_id"), "defaults"),
+                key="mqtt.client_id",
+            )
+        settings = settings.model_copy(
+            update={"mqtt": settings.mqtt.model_copy(update={"client_id": client_id})}
+        )
     return settings
 
 
@@ -261,6 +282,9 @@ def _check(s: Settings, origin: dict[KeyPath, str]) -> None:
         fail(("mqtt", "tls", "cert_file"), "cert_file and key_file must be given together")
     if s.api.ca_file is not None and not Path(s.api.ca_file).is_file():
         fail(("api", "ca_file"), f"file not found: {s.api.ca_file}")
+    group = s.mqtt.share_group
+    if group is not None and (not group or any(c in group for c in "/+#")):
+        fail(("mqtt", "share_group"), "must be a non-empty name without '/', '+' or '#'")
     host = s.mqtt.host
     if not host or "://" in host or any(c in host for c in "/ \t@?#"):
         fail(("mqtt", "host"), "must be a host name or an IP address, e.g. broker.plant.local")

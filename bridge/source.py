@@ -66,9 +66,17 @@ class MqttSource:
         on_connected: Callable[[bool], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
         rng: Callable[[], float] = random.random,
+        session_filters: list[str] | None = None,
+        on_filters: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._s = settings
         self._subscriptions = subscriptions
+        # Broker filters the broker's session holds for us, as far as we know (persisted by
+        # the caller through on_filters): a session keeps its subscriptions across restarts,
+        # so filters the configuration no longer has (an edited mapping, a share group turned
+        # on) are unsubscribed at the next connect instead of delivering forever.
+        self._in_session: set[str] = set(session_filters or ())
+        self._on_filters = on_filters
         self._sink = sink
         self._password = password
         self._on_connected_cb = on_connected
@@ -142,13 +150,27 @@ class MqttSource:
         removed = [f for f in old if f not in filters]
         self._subscriptions = list(filters)
         if self.state.connected:
-            if added and self._s.protocol == "v5":
-                self._client.subscribe([(f, _subscribe_options()) for f in added])
-            elif added:
-                self._client.subscribe([(f, 1) for f in added])
+            self._subscribe([self._broker_filter(f) for f in added])
             if removed:
-                self._client.unsubscribe(removed)
+                self._client.unsubscribe([self._broker_filter(f) for f in removed])
+            self._set_in_session({self._broker_filter(f) for f in filters})
         return added, removed
+
+    def _broker_filter(self, topic_filter: str) -> str:
+        group = self._s.share_group
+        return f"$share/{group}/{topic_filter}" if group else topic_filter
+
+    def _subscribe(self, broker_filters: list[str]) -> None:
+        if broker_filters and self._s.protocol == "v5":
+            self._client.subscribe([(f, _subscribe_options()) for f in broker_filters])
+        elif broker_filters:
+            self._client.subscribe([(f, 1) for f in broker_filters])
+
+    def _set_in_session(self, broker_filters: set[str]) -> None:
+        if broker_filters != self._in_session:
+            self._in_session = broker_filters
+            if self._on_filters is not None:
+                self._on_filters(sorted(broker_filters))
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a message of the current connection (call in receive order). PUBACKs
@@ -290,18 +312,26 @@ class MqttSource:
         self.state.connected = True
         self.state.generation += 1
         self.state.session_present = present
-        topics = self._subscriptions
-        if topics and self._s.protocol == "v5":
-            client.subscribe([(f, _subscribe_options()) for f in topics])
-        elif topics:
-            client.subscribe([(f, 1) for f in topics])
+        wanted = [self._broker_filter(f) for f in self._subscriptions]
+        stale = sorted(self._in_session - set(wanted)) if present else []
+        if stale:
+            client.unsubscribe(stale)
+            log.info(
+                "unsubscribed %d filter(s) the broker session kept from an earlier "
+                "configuration: %s",
+                len(stale),
+                ", ".join(stale[:5]) + (" …" if len(stale) > 5 else ""),
+            )
+        self._subscribe(wanted)
+        self._set_in_session(set(wanted))
         log.info(
-            "connected to %s:%s as %r (session present: %s), subscribed to %d filter(s)",
+            "connected to %s:%s as %r (session present: %s), subscribed to %d filter(s)%s",
             self._s.host,
             self._s.port,
             self._s.client_id,
             present,
-            len(topics),
+            len(wanted),
+            f" in share group {self._s.share_group!r}" if self._s.share_group else "",
         )
         if self._on_connected_cb:
             self._on_connected_cb(present)

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.backoff import Backoff
 from bridge.logs import LogThrottle
-from bridge.ratelimit import TokenBucket
+from bridge.ratelimit import TokenBucket, pacing
 from bridge.sender import parse_retry_after
 from tests.unit.clock import FakeClock
 
@@ -231,3 +231,18 @@ def test_log_throttle_keeps_percent_style_arguments_out_of_the_format(
         "bad topic 'a/%s/{x}'",
         "bad topic 'a/%d/{y}' (repeated 1 times since last report)",
     ]
+
+
+def test_pacing_splits_the_budget_statically_or_adaptively() -> None:
+    """Static: each of N replicas paces at budget/N and never above. Adaptive: it starts at
+    budget/N and may recover up to the whole budget after 429s halved it."""
+    single = pacing(1000.0)
+    assert single.start == single.ceiling == pytest.approx(1000.0 / 60.5)
+    static = pacing(1000.0, 3)
+    assert static.start == static.ceiling == pytest.approx(1000.0 / 3 / 60.5)
+    adaptive = pacing(1000.0, 3, adaptive=True)
+    assert adaptive.start == pytest.approx(1000.0 / 3 / 60.5)
+    assert adaptive.ceiling == pytest.approx(1000.0 / 60.5)
+    # Together, N static replicas stay under the budget in any 60 s window, bursts included.
+    assert 3 * (static.burst + 60 * static.ceiling) <= 1000.0
+    assert 1.0 <= static.burst <= 2.0

@@ -408,3 +408,18 @@ def test_a_systemd_credential_is_accepted_with_group_read(
     path.chmod(0o444)
     with pytest.raises(ConfigError, match="readable by group or others"):
         read_secret_file(path, "token")
+
+
+@pytest.mark.parametrize("group", ["", "a/b", "g+", "#"])
+def test_share_group_must_be_a_plain_name(group: str) -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.share_group"):
+        load_settings(environ={"METRIQO_BRIDGE_MQTT__SHARE_GROUP": group})
+
+
+def test_client_id_takes_the_hostname_so_replicas_can_share_one_file() -> None:
+    import socket
+
+    s = load_settings(environ={"METRIQO_BRIDGE_MQTT__CLIENT_ID": "metriqo-{hostname}"})
+    assert s.mqtt.client_id == f"metriqo-{socket.gethostname()}"
+    with pytest.raises(ConfigError, match="128 characters"):
+        load_settings(environ={"METRIQO_BRIDGE_MQTT__CLIENT_ID": "x" * 120 + "{hostname}"})
