@@ -283,6 +283,16 @@ def test_client_id_is_the_pod_name() -> None:
     }
 
 
+def test_replicas_split_the_fleet_and_the_budget() -> None:
+    """Scaling is safe: every pod is in one share group (each message to one pod), and the
+    API budget is split over as many bridges as the StatefulSet runs."""
+    env = _env()
+    assert env["METRIQO_BRIDGE_MQTT__SHARE_GROUP"]["value"] == "metriqo-bridge"
+    replicas = _one("StatefulSet")["spec"]["replicas"]
+    assert env["METRIQO_BRIDGE_API__REPLICAS"]["value"] == str(replicas)
+    assert env["METRIQO_BRIDGE_API__BUDGET_SPLIT"]["value"] in ("static", "adaptive")
+
+
 def test_spool_lives_on_the_per_pod_volume_claim() -> None:
     """The spool file is on the volumeClaimTemplate's volume, kept when pods go or scale down."""
     sts = _one("StatefulSet")["spec"]
