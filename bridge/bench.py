@@ -480,6 +480,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 return asyncio.run(_SpoolBench(args, workdir, broker).run())
             if args.mode == "rules":
                 return asyncio.run(_run_rules(args, workdir, broker))
+            if args.mode == "replicas":
+                from bridge.bench_replicas import run_replicas
+
+                return asyncio.run(run_replicas(args, workdir, broker))
             return asyncio.run(_Bench(args, workdir, broker).run())
     except BrokerUnavailable as exc:
         print(f"bench: {exc}", file=sys.stderr)

@@ -32,13 +32,17 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
     bench.add_argument(
         "mode",
-        choices=["rate", "backlog", "spool", "rules"],
-        help="live rate, queued backlog, memory with a full spool, or many mapping rules",
+        choices=["rate", "backlog", "spool", "rules", "replicas"],
+        help="live rate, queued backlog, memory with a full spool, many mapping rules, or a "
+        "backlog drained by several bridges in one share group",
     )
     bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
     bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
     bench.add_argument(
-        "--messages", type=int, default=20000, help="backlog and rules modes: backlog size"
+        "--messages", type=int, default=20000, help="backlog, rules, replicas: backlog size"
+    )
+    bench.add_argument(
+        "--replicas", default="1,2,3", help="replicas mode: group sizes to compare (default 1,2,3)"
     )
     bench.add_argument(
         "--no-baselines",

@@ -128,3 +128,22 @@ def test_rules_mode_times_both_rule_sets_and_drains_with_each(
     assert (e2e["rules_10"]["points_lost"], e2e["rules_1000"]["points_lost"]) == (0, 0)
     assert math.isfinite(e2e["time_per_message_ratio"])
     assert len(report["targets"]) == 3
+
+
+def test_replicas_mode_drains_one_backlog_with_each_group_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replicas mode: for 1 and 2 bridges in a share group, every point exactly once, and with
+    two the work is split between them."""
+    out = tmp_path / "replicas.json"
+    code = main(["bench", "replicas", "--messages", "600", "--replicas", "1,2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    runs = json.loads(out.read_text())
+    assert [r["replicas"] for r in runs] == [1, 2]
+    for r in runs:
+        assert (r["points_delivered"], r["points_lost"], r["points_duplicated"]) == (2400, 0, 0)
+        assert r["problems"] == []
+        assert sum(r["share_per_replica"]) == 2400
+    assert all(share > 0 for share in runs[1]["share_per_replica"])
+    assert "mqk_bench_" not in printed + out.read_text()
