@@ -38,9 +38,23 @@ def frame_length(buf: bytearray | bytes, pos: int) -> int | None:
         MalformedPacket: a Remaining Length longer than four bytes.
     """
     end = len(buf)
+    found = _varint(buf, pos + 1, end)
+    if found is None:
+        return None
+    value, i = found
+    total = i - pos + value
+    return total if pos + total <= end else None
+
+
+def _varint(buf: bytearray | bytes, i: int, end: int) -> tuple[int, int] | None:
+    """MQTT's Variable Byte Integer at ``i``: (value, index after it), or None when the
+    buffer ends inside it.
+
+    Raises:
+        MalformedPacket: longer than four bytes.
+    """
     value = 0
     shift = 0
-    i = pos + 1
     while True:
         if i >= end:
             return None
@@ -48,12 +62,10 @@ def frame_length(buf: bytearray | bytes, pos: int) -> int | None:
         value |= (byte & 0x7F) << shift
         i += 1
         if not byte & 0x80:
-            break
+            return value, i
         shift += 7
         if shift > 21:
-            raise MalformedPacket("remaining length longer than four bytes")
-    total = i - pos + value
-    return total if pos + total <= end else None
+            raise MalformedPacket("variable byte integer longer than four bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +112,10 @@ def parse_publish(buf: bytearray | bytes, pos: int, length: int, v5: bool) -> Pu
         mid = (buf[i] << 8) | buf[i + 1]
         i += 2
     if v5:
-        props = 0
-        shift = 0
-        while True:
-            if i >= end or shift > 21:
-                raise MalformedPacket("PUBLISH properties length is malformed")
-            byte = buf[i]
-            props |= (byte & 0x7F) << shift
-            i += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-        i += props
+        props = _varint(buf, i, end)
+        if props is None:
+            raise MalformedPacket("PUBLISH properties length runs past the packet")
+        i = props[1] + props[0]
         if i > end:
             raise MalformedPacket("PUBLISH properties run past the packet")
     if not raw_topic:

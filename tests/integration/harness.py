@@ -295,3 +295,21 @@ def run_in_thread(fn: object, *args: object) -> threading.Thread:
     t = threading.Thread(target=fn, args=args, daemon=True)  # type: ignore[arg-type]
     t.start()
     return t
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bridge ARGS`` from the repository, with none of the caller's bridge settings
+    in its environment (only ``env``); stdout and stderr captured as text."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
+    base.pop("LOG_FORMAT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        cwd=REPO,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -7,15 +7,12 @@ import asyncio
 import hashlib
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bridge.apiserver import LocalApi
 from bridge.broker import LocalBroker, free_port
 from bridge.spool import SCHEMA_VERSION
-from tests.conftest import REPO
 from tests.integration.harness import (
     delivered_points,
     env_messages,
@@ -23,21 +20,9 @@ from tests.integration.harness import (
     make_settings,
     metric,
     publish,
+    run_cli,
     running_bridge,
 )
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def _waiting_points(path: Path) -> int:
@@ -65,7 +50,7 @@ async def test_backup_beside_a_running_bridge_restores_every_waiting_point(
             await asyncio.sleep(0.05)
         # The second half arrives while the copy is taken: the copy holds a consistent state.
         second = asyncio.create_task(publish(broker.port, messages[n // 2 :], client_id="pub-2"))
-        result = await asyncio.to_thread(_cli, "backup", str(dest), "--spool", str(spool))
+        result = await asyncio.to_thread(run_cli, "backup", str(dest), "--spool", str(spool))
         await second
         while metric(bridge, "metriqo_bridge_spool_points") < 4 * n:
             await asyncio.sleep(0.05)
@@ -77,7 +62,7 @@ async def test_backup_beside_a_running_bridge_restores_every_waiting_point(
     assert f"layout version {SCHEMA_VERSION}" in result.stdout
     assert not dest.with_name(dest.name + ".partial").exists()
     # A second backup to the same file needs --force.
-    again = _cli("backup", str(dest), "--spool", str(spool))
+    again = run_cli("backup", str(dest), "--spool", str(spool))
     assert again.returncode == 2
     assert "--force" in again.stderr
 
@@ -92,7 +77,7 @@ async def test_backup_beside_a_running_bridge_restores_every_waiting_point(
 
 
 def test_backup_without_a_spool_exits_66(tmp_path: Path) -> None:
-    result = _cli("backup", str(tmp_path / "x.db"), "--spool", str(tmp_path / "none.db"))
+    result = run_cli("backup", str(tmp_path / "x.db"), "--spool", str(tmp_path / "none.db"))
     assert result.returncode == 66
     assert "no spool at" in result.stderr
 
@@ -111,7 +96,7 @@ async def test_a_spool_from_a_newer_version_is_refused_untouched(
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()  # the last close checkpoints the WAL into the file
     before = hashlib.sha256(spool.read_bytes()).hexdigest()
-    result = _cli(
+    result = run_cli(
         "run", "--spool", str(spool), "--mqtt-port", str(broker.port), "--api-url", api.url,
         "--http-port", "0", "--set", "api.token=t",
     )  # fmt: skip

@@ -6,32 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bridge.apiserver import LocalApi
 from bridge.broker import LocalBroker
 from tests.conftest import REPO, TOKEN
-from tests.integration.harness import BridgeProcess, publish
-
-
-def _cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
-    base.pop("LOG_FORMAT", None)
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        cwd=REPO,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.integration.harness import BridgeProcess, publish, run_cli
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:
@@ -82,7 +63,7 @@ async def test_json_logs_are_one_object_per_line_even_for_hostile_payloads(
 def test_a_configuration_error_is_a_json_line_naming_the_key() -> None:
     """With LOG_FORMAT=json, the reason a container exits 78 reaches the log collector as
     structured fields."""
-    result = _cli(
+    result = run_cli(
         "run", "--set", "mqtt.port=0", "--set", "batch.max_points=500", env={"LOG_FORMAT": "json"}
     )
     assert result.returncode == 78, result.stderr
@@ -94,7 +75,7 @@ def test_a_configuration_error_is_a_json_line_naming_the_key() -> None:
         assert record["file"] == f"command-line setting {record['key']}"
         assert "configuration error" in str(record["msg"])
     # Without it, the same error is plain text for a terminal.
-    plain = _cli("run", "--set", "mqtt.port=0")
+    plain = run_cli("run", "--set", "mqtt.port=0")
     assert plain.returncode == 78
     assert plain.stderr.startswith("metriqo-bridge: configuration error:")
 
@@ -109,34 +90,34 @@ async def test_health_command_follows_the_bridge(
     try:
         proc.start()
         await asyncio.to_thread(proc.wait_ready)
-        alive = await asyncio.to_thread(_cli, "health", *port)
+        alive = await asyncio.to_thread(run_cli, "health", *port)
         assert alive.returncode == 0, alive.stderr
-        ready = await asyncio.to_thread(_cli, "health", "--ready", *port)
+        ready = await asyncio.to_thread(run_cli, "health", "--ready", *port)
         assert ready.returncode == 0, ready.stderr
         # The same port given the way a container gives it: through the environment.
         by_env = await asyncio.to_thread(
-            _cli, "health", "--quiet", env={"METRIQO_BRIDGE_HTTP__PORT": str(proc.http_port)}
+            run_cli, "health", "--quiet", env={"METRIQO_BRIDGE_HTTP__PORT": str(proc.http_port)}
         )
         assert (by_env.returncode, by_env.stdout) == (0, "")
         broker.stop()
         deadline = time.monotonic() + 30
         while True:
-            not_ready = await asyncio.to_thread(_cli, "health", "--ready", *port)
+            not_ready = await asyncio.to_thread(run_cli, "health", "--ready", *port)
             if not_ready.returncode == 1 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         assert not_ready.returncode == 1
         assert "503" in not_ready.stderr
         assert "mqtt" in not_ready.stderr.lower()
-        still_alive = await asyncio.to_thread(_cli, "health", *port)
+        still_alive = await asyncio.to_thread(run_cli, "health", *port)
         assert still_alive.returncode == 0
         assert proc.terminate() == 0
     finally:
         proc.close()
-    gone = _cli("health", *port)
+    gone = run_cli("health", *port)
     assert gone.returncode == 1
     assert "no answer" in gone.stderr
-    off = _cli("health", "--set", "http.enabled=false")
+    off = run_cli("health", "--set", "http.enabled=false")
     assert off.returncode == 1
     assert "http.enabled is false" in off.stderr
 
@@ -148,7 +129,7 @@ async def test_simulate_sensors_feeds_the_shipped_mapping_end_to_end(
     was told about; a bridge with the same mapping delivers its points. Without a subscriber
     it gives up after --wait-subscriber with a clear message."""
     lonely = await asyncio.to_thread(
-        _cli, "simulate-sensors", "--port", str(broker.port), "--seconds", "1",
+        run_cli, "simulate-sensors", "--port", str(broker.port), "--seconds", "1",
         "--wait-subscriber", "1",
     )  # fmt: skip
     assert lonely.returncode == 1
@@ -160,7 +141,7 @@ async def test_simulate_sensors_feeds_the_shipped_mapping_end_to_end(
         proc.start()
         await asyncio.to_thread(proc.wait_ready)
         run = await asyncio.to_thread(
-            _cli, "simulate-sensors", "--port", str(broker.port), "--devices", "12",
+            run_cli, "simulate-sensors", "--port", str(broker.port), "--devices", "12",
             "--rate", "40", "--seconds", "3",
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
