@@ -9,7 +9,9 @@ import urllib.request
 from pathlib import Path
 
 from bridge.apiserver import LocalApi
+from bridge.bench import max_in_window
 from bridge.broker import LocalBroker
+from tests.conftest import TOKEN
 from tests.integration.harness import (
     BridgeProcess,
     delivered_points,
@@ -148,3 +150,51 @@ async def test_turning_the_share_group_on_drops_the_old_subscription(
     assert duplicates_suppressed == 0
     assert len(delivered_points(api.store.points())) == 4 * n
     assert "unsubscribed 2 filter(s) the broker session kept" in proc.output()
+
+
+async def test_static_shares_keep_the_group_under_the_organization_budget(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """Two replicas with api.replicas 2 pace at half the budget each: the API, enforcing the
+    organization's limit over its sliding 60 s window, never answers 429, and the group's
+    requests in any 60 s stay within it. (About 70 s: the budget must be exceeded to matter.)"""
+    budget = 120  # requests per minute for the whole organization
+    n = 135  # one message per request (4 points, batch.max_points 4): more than a minute's worth
+    start_ms = int(time.time() * 1000) - n
+    async with LocalApi(token=TOKEN, rate_limit_per_minute=budget) as api:
+        procs = [
+            BridgeProcess(
+                broker.port,
+                api.url,
+                tmp_path / f"replica-{i}",
+                **{
+                    "mqtt.client_id": f"bridge-{i}",
+                    "mqtt.share_group": GROUP,
+                    "api.requests_per_minute": str(budget),
+                    "api.replicas": "2",
+                    "api.budget_split": "static",
+                    "batch.max_points": "4",
+                    "batch.linger_s": "0",
+                },
+            )
+            for i in range(2)
+        ]
+        try:
+            for p in procs:
+                p.start()
+            for p in procs:
+                await asyncio.to_thread(p.wait_ready)
+            await publish(broker.port, env_messages(n, start_ms))
+            await api.store.wait_for_points(4 * n, 120)
+            shares = [await asyncio.to_thread(_delivered_by, p) for p in procs]
+            for p in procs:
+                assert p.terminate() == 0
+        finally:
+            for p in procs:
+                p.close()
+        requests = list(api.store.requests)
+    assert [r.status for r in requests if r.status != 201] == [], "a 429 or other refusal"
+    assert max_in_window([r.received_at for r in requests], 60.0) <= budget
+    assert len(requests) == n
+    assert all(share > 0 for share in shares), shares
+    assert set(delivered_points(api.store.points())) == expected_env_points(n, start_ms)
