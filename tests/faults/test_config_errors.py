@@ -43,7 +43,7 @@ from bridge.errors import EX_CONFIG
 from bridge.mapping_config import load_mappings
 from bridge.settings import Settings
 from tests.conftest import REPO, TOKEN
-from tests.integration.harness import Publisher, make_settings, metric, publish
+from tests.integration.harness import Publisher, make_settings, metric, publish, run_bridge
 
 STARTED = "rule(s), broker "  # cli._run logs this once every check has passed
 IS_ROOT = os.geteuid() == 0
@@ -688,20 +688,8 @@ if not IS_ROOT:  # root reads a 0000 file anyway
 async def _bridge_from_file(settings: Settings, path: Path) -> AsyncIterator[Bridge]:
     """An in-process bridge started from the mapping file ``path`` (so it can reload it)."""
     bridge = Bridge(settings, load_mappings(path), lambda: TOKEN, mappings_path=path)
-    task = asyncio.create_task(bridge.run(), name="test.bridge")
-    try:
-        async with asyncio.timeout(20):
-            await bridge.started()
-            while not (bridge.source and bridge.source.state.subscribed):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-        yield bridge
-        assert not task.done(), "the bridge stopped during the reloads"
-    finally:
-        bridge.stop()
-        async with asyncio.timeout(30):
-            await task
+    async with run_bridge(bridge, start_timeout=20, must_keep_running=True) as running:
+        yield running
 
 
 def _sample(bridge: Bridge, name: str, labels: dict[str, str] | None = None) -> float:

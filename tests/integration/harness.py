@@ -72,15 +72,31 @@ async def running_bridge(
         lambda: TOKEN,
         mqtt_password=password,
     )
+    async with run_bridge(bridge, connected=connected):
+        yield bridge
+
+
+@contextlib.asynccontextmanager
+async def run_bridge(
+    bridge: Bridge,
+    *,
+    connected: bool = True,
+    start_timeout: float = 10,
+    must_keep_running: bool = False,
+) -> AsyncIterator[Bridge]:
+    """Run an already built bridge in this event loop until it is subscribed (or just started,
+    with ``connected=False``); stop it gracefully on exit. ``must_keep_running``: fail if it
+    stopped on its own meanwhile."""
     task = asyncio.create_task(bridge.run(), name="test.bridge")
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(start_timeout):
             await bridge.started()
             while connected and not (bridge.source and bridge.source.state.subscribed):
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.02)
         yield bridge
+        assert not (must_keep_running and task.done()), "the bridge stopped on its own"
     finally:
         bridge.stop()
         async with asyncio.timeout(30):

@@ -40,6 +40,7 @@ from tests.integration.harness import (
     make_settings,
     metric,
     publish,
+    run_bridge,
 )
 
 ENV_ONLY = TEST_MAPPINGS[: TEST_MAPPINGS.index("  - name: plain")]
@@ -101,19 +102,8 @@ async def _deployed_bridge(settings: Settings) -> AsyncIterator[Bridge]:
         TokenSource(settings),
         mappings_path=settings.mapping.file,
     )
-    task = asyncio.create_task(bridge.run(), name="test.bridge")
-    try:
-        async with asyncio.timeout(10):
-            await bridge.started()
-            while not (bridge.source and bridge.source.state.subscribed):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-        yield bridge
-    finally:
-        bridge.stop()
-        async with asyncio.timeout(30):
-            await task
+    async with run_bridge(bridge) as running:
+        yield running
 
 
 async def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:

@@ -33,6 +33,7 @@ from tests.integration.harness import (
     make_settings,
     metric,
     publish,
+    run_bridge,
     running_bridge,
 )
 
@@ -167,19 +168,8 @@ async def _running_bridge_with_token(
 ) -> AsyncIterator[Bridge]:
     """Like `harness.running_bridge`, but with the token source a deployment uses."""
     bridge = Bridge(settings, load_mappings_text(TEST_MAPPINGS, "test-mappings.yaml"), token)
-    task = asyncio.create_task(bridge.run(), name="test.bridge")
-    try:
-        async with asyncio.timeout(10):
-            await bridge.started()
-            while not (bridge.source and bridge.source.state.subscribed):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-        yield bridge
-    finally:
-        bridge.stop()
-        async with asyncio.timeout(30):
-            await task
+    async with run_bridge(bridge) as running:
+        yield running
 
 
 # -- row 5: API down ----------------------------------------------------------------------------
