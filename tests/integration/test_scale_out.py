@@ -24,16 +24,26 @@ from tests.integration.harness import (
 GROUP = "plant-bridges"
 
 
-def _replicas(broker: LocalBroker, api: LocalApi, tmp_path: Path, n: int) -> list[BridgeProcess]:
+def _replicas(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path, n: int, **extra: str
+) -> list[BridgeProcess]:
     return [
         BridgeProcess(
             broker.port,
             api.url,
             tmp_path / f"replica-{i}",
-            **{"mqtt.client_id": f"bridge-{i}", "mqtt.share_group": GROUP},
+            **{"mqtt.client_id": f"bridge-{i}", "mqtt.share_group": GROUP, **extra},
         )
         for i in range(n)
     ]
+
+
+async def _start_all(procs: list[BridgeProcess]) -> None:
+    """Start every replica, then wait until each is connected and subscribed."""
+    for p in procs:
+        p.start()
+    for p in procs:
+        await asyncio.to_thread(p.wait_ready)
 
 
 def _metric(proc: BridgeProcess, name: str) -> float:
@@ -62,10 +72,7 @@ async def test_three_replicas_share_the_fleet_exactly_once(
     n = 3000
     start_ms = int(time.time() * 1000) - n
     try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            await asyncio.to_thread(p.wait_ready)
+        await _start_all(procs)
         await publish(broker.port, env_messages(n, start_ms))
         await _wait_points(api, 4 * n)
         await asyncio.sleep(1.0)  # a duplicate would arrive now
@@ -95,10 +102,7 @@ async def test_a_killed_replica_gets_its_messages_after_restart(
     start_ms = int(time.time() * 1000) - n
     messages = env_messages(n, start_ms)
     try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            await asyncio.to_thread(p.wait_ready)
+        await _start_all(procs)
         sending = await publish_in_background(broker.port, messages, rate=1000)
         await asyncio.sleep(1.0)
         procs[1].kill()
@@ -162,28 +166,21 @@ async def test_static_shares_keep_the_group_under_the_organization_budget(
     n = 135  # one message per request (4 points, batch.max_points 4): more than a minute's worth
     start_ms = int(time.time() * 1000) - n
     async with LocalApi(token=TOKEN, rate_limit_per_minute=budget) as api:
-        procs = [
-            BridgeProcess(
-                broker.port,
-                api.url,
-                tmp_path / f"replica-{i}",
-                **{
-                    "mqtt.client_id": f"bridge-{i}",
-                    "mqtt.share_group": GROUP,
-                    "api.requests_per_minute": str(budget),
-                    "api.replicas": "2",
-                    "api.budget_split": "static",
-                    "batch.max_points": "4",
-                    "batch.linger_s": "0",
-                },
-            )
-            for i in range(2)
-        ]
+        procs = _replicas(
+            broker,
+            api,
+            tmp_path,
+            2,
+            **{
+                "api.requests_per_minute": str(budget),
+                "api.replicas": "2",
+                "api.budget_split": "static",
+                "batch.max_points": "4",
+                "batch.linger_s": "0",
+            },
+        )
         try:
-            for p in procs:
-                p.start()
-            for p in procs:
-                await asyncio.to_thread(p.wait_ready)
+            await _start_all(procs)
             await publish(broker.port, env_messages(n, start_ms))
             await api.store.wait_for_points(4 * n, 120)
             shares = [await asyncio.to_thread(_delivered_by, p) for p in procs]
