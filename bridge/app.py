@@ -24,13 +24,13 @@ from bridge.delivery import Delivery
 from bridge.errors import ConfigError, SpoolError
 from bridge.intake import Intake, Pending
 from bridge.logs import LogThrottle
-from bridge.mapping import Rule
-from bridge.mapping_config import load_mappings, make_mapper
+from bridge.mapping.loader import load_mappings, make_mapper
+from bridge.mapping.mapper import Rule
 from bridge.metrics import BridgeMetrics
+from bridge.mqtt.source import MqttSource
 from bridge.sender import Sender
 from bridge.settings import Settings, file_key
-from bridge.source import MqttSource
-from bridge.spool import AsyncSpool, CommitResult, Spool, SpoolFull
+from bridge.spool.store import AsyncSpool, CommitResult, Spool, SpoolFull
 from bridge.status import StatusServer
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,9 @@ class Bridge:
                 tg.create_task(self._report_unmatched(), name="bridge.intake.unmatched_report"),
             ]
             if self._mappings_path is not None:
-                helpers.append(tg.create_task(self._watch_mappings(), name="bridge.mapping.watch"))
+                helpers.append(
+                    tg.create_task(self._watch_mappings(), name="bridge.mapping.mapper.watch")
+                )
             self._started.set()
             await self._stop.wait()
             for task in helpers:

@@ -11,8 +11,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.spool import SpooledRecord
-from bridge.timestamps import format_timestamp
+from bridge.mapping.timestamps import format_timestamp
+from bridge.spool.store import SpooledRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
 from bridge.ratelimit import TokenBucket, pacing
 from bridge.sender import Sender
-from bridge.spool import AsyncSpool, SpooledRecord, SpoolFull
+from bridge.spool.store import AsyncSpool, SpooledRecord, SpoolFull
 
 log = logging.getLogger(__name__)
 _MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge import failpoints
-from bridge.mapping import Mapper
+from bridge.mapping.mapper import Mapper
 from bridge.metrics import BridgeMetrics
-from bridge.points import DeadLetter, Record
+from bridge.models import DeadLetter, Record
 
 _DETAIL_CAP = 1000
 

@@ -56,7 +56,7 @@ def json_line(level: str, msg: str, **fields: object) -> str:
     out: dict[str, object] = {
         "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "level": level,
-        "logger": "bridge.cli",
+        "logger": "bridge.cli.main",
         "msg": msg,
         **fields,
     }

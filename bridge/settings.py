@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from bridge.config.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 from bridge.errors import ConfigError, ConfigErrors
-from bridge.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 
 ENV_PREFIX = "METRIQO_BRIDGE_"
 _ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}

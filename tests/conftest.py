@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "mqk_test_5ecr3t-t0ken-value"  # a recognisable value: tests grep output for it

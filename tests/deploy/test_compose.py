@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from bridge.broker import free_port, mosquitto_binary
+from bridge.lab.broker import free_port, mosquitto_binary
 from tests.deploy.test_container import final_stage, load_dockerfile
 from tests.deploy.tools import DEPLOY, REPO, require_tool
 

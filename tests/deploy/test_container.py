@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker, free_port
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker, free_port
 from tests.conftest import TOKEN
 from tests.deploy.tools import DEPLOY, REPO, require_tool
 from tests.integration.harness import delivered_points, publish
@@ -283,7 +283,7 @@ def test_build_context_holds_what_the_image_copies_and_nothing_private() -> None
         if line.strip() and not line.startswith("#")
     ]
     needed = ["pyproject.toml", "README.md", "topic-mappings.yaml", "bridge/__init__.py"]
-    needed += [f"bridge/{p.name}" for p in (REPO / "bridge").glob("*.py")]
+    needed += [str(p.relative_to(REPO)) for p in (REPO / "bridge").rglob("*.py")]
     for path in needed:
         assert not _dockerignore_excludes(patterns, path), path
     for path in (

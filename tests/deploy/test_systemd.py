@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker, free_port
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker, free_port
 from tests.conftest import TOKEN
 from tests.deploy.tools import DEPLOY, require_tool
 from tests.integration.harness import TEST_MAPPINGS, env_messages, publish

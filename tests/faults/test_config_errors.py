@@ -35,12 +35,12 @@ from typing import Any
 
 import pytest
 
-from bridge.apiserver import LocalApi
 from bridge.app import Bridge
-from bridge.broker import LocalBroker
-from bridge.cli import EX_TEMPFAIL
+from bridge.cli.main import EX_TEMPFAIL
 from bridge.errors import EX_CONFIG
-from bridge.mapping_config import load_mappings
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
+from bridge.mapping.loader import load_mappings
 from bridge.settings import Settings
 from tests.conftest import REPO, TOKEN
 from tests.integration.harness import Publisher, make_settings, metric, publish, run_bridge

@@ -38,10 +38,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.apiserver import LocalApi
 from bridge.app import Bridge
-from bridge.broker import LocalBroker
-from bridge.spool import DEAD_LETTER_PAYLOAD_CAP, DeadLetterFilter
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
+from bridge.spool.store import DEAD_LETTER_PAYLOAD_CAP, DeadLetterFilter
 from tests.integration.harness import (
     TEST_MAPPINGS,
     Publisher,

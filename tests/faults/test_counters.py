@@ -12,10 +12,10 @@ from pathlib import Path
 
 import orjson
 
-from bridge.apiserver import LocalApi
-from bridge.apiserver_faults import Faults
 from bridge.app import Bridge
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.faults import Faults
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     delivered_points,

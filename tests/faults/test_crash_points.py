@@ -22,9 +22,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
 from bridge.failpoints import ENV_VAR
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.integration.harness import (
     BridgeProcess,
     delivered_points,

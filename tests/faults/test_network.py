@@ -1,7 +1,7 @@
 """Network faults between the bridge and its peers (reliability matrix rows 1-5 and 8).
 
 A real mosquitto, the real fake API and an in-process bridge; the fault proxy
-(`bridge.faultproxy`) or a signal to the broker breaks the link. Each test ends with the
+(`bridge.lab.faultproxy`) or a signal to the broker breaks the link. Each test ends with the
 no-loss oracle: the points delivered equal the points published (set equality), and any
 duplicate is an exact repeat that the scenario explains.
 """
@@ -20,11 +20,11 @@ import aiohttp
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.apiserver import LocalApi
 from bridge.app import Bridge
-from bridge.broker import LocalBroker, free_port
-from bridge.faultproxy import BLACKHOLE, PASS, REFUSE, FaultProxy, reset_after
 from bridge.intake import Pending
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker, free_port
+from bridge.lab.faultproxy import BLACKHOLE, PASS, REFUSE, FaultProxy, reset_after
 from tests.integration.harness import (
     Publisher,
     delivered_points,

@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.app import Bridge
-from bridge.broker import free_port
-from bridge.mapping_config import load_mappings_text
+from bridge.lab.broker import free_port
+from bridge.mapping.loader import load_mappings_text
 from bridge.settings import Settings, load_settings
 from tests.conftest import REPO, TOKEN
 

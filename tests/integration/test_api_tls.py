@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker, free_port
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker, free_port
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     BridgeProcess,

@@ -10,9 +10,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker, free_port
-from bridge.spool import SCHEMA_VERSION
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker, free_port
+from bridge.spool.store import SCHEMA_VERSION
 from tests.integration.harness import (
     delivered_points,
     env_messages,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bridge.cli import main
+from bridge.cli.main import main
 from tests.deploy.tools import require_tool
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.apiserver_faults import Faults
 from bridge.app import Bridge
-from bridge.broker import LocalBroker
-from bridge.mapping_config import load_mappings
+from bridge.lab.apiserver.faults import Faults
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
+from bridge.mapping.loader import load_mappings
 from bridge.settings import Settings, TokenSource
 from tests.conftest import TOKEN
 from tests.integration.harness import (

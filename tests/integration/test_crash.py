@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.conftest import REPO, TOKEN
 from tests.integration.harness import (
     BridgeProcess,
@@ -82,7 +82,7 @@ async def test_sigkill_while_api_down_then_restart_delivers_spool(
     """Points spooled while the API is down survive kill -9 and are delivered after restart."""
     n = 500
     start_ms = int(time.time() * 1000) - n
-    from bridge.broker import free_port
+    from bridge.lab.broker import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/v2"

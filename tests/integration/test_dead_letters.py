@@ -11,11 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.apiserver_faults import Faults
 from bridge.app import Bridge
-from bridge.broker import LocalBroker
-from bridge.cli import main
+from bridge.cli.main import main
+from bridge.lab.apiserver.faults import Faults
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     TEST_MAPPINGS,

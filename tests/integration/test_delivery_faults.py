@@ -18,11 +18,11 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from bridge.apiserver import ApiStore, LocalApi, RequestRecord
-from bridge.apiserver_faults import Faults
 from bridge.app import Bridge
-from bridge.broker import LocalBroker, free_port
-from bridge.mapping_config import load_mappings_text
+from bridge.lab.apiserver.faults import Faults
+from bridge.lab.apiserver.server import ApiStore, LocalApi, RequestRecord
+from bridge.lab.broker import LocalBroker, free_port
+from bridge.mapping.loader import load_mappings_text
 from bridge.settings import Settings, TokenSource
 from tests.conftest import TOKEN
 from tests.integration.harness import (

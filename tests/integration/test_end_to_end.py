@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     Publisher,
@@ -188,7 +188,7 @@ async def test_metrics_and_health_endpoints(
 
 async def test_readyz_reports_broker_down(api: LocalApi, tmp_path: Path) -> None:
     """With no broker listening, the bridge runs, /healthz is 200 and /readyz is 503."""
-    from bridge.broker import free_port
+    from bridge.lab.broker import free_port
 
     settings = make_settings(free_port(), api.url, tmp_path / "spool.db")
     async with running_bridge(settings, connected=False) as bridge:
@@ -316,7 +316,7 @@ async def test_429_storm_is_waited_out_and_pacing_backs_off(
 ) -> None:
     """During a 429 storm no request is sent before Retry-After has passed; pacing halves and
     recovers; every point arrives once the storm ends."""
-    from bridge.apiserver_faults import Faults
+    from bridge.lab.apiserver.faults import Faults
 
     n = 300
     start_ms = int(time.time() * 1000) - n

@@ -9,8 +9,8 @@ import json
 import time
 from pathlib import Path
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.conftest import REPO, TOKEN
 from tests.integration.harness import BridgeProcess, publish, run_cli
 

@@ -8,8 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from tests.integration.harness import TEST_MAPPINGS, BridgeProcess, env_messages, publish
 
 ENV_ONLY = TEST_MAPPINGS[: TEST_MAPPINGS.index("  - name: plain")]

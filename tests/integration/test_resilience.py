@@ -7,8 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker, free_port
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker, free_port
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     delivered_points,

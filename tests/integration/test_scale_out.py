@@ -8,9 +8,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bridge.apiserver import LocalApi
-from bridge.bench import max_in_window
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.bench.runner import max_in_window
+from bridge.lab.broker import LocalBroker
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     BridgeProcess,

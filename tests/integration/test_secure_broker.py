@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.apiserver import LocalApi
-from bridge.mapping import Mapper
-from bridge.mapping_config import load_mappings
+from bridge.lab.apiserver.server import LocalApi
+from bridge.mapping.loader import load_mappings
+from bridge.mapping.mapper import Mapper
 from bridge.settings import Settings, resolve_mqtt_password
 from tests.conftest import REPO
 from tests.integration.harness import (
@@ -246,7 +246,9 @@ async def test_a_refused_login_is_named_once_per_interval(
         pages = await status_pages(bridge)
     assert reconnect_attempts(caplog) >= 3
     assert named in pages["/readyz"][1].lower()
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "bridge.source"]
+    errors = [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "bridge.mqtt.source"
+    ]
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert named in errors[0].getMessage().lower()
 

@@ -30,9 +30,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridge.apiserver import LocalApi
 from bridge.app import Bridge
-from bridge.broker import free_port, mosquitto_binary
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import free_port, mosquitto_binary
 from tests.conftest import REPO, TOKEN
 from tests.deploy.tools import require_tool
 from tests.integration.harness import (

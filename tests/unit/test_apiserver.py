@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from bridge.apiserver import LocalApi, StoredPoint, serve_forever
+from bridge.lab.apiserver.server import LocalApi, StoredPoint, serve_forever
 from tests.unit.clock import FakeClock
 
 # A made-up token for the local fake server; S105 flags any literal assigned to TOKEN.

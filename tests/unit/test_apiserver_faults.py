@@ -16,9 +16,9 @@ import aiohttp
 import orjson
 import pytest
 
-from bridge.apiserver import LocalApi, serve_forever
-from bridge.apiserver_faults import Faults, RetryAfterForm
-from bridge.cli import build_parser
+from bridge.cli.main import build_parser
+from bridge.lab.apiserver.faults import Faults, RetryAfterForm
+from bridge.lab.apiserver.server import LocalApi, serve_forever
 from tests.unit.clock import FakeClock
 
 TOKEN = "mqk_test_faults_7d1e"

@@ -10,8 +10,18 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from bridge.apiserver import RequestRecord
-from bridge.bench import (
+from bridge.lab.apiserver.server import RequestRecord
+from bridge.lab.bench.baselines import PAHO, make_baseline
+from bridge.lab.bench.rules import (
+    MappingBench,
+    bench_rule_index,
+    ratio,
+    rules_yaml,
+    spread,
+    time_rule_sets,
+    topic_for,
+)
+from bridge.lab.bench.runner import (
     TARGET_RATE,
     TARGET_SECONDS,
     PointLedger,
@@ -30,20 +40,10 @@ from bridge.bench import (
     summarize,
     target,
 )
-from bridge.bench_baselines import PAHO, make_baseline
-from bridge.bench_rules import (
-    MappingBench,
-    bench_rule_index,
-    ratio,
-    rules_yaml,
-    spread,
-    time_rule_sets,
-    topic_for,
-)
-from bridge.localrun import message_payload
-from bridge.mapping import Mapper
-from bridge.mapping_config import load_mappings_text
-from bridge.timestamps import format_timestamp
+from bridge.lab.localrun import message_payload
+from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.mapper import Mapper
+from bridge.mapping.timestamps import format_timestamp
 
 BASE_MS = 1_700_000_000_000
 T0 = 1_800_000_000.0

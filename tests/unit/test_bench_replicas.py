@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.bench_replicas import GroupRun, check_points, render
+from bridge.lab.bench.replicas import GroupRun, check_points, render
 
 
 def test_check_points_counts_lost_and_duplicated_points() -> None:

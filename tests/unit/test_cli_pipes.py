@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.points import DeadLetter
-from bridge.spool import Spool
+from bridge.models import DeadLetter
+from bridge.spool.store import Spool
 from tests.conftest import REPO
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.mapping import Mapper
-from bridge.mapping_config import load_mappings_text
-from bridge.points import Coalesce, Record
-from bridge.spool import Spool
+from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.mapper import Mapper
+from bridge.models import Coalesce, Record
+from bridge.spool.store import Spool
 
 W = 10_000_000  # a 10 s window, in µs
 T0 = 1_795_680_000_000_000  # a window boundary (divisible by W)

@@ -11,8 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge.cli import main
-from bridge.deadletters import (
+from bridge.cli.dead_letter_rows import (
     NowIgnored,
     Requeue,
     StillFailing,
@@ -25,12 +24,13 @@ from bridge.deadletters import (
     printable,
     table_cells,
 )
-from bridge.deadletters_cmd import EX_NOINPUT, pages
+from bridge.cli.dead_letters import EX_NOINPUT, pages
+from bridge.cli.main import main
 from bridge.errors import EX_CONFIG
-from bridge.mapping import Mapper
-from bridge.mapping_config import load_mappings_text
-from bridge.points import Coalesce, DeadLetter, Record
-from bridge.spool import DeadLetterFilter, DeadLetterRow, Spool
+from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.mapper import Mapper
+from bridge.models import Coalesce, DeadLetter, Record
+from bridge.spool.store import DeadLetterFilter, DeadLetterRow, Spool
 from tests.conftest import TOKEN
 
 T0_US = 1_795_683_600_000_000  # 2026-11-26T09:00:00Z

@@ -216,7 +216,7 @@ def test_the_variable_is_not_taken_for_a_setting() -> None:
 def test_every_point_has_exactly_one_hook_and_every_hook_a_known_point() -> None:
     """Each name in POINTS is hit at exactly one place in bridge/, and no hook uses another."""
     hooks: dict[str, list[str]] = {}
-    for path in sorted((REPO / "bridge").glob("*.py")):
+    for path in sorted((REPO / "bridge").rglob("*.py")):
         for name in re.findall(r'failpoints\.hit\("([^"]*)"\)', path.read_text(encoding="utf-8")):
             hooks.setdefault(name, []).append(path.name)
     assert sorted(hooks) == sorted(POINTS)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bridge.faultproxy import (
+from bridge.lab.faultproxy import (
     BLACKHOLE,
     PASS,
     REFUSE,

@@ -1,4 +1,4 @@
-"""Tests of the mapper fuzzer (bridge/fuzz.py): bounded runs, the property check, replays."""
+"""Tests of the mapper fuzzer (bridge/lab/fuzz.py): bounded runs, the property check, replays."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from bridge import fuzz, fuzz_inputs
 from bridge.errors import PayloadError
-from bridge.fuzz import RECEIVED_US, check_mapped, run_case
-from bridge.fuzz_inputs import Case
-from bridge.mapping import Mapped, Mapper
-from bridge.mapping_config import load_mappings
-from bridge.points import Record
+from bridge.lab import fuzz, fuzz_inputs
+from bridge.lab.fuzz import RECEIVED_US, check_mapped, run_case
+from bridge.lab.fuzz_inputs import Case
+from bridge.mapping.loader import load_mappings
+from bridge.mapping.mapper import Mapped, Mapper
+from bridge.models import Record
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPINGS = REPO / "topic-mappings.yaml"
@@ -50,7 +50,7 @@ class RaisingMapper(Mapper):
 
 
 def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``python -m bridge.fuzz ARGS`` in process; (exit code, stdout, stderr)."""
+    """``python -m bridge.lab.fuzz ARGS`` in process; (exit code, stdout, stderr)."""
     code = fuzz.main(["--mappings", str(MAPPINGS), *args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -191,9 +191,9 @@ def test_mutants_leave_the_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_bounded_run_of_the_command_exits_0(tmp_path: Path) -> None:
-    """``python -m bridge.fuzz --seconds 1 --seed 1`` runs, reports its rate and exits 0."""
+    """``python -m bridge.lab.fuzz --seconds 1 --seed 1`` runs, reports its rate and exits 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.fuzz", "--seconds", "1", "--seed", "1"],
+        [sys.executable, "-m", "bridge.lab.fuzz", "--seconds", "1", "--seed", "1"],
         cwd=REPO,
         capture_output=True,
         text=True,

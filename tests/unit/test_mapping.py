@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from bridge.errors import PayloadError
-from bridge.mapping import MAX_POINTS_PER_RECORD, Mapped, Mapper
-from bridge.mapping_config import load_mappings_text
-from bridge.points import Record
+from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.mapper import MAX_POINTS_PER_RECORD, Mapped, Mapper
+from bridge.models import Record
 
 T0 = datetime(2024, 11, 15, 8, 0, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * 1_000_000

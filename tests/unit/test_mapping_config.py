@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import ConfigError, ConfigErrors
-from bridge.mapping_config import load_mappings, load_mappings_text
+from bridge.mapping.loader import load_mappings, load_mappings_text
 
 GOOD_RULE = """\
 version: 1

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.mapping import Mapped, Mapper
-from bridge.mapping_config import load_mappings_text
-from bridge.timestamps import format_timestamp
+from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.mapper import Mapped, Mapper
+from bridge.mapping.timestamps import format_timestamp
 
 NOW_US = int(datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp() * 1_000_000)
 

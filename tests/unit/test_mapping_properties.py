@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from bridge.mapping import MAX_POINTS_PER_RECORD, Mapped, Mapper
-from bridge.mapping_config import load_mappings, load_mappings_text
-from bridge.timestamps import format_timestamp
-from bridge.topics import parse_filter
+from bridge.mapping.loader import load_mappings, load_mappings_text
+from bridge.mapping.mapper import MAX_POINTS_PER_RECORD, Mapped, Mapper
+from bridge.mapping.timestamps import format_timestamp
+from bridge.mapping.topics import parse_filter
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
@@ -36,7 +36,7 @@ FEW = settings(derandomize=True, database=None, deadline=None, max_examples=150)
 def _failure_reasons() -> frozenset[str]:
     """Every reason a PayloadError is constructed with anywhere in bridge/ (the vocabulary)."""
     found: set[str] = set()
-    for source in (REPO / "bridge").glob("*.py"):
+    for source in (REPO / "bridge").rglob("*.py"):
         found.update(re.findall(r'PayloadError\(\s*"([^"]+)"', source.read_text("utf-8")))
     return frozenset(found)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
+from bridge.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 RULE = (

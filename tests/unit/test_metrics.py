@@ -43,7 +43,7 @@ def test_fixed_vocabularies_are_exported_at_zero_from_the_start() -> None:
 def test_every_dead_letter_reason_in_the_code_is_in_the_vocabulary() -> None:
     """A new PayloadError reason must be added to DEAD_LETTER_REASONS (and so to dashboards)."""
     found: set[str] = set()
-    for source in (REPO / "bridge").glob("*.py"):
+    for source in (REPO / "bridge").rglob("*.py"):
         text = source.read_text(encoding="utf-8")
         found.update(re.findall(r'PayloadError\(\s*"([a-z_]+)"', text))
         found.update(re.findall(r'dead_letters\.labels\("([a-z_]+)"\)', text))

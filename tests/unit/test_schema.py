@@ -9,8 +9,8 @@ import orjson
 import pytest
 import yaml
 
-from bridge.cli import main
-from bridge.schema import DIALECT, REPO_PATH, mapping_schema
+from bridge.cli.main import main
+from bridge.mapping.schema import DIALECT, REPO_PATH, mapping_schema
 from tests.conftest import REPO
 
 # Keywords draft-07 and draft 2020-12 read alike: the Red Hat YAML language server validates

@@ -13,8 +13,14 @@ import orjson
 import pytest
 
 from bridge.errors import SpoolError, SpoolLocked
-from bridge.points import DeadLetter, Record
-from bridge.spool import DEAD_LETTER_PAYLOAD_CAP, AsyncSpool, DeadLetterFilter, Spool, SpoolFull
+from bridge.models import DeadLetter, Record
+from bridge.spool.store import (
+    DEAD_LETTER_PAYLOAD_CAP,
+    AsyncSpool,
+    DeadLetterFilter,
+    Spool,
+    SpoolFull,
+)
 from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z

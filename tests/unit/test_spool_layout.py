@@ -7,8 +7,8 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
-from bridge.points import Record, record_id
-from bridge.spool import SCHEMA_VERSION, Spool
+from bridge.models import Record, record_id
+from bridge.spool.store import SCHEMA_VERSION, Spool
 from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000

@@ -1,6 +1,6 @@
 """Stateful model test (hypothesis) of the durable spool, crashes included.
 
-A ``RuleBasedStateMachine`` drives a real :class:`~bridge.spool.Spool` on a real file through
+A ``RuleBasedStateMachine`` drives a real :class:`~bridge.spool.store.Spool` on a real file through
 commits (fresh records, broker redeliveries with equal or other values, dead letters), fetches,
 hand-outs, deliveries, API rejections, partial settlements, clock steps and three kinds of
 restart, and after every step compares it with a plain-Python model of what it must hold:
@@ -42,8 +42,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bridge.points import DeadLetter, Record
-from bridge.spool import Spool, SpoolFull, WhenFull
+from bridge.models import DeadLetter, Record
+from bridge.spool.store import Spool, SpoolFull, WhenFull
 from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 import pytest
 
 from bridge.errors import PayloadError
-from bridge.timestamps import TimestampFormat, check_not_future, format_timestamp, parse_timestamp
+from bridge.mapping.timestamps import (
+    TimestampFormat,
+    check_not_future,
+    format_timestamp,
+    parse_timestamp,
+)
 
 T0 = datetime(2024, 11, 15, 8, 0, 0, tzinfo=UTC)
 T0_S = int(T0.timestamp())  # 1731657600

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.topics import TopicFilter, TopicRouter, parse_filter
+from bridge.mapping.topics import TopicFilter, TopicRouter, parse_filter
 
 
 def matches(filter_text: str, topic: str) -> dict[str, str] | None:

@@ -12,13 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge.cli import main
+from bridge.cli.main import main
 from bridge.errors import EX_CONFIG
-from bridge.mapping import Mapper
-from bridge.mapping_config import load_mappings_text
-from bridge.points import Record
-from bridge.topics import TopicFilter, parse_filter
-from bridge.tuning import (
+from bridge.mapping.explain import (
     Point,
     RuleWarning,
     covers,
@@ -32,6 +28,10 @@ from bridge.tuning import (
     rule_warnings,
     topic_lines,
 )
+from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.mapper import Mapper
+from bridge.mapping.topics import TopicFilter, parse_filter
+from bridge.models import Record
 
 RECV_US = int(datetime(2026, 11, 26, 8, 32, 1, tzinfo=UTC).timestamp()) * 1_000_000
 

@@ -1,0 +1,105 @@
+"""Command-line options of the ``bench`` and ``soak`` tools.
+
+Kept apart from the tools themselves, which import the local API server, the fault proxy and a
+publisher: every ``metriqo-bridge`` start builds the whole parser, and ``run`` or ``check``
+should not pay for importing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FAULTS: tuple[str, ...] = (
+    "bridge_kill",
+    "bridge_term",
+    "bridge_failpoint",
+    "broker_restart",
+    "broker_hang",
+    "mqtt_refuse",
+    "mqtt_blackhole",
+    "mqtt_reset",
+    "api_refuse",
+    "api_blackhole",
+    "api_latency",
+    "api_5xx",
+    "api_429",
+)
+
+
+def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``bench`` and its options (run by :func:`bridge.lab.bench.runner.run_bench`)."""
+    bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
+    bench.add_argument(
+        "mode",
+        choices=["rate", "backlog", "spool", "rules", "replicas"],
+        help="live rate, queued backlog, memory with a full spool, many mapping rules, or a "
+        "backlog drained by several bridges in one share group",
+    )
+    bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
+    bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
+    bench.add_argument(
+        "--messages", type=int, default=20000, help="backlog, rules, replicas: backlog size"
+    )
+    bench.add_argument(
+        "--replicas", default="1,2,3", help="replicas mode: group sizes to compare (default 1,2,3)"
+    )
+    bench.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="backlog mode: skip the bare paho-mqtt and mosquitto_sub drains",
+    )
+    bench.add_argument(
+        "--points", type=int, default=5_000_000, help="spool mode: points written into the spool"
+    )
+    bench.add_argument(
+        "--idle-seconds", type=float, default=5.0, help="spool mode: API down, no traffic"
+    )
+    bench.add_argument(
+        "--live-rate", type=float, default=1000.0, help="spool mode: messages/s while API down"
+    )
+    bench.add_argument(
+        "--live-seconds", type=float, default=10.0, help="spool mode: how long, API down"
+    )
+    bench.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=60.0,
+        help="spool mode: API up, drain until empty or this long",
+    )
+    bench.add_argument(
+        "--rules", default="10,1000", help="rules mode: the rule counts to compare (fewest first)"
+    )
+    bench.add_argument(
+        "--iterations", type=int, default=20000, help="rules mode: messages mapped per round"
+    )
+    bench.add_argument("--rounds", type=int, default=5, help="rules mode: rounds (best is kept)")
+    bench.add_argument(
+        "--api-limit", type=int, default=None, help="API requests/min limit (default: none)"
+    )
+    bench.add_argument(
+        "--requests-per-minute", type=float, default=None, help="bridge pacing (api.*)"
+    )
+    bench.add_argument("--protocol", choices=["v5", "v311"], default="v5")
+    bench.add_argument("--timeout", type=float, default=900.0, help="max wait for delivery")
+    bench.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
+    bench.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra bridge setting"
+    )
+
+
+def add_soak(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``soak`` and its options (run by :func:`bridge.lab.soak.run_soak`)."""
+    soak = sub.add_parser(
+        "soak", help="run with a seeded random fault schedule, then check nothing was lost"
+    )
+    soak.add_argument("--minutes", type=float, default=5.0, help="how long to publish")
+    soak.add_argument("--seed", type=int, default=None, help="replay a schedule (default: new)")
+    soak.add_argument("--rate", type=float, default=100.0, help="messages per second")
+    soak.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated subset of: {', '.join(FAULTS)}",
+    )
+    soak.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
+    soak.add_argument("--keep", type=Path, help="keep the work directory (logs, spool) here")

@@ -1,0 +1,646 @@
+"""A local Metriqo-compatible API server for tests, the demo and dry runs.
+
+Serves ``POST /telemetry``, ``GET /devices`` and ``GET /metrics`` of the v2 contract
+(``shared/metriqo-api-v2.md``) from memory, and records every telemetry request in an `ApiStore`
+so tests can assert on what the bridge actually sent. Request parsing lives in
+`bridge.lab.apiserver.validation`; this module is the aiohttp shell, the store and the rate limiter.
+
+Example:
+    async with LocalApi(token="t") as api:
+        ...  # point a sender at api.url
+        await api.store.wait_for_points(4, timeout=5)
+
+The token is never logged, printed or put into an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Self
+
+import orjson
+from aiohttp import web
+
+from bridge.lab.apiserver.faults import FaultName, Faults, FaultState, StormReply, find_poison
+from bridge.lab.apiserver.validation import (
+    JsonValue,
+    ParsedTimestamp,
+    RequestError,
+    TelemetryItem,
+    check_bearer,
+    decode_json,
+    format_timestamp,
+    parse_devices_query,
+    parse_metrics_query,
+    validate_telemetry,
+)
+
+API_PREFIX = "/api/v2"
+RATE_WINDOW_SECONDS = 60.0
+ONLINE_WITHIN = timedelta(minutes=5)
+OFFLINE_WITHIN = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    """One accepted data point: a single metric value of one device at one instant."""
+
+    device_id: str
+    metric: str
+    timestamp: datetime
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request received on ``POST /telemetry``, whatever its outcome.
+
+    Attributes:
+        received_at: The server clock at receipt (`time.monotonic` unless a clock was injected).
+        received_wall: Wall-clock time of receipt, UTC.
+        status: HTTP status the server answered with.
+        authorization: The Authorization header as sent (kept out of repr: it holds a token).
+        idempotency_key: The Idempotency-Key header, if any.
+        content_type: The Content-Type header, if any.
+        body: The parsed JSON body, or the raw bytes when it was not JSON.
+        points_written: Data points stored (0 unless the status is 201, or 500 from the
+            ``record_then_500`` fault).
+        fault: The injected fault (`bridge.lab.apiserver.faults.FaultName`) that answered or
+            delayed the request, None for a normal answer. A ``hang`` record has status 0:
+            the request was never answered.
+    """
+
+    received_at: float
+    received_wall: datetime
+    status: int
+    authorization: str | None = field(repr=False)
+    idempotency_key: str | None
+    content_type: str | None
+    body: JsonValue | bytes
+    points_written: int
+    fault: FaultName | None = None
+
+
+@dataclass(slots=True)
+class _Device:
+    created_at: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    point: StoredPoint
+    fraction_digits: int
+
+
+class ApiStore:
+    """In-memory state of the fake API: devices, accepted points and a log of requests."""
+
+    def __init__(self) -> None:
+        """Creates an empty store."""
+        self._requests: list[RequestRecord] = []
+        self._samples: list[_Sample] = []
+        self._devices: dict[str, _Device] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Every telemetry request received, in arrival order (a copy)."""
+        return list(self._requests)
+
+    def points(self) -> list[StoredPoint]:
+        """Returns every accepted point in arrival order."""
+        return [sample.point for sample in self._samples]
+
+    def point_count(self) -> int:
+        """Returns the number of accepted points."""
+        return len(self._samples)
+
+    # A plain timeout argument is the documented test-facing API; asyncio.timeout applies it.
+    async def wait_for_points(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
+        """Waits until at least `n` points have been accepted.
+
+        Raises:
+            TimeoutError: Fewer than `n` points arrived within `timeout` seconds.
+        """
+        if len(self._samples) >= n:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (n, waiter)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError as exc:
+            msg = f"{len(self._samples)} of {n} points arrived within {timeout} s"
+            raise TimeoutError(msg) from exc
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def record_request(self, record: RequestRecord) -> None:
+        """Appends a request to the log (called by the server)."""
+        self._requests.append(record)
+
+    def add_points(self, points: list[tuple[StoredPoint, int]], received_wall: datetime) -> None:
+        """Stores accepted points and registers their devices (called by the server).
+
+        Args:
+            points: (point, fractional-second digits it was written with) pairs.
+            received_wall: Wall-clock time of receipt; drives last_seen and device status.
+        """
+        for point, digits in points:
+            self._samples.append(_Sample(point, digits))
+            device = self._devices.setdefault(
+                point.device_id, _Device(received_wall, received_wall)
+            )
+            device.last_seen = max(device.last_seen, received_wall)
+        count = len(self._samples)
+        for n, waiter in self._waiters:
+            if count >= n and not waiter.done():
+                waiter.set_result(None)
+
+    def device_rows(self, now: datetime) -> list[dict[str, JsonValue]]:
+        """Returns every device as the API lists it, sorted by device_id."""
+        return [
+            {
+                "device_id": device_id,
+                "label": device_id,
+                "status": _device_status(now - device.last_seen),
+                "last_seen": format_timestamp(device.last_seen),
+                "created_at": format_timestamp(device.created_at),
+            }
+            for device_id, device in sorted(self._devices.items())
+        ]
+
+    def has_device(self, device_id: str) -> bool:
+        """Tells whether any point was ever accepted for `device_id`."""
+        return device_id in self._devices
+
+    def series(
+        self, device_id: str, metric: str, start: datetime, end: datetime
+    ) -> list[tuple[StoredPoint, int]]:
+        """Returns (point, fraction digits) with start <= timestamp < end, ascending, stable."""
+        found = [
+            (s.point, s.fraction_digits)
+            for s in self._samples
+            if s.point.device_id == device_id
+            and s.point.metric == metric
+            and start <= s.point.timestamp < end
+        ]
+        # Stable sort: duplicates (e.g. a replayed batch) stay visible in arrival order.
+        return sorted(found, key=lambda pair: pair[0].timestamp)
+
+
+def _device_status(age: timedelta) -> str:
+    if age <= ONLINE_WITHIN:
+        return "online"
+    return "offline" if age <= OFFLINE_WITHIN else "inactive"
+
+
+class _WindowLimiter:
+    """Sliding 60 s window log: at most `limit` admitted requests in any 60 s span."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._admitted: deque[float] = deque()
+
+    def admit(self, now: float) -> float | None:
+        """Admits a request at `now`, or returns the seconds until one would be admitted."""
+        while self._admitted and self._admitted[0] <= now - RATE_WINDOW_SECONDS:
+            self._admitted.popleft()
+        if len(self._admitted) < self._limit:
+            self._admitted.append(now)
+            return None
+        if not self._admitted:  # limit 0: nothing ever gets in
+            return RATE_WINDOW_SECONDS
+        return self._admitted[0] + RATE_WINDOW_SECONDS - now
+
+
+def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+    )
+
+
+def _error(exc: RequestError) -> web.Response:
+    # RFC 6750: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return _json(exc.status, {"error": exc.code, "message": exc.message}, headers)
+
+
+class _RotationRefused(RequestError):
+    """A 401 from the ``unauthorized_until_token`` fault (same body as a normal 401)."""
+
+    def __init__(self) -> None:
+        super().__init__("Invalid or expired API token.", code="unauthorized", status=401)
+
+
+def _outage(state: FaultState) -> tuple[web.Response, int, FaultName] | None:
+    # A hung or failing server answers before identity is even looked at, and stores nothing.
+    if state.faults.hang:
+        return _json(504, {"error": "hang", "message": "Never sent."}), 0, "hang"
+    status = state.error_status()
+    if status is None:
+        return None
+    payload = {"error": "server_error", "message": f"Injected fault: HTTP {status}."}
+    return _json(status, payload), 0, "error_rate"
+
+
+def _storm_reply(storm: StormReply) -> web.Response:
+    message = f"Rate limited (storm, {math.ceil(storm.remaining_s)} s left)."
+    headers = None if storm.retry_after is None else {"Retry-After": storm.retry_after}
+    return _json(429, {"error": "rate_limited", "message": message}, headers)
+
+
+def _refuse_payload(
+    faults: Faults, items: list[TelemetryItem]
+) -> tuple[web.Response, int, FaultName] | None:
+    if faults.max_points_413 is not None:
+        total = sum(len(item.metrics) for item in items)
+        if total > faults.max_points_413:
+            message = f"body: {total} data points exceed this server's limit of "
+            payload = {"error": "payload_too_large", "message": f"{message}{faults.max_points_413}"}
+            return _json(413, payload), 0, "max_points_413"
+    if faults.poison_value is not None:
+        where = find_poison(items, faults.poison_value)
+        if where is not None:
+            payload = {"error": "bad_request", "message": f"{where}: value rejected"}
+            return _json(400, payload), 0, "poison_value"
+    return None
+
+
+async def _hang(
+    request: web.Request, response: web.Response, stopping: asyncio.Event
+) -> web.StreamResponse:
+    # Never answer. aiohttp does not cancel a handler whose client went away, so look at the
+    # transport now and then; return (unsent) once the client is gone or the server stops.
+    while request.transport is not None and not request.transport.is_closing():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.05)
+            break
+    return response
+
+
+async def _trickle(request: web.Request, response: web.Response, bps: int) -> web.StreamResponse:
+    body = response.body
+    assert isinstance(body, bytes)
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    chunk = max(1, bps // 10)
+    for start in range(0, len(body), chunk):
+        piece = body[start : start + chunk]
+        await asyncio.sleep(len(piece) / bps)
+        await stream.write(piece)
+    await stream.write_eof()
+    return stream
+
+
+def _row(t: str, values: list[float]) -> dict[str, object]:
+    return {"t": t, "avg": math.fsum(values) / len(values), "min": min(values), "max": max(values)}
+
+
+def _aggregate(series: list[tuple[StoredPoint, int]], interval: int) -> list[dict[str, object]]:
+    # Integer microseconds since the epoch: float seconds would misplace points at bucket edges.
+    step = interval * 1_000_000
+    buckets: dict[int, list[float]] = {}
+    for point, _ in series:
+        micros = (point.timestamp - _EPOCH) // _MICROSECOND
+        buckets.setdefault(micros - micros % step, []).append(point.value)
+    # Series is ascending, so the buckets were created in ascending order too.
+    return [
+        _row(format_timestamp(_EPOCH + timedelta(microseconds=start)), values)
+        for start, values in buckets.items()
+    ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class _Handlers:
+    """Request handlers bound to one app's store, token, limiter and clocks."""
+
+    def __init__(
+        self,
+        store: ApiStore,
+        token: str,
+        rate_limit_per_minute: int | None,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        *,
+        faults: Faults | None = None,
+    ) -> None:
+        self._store = store
+        self._faults = None if faults is None else FaultState(faults)
+        self._stopping = asyncio.Event()
+        self._token = token
+        self._limit = rate_limit_per_minute
+        # Only one token is valid, so a single window is the per-token window.
+        self._limiter = (
+            None if rate_limit_per_minute is None else _WindowLimiter(rate_limit_per_minute)
+        )
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+    def _now_wall(self) -> datetime:
+        return datetime.fromtimestamp(self._wall_clock(), UTC)
+
+    async def on_startup(self, _app: web.Application) -> None:
+        if self._faults is not None:
+            self._faults.start()
+
+    async def on_shutdown(self, _app: web.Application) -> None:
+        self._stopping.set()
+
+    def _check_auth(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization")
+        if self._faults is not None and self._faults.rotates_token:
+            if not self._faults.rotated_token_ok(header):
+                raise _RotationRefused
+            return
+        check_bearer(header, self._token)
+
+    async def telemetry(self, request: web.Request) -> web.StreamResponse:
+        received_at = self._clock()
+        received_wall = self._now_wall()
+        body: JsonValue | bytes = b""
+        written = 0
+        fault: FaultName | None = None
+        try:
+            body = await request.read()
+            parsed: JsonValue | RequestError
+            try:
+                parsed = decode_json(body)
+                body = parsed
+            except RequestError as exc:
+                parsed = exc
+            response, written, fault = self._ingest(request, parsed, received_at, received_wall)
+        except web.HTTPRequestEntityTooLarge as exc:
+            response = _json(413, {"error": "payload_too_large", "message": exc.text})
+        except RequestError as exc:
+            response = _error(exc)
+            fault = "unauthorized_until_token" if isinstance(exc, _RotationRefused) else None
+        if fault is None and self._faults is not None:
+            if self._faults.faults.slow_body_bps:
+                fault = "slow_body"
+            elif self._faults.faults.latency_s:
+                fault = "latency"
+        self._store.record_request(
+            RequestRecord(
+                received_at=received_at,
+                received_wall=received_wall,
+                status=0 if fault == "hang" else response.status,
+                authorization=request.headers.get("Authorization"),
+                idempotency_key=request.headers.get("Idempotency-Key"),
+                content_type=request.headers.get("Content-Type"),
+                body=body,
+                points_written=written,
+                fault=fault,
+            )
+        )
+        if fault == "hang":
+            return await _hang(request, response, self._stopping)
+        return await self._deliver(request, response)
+
+    async def _deliver(self, request: web.Request, response: web.Response) -> web.StreamResponse:
+        if self._faults is None:
+            return response
+        faults = self._faults.faults
+        if faults.latency_s:
+            await asyncio.sleep(faults.latency_s)
+        if not faults.slow_body_bps or response.body is None:
+            return response
+        return await _trickle(request, response, faults.slow_body_bps)
+
+    def _ingest(
+        self,
+        request: web.Request,
+        parsed: JsonValue | RequestError,
+        received_at: float,
+        received_wall: datetime,
+    ) -> tuple[web.Response, int, FaultName | None]:
+        faults = self._faults
+        early = None if faults is None else _outage(faults)
+        if early is not None:
+            return early
+        # Order as a real gateway would: identity, then quota, then payload.
+        self._check_auth(request)
+        if faults is not None and (storm := faults.storm()) is not None:
+            return _storm_reply(storm), 0, "storm_429"
+        if self._limiter is not None:
+            wait = self._limiter.admit(received_at)
+            if wait is not None:
+                retry_after = max(1, math.ceil(wait))
+                message = (
+                    f"Rate limit of {self._limit} requests per minute exceeded; "
+                    f"retry after {retry_after} s."
+                )
+                payload: dict[str, object] = {"error": "rate_limited", "message": message}
+                return _json(429, payload, {"Retry-After": str(retry_after)}), 0, None
+        if isinstance(parsed, RequestError):
+            raise parsed
+        items = validate_telemetry(parsed)
+        if faults is not None:
+            refused = _refuse_payload(faults.faults, items)
+            if refused is not None:
+                return refused
+        # Server-stamped points get millisecond precision, like typical client timestamps.
+        stamp = ParsedTimestamp(
+            received_wall.replace(microsecond=received_wall.microsecond // 1000 * 1000), 3
+        )
+        points = [
+            (StoredPoint(item.device_id, name, ts.value, value), ts.fraction_digits)
+            for item in items
+            for ts in [item.timestamp or stamp]
+            for name, value in item.metrics
+        ]
+        self._store.add_points(points, received_wall)
+        if faults is not None and faults.record_then_fail():
+            payload = {"error": "server_error", "message": "Injected fault: HTTP 500."}
+            return _json(500, payload), len(points), "record_then_500"
+        accepted: dict[str, object] = {
+            "status": "accepted",
+            "points_written": len(points),
+            "device_id": items[0].device_id,
+            "devices": len({item.device_id for item in items}),
+        }
+        return _json(201, accepted), len(points), None
+
+    async def devices(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+            query = parse_devices_query(list(request.query.items()))
+        except RequestError as exc:
+            return _error(exc)
+        rows = self._store.device_rows(self._now_wall())
+        if query.status is not None:
+            rows = [row for row in rows if row["status"] == query.status]
+        first = (query.page - 1) * query.per_page
+        pagination = {"page": query.page, "per_page": query.per_page, "total": len(rows)}
+        return _json(200, {"data": rows[first : first + query.per_page], "pagination": pagination})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+            query = parse_metrics_query(list(request.query.items()))
+            if not self._store.has_device(query.device_id):
+                raise RequestError("No device with that device_id.", code="not_found", status=404)
+        except RequestError as exc:
+            return _error(exc)
+        series = self._store.series(query.device_id, query.metric, query.start, query.end)
+        if query.interval is None:
+            data = [_row(format_timestamp(p.timestamp, d), [p.value]) for p, d in series]
+        else:
+            data = _aggregate(series, query.interval)
+        payload = {"device_id": query.device_id, "metric": query.metric}
+        return _json(200, {**payload, "interval": query.interval_name, "data": data})
+
+
+def create_app(
+    store: ApiStore,
+    token: str,
+    rate_limit_per_minute: int | None = 1000,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    wall_clock: Callable[[], float] = time.time,
+    faults: Faults | None = None,
+) -> web.Application:
+    """Builds the aiohttp application serving the v2 endpoints under ``/api/v2``.
+
+    Args:
+        store: Where requests, points and devices are recorded.
+        token: The only Bearer token accepted.
+        rate_limit_per_minute: Admitted ``POST /telemetry`` requests per sliding 60 s window;
+            None for no limit. The GET endpoints are not limited.
+        clock: Monotonic seconds for the rate-limit window; inject a fake one in tests.
+        wall_clock: Epoch seconds for receipt times, server stamps and device status.
+        faults: Faults to inject into ``POST /telemetry`` (see `bridge.lab.apiserver.faults`);
+            a rotated token (``unauthorized_until_token``) applies to every endpoint.
+
+    Raises:
+        ValueError: An empty token or a negative rate limit.
+    """
+    if not token:
+        raise ValueError("token must be non-empty")
+    if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
+        raise ValueError("rate_limit_per_minute must be >= 0 or None")
+    handlers = _Handlers(store, token, rate_limit_per_minute, clock, wall_clock, faults=faults)
+    app = web.Application()
+    app.on_startup.append(handlers.on_startup)
+    app.on_shutdown.append(handlers.on_shutdown)
+    app.router.add_post(f"{API_PREFIX}/telemetry", handlers.telemetry)
+    app.router.add_get(f"{API_PREFIX}/devices", handlers.devices)
+    app.router.add_get(f"{API_PREFIX}/metrics", handlers.metrics)
+    return app
+
+
+class LocalApi:
+    """Runs the fake API on a TCP port for the duration of an ``async with`` block.
+
+    Attributes:
+        store: The `ApiStore` the server records into.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rate_limit_per_minute: int | None = 1000,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        store: ApiStore | None = None,
+        faults: Faults | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Prepares the server; nothing listens until the block is entered.
+
+        Args:
+            token: The only Bearer token accepted.
+            host: Address to bind; use an IP literal, since with port 0 a name that resolves
+                to several addresses would get a different free port on each.
+            port: TCP port; 0 picks a free one.
+            rate_limit_per_minute: See `create_app`.
+            clock: See `create_app`.
+            wall_clock: See `create_app`.
+            store: A store to record into; a fresh one by default.
+            faults: See `create_app`.
+            ssl_context: Serve HTTPS with this server context (tests of TLS to the API).
+        """
+        self.store = ApiStore() if store is None else store
+        self._app = create_app(
+            self.store, token, rate_limit_per_minute, clock, wall_clock=wall_clock, faults=faults
+        )
+        self._host = host
+        self._requested_port = port
+        self._ssl_context = ssl_context
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (known once started)."""
+        if self._port is None:
+            raise RuntimeError("LocalApi is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API, e.g. ``http://127.0.0.1:8123/api/v2`` (https with TLS)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{host}:{self.port}{API_PREFIX}"
+
+    async def __aenter__(self) -> Self:
+        """Binds and starts serving."""
+        # A short shutdown grace: a fake server should not hold a test for aiohttp's 60 s.
+        runner = web.AppRunner(self._app, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(
+                runner, self._host, self._requested_port, ssl_context=self._ssl_context
+            )
+            await site.start()
+            self._port = int(runner.addresses[0][1])
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stops serving and closes open connections."""
+        runner, self._runner = self._runner, None
+        self._port = None
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def serve_forever(
+    host: str,
+    port: int,
+    token: str,
+    rate_limit_per_minute: int | None,
+    faults: Faults | None = None,
+) -> None:
+    """Serves the fake API until cancelled, printing its URL (never the token) once.
+
+    Backs ``metriqo-bridge simulate-api``. With `faults`, prints their one-line summary too.
+    """
+    async with LocalApi(token, host, port, rate_limit_per_minute, faults=faults) as api:
+        limit = "none" if rate_limit_per_minute is None else f"{rate_limit_per_minute}/min"
+        print(f"Metriqo-compatible API listening on {api.url} (telemetry rate limit: {limit})")
+        if faults is not None:
+            print(faults.summary())
+        await asyncio.get_running_loop().create_future()

@@ -1,0 +1,421 @@
+"""``metriqo-bridge demo``: broker, API, sensor fleet and bridge on this machine, end to end.
+
+Starts a throwaway mosquitto and a local Metriqo-compatible API (with the real API's 1000
+requests per minute limit), runs the bridge between them with a temporary spool, publishes from a
+simulated fleet, and then checks the result the way a user would: by asking the API over HTTP
+whether every published point is there, once, at its timestamp. Nothing leaves 127.0.0.1 and
+nothing is left behind.
+
+The API token is random per run and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bridge.app import Bridge
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.apiserver.validation import MAX_POINTS_PER_REQUEST
+from bridge.lab.broker import BrokerUnavailable, LocalBroker
+from bridge.lab.fleet import ExpectedPoint, FleetError, SensorFleet
+from bridge.logs import setup_logging
+from bridge.mapping.loader import load_mappings
+from bridge.mapping.mapper import Rule
+from bridge.settings import load_settings
+
+EX_UNAVAILABLE = 69  # sysexits.h: a required service (here: mosquitto) is unavailable
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_TICK_S = 1.0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; 0 when every published point arrived, 1 otherwise, 69 without mosquitto.
+
+    A ConfigError from the mapping file propagates (the CLI exits 78 for it).
+    """
+    started = time.monotonic()
+    rules = load_mappings(args.mappings)  # before starting anything: a bad file fails fast
+    setup_logging("WARNING")  # the bridge's INFO lines would bury the progress lines
+    try:
+        with contextlib.ExitStack() as stack:
+            broker = LocalBroker()
+            # Registered before start(): a Ctrl-C in the middle of it still stops mosquitto.
+            stack.push(broker)
+            broker.start()
+            try:
+                demo = _Demo(args, rules, broker.port, started)
+            except ValueError as exc:
+                print(f"metriqo-bridge demo: {exc}", file=sys.stderr)
+                return 1
+            return asyncio.run(demo.run())
+    except BrokerUnavailable as exc:
+        print(f"metriqo-bridge demo: cannot start a local broker: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except KeyboardInterrupt:
+        print("\ninterrupted: local broker, API and bridge stopped", file=sys.stderr)
+        return 130
+
+
+@dataclass(slots=True)
+class Verification:
+    """What querying the API over HTTP found, compared with what the fleet published."""
+
+    devices_expected: int = 0
+    devices_listed: int = 0
+    devices_missing: list[str] = field(default_factory=list)
+    series: int = 0
+    receive_stamped: int = 0
+    points_found: int = 0
+    missing: int = 0
+    duplicated: int = 0
+    unexpected: int = 0
+
+    def problems(self) -> list[str]:
+        """The failures as short phrases ("3 missing, 0 duplicated"); empty when all is well."""
+        out = []
+        if self.missing or self.duplicated:
+            out.append(f"{self.missing} missing, {self.duplicated} duplicated")
+        if self.unexpected:
+            out.append(f"{self.unexpected} unexpected")
+        if self.devices_missing:
+            out.append(f"{len(self.devices_missing)} device(s) not listed")
+        return out
+
+
+class _Demo:
+    """One demo run against an already started broker."""
+
+    def __init__(
+        self, args: argparse.Namespace, rules: list[Rule], broker_port: int, started: float
+    ) -> None:
+        self.args = args
+        self.rules = rules
+        self.broker_port = broker_port
+        self.started = started
+        self.token = secrets.token_urlsafe(24)
+        self.fleet = SensorFleet("127.0.0.1", broker_port, args.devices, args.rate, rules=rules)
+        self.failure: str | None = None
+
+    async def run(self) -> int:
+        async with LocalApi(token=self.token, rate_limit_per_minute=1000) as api:
+            with tempfile.TemporaryDirectory(prefix="metriqo-demo-") as tmp:
+                settings = load_settings(
+                    environ={},
+                    overrides={
+                        "mqtt.host": "127.0.0.1",
+                        "mqtt.port": str(self.broker_port),
+                        "mqtt.client_id": "metriqo-bridge-demo",
+                        "api.base_url": api.url,
+                        "api.token": self.token,
+                        "spool.path": str(Path(tmp) / "spool.db"),
+                        "http.port": "0",
+                        "batch.linger_s": "0.5",
+                        "log_level": "WARNING",
+                    },
+                )
+                bridge = Bridge(settings, self.rules, lambda: self.token)
+                delivered_in_time = await self._run_bridge(bridge, api)
+            if self.failure is not None:
+                print(f"RESULT: FAILED — {self.failure}")
+                return 1
+            verification = await self._verify(api.url)
+            return self._summary(bridge, api, verification, delivered_in_time)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run_bridge(self, bridge: Bridge, api: LocalApi) -> bool:
+        """Run bridge and fleet; True when every expected point reached the API in time."""
+        delivered = False
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(bridge.run(), name="demo.bridge")
+            try:
+                if not await self._wait_connected(bridge):
+                    problems = "; ".join(bridge.problems()) or "not connected"
+                    self.failure = f"the bridge did not connect to the broker in 10 s: {problems}"
+                    return False
+                self._print_setup(bridge, api)
+                publish = tg.create_task(self._publish(), name="demo.fleet")
+                await self._watch(bridge, api, publish.done, deadline=None)
+                if self.failure is None:
+                    delivered = await self._await_delivery(bridge, api)
+            finally:
+                # A Ctrl-C cancels this task, but not the fleet's thread: stop it explicitly.
+                self.fleet.stop()
+                bridge.stop()
+        return delivered
+
+    async def _await_delivery(self, bridge: Bridge, api: LocalApi) -> bool:
+        timeout = self.args.timeout
+        print(
+            f"Publishing done; waiting for the bridge to deliver (up to {timeout:g} s)", flush=True
+        )
+        want = len(self.fleet.expected)
+        delivered = await self._watch(
+            bridge,
+            api,
+            lambda: api.store.point_count() >= want,
+            deadline=time.monotonic() + timeout,
+        )
+        self._progress(bridge, api)
+        if not delivered:
+            grace = bridge.settings.stop_timeout_s
+            print(
+                f"Gave up waiting after {timeout:g} s; stopping the bridge "
+                f"(it goes on delivering for up to {grace:g} s)",
+                flush=True,
+            )
+        return delivered
+
+    async def _publish(self) -> None:
+        try:
+            await asyncio.to_thread(self.fleet.publish_for, self.args.seconds, None)
+        except FleetError as exc:
+            self.failure = f"the fleet could not publish: {exc}"
+
+    @staticmethod
+    async def _wait_connected(bridge: Bridge) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                await bridge.started()
+                # The bridge exposes its connection as state, not as an event: poll it briefly.
+                while bridge.source is None or not bridge.source.state.connected:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+                return True
+        return False
+
+    async def _watch(
+        self,
+        bridge: Bridge,
+        api: LocalApi,
+        finished: Callable[[], bool],
+        deadline: float | None,
+    ) -> bool:
+        """Print a progress line about once a second until ``finished()`` or the deadline."""
+        next_tick = time.monotonic() + _TICK_S
+        while not finished():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now >= next_tick:
+                self._progress(bridge, api)
+                next_tick += _TICK_S
+            await asyncio.sleep(0.05)
+        return True
+
+    def _progress(self, bridge: Bridge, api: LocalApi) -> None:
+        received = bridge.metrics.registry.get_sample_value(
+            "metriqo_bridge_messages_received_total"
+        )
+        requests = api.store.requests
+        limited = sum(1 for r in requests if r.status == 429)
+        print(
+            f"  {time.monotonic() - self.started:5.1f}s  "
+            f"published {self.fleet.published:>6} msgs  "
+            f"received {int(received or 0):>6} msgs  "
+            f"in spool {bridge.spool.depth_points:>5} pts  "
+            f"delivered {api.store.point_count():>6} pts  "
+            f"requests {len(requests):>4}" + (f" ({limited} rate-limited)" if limited else ""),
+            flush=True,
+        )
+
+    def _print_setup(self, bridge: Bridge, api: LocalApi) -> None:
+        a = self.args
+        status_port = bridge.status.port if bridge.status is not None else None
+        print("metriqo-bridge demo — everything runs on 127.0.0.1 and is removed afterwards")
+        print(f"  broker   mosquitto on 127.0.0.1:{self.broker_port}")
+        print(f"  API      {api.url}  (Metriqo-compatible, limit 1000 requests/min)")
+        print(f"  mapping  {a.mappings}  ({len(self.rules)} rules)")
+        if status_port is not None:
+            print(f"  bridge   metrics at http://127.0.0.1:{status_port}/metrics")
+        kinds = len({device.rule.name for device in self.fleet.devices})
+        print(f"  fleet    {len(self.fleet.devices)} simulated devices of {kinds} kinds, e.g.")
+        examples = {device.rule.name: device for device in reversed(self.fleet.devices)}
+        width = max(len(device.streams[0].topic) for device in examples.values())
+        for device in reversed(examples.values()):
+            topic = device.streams[0].topic
+            print(
+                f"             {topic:<{width}} → device {device.device_id}  ({device.rule.name})"
+            )
+        for name, why in self.fleet.skipped_rules.items():
+            print(f"           rule {name} is not simulated: {why}")
+        print(f"Publishing {a.rate:g} msg/s for {a.seconds:g} s (QoS 1)", flush=True)
+
+    # -- checking ----------------------------------------------------------------------------
+
+    async def _verify(self, base_url: str) -> Verification:
+        """Ask the API, as a user would, for every device and series the fleet produced."""
+        expected = self.fleet.expected
+        by_series: dict[tuple[str, str], list[ExpectedPoint]] = {}
+        for p in expected:
+            by_series.setdefault((p.device_id, p.metric), []).append(p)
+        result = Verification(
+            devices_expected=len({p.device_id for p in expected}),
+            series=len(by_series),
+            receive_stamped=sum(1 for p in expected if p.timestamp_us is None),
+        )
+        # Generous window: payload times are "now" when published; receive times a bit later.
+        start = datetime.fromtimestamp(time.time() - 3600, UTC)
+        end = datetime.fromtimestamp(time.time() + 3600, UTC)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+            listed = await _list_devices(http, base_url)
+            result.devices_listed = len(listed)
+            result.devices_missing = sorted({p.device_id for p in expected} - listed)
+            for (device_id, metric), points in by_series.items():
+                rows = await _series(http, base_url, device_id, metric, (start, end))
+                result.points_found += len(rows)
+                _compare(points, rows, result)
+        return result
+
+    def _summary(
+        self, bridge: Bridge, api: LocalApi, v: Verification, delivered_in_time: bool
+    ) -> int:
+        fleet = self.fleet
+        requests = api.store.requests
+        per_request = [_points_in(r.body) for r in requests]
+        biggest = max(per_request, default=0)
+        accepted = sum(1 for r in requests if r.status == 201)
+        limited = sum(1 for r in requests if r.status == 429)
+        dead = _sum_samples(bridge, "metriqo_bridge_dead_letters_total")
+        print()
+        print("Summary")
+        print(f"  messages published      {fleet.published:>7}  (acknowledged by the broker)")
+        print(f"  points expected         {len(fleet.expected):>7}")
+        print(f"  points delivered        {api.store.point_count():>7}  (accepted by the API)")
+        print(
+            f"  API requests            {len(requests):>7}  "
+            f"({accepted} accepted, {limited} rate-limited, "
+            f"{len(requests) - accepted - limited} other)"
+        )
+        print(f"  max points per request  {biggest:>7}  (API limit {MAX_POINTS_PER_REQUEST})")
+        print(f"  dead letters            {int(dead):>7}")
+        if bridge.spool.depth_points:
+            print(
+                f"  left in the spool       {bridge.spool.depth_points:>7}  "
+                "(a real bridge sends them after a restart)"
+            )
+        print(
+            f"  checked over HTTP       {v.points_found:>7}  points in {v.series} series of "
+            f"{v.devices_listed} listed device(s)"
+        )
+        if v.receive_stamped:
+            print(
+                f"{'':26}({v.receive_stamped} stamped on receipt, no payload time: "
+                "matched by value and count)"
+            )
+        print(f"  elapsed                 {time.monotonic() - self.started:>7.1f}  s")
+        problems = v.problems()
+        if biggest > MAX_POINTS_PER_REQUEST:
+            problems.append(f"a request carried {biggest} points")
+        lost = fleet.unrouted + fleet.rejected + fleet.unconfirmed
+        if lost:
+            problems.append(
+                f"{fleet.unrouted} message(s) reached no subscriber, {fleet.rejected} refused, "
+                f"{fleet.unconfirmed} unconfirmed by the broker"
+            )
+        if dead:
+            problems.append(f"{int(dead)} dead letter(s)")
+        if not delivered_in_time and not problems:
+            problems.append(f"delivery did not finish within {self.args.timeout:g} s")
+        if problems:
+            print(f"RESULT: FAILED — {', '.join(problems)}")
+            return 1
+        print(f"RESULT: OK — every published point arrived ({len(fleet.expected)} points)")
+        return 0
+
+
+async def _list_devices(http: aiohttp.ClientSession, base_url: str) -> set[str]:
+    found: set[str] = set()
+    page = 1
+    while True:
+        params = {"page": str(page), "per_page": "100"}
+        async with http.get(f"{base_url}/devices", params=params) as resp:
+            resp.raise_for_status()
+            doc = await resp.json()
+        found.update(row["device_id"] for row in doc["data"])
+        if not doc["data"] or page * doc["pagination"]["per_page"] >= doc["pagination"]["total"]:
+            return found
+        page += 1
+
+
+async def _series(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    device_id: str,
+    metric: str,
+    window: tuple[datetime, datetime],
+) -> list[dict[str, Any]]:
+    start, end = window
+    params = {
+        "device_id": device_id,
+        "metric": metric,
+        "from": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "to": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    async with http.get(f"{base_url}/metrics", params=params) as resp:
+        if resp.status == 404:  # the API knows no such device: every point of it is missing
+            return []
+        resp.raise_for_status()
+        doc = await resp.json()
+    rows: list[dict[str, Any]] = doc["data"]
+    return rows
+
+
+def _compare(points: list[ExpectedPoint], rows: list[dict[str, Any]], v: Verification) -> None:
+    """Count missing, duplicated and unexpected points of one series.
+
+    Points with a payload timestamp must be there at exactly that time with exactly that
+    value. Points stamped with the bridge's receive time can only be matched by value and
+    count, since the fleet cannot know when the bridge received them.
+    """
+    stamped = all(p.timestamp_us is not None for p in points)
+    want: Counter[tuple[int | None, float]] = Counter(
+        (p.timestamp_us if stamped else None, p.value) for p in points
+    )
+    got: Counter[tuple[int | None, float]] = Counter(
+        (_micros(row["t"]) if stamped else None, float(row["avg"])) for row in rows
+    )
+    v.missing += (want - got).total()
+    for key, extra in (got - want).items():
+        if key in want:
+            v.duplicated += extra
+        else:
+            v.unexpected += extra
+
+
+def _micros(text: str) -> int:
+    return (datetime.fromisoformat(text) - _EPOCH) // _MICROSECOND
+
+
+def _points_in(body: object) -> int:
+    objects: Iterable[object] = body if isinstance(body, list) else [body]
+    return sum(
+        len(obj["metrics"])
+        for obj in objects
+        if isinstance(obj, dict) and isinstance(obj.get("metrics"), dict)
+    )
+
+
+def _sum_samples(bridge: Bridge, name: str) -> float:
+    return sum(
+        sample.value
+        for family in bridge.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )

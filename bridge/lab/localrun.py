@@ -1,0 +1,326 @@
+"""Running the bridge and a sensor publisher on this machine, for ``bench`` and ``soak``.
+
+:class:`BridgeProcess` runs ``python -m bridge run`` as a child process (so it can be killed, and
+its CPU time, memory and open files are its own, read from ``/proc``); :class:`Publisher`
+publishes numbered 4-metric JSON messages at QoS 1, each identified by its timestamp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from array import array
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.lab.broker import free_port
+
+BENCH_MAPPINGS = """\
+version: 1
+rules:
+  - name: bench
+    topic: "bench/{device}/env"
+    device_id: "{device}"
+    metrics: {temp: temp, rh: rh, kw: power.kw, hz: power.hz}
+    timestamp: {field: ts, format: epoch_ms}
+"""
+METRICS_PER_MESSAGE = 4
+_UNACKED = 2000  # publishes in flight at most: paho's queue stays small
+
+
+def message_payload(index: int, base_ms: int) -> bytes:
+    """Message ``index``: its timestamp ``base_ms + index`` identifies it (one per ms)."""
+    return b'{"temp": %d.25, "rh": %d, "power": {"kw": %d.5, "hz": 50}, "ts": %d}' % (
+        index % 1000,
+        index % 100,
+        index % 7,
+        base_ms + index,
+    )
+
+
+def message_index_ms(timestamp: str) -> int:
+    """The epoch milliseconds of an API timestamp: ``base_ms + index`` of the message that
+    carried it (see :func:`message_payload`)."""
+    return round(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+class BridgeProcess:
+    """The bridge as a child process, with its CPU time, RSS and open files from /proc."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        settings: dict[str, str],
+        token: str,
+        *,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.http_port = free_port()
+        self._settings = {**settings, "http.port": str(self.http_port)}
+        self._token = token
+        self._env = env or {}
+        self.log_path = workdir / "bridge.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        """Start it; output is appended to :attr:`log_path`."""
+        args = [sys.executable, "-m", "bridge", "run"]
+        for key, value in self._settings.items():
+            args += ["--set", f"{key}={value}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
+        env.update(self._env)
+        env.update(extra_env or {})
+        env["METRIQO_BRIDGE_TOKEN"] = self._token  # never on the command line: ps shows it
+        with self.log_path.open("ab") as fh:
+            self.proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for ``/readyz`` to answer 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError), self._get("/readyz") as r:
+                if r.status == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"bridge not ready after {timeout} s:\n{self.log()[-2000:]}")
+
+    def wait_alive(self, timeout: float = 30.0) -> None:
+        """Wait for ``/healthz`` (the bridge is up, whether or not it is connected)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError), self._get("/healthz") as r:
+                if r.status == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"bridge not alive after {timeout} s:\n{self.log()[-2000:]}")
+
+    def _get(self, path: str) -> http.client.HTTPResponse:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        response: http.client.HTTPResponse = urllib.request.urlopen(url, timeout=2)
+        return response
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample from ``/metrics`` (NaN if absent).
+
+        Raises:
+            OSError: the bridge does not answer.
+        """
+        with self._get("/metrics") as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return math.nan
+
+    def spool_points(self) -> float:
+        """Points waiting in the spool."""
+        return self.metric("metriqo_bridge_spool_points")
+
+    def cpu_and_rss(self) -> tuple[float, int]:
+        """CPU seconds used so far and the peak resident set (bytes)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        return cpu, self._status_kb("VmHWM:") * 1024  # the peak, kept by the kernel
+
+    def rss_now(self) -> int:
+        """The resident set now (bytes)."""
+        return self._status_kb("VmRSS:") * 1024
+
+    def open_files(self) -> int:
+        """Open file descriptors now."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def _status_kb(self, key: str) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+        return 0
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait (SIGKILL after 60 s); the exit code, or -1 if never started."""
+        if self.proc is None or self.proc.poll() is not None:
+            return -1 if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Publisher:
+    """QoS 1 publisher on paho's own thread, paced to a rate, keeping each publish time.
+
+    paho reconnects by itself and re-sends what the broker has not acknowledged, so a broker
+    restart in the middle delays messages but does not lose them.
+    """
+
+    def __init__(self, port: int, messages: int, base_ms: int, devices: int = 20) -> None:
+        self.published_at = [0.0] * messages
+        self.acked = 0
+        self._messages = messages
+        self._base_ms = base_ms
+        self._devices = devices
+        self._stop = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"metriqo-pub-{os.getpid()}",
+            protocol=mqtt.MQTTv5,
+        )
+        self._client.max_inflight_messages_set(1000)
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(1, 2)
+        self._acked = threading.Semaphore(0)
+        self._client.on_publish = self._on_publish
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+
+    def _on_publish(self, *_args: object) -> None:
+        self.acked += 1
+        self._acked.release()
+
+    def run(self, rate: float | None, ack_timeout: float = 60.0) -> None:
+        """Publish every message (at ``rate`` per second, or as fast as acknowledged), then
+        wait until the broker acknowledged all of them.
+
+        Raises:
+            TimeoutError: the broker acknowledged nothing for ``ack_timeout`` seconds.
+        """
+        start = time.monotonic()
+        for i in range(self._messages):
+            if self._stop.is_set():
+                return
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if i >= _UNACKED and not self._acked.acquire(timeout=ack_timeout):
+                raise TimeoutError("the broker stopped acknowledging publishes")
+            self.published_at[i] = time.time()
+            topic = f"bench/d{i % self._devices:03d}/env"
+            self._client.publish(topic, message_payload(i, self._base_ms), qos=1)
+        for _ in range(min(_UNACKED, self._messages)):
+            if not self._acked.acquire(timeout=ack_timeout):
+                raise TimeoutError("the broker stopped acknowledging publishes")
+
+    def stop(self) -> None:
+        """Stop publishing early (``run`` returns)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Disconnect and stop paho's thread."""
+        self._client.disconnect()  # first: loop_stop() on a connected client waits ~1 s
+        self._client.loop_stop()
+
+
+class ProcessPublisher:
+    """:class:`Publisher` in a process of its own, with the same interface.
+
+    On two cores, a publisher thread shares the bench process's interpreter lock with the
+    local API server and cannot hold 5,000 msg/s; in its own process it can. Publish times come
+    back through a file when it ends (also when stopped early).
+    """
+
+    def __init__(self, port: int, messages: int, base_ms: int, devices: int = 20) -> None:
+        self.published_at = [0.0] * messages
+        self.acked = 0
+        self._cmd = [
+            sys.executable,
+            "-m",
+            "bridge.lab.localrun",
+            str(port),
+            str(messages),
+            str(base_ms),
+            str(devices),
+        ]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    def run(self, rate: float | None, ack_timeout: float = 60.0) -> None:
+        """Publish every message (see :meth:`Publisher.run`) and wait for the process.
+
+        Raises:
+            TimeoutError: the publisher process failed (its stderr says why).
+        """
+        with tempfile.TemporaryDirectory(prefix="metriqo-pub-") as tmp:
+            out = Path(tmp) / "published_at"
+            cmd = [*self._cmd, str(rate or 0), str(ack_timeout), str(out)]
+            self._proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+            if self._stopped:
+                self._proc.send_signal(signal.SIGTERM)
+            _, err = self._proc.communicate()
+            times = array("d")
+            with contextlib.suppress(OSError):
+                times.frombytes(out.read_bytes())
+            self.published_at[: len(times)] = times
+            self.acked = sum(1 for t in times if t > 0)
+            if self._proc.returncode != 0 and not self._stopped:
+                raise TimeoutError(f"publisher process failed: {err.decode(errors='replace')}")
+
+    def stop(self) -> None:
+        """Stop publishing early (``run`` returns)."""
+        self._stopped = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Make sure the process is gone."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
+
+def _publish_main(argv: list[str]) -> int:
+    """``python -m bridge.lab.localrun PORT MESSAGES BASE_MS DEVICES RATE ACK_TIMEOUT OUT``."""
+    port, messages, base_ms, devices = (int(a) for a in argv[:4])
+    rate, ack_timeout, out = float(argv[4]) or None, float(argv[5]), Path(argv[6])
+    publisher = Publisher(port, messages, base_ms, devices)
+    signal.signal(signal.SIGTERM, lambda *_: publisher.stop())
+    try:
+        publisher.run(rate, ack_timeout)
+    finally:
+        publisher.close()
+        out.write_bytes(array("d", publisher.published_at).tobytes())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_publish_main(sys.argv[1:]))

@@ -1,0 +1,476 @@
+"""Loading, validating and compiling ``topic-mappings.yaml`` into runtime rules.
+
+pydantic checks the structure (unknown keys are errors); the compile step checks meaning (a
+template naming a capture its topic does not have, a JSON rule without metrics). Both report
+``file:line: key.path: message`` and all errors are collected before failing, so a user fixes a
+file in one pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
+from bridge.errors import ConfigError, ConfigErrors
+from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
+from bridge.mapping.readings import CollectRule, ReadingsRule, split_path
+from bridge.mapping.templates import Template, compile_template
+from bridge.mapping.timestamps import TimestampFormat
+from bridge.mapping.topics import parse_filter
+from bridge.mapping.transforms import Transform
+from bridge.models import Coalesce
+from bridge.settings import Settings
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+
+class TransformSpec(_Strict):
+    """Value transforms: for a plain payload (``transform:``) or one JSON metric."""
+
+    scale: float | None = None
+    offset: float | None = None
+    round: int | None = Field(None, ge=0, le=12)
+    range: list[float] | None = Field(None, min_length=2, max_length=2)
+    out_of_range: Literal["reject", "clamp"] = "reject"
+    map: dict[str, float] | None = None
+
+
+class MetricSpec(TransformSpec):
+    """A JSON metric with transforms: ``{path: p, scale: 0.001, range: [0, 16]}``."""
+
+    path: str = Field(min_length=1)
+
+
+class CollectSpec(TransformSpec):
+    """Every numeric field under ``path``: ``{path: sensors, include: ['temp*'], prefix: env_}``."""
+
+    path: str = ""
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    rename: dict[str, str] | None = None
+    prefix: str = ""
+
+
+class ReadingsSpec(TransformSpec):
+    """A list of readings, each element with its own name, value and time."""
+
+    path: str = ""
+    name: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+    time: str | None = Field(None, min_length=1)
+    time_format: TimestampFormat = "auto"
+    timezone: str | None = None
+    pattern: str | None = Field(None, min_length=1)
+    where: dict[str, str | bool | int | float] | None = None
+    rename: dict[str, str] | None = None
+    prefix: str = ""
+
+
+class TimestampSpec(_Strict):
+    """Where a rule finds the measurement time."""
+
+    field: str | None = Field(None, min_length=1)
+    capture: str | None = Field(None, min_length=1)
+    format: TimestampFormat = "auto"
+    pattern: str | None = Field(None, min_length=1)
+    timezone: str | None = None
+    max_future_s: float | None = Field(None, ge=0)
+    max_past_s: float | None = Field(None, ge=0)
+    on_invalid: Literal["reject", "receive_time"] = "reject"
+
+
+class CoalesceSpec(_Strict):
+    """Fold each metric's points into one per window: ``{window_s: 60, function: avg}``."""
+
+    window_s: float = Field(gt=0, le=86400)
+    function: Literal["last", "avg", "min", "max", "sum", "count"] = "last"
+
+
+class RuleSpec(_Strict):
+    """One mapping rule as written in the file."""
+
+    name: str = Field(pattern=_NAME)
+    topic: str = Field(min_length=1)
+    device_id: str | None = Field(None, min_length=1)
+    payload: Literal["json", "number", "boolean", "text"] = "json"
+    metrics: dict[str, str | MetricSpec] | None = None
+    collect: CollectSpec | None = None
+    readings: ReadingsSpec | None = None
+    each: str | None = Field(None, min_length=1)
+    coalesce: CoalesceSpec | None = None
+    metric: str | None = None
+    transform: TransformSpec | None = None
+    timestamp: TimestampSpec | None = None
+    on_error: Literal["drop_metric", "reject_message"] = "drop_metric"
+    ignore: bool = False
+    continue_: bool = Field(False, alias="continue")
+
+
+class ExpectedPoints(_Strict):
+    """The points one message should become: one object as the API receives it."""
+
+    device_id: str = Field(min_length=1)
+    timestamp: str | None = None  # ISO 8601; leave out for receive-time points
+    metrics: dict[str, float] = Field(min_length=1)
+
+
+class MappingTest(_Strict):
+    """A message and what the rules must make of it (``metriqo-bridge test``)."""
+
+    name: str | None = None
+    topic: str = Field(min_length=1)
+    payload: str | None = None
+    payload_json: object = None
+    received_at: str | None = None  # ISO 8601 receive time; default: when the test runs
+    expect: list[ExpectedPoints] | None = None
+    expect_failures: list[str] | None = None  # reasons, in order
+    expect_ignored: bool = False
+
+
+class MappingFile(_Strict):
+    """The whole ``topic-mappings.yaml``."""
+
+    version: Literal[1]
+    rules: list[RuleSpec] = Field(min_length=1)
+    tests: list[MappingTest] | None = None
+
+
+def load_mapping_tests(path: Path) -> tuple[list[Rule], list[MappingTest], LineIndex]:
+    """The compiled rules and the ``tests:`` section of a mapping file."""
+    data, index = load_yaml_file(path)
+    rules = compile_mappings(data, index)
+    spec = MappingFile.model_validate(data)
+    return rules, list(spec.tests or []), index
+
+
+def load_mappings(path: Path) -> list[Rule]:
+    """Load, validate and compile a mapping file; raise ConfigError(s) naming file and line."""
+    data, index = load_yaml_file(path)
+    return compile_mappings(data, index)
+
+
+def load_mappings_text(text: str, name: str = "<text>") -> list[Rule]:
+    """Same as :func:`load_mappings` for YAML held in memory (tests, ``check`` of stdin)."""
+    data, index = load_yaml_text(text, name)
+    return compile_mappings(data, index)
+
+
+def compile_mappings(data: object, index: LineIndex) -> list[Rule]:
+    """Validate parsed YAML and compile it into runtime rules."""
+    if data is None:
+        raise index.error((), "file is empty; expected 'version: 1' and 'rules:'")
+    try:
+        spec = MappingFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigErrors([_pydantic_error(err, index) for err in exc.errors()]) from None
+    errors: list[ConfigError] = []
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for i, rule_spec in enumerate(spec.rules):
+        at: KeyPath = ("rules", i)
+        if rule_spec.name in seen:
+            errors.append(
+                index.error(
+                    (*at, "name"), f"duplicate rule name (also rule {seen[rule_spec.name]})"
+                )
+            )
+        seen.setdefault(rule_spec.name, i)
+        rule = _Compiler(rule_spec, at, index, errors).rule()
+        if rule is not None:
+            rules.append(rule)
+    if errors:
+        raise ConfigErrors(errors)
+    return rules
+
+
+def _pydantic_error(err: object, index: LineIndex) -> ConfigError:
+    assert isinstance(err, dict)
+    # Union members appear in the location ("str", "MetricSpec"); they are not keys.
+    loc: KeyPath = tuple(
+        p for p in err["loc"] if isinstance(p, int) or (isinstance(p, str) and p not in _UNION)
+    )
+    message = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see the README for the keys a rule takes)"
+    return index.error(loc, message)
+
+
+_UNION = frozenset({"str", "MetricSpec", "bool", "int", "float"})
+
+
+class _Compiler:
+    """Checks the meaning of one rule and builds its runtime form."""
+
+    def __init__(
+        self, spec: RuleSpec, at: KeyPath, index: LineIndex, errors: list[ConfigError]
+    ) -> None:
+        self.spec = spec
+        self.at = at
+        self.index = index
+        self.errors = errors
+        self.captures: set[str] = set()
+        self.metric_names: list[Template | None] = []
+
+    def fail(self, key: str | tuple[str, ...], message: str) -> None:
+        keys = (key,) if isinstance(key, str) else key
+        self.errors.append(self.index.error((*self.at, *keys), message))
+
+    def rule(self) -> Rule | None:
+        spec = self.spec
+        before = len(self.errors)
+        try:
+            topic = parse_filter(spec.topic)
+        except ValueError as exc:
+            self.fail("topic", str(exc))
+            return None
+        self.captures = set(topic.capture_names)
+        if spec.ignore:
+            return self._ignore_rule(topic, before)
+        if spec.device_id is None:
+            self.fail("device_id", "a rule needs 'device_id' (or 'ignore: true')")
+            return None
+        json_payload = spec.payload == "json"
+        each = None
+        if spec.each is not None:
+            if json_payload:
+                each = self._field_path(spec.each, ("each",))
+                self.captures.add("@key")
+            else:
+                self.fail("each", "'each' is for payload: json")
+        device_id = self._template(spec.device_id, "device_id", payload_fields=json_payload)
+        metrics: tuple[tuple[str, FieldPath], ...] = ()
+        transforms: tuple[Transform, ...] = ()
+        metric_name: Template | None = None
+        collect = readings = readings_time = None
+        if json_payload:
+            metrics, transforms = self._json_metrics()
+            collect = self._collect()
+            readings, readings_time = self._readings()
+        else:
+            metric_name, transforms = self._plain()
+            for key in ("collect", "readings"):
+                if getattr(spec, key) is not None:
+                    self.fail(key, f"'{key}' is for payload: json")
+        timestamp = self._timestamp(json_payload)
+        if len(self.errors) > before:
+            return None
+        return Rule(
+            name=spec.name,
+            topic=topic,
+            device_id=device_id,
+            payload=spec.payload,
+            metrics=metrics,
+            metric=metric_name,
+            ts_field=timestamp.field if timestamp else None,
+            ts_format=timestamp.fmt if timestamp else "auto",
+            reject_on_error=spec.on_error == "reject_message",
+            transforms=transforms,
+            timestamp=timestamp,
+            keep_going=spec.continue_,
+            collect=collect,
+            readings=readings,
+            readings_time=readings_time,
+            each=each,
+            coalesce=(
+                Coalesce(round(spec.coalesce.window_s * 1_000_000), spec.coalesce.function)
+                if spec.coalesce
+                else None
+            ),
+            metric_names=tuple(self.metric_names) if any(self.metric_names) else (),
+        )
+
+    def _ignore_rule(self, topic: object, before: int) -> Rule | None:
+        spec = self.spec
+        for key in (
+            "device_id",
+            "metrics",
+            "metric",
+            "transform",
+            "timestamp",
+            "collect",
+            "readings",
+        ):
+            if getattr(spec, key) is not None:
+                self.fail(key, "an ignore rule takes only name and topic")
+        if spec.continue_:
+            self.fail("continue", "an ignore rule ends the matching; 'continue' makes no sense")
+        if len(self.errors) > before:
+            return None
+        assert not isinstance(topic, str)
+        return Rule(
+            name=spec.name,
+            topic=topic,  # type: ignore[arg-type]
+            device_id=Template("", ()),
+            payload=spec.payload,
+            metrics=(),
+            metric=None,
+            ts_field=None,
+            ts_format="auto",
+            reject_on_error=False,
+            ignore=True,
+        )
+
+    def _template(self, text: str, key: str | tuple[str, ...], *, payload_fields: bool) -> Template:
+        try:
+            return compile_template(text, self.captures, payload_fields)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+            return Template(text, ())
+
+    def _json_metrics(self) -> tuple[tuple[tuple[str, FieldPath], ...], tuple[Transform, ...]]:
+        spec = self.spec
+        if spec.metric is not None:
+            self.fail("metric", "'metric' is for plain payloads; use 'metrics'")
+        if spec.transform is not None:
+            self.fail("transform", "for a json rule, put transforms on each metric")
+        if not spec.metrics:
+            if spec.collect is None and spec.readings is None:
+                self.fail(
+                    "metrics",
+                    "a json rule needs 'metrics: {name: field.path}', 'collect' or 'readings'",
+                )
+            return (), ()
+        paths: list[tuple[str, FieldPath]] = []
+        transforms: list[Transform] = []
+        self.metric_names = []
+        for name, entry in spec.metrics.items():
+            if not name.strip():
+                self.fail(("metrics", name), "metric name is empty")
+            self.metric_names.append(
+                self._template(name, ("metrics", name), payload_fields=True)
+                if "{" in name
+                else None
+            )
+            if isinstance(entry, str):
+                paths.append((name, self._field_path(entry, ("metrics", name))))
+                transforms.append(Transform())
+            else:
+                paths.append((name, self._field_path(entry.path, ("metrics", name, "path"))))
+                transforms.append(self._transform(entry, ("metrics", name)))
+        return tuple(paths), tuple(transforms)
+
+    def _collect(self) -> CollectRule | None:
+        c = self.spec.collect
+        if c is None:
+            return None
+        return CollectRule(
+            path=self._segments(c.path, ("collect", "path")),
+            include=tuple(c.include or ()),
+            exclude=tuple(c.exclude or ()),
+            rename=dict(c.rename or {}),
+            prefix=c.prefix,
+            transform=self._transform(c, ("collect",)),
+        )
+
+    def _readings(self) -> tuple[ReadingsRule | None, TimestampRule | None]:
+        r = self.spec.readings
+        if r is None:
+            return None, None
+        at = ("readings",)
+        tz = self._zone(r.timezone, (*at, "timezone"))
+        where = tuple((self._segments(k, (*at, "where", k)), v) for k, v in (r.where or {}).items())
+        rule = ReadingsRule(
+            path=self._segments(r.path, (*at, "path")),
+            name=self._segments(r.name, (*at, "name")),
+            value=self._segments(r.value, (*at, "value")),
+            time=self._segments(r.time, (*at, "time")) if r.time else None,
+            where=where,
+            rename=dict(r.rename or {}),
+            prefix=r.prefix,
+            transform=self._transform(r, at),
+        )
+        return rule, TimestampRule(fmt=r.time_format, pattern=r.pattern, tz=tz)
+
+    def _segments(self, text: str, key: tuple[str, ...]) -> tuple[str, ...]:
+        if text in ("", "."):
+            return ()
+        return self._field_path(text, key).segments
+
+    def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
+        if name is None:
+            return None
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(key, f"unknown time zone {name!r}")
+            return None
+
+    def _plain(self) -> tuple[Template | None, tuple[Transform, ...]]:
+        spec = self.spec
+        if spec.metrics is not None:
+            self.fail("metrics", "'metrics' is for payload: json; use 'metric'")
+        if spec.metric is None:
+            self.fail("metric", f"a {spec.payload} rule needs 'metric: <name or {{capture}}>'")
+            return None, ()
+        name = self._template(spec.metric, "metric", payload_fields=False)
+        transform = self._transform(spec.transform, ("transform",)) if spec.transform else None
+        if spec.payload == "text" and (transform is None or not transform.value_map):
+            self.fail("transform", "a text rule needs 'transform: {map: {TEXT: number, ...}}'")
+        return name, (transform or Transform(),)
+
+    def _transform(self, t: TransformSpec, key: tuple[str, ...]) -> Transform:
+        if t.range is not None and t.range[0] > t.range[1]:
+            self.fail((*key, "range"), "range must be [low, high] with low <= high")
+        return Transform.build(
+            scale=t.scale,
+            offset=t.offset,
+            digits=t.round,
+            valid_range=t.range,
+            clamp=t.out_of_range == "clamp",
+            value_map=t.map,
+        )
+
+    def _timestamp(self, json_payload: bool) -> TimestampRule | None:
+        ts = self.spec.timestamp
+        if ts is None:
+            return None
+        if (ts.field is None) == (ts.capture is None):
+            self.fail("timestamp", "give exactly one of 'field' (payload) or 'capture' (topic)")
+            return None
+        if ts.field is not None and not json_payload:
+            self.fail(("timestamp", "field"), "a plain payload has no field to read a time from")
+        if ts.capture is not None and ts.capture not in self.captures:
+            known = ", ".join(sorted(self.captures)) or "none"
+            self.fail(("timestamp", "capture"), f"the topic captures: {known}")
+        tz = self._zone(ts.timezone, ("timestamp", "timezone"))
+        if ts.pattern is not None and "%" not in ts.pattern:
+            self.fail(("timestamp", "pattern"), "a strptime pattern such as '%d.%m.%Y %H:%M:%S'")
+        field = None
+        if ts.field is not None:
+            field = self._field_path(ts.field, ("timestamp", "field"))
+        return TimestampRule(
+            field=field,
+            capture=ts.capture,
+            fmt=ts.format,
+            pattern=ts.pattern,
+            tz=tz,
+            max_future_s=ts.max_future_s,
+            max_past_s=ts.max_past_s,
+            fallback_to_receive_time=ts.on_invalid == "receive_time",
+        )
+
+    def _field_path(self, text: str, key: tuple[str, ...]) -> FieldPath:
+        try:
+            segments = split_path(text)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+            segments = ()
+        return FieldPath(text=text, segments=segments)
+
+
+def make_mapper(rules: list[Rule], settings: Settings) -> Mapper:
+    """The mapper as the bridge runs it: the rules with the payload and time limits of the
+    settings (shared by the bridge and ``dead-letters requeue``, so both map alike)."""
+    return Mapper(
+        rules,
+        max_payload_bytes=settings.mqtt.max_payload_bytes,
+        max_future_s=settings.mapping.max_future_s,
+    )

@@ -1,0 +1,352 @@
+"""The runtime mapper: topic + payload bytes → records, or a reason why not.
+
+Pure code: no I/O, no clock (the receive time is an argument), no third-party types. Rules are
+compiled once by :mod:`bridge.mapping.loader`; this module only executes them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import tzinfo
+
+import orjson
+
+from bridge.errors import PayloadError
+from bridge.mapping.readings import MISSING as _MISSING
+from bridge.mapping.readings import CollectRule, ReadingsRule, get_path
+from bridge.mapping.templates import Template
+from bridge.mapping.timestamps import (
+    TimestampFormat,
+    check_not_future,
+    check_not_past,
+    parse_timestamp,
+)
+from bridge.mapping.topics import TopicFilter, TopicRouter
+from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
+from bridge.models import Coalesce, Record
+
+_NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
+MAX_POINTS_PER_RECORD = 100  # the API's per-request cap: no single object may exceed it
+
+__all__ = ["FieldPath", "Mapped", "Mapper", "Rule", "Template", "TimestampRule"]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPath:
+    """A dotted path into a JSON payload; numeric segments index arrays."""
+
+    text: str
+    segments: tuple[str, ...]
+
+    def get(self, doc: object) -> object:
+        """The value at this path, or the ``MISSING`` marker."""
+        return get_path(doc, self.segments)
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampRule:
+    """Where and how a rule reads the measurement time."""
+
+    field: FieldPath | None = None
+    capture: str | None = None
+    fmt: TimestampFormat = "auto"
+    pattern: str | None = None
+    tz: tzinfo | None = None
+    max_future_s: float | None = None  # None: the bridge-wide mapping.max_future_s
+    max_past_s: float | None = None
+    fallback_to_receive_time: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A compiled mapping rule."""
+
+    name: str
+    topic: TopicFilter
+    device_id: Template
+    payload: str  # "json" | "number" | "boolean" | "text"
+    metrics: tuple[tuple[str, FieldPath], ...]
+    metric: Template | None
+    ts_field: FieldPath | None
+    ts_format: TimestampFormat
+    reject_on_error: bool
+    transforms: tuple[Transform, ...] = ()  # per entry of ``metrics``; one for plain payloads
+    timestamp: TimestampRule | None = None
+    ignore: bool = False
+    keep_going: bool = False  # "continue: true": later matching rules apply too
+    collect: CollectRule | None = None
+    readings: ReadingsRule | None = None
+    each: FieldPath | None = None  # several devices in one payload: map each element
+    coalesce: Coalesce | None = None
+    metric_names: tuple[Template | None, ...] = ()  # per ``metrics`` entry whose name is a template
+    readings_time: TimestampRule | None = None  # how element times are read
+
+
+@dataclass(slots=True)
+class Mapped:
+    """What one message became.
+
+    ``records`` go to the spool; ``failures`` are per-metric or per-message problems, each
+    counted by reason. The message is dead-lettered when ``failures`` is non-empty (with the
+    good records, if any, still delivered) so nothing is dropped without a trace. An ignored
+    message (an ``ignore`` rule matched) has neither and is only counted.
+    """
+
+    rule: str | None
+    records: list[Record] = field(default_factory=list)
+    failures: list[PayloadError] = field(default_factory=list)
+    ignored: bool = False
+    replaced_timestamps: int = 0
+    skipped_readings: int = 0
+
+    @property
+    def points(self) -> int:
+        """Number of data points (metric values) produced."""
+        return sum(len(r.metrics) for r in self.records)
+
+
+class Mapper:
+    """Applies the first matching rule (and later ones after ``continue: true``)."""
+
+    def __init__(
+        self, rules: list[Rule], *, max_payload_bytes: int = 65536, max_future_s: float = 86400.0
+    ) -> None:
+        self.rules = rules
+        self._router = TopicRouter([r.topic for r in rules])
+        self._max_payload = max_payload_bytes
+        self._max_future_s = max_future_s
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """Distinct broker filters for all rules, in rule order."""
+        return list(dict.fromkeys(r.topic.subscription for r in self.rules))
+
+    def map(self, topic: str, payload: bytes, received_us: int) -> Mapped:
+        """Map one message. Never raises for bad input: problems come back as failures."""
+        routes = self._router.route_all(topic)
+        if not routes:
+            return Mapped(None, failures=[PayloadError("unmatched", "no rule matches the topic")])
+        out: Mapped | None = None
+        doc: object = _MISSING
+        for index, captures in routes:
+            rule = self.rules[index]
+            if out is None:
+                out = Mapped(rule.name)
+            if rule.ignore:
+                out.ignored = not out.records and not out.failures
+                break
+            if len(payload) > self._max_payload:
+                out.failures.append(
+                    PayloadError("too_large", f"{len(payload)} bytes > cap {self._max_payload}")
+                )
+                break
+            if rule.payload == "json" and doc is _MISSING:
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    out.failures.append(PayloadError("invalid_json", str(exc)[:200]))
+                    break
+            if rule.each is None:
+                self._apply(rule, captures, payload, doc, received_us=received_us, out=out)
+            else:
+                self._apply_each(rule, captures, payload, doc, received_us=received_us, out=out)
+            if not rule.keep_going:
+                break
+        assert out is not None
+        if not (out.records or out.failures or out.ignored or out.skipped_readings):
+            out.failures.append(PayloadError("no_metrics", "the payload held no metrics"))
+        return out
+
+    def _apply(
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        payload: bytes,
+        doc: object,
+        *,
+        received_us: int,
+        out: Mapped,
+        root: object = _MISSING,
+    ) -> None:
+        failures: list[PayloadError] = []
+        readings: list[tuple[str, float, int | None]] = []
+        try:
+            if rule.payload == "json":
+                if not isinstance(doc, dict) and rule.readings is None:
+                    raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
+                metrics = self._json_metrics(rule, doc, failures, captures) if rule.metrics else {}
+                if rule.collect is not None:
+                    metrics.update(rule.collect.collect(doc, failures))
+                if rule.readings is not None:
+                    readings, skipped = rule.readings.extract(
+                        doc, lambda raw: self._reading_time(rule, raw, received_us), failures
+                    )
+                    out.skipped_readings += skipped
+            else:
+                metrics = self._plain(rule, captures, payload)
+            ts_us = self._timestamp(rule, captures, doc, received_us, out, root=root)
+            device_id = rule.device_id.render(captures, doc)
+            if not device_id:
+                raise PayloadError("bad_device_id", "device_id template rendered empty")
+        except PayloadError as exc:
+            out.failures.append(exc)
+            return
+        if readings:
+            by_time = self._group(readings, ts_us, metrics, failures)
+        else:
+            by_time = {ts_us: metrics} if metrics else {}
+        out.failures.extend(failures)
+        if rule.reject_on_error and failures:
+            return
+        for ts, values in by_time.items():
+            items = list(values.items())
+            for start in range(0, len(items), MAX_POINTS_PER_RECORD):
+                chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
+                out.records.append(Record(device_id, ts, chunk, received_us, rule.coalesce))
+
+    def _apply_each(
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        payload: bytes,
+        doc: object,
+        *,
+        received_us: int,
+        out: Mapped,
+    ) -> None:
+        """Map every element of the list or object at ``rule.each`` as its own message part;
+        ``{@key}`` is the element's key (or index)."""
+        assert rule.each is not None
+        items = rule.each.get(doc)
+        if isinstance(items, dict):
+            pairs = [(str(k), v) for k, v in items.items()]
+        elif isinstance(items, list):
+            pairs = [(str(i), v) for i, v in enumerate(items)]
+        else:
+            where = rule.each.text
+            reason = "missing_field" if items is _MISSING else "not_a_list"
+            out.failures.append(PayloadError(reason, f"{where!r} holds no list or object"))
+            return
+        for key, element in pairs:
+            self._apply(
+                rule,
+                {**captures, "@key": key},
+                payload,
+                element,
+                received_us=received_us,
+                out=out,
+                root=doc,
+            )
+
+    @staticmethod
+    def _group(
+        readings: list[tuple[str, float, int | None]],
+        ts_us: int,
+        metrics: dict[str, float],
+        failures: list[PayloadError],
+    ) -> dict[int, dict[str, float]]:
+        """Readings grouped by time (one API object each); the first of two readings of the
+        same metric at the same time wins, the other is reported."""
+        by_time: dict[int, dict[str, float]] = {ts_us: dict(metrics)} if metrics else {}
+        for name, value, ts in readings:
+            group = by_time.setdefault(ts_us if ts is None else ts, {})
+            if name in group:
+                failures.append(PayloadError("duplicate_reading", f"{name}: twice at one time"))
+                continue
+            group[name] = value
+        return by_time
+
+    def _reading_time(self, rule: Rule, raw: object, received_us: int) -> int:
+        spec = rule.readings_time or TimestampRule()
+        ts_us = parse_timestamp(raw, spec.fmt, spec.tz, spec.pattern)
+        future = self._max_future_s if spec.max_future_s is None else spec.max_future_s
+        check_not_future(ts_us, received_us, future)
+        check_not_past(ts_us, received_us, spec.max_past_s)
+        return ts_us
+
+    def _plain(self, rule: Rule, captures: dict[str, str], payload: bytes) -> dict[str, float]:
+        transform = rule.transforms[0] if rule.transforms else IDENTITY
+        assert rule.metric is not None
+        name = rule.metric.render(captures)
+        if not name:
+            raise PayloadError("bad_metric_name", "metric template rendered empty")
+        if rule.payload == "number":
+            if not _NUMBER.fullmatch(payload):
+                raise PayloadError("not_numeric", "payload is not a plain number")
+            value = float(payload)
+            if not math.isfinite(value):
+                raise PayloadError("non_finite", "value is not finite")
+            return {name: transform.apply(name, value)}
+        if rule.payload == "boolean":
+            return {name: transform.apply(name, parse_boolean(payload))}
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PayloadError("not_text", "payload is not UTF-8 text") from None
+        return {name: transform.apply(name, text)}
+
+    @staticmethod
+    def _json_metrics(
+        rule: Rule, doc: object, failures: list[PayloadError], captures: dict[str, str]
+    ) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
+        names = rule.metric_names or (None,) * len(rule.metrics)
+        for (name, path), transform, template in zip(rule.metrics, transforms, names, strict=True):
+            if template is not None:
+                try:
+                    name = template.render(captures, doc)  # noqa: PLW2901  # the rendered name
+                except PayloadError as exc:
+                    failures.append(exc)
+                    continue
+                if not name:
+                    failures.append(PayloadError("bad_metric_name", f"{template.text!r} is empty"))
+                    continue
+            value = path.get(doc)
+            if value is _MISSING:
+                failures.append(PayloadError("missing_field", f"{name}: no field {path.text!r}"))
+                continue
+            try:
+                metrics[name] = transform.apply(name, value)
+            except PayloadError as exc:
+                failures.append(exc)
+        return metrics
+
+    def _timestamp(
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        doc: object,
+        received_us: int,
+        out: Mapped,
+        *,
+        root: object = _MISSING,
+    ) -> int:
+        ts = rule.timestamp
+        if ts is None:
+            return received_us
+        if ts.capture is not None:
+            raw: object = captures.get(ts.capture, "")
+        else:
+            assert ts.field is not None
+            raw = ts.field.get(doc)
+            if raw is _MISSING and root is not _MISSING:
+                raw = ts.field.get(root)  # an element without its own time: the message's
+            if raw is _MISSING:
+                if ts.fallback_to_receive_time:
+                    out.replaced_timestamps += 1
+                    return received_us
+                raise PayloadError("missing_timestamp", f"no field {ts.field.text!r}")
+        try:
+            ts_us = parse_timestamp(raw, ts.fmt, ts.tz, ts.pattern)
+            future = self._max_future_s if ts.max_future_s is None else ts.max_future_s
+            check_not_future(ts_us, received_us, future)
+            check_not_past(ts_us, received_us, ts.max_past_s)
+        except PayloadError:
+            if ts.fallback_to_receive_time:
+                out.replaced_timestamps += 1
+                return received_us
+            raise
+        return ts_us

@@ -1,0 +1,186 @@
+"""JSON forms that yield many metrics: "every numeric field under a path" (collect) and lists of
+readings, each element carrying its own name, value and time (readings). Pure code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from bridge.errors import PayloadError
+from bridge.mapping.transforms import IDENTITY, Transform
+
+MISSING: object = object()  # what get_path returns for an absent path
+
+
+def split_path(text: str) -> tuple[str, ...]:
+    """Split a field path on dots. A key containing dots is quoted or escaped:
+    ``meta."fw.version"``, ``meta.'fw.version'`` or ``meta.fw\\.version``.
+
+    Raises:
+        ValueError: for an unterminated quote or an empty segment.
+    """
+    segments: list[str] = []
+    buf: list[str] = []
+    quote: str | None = None
+    quoted = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            else:
+                buf.append(ch)
+        elif ch == "\\" and i + 1 < len(text):
+            i += 1
+            buf.append(text[i])
+        elif ch in "\"'" and not buf:
+            quote, quoted = ch, True
+        elif ch == ".":
+            if not buf and not quoted:
+                raise ValueError(f"field path {text!r} has an empty segment")
+            segments.append("".join(buf))
+            buf, quoted = [], False
+        else:
+            buf.append(ch)
+        i += 1
+    if quote is not None:
+        raise ValueError(f"field path {text!r} has an unterminated quote")
+    if not buf and not quoted:
+        raise ValueError(f"field path {text!r} has an empty segment")
+    segments.append("".join(buf))
+    return tuple(segments)
+
+
+def get_path(doc: object, segments: tuple[str, ...]) -> object:
+    """Value at a dotted path (numeric segments index lists), or the module's missing marker."""
+    cur = doc
+    for seg in segments:
+        if isinstance(cur, dict):
+            cur = cur.get(seg, MISSING)
+            if cur is MISSING:
+                return MISSING
+        elif isinstance(cur, list) and seg.isascii() and seg.isdigit() and int(seg) < len(cur):
+            cur = cur[int(seg)]
+        else:
+            return MISSING
+    return cur
+
+
+def is_missing(value: object) -> bool:
+    """True for the marker :func:`get_path` returns for an absent path."""
+    return value is MISSING
+
+
+@dataclass(frozen=True, slots=True)
+class CollectRule:
+    """Every numeric field under ``path``, named by its dotted path below it."""
+
+    path: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    rename: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    transform: Transform = IDENTITY
+
+    def collect(self, doc: object, failures: list[PayloadError]) -> dict[str, float]:
+        """Metric name → value; strings, booleans and nulls are not numeric and are skipped."""
+        base = get_path(doc, self.path)
+        if is_missing(base):
+            failures.append(PayloadError("missing_field", f"no field {'.'.join(self.path)!r}"))
+            return {}
+        out: dict[str, float] = {}
+        for leaf, value in _numeric_leaves(base, ""):
+            if self.include and not any(fnmatchcase(leaf, g) for g in self.include):
+                continue
+            if any(fnmatchcase(leaf, g) for g in self.exclude):
+                continue
+            # A number at the collect path itself is named after the path.
+            name = leaf or (self.path[-1] if self.path else "")
+            if not name and not self.prefix:
+                failures.append(PayloadError("bad_metric_name", "collected value has no name"))
+                continue
+            metric = self.prefix + self.rename.get(name, name)
+            try:
+                out[metric] = self.transform.apply(metric, value)
+            except PayloadError as exc:
+                failures.append(exc)
+        return out
+
+
+def _numeric_leaves(node: object, prefix: str) -> list[tuple[str, float]]:
+    found: list[tuple[str, float]] = []
+    stack: list[tuple[object, str]] = [(node, prefix)]
+    while stack:  # iterative: payload nesting depth must not reach the recursion limit
+        cur, name = stack.pop()
+        if isinstance(cur, dict):
+            stack.extend((v, f"{name}.{k}" if name else str(k)) for k, v in reversed(cur.items()))
+        elif isinstance(cur, list):
+            stack.extend(
+                (v, f"{name}.{i}" if name else str(i)) for i, v in reversed(list(enumerate(cur)))
+            )
+        elif isinstance(cur, int | float) and not isinstance(cur, bool):
+            found.append((name, cur))
+    return found
+
+
+def _same(got: object, want: object) -> bool:
+    # True == 1 in Python; a quality flag `q: true` must not match a reading with q = 1.
+    return isinstance(got, bool) == isinstance(want, bool) and got == want
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsRule:
+    """A list of readings at ``path`` (empty: the payload itself is the list)."""
+
+    path: tuple[str, ...]
+    name: tuple[str, ...]
+    value: tuple[str, ...]
+    time: tuple[str, ...] | None = None
+    where: tuple[tuple[tuple[str, ...], object], ...] = ()
+    rename: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    transform: Transform = IDENTITY
+
+    def extract(
+        self,
+        doc: object,
+        parse_time: Callable[[object], int],
+        failures: list[PayloadError],
+    ) -> tuple[list[tuple[str, float, int | None]], int]:
+        """(name, value, time in epoch µs or None) per kept element, and how many the
+        ``where`` conditions left out."""
+        items = get_path(doc, self.path)
+        if not isinstance(items, list):
+            where = ".".join(self.path) or "the payload"
+            failures.append(PayloadError("not_a_list", f"{where} is not a list of readings"))
+            return [], 0
+        out: list[tuple[str, float, int | None]] = []
+        skipped = 0
+        for i, element in enumerate(items):
+            if not all(_same(get_path(element, p), want) for p, want in self.where):
+                skipped += 1
+                continue
+            raw_name = get_path(element, self.name)
+            if not isinstance(raw_name, str | int) or isinstance(raw_name, bool) or raw_name == "":
+                failures.append(PayloadError("missing_field", f"reading {i}: no usable name"))
+                continue
+            name = self.prefix + self.rename.get(str(raw_name), str(raw_name))
+            raw_value = get_path(element, self.value)
+            if is_missing(raw_value):
+                failures.append(PayloadError("missing_field", f"reading {i} ({name}): no value"))
+                continue
+            try:
+                value = self.transform.apply(name, raw_value)
+                ts = None
+                if self.time is not None:
+                    raw_time = get_path(element, self.time)
+                    if is_missing(raw_time):
+                        raise PayloadError("missing_timestamp", f"reading {i} ({name}): no time")
+                    ts = parse_time(raw_time)
+            except PayloadError as exc:
+                failures.append(exc)
+                continue
+            out.append((name, value, ts))
+        return out, skipped

@@ -1,0 +1,121 @@
+"""The JSON Schema of ``topic-mappings.yaml``, for editors (``metriqo-bridge schema``).
+
+The schema is generated from the pydantic models that validate the file, so it follows every
+change to the format; a short description is added to the main keys for editor hover text. It
+checks structure only (keys, types, enums): whether a template names a capture its topic has, a
+JSON rule has metrics and so on is checked by ``metriqo-bridge check``.
+
+It declares draft 2020-12, as pydantic generates it, but uses only keywords draft-07 knows as
+well (``$defs`` is reached by plain JSON-pointer ``$ref``s): the Red Hat YAML language server
+validates with draft-07 rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from bridge.mapping.loader import MappingFile
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+TITLE = "metriqo-bridge topic-mappings.yaml"
+REPO_PATH = "deploy/topic-mappings.schema.json"
+
+_TRANSFORM = {
+    "scale": "Multiply the value by this (value * scale + offset).",
+    "offset": "Add this after scaling (value * scale + offset).",
+    "round": "Round the value to this many decimal digits (0-12).",
+    "range": "[low, high]: values outside are rejected or clamped (see out_of_range).",
+    "out_of_range": "reject (default: the point is dropped and counted) or clamp.",
+    "map": "Text value → number, e.g. {RUNNING: 1, STOPPED: 0}; matched exactly, then "
+    "ignoring case.",
+}
+
+# Model (``$defs`` name; MappingFile is the root) → key → description. A key that is renamed
+# or removed makes mapping_schema() fail, so a stale description cannot ship.
+_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "MappingFile": {
+        "version": "Format version of this file; always 1.",
+        "rules": "Mapping rules, in order: the first rule whose topic filter matches a message "
+        "wins (see continue).",
+    },
+    "RuleSpec": {
+        "name": "Unique rule name: the rule label of metrics and dead letters.",
+        "topic": "MQTT topic filter: literal levels, + (any level), {name} (any level, "
+        "captured), {name:REGEX}, and # or {name#} as the last level.",
+        "device_id": "Device id template: literal text, {capture}, and for json rules "
+        "{$field.path}; filters such as {site|upper}.",
+        "payload": "json (default) | number | boolean | text.",
+        "metrics": "json rules: metric name → field path, or → {path: ..., transform keys}.",
+        "collect": "json rules: every numeric field under a path.",
+        "readings": "json rules: a list of readings, each with its own name, value and time.",
+        "metric": "Plain payloads: the metric name template, usually from a capture.",
+        "transform": "Plain payloads: value transforms (map, scale, offset, round, range).",
+        "timestamp": "Where the measurement time comes from; without it, the receive time.",
+        "on_error": "drop_metric (default): keep the message's other metrics; "
+        "reject_message: dead-letter the whole message.",
+        "ignore": "true: drop matching messages on purpose (counted, not dead-lettered); "
+        "takes only name and topic.",
+        "continue": "true: after this rule maps a message, the next matching rule maps it too.",
+    },
+    "TimestampSpec": {
+        "field": "json rules: the payload field path holding the time.",
+        "capture": "The topic capture holding the time.",
+        "format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns.",
+        "pattern": "A strptime pattern for other strings, e.g. '%d.%m.%Y %H:%M:%S'.",
+        "timezone": "Zone for zone-less times, e.g. Europe/Berlin (else they are refused).",
+        "max_future_s": "Refuse times further ahead of the receive time (default 1 day).",
+        "max_past_s": "Refuse times further behind the receive time (default: no limit).",
+        "on_invalid": "reject (default: dead-lettered as bad_timestamp) or receive_time.",
+    },
+    "TransformSpec": _TRANSFORM,
+    "MetricSpec": {"path": "Field path in the payload; dots walk into objects.", **_TRANSFORM},
+    "CollectSpec": {
+        "path": "Where to collect from ('' or '.': the whole payload).",
+        "include": "Globs over the dotted names below path; only matching fields are kept.",
+        "exclude": "Globs over the dotted names below path; matching fields are skipped.",
+        "rename": "Dotted name → metric name.",
+        "prefix": "Prepended to every metric name.",
+        **_TRANSFORM,
+    },
+    "ReadingsSpec": {
+        "path": "Where the list of readings is ('' or '.': the payload itself).",
+        "name": "Field of a reading holding its metric name.",
+        "value": "Field of a reading holding its value.",
+        "time": "Field of a reading holding its time (else the receive time).",
+        "time_format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns.",
+        "where": "Field → value: only readings matching all conditions are kept.",
+        "rename": "Reading name → metric name.",
+        "prefix": "Prepended to every metric name.",
+        **_TRANSFORM,
+    },
+}
+
+
+def mapping_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``topic-mappings.yaml``, with key descriptions.
+
+    Raises:
+        KeyError: a described key no longer exists in the models (a bug: update the table).
+    """
+    schema = MappingFile.model_json_schema(by_alias=True)
+    defs = schema.get("$defs", {})
+    for model, keys in _DESCRIPTIONS.items():
+        properties = (schema if model == "MappingFile" else defs[model])["properties"]
+        for key, text in keys.items():
+            properties[key]["description"] = text
+    schema.pop("title", None)
+    schema.pop("description", None)
+    return {
+        "$schema": DIALECT,
+        "title": TITLE,
+        "description": "How MQTT topics and payloads become Metriqo telemetry. Structure only; "
+        "run 'metriqo-bridge check' for the meaning checks.",
+        **schema,
+    }
+
+
+def schema_bytes() -> bytes:
+    """:func:`mapping_schema` as the bytes written by ``schema`` (indented, final newline)."""
+    return orjson.dumps(mapping_schema(), option=orjson.OPT_INDENT_2) + b"\n"

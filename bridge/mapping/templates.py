@@ -1,0 +1,125 @@
+"""Templates for device ids and metric names: literal text, topic captures and payload fields,
+each with optional filters: ``{site|lower}-{$meta.serial|slug}``. Pure code."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.errors import PayloadError
+from bridge.mapping.readings import MISSING, get_path, split_path
+
+_SLUG_OUT = re.compile(r"[^a-z0-9]+")
+_PART = re.compile(r"\{([^{}]*)\}|([^{}]+)|([{}])")
+
+Filter = Callable[[str], str]
+
+
+def _slug(text: str) -> str:
+    return _SLUG_OUT.sub("-", text.casefold()).strip("-")
+
+
+_SIMPLE: dict[str, Filter] = {
+    "lower": str.lower,
+    "upper": str.upper,
+    "trim": str.strip,
+    "slug": _slug,
+}
+FILTER_NAMES = (*_SIMPLE, "replace:OLD:NEW")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One piece of a template: literal text, a capture, or a payload field path."""
+
+    kind: str  # "text" | "capture" | "field"
+    value: str
+    filters: tuple[Filter, ...] = ()
+    path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A compiled template."""
+
+    text: str
+    parts: tuple[Part, ...]
+
+    @property
+    def uses_payload(self) -> bool:
+        """True if any part reads a payload field."""
+        return any(p.kind == "field" for p in self.parts)
+
+    def render(self, captures: dict[str, str], doc: object = None) -> str:
+        """Fill in captures and payload fields.
+
+        Raises:
+            PayloadError: ``missing_field`` when a payload field is absent (or not a scalar):
+                a half-built device id or metric name would write to the wrong series.
+        """
+        out = []
+        for p in self.parts:
+            if p.kind == "text":
+                out.append(p.value)
+                continue
+            if p.kind == "capture":
+                value = captures.get(p.value, "")
+            else:
+                found = _field(doc, p.path)
+                if found is None:
+                    raise PayloadError("missing_field", f"template {self.text!r}: no {p.value}")
+                value = found
+            for f in p.filters:
+                value = f(value)
+            out.append(value)
+        return "".join(out)
+
+
+def _field(doc: object, path: tuple[str, ...]) -> str | None:
+    cur = get_path(doc, path)
+    if cur is MISSING or cur is None or isinstance(cur, dict | list):
+        return None
+    if isinstance(cur, bool):
+        return "true" if cur else "false"
+    if isinstance(cur, float) and cur.is_integer():
+        return str(int(cur))
+    return str(cur)
+
+
+def compile_template(text: str, captures: set[str], payload_fields: bool) -> Template:
+    """Compile ``text``; raise ValueError naming the problem."""
+    parts: list[Part] = []
+    for m in _PART.finditer(text):
+        inner, literal, stray = m.groups()
+        if stray is not None:
+            raise ValueError(f"unbalanced {stray!r} in template {text!r}")
+        if literal is not None:
+            parts.append(Part("text", literal))
+            continue
+        head, *filter_specs = inner.split("|")
+        filters = tuple(_filter(spec) for spec in filter_specs)
+        head = head.strip()
+        if head.startswith("$"):
+            if not payload_fields:
+                raise ValueError(f"{{{head}}}: payload fields need a json payload")
+            if not head[1:]:
+                raise ValueError(f"{{{head}}}: empty field path")
+            path = split_path(head[1:])
+            parts.append(Part("field", head, filters, path))
+        else:
+            if head not in captures:
+                known = ", ".join(sorted(captures)) or "none"
+                raise ValueError(f"template uses {{{head}}} but the topic captures: {known}")
+            parts.append(Part("capture", head, filters))
+    return Template(text, tuple(parts))
+
+
+def _filter(spec: str) -> Filter:
+    name, *args = spec.strip().split(":")
+    if name in _SIMPLE and not args:
+        return _SIMPLE[name]
+    if name == "replace" and len(args) == 2:
+        old, new = args
+        return lambda s: s.replace(old, new)
+    raise ValueError(f"unknown template filter {spec!r}; filters: {', '.join(FILTER_NAMES)}")
