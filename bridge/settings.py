@@ -51,7 +51,7 @@ class MqttSettings(_Section):
     # "{hostname}" is replaced by the host's name: one settings file for every replica.
     client_id: str = Field("metriqo-bridge", min_length=1, max_length=128)
     # Subscribe through the shared subscription $share/<group>/<filter>: the broker hands each
-    # message to one bridge of the group (scale-out; see the README's "Scaling out").
+    # message to one bridge of the group (scale-out; see docs/operations/scaling-out.md).
     share_group: str | None = None
     protocol: Literal["v5", "v311"] = "v5"
     session_expiry_s: int = Field(7 * 86400, ge=60, le=0xFFFFFFFF)

@@ -89,7 +89,7 @@ def _add_operations(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for the README's reference and tests)."""
+    """The argument parser (exposed for the CLI reference and tests)."""
     parser = argparse.ArgumentParser(
         prog="metriqo-bridge",
         description="Bridge MQTT sensor topics to the Metriqo telemetry API without data loss.",
@@ -379,7 +379,7 @@ def _test(file: Path) -> int:
 
     rules, tests, index = load_mapping_tests(file)
     if not tests:
-        print(f"{file}: no tests: add a 'tests:' section (see the README)")
+        print(f"{file}: no tests: add a 'tests:' section (see docs/guide/tuning-loop.md)")
         return 1
     outcomes = run_mapping_tests(rules, tests, index)
     print(format_outcomes(outcomes, str(file)))

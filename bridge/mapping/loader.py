@@ -199,7 +199,10 @@ def _pydantic_error(err: object, index: LineIndex) -> ConfigError:
     )
     message = str(err["msg"])
     if err["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; see the README for the keys a rule takes)"
+        message = (
+            "unknown key (check the spelling; see docs/guide/mapping-file.md for the keys a "
+            "rule takes)"
+        )
     return index.error(loc, message)
 
 

@@ -24,8 +24,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.apiserver import LocalApi
-from bridge.broker import LocalBroker
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
 from bridge.metrics import BridgeMetrics
 from tests.deploy.tools import DEPLOY, REPO, require_tool
 from tests.integration.harness import (
@@ -414,8 +414,8 @@ def test_scrape_configuration_matches_the_rules() -> None:
 
 def test_every_alert_is_documented_and_tested_both_ways() -> None:
     """Each alert has a severity, a for: duration, annotations with the value and instance, a
-    runbook link to its README section, and a unit test where it fires and one where it does
-    not."""
+    runbook link to its section of docs/operations/alerts.md, and a unit test where it fires
+    and one where it does not."""
     alerts = [rule for rule in load_rules() if "alert" in rule]
     assert len(alerts) >= 15
     tests = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))
@@ -428,7 +428,7 @@ def test_every_alert_is_documented_and_tested_both_ways() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
         notes = rule["annotations"]
-        assert notes["runbook_url"] == f"README.md#{name.lower()}", name
+        assert notes["runbook_url"] == f"docs/operations/alerts.md#{name.lower()}", name
         assert notes["summary"], name
         assert "$value" in notes["description"], name
         where = "$labels.job" if name == "MetriqoBridgeAbsent" else "$labels.instance"

@@ -3,7 +3,7 @@ hot reload.
 
 At start (``python -m bridge run`` as a subprocess, no broker needed: configuration is checked
 before anything starts) each broken setting, settings file, mapping file, token file, CA path or
-spool path must exit with the README's code (78, or 75 for a locked spool), print one message
+spool path must exit with its documented code (78, or 75 for a locked spool), print one message
 naming file, line and key, print no traceback, never echo the token, and create no spool. The
 cases run concurrently (one interpreter start costs about a second of CPU), once per session, in
 a module fixture; each case still passes or fails on its own.
@@ -198,7 +198,7 @@ START_CASES: dict[str, StartCase] = {
         "{d}/m.yaml:7: rules[1].name: duplicate rule name (also rule 0)",
     ),
     "mapping-empty": _mapping_case("", "{d}/m.yaml: file is empty"),
-    # `check` vs `run` on duplicate and overlapping rules (README "Checking and explaining").
+    # `check` vs `run` on duplicate and overlapping rules (docs/guide/tuning-loop.md).
     "check-shadowed-rule-warns-exit-0": StartCase(
         command="check",
         args=("{d}/m.yaml",),
@@ -489,7 +489,7 @@ def start_results(
 
 @pytest.mark.parametrize("case_id", _case_params())
 def test_config_error_at_start(case_id: str, start_results: dict[str, StartResult]) -> None:
-    """A configuration error exits with its README code before anything starts, with one
+    """A configuration error exits with its documented code before anything starts, with one
     message naming file:line: key, no traceback, no token in the output and no spool."""
     case = START_CASES[case_id]
     r = start_results[case_id]

@@ -1,5 +1,5 @@
 """A short ``metriqo-bridge soak`` in CI: the fault schedule, the shell and the oracle work end to
-end. The real soak runs for 30 minutes or more outside CI (see the README)."""
+end. The real soak runs for 30 minutes or more outside CI (see docs/design/fault-injection.md)."""
 
 from __future__ import annotations
 
