@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.mapping.timestamps import format_timestamp
-from bridge.spool.store import SpooledRecord
+from bridge.models import SpooledRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,12 @@
 """The delivery loop: spool → batches → API, retried until accepted.
 
-Oldest first by default: a cursor over the spool marks what has been handed to a request. With
-``live-first`` the newest waiting records go first, so current values reach the API while a
-backlog drains with the capacity left over. A batch keeps its membership (and Idempotency-Key)
-for every retry; records leave the spool only in the transaction that counts their acceptance,
-or that moves them to the dead letters.
+The spool hands out batches (oldest first by default, or the newest with ``live-first``), up to
+one per free request slot. A batch keeps its membership (and Idempotency-Key) for every retry;
+records leave the spool only in the transaction that counts their acceptance, or that moves
+them to the dead letters. Retryable failures (network, timeouts, 5xx) back off with full jitter
+and no attempt limit; a 429 pauses every slot until ``Retry-After`` (:class:`~bridge.ratelimit.
+Pacer`); 401/403/404 pause delivery and keep the data; a 400/413/422 is bisected down to the
+points the API refuses, which become dead letters (:mod:`bridge.rejections`).
 """
 
 from __future__ import annotations
@@ -14,23 +16,45 @@ import logging
 import math
 import random
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Literal
+from collections.abc import Awaitable, Callable
 
 from bridge import failpoints
 from bridge.backoff import Backoff
-from bridge.batcher import Batch, take_batch
-from bridge.errors import PermanentDelivery, RetryableDelivery
+from bridge.batcher import Batch
+from bridge.errors import PermanentDelivery, RetryableDelivery, SpoolFull
 from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
-from bridge.ratelimit import TokenBucket, pacing
+from bridge.ratelimit import MAX_RETRY_AFTER_S, Pacer, pacing
+from bridge.rejections import Rejections
 from bridge.sender import Sender
-from bridge.spool.store import AsyncSpool, SpooledRecord, SpoolFull
+from bridge.settings import DeliverySettings
+from bridge.spool.facade import AsyncSpool
 
 log = logging.getLogger(__name__)
-_MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever
+
+
+class DrainRate:
+    """Points delivered per second, smoothed over about a minute, for the drain estimate.
+    Pure: time is an argument."""
+
+    def __init__(self, now: float) -> None:
+        self.rate = 0.0
+        self._stamp = now
+
+    def delivered(self, points: int, now: float) -> None:
+        """``points`` were delivered at ``now``."""
+        elapsed = max(1e-3, now - self._stamp)
+        self._stamp = now
+        weight = min(1.0, elapsed / 60.0)
+        self.rate += weight * (points / elapsed - self.rate)
+
+    def eta(self, waiting: int, now: float) -> float:
+        """Seconds to deliver ``waiting`` points; the rate fades while nothing is delivered, so
+        a stalled delivery shows a growing estimate."""
+        if waiting == 0:
+            return 0.0
+        rate = self.rate * math.exp(-(now - self._stamp) / 60.0)
+        return waiting / rate if rate > 1e-9 else math.inf
 
 
 class Delivery:
@@ -41,17 +65,8 @@ class Delivery:
         spool: AsyncSpool,
         sender: Sender,
         metrics: BridgeMetrics,
+        settings: DeliverySettings,
         *,
-        max_points: int = 100,
-        linger_s: float = 1.0,
-        concurrency: int = 4,
-        requests_per_minute: float = 1000.0,
-        replicas: int = 1,
-        adaptive: bool = False,
-        retry_min_s: float = 0.5,
-        retry_max_s: float = 60.0,
-        single_object: bool = False,
-        order: Literal["oldest-first", "live-first"] = "oldest-first",
         on_space_freed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -60,40 +75,39 @@ class Delivery:
         self._spool = spool
         self._sender = sender
         self._m = metrics
-        self._max_points = max_points
-        self._linger = linger_s
-        self._single = single_object
-        self._live_first = order == "live-first"
+        self._s = settings
         self._on_freed = on_space_freed or (lambda: None)
         self._clock = clock
         self._wall = wall_clock
         self._rng = rng
-        self._retry = (retry_min_s, retry_max_s)
-        pace = pacing(requests_per_minute, replicas, adaptive=adaptive)
-        self._bucket = TokenBucket(pace.start, burst=pace.burst, now=clock())
-        self._rate_ceiling = pace.ceiling
-        self._rate_floor = min(pace.start, 1.0 / 60.0)  # at least one request a minute
-        self._m.pacing_rate.set(pace.start)
-        # Points delivered per second, smoothed over about a minute, for the drain estimate.
-        self._delivery_rate = 0.0
-        self._rate_stamp = clock()
-        self._m.drain_eta.set_function(self._drain_eta)
-        self._slots = asyncio.Semaphore(concurrency)
-        self._concurrency = concurrency
+        self._pacer = Pacer(
+            pacing(settings.requests_per_minute, settings.replicas, adaptive=settings.adaptive),
+            now=clock(),
+        )
+        self._m.pacing_rate.set(self._pacer.rate)
+        self._drain = DrainRate(clock())
+        self._m.drain_eta.set_function(lambda: self._drain.eta(spool.file.depth_points, clock()))
+        self._slots = asyncio.Semaphore(settings.concurrency)
         # Full batches taken from the spool ahead of a free slot: one spool round trip fills
         # every slot, instead of one round trip (queued behind commits) per request.
-        self._prepared: deque[Batch] = deque()
+        self._prepared: list[Batch] = []
         self._wake = asyncio.Event()
-        self._cursor = 0
-        self._unsent = spool.spool.depth_points
-        self._unsent_since: float | None = clock() - linger_s if self._unsent else None
+        self._unsent = spool.file.depth_points
+        self._unsent_since: float | None = clock() - settings.linger_s if self._unsent else None
         self._in_flight = 0
         self._done: list[int] = []  # seqs accepted by the API, waiting for the spool delete
         self._done_ready = asyncio.Event()
         self._deleting = False
-        self._not_before = 0.0
         self._flushing = False
         self._throttle = LogThrottle(30.0, clock)
+        self._rejections = Rejections(
+            spool,
+            self._send,
+            self._deliver,
+            self._settle_refused,
+            metrics=metrics,
+            throttle=self._throttle,
+        )
         self.paused_reason: str | None = None
 
     # -- signals from the intake ----------------------------------------------------------
@@ -142,7 +156,7 @@ class Delivery:
                 tg.create_task(self._deliver_slot(batch), name="bridge.delivery.batch")
 
     async def _delete_loop(self) -> None:
-        """Delete accepted records in shared transactions: one fsync for every request that
+        """Delete accepted records in shared transactions: one commit for every request that
         completed meanwhile, instead of one per request."""
         while True:
             while not self._done:
@@ -154,7 +168,7 @@ class Delivery:
                 # On a full disk a smaller transaction may still fit: split down to one record.
                 size = len(seqs)
                 while seqs:
-                    if not await self._settle(self._spool.spool.delivered, seqs[:size]):
+                    if not await self._settle(self._deleter(seqs[:size])):
                         size = max(1, size // 4)
                         continue
                     seqs = seqs[size:]
@@ -162,14 +176,17 @@ class Delivery:
             finally:
                 self._deleting = False
 
-    async def _settle(self, write: Callable[..., None], *args: object, retry: bool = False) -> bool:
+    def _deleter(self, seqs: list[int]) -> Callable[[], Awaitable[None]]:
+        return lambda: self._spool.delivered(seqs)
+
+    async def _settle(self, write: Callable[[], Awaitable[None]], *, retry: bool = False) -> bool:
         """Run a spool write that frees space (a delete, a move to the dead letters); False if
         the disk is full even after the spool gave its reserve back, unless ``retry``: then it
         tries every second until it succeeds. The records stay handed out meanwhile: neither
         re-sent nor lost."""
         while True:
             try:
-                await self._spool.run(write, *args)
+                await write()
             except SpoolFull as exc:
                 self._throttle.log(
                     log,
@@ -185,20 +202,35 @@ class Delivery:
                 return False
             return True
 
+    async def _settle_refused(
+        self, write: Callable[[], Awaitable[None]], delivered: int | None
+    ) -> None:
+        """Record a refusal in the spool (retrying on a full disk), then count the points of it
+        that were delivered after all (None: none were)."""
+        await self._settle(write, retry=True)
+        self._on_freed()
+        if delivered is not None:
+            self._m.points_delivered.inc(delivered)
+            self._drain.delivered(delivered, self._clock())
+
     async def _next_batch(self) -> Batch:
         if self._prepared:
-            return self._prepared.popleft()
+            return self._prepared.pop(0)
+        s = self._s
         while True:
             now = self._clock()
-            ready = self._unsent >= self._max_points or (
+            since = self._unsent_since
+            ready = self._unsent >= s.max_points or (
                 self._unsent > 0
-                and (
-                    self._flushing
-                    or (self._unsent_since is not None and now - self._unsent_since >= self._linger)
-                )
+                and (self._flushing or (since is not None and now - since >= s.linger_s))
             )
             if ready:
-                batches = await self._spool.run(self._take, self._concurrency)
+                batches = await self._spool.take_batches(
+                    s.concurrency,
+                    s.max_points,
+                    single_object=s.single_object,
+                    newest_first=s.order == "live-first",
+                )
                 if batches:
                     self._unsent = max(0, self._unsent - sum(b.points for b in batches))
                     if self._unsent == 0:
@@ -208,41 +240,14 @@ class Delivery:
                 self._unsent, self._unsent_since = 0, None  # counted points were duplicates
                 continue
             timeout = None
-            if self._unsent > 0 and self._unsent_since is not None:
-                timeout = max(0.0, self._linger - (now - self._unsent_since))
+            if self._unsent > 0 and since is not None:
+                timeout = max(0.0, s.linger_s - (now - since))
             self._wake.clear()
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             except TimeoutError:
                 pass
-
-    def _take(self, count: int) -> list[Batch]:
-        """Choose the next batch (and up to ``count - 1`` more, if they are full) and mark
-        them handed out: on the spool thread, so drop-oldest cannot delete a record between
-        the two."""
-        sp = self._spool.spool
-        if self._live_first:
-            rows = sp.fetch_newest(self._max_points)
-            if not rows:
-                return []
-            batch = take_batch(rows, self._max_points, single_object=self._single)
-            batch = Batch(batch.records[::-1], batch.points)  # the body stays in time order
-            sp.hand_out(batch.seqs)
-            return [batch]
-        rows = sp.fetch(self._cursor, self._max_points * count)
-        batches: list[Batch] = []
-        start = 0
-        while start < len(rows) and len(batches) < count:
-            batch = take_batch(rows[start:], self._max_points, single_object=self._single)
-            if batches and batch.points < self._max_points:
-                break  # a partial batch waits for its linger, as a first one would
-            batches.append(batch)
-            start += len(batch.records)
-        if batches:
-            self._cursor = batches[-1].records[-1].seq
-            sp.hand_out([seq for b in batches for seq in b.seqs])
-        return batches
 
     async def _deliver_slot(self, batch: Batch) -> None:
         try:
@@ -257,13 +262,13 @@ class Delivery:
             failpoints.hit("after_2xx_before_delete")
             await self._accepted(batch, written)
         else:
-            await self._after_permanent(batch, refusal)
+            await self._rejections.refused(batch, refusal)
 
     async def _send(self, batch: Batch) -> tuple[int | None, PermanentDelivery | None]:
         """POST ``batch`` until the API accepts it (its ``points_written``) or refuses it for
         good (the refusal); retryable failures are retried here without a limit."""
         objects = batch.body_objects()
-        backoff = Backoff(*self._retry, rng=self._rng)
+        backoff = Backoff(self._s.retry_min_s, self._s.retry_max_s, rng=self._rng)
         while True:
             await self._pace()
             started = self._clock()
@@ -282,26 +287,11 @@ class Delivery:
             self._count_request(201)
             return written, None
 
-    def _note_delivered(self, points: int) -> None:
-        now = self._clock()
-        elapsed = max(1e-3, now - self._rate_stamp)
-        self._rate_stamp = now
-        weight = min(1.0, elapsed / 60.0)
-        self._delivery_rate += weight * (points / elapsed - self._delivery_rate)
-
-    def _drain_eta(self) -> float:
-        waiting = self._spool.spool.depth_points
-        if waiting == 0:
-            return 0.0
-        # The rate fades while nothing is delivered, so a stalled delivery shows a growing ETA.
-        rate = self._delivery_rate * math.exp(-(self._clock() - self._rate_stamp) / 60.0)
-        return waiting / rate if rate > 1e-9 else math.inf
-
     async def _pace(self) -> None:
         while True:
             now = self._clock()
-            wait = max(self._not_before - now, self._bucket.delay(now))
-            if wait <= 0 and self._bucket.take(now):
+            wait = self._pacer.delay(now)
+            if wait <= 0 and self._pacer.take(now):
                 return
             await asyncio.sleep(max(wait, 0.001))
 
@@ -314,30 +304,24 @@ class Delivery:
         if exc.status == 429:
             # Never send earlier than the server asked; all slots share the pause.
             wait = exc.retry_after if exc.retry_after is not None else delay
-            if wait > _MAX_RETRY_AFTER_S:
+            if wait > MAX_RETRY_AFTER_S:
                 self._throttle.log(
                     log,
                     logging.ERROR,
                     "retry-after-cap",
                     "API asked to wait %.0f s; capping the pause at %.0f s",
                     wait,
-                    _MAX_RETRY_AFTER_S,
+                    MAX_RETRY_AFTER_S,
                 )
-                wait = _MAX_RETRY_AFTER_S
-            now = self._clock()
-            added = max(0.0, now + wait - max(self._not_before, now))
-            self._not_before = max(self._not_before, now + wait)
-            self._m.rate_limited_pause.inc(added)
-            # Multiplicative decrease: the bridge (or its replicas together) asked too much.
-            self._bucket.rate = max(self._rate_floor, self._bucket.rate / 2)
-            self._m.pacing_rate.set(self._bucket.rate)
+            self._m.rate_limited_pause.inc(self._pacer.rate_limited(self._clock(), wait))
+            self._m.pacing_rate.set(self._pacer.rate)
             self._throttle.log(
                 log,
                 logging.WARNING,
                 "429",
                 "API rate limit hit; pausing %.1f s, pacing now %.2f requests/s",
-                wait,
-                self._bucket.rate,
+                min(wait, MAX_RETRY_AFTER_S),
+                self._pacer.rate,
             )
             return
         if exc.status in (401, 403, 404) or (exc.status is not None and 300 <= exc.status < 400):
@@ -350,90 +334,19 @@ class Delivery:
             )
         await asyncio.sleep(delay)
 
-    async def _after_permanent(self, batch: Batch, exc: PermanentDelivery) -> None:
-        if len(batch.records) > 1 and exc.status in (400, 413, 422):
-            # Isolate the offending points: halves are delivered (or split) independently.
-            half = len(batch.records) // 2
-            for part in (batch.records[:half], batch.records[half:]):
-                await self._deliver(Batch(part, sum(r.points for r in part)))
-            return
-        if batch.points > 1 and exc.status in (400, 413, 422):
-            await self._isolate_metrics(batch.records[0], exc)
-            return
-        detail = f"HTTP {exc.status}: {exc.body}"
-        await self._settle(self._spool.spool.reject, batch.seqs, "api_rejected", detail, retry=True)
-        self._on_freed()
-        self._m.dead_letters.labels("api_rejected").inc(len(batch.records))
-        # Throttled: an API that starts refusing a whole fleet's metric must not flood the log.
-        self._throttle.log(
-            log,
-            logging.ERROR,
-            "api_rejected",
-            "API rejected %d point(s) of device %r permanently; moved to dead letters: %s",
-            batch.points,
-            batch.records[0].device_id,
-            detail,
-        )
-
-    async def _isolate_metrics(self, record: SpooledRecord, exc: PermanentDelivery) -> None:
-        """The API refused one record of several metrics: bisect its metrics so the good ones
-        are delivered and only the refused ones are dead-lettered, then settle the record in
-        one spool transaction. A crash midway re-sends the record whole (identical points)."""
-        refused: dict[str, float] = {}
-        answers: list[str] = []
-
-        async def probe(names: list[str], refusal: PermanentDelivery | None) -> None:
-            if refusal is None:
-                part = replace(record, metrics={k: record.metrics[k] for k in names})
-                _written, refusal = await self._send(Batch((part,), len(names)))
-                if refusal is None:
-                    return
-            if len(names) == 1 or refusal.status not in (400, 413, 422):
-                refused.update({k: record.metrics[k] for k in names})
-                answers.append(f"HTTP {refusal.status}: {refusal.body}")
-                return
-            half = len(names) // 2
-            await probe(names[:half], None)
-            await probe(names[half:], None)
-
-        await probe(sorted(record.metrics), exc)
-        detail = "; ".join(dict.fromkeys(answers))
-        await self._settle(
-            self._spool.spool.settle_partly, record.seq, refused, "api_rejected", detail, retry=True
-        )
-        self._on_freed()
-        delivered = record.points - len(refused)
-        self._m.points_delivered.inc(delivered)
-        self._note_delivered(delivered)
-        self._m.dead_letters.labels("api_rejected").inc()
-        self._throttle.log(
-            log,
-            logging.ERROR,
-            "api_rejected_metrics",
-            "API rejected %d of %d point(s) of device %r permanently (%s); delivered the rest, "
-            "moved those to dead letters: %s",
-            len(refused),
-            record.points,
-            record.device_id,
-            ", ".join(sorted(refused)),
-            detail,
-        )
-
     async def _accepted(self, batch: Batch, written: int | None) -> None:
         if self.paused_reason is not None:
             log.info("API accepts requests again; delivery resumed")
             self.paused_reason = None
             self._m.delivery_paused.set(0)
-        # The cursor is already past these records, so they are not sent again while the
-        # delete is pending; a crash before it re-sends them (identical points) on restart.
+        # The spool's cursor is already past these records, so they are not sent again while
+        # the delete is pending; a crash before it re-sends them (identical points) on restart.
         self._done.extend(batch.seqs)
         self._done_ready.set()
         self._m.points_delivered.inc(batch.points)
-        self._note_delivered(batch.points)
-        if self._bucket.rate < self._rate_ceiling:
-            # Additive increase: about 50 accepted requests back to the configured rate.
-            self._bucket.rate = min(self._rate_ceiling, self._bucket.rate + self._rate_ceiling / 50)
-            self._m.pacing_rate.set(self._bucket.rate)
+        self._drain.delivered(batch.points, self._clock())
+        if self._pacer.accepted():
+            self._m.pacing_rate.set(self._pacer.rate)
         self._m.batch_points.observe(batch.points)
         if written is not None and written != batch.points:
             self._m.points_written_mismatch.inc()

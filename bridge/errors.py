@@ -9,15 +9,53 @@
     │   ├── RetryableDelivery    network errors, timeouts, 5xx, 429: try again later
     │   └── PermanentDelivery    the API refused the batch for what it contains (400, 413, 422)
     └── SpoolError           the durable spool cannot be opened or written
+        ├── SpoolFull            at its cap, or the disk is full: back-pressure, not a failure
         ├── SpoolLocked          another instance holds the spool's lock
         └── SpoolTooNew          a newer version's spool layout (after a downgrade)
 
 Library exceptions are translated once, at the edge of the module that uses the library.
+
+Every exit code of every command is defined here (the sysexits.h numbers where one fits), with
+the meaning that ``docs/reference/exit-codes.md`` is generated from.
 """
 
 from __future__ import annotations
 
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2  # argparse exits with 2 for a bad option as well
+EX_NOINPUT = 66  # sysexits.h: an input file did not exist (here: the spool)
+EX_UNAVAILABLE = 69  # sysexits.h: a required service (here: mosquitto) is unavailable
+EX_TEMPFAIL = 75  # sysexits.h: try again later (here: another bridge holds the spool)
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd units use RestartPreventExitStatus=78
+EX_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EX_OK, "ok; `run` also exits 0 after a graceful stop (SIGTERM/SIGINT)"),
+    (
+        EX_FAILURE,
+        "runtime failure (e.g. a spool write error: the bridge stops rather than acknowledge "
+        "what it could not store); `test`: a test failed or the file has no tests; `explain`: "
+        "the message would be dead-lettered or matches no rule; `health`: not healthy/ready; "
+        "`dead-letters requeue`: some dead letters still fail; `bench`, `soak`, `demo`: a point "
+        "was lost or duplicated",
+    ),
+    (
+        EX_USAGE,
+        "usage error (a bad option value; `dead-letters`: `--since` not before `--until`; "
+        "`soak`: an unknown fault name)",
+    ),
+    (EX_NOINPUT, "no spool at the configured path (`dead-letters`, `backup`)"),
+    (EX_UNAVAILABLE, "`demo`, `bench` or `soak` without mosquitto installed"),
+    (EX_TEMPFAIL, "the spool is locked by another running bridge"),
+    (
+        EX_CONFIG,
+        "configuration error (nothing started, no spool touched), or a spool written by a "
+        "newer version (left untouched)",
+    ),
+    (EX_INTERRUPTED, "interrupted (Ctrl-C) in a command other than `run`"),
+)
+"""Each exit code and what it means, for the reference page and ``--help``."""
 
 
 class BridgeError(Exception):
@@ -90,6 +128,10 @@ class PermanentDelivery(DeliveryError):
 
 class SpoolError(BridgeError):
     """The spool cannot be opened, read or written."""
+
+
+class SpoolFull(SpoolError):
+    """The spool reached its size cap or the disk is full: stop acknowledging the broker."""
 
 
 class SpoolLocked(SpoolError):

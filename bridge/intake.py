@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,43 +17,9 @@ from bridge import failpoints
 from bridge.mapping.mapper import Mapper
 from bridge.metrics import BridgeMetrics
 from bridge.models import DeadLetter, Record
+from bridge.unmatched import UnmatchedTopics
 
 _DETAIL_CAP = 1000
-
-
-class UnmatchedTopics:
-    """A bounded sample of recent topics no rule matched, so users see what their rules miss.
-
-    Keeps the ``limit`` most recently seen topics (least recently seen are forgotten first) with
-    a count each; topics are truncated so a flood of long topics cannot grow memory.
-    """
-
-    def __init__(self, limit: int = 100, topic_cap: int = 256) -> None:
-        self._limit = limit
-        self._cap = topic_cap
-        self._seen: OrderedDict[str, list[int]] = OrderedDict()  # topic -> [count, last_us]
-        self.since_report = 0
-
-    def add(self, topic: str, now_us: int) -> None:
-        """Count one unmatched message."""
-        key = topic[: self._cap]
-        entry = self._seen.get(key)
-        if entry is None:
-            if len(self._seen) >= self._limit:
-                self._seen.popitem(last=False)
-            self._seen[key] = [1, now_us]
-        else:
-            entry[0] += 1
-            entry[1] = now_us
-            self._seen.move_to_end(key)
-        self.since_report += 1
-
-    def recent(self) -> list[dict[str, object]]:
-        """Most recently seen first: topic, count, last_seen (epoch µs)."""
-        return [
-            {"topic": t, "count": c, "last_seen_us": last}
-            for t, (c, last) in reversed(self._seen.items())
-        ]
 
 
 @dataclass(slots=True)

@@ -1,4 +1,9 @@
-"""The records that flow from the mapper through the spool to the API."""
+"""The record types that flow from the mapper through the spool to the API, in one place.
+
+Plain frozen dataclasses with no behaviour beyond their own identity: the mapper makes
+:class:`Record` and :class:`DeadLetter`, the spool stores them and hands back
+:class:`SpooledRecord`, :class:`CommitResult` and :class:`DeadLetterRow`.
+"""
 
 from __future__ import annotations
 
@@ -85,3 +90,49 @@ class DeadLetter:
     payload: bytes
     rule: str
     received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRecord:
+    """A record as read back from the spool, with its position (``seq``)."""
+
+    seq: int
+    device_id: str
+    ts_us: int
+    metrics: dict[str, float]
+    received_us: int
+
+    @property
+    def points(self) -> int:
+        """Data points in this record."""
+        return len(self.metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """Outcome of one group commit.
+
+    ``points_dropped`` are waiting (never sent) points the drop-oldest policy deleted to make
+    room for this commit; they are counted in the spool's meta table too.
+    """
+
+    records_inserted: int
+    points_inserted: int
+    records_duplicate: int
+    points_duplicate: int
+    dead_letters: int
+    points_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """One stored dead letter, as the ``dead-letters`` commands show it."""
+
+    id: int
+    at_us: int
+    reason: str
+    rule: str
+    topic: str
+    payload: bytes
+    payload_size: int
+    detail: str

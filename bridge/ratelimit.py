@@ -1,5 +1,5 @@
-"""Client-side pacing for the API: a token bucket and the rates it runs at. Pure: time is an
-argument."""
+"""Client-side pacing for the API: a token bucket, the rates it runs at, and the pacer that
+honours 429s. Pure: time is an argument."""
 
 from __future__ import annotations
 
@@ -65,3 +65,51 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
+
+
+MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever
+
+
+class Pacer:
+    """When the next request may go: the token bucket at this bridge's rate, and a pause that
+    every request slot shares after a 429. Pure: time is an argument.
+
+    The rate follows AIMD: a 429 halves it (the bridge, or its replicas together, asked too
+    much), each accepted request adds back a fiftieth of the ceiling.
+    """
+
+    def __init__(self, pace: Pacing, now: float) -> None:
+        self._bucket = TokenBucket(pace.start, burst=pace.burst, now=now)
+        self._ceiling = pace.ceiling
+        self._floor = min(pace.start, 1.0 / 60.0)  # at least one request a minute
+        self._not_before = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Requests per second now."""
+        return self._bucket.rate
+
+    def delay(self, now: float) -> float:
+        """Seconds until a request may go (0: take a turn with :meth:`take`)."""
+        return max(self._not_before - now, self._bucket.delay(now))
+
+    def take(self, now: float) -> bool:
+        """Take a turn if one is free now."""
+        return self._not_before <= now and self._bucket.take(now)
+
+    def rate_limited(self, now: float, wait: float) -> float:
+        """The API answered 429 asking to wait ``wait`` seconds (capped at
+        :data:`MAX_RETRY_AFTER_S`): no slot sends before then, and the rate is halved.
+        Returns the seconds this added to the shared pause."""
+        wait = min(wait, MAX_RETRY_AFTER_S)
+        added = max(0.0, now + wait - max(self._not_before, now))
+        self._not_before = max(self._not_before, now + wait)
+        self._bucket.rate = max(self._floor, self._bucket.rate / 2)
+        return added
+
+    def accepted(self) -> bool:
+        """A request was accepted: recover towards the ceiling. True if the rate changed."""
+        if self._bucket.rate >= self._ceiling:
+            return False
+        self._bucket.rate = min(self._ceiling, self._bucket.rate + self._ceiling / 50)
+        return True

@@ -11,14 +11,13 @@ import email.utils
 import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
-from typing import Literal
 
 import aiohttp
 import orjson
 
 from bridge.errors import PermanentDelivery, RetryableDelivery
+from bridge.settings import SenderSettings
 
 _BODY_EXCERPT = 500
 
@@ -45,25 +44,22 @@ class Sender:
 
     def __init__(
         self,
-        base_url: str,
+        settings: SenderSettings,
         token: Callable[[], str],
         *,
-        body: Literal["array", "object"] = "array",
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 30.0,
-        total_timeout_s: float = 60.0,
-        ca_file: Path | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/telemetry"
+        self.url = settings.base_url.rstrip("/") + "/telemetry"
         self._token = token
-        self._body = body
+        self._body = settings.body
         self._timeout = aiohttp.ClientTimeout(
-            total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+            total=settings.total_timeout_s,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.read_timeout_s,
         )
         self._ssl: ssl.SSLContext | bool = True
-        if ca_file is not None:
-            self._ssl = ssl.create_default_context(cafile=str(ca_file))
+        if settings.ca_file is not None:
+            self._ssl = ssl.create_default_context(cafile=str(settings.ca_file))
         self._wall = wall_clock
         self._session: aiohttp.ClientSession | None = None
 

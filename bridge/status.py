@@ -8,6 +8,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bridge.settings import HttpSettings
+
 ReadinessProbe = Callable[[], list[str]]  # returns the reasons for not being ready
 DebugProvider = Callable[[], object]  # returns a JSON-serialisable value
 
@@ -19,17 +21,16 @@ class StatusServer:
         self,
         registry: CollectorRegistry,
         readiness: ReadinessProbe,
-        host: str,
-        port: int,
+        settings: HttpSettings,
         unmatched: DebugProvider | None = None,
     ) -> None:
         self._registry = registry
         self._readiness = readiness
         self._unmatched = unmatched
-        self._host = host
-        self._port = port
+        self._host = settings.host
+        self._port = settings.port
         self._runner: web.AppRunner | None = None
-        self.port = port
+        self.port = settings.port
 
     async def __aenter__(self) -> StatusServer:
         app = web.Application()

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from bridge.mapping.mapper import Mapper
-from bridge.models import Record
-from bridge.spool.store import DeadLetterFilter, DeadLetterRow
+from bridge.models import DeadLetterRow, Record
+from bridge.spool.deadletters import DeadLetterFilter
 
 API_REJECTED = "api_rejected"
 PAGE = 500  # dead letters per query and per requeue transaction

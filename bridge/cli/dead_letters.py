@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from bridge.cli.command import Subparsers
 from bridge.cli.dead_letter_rows import (
     LIST_LIMIT,
     PAGE,
@@ -31,16 +32,16 @@ from bridge.cli.dead_letter_rows import (
     plan_requeue,
     table_cells,
 )
+from bridge.cli.flags import settings_from
+from bridge.errors import EX_FAILURE, EX_NOINPUT, EX_OK, EX_USAGE
 from bridge.mapping.loader import load_mappings, make_mapper
 from bridge.mapping.mapper import Mapper
-from bridge.models import Record
-from bridge.settings import load_settings
-from bridge.spool.store import DeadLetterFilter, DeadLetterRow, Spool
-
-EX_NOINPUT = 66  # sysexits.h: an input file did not exist (here: the spool)
+from bridge.models import DeadLetterRow, Record
+from bridge.spool.deadletters import DeadLetterFilter
+from bridge.spool.store import Spool
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: Subparsers) -> None:
     """``dead-letters list|export|requeue`` and their shared settings and filter options."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("settings (as for run)")
@@ -84,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="list, export or requeue dead letters; works beside a running bridge",
         description="Inspect and repair the spool's dead letters. Safe beside a running bridge.",
     )
+    dl.set_defaults(handler=run)
     cmds = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")
     lst = cmds.add_parser(
         "list", parents=[common], help="a table of matching dead letters and counts per reason"
@@ -138,11 +140,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def run(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+def run(args: argparse.Namespace) -> int:
     """``dead-letters list|export|requeue``: settings as for ``run``, spool opened shared.
-
-    Args:
-        overrides: ``section.key`` → value from the command line, as ``run`` takes them.
 
     Raises:
         ConfigError: the settings or the mapping file are invalid (the CLI exits 78).
@@ -151,12 +150,12 @@ def run(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         which = make_filter(args.reasons, args.since, args.until, args.ids)
     except ValueError as exc:
         print(f"metriqo-bridge: {exc}", file=sys.stderr)
-        return 2
-    settings = load_settings(file=args.config, overrides=overrides)
+        return EX_USAGE
+    settings = settings_from(args)
     mapper = None
     if args.dl_command == "requeue":
         # Built exactly as the bridge builds it, so a message maps as it would if it came now.
-        mapper = make_mapper(load_mappings(settings.mapping.file), settings)
+        mapper = make_mapper(load_mappings(settings.mapping.file), settings.mapping)
     path = settings.spool.path
     if not path.is_file():
         print(
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace, overrides: dict[str, str]) -> int:
             file=sys.stderr,
         )
         return EX_NOINPUT
-    spool = Spool(path, synchronous=settings.spool.synchronous)
+    spool = Spool(settings.spool)
     spool.open_shared()
     try:
         if mapper is not None:
@@ -192,15 +191,15 @@ def _export(spool: Spool, which: DeadLetterFilter, output: Path | None, limit: i
         n = export_dead_letters(spool, which, sys.stdout, limit=limit)
         sys.stdout.flush()
         print(f"exported {n} dead letter(s)", file=sys.stderr)
-        return 0
+        return EX_OK
     try:
         with output.open("w", encoding="utf-8", newline="\n") as fh:
             n = export_dead_letters(spool, which, fh, limit=limit)
     except OSError as exc:
         print(f"metriqo-bridge: {output}: {exc.strerror}", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     print(f"exported {n} dead letter(s) to {output}", file=sys.stderr)
-    return 0
+    return EX_OK
 
 
 def pages(
@@ -212,13 +211,13 @@ def pages(
     bridge writes meanwhile (say, a requeued record the API refuses again) is left for the
     next run instead of being chased forever. Rows deleted between pages are simply skipped.
     """
-    through = spool.newest_dead_letter_id()
+    through = spool.dead_letters.newest_id()
     after = 0
     left = limit
     while left is None or left > 0:
         want = size if left is None else min(size, left)
         window = dataclasses.replace(which, after_id=after, through_id=through)
-        rows = spool.find_dead_letters(window, want)
+        rows = spool.dead_letters.find(window, want)
         if not rows:
             return
         yield rows
@@ -238,7 +237,7 @@ def list_dead_letters(
 ) -> int:
     """``dead-letters list``: a table and a count per reason, or JSON Lines with ``--json``
     (the summary then goes to ``err``). Returns the exit code (0)."""
-    counts = spool.dead_letter_counts(which)
+    counts = spool.dead_letters.counts(which)
     shown = 0
     cells: list[tuple[str, ...]] = []
     for page in pages(spool, which, limit=limit):
@@ -250,12 +249,12 @@ def list_dead_letters(
     summary = format_counts(counts, shown)
     if as_json:
         print(summary, file=err)
-        return 0
+        return EX_OK
     if cells:
         out.writelines(line + "\n" for line in format_table(cells))
         out.write("\n")
     print(summary, file=out)
-    return 0
+    return EX_OK
 
 
 def export_dead_letters(
@@ -296,8 +295,8 @@ def requeue_dead_letters(
             elif isinstance(outcome, NowIgnored) and drop_ignored:
                 ids.append(row.id)
         if ids and not dry_run:
-            tally.points_stored += spool.requeue(ids, records)
+            tally.points_stored += spool.dead_letters.requeue(ids, records)
     out.writelines(
         line + "\n" for line in format_tally(tally, dry_run=dry_run, drop_ignored=drop_ignored)
     )
-    return 1 if tally.failing else 0
+    return EX_FAILURE if tally.failing else EX_OK

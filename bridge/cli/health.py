@@ -6,12 +6,33 @@ as ``run`` (file, environment, flags), so it asks the port the bridge listens on
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import sys
 
+from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_settings_flags, settings_from
+from bridge.errors import EX_FAILURE, EX_OK
 from bridge.settings import Settings
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("health", help="ask a running bridge for /healthz (or /readyz); exit 0 or 1")
+    add_settings_flags(p)
+    p.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only failures")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when the endpoint answers 200, else 1 (with the reason on stderr)."""
+    ok, reason = probe(settings_from(args), ready=args.ready, timeout=args.timeout)
+    if not args.quiet or not ok:
+        print(reason, file=sys.stdout if ok else sys.stderr)
+    return EX_OK if ok else EX_FAILURE
 
 
 def probe(settings: Settings, *, ready: bool, timeout: float) -> tuple[bool, str]:
@@ -32,11 +53,3 @@ def probe(settings: Settings, *, ready: bool, timeout: float) -> tuple[bool, str
     if resp.status == 200:
         return True, f"{path}: {resp.status} {body}"
     return False, f"{path}: {resp.status} {body}"
-
-
-def run_health(settings: Settings, *, ready: bool, timeout: float, quiet: bool) -> int:
-    """Exit 0 when the endpoint answers 200, else 1 (with the reason on stderr)."""
-    ok, reason = probe(settings, ready=ready, timeout=timeout)
-    if not quiet or not ok:
-        print(reason, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1

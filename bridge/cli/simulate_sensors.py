@@ -13,10 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
-from bridge.lab.fleet import FleetError, SensorFleet
+from bridge.cli.command import Subparsers
+from bridge.errors import EX_FAILURE, EX_OK, EX_USAGE
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "simulate-sensors",
         help="publish a simulated sensor fleet (from the mapping file) until stopped",
@@ -40,9 +41,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="S",
         help="wait this long for the bridge to subscribe before giving up (default 300)",
     )
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridge.lab.fleet import FleetError, SensorFleet
     from bridge.mapping.loader import load_mappings
 
     rules = load_mappings(args.mappings)
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"metriqo-bridge simulate-sensors: {exc}", file=sys.stderr)
-        return 2
+        return EX_USAGE
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: fleet.stop())
     kinds = len({d.rule.name for d in fleet.devices})
@@ -73,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
         fleet.publish_for(seconds, subscriber_timeout=args.wait_subscriber)
     except FleetError as exc:
         print(f"metriqo-bridge simulate-sensors: {exc}", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     print(
         f"simulate-sensors: stopped; {fleet.published} acknowledged, {fleet.unrouted} reached "
         f"no subscriber, {fleet.rejected} refused, {fleet.unconfirmed} unconfirmed",
         flush=True,
     )
-    return 0
+    return EX_OK

@@ -28,16 +28,16 @@ from typing import Any
 import aiohttp
 
 from bridge.app import Bridge
+from bridge.config.loader import load_settings
+from bridge.errors import EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
-from bridge.lab.apiserver.validation import MAX_POINTS_PER_REQUEST
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
 from bridge.lab.fleet import ExpectedPoint, FleetError, SensorFleet
+from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.logs import setup_logging
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Rule
-from bridge.settings import load_settings
 
-EX_UNAVAILABLE = 69  # sysexits.h: a required service (here: mosquitto) is unavailable
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _TICK_S = 1.0
@@ -227,7 +227,7 @@ class _Demo:
             f"  {time.monotonic() - self.started:5.1f}s  "
             f"published {self.fleet.published:>6} msgs  "
             f"received {int(received or 0):>6} msgs  "
-            f"in spool {bridge.spool.depth_points:>5} pts  "
+            f"in spool {bridge.spool.file.depth_points:>5} pts  "
             f"delivered {api.store.point_count():>6} pts  "
             f"requests {len(requests):>4}" + (f" ({limited} rate-limited)" if limited else ""),
             flush=True,
@@ -305,9 +305,9 @@ class _Demo:
         )
         print(f"  max points per request  {biggest:>7}  (API limit {MAX_POINTS_PER_REQUEST})")
         print(f"  dead letters            {int(dead):>7}")
-        if bridge.spool.depth_points:
+        if bridge.spool.file.depth_points:
             print(
-                f"  left in the spool       {bridge.spool.depth_points:>7}  "
+                f"  left in the spool       {bridge.spool.file.depth_points:>7}  "
                 "(a real bridge sends them after a restart)"
             )
         print(

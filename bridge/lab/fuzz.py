@@ -50,8 +50,9 @@ import orjson
 
 from bridge.errors import EX_CONFIG, ConfigError, PayloadError
 from bridge.lab.fuzz_inputs import DEFAULT_CAP, Case, Mutator, read_corpus, save_finding, seed_cases
+from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.loader import load_mapping_tests
-from bridge.mapping.mapper import MAX_POINTS_PER_RECORD, Mapped, Mapper
+from bridge.mapping.mapper import Mapped, Mapper
 from bridge.mapping.timestamps import format_timestamp
 from bridge.models import Record
 
@@ -104,8 +105,8 @@ def _check_record(record: object, received_us: int) -> list[str]:
     problems: list[str] = []
     if not isinstance(record.device_id, str) or not record.device_id:
         problems.append(f"device_id {record.device_id!r} is not a non-empty string")
-    if not 1 <= len(record.metrics) <= MAX_POINTS_PER_RECORD:
-        problems.append(f"{len(record.metrics)} metrics, not 1..{MAX_POINTS_PER_RECORD}")
+    if not 1 <= len(record.metrics) <= MAX_POINTS_PER_REQUEST:
+        problems.append(f"{len(record.metrics)} metrics, not 1..{MAX_POINTS_PER_REQUEST}")
     for name, value in record.metrics.items():
         if not isinstance(name, str) or not name:
             problems.append(f"metric name {name!r} is not a non-empty string")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bridge.cli.lab_args import FAULTS
+from bridge.errors import EX_UNAVAILABLE
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import ApiStore, LocalApi, RequestRecord
 from bridge.lab.bench.runner import linear_fit
@@ -42,50 +42,9 @@ from bridge.lab.localrun import (
     Publisher,
     message_index_ms,
 )
+from bridge.lab.soak_schedule import FAULTS, FaultEvent, schedule
 
-EX_UNAVAILABLE = 69
-_FAILPOINTS = (
-    "after_receive_before_commit",
-    "after_commit_before_puback",
-    "after_2xx_before_delete",
-)
-_RETRY_AFTER_FORMS = ("seconds", "http-date", "zero", "garbage", "missing")
-
-
-# -- pure: the schedule and the verdict -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FaultEvent:
-    """One fault: starts ``at`` seconds into the run and lasts ``seconds``."""
-
-    at: float
-    kind: str
-    seconds: float
-    detail: str = ""
-
-
-def schedule(seed: int, duration_s: float, kinds: Sequence[str] = FAULTS) -> list[FaultEvent]:
-    """The seeded fault schedule: one fault at a time, 4 to 15 s apart, each 2 to 10 s long,
-    none in the last 20 % of the run (so the end is a clean drain)."""
-    rng = random.Random(seed)  # noqa: S311 - a replayable schedule, not a secret
-    events: list[FaultEvent] = []
-    t = rng.uniform(3, 8)
-    quiet_from = duration_s * 0.8
-    while True:
-        kind = rng.choice(list(kinds))
-        seconds = round(rng.uniform(2, 10), 1)
-        if t + seconds > quiet_from:
-            return events
-        detail = ""
-        if kind == "bridge_failpoint":
-            detail = f"{rng.choice(_FAILPOINTS)}:crash@{rng.randint(1, 40)}"
-        elif kind == "api_429":
-            detail = rng.choice(_RETRY_AFTER_FORMS)
-        elif kind == "mqtt_reset":
-            detail = str(rng.randint(200, 20000))
-        events.append(FaultEvent(round(t, 1), kind, seconds, detail))
-        t += seconds + rng.uniform(4, 15)
+# -- pure: the verdict ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from bridge.mapping.timestamps import TimestampFormat
 from bridge.mapping.topics import parse_filter
 from bridge.mapping.transforms import Transform
 from bridge.models import Coalesce
-from bridge.settings import Settings
+from bridge.settings import MappingSettings
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -469,11 +469,11 @@ class _Compiler:
         return FieldPath(text=text, segments=segments)
 
 
-def make_mapper(rules: list[Rule], settings: Settings) -> Mapper:
+def make_mapper(rules: list[Rule], settings: MappingSettings) -> Mapper:
     """The mapper as the bridge runs it: the rules with the payload and time limits of the
     settings (shared by the bridge and ``dead-letters requeue``, so both map alike)."""
     return Mapper(
         rules,
-        max_payload_bytes=settings.mqtt.max_payload_bytes,
-        max_future_s=settings.mapping.max_future_s,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_future_s=settings.max_future_s,
     )

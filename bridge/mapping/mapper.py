@@ -14,6 +14,7 @@ from datetime import tzinfo
 import orjson
 
 from bridge.errors import PayloadError
+from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import CollectRule, ReadingsRule, get_path
 from bridge.mapping.templates import Template
@@ -28,7 +29,6 @@ from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
 from bridge.models import Coalesce, Record
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
-MAX_POINTS_PER_RECORD = 100  # the API's per-request cap: no single object may exceed it
 
 __all__ = ["FieldPath", "Mapped", "Mapper", "Rule", "Template", "TimestampRule"]
 
@@ -202,8 +202,8 @@ class Mapper:
             return
         for ts, values in by_time.items():
             items = list(values.items())
-            for start in range(0, len(items), MAX_POINTS_PER_RECORD):
-                chunk = dict(items[start : start + MAX_POINTS_PER_RECORD])
+            for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
+                chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
                 out.records.append(Record(device_id, ts, chunk, received_us, rule.coalesce))
 
     def _apply_each(

@@ -22,8 +22,9 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from bridge.config.loader import load_settings
 from bridge.errors import ConfigError
-from bridge.settings import Settings, load_settings
+from bridge.settings import Settings
 from tests.deploy.tools import DEPLOY, REPO, require_tool
 
 K8S = DEPLOY / "kubernetes"
@@ -383,8 +384,8 @@ def test_environment_is_valid_bridge_settings(tmp_path: Path) -> None:
     assert s.http.host == "0.0.0.0"
     assert s.http.port == 9470
     assert s.mapping.file == Path("/etc/metriqo-bridge/mappings/topic-mappings.yaml")
-    assert s.api.token_file == Path("/etc/metriqo-bridge/secret/token")
-    assert s.api.base_url.startswith("https://")
+    assert s.credentials.api_token_file == Path("/etc/metriqo-bridge/secret/token")
+    assert s.sender.base_url.startswith("https://")
 
 
 def test_service_links_are_off_because_they_would_be_read_as_settings() -> None:

@@ -36,8 +36,7 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
-from bridge.cli.main import EX_TEMPFAIL
-from bridge.errors import EX_CONFIG
+from bridge.errors import EX_CONFIG, EX_TEMPFAIL
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from bridge.mapping.loader import load_mappings
@@ -734,7 +733,7 @@ async def _publish_retained(port: int, topic: str, payload: bytes) -> None:
 
 
 def _last_reload_error(caplog: pytest.LogCaptureFixture) -> str:
-    errors = [r for r in caplog.records if r.name == "bridge.app" and r.levelno >= logging.ERROR]
+    errors = [r for r in caplog.records if r.name == "bridge.reload" and r.levelno >= logging.ERROR]
     assert errors, "no reload error was logged"
     return errors[-1].getMessage()
 

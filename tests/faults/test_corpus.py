@@ -41,7 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.app import Bridge
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from bridge.spool.store import DEAD_LETTER_PAYLOAD_CAP, DeadLetterFilter
+from bridge.spool.deadletters import DeadLetterFilter
+from bridge.spool.writes import DEAD_LETTER_PAYLOAD_CAP
 from tests.integration.harness import (
     TEST_MAPPINGS,
     Publisher,
@@ -638,7 +639,7 @@ async def _wait_committed(bridge: Bridge, n: int, deadline: float = 20) -> None:
 
 async def _wait_drained(bridge: Bridge, api: LocalApi, points: int, deadline: float = 20) -> None:
     async with asyncio.timeout(deadline):
-        while api.store.point_count() < points or bridge.spool.depth_points:
+        while api.store.point_count() < points or bridge.spool.file.depth_points:
             await asyncio.sleep(0.05)
 
 
@@ -742,7 +743,7 @@ async def test_the_whole_corpus_is_dead_lettered_or_delivered_as_the_table_says(
         await asyncio.sleep(0.5)  # time for anything unexpected to arrive
         await _wait_drained(bridge, api, len(want_points))
         await _healthy(bridge)
-        dead = bridge.spool.find_dead_letters(DeadLetterFilter())
+        dead = bridge.spool.dead_letters.find(DeadLetterFilter())
         failures = _by_reason(bridge, "metriqo_bridge_mapping_failures_total")
         dead_counts = _by_reason(bridge, "metriqo_bridge_dead_letters_total")
         n_received = metric(bridge, "metriqo_bridge_messages_received_total")
@@ -813,7 +814,7 @@ async def test_a_failure_quoting_a_payload_name_is_logged_escaped(
         await asyncio.to_thread(_publish, broker.port, [("tags/k18-detail", payload, False)])
         await _wait_committed(bridge, 1)
         await _healthy(bridge)
-        dead = bridge.spool.find_dead_letters(DeadLetterFilter())
+        dead = bridge.spool.dead_letters.find(DeadLetterFilter())
     assert [(d.reason, d.payload) for d in dead] == [("not_numeric", payload)]
     assert any("tags/k18-detail" in r.getMessage() for r in caplog.records)
     assert _raw_log_lines(caplog) == []

@@ -49,7 +49,7 @@ def _total(bridge: Bridge, name: str) -> float:
 
 
 def _rejected_points(bridge: Bridge) -> int:
-    rows = bridge.spool.dead_letters(100_000)
+    rows = bridge.spool.dead_letters.recent(100_000)
     return sum(len(orjson.loads(r[4])["metrics"]) for r in rows if r[1] == "api_rejected")
 
 
@@ -87,7 +87,9 @@ async def test_counters_balance_through_faults_redeliveries_and_bad_input(
                 ("s0-l0", "hz", start_ms + n, 50.0),
             }
             await _until(lambda: want <= set(delivered_points(api.store.points())), 60)
-            await _until(lambda: bridge.spool.depth_points == 0 and bridge.delivery is not None)
+            await _until(
+                lambda: bridge.spool.file.depth_points == 0 and bridge.delivery is not None
+            )
             assert bridge.delivery is not None
             await _until(lambda: bridge.delivery is not None and bridge.delivery.idle)
             bridge.intake.flush_counters()

@@ -76,7 +76,7 @@ async def _publish(port: int, messages: list[tuple[str, bytes]], rate: float | N
 async def _quiescent(bridge: Bridge, api: LocalApi, points: int, timeout: float = 60) -> None:
     """Wait until ``points`` arrived and the bridge has nothing left to do."""
     await api.store.wait_for_points(points, timeout)
-    await _wait_for(lambda: bridge.spool.depth_points == 0 and len(bridge.intake) == 0)
+    await _wait_for(lambda: bridge.spool.file.depth_points == 0 and len(bridge.intake) == 0)
     assert bridge.delivery is not None
     await _wait_for(lambda: bridge.delivery.idle)  # type: ignore[union-attr]
 
@@ -311,7 +311,7 @@ async def test_api_blackholed_then_refused_keeps_intake_and_delivers_once(
             await _wait_for(lambda: metric(bridge, committed) == 2 * n, 10)
             await _wait_for(lambda: _errors(bridge) >= errors + 2, 15)  # timeouts fired
             assert len(api.store.requests) == requests
-            assert bridge.spool.depth_points == 4 * n
+            assert bridge.spool.file.depth_points == 4 * n
 
             await proxy.set_mode(REFUSE)
             errors = _errors(bridge)
@@ -319,7 +319,7 @@ async def test_api_blackholed_then_refused_keeps_intake_and_delivers_once(
             await _wait_for(lambda: metric(bridge, committed) == 3 * n, 10)
             await _wait_for(lambda: _errors(bridge) >= errors + 2, 10)
             assert len(api.store.requests) == requests
-            assert bridge.spool.depth_points == 8 * n
+            assert bridge.spool.file.depth_points == 8 * n
             assert bridge.problems() == []  # an unreachable API does not make MQTT unready
 
             await proxy.set_mode(PASS)
@@ -452,13 +452,15 @@ async def test_broker_killed_under_load_loses_nothing_the_bridge_committed(
     committed: set[int] = set()
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
-        acknowledge = bridge._acknowledge
+        committer = bridge.committer
+        assert committer is not None
+        acknowledge = committer._acknowledge
 
         def record_committed(batch: list[Pending]) -> None:
             committed.update(index_of[p.payload] for p in batch)
             acknowledge(batch)
 
-        bridge._acknowledge = record_committed  # type: ignore[method-assign]  # observe only
+        committer._acknowledge = record_committed  # type: ignore[method-assign]  # observe only
         await _publish(broker.port, messages[:n1])
         await _quiescent(bridge, api, 4 * n1)
 

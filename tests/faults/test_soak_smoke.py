@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli.lab_args import FAULTS
 from bridge.cli.main import main
-from bridge.lab.soak import schedule
+from bridge.lab.soak_schedule import FAULTS, schedule
 
 
 def test_schedule_is_replayable_one_fault_at_a_time_and_quiet_at_the_end() -> None:

@@ -19,9 +19,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.app import Bridge
+from bridge.config.loader import load_settings
 from bridge.lab.broker import free_port
 from bridge.mapping.loader import load_mappings_text
-from bridge.settings import Settings, load_settings
+from bridge.settings import Settings
 from tests.conftest import REPO, TOKEN
 
 TEST_MAPPINGS = """

@@ -104,7 +104,7 @@ async def test_drop_oldest_keeps_intake_going_and_counts_every_dropped_point(
             await _wait_for(lambda: metric(bridge, "metriqo_bridge_spool_points") == 0, 60)
             await _wait_for(lambda: bridge.delivery is not None and bridge.delivery.idle)
             got = delivered_points(api.store.points())
-        assert bridge.spool.dropped_points_total == dropped
+        assert bridge.spool.file.dropped_points_total == dropped
     expected = expected_env_points(n, start_ms)
     assert len(got) == len(set(got))
     assert set(got) <= expected

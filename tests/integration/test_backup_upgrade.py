@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
-from bridge.spool.store import SCHEMA_VERSION
+from bridge.spool.schema import SCHEMA_VERSION
 from tests.integration.harness import (
     delivered_points,
     env_messages,

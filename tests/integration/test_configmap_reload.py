@@ -25,11 +25,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bridge.app import Bridge
+from bridge.config.secrets import TokenSource
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from bridge.mapping.loader import load_mappings
-from bridge.settings import Settings, TokenSource
+from bridge.settings import Settings
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     TEST_MAPPINGS,
@@ -99,7 +100,7 @@ async def _deployed_bridge(settings: Settings) -> AsyncIterator[Bridge]:
     bridge = Bridge(
         settings,
         load_mappings(settings.mapping.file),
-        TokenSource(settings),
+        TokenSource(settings.credentials),
         mappings_path=settings.mapping.file,
     )
     async with run_bridge(bridge) as running:
@@ -226,7 +227,7 @@ async def test_secret_update_rotates_the_token_without_a_restart(
             await _wait_for(
                 lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 0, "delivery resumed"
             )
-            assert bridge.spool.dead_letter_count() == 0
+            assert bridge.spool.dead_letters.count() == 0
         requests = api.store.requests
     used = {r.authorization for r in requests}
     assert used == {f"Bearer {OLD_TOKEN}", f"Bearer {NEW_TOKEN}"}

@@ -59,7 +59,7 @@ async def wait_dead_letters(bridge: Bridge, reason: str, n: int) -> None:
 async def wait_drained(bridge: Bridge) -> None:
     """Wait until nothing waits in the spool for delivery."""
     async with asyncio.timeout(30):
-        while bridge.spool.depth_points:
+        while bridge.spool.file.depth_points:
             await asyncio.sleep(0.05)
 
 

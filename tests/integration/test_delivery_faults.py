@@ -19,11 +19,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from bridge.app import Bridge
+from bridge.config.secrets import TokenSource
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import ApiStore, LocalApi, RequestRecord
 from bridge.lab.broker import LocalBroker, free_port
 from bridge.mapping.loader import load_mappings_text
-from bridge.settings import Settings, TokenSource
+from bridge.settings import Settings
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     TEST_MAPPINGS,
@@ -70,7 +71,7 @@ async def _wait_delivered(api: LocalApi, want: set[Point], timeout: float = 20.0
 
 
 async def _wait_drained(bridge: Bridge) -> None:
-    await _wait_for(lambda: bridge.spool.depth_points == 0, what="spool drained")
+    await _wait_for(lambda: bridge.spool.file.depth_points == 0, what="spool drained")
 
 
 def _assert_exactly(got: Sequence[Point], want: set[Point]) -> None:
@@ -245,7 +246,7 @@ async def test_random_5xx_are_retried_with_the_same_key_and_membership(
                 for c in ("2xx", "4xx", "5xx", "error")
             }
             assert metric(bridge, "metriqo_bridge_points_delivered_total") == 4 * n
-            assert bridge.spool.dead_letter_count() == 0
+            assert bridge.spool.dead_letters.count() == 0
         requests = api.store.requests
     _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
     failed = [r for r in requests if r.status >= 500]
@@ -392,7 +393,7 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
             await publish(broker.port, messages)
             await _wait_delivered(api, want)
             await _wait_drained(bridge)
-            dead = bridge.spool.dead_letters()
+            dead = bridge.spool.dead_letters.recent()
             rejected = metric(bridge, "metriqo_bridge_dead_letters_total", reason="api_rejected")
         requests = api.store.requests
     _assert_exactly(delivered_points(api.store.points()), want)
@@ -458,7 +459,9 @@ async def test_token_rotated_during_a_401_pause_is_picked_up_without_restart(
         settings = make_settings(
             broker.port, api.url, tmp_path / "spool.db", **{"api.token_file": str(token_file)}
         )
-        async with _running_bridge_with_token(settings, TokenSource(settings)) as bridge:
+        async with _running_bridge_with_token(
+            settings, TokenSource(settings.credentials)
+        ) as bridge:
             await publish(broker.port, messages[: n // 2])
             await _wait_for(
                 lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1,
@@ -470,14 +473,14 @@ async def test_token_rotated_during_a_401_pause_is_picked_up_without_restart(
             assert any(p.startswith("delivery paused") for p in problems), problems
             assert metric(bridge, "metriqo_bridge_spool_points") == 4 * n
             assert metric(bridge, "metriqo_bridge_points_delivered_total") == 0
-            assert bridge.spool.dead_letter_count() == 0
+            assert bridge.spool.dead_letters.count() == 0
             assert api.store.point_count() == 0
             _write_token(token_file, NEW_TOKEN, how)
             await _wait_delivered(api, expected_env_points(n, start_ms))
             await _wait_drained(bridge)
             assert metric(bridge, "metriqo_bridge_delivery_paused") == 0
             assert bridge.problems() == []
-            assert bridge.spool.dead_letter_count() == 0
+            assert bridge.spool.dead_letters.count() == 0
             exposition = generate_latest(bridge.metrics.registry).decode()
         requests = api.store.requests
     _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
@@ -508,7 +511,9 @@ async def test_rotated_token_file_fixed_by_chmod_is_picked_up(
             tmp_path / "spool.db",
             **{"api.token_file": str(token_file), "stop_timeout_s": "1"},
         )
-        async with _running_bridge_with_token(settings, TokenSource(settings)) as bridge:
+        async with _running_bridge_with_token(
+            settings, TokenSource(settings.credentials)
+        ) as bridge:
             await publish(broker.port, env_messages(n, start_ms))
             await _wait_for(
                 lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1,

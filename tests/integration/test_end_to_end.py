@@ -36,7 +36,7 @@ async def test_every_published_point_arrives_once_in_batches_of_at_most_100(
         await publish(broker.port, env_messages(n, start_ms))
         async with asyncio.timeout(60):
             await api.store.wait_for_points(4 * n, 60)
-            while bridge.spool.depth_points:
+            while bridge.spool.file.depth_points:
                 await asyncio.sleep(0.05)
     got = delivered_points(api.store.points())
     assert Counter(got).most_common(1)[0][1] == 1, "a point was delivered twice"
@@ -128,7 +128,7 @@ async def test_malformed_payloads_are_dead_lettered_and_neighbours_delivered(
         async with asyncio.timeout(10):
             while metric(bridge, "metriqo_bridge_messages_committed_total") < len(messages):
                 await asyncio.sleep(0.05)
-        dead = bridge.spool.dead_letters()
+        dead = bridge.spool.dead_letters.recent()
         counts = {
             reason: metric(bridge, "metriqo_bridge_dead_letters_total", reason=reason)
             for reason in {b[2] for b in bad}
@@ -248,9 +248,9 @@ async def test_api_rejecting_one_point_dead_letters_only_that_record(
         async with asyncio.timeout(30):
             while not want <= set(delivered_points(api.store.points())):
                 await asyncio.sleep(0.05)
-            while bridge.spool.depth_points:
+            while bridge.spool.file.depth_points:
                 await asyncio.sleep(0.05)
-        dead = bridge.spool.dead_letters()
+        dead = bridge.spool.dead_letters.recent()
     poisoned = {p for p in expected_env_points(n, start_ms) if p[0] == poison_device}
     assert set(delivered_points(api.store.points())) == want
     assert len(dead) == len(poisoned) // 4
@@ -283,7 +283,7 @@ async def test_unmatched_topics_are_counted_sampled_and_served(
         url = f"http://127.0.0.1:{bridge.status.port}/debug/unmatched"
         async with aiohttp.ClientSession() as http, http.get(url) as r:
             body = orjson.loads(await r.read())
-        dead = bridge.spool.dead_letters()
+        dead = bridge.spool.dead_letters.recent()
     assert [(e["topic"], e["count"]) for e in body["unmatched"]] == [("hall/oven/temp", 2)]
     assert [d[1] for d in dead] == ["unmatched", "unmatched"]
 

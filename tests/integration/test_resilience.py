@@ -45,7 +45,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
         await _wait_for(lambda: bridge.source.state.connected)  # type: ignore[union-attr]
         await publish(broker.port, messages[n // 2 :], client_id="pub-2")
         await api.store.wait_for_points(4 * n, 60)
-        await _wait_for(lambda: bridge.spool.depth_points == 0)
+        await _wait_for(lambda: bridge.spool.file.depth_points == 0)
         assert bridge.source is not None
         assert bridge.source.state.session_present is True
         assert metric(bridge, "metriqo_bridge_mqtt_session_lost_total") == 0
@@ -143,19 +143,20 @@ async def test_unacknowledged_messages_are_redelivered_and_stored_once(
     DUP and each point is delivered once, also receive-time-stamped plain payloads."""
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
-        source = bridge.source
+        source, committer = bridge.source, bridge.committer
         assert source is not None
-        real = bridge._acknowledge
-        bridge._acknowledge = lambda batch: None  # type: ignore[method-assign]  # the one fault
+        assert committer is not None
+        real = committer._acknowledge
+        committer._acknowledge = lambda batch: None  # type: ignore[method-assign]  # the one fault
         await publish(broker.port, _mixed_messages())
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_messages_committed_total") == 100)
         await _wait_for(lambda: api.store.point_count() == 250)
-        bridge._acknowledge = real  # type: ignore[method-assign]
+        committer._acknowledge = real  # type: ignore[method-assign]
         source._client.disconnect()  # drop the link; the session stays
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_mqtt_connects_total") == 2)
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_messages_received_total") == 200)
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_messages_committed_total") == 200)
-        await _wait_for(lambda: bridge.spool.depth_points == 0)
+        await _wait_for(lambda: bridge.spool.file.depth_points == 0)
         assert metric(bridge, "metriqo_bridge_duplicate_points_suppressed_total") == 250
     got = delivered_points(api.store.points())
     assert len(got) == 250
@@ -178,7 +179,7 @@ async def test_lost_puback_duplicates_only_receive_time_points(
         source.ack = real_ack  # type: ignore[method-assign]
         source._client.disconnect()
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_messages_committed_total") == 200)
-        await _wait_for(lambda: bridge.spool.depth_points == 0)
+        await _wait_for(lambda: bridge.spool.file.depth_points == 0)
     got = delivered_points(api.store.points())
     env = [p for p in got if p[1] != "volts"]
     volts = [p for p in got if p[1] == "volts"]
@@ -203,7 +204,7 @@ async def test_backlog_drain_keeps_unacknowledged_messages_within_the_window(
     most_pending = 0
     async with running_bridge(settings) as bridge:
         async with asyncio.timeout(60):
-            while bridge.spool.delivered_points_total < 4 * n:
+            while bridge.spool.file.delivered_points_total < 4 * n:
                 most_pending = max(most_pending, len(bridge.intake))
                 await asyncio.sleep(0.001)
     assert 0 < most_pending <= 100

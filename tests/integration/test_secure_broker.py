@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge.config.secrets import resolve_mqtt_password
 from bridge.lab.apiserver.server import LocalApi
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Mapper
-from bridge.settings import Settings, resolve_mqtt_password
+from bridge.settings import Settings
 from tests.conftest import REPO
 from tests.integration.harness import (
     BridgeProcess,
@@ -202,7 +203,7 @@ async def test_a_refused_login_leaves_the_bridge_retrying_and_not_ready(
     connection and answers /readyz with 503 "mqtt not connected"."""
     caplog.set_level(logging.DEBUG, logger="bridge")
     settings = _refused_settings(case, pki, broker, tmp_path, api.url)
-    password = resolve_mqtt_password(settings)
+    password = resolve_mqtt_password(settings.credentials)
     async with running_bridge(settings, connected=False, password=password) as bridge:
         await wait_attempts(caplog, 3)
         pages = await status_pages(bridge)
@@ -240,7 +241,7 @@ async def test_a_refused_login_is_named_once_per_interval(
     """/readyz says why the broker refused, and the log says it once, not once per attempt."""
     caplog.set_level(logging.DEBUG, logger="bridge")
     settings = _refused_settings(case, pki, broker, tmp_path, api.url)
-    password = resolve_mqtt_password(settings)
+    password = resolve_mqtt_password(settings.credentials)
     async with running_bridge(settings, connected=False, password=password) as bridge:
         await wait_attempts(caplog, 3)
         pages = await status_pages(bridge)

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bridge.batcher import Batch, take_batch
-from bridge.spool.store import SpooledRecord
+from bridge.models import SpooledRecord
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bridge.models import DeadLetter
+from bridge.settings import SpoolSettings
 from bridge.spool.store import Spool
 from tests.conftest import REPO
 
@@ -15,11 +16,11 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     """``metriqo-bridge dead-letters export | head -1`` on more output than a pipe buffers:
     no traceback, exit 0."""
     path = tmp_path / "spool.db"
-    spool = Spool(path)
+    spool = Spool(SpoolSettings(path, reserve_bytes=0))
     spool.open()
     try:
         letter = DeadLetter("invalid_json", "cut off", "plant/a/env", b"{" * 500, "env", 1)
-        spool.commit([], [letter] * 2000)  # about 1.4 MB of JSON Lines
+        spool.writer.commit([], [letter] * 2000)  # about 1.4 MB of JSON Lines
     finally:
         spool.close()
     proc = subprocess.Popen(

@@ -24,13 +24,15 @@ from bridge.cli.dead_letter_rows import (
     printable,
     table_cells,
 )
-from bridge.cli.dead_letters import EX_NOINPUT, pages
+from bridge.cli.dead_letters import pages
 from bridge.cli.main import main
-from bridge.errors import EX_CONFIG
+from bridge.errors import EX_CONFIG, EX_NOINPUT
 from bridge.mapping.loader import load_mappings_text
 from bridge.mapping.mapper import Mapper
-from bridge.models import Coalesce, DeadLetter, Record
-from bridge.spool.store import DeadLetterFilter, DeadLetterRow, Spool
+from bridge.models import Coalesce, DeadLetter, DeadLetterRow, Record
+from bridge.settings import SpoolSettings
+from bridge.spool.deadletters import DeadLetterFilter
+from bridge.spool.store import Spool
 from tests.conftest import TOKEN
 
 T0_US = 1_795_683_600_000_000  # 2026-11-26T09:00:00Z
@@ -295,27 +297,27 @@ def dead(reason: str, topic: str, payload: bytes, at_us: int) -> DeadLetter:
 
 def test_pages_visit_every_match_once_in_id_order_and_stop_at_the_newest(tmp_path: Path) -> None:
     """Gaps in the ids, filters and limits are honoured; rows added meanwhile are left alone."""
-    spool = Spool(tmp_path / "s.db")
+    spool = Spool(SpoolSettings(tmp_path / "s.db", reserve_bytes=0))
     spool.open()
     try:
-        spool.commit(
+        spool.writer.commit(
             [],
             [
                 dead("invalid_json" if i % 3 else "missing_field", "t", b"%d" % i, T0_US + i)
                 for i in range(1, 1301)
             ],
         )
-        doomed = [r.id for r in spool.find_dead_letters(DeadLetterFilter()) if r.id % 7 == 0]
-        spool.requeue(doomed, [])  # leaves gaps in the ids
+        doomed = [r.id for r in spool.dead_letters.find(DeadLetterFilter()) if r.id % 7 == 0]
+        spool.dead_letters.requeue(doomed, [])  # leaves gaps in the ids
         wanted = [
-            r.id for r in spool.find_dead_letters(DeadLetterFilter()) if r.reason == "invalid_json"
+            r.id for r in spool.dead_letters.find(DeadLetterFilter()) if r.reason == "invalid_json"
         ]
         which = DeadLetterFilter(("invalid_json",))
         seen: list[int] = []
         for page in pages(spool, which, size=128):
             assert len(page) <= 128
             seen.extend(r.id for r in page)
-            spool.commit([], [dead("invalid_json", "t", b"new", T0_US)])  # not visited
+            spool.writer.commit([], [dead("invalid_json", "t", b"new", T0_US)])  # not visited
         assert seen == wanted
         limited = [r.id for p in pages(spool, which, limit=300, size=128) for r in p]
         assert limited == wanted[:300]
@@ -331,9 +333,9 @@ def test_pages_visit_every_match_once_in_id_order_and_stop_at_the_newest(tmp_pat
 def spool_path(tmp_path: Path) -> Path:
     """A spool holding five dead letters of both kinds (closed: the tools open it shared)."""
     path = tmp_path / "spool" / "bridge.db"
-    spool = Spool(path)
+    spool = Spool(SpoolSettings(path, reserve_bytes=0))
     spool.open()
-    spool.commit(
+    spool.writer.commit(
         [],
         [
             dead("missing_field", "meter/m-1/reading", meter("m-1", 3.25), T0_US),
@@ -347,8 +349,10 @@ def spool_path(tmp_path: Path) -> Path:
             dead("missing_field", "meter/bench/reading", meter("b", 9), T0_US + 180_000_000),
         ],
     )
-    spool.commit([Record("d1", T0_US, {"v": 13.0}, T0_US + 5)], [])
-    spool.reject([r.seq for r in spool.fetch(0, 10)], "api_rejected", 'HTTP 400: {"error":"x"}')
+    spool.writer.commit([Record("d1", T0_US, {"v": 13.0}, T0_US + 5)], [])
+    spool.outbox.reject(
+        [r.seq for r in spool.outbox.fetch(0, 10)], "api_rejected", 'HTTP 400: {"error":"x"}'
+    )
     spool.close()
     return path
 
@@ -363,7 +367,7 @@ def mappings(tmp_path: Path) -> Path:
 
 def open_spool(path: Path) -> Spool:
     """The spool opened as the tools open it."""
-    spool = Spool(path)
+    spool = Spool(SpoolSettings(path, reserve_bytes=0))
     spool.open_shared()
     return spool
 
@@ -372,7 +376,7 @@ def reasons_left(path: Path) -> list[str]:
     """Reasons of the dead letters still in the spool, oldest first."""
     spool = open_spool(path)
     try:
-        return [r.reason for r in spool.find_dead_letters(DeadLetterFilter())]
+        return [r.reason for r in spool.dead_letters.find(DeadLetterFilter())]
     finally:
         spool.close()
 
@@ -381,7 +385,9 @@ def waiting(path: Path) -> list[tuple[str, int, dict[str, float], int]]:
     """Records waiting for delivery: device, ts_us, metrics, received_us."""
     spool = open_spool(path)
     try:
-        return [(r.device_id, r.ts_us, r.metrics, r.received_us) for r in spool.fetch(0, 100)]
+        return [
+            (r.device_id, r.ts_us, r.metrics, r.received_us) for r in spool.outbox.fetch(0, 100)
+        ]
     finally:
         spool.close()
 
@@ -429,9 +435,9 @@ def test_ages_count_back_from_the_current_time(
     """--since 1h keeps the last hour, --until 1h everything before it."""
     now_us = int(time.time() * 1_000_000)
     path = tmp_path / "recent.db"
-    spool = Spool(path)
+    spool = Spool(SpoolSettings(path, reserve_bytes=0))
     spool.open()
-    spool.commit(
+    spool.writer.commit(
         [],
         [
             dead("old_one", "t", b"1", now_us - 3 * 3_600_000_000),
@@ -470,7 +476,7 @@ def test_export_streams_json_lines_whose_bytes_round_trip(
     assert out_file.read_text(encoding="utf-8") == captured.out
     spool = open_spool(spool_path)
     try:
-        stored = {r.id: r.payload for r in spool.find_dead_letters(DeadLetterFilter())}
+        stored = {r.id: r.payload for r in spool.dead_letters.find(DeadLetterFilter())}
     finally:
         spool.close()
     objects = [orjson.loads(line) for line in captured.out.splitlines()]
@@ -539,14 +545,14 @@ def test_requeue_works_beside_the_running_owner_of_the_spool(
     spool_path: Path, mappings: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The owner holds the lock; the tool still writes and the owner sees the new points."""
-    owner = Spool(spool_path)
+    owner = Spool(SpoolSettings(spool_path, reserve_bytes=0))
     owner.open()
     try:
         args = ["dead-letters", "requeue", "--spool", str(spool_path), "--mappings", str(mappings)]
         assert main([*args, "--limit", "1"]) == 0
         assert "requeued 1 dead letter(s) → 1 record(s) / 2 point(s)" in capsys.readouterr().out
-        assert owner.external_changes() == 2
-        assert owner.dead_letter_count() == 4
+        assert owner.file.external_changes() == 2
+        assert owner.dead_letters.count() == 4
     finally:
         owner.close()
 

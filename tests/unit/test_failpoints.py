@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bridge import failpoints
+from bridge.config.loader import load_settings
 from bridge.errors import EX_CONFIG, ConfigError
 from bridge.failpoints import ENV_VAR, POINTS, Failpoint
-from bridge.settings import load_settings
 from tests.conftest import REPO, TOKEN
 
 

@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from bridge.errors import PayloadError
+from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.loader import load_mappings_text
-from bridge.mapping.mapper import MAX_POINTS_PER_RECORD, Mapped, Mapper
+from bridge.mapping.mapper import Mapped, Mapper
 from bridge.models import Record
 
 T0 = datetime(2024, 11, 15, 8, 0, 0, tzinfo=UTC)
@@ -310,7 +311,7 @@ def test_more_than_100_metrics_are_split_into_records_of_at_most_100(mapper: Map
     out = mapper.map("wide/d1", wide_doc(), RECV_US)
     assert out.failures == []
     assert [len(r.metrics) for r in out.records] == [100, 100, 50]
-    assert all(len(r.metrics) <= MAX_POINTS_PER_RECORD for r in out.records)
+    assert all(len(r.metrics) <= MAX_POINTS_PER_REQUEST for r in out.records)
     merged: dict[str, float] = {}
     for r in out.records:
         assert (r.device_id, r.ts_us, r.received_us) == ("d1", RECV_US, RECV_US)
@@ -422,5 +423,5 @@ def test_mapper_never_raises_on_random_json_documents(mapper: Mapper) -> None:
             out = mapper.map(topic, payload(doc), RECV_US)
             assert out.records or out.failures
             for r in out.records:
-                assert 0 < len(r.metrics) <= MAX_POINTS_PER_RECORD
+                assert 0 < len(r.metrics) <= MAX_POINTS_PER_REQUEST
                 assert all(isinstance(v, float) for v in r.metrics.values())

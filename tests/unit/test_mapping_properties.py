@@ -16,8 +16,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.loader import load_mappings, load_mappings_text
-from bridge.mapping.mapper import MAX_POINTS_PER_RECORD, Mapped, Mapper
+from bridge.mapping.mapper import Mapped, Mapper
 from bridge.mapping.timestamps import format_timestamp
 from bridge.mapping.topics import parse_filter
 
@@ -113,7 +114,7 @@ def check_invariants(mapped: Mapped) -> None:
     assert mapped.records or mapped.failures or mapped.ignored or mapped.skipped_readings
     for record in mapped.records:
         assert record.device_id
-        assert 0 < len(record.metrics) <= MAX_POINTS_PER_RECORD
+        assert 0 < len(record.metrics) <= MAX_POINTS_PER_REQUEST
         for name, value in record.metrics.items():
             assert name, record  # the API refuses an empty metric name
             assert isinstance(value, float), (name, value)

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import ConfigError, ConfigErrors
-from bridge.settings import (
-    Settings,
+from bridge.config.loader import load_settings
+from bridge.config.secrets import (
     TokenSource,
     is_loopback,
-    load_settings,
     read_secret_file,
-    redacted,
     resolve_mqtt_password,
     resolve_token,
 )
+from bridge.errors import ConfigError, ConfigErrors
+from bridge.settings import Settings
 
 # Made-up secrets: each must never appear in an error message or a dump.
 SECRET = "mqk_live_7f3d2a9b1c4e8f60aa55"
@@ -57,8 +56,8 @@ def test_defaults_apply_without_any_layer() -> None:
     """With no file, environment or flags the documented defaults are used."""
     s = load_settings(environ={})
     assert s == Settings()
-    assert (s.mqtt.host, s.mqtt.port, s.batch.max_points) == ("127.0.0.1", 1883, 100)
-    assert s.api.base_url.startswith("https://")
+    assert (s.mqtt.host, s.mqtt.port, s.delivery.max_points) == ("127.0.0.1", 1883, 100)
+    assert s.sender.base_url.startswith("https://")
 
 
 def test_precedence_is_defaults_then_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -80,7 +79,7 @@ def test_precedence_is_defaults_then_file_then_env_then_flags(tmp_path: Path) ->
     assert s.mqtt.port == 1886  # flag beats env beats file
     assert s.mqtt.keepalive_s == 50  # env beats file
     assert s.mqtt.host == "file-host"  # file beats default
-    assert s.batch.linger_s == 2.5
+    assert s.delivery.linger_s == 2.5
     assert s.log_level == "DEBUG"
     assert s.mqtt.client_id == "metriqo-bridge"  # default
 
@@ -102,12 +101,12 @@ def test_token_and_token_file_aliases(tmp_path: Path) -> None:
     """METRIQO_BRIDGE_TOKEN and _TOKEN_FILE set api.token and api.token_file."""
     token_file = write(tmp_path / "token", SECRET + "\n")
     s = load_settings(environ={"METRIQO_BRIDGE_TOKEN": SECRET})
-    assert s.api.token is not None
-    assert s.api.token.get_secret_value() == SECRET
-    assert resolve_token(s) == SECRET
+    assert s.credentials.api_token is not None
+    assert s.credentials.api_token.reveal() == SECRET
+    assert resolve_token(s.credentials) == SECRET
     s = load_settings(environ={"METRIQO_BRIDGE_TOKEN_FILE": str(token_file)})
-    assert s.api.token_file == token_file
-    assert resolve_token(s) == SECRET
+    assert s.credentials.api_token_file == token_file
+    assert resolve_token(s.credentials) == SECRET
 
 
 def test_token_file_is_preferred_over_token(tmp_path: Path) -> None:
@@ -116,13 +115,13 @@ def test_token_file_is_preferred_over_token(tmp_path: Path) -> None:
     s = load_settings(
         environ={"METRIQO_BRIDGE_TOKEN": SECRET, "METRIQO_BRIDGE_TOKEN_FILE": str(token_file)}
     )
-    assert resolve_token(s) == "from-file"
+    assert resolve_token(s.credentials) == "from-file"
 
 
 def test_missing_token_is_a_config_error() -> None:
     """Without token or token file resolve_token raises ConfigError naming the variables."""
     with pytest.raises(ConfigError, match="METRIQO_BRIDGE_TOKEN_FILE"):
-        resolve_token(load_settings(environ={}))
+        resolve_token(load_settings(environ={}).credentials)
 
 
 def test_env_error_names_the_variable(tmp_path: Path) -> None:
@@ -229,7 +228,7 @@ def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path, url: str) -> Non
 def test_plain_http_to_loopback_is_allowed(url: str) -> None:
     """An http:// URL to a loopback address is accepted (local test servers)."""
     s = load_settings(environ={"METRIQO_BRIDGE_API__BASE_URL": url})
-    assert s.api.base_url == url
+    assert s.sender.base_url == url
 
 
 def test_plain_http_can_be_allowed_explicitly() -> None:
@@ -238,7 +237,7 @@ def test_plain_http_can_be_allowed_explicitly() -> None:
         environ={},
         overrides={"api.base_url": "http://gateway.plant/api", "api.allow_http": "true"},
     )
-    assert s.api.base_url == "http://gateway.plant/api"
+    assert s.sender.base_url == "http://gateway.plant/api"
 
 
 @pytest.mark.parametrize("url", ["ftp://metriqo.net/api", "metriqo.net/api", "https://"])
@@ -332,20 +331,21 @@ def test_read_secret_file_refuses_missing_and_empty_files(tmp_path: Path) -> Non
 
 def test_mqtt_password_comes_from_file_or_setting(tmp_path: Path) -> None:
     """The broker password is read from password_file when set, else from mqtt.password."""
-    assert resolve_mqtt_password(load_settings(environ={})) is None
+    assert resolve_mqtt_password(load_settings(environ={}).credentials) is None
     s = load_settings(environ={"METRIQO_BRIDGE_MQTT__PASSWORD": PASSWORD})
-    assert resolve_mqtt_password(s) == PASSWORD
+    assert resolve_mqtt_password(s.credentials) == PASSWORD
     pw_file = write(tmp_path / "pw", "from-file\n")
     s = load_settings(environ={"METRIQO_BRIDGE_MQTT__PASSWORD_FILE": str(pw_file)})
-    assert resolve_mqtt_password(s) == "from-file"
+    assert resolve_mqtt_password(s.credentials) == "from-file"
 
 
-def test_redacted_hides_the_token_and_password() -> None:
-    """redacted() replaces the token and password and never contains their values."""
+def test_effective_settings_hide_the_token_and_password() -> None:
+    """The effective settings (--print-config) replace the token and password and never
+    contain their values; neither do the settings' repr and str."""
     s = load_settings(
         environ={"METRIQO_BRIDGE_TOKEN": SECRET, "METRIQO_BRIDGE_MQTT__PASSWORD": PASSWORD}
     )
-    out = redacted(s)
+    out = s.effective
     dumped = json.dumps(out)
     assert SECRET not in dumped
     assert PASSWORD not in dumped
@@ -362,7 +362,9 @@ def test_token_source_picks_up_a_rotated_file_even_when_only_its_mode_is_fixed(
     """A new token file first refused for its mode is used once the user runs chmod 600, which
     leaves the mtime alone; the refusal is logged once, never with the token."""
     token_file = write(tmp_path / "token", SECRET + "\n")
-    source = TokenSource(load_settings(environ={"METRIQO_BRIDGE_TOKEN_FILE": str(token_file)}))
+    source = TokenSource(
+        load_settings(environ={"METRIQO_BRIDGE_TOKEN_FILE": str(token_file)}).credentials
+    )
     assert source() == SECRET
     new = write(tmp_path / "token.new", "mqk_live_rotated_0042\n", mode=0o644)
     stamp = token_file.stat().st_mtime_ns

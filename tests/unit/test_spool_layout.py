@@ -8,7 +8,9 @@ import sqlite3
 from pathlib import Path
 
 from bridge.models import Record, record_id
-from bridge.spool.store import SCHEMA_VERSION, Spool
+from bridge.settings import SpoolSettings
+from bridge.spool.schema import SCHEMA_VERSION
+from bridge.spool.store import Spool
 from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000
@@ -45,10 +47,10 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     """Every waiting record gets its id in the new form (so a redelivery of it is still
     recognised), the old delivered-id memory is dropped, and nothing waiting is lost."""
     path = tmp_path / "spool.db"
-    spool = Spool(path, clock=FakeClock(NOW_S))
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     records = [_rec(i, device=f"d{i % 3}") for i in range(25)]
-    spool.commit(records, [])
+    spool.writer.commit(records, [])
     spool.close()
     db = sqlite3.connect(path)
     for r in records:
@@ -58,27 +60,27 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     db.commit()
     db.close()
 
-    spool = Spool(path, clock=FakeClock(NOW_S))
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     try:
-        db = spool._conn
+        db = spool.file.conn
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         stored = dict(db.execute("SELECT ts_us, rid FROM records").fetchall())
         assert stored == {r.ts_us: r.record_id for r in records}
         assert db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0] == 0
         # A redelivery of a waiting message is recognised against the migrated ids.
-        result = spool.commit([records[7]], [])
+        result = spool.writer.commit([records[7]], [])
         assert result.points_duplicate == 2
-        assert [r.ts_us for r in spool.fetch(0, 100)] == [r.ts_us for r in records]
-        assert spool.depth_points == 50
+        assert [r.ts_us for r in spool.outbox.fetch(0, 100)] == [r.ts_us for r in records]
+        assert spool.file.depth_points == 50
     finally:
         spool.close()
 
 
 def test_a_new_spool_starts_at_the_current_layout(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "new.db", clock=FakeClock(NOW_S))
+    spool = Spool(SpoolSettings(tmp_path / "new.db", reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     try:
-        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert spool.file.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         spool.close()

@@ -42,8 +42,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from bridge.errors import SpoolFull
 from bridge.models import DeadLetter, Record
-from bridge.spool.store import Spool, SpoolFull, WhenFull
+from bridge.settings import SpoolSettings, WhenFull
+from bridge.spool.store import Spool
 from tests.unit.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
@@ -95,20 +97,36 @@ dead_letters = st.builds(
 def empty_spool_bytes() -> int:
     """``used_bytes`` of a new, empty spool (schema pages only) on this SQLite."""
     with tempfile.TemporaryDirectory() as tmp:
-        s = Spool(Path(tmp) / "empty.db")
+        s = Spool(SpoolSettings(Path(tmp) / "empty.db", reserve_bytes=0))
         s.open()
         try:
-            return s.used_bytes
+            return s.file.used_bytes
         finally:
             s.close()
 
 
 def integrity(s: Spool) -> list[str]:
     """Rows of PRAGMA integrity_check."""
-    return [str(row[0]) for row in s._conn.execute("PRAGMA integrity_check").fetchall()]
+    return [str(row[0]) for row in s.file.conn.execute("PRAGMA integrity_check").fetchall()]
 
 
 # -- the crash: a forked child dies by SIGKILL in the middle of one spool operation -----------
+
+
+def _commit(s: Spool, records: list[Record]) -> object:
+    return s.writer.commit(records, [])
+
+
+def _settle_partly(s: Spool, seq: int, refused: dict[str, float]) -> None:
+    s.outbox.settle_partly(seq, refused, "r", "")
+
+
+def _delivered(s: Spool, seqs: list[int]) -> None:
+    s.outbox.delivered(seqs)
+
+
+def _reject(s: Spool, seqs: list[int]) -> None:
+    s.outbox.reject(seqs, "r", "")
 
 
 class KillSwitch:
@@ -173,8 +191,8 @@ def _child(
     try:
         spool = make_spool()
         spool.open()
-        spool._conn.execute("PRAGMA cache_size=1")  # spill uncommitted pages into the WAL
-        spool._db = cast("sqlite3.Connection", KillSwitch(spool._conn, kill_at, fd))
+        spool.file.conn.execute("PRAGMA cache_size=1")  # spill uncommitted pages into the WAL
+        spool.file._db = cast("sqlite3.Connection", KillSwitch(spool.file.conn, kill_at, fd))
         op(spool)
         os.kill(os.getpid(), signal.SIGKILL)  # committed, then killed before anything else
     except BaseException as exc:  # noqa: BLE001  # report anything to the parent, never return
@@ -230,13 +248,14 @@ class SpoolMachine(RuleBasedStateMachine):
         self.filled = 0  # records made by fill_to_the_cap
 
     def _new_spool(self) -> Spool:
-        return Spool(
+        settings = SpoolSettings(
             self.path,
             max_bytes=self.max_bytes,
             dedup_window_s=WINDOW_S,
             when_full=self.when_full,
-            clock=self.clock,  # shared: wall time goes on across restarts
+            reserve_bytes=0,
         )
+        return Spool(settings, clock=self.clock)  # shared: wall time goes on across restarts
 
     def teardown(self) -> None:
         """Close the spool and remove its directory."""
@@ -255,7 +274,7 @@ class SpoolMachine(RuleBasedStateMachine):
         if not rids:
             return set()
         marks = ",".join("?" * len(rids))
-        rows = self.spool._conn.execute(
+        rows = self.spool.file.conn.execute(
             f"SELECT rid FROM records WHERE rid IN ({marks})",  # noqa: S608
             tuple(rids),
         ).fetchall()
@@ -336,7 +355,7 @@ class SpoolMachine(RuleBasedStateMachine):
     def _reopen(self) -> None:
         self.spool = self._new_spool()
         self.spool.open()
-        assert self.spool.moved_aside is None, "a crash must never look like corruption"
+        assert self.spool.file.moved_aside is None, "a crash must never look like corruption"
         assert integrity(self.spool) == ["ok"]
         self.handed.clear()  # hand-outs live in memory only: a restart sends them again
 
@@ -368,19 +387,19 @@ class SpoolMachine(RuleBasedStateMachine):
 
     def _commit(self, batch: list[Record], dead: list[DeadLetter]) -> None:
         self.history.extend(batch)
-        was_full = self.spool.full
+        was_full = self.spool.file.full
         if was_full:
             self.uncertain.update(self.remembered)  # a full spool forgets delivered ids first
-        dropped_before = self.spool.dropped_points_total
+        dropped_before = self.spool.file.dropped_points_total
         try:
-            result = self.spool.commit(batch, dead)
+            result = self.spool.writer.commit(batch, dead)
         except SpoolFull:
             assert was_full, "SpoolFull from a spool that was not full"
             event("commit refused: SpoolFull")
-            self._apply_drop(self.spool.dropped_points_total - dropped_before)
+            self._apply_drop(self.spool.file.dropped_points_total - dropped_before)
             return
         assert was_full or result.points_dropped == 0
-        assert result.points_dropped == self.spool.dropped_points_total - dropped_before
+        assert result.points_dropped == self.spool.file.dropped_points_total - dropped_before
         self._apply_drop(result.points_dropped)
         if result.points_dropped:
             event("commit dropped the oldest records")
@@ -405,16 +424,16 @@ class SpoolMachine(RuleBasedStateMachine):
         """Commit records of 30..100 metrics (fills a small spool within a few steps)."""
         self._commit(batch, [])
 
-    @precondition(lambda self: self.cap_pages is not None and not self.spool.full)
+    @precondition(lambda self: self.cap_pages is not None and not self.spool.file.full)
     @rule(in_flight=st.integers(0, 2))
     def fill_to_the_cap(self, in_flight: int) -> None:
         """With the oldest ``in_flight`` records handed to a request, commit new 100-metric
         records until the spool reports full, then one batch more."""
-        oldest = self.spool.fetch(0, in_flight) if in_flight else []
-        self.spool.hand_out([r.seq for r in oldest])
+        oldest = self.spool.outbox.fetch(0, in_flight) if in_flight else []
+        self.spool.outbox.hand_out([r.seq for r in oldest])
         self.handed.update(w.record.record_id for w in list(self.waiting.values())[: len(oldest)])
         for _ in range(30):
-            full = self.spool.full
+            full = self.spool.file.full
             self.filled += 1
             metrics = {f"m{i:02d}": self.filled + i / 8 for i in range(100)}
             self._commit([Record("fill", T0_US + self.filled, metrics, T0_US)], [])
@@ -428,11 +447,11 @@ class SpoolMachine(RuleBasedStateMachine):
         """fetch / fetch_newest return exactly the model's records; some are handed out."""
         order = list(self.waiting.values())
         if newest:
-            got = self.spool.fetch_newest(limit)
+            got = self.spool.outbox.fetch_newest(limit)
             want = [w for w in reversed(order) if w.record.record_id not in self.handed][:limit]
         else:
             after = data.draw(st.sampled_from([0, *(w.seq for w in order)]))
-            got = self.spool.fetch(after, limit)
+            got = self.spool.outbox.fetch(after, limit)
             want = [w for w in order if w.seq > after][:limit]
         assert [(g.seq, g.device_id, g.ts_us, g.metrics, g.received_us) for g in got] == [
             (w.seq, w.record.device_id, w.record.ts_us, w.record.metrics, w.record.received_us)
@@ -441,7 +460,7 @@ class SpoolMachine(RuleBasedStateMachine):
         if not want:
             return
         taken = data.draw(st.lists(st.sampled_from(want), unique_by=lambda w: w.seq))
-        self.spool.hand_out([w.seq for w in taken])
+        self.spool.outbox.hand_out([w.seq for w in taken])
         self.handed.update(w.record.record_id for w in taken)
 
     @precondition(lambda self: self.waiting)
@@ -449,7 +468,7 @@ class SpoolMachine(RuleBasedStateMachine):
     def deliver(self, data: st.DataObject) -> None:
         """delivered() deletes, remembers and counts records; stale seqs count nothing."""
         rids = self._some_waiting(data)
-        self.spool.delivered([self.waiting[r].seq for r in rids] + self._stale(data))
+        self.spool.outbox.delivered([self.waiting[r].seq for r in rids] + self._stale(data))
         self._apply_delivered(rids)
 
     @precondition(lambda self: self.waiting)
@@ -467,9 +486,11 @@ class SpoolMachine(RuleBasedStateMachine):
             )
             for w in (self.waiting[r] for r in rids)
         )
-        self.spool.reject([self.waiting[r].seq for r in rids], "api_rejected", "400: bad point")
+        self.spool.outbox.reject(
+            [self.waiting[r].seq for r in rids], "api_rejected", "400: bad point"
+        )
         self._apply_reject(rids)
-        newest = self.spool.dead_letters(limit=len(rids))
+        newest = self.spool.dead_letters.recent(limit=len(rids))
         assert sorted(orjson.dumps(orjson.loads(p)) for _a, _r, _ru, _t, p, _d in newest) == want
 
     @precondition(lambda self: self.waiting)
@@ -480,21 +501,23 @@ class SpoolMachine(RuleBasedStateMachine):
         w = self.waiting[rid]
         names = data.draw(st.lists(st.sampled_from(sorted(w.record.metrics)), unique=True))
         refused = {k: w.record.metrics[k] for k in names}
-        dead_before = self.spool.dead_letter_count()
-        self.spool.settle_partly(w.seq, refused, "api_rejected", "400: bad metric")
+        dead_before = self.spool.dead_letters.count()
+        self.spool.outbox.settle_partly(w.seq, refused, "api_rejected", "400: bad metric")
         self._apply_settle(rid, refused)
         if refused:
-            [(_at, _reason, _rule, _topic, payload, _detail)] = self.spool.dead_letters(limit=1)
+            [(_at, _reason, _rule, _topic, payload, _detail)] = self.spool.dead_letters.recent(
+                limit=1
+            )
             assert orjson.loads(payload)["metrics"] == refused
         else:
-            assert self.spool.dead_letter_count() == dead_before
+            assert self.spool.dead_letters.count() == dead_before
 
     @precondition(lambda self: self.gone_seqs)
     @rule(data=st.data())
     def settle_a_gone_record(self, data: st.DataObject) -> None:
         """settle_partly() of a record no longer in the spool changes nothing."""
         seq = data.draw(st.sampled_from(self.gone_seqs))
-        self.spool.settle_partly(seq, {"t": 1.0}, "api_rejected", "late answer")
+        self.spool.outbox.settle_partly(seq, {"t": 1.0}, "api_rejected", "late answer")
 
     @rule(seconds=st.sampled_from([1.0, 30.0, 61.0, 200.0, 400.0]))
     def advance_clock(self, seconds: float) -> None:
@@ -510,7 +533,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule()
     def restart_abandoning_a_transaction(self) -> None:
         """A connection closed inside BEGIN IMMEDIATE leaves none of its writes behind."""
-        db = self.spool._conn
+        db = self.spool.file.conn
         db.execute("BEGIN IMMEDIATE")
         db.execute(
             "INSERT INTO records (rid, device_id, ts_us, metrics, n, received_us) "
@@ -530,7 +553,7 @@ class SpoolMachine(RuleBasedStateMachine):
         self.spool.close()  # no COMMIT: SQLite rolls the open transaction back on close
         self._reopen()
 
-    @precondition(lambda self: not self.spool.full)
+    @precondition(lambda self: not self.spool.file.full)
     @rule(
         data=st.data(),
         kind=st.sampled_from(["commit", "deliver", "reject", "settle"]),
@@ -550,22 +573,20 @@ class SpoolMachine(RuleBasedStateMachine):
         if kind == "commit":
             batch = self._batch(data, fresh)
             self.history.extend(batch)
-            op = functools.partial(Spool.commit, records=batch, dead=[])
+            op = functools.partial(_commit, records=batch)
         elif kind == "settle":
             rids = self._some_waiting(data, max_size=1)
             w = self.waiting[rids[0]]
             names = data.draw(st.lists(st.sampled_from(sorted(w.record.metrics)), unique=True))
             refused = {k: w.record.metrics[k] for k in names}
-            op = functools.partial(
-                Spool.settle_partly, seq=w.seq, refused=refused, reason="r", detail=""
-            )
+            op = functools.partial(_settle_partly, seq=w.seq, refused=refused)
         else:
             rids = self._some_waiting(data)
             seqs = [self.waiting[r].seq for r in rids]
             if kind == "deliver":
-                op = functools.partial(Spool.delivered, seqs=seqs)
+                op = functools.partial(_delivered, seqs=seqs)
             else:
-                op = functools.partial(Spool.reject, seqs=seqs, reason="r", detail="")
+                op = functools.partial(_reject, seqs=seqs)
         self.spool.close()
         committed = run_and_crash(self._new_spool, op, kill_at)
         event(f"crash in {kind}: {'after' if committed else 'before'} COMMIT")
@@ -586,7 +607,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @invariant()
     def spool_matches_the_model(self) -> None:
         """The file holds exactly the model's records; counters agree with the file."""
-        db = self.spool._conn
+        db = self.spool.file.conn
         rows = db.execute(
             "SELECT seq, rid, device_id, ts_us, metrics, n, received_us FROM records ORDER BY seq"
         ).fetchall()
@@ -605,18 +626,20 @@ class SpoolMachine(RuleBasedStateMachine):
             w.seq = int(seq)
         depth = sum(w.points for w in self.waiting.values())
         count, total = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
-        assert (self.spool.depth_records, self.spool.depth_points) == (count, total), "depth"
+        assert (self.spool.file.depth_records, self.spool.file.depth_points) == (count, total), (
+            "depth"
+        )
         assert (count, total) == (len(self.waiting), depth)
-        assert self.spool.oldest_received_us == (rows[0][6] if rows else None)
+        assert self.spool.file.oldest_received_us == (rows[0][6] if rows else None)
 
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        assert self.spool.delivered_points_total == int(meta.get("delivered_points", 0))
-        assert self.spool.dropped_points_total == int(meta.get("dropped_points", 0))
-        assert self.spool.delivered_points_total == self.delivered_points, "delivered count"
-        assert self.spool.dropped_points_total == self.dropped_points, "dropped count"
-        assert self.spool.delivered_points_total >= self.delivered_seen, "delivered went down"
-        self.delivered_seen = self.spool.delivered_points_total
-        assert self.spool.dead_letter_count() == self.dead, "dead letter count"
+        assert self.spool.file.delivered_points_total == int(meta.get("delivered_points", 0))
+        assert self.spool.file.dropped_points_total == int(meta.get("dropped_points", 0))
+        assert self.spool.file.delivered_points_total == self.delivered_points, "delivered count"
+        assert self.spool.file.dropped_points_total == self.dropped_points, "dropped count"
+        assert self.spool.file.delivered_points_total >= self.delivered_seen, "delivered went down"
+        self.delivered_seen = self.spool.file.delivered_points_total
+        assert self.spool.dead_letters.count() == self.dead, "dead letter count"
 
         # Every point ever stored is waiting, delivered, dead-lettered or counted dropped,
         # and the file itself shows it (refused points are inside the dead letters' payloads).
@@ -626,10 +649,10 @@ class SpoolMachine(RuleBasedStateMachine):
         )
         assert refused == self.refused_points, "refused points in the dead letters"
         assert self.inserted_points == (
-            self.spool.depth_points
-            + self.spool.delivered_points_total
+            self.spool.file.depth_points
+            + self.spool.file.delivered_points_total
             + refused
-            + self.spool.dropped_points_total
+            + self.spool.file.dropped_points_total
         ), "points stored != waiting + delivered + dead-lettered + dropped"
 
         remembered = {bytes(r) for (r,) in db.execute("SELECT rid FROM delivered_ids")}
@@ -675,10 +698,10 @@ def test_a_crash_with_uncommitted_frames_in_the_wal_leaves_no_trace(tmp_path: Pa
     """SIGKILL before COMMIT, with the transaction's pages already in the WAL: after restart
     the batch is absent, the old data intact, and the file passes integrity_check."""
     path = tmp_path / "bridge.db"
-    spool = Spool(path, clock=FakeClock(NOW_S))
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     first = [Record("d1", T0_US + i, {"t": float(i)}, T0_US) for i in range(3)]
-    spool.commit(first, [])
+    spool.writer.commit(first, [])
     spool.close()
     assert not Path(f"{path}-wal").exists()  # a clean close checkpoints and removes the WAL
     big = [
@@ -688,17 +711,21 @@ def test_a_crash_with_uncommitted_frames_in_the_wal_leaves_no_trace(tmp_path: Pa
     before_commit = 3  # BEGIN IMMEDIATE, SELECT MAX(seq), INSERT: killed before COMMIT
 
     def commit_big(s: Spool) -> object:
-        return s.commit(big, [])
+        return s.writer.commit(big, [])
 
-    assert not run_and_crash(lambda: Spool(path, clock=FakeClock(NOW_S)), commit_big, before_commit)
+    assert not run_and_crash(
+        lambda: Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)),
+        commit_big,
+        before_commit,
+    )
     assert Path(f"{path}-wal").stat().st_size > 50 * 1024, "the child spilled no pages"
-    again = Spool(path, clock=FakeClock(NOW_S))
+    again = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     again.open()
     try:
-        assert again.moved_aside is None
+        assert again.file.moved_aside is None
         assert integrity(again) == ["ok"]
-        assert [r.metrics for r in again.fetch(0, 100)] == [r.metrics for r in first]
-        assert (again.depth_records, again.depth_points) == (3, 3)
+        assert [r.metrics for r in again.outbox.fetch(0, 100)] == [r.metrics for r in first]
+        assert (again.file.depth_records, again.file.depth_points) == (3, 3)
     finally:
         again.close()
 
@@ -710,15 +737,17 @@ def test_a_crash_right_after_commit_keeps_the_batch(tmp_path: Path) -> None:
     batch = [Record("d1", T0_US + i, {"t": float(i)}, T0_US) for i in range(5)]
 
     def commit(s: Spool) -> object:
-        return s.commit(batch, [])
+        return s.writer.commit(batch, [])
 
-    assert run_and_crash(lambda: Spool(path, clock=FakeClock(NOW_S)), commit, 10**6)
-    again = Spool(path, clock=FakeClock(NOW_S))
+    assert run_and_crash(
+        lambda: Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)), commit, 10**6
+    )
+    again = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     again.open()
     try:
         assert integrity(again) == ["ok"]
-        assert again.depth_points == 5
-        assert again.commit(batch, []).records_duplicate == 5
+        assert again.file.depth_points == 5
+        assert again.writer.commit(batch, []).records_duplicate == 5
     finally:
         again.close()
 
@@ -726,16 +755,16 @@ def test_a_crash_right_after_commit_keeps_the_batch(tmp_path: Path) -> None:
 def snapshot(path: Path) -> tuple[object, ...]:
     """Everything a spool file holds that an operation may change, read by a reopened Spool
     (which must agree with the file about its counters)."""
-    s = Spool(path, clock=FakeClock(NOW_S))
+    s = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     s.open()
     try:
-        assert s.moved_aside is None
+        assert s.file.moved_aside is None
         assert integrity(s) == ["ok"]
-        db = s._conn
+        db = s.file.conn
         rows = db.execute("SELECT seq, rid, metrics, n FROM records ORDER BY seq").fetchall()
-        assert (s.depth_records, s.depth_points) == (len(rows), sum(r[3] for r in rows))
+        assert (s.file.depth_records, s.file.depth_points) == (len(rows), sum(r[3] for r in rows))
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        assert s.delivered_points_total == int(meta.get("delivered_points", 0))
+        assert s.file.delivered_points_total == int(meta.get("delivered_points", 0))
         ids = sorted(r for (r,) in db.execute("SELECT rid FROM delivered_ids"))
         dead = db.execute("SELECT reason, payload FROM dead_letters ORDER BY id").fetchall()
         return rows, meta, ids, dead
@@ -744,13 +773,15 @@ def snapshot(path: Path) -> tuple[object, ...]:
 
 
 OPERATIONS: dict[str, Callable[[Spool, list[int]], object]] = {
-    "commit": lambda s, _seqs: s.commit(
+    "commit": lambda s, _seqs: s.writer.commit(
         [Record("d9", T0_US + i, {"t": 1.0, "v": 2.0}, T0_US) for i in range(4)],
         [DeadLetter("invalid_json", "", "a/b", b"{", "r", T0_US)],
     ),
-    "delivered": lambda s, seqs: s.delivered(seqs[:3]),
-    "reject": lambda s, seqs: s.reject(seqs[1:3], "api_rejected", "400"),
-    "settle_partly": lambda s, seqs: s.settle_partly(seqs[2], {"t": 2.0}, "api_rejected", "400"),
+    "delivered": lambda s, seqs: s.outbox.delivered(seqs[:3]),
+    "reject": lambda s, seqs: s.outbox.reject(seqs[1:3], "api_rejected", "400"),
+    "settle_partly": lambda s, seqs: s.outbox.settle_partly(
+        seqs[2], {"t": 2.0}, "api_rejected", "400"
+    ),
 }
 
 
@@ -761,16 +792,18 @@ def test_every_crash_point_of_an_operation_leaves_all_of_it_or_none(
     """SIGKILL before each SQL statement of one operation in turn: after restart the file is
     exactly as before the operation or exactly as after it, counters included."""
     base = tmp_path / "base.db"
-    spool = Spool(base, clock=FakeClock(NOW_S))
+    spool = Spool(SpoolSettings(base, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
-    spool.commit([Record("d1", T0_US + i, {"t": float(i), "v": 1.0}, T0_US) for i in range(6)], [])
-    seqs = [r.seq for r in spool.fetch(0, 10)]
-    spool.delivered(seqs[-1:])  # a delivered id and a delivered count to keep intact
+    spool.writer.commit(
+        [Record("d1", T0_US + i, {"t": float(i), "v": 1.0}, T0_US) for i in range(6)], []
+    )
+    seqs = [r.seq for r in spool.outbox.fetch(0, 10)]
+    spool.outbox.delivered(seqs[-1:])  # a delivered id and a delivered count to keep intact
     spool.close()
     before = snapshot(base)
     done = tmp_path / "done.db"
     shutil.copy(base, done)
-    s = Spool(done, clock=FakeClock(NOW_S))
+    s = Spool(SpoolSettings(done, reserve_bytes=0), clock=FakeClock(NOW_S))
     s.open()
     OPERATIONS[name](s, seqs)
     s.close()
@@ -785,7 +818,9 @@ def test_every_crash_point_of_an_operation_leaves_all_of_it_or_none(
             return OPERATIONS[name](s, seqs)
 
         committed = run_and_crash(
-            functools.partial(Spool, path, clock=FakeClock(NOW_S)), op, kill_at
+            functools.partial(Spool, SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)),
+            op,
+            kill_at,
         )
         assert snapshot(path) == (after if committed else before), (name, kill_at, committed)
         outcomes.add(committed)

@@ -16,20 +16,22 @@ from bridge.cli.main import main
 from bridge.errors import EX_CONFIG
 from bridge.mapping.explain import (
     Point,
-    RuleWarning,
-    covers,
-    example_topic,
     explain,
     explanation_json,
     format_explanation,
-    format_warning,
-    mismatch,
     request_bodies,
-    rule_warnings,
-    topic_lines,
 )
 from bridge.mapping.loader import load_mappings_text
 from bridge.mapping.mapper import Mapper
+from bridge.mapping.overlap import (
+    RuleWarning,
+    covers,
+    example_topic,
+    format_warning,
+    mismatch,
+    rule_warnings,
+    topic_lines,
+)
 from bridge.mapping.topics import TopicFilter, parse_filter
 from bridge.models import Record
 

@@ -42,6 +42,7 @@ from bridge.lab.apiserver.validation import (
     parse_metrics_query,
     validate_telemetry,
 )
+from bridge.limits import TELEMETRY_REQUESTS_PER_MINUTE
 
 API_PREFIX = "/api/v2"
 RATE_WINDOW_SECONDS = 60.0
@@ -509,7 +510,7 @@ class _Handlers:
 def create_app(
     store: ApiStore,
     token: str,
-    rate_limit_per_minute: int | None = 1000,
+    rate_limit_per_minute: int | None = TELEMETRY_REQUESTS_PER_MINUTE,
     clock: Callable[[], float] = time.monotonic,
     *,
     wall_clock: Callable[[], float] = time.time,
@@ -556,7 +557,7 @@ class LocalApi:
         token: str,
         host: str = "127.0.0.1",
         port: int = 0,
-        rate_limit_per_minute: int | None = 1000,
+        rate_limit_per_minute: int | None = TELEMETRY_REQUESTS_PER_MINUTE,
         clock: Callable[[], float] = time.monotonic,
         *,
         wall_clock: Callable[[], float] = time.time,

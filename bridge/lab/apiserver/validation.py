@@ -18,13 +18,11 @@ from typing import TypeAlias
 
 import orjson
 
+from bridge.limits import MAX_PER_PAGE, MAX_POINTS_PER_REQUEST
+
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 """A document as `orjson.loads` returns it."""
 
-MAX_POINTS_PER_REQUEST = 100
-"""Contract: at most 100 data points (metric values) per request, across all objects."""
-
-MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 25
 DEVICE_STATUSES = frozenset({"online", "offline", "inactive"})
 INTERVALS: dict[str, int] = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from bridge.lab.localrun import METRICS_PER_MESSAGE, message_payload
 from bridge.mapping.loader import load_mappings_text, make_mapper
 from bridge.mapping.mapper import Mapper
-from bridge.settings import Settings
+from bridge.settings import MappingSettings
 
 RULES_TARGET_RATIO = 1.2  # 1,000 rules may cost at most 1.2x what 10 rules cost per message
 _RULE_BODY = """\
@@ -103,7 +103,9 @@ class MappingBench:
 
     def __init__(self, n_rules: int, messages: int, base_ms: int) -> None:
         self.n_rules = n_rules
-        self.mapper: Mapper = make_mapper(load_mappings_text(rules_yaml(n_rules)), Settings())
+        self.mapper: Mapper = make_mapper(
+            load_mappings_text(rules_yaml(n_rules)), MappingSettings()
+        )
         self._messages = messages
         # Each message is matched by a rule drawn evenly from the whole list.
         self._rules = spread(n_rules, messages)

@@ -37,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bridge.errors import EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi, RequestRecord
 from bridge.lab.bench.baselines import PAHO, Baseline, BaselineClients
 from bridge.lab.bench.rules import (
@@ -55,9 +56,9 @@ from bridge.lab.localrun import (
     message_index_ms,
 )
 from bridge.models import Record
+from bridge.settings import SpoolSettings
 from bridge.spool.store import Spool
 
-EX_UNAVAILABLE = 69
 _DEVICES = 20
 _BENCH_TOPIC = "bench/+/env"  # the bridge's subscription for BENCH_MAPPINGS
 
@@ -785,7 +786,7 @@ async def _run_rules(args: argparse.Namespace, workdir: Path, broker: LocalBroke
 def prefill_spool(path: Path, messages: int, base_ms: int, devices: int) -> None:
     """Write the records of bench messages ``0..messages-1`` into a new spool, as the bridge
     would have after mapping them (run in a process of its own: it is seconds of CPU)."""
-    spool = Spool(path, max_bytes=1 << 40, synchronous="NORMAL")
+    spool = Spool(SpoolSettings(path, max_bytes=1 << 40, synchronous="NORMAL", reserve_bytes=0))
     spool.open()
     try:
         now_us = int(time.time() * 1_000_000)
@@ -800,7 +801,7 @@ def prefill_spool(path: Path, messages: int, base_ms: int, devices: int) -> None
                 )
                 for i in range(start, min(messages, start + chunk))
             ]
-            spool.commit(records, [])
+            spool.writer.commit(records, [])
     finally:
         spool.close()
 
@@ -944,11 +945,11 @@ class _SpoolBench:
 
     def _read_waiting(self, ledger: PointLedger) -> None:
         """Record what the spool still holds (the bridge has stopped and released it)."""
-        spool = Spool(self.spool_path)
+        spool = Spool(SpoolSettings(self.spool_path, reserve_bytes=0))
         spool.open()
         try:
             after = 0
-            while batch := spool.fetch(after, 10_000):
+            while batch := spool.outbox.fetch(after, 10_000):
                 for rec in batch:
                     ledger.waiting(rec.ts_us // 1000, rec.metrics)
                 after = batch[-1].seq

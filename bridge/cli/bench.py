@@ -1,34 +1,16 @@
-"""Command-line options of the ``bench`` and ``soak`` tools.
-
-Kept apart from the tools themselves, which import the local API server, the fault proxy and a
-publisher: every ``metriqo-bridge`` start builds the whole parser, and ``run`` or ``check``
-should not pay for importing them.
-"""
+"""``metriqo-bridge bench``: measure throughput, latency, CPU and memory on this machine
+(:mod:`bridge.lab.bench`). The parser is built here without importing the bench, so other
+commands do not pay for its imports."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-FAULTS: tuple[str, ...] = (
-    "bridge_kill",
-    "bridge_term",
-    "bridge_failpoint",
-    "broker_restart",
-    "broker_hang",
-    "mqtt_refuse",
-    "mqtt_blackhole",
-    "mqtt_reset",
-    "api_refuse",
-    "api_blackhole",
-    "api_latency",
-    "api_5xx",
-    "api_429",
-)
+from bridge.cli.command import Subparsers
 
 
-def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``bench`` and its options (run by :func:`bridge.lab.bench.runner.run_bench`)."""
+def add_parser(sub: Subparsers) -> None:
     bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
     bench.add_argument(
         "mode",
@@ -86,20 +68,10 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra bridge setting"
     )
+    bench.set_defaults(handler=run)
 
 
-def add_soak(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``soak`` and its options (run by :func:`bridge.lab.soak.run_soak`)."""
-    soak = sub.add_parser(
-        "soak", help="run with a seeded random fault schedule, then check nothing was lost"
-    )
-    soak.add_argument("--minutes", type=float, default=5.0, help="how long to publish")
-    soak.add_argument("--seed", type=int, default=None, help="replay a schedule (default: new)")
-    soak.add_argument("--rate", type=float, default=100.0, help="messages per second")
-    soak.add_argument(
-        "--faults",
-        default=",".join(FAULTS),
-        help=f"comma-separated subset of: {', '.join(FAULTS)}",
-    )
-    soak.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
-    soak.add_argument("--keep", type=Path, help="keep the work directory (logs, spool) here")
+def run(args: argparse.Namespace) -> int:
+    from bridge.lab.bench.runner import run_bench
+
+    return run_bench(args)

@@ -1,0 +1,43 @@
+"""``metriqo-bridge check [FILE]``: validate a mapping file and warn about rules that overlap
+or can never match."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bridge.cli.command import Subparsers
+from bridge.errors import EX_CONFIG, EX_OK
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("check", help="validate a mapping file; exit 0 or 78")
+    p.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (shadowed, overlapping rules) as errors",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge.mapping.loader import load_mappings
+    from bridge.mapping.overlap import format_warning, rule_warnings, topic_lines
+
+    file: Path = args.file
+    rules = load_mappings(file)
+    print(f"{file}: OK, {len(rules)} rule(s)")
+    for rule in rules:
+        what = "ignored on purpose" if rule.ignore else f"payload {rule.payload}"
+        print(f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), {what}")
+    warnings = rule_warnings(rules, topic_lines(file))
+    for warning in warnings:
+        print(format_warning(warning, str(file)))
+    if warnings and args.strict:
+        print(
+            f"metriqo-bridge: {len(warnings)} warning(s), an error under --strict", file=sys.stderr
+        )
+        return EX_CONFIG
+    return EX_OK

@@ -1,0 +1,25 @@
+"""``metriqo-bridge demo``: broker, API, sensor fleet and bridge on this machine, end to end
+(:mod:`bridge.lab.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bridge.cli.command import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    demo = sub.add_parser("demo", help="local broker + API + sensor fleet + bridge, end to end")
+    demo.add_argument("--devices", type=int, default=12, help="simulated devices")
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
+    demo.add_argument("--rate", type=float, default=200.0, help="messages per second in total")
+    demo.add_argument("--mappings", type=Path, default=Path("topic-mappings.yaml"))
+    demo.add_argument("--timeout", type=float, default=60.0, help="max wait for delivery")
+    demo.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge.lab.demo import run_demo
+
+    return run_demo(args)

@@ -1,0 +1,87 @@
+"""``metriqo-bridge explain TOPIC [PAYLOAD]``: what the bridge would do with one message."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from bridge.cli.command import Subparsers
+from bridge.errors import EX_FAILURE, EX_OK, EX_USAGE
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "explain", help="show what the bridge would do with one message; exit 0, 1 or 78"
+    )
+    p.add_argument(
+        "topic", nargs="?", metavar="TOPIC", help="the MQTT topic, e.g. plant/berlin/line1/env"
+    )
+    p.add_argument(
+        "payload",
+        nargs="?",
+        metavar="PAYLOAD",
+        help="the payload as text; '-' reads bytes from stdin (default: empty)",
+    )
+    p.add_argument("--topic", dest="topic_option", metavar="TOPIC", help="same as TOPIC")
+    p.add_argument("--payload", dest="payload_option", metavar="PAYLOAD", help="same as PAYLOAD")
+    p.add_argument("--file", type=Path, default=Path("topic-mappings.yaml"), help="mapping file")
+    p.add_argument(
+        "--payload-file", type=Path, metavar="PATH", help="read the payload bytes from a file"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON object instead")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge.mapping.explain import explain, explanation_json, format_explanation
+    from bridge.mapping.loader import load_mappings
+    from bridge.mapping.mapper import Mapper
+
+    message = message_of(args)
+    if isinstance(message, str):
+        print(f"metriqo-bridge: {message}", file=sys.stderr)
+        return EX_USAGE
+    topic, payload = message
+    mapper = Mapper(load_mappings(args.file))
+    result = explain(mapper, topic, payload, int(time.time() * 1_000_000))
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(explanation_json(result), option=orjson.OPT_INDENT_2).decode()
+        )
+        sys.stdout.write("\n")
+    else:
+        print(format_explanation(result))
+    return EX_OK if result.ok else EX_FAILURE
+
+
+def message_of(args: argparse.Namespace) -> tuple[str, bytes] | str:
+    """Topic and payload bytes from TOPIC/PAYLOAD, --topic/--payload or --payload-file.
+
+    Returns a usage error message instead when the arguments do not fit together.
+    """
+    positional = [a for a in (args.topic, args.payload) if a is not None]
+    topic = args.topic_option
+    if topic is None:
+        if not positional:
+            return "give the topic: TOPIC or --topic TOPIC"
+        topic = positional.pop(0)
+    elif len(positional) == 2:
+        return "give TOPIC or --topic, not both"
+    # With --topic, a single positional is the payload: "explain --topic T PAYLOAD".
+    texts = [t for t in (*positional, args.payload_option) if t is not None]
+    if len(texts) + (args.payload_file is not None) > 1:
+        return "give one payload: PAYLOAD, --payload or --payload-file"
+    if args.payload_file is not None:
+        try:
+            return topic, args.payload_file.read_bytes()
+        except OSError as exc:
+            return f"{args.payload_file}: {exc.strerror}"
+    if texts == ["-"]:
+        return topic, sys.stdin.buffer.read()
+    # fsencode: argv bytes that are not UTF-8 come back exactly as given.
+    return topic, os.fsencode(texts[0] if texts else "")

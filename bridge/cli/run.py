@@ -1,0 +1,65 @@
+"""``metriqo-bridge run`` (the default command): run the bridge until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import orjson
+
+from bridge import __version__
+from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_settings_flags, settings_from
+from bridge.errors import EX_OK
+
+log = logging.getLogger("bridge")
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("run", help="run the bridge (the default)")
+    add_settings_flags(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge.app import Bridge
+    from bridge.config.secrets import TokenSource, resolve_mqtt_password
+    from bridge.logs import setup_logging
+    from bridge.mapping.loader import load_mappings
+
+    settings = settings_from(args)
+    if args.print_config:
+        sys.stdout.write(orjson.dumps(settings.effective, option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+        return EX_OK
+    # Everything that can be wrong with the configuration fails here, before the spool opens.
+    rules = load_mappings(settings.mapping.file)
+    token = TokenSource(settings.credentials)
+    password = resolve_mqtt_password(settings.credentials)
+    setup_logging(settings.log_level, settings.log_format)
+    bridge = Bridge(
+        settings, rules, token, mqtt_password=password, mappings_path=settings.mapping.file
+    )
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, bridge.stop)
+        loop.add_signal_handler(signal.SIGHUP, bridge.request_reload)
+        await bridge.run()
+
+    log.info(
+        "metriqo-bridge %s: %d rule(s), broker %s:%s, API %s, spool %s",
+        __version__,
+        len(rules),
+        settings.mqtt.host,
+        settings.mqtt.port,
+        settings.sender.base_url,
+        settings.spool.path,
+    )
+    asyncio.run(serve())
+    log.info("stopped")
+    return EX_OK

@@ -1,0 +1,147 @@
+"""``metriqo-bridge simulate-api``: the local Metriqo-compatible API server, with fault modes
+for rehearsing an outage (:mod:`bridge.lab.apiserver`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from bridge.cli.command import Subparsers
+from bridge.errors import EX_OK, ConfigError
+from bridge.limits import TELEMETRY_REQUESTS_PER_MINUTE
+
+
+def add_parser(sub: Subparsers) -> None:
+    api = sub.add_parser("simulate-api", help="run a local Metriqo-compatible API server")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the token clients must send "
+        "(default: env METRIQO_BRIDGE_TOKEN_FILE or METRIQO_BRIDGE_TOKEN)",
+    )
+    api.add_argument(
+        "--rate-limit",
+        type=int,
+        default=TELEMETRY_REQUESTS_PER_MINUTE,
+        help="telemetry requests per minute, 0 = none",
+    )
+    faults = api.add_argument_group("fault injection (POST /telemetry; all off by default)")
+    faults.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share (0..1) of requests answered 500/502/503, storing nothing",
+    )
+    faults.add_argument(
+        "--record-then-500",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share (0..1) of requests stored and then answered 500",
+    )
+    faults.add_argument(
+        "--429-storm",
+        dest="storm_429",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer 429 to every request for SECONDS after start",
+    )
+    faults.add_argument(
+        "--retry-after",
+        default="seconds",
+        choices=["seconds", "http-date", "zero", "garbage", "missing", "huge"],
+        help="Retry-After form during the 429 storm (default: seconds)",
+    )
+    faults.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before the response headers",
+    )
+    faults.add_argument(
+        "--slow-body",
+        type=int,
+        default=0,
+        metavar="BPS",
+        help="stream response bodies at BPS bytes per second",
+    )
+    faults.add_argument("--hang", action="store_true", help="accept requests, never answer")
+    faults.add_argument(
+        "--unauthorized-until-token-file",
+        type=Path,
+        metavar="FILE",
+        help="answer 401 until a request carries the token in FILE; then accept only it",
+    )
+    faults.add_argument(
+        "--max-points-413", type=int, metavar="N", help="413 for more than N points per request"
+    )
+    faults.add_argument(
+        "--poison-value",
+        type=float,
+        metavar="X",
+        help="400 (naming the object index) for any point whose value is exactly X",
+    )
+    api.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge.config.secrets import read_secret_file
+    from bridge.lab.apiserver.faults import Faults
+    from bridge.lab.apiserver.server import serve_forever
+
+    token_file = args.token_file or (
+        Path(os.environ["METRIQO_BRIDGE_TOKEN_FILE"])
+        if os.environ.get("METRIQO_BRIDGE_TOKEN_FILE")
+        else None
+    )
+    if token_file is not None:
+        token = read_secret_file(token_file, "token")
+    elif os.environ.get("METRIQO_BRIDGE_TOKEN"):
+        token = os.environ["METRIQO_BRIDGE_TOKEN"]
+    else:
+        raise ConfigError(
+            "the API server needs a token: --token-file FILE or METRIQO_BRIDGE_TOKEN",
+            key="simulate-api",
+        )
+    limit = args.rate_limit if args.rate_limit > 0 else None
+    rotated = (
+        None
+        if args.unauthorized_until_token_file is None
+        else read_secret_file(args.unauthorized_until_token_file, "unauthorized-until-token")
+    )
+    try:
+        faults = Faults(
+            error_rate=args.error_rate,
+            record_then_500=args.record_then_500,
+            storm_429_s=args.storm_429,
+            retry_after=args.retry_after,
+            latency_s=args.latency,
+            slow_body_bps=args.slow_body,
+            hang=args.hang,
+            unauthorized_until_token=rotated,
+            max_points_413=args.max_points_413,
+            poison_value=args.poison_value,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="simulate-api") from None
+
+    async def serve() -> None:
+        # SIGTERM stops it cleanly: as a container's PID 1 it would otherwise be ignored.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve_forever(args.host, args.port, token, limit, faults)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return EX_OK

@@ -1,0 +1,169 @@
+"""The group commit: what the intake received is committed to the spool, and only then
+acknowledged to the broker, in receive order.
+
+This is where "ack after commit" is decided. One durable transaction covers every message
+waiting (up to ``spool.commit_max_messages``); a small batch first waits until
+``spool.commit_interval_s`` after the previous commit began, so a live flow makes fewer, larger
+commits, while a backlog (half the receive window) is committed at once. A full spool or disk
+withholds the PUBACKs (back-pressure: the broker keeps the messages) until delivery frees
+space; any other spool failure stops the bridge without acknowledging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+from bridge import failpoints
+from bridge.delivery import Delivery
+from bridge.errors import SpoolError, SpoolFull
+from bridge.intake import Intake, Pending
+from bridge.logs import LogThrottle
+from bridge.metrics import BridgeMetrics
+from bridge.models import CommitResult
+from bridge.mqtt.source import MqttSource
+from bridge.settings import CommitSettings
+from bridge.spool.facade import AsyncSpool
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    """Runs the commit-then-acknowledge loop between the intake and the spool."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        spool: AsyncSpool,
+        source: MqttSource,
+        delivery: Delivery,
+        *,
+        metrics: BridgeMetrics,
+        settings: CommitSettings,
+    ) -> None:
+        self._intake = intake
+        self._spool = spool
+        self._source = source
+        self._delivery = delivery
+        self._m = metrics
+        self._s = settings
+        self._space = asyncio.Event()  # set by delivery whenever it frees spool space
+        self._full_since: float | None = None  # while intake waits for spool (or disk) space
+        self._throttle = LogThrottle(30.0)
+
+    @property
+    def waiting_for_space(self) -> bool:
+        """True while the spool (or disk) is full and acknowledgements are withheld."""
+        return self._full_since is not None
+
+    def space_freed(self) -> None:
+        """Delivery deleted records: a waiting commit may try again now."""
+        self._space.set()
+
+    async def run(self) -> None:
+        """Commit and acknowledge until cancelled; raise on a spool write failure."""
+        loop = asyncio.get_running_loop()
+        intake = self._intake
+        began = -math.inf
+        while True:
+            await intake.wait()
+            wait = began + self._s.interval_s - loop.time()
+            if wait > 0 and len(intake) < self._s.backlog and intake.accepting:
+                await asyncio.sleep(wait)  # let a few more messages join this commit
+            began = loop.time()
+            batch = intake.take(self._s.max_messages)
+            result = await self._commit(batch)
+            if result is not None:
+                self._acknowledge(batch)
+                self._count(batch, result)
+
+    async def _commit(self, batch: list[Pending]) -> CommitResult | None:
+        """Commit one batch; None (and the batch back in the intake) if the spool is full."""
+        intake = self._intake
+        records = [r for p in batch for r in p.records]
+        dead = [p.dead for p in batch if p.dead is not None]
+        stamped = [(p.mid, p.topic, p.digest, p.received_us) for p in batch if p.stamped]
+        forget, acked = intake.take_acked()
+        try:
+            result = await self._spool.commit(records, dead, stamped, acked, forget_unacked=forget)
+        except SpoolFull as exc:
+            intake.untake_acked(forget, acked)
+            intake.put_back(batch)
+            await self._wait_for_space(exc)
+            return None
+        except SpoolError:
+            intake.untake_acked(forget, acked)
+            log.critical("spool write failed; stopping without acknowledging the messages")
+            raise
+        if self._full_since is not None:
+            self._m.intake_paused_seconds.inc(time.monotonic() - self._full_since)
+            self._m.spool_full.set(0)
+            log.info("spool has space again; acknowledging MQTT messages")
+            self._full_since = None
+        intake.persisted([mid for mid, *_ in stamped])
+        failpoints.hit("after_commit_before_puback")
+        return result
+
+    async def _wait_for_space(self, exc: SpoolFull) -> None:
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            self._m.spool_full.set(1)
+        self._throttle.log(
+            log,
+            logging.ERROR,
+            "full",
+            "spool full (%s): withholding MQTT acknowledgements; the broker keeps "
+            "the messages until delivery frees space",
+            exc,
+        )
+        self._space.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await self._space.wait()
+
+    def _acknowledge(self, batch: list[Pending]) -> None:
+        state = self._source.state
+        for p in batch:
+            # A message from an earlier connection cannot be acknowledged on this one; the
+            # broker redelivers it and the intake recognises it (see Intake.receive).
+            if p.qos and state.connected and p.generation == state.generation:
+                self._source.ack(p.mid, p.qos)
+                self._intake.acknowledged(p.mid)
+
+    def _count(self, batch: list[Pending], result: CommitResult) -> None:
+        m = self._m
+        self._intake.flush_counters()
+        m.messages_committed.inc(len(batch))
+        if result.points_duplicate:
+            m.duplicates_suppressed.inc(result.points_duplicate)
+        for p in batch:
+            if p.dead is not None:
+                m.dead_letters.labels(p.dead.reason).inc()
+                self._throttle.log(
+                    log,
+                    logging.WARNING,
+                    f"dead:{p.dead.reason}",
+                    "message on %r dead-lettered (%r): %r",  # %r: payload text is escaped
+                    p.topic[:200],
+                    p.dead.detail[:200],
+                    p.payload[:120],
+                )
+        if result.points_dropped:
+            self._dropped(result.points_dropped)
+        self._delivery.notify(result.points_inserted)
+
+    def _dropped(self, points: int) -> None:
+        self._delivery.forget(points)
+        self._m.points_dropped.labels("spool_full").inc(points)
+        self._throttle.log(
+            log,
+            logging.ERROR,
+            "dropped",
+            "spool full: deleted the %d oldest waiting point(s) unsent to make room "
+            "(spool.when_full=drop-oldest; %d dropped since the spool was created)",
+            points,
+            self._spool.file.dropped_points_total,
+        )

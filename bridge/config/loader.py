@@ -1,0 +1,283 @@
+"""Loading the settings: defaults < settings file < environment < command-line flags.
+
+Environment variables use the prefix ``METRIQO_BRIDGE_`` and ``__`` between section and key
+(``METRIQO_BRIDGE_MQTT__HOST``); ``METRIQO_BRIDGE_TOKEN`` and ``METRIQO_BRIDGE_TOKEN_FILE`` are
+short forms of ``api.token`` and ``api.token_file``. Every error names where the bad value came
+from: ``file:line``, the variable's name, or the flag.
+
+The merged layers are validated by :class:`~bridge.config.model.SettingsModel` and then cut into
+the frozen runtime sections of :mod:`bridge.settings`, once; nothing past this module sees a
+pydantic object.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr, ValidationError
+
+from bridge import settings as rt
+from bridge.config.model import SettingsModel
+from bridge.config.secrets import is_loopback
+from bridge.config.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
+from bridge.errors import ConfigError, ConfigErrors
+
+ENV_PREFIX = "METRIQO_BRIDGE_"
+_ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}
+# Read elsewhere: the settings file path, and test failpoints (bridge/failpoints.py).
+_ENV_NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAILPOINTS"})
+
+
+def load_settings(
+    *,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> rt.Settings:
+    """Merge the layers, validate, and cut the result into the runtime sections.
+
+    Args:
+        file: a YAML settings file (``--config`` or ``METRIQO_BRIDGE_CONFIG``).
+        environ: the environment (defaults to ``os.environ``).
+        overrides: ``section.key`` → value from command-line flags.
+
+    Raises:
+        ConfigError: naming file and line, variable, or flag of each bad value.
+    """
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origin: dict[KeyPath, str] = {}
+    if file is None and env.get(ENV_PREFIX + "CONFIG"):
+        file = Path(env[ENV_PREFIX + "CONFIG"])
+    if file is not None:
+        data, index = load_yaml_file(file)
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError("settings file must be a mapping of sections", file=str(file))
+        _from_file(data or {}, file, index, merged, origin)
+    if "LOG_FORMAT" in env:  # the common container convention; the prefixed name wins
+        _put(merged, ("log_format",), env["LOG_FORMAT"].strip().lower())
+        origin[("log_format",)] = "environment variable LOG_FORMAT"
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        path = _ENV_ALIASES.get(rest) or tuple(p.lower() for p in rest.split("__"))
+        _put(merged, path, value)
+        origin[path] = f"environment variable {name}"
+    for dotted, value in (overrides or {}).items():
+        path = tuple(dotted.split("."))
+        _put(merged, path, value)
+        origin[path] = f"command-line setting {dotted}"
+    try:
+        model = SettingsModel.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigErrors([_error(e, origin) for e in exc.errors()]) from None
+    _check(model, origin)
+    if "{hostname}" in model.mqtt.client_id:
+        client_id = model.mqtt.client_id.replace("{hostname}", socket.gethostname())
+        if len(client_id) > 128:
+            raise ConfigError(
+                "longer than 128 characters once {hostname} is filled in",
+                file=origin.get(("mqtt", "client_id"), "defaults"),
+                key="mqtt.client_id",
+            )
+        model = model.model_copy(
+            update={"mqtt": model.mqtt.model_copy(update={"client_id": client_id})}
+        )
+    return _cut(model)
+
+
+def default_settings() -> rt.Settings:
+    """The settings when nothing is configured (no file, no environment, no flags)."""
+    return load_settings(environ={})
+
+
+def _cut(m: SettingsModel) -> rt.Settings:
+    """One frozen section per component, from the user's sections (``api`` and ``batch``
+    feed the sender and delivery; ``spool`` the store and the group commit)."""
+    mq, api, batch, spool = m.mqtt, m.api, m.batch, m.spool
+    return rt.Settings(
+        mqtt=rt.MqttSettings(
+            host=mq.host,
+            port=mq.port,
+            client_id=mq.client_id,
+            share_group=mq.share_group,
+            protocol=mq.protocol,
+            session_expiry_s=mq.session_expiry_s,
+            keepalive_s=mq.keepalive_s,
+            receive_maximum=mq.receive_maximum,
+            connect_timeout_s=mq.connect_timeout_s,
+            reconnect_min_s=mq.reconnect_min_s,
+            reconnect_max_s=mq.reconnect_max_s,
+            username=mq.username,
+            tls=rt.TlsSettings(**mq.tls.model_dump()),
+        ),
+        sender=rt.SenderSettings(
+            base_url=api.base_url,
+            body=api.body,
+            connect_timeout_s=api.connect_timeout_s,
+            read_timeout_s=api.read_timeout_s,
+            total_timeout_s=api.total_timeout_s,
+            ca_file=api.ca_file,
+        ),
+        delivery=rt.DeliverySettings(
+            max_points=batch.max_points,
+            linger_s=batch.linger_s,
+            order=batch.backlog_order,
+            concurrency=api.concurrency,
+            requests_per_minute=api.requests_per_minute,
+            replicas=api.replicas,
+            adaptive=api.budget_split == "adaptive",
+            retry_min_s=api.retry_min_s,
+            retry_max_s=api.retry_max_s,
+            single_object=api.body == "object",
+        ),
+        spool=rt.SpoolSettings(
+            path=spool.path,
+            max_bytes=spool.max_bytes,
+            synchronous=spool.synchronous,
+            dedup_window_s=spool.dedup_window_s,
+            when_full=spool.when_full,
+            reserve_bytes=spool.reserve_bytes,
+        ),
+        commit=rt.CommitSettings(
+            max_messages=spool.commit_max_messages,
+            interval_s=spool.commit_interval_s,
+            backlog=max(1, mq.receive_maximum // 2),
+        ),
+        mapping=rt.MappingSettings(
+            file=m.mapping.file,
+            max_payload_bytes=mq.max_payload_bytes,
+            max_future_s=m.mapping.max_future_s,
+            reload_interval_s=m.mapping.reload_interval_s,
+            coalesce_grace_s=m.mapping.coalesce_grace_s,
+        ),
+        http=rt.HttpSettings(**m.http.model_dump()),
+        credentials=rt.Credentials(
+            api_token=_secret(api.token),
+            api_token_file=api.token_file,
+            mqtt_password=_secret(mq.password),
+            mqtt_password_file=mq.password_file,
+        ),
+        log_level=m.log_level,
+        log_format=m.log_format,
+        stop_timeout_s=m.stop_timeout_s,
+        effective=m.model_dump(mode="json"),  # SecretStr dumps as '**********'
+    )
+
+
+def _secret(value: SecretStr | None) -> rt.Secret | None:
+    return None if value is None else rt.Secret(value.get_secret_value())
+
+
+def _from_file(
+    data: dict[str, Any],
+    file: Path,
+    index: LineIndex,
+    merged: dict[str, Any],
+    origin: dict[KeyPath, str],
+) -> None:
+    for path, value in _leaves(data):
+        _put(merged, path, value)
+        origin[path] = f"{file}:{index.line_of(path)}"
+        for cut in range(1, len(path)):  # sections too, for errors about a whole section
+            origin.setdefault(path[:cut], f"{file}:{index.line_of(path[:cut])}")
+
+
+def _leaves(data: dict[str, Any], prefix: KeyPath = ()) -> list[tuple[KeyPath, Any]]:
+    out: list[tuple[KeyPath, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.extend(_leaves(value, (*prefix, key)))
+        else:
+            out.append(((*prefix, key), value))
+    return out
+
+
+def _put(tree: dict[str, Any], path: KeyPath, value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(str(part), {})
+        if not isinstance(child, dict):
+            child = node[str(part)] = {}
+        node = child
+    node[str(path[-1])] = value
+
+
+def _error(err: Any, origin: dict[KeyPath, str]) -> ConfigError:
+    loc: KeyPath = tuple(err["loc"])
+    where = "defaults"
+    for cut in range(len(loc), 0, -1):
+        if loc[:cut] in origin:
+            where = origin[loc[:cut]]
+            break
+    else:
+        # A whole unknown section ("mqqt:"): its origin is that of the values set under it.
+        under = [o for path, o in origin.items() if path[: len(loc)] == loc]
+        if under:
+            where = under[0]
+    msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
+    # Input values are left out on purpose: the value may be a token or a password.
+    return ConfigError(msg, file=where, key=format_path(loc))
+
+
+def _check(s: SettingsModel, origin: dict[KeyPath, str]) -> None:
+    """What the types cannot say: URL schemes, files that must exist, names brokers refuse."""
+    errors: list[ConfigError] = []
+
+    def fail(path: KeyPath, message: str) -> None:
+        errors.append(
+            ConfigError(message, file=origin.get(path, "defaults"), key=format_path(path))
+        )
+
+    url = urlsplit(s.api.base_url)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        fail(("api", "base_url"), "must be an http(s) URL such as https://metriqo.net/api/v2")
+    elif url.scheme == "http" and not (is_loopback(url.hostname) or s.api.allow_http):
+        fail(
+            ("api", "base_url"),
+            "plain http would send the token unencrypted; use https, a loopback address, "
+            "or set api.allow_http: true",
+        )
+    if s.mqtt.reconnect_min_s > s.mqtt.reconnect_max_s:
+        fail(("mqtt", "reconnect_min_s"), "must not exceed mqtt.reconnect_max_s")
+    tls = s.mqtt.tls
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, key)
+        if value is not None and not Path(value).is_file():
+            fail(("mqtt", "tls", key), f"file not found: {value}")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        fail(("mqtt", "tls", "cert_file"), "cert_file and key_file must be given together")
+    if s.api.ca_file is not None and not Path(s.api.ca_file).is_file():
+        fail(("api", "ca_file"), f"file not found: {s.api.ca_file}")
+    group = s.mqtt.share_group
+    if group is not None and (not group or any(c in group for c in "/+#")):
+        fail(("mqtt", "share_group"), "must be a non-empty name without '/', '+' or '#'")
+    host = s.mqtt.host
+    if not host or "://" in host or any(c in host for c in "/ \t@?#"):
+        fail(("mqtt", "host"), "must be a host name or an IP address, e.g. broker.plant.local")
+    problem = _unwritable(s.spool.path)
+    if problem:
+        fail(("spool", "path"), problem)
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the spool cannot be created at ``path`` (None if it can, as far as we can tell)."""
+    target = path.absolute()
+    if target.is_dir():
+        return f"{path} is a directory; give the path of the spool file inside it"
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory, so {path} cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable (read-only or no permission), so {path} cannot be created"
+    return None

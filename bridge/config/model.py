@@ -1,0 +1,300 @@
+"""The settings as the user writes them: sections and keys, types, bounds, defaults and what
+each key does. pydantic validates them here and nowhere else; the description of every field
+is what ``docs/reference/configuration.md`` is generated from.
+
+The defaults come from the runtime sections in :mod:`bridge.settings`, so each is written
+once; :mod:`bridge.config.loader` cuts a validated model into those sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from bridge import settings as rt
+from bridge.limits import MAX_POINTS_PER_REQUEST
+
+_MQTT = rt.MqttSettings()
+_TLS = rt.TlsSettings()
+_SENDER = rt.SenderSettings()
+_DELIVERY = rt.DeliverySettings()
+_SPOOL = rt.SpoolSettings()
+_COMMIT = rt.CommitSettings()
+_MAPPING = rt.MappingSettings()
+_HTTP = rt.HttpSettings()
+_TOP = rt.Settings()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsModel(_Section):
+    """TLS to the broker."""
+
+    enabled: bool = Field(_TLS.enabled, description="connect to the broker over TLS")
+    ca_file: Path | None = Field(
+        _TLS.ca_file, description="CA bundle that signed the broker's certificate (PEM)"
+    )
+    cert_file: Path | None = Field(
+        _TLS.cert_file, description="client certificate for mutual TLS (with `key_file`)"
+    )
+    key_file: Path | None = Field(_TLS.key_file, description="the client certificate's key")
+    verify: bool = Field(
+        _TLS.verify,
+        description="check the broker's certificate and name; `false` logs a warning at start",
+    )
+
+
+class MqttModel(_Section):
+    """The broker connection and session."""
+
+    host: str = Field(_MQTT.host, description="broker host name or IP address")
+    port: int = Field(_MQTT.port, ge=1, le=65535, description="broker port (8883 for TLS)")
+    client_id: str = Field(
+        _MQTT.client_id,
+        min_length=1,
+        max_length=128,
+        description="fixed client id: the broker keeps this id's session. Give each bridge its "
+        "own; `{hostname}` is replaced by the host name",
+    )
+    share_group: str | None = Field(
+        _MQTT.share_group,
+        description="subscribe through the shared subscription `$share/<group>/<filter>`: the "
+        "broker hands each message to one bridge of the group (see scaling out)",
+    )
+    protocol: Literal["v5", "v311"] = Field(
+        _MQTT.protocol,
+        description="`v5` (clean start off + Session Expiry) or `v311` (clean session off)",
+    )
+    session_expiry_s: int = Field(
+        _MQTT.session_expiry_s,
+        ge=60,
+        le=0xFFFFFFFF,
+        description="how long the broker keeps the session (and queued messages) while the "
+        "bridge is away (v5)",
+    )
+    keepalive_s: int = Field(
+        _MQTT.keepalive_s,
+        ge=5,
+        le=65535,
+        description="MQTT keepalive; a hung broker is detected within about twice this",
+    )
+    receive_maximum: int = Field(
+        _MQTT.receive_maximum,
+        ge=1,
+        le=65535,
+        description="window of unacknowledged messages: sent as Receive Maximum (v5) and "
+        "enforced by the bridge itself, which stops reading the socket when this many messages "
+        "await their spool commit (some brokers overshoot it). Half of it waiting is committed "
+        "at once",
+    )
+    connect_timeout_s: float = Field(
+        _MQTT.connect_timeout_s, gt=0, description="wait this long for CONNACK"
+    )
+    reconnect_min_s: float = Field(
+        _MQTT.reconnect_min_s, gt=0, description="reconnect backoff floor (full jitter, forever)"
+    )
+    reconnect_max_s: float = Field(_MQTT.reconnect_max_s, gt=0, description="reconnect backoff cap")
+    username: str | None = Field(_MQTT.username, description="broker user name")
+    password: SecretStr | None = Field(
+        None, description="broker password (prefer `password_file`); never printed"
+    )
+    password_file: Path | None = Field(
+        None, description="file holding the broker password (`chmod 600`)"
+    )
+    tls: TlsModel = TlsModel()
+    max_payload_bytes: int = Field(
+        _MAPPING.max_payload_bytes,
+        ge=16,
+        le=256 * 1024 * 1024,
+        description="larger payloads are dead-lettered as `too_large` before parsing",
+    )
+
+
+class ApiModel(_Section):
+    """The Metriqo API."""
+
+    base_url: str = Field(
+        _SENDER.base_url,
+        description="the API's base URL; `http://` is refused unless the host is loopback or "
+        "`api.allow_http` is true",
+    )
+    token: SecretStr | None = Field(
+        None, description="the API token (prefer `token_file`); never printed"
+    )
+    token_file: Path | None = Field(
+        None,
+        description="file holding the API token (`chmod 600`); re-read when it changes, so a "
+        "rotated token is used without a restart",
+    )
+    body: Literal["array", "object"] = Field(
+        _SENDER.body,
+        description="`array`: one JSON array of objects per request; `object`: one object per "
+        "request (for APIs that only take the single-object form)",
+    )
+    connect_timeout_s: float = Field(
+        _SENDER.connect_timeout_s, gt=0, description="per request: connecting"
+    )
+    read_timeout_s: float = Field(
+        _SENDER.read_timeout_s, gt=0, description="per request: the longest silence while reading"
+    )
+    total_timeout_s: float = Field(
+        _SENDER.total_timeout_s, gt=0, description="per request: the whole exchange"
+    )
+    requests_per_minute: float = Field(
+        _DELIVERY.requests_per_minute,
+        gt=0,
+        description="client-side pacing: requests are spaced so that no 60 s window holds more "
+        "than this; with several bridges, set it to the organization's budget and "
+        "`api.replicas` to their number",
+    )
+    concurrency: int = Field(_DELIVERY.concurrency, ge=1, le=64, description="requests in flight")
+    retry_min_s: float = Field(
+        _DELIVERY.retry_min_s, gt=0, description="retry backoff floor (full jitter, no limit)"
+    )
+    retry_max_s: float = Field(_DELIVERY.retry_max_s, gt=0, description="retry backoff cap")
+    allow_http: bool = Field(
+        False,
+        description="allow plain `http://` to a host that is not loopback (the token then "
+        "travels unencrypted)",
+    )
+    ca_file: Path | None = Field(
+        _SENDER.ca_file, description="CA bundle for the API, instead of the system's"
+    )
+    replicas: int = Field(
+        _DELIVERY.replicas,
+        ge=1,
+        le=1000,
+        description="bridges sharing `api.requests_per_minute` (see scaling out)",
+    )
+    budget_split: Literal["static", "adaptive"] = Field(
+        "adaptive" if _DELIVERY.adaptive else "static",
+        description="`static`: each bridge paces at `requests_per_minute / replicas`; "
+        "`adaptive`: each starts there and probes up to the whole budget, halving on every 429",
+    )
+
+
+class BatchModel(_Section):
+    """Packing points into requests."""
+
+    max_points: int = Field(
+        _DELIVERY.max_points,
+        ge=1,
+        le=MAX_POINTS_PER_REQUEST,
+        description="data points per request (the API takes at most 100)",
+    )
+    linger_s: float = Field(
+        _DELIVERY.linger_s,
+        ge=0,
+        le=300,
+        description="a partial batch is sent when its oldest point has waited this long",
+    )
+    backlog_order: Literal["oldest-first", "live-first"] = Field(
+        _DELIVERY.order,
+        description="which waiting points go first: `oldest-first` (each device's points reach "
+        "the API in time order) or `live-first` (the newest first, so dashboards stay current "
+        "while a backlog drains with the capacity left over)",
+    )
+
+
+class SpoolModel(_Section):
+    """The durable spool."""
+
+    path: Path = Field(
+        _SPOOL.path,
+        description="the SQLite file; a `.lock` file beside it keeps a second bridge out",
+    )
+    max_bytes: int = Field(
+        _SPOOL.max_bytes, ge=1 << 20, description="the cap; what happens at it: `when_full`"
+    )
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(
+        _SPOOL.synchronous,
+        description="SQLite durability: `FULL` survives power loss, `NORMAL` only process crashes",
+    )
+    commit_max_messages: int = Field(
+        _COMMIT.max_messages, ge=1, description="messages per group commit at most"
+    )
+    commit_interval_s: float = Field(
+        _COMMIT.interval_s,
+        ge=0,
+        le=1.0,
+        description="a small batch waits until this long after the previous commit began, so "
+        "a live flow makes fewer, larger commits (each costs an fsync); a backlog is committed "
+        "at once; 0 commits whenever anything waits",
+    )
+    dedup_window_s: float = Field(
+        _SPOOL.dedup_window_s,
+        ge=0,
+        description="how long ids of delivered points are remembered, to discard broker "
+        "redeliveries",
+    )
+    when_full: Literal["back-pressure", "drop-oldest"] = Field(
+        _SPOOL.when_full,
+        description="at the cap: `back-pressure` withholds MQTT acknowledgements (the broker "
+        "keeps the messages); `drop-oldest` deletes the oldest waiting points, counted in "
+        '`points_dropped_total{reason="spool_full"}`',
+    )
+    reserve_bytes: int = Field(
+        _SPOOL.reserve_bytes,
+        ge=0,
+        description="disk kept free beside the spool and given back when the disk is full, so "
+        "delivered points can still be deleted; 0: none",
+    )
+
+
+class MappingModel(_Section):
+    """The mapping file."""
+
+    file: Path = Field(_MAPPING.file, description="the mapping file")
+    max_future_s: float = Field(
+        _MAPPING.max_future_s,
+        ge=0,
+        description="reject timestamps further ahead of the receive time",
+    )
+    reload_interval_s: float = Field(
+        _MAPPING.reload_interval_s,
+        ge=0,
+        description="how often the mapping file is checked for changes; 0: only on SIGHUP",
+    )
+    coalesce_grace_s: float = Field(
+        _MAPPING.coalesce_grace_s,
+        ge=0,
+        description="how long after its end a coalescing window waits for late readings",
+    )
+
+
+class HttpModel(_Section):
+    """The metrics and health endpoints."""
+
+    enabled: bool = Field(
+        _HTTP.enabled, description="serve `/metrics`, `/healthz`, `/readyz`, `/debug/unmatched`"
+    )
+    host: str = Field(_HTTP.host, description="address to listen on")
+    port: int = Field(_HTTP.port, ge=0, le=65535, description="port; 0 takes any free port")
+
+
+class SettingsModel(_Section):
+    """All settings."""
+
+    mqtt: MqttModel = MqttModel()
+    api: ApiModel = ApiModel()
+    batch: BatchModel = BatchModel()
+    spool: SpoolModel = SpoolModel()
+    mapping: MappingModel = MappingModel()
+    http: HttpModel = HttpModel()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        _TOP.log_level, description="`DEBUG`, `INFO`, `WARNING` or `ERROR`"
+    )
+    log_format: Literal["text", "json"] = Field(
+        _TOP.log_format,
+        description="`text` for a terminal or journald, `json` (one object per line) for log "
+        "collectors; `LOG_FORMAT=json` also works",
+    )
+    stop_timeout_s: float = Field(
+        _TOP.stop_timeout_s,
+        gt=0,
+        description="graceful-stop budget: delivering what waits after SIGTERM",
+    )

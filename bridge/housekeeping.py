@@ -1,0 +1,41 @@
+"""Once a second: close the coalescing windows that ended, and pick up points that a
+``dead-letters requeue`` wrote into the spool from another process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from bridge.errors import SpoolFull
+from bridge.spool.facade import AsyncSpool
+
+log = logging.getLogger(__name__)
+
+
+async def housekeeping_loop(
+    spool: AsyncSpool,
+    notify: Callable[[int], None],
+    *,
+    grace_s: float,
+    coalescing: bool,
+    interval: float = 1.0,
+) -> None:
+    """Run until cancelled; ``notify`` tells delivery about points added to the spool."""
+    grace_us = round(grace_s * 1_000_000)
+    if not coalescing:
+        # Still flush once: windows left open by an earlier run or a removed rule.
+        notify(await spool.flush_coalesced(2**62, 0))
+    while True:
+        now_us = int(time.time() * 1_000_000)
+        try:
+            added = await spool.flush_coalesced(now_us, grace_us)
+        except SpoolFull:
+            added = 0  # the windows stay in the spool and close once there is room
+        notify(added)
+        requeued = await spool.external_changes()
+        if requeued > 0:
+            log.info("%d requeued point(s) found in the spool; delivering them", requeued)
+            notify(requeued)
+        await asyncio.sleep(interval)

@@ -1,0 +1,110 @@
+"""The spool as the event loop sees it: named async methods, each run on the spool's own
+thread, so neither fsync nor a large query ever stalls the loop.
+
+One worker thread, because the spool's connection and counters belong to one thread. The
+counters (points waiting, bytes used …) are plain integers that the spool thread keeps current;
+reading them from the loop needs no round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from bridge.batcher import Batch
+from bridge.models import CommitResult, DeadLetter, Record
+from bridge.spool.file import SpoolFile
+from bridge.spool.store import Spool
+from bridge.spool.writes import Stamped
+
+_T = TypeVar("_T")
+
+
+class AsyncSpool:
+    """An open :class:`Spool`, for coroutines: ``async with AsyncSpool(spool) as s: ...``."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self.file: SpoolFile = spool.file  # counters, for metrics and readiness
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-spool")
+
+    async def __aenter__(self) -> AsyncSpool:
+        await self._run(self._spool.open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._run(self._spool.close)
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        records: Sequence[Record],
+        dead: Sequence[DeadLetter],
+        stamped: Sequence[Stamped],
+        acked: Sequence[int],
+        *,
+        forget_unacked: bool,
+    ) -> CommitResult:
+        """One group commit (see :meth:`IntakeWriter.commit`)."""
+        writer = self._spool.writer
+        return await self._run(
+            lambda: writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
+        )
+
+    async def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
+        """Receive times a crashed run committed before its PUBACKs."""
+        return await self._run(self._spool.writer.load_unacked)
+
+    async def flush_coalesced(self, now_us: int, grace_us: int) -> int:
+        """Close the coalescing windows that ended; returns the points added."""
+        coalescer = self._spool.coalescer
+        return await self._run(lambda: coalescer.flush(now_us, grace_us))
+
+    async def external_changes(self) -> int:
+        """Points another process (``dead-letters requeue``) added since the last call."""
+        return await self._run(self.file.external_changes)
+
+    async def meta_get(self, key: str) -> str | None:
+        """A small persistent value."""
+        return await self._run(lambda: self.file.meta_get(key))
+
+    async def meta_set(self, key: str, value: str) -> None:
+        """Write a small persistent value."""
+        await self._run(lambda: self.file.meta_set(key, value))
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def take_batches(
+        self, count: int, max_points: int, *, single_object: bool, newest_first: bool
+    ) -> list[Batch]:
+        """Up to ``count`` batches, handed out (see :meth:`Outbox.take_batches`)."""
+        outbox = self._spool.outbox
+        return await self._run(
+            lambda: outbox.take_batches(
+                count, max_points, single_object=single_object, newest_first=newest_first
+            )
+        )
+
+    async def delivered(self, seqs: Sequence[int]) -> None:
+        """The API accepted these records: delete and count them."""
+        outbox = self._spool.outbox
+        await self._run(lambda: outbox.delivered(seqs))
+
+    async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
+        """The API refused these records for good: move them to the dead letters."""
+        outbox = self._spool.outbox
+        await self._run(lambda: outbox.reject(seqs, reason, detail))
+
+    async def settle_partly(
+        self, seq: int, refused: dict[str, float], reason: str, detail: str
+    ) -> None:
+        """The API took some metrics of a record and refused ``refused``."""
+        outbox = self._spool.outbox
+        await self._run(lambda: outbox.settle_partly(seq, refused, reason, detail))

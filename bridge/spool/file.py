@@ -1,0 +1,315 @@
+"""The spool file: its lock, its SQLite connection, its transactions and what it holds.
+
+Everything the spool's jobs share lives here: the one connection (WAL mode, ``synchronous`` as
+configured), the exclusive lock that keeps a second bridge out, the disk reserve, the counters
+that the metrics and the delivery loop read (points waiting, bytes used, the oldest receive
+time), and the transaction helper that translates SQLite's errors once. A damaged file is never
+written to or deleted: it is moved aside and a new spool is started.
+
+All methods are blocking and must run on one thread (see :mod:`bridge.spool.facade`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bridge.errors import SpoolError, SpoolFull, SpoolLocked
+from bridge.settings import SpoolSettings
+from bridge.spool import schema
+from bridge.spool.reserve import DiskReserve
+
+log = logging.getLogger(__name__)
+
+IN_CHUNK = 900  # seqs per "IN (...)" list: below SQLite's historic 999-variable limit
+
+
+class SpoolFile:
+    """One spool database, opened with :meth:`open` (locked) or :meth:`open_shared`."""
+
+    def __init__(self, settings: SpoolSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.path = settings.path
+        self.clock = clock
+        self.reserve = DiskReserve(
+            self.path.with_name(self.path.name + ".reserve"), settings.reserve_bytes
+        )
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self.moved_aside: Path | None = None
+        # What the spool holds, kept current by every write so reads need no query.
+        self.depth_records = 0
+        self.depth_points = 0
+        self.oldest_received_us: int | None = None
+        self.used_bytes = 0
+        self.delivered_points_total = 0
+        self.dropped_points_total = 0
+        self._data_version = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Lock, open (moving a corrupt file aside) and load the counters."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool directory {self.path.parent}: {exc}") from exc
+        self._lock()
+        self.reserve.ensure()
+        try:
+            try:
+                self._db = self._connect()
+                healthy = _healthy(self._db)
+            except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+                log.error("spool %s cannot be read: %s", self.path, exc)
+                healthy = False
+            if not healthy:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                self._move_aside()
+                self._db = self._connect()
+            schema.install(self.conn, self.path)
+            self.load_counters()
+        except sqlite3.Error as exc:
+            self.close()
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def open_shared(self) -> None:
+        """Open an existing spool beside a running bridge, for the ``dead-letters`` tools.
+
+        Takes no lock and never moves a file aside: SQLite's own locking serialises the
+        writes, and the bridge notices them through :meth:`external_changes`.
+
+        Raises:
+            SpoolError: no spool at the path, or it cannot be read.
+        """
+        if not self.path.exists():
+            raise SpoolError(f"no spool at {self.path} (check spool.path)")
+        try:
+            self._db = self._connect()
+            if not _healthy(self._db):
+                raise SpoolError(f"spool {self.path} failed its integrity check")
+            schema.install(self._db, self.path)
+            self.load_counters()
+        except sqlite3.Error as exc:
+            self.close()
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the database and release the lock (idempotent)."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot create lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolLocked(
+                f"spool {self.path} is in use by another metriqo-bridge (pid {holder}); "
+                "each instance needs its own spool path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if new:
+            # Lets a full disk get back the pages of delivered points (see reclaim). Only
+            # possible on an empty file; older spools keep their pages (a damaged file is never
+            # written to: it is moved aside as it is).
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.settings.synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
+        return db
+
+    def _move_aside(self) -> None:
+        # Never delete a damaged spool: it may hold the only copy of readings worth recovering.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while any(Path(str(target) + sfx).exists() for sfx in ("", "-wal", "-shm")):
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(target) + suffix))
+        self.moved_aside = target
+        log.error(
+            "spool %s was corrupt; moved aside to %s and started a new one", self.path, target
+        )
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open connection (SpoolError when closed)."""
+        if self._db is None:
+            raise SpoolError("spool is not open")
+        return self._db
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, what: str, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE … COMMIT``, rolled back on any error and translated once.
+
+        ``sync=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
+        one transaction). Only for what may be lost on a power cut without losing a reading:
+        deletes of delivered records. A lost delete re-sends identical points after a restart;
+        and the next synced commit (every intake commit is one) makes it durable too, as the
+        WAL is written in order.
+
+        Raises:
+            SpoolFull: the disk is full (intake treats that as back-pressure; the deletes
+                that would free space retry after releasing the reserve, see :meth:`freeing`).
+            SpoolError: any other SQLite failure (the caller must not acknowledge after it).
+        """
+        db = self.conn
+        configured = self.settings.synchronous
+        relaxed = not sync and configured != "NORMAL"
+        try:
+            if relaxed:
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if _is_full(exc):
+                raise SpoolFull(f"disk full while writing the spool: {exc}") from exc
+            raise SpoolError(f"spool {what} failed: {exc}") from exc
+        except BaseException:
+            self._rollback()  # never leave a transaction open: every later write would fail
+            raise
+        finally:
+            if relaxed:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute(f"PRAGMA synchronous={configured}")
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
+
+    def freeing(self, write: Callable[[], None]) -> None:
+        """Run a write that frees space (a delete): on a full disk, release the reserve and
+        try once more, so delivery can go on and intake can resume. Still full → SpoolFull."""
+        try:
+            write()
+        except SpoolFull:
+            if not self.reserve.release():
+                raise
+            write()
+        if self.reserve.missing:
+            self.reclaim()
+
+    def reclaim(self) -> None:
+        """Give the disk space of deleted points back to the filesystem: free pages out of the
+        database file, then the WAL copied in and truncated. Best effort, for a full disk."""
+        with contextlib.suppress(sqlite3.Error):
+            # executescript steps the pragma to the end; execute() would free a single page.
+            self.conn.executescript("PRAGMA incremental_vacuum;")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def add_to_meta(self, db: sqlite3.Connection, key: str, n: int) -> None:
+        """Add ``n`` to a persistent counter, inside the caller's transaction."""
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, n),
+        )
+
+    # -- what it holds ---------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """True when the spool has reached its size cap."""
+        return self.used_bytes >= self.settings.max_bytes
+
+    def refresh_size(self) -> None:
+        """Re-read the bytes in use (pages minus free pages)."""
+        db = self.conn
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        self.used_bytes = int((pages - free) * size)
+
+    def refresh_oldest(self) -> None:
+        """Re-read the receive time of the oldest waiting record."""
+        row = self.conn.execute("SELECT received_us FROM records ORDER BY seq LIMIT 1").fetchone()
+        self.oldest_received_us = int(row[0]) if row else None
+
+    def load_counters(self) -> None:
+        """Re-read every counter from the database."""
+        db = self.conn
+        n_rec, n_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
+        self.depth_records, self.depth_points = int(n_rec), int(n_pts)
+        self.delivered_points_total = int(self.meta_get("delivered_points") or 0)
+        self.dropped_points_total = int(self.meta_get("dropped_points") or 0)
+        self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        self.refresh_oldest()
+        self.refresh_size()
+
+    def external_changes(self) -> int:
+        """Reload the counters if another connection (a ``dead-letters requeue``) wrote to the
+        spool since the last call; returns the points it added (0 if none)."""
+        version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._data_version:
+            return 0
+        before = self.depth_points
+        self.load_counters()
+        return self.depth_points - before
+
+    def meta_get(self, key: str) -> str | None:
+        """Read a small persistent value (e.g. the MQTT client id last used)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> None:
+        """Write a small persistent value."""
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _healthy(db: sqlite3.Connection) -> bool:
+    try:
+        row = db.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as exc:
+        log.error("spool integrity check failed: %s", exc)
+        return False
+    if row is None or row[0] != "ok":
+        log.error("spool integrity check failed: %s", row[0] if row else "no result")
+        return False
+    return True
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc)

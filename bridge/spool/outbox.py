@@ -1,0 +1,204 @@
+"""The delivery side of the spool: handing records out in batches, then settling each one.
+
+A record is handed out to a request and stays in the spool until the transaction that counts
+its acceptance (:meth:`Outbox.delivered`) or moves it to the dead letters (:meth:`Outbox.reject`,
+:meth:`Outbox.settle_partly`). Handed-out records are never deleted by the drop-oldest policy,
+so a point is either delivered or counted as dropped, never both. Oldest first by default, a
+cursor marks what has been handed out; ``newest_first`` takes the newest waiting records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from bridge.batcher import Batch, take_batch
+from bridge.models import SpooledRecord
+from bridge.spool.file import IN_CHUNK, SpoolFile
+from bridge.spool.schema import RECORD_COLUMNS, spooled
+
+_PRUNE_EVERY_S = 60.0
+
+
+class Outbox:
+    """Hands out and settles the records of a spool file."""
+
+    def __init__(self, file: SpoolFile) -> None:
+        self._file = file
+        # Seqs fetched for delivery and not yet settled (see the module docstring).
+        self.handed_out: set[int] = set()
+        self._cursor = 0  # the highest seq handed out oldest-first
+        self._next_prune = 0.0
+
+    # -- handing out -----------------------------------------------------------------------
+
+    def take_batches(
+        self, count: int, max_points: int, *, single_object: bool, newest_first: bool
+    ) -> list[Batch]:
+        """The next batch (and up to ``count - 1`` more, if they are full), marked handed out.
+
+        One call fills every free request slot: a partial batch after a full one waits for its
+        linger, as a first one would.
+        """
+        if newest_first:
+            rows = self.fetch_newest(max_points)
+            if not rows:
+                return []
+            batch = take_batch(rows, max_points, single_object=single_object)
+            batch = Batch(batch.records[::-1], batch.points)  # the body stays in time order
+            self.hand_out(batch.seqs)
+            return [batch]
+        rows = self.fetch(self._cursor, max_points * count)
+        batches: list[Batch] = []
+        start = 0
+        while start < len(rows) and len(batches) < count:
+            batch = take_batch(rows[start:], max_points, single_object=single_object)
+            if batches and batch.points < max_points:
+                break
+            batches.append(batch)
+            start += len(batch.records)
+        if batches:
+            self._cursor = batches[-1].records[-1].seq
+            self.hand_out([seq for b in batches for seq in b.seqs])
+        return batches
+
+    def fetch(self, after_seq: int, limit: int) -> list[SpooledRecord]:
+        """Up to ``limit`` records with ``seq > after_seq``, oldest first."""
+        rows = self._file.conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (after_seq, limit),
+        ).fetchall()
+        return [spooled(row) for row in rows]
+
+    def fetch_newest(self, limit: int) -> list[SpooledRecord]:
+        """Up to ``limit`` of the newest records not handed out yet, newest first."""
+        rows = self._file.conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM records ORDER BY seq DESC LIMIT ?",  # noqa: S608
+            (limit + len(self.handed_out),),
+        ).fetchall()
+        return [spooled(row) for row in rows if row[0] not in self.handed_out][:limit]
+
+    def hand_out(self, seqs: Sequence[int]) -> None:
+        """Mark records as taken by a request until they are settled."""
+        self.handed_out.update(seqs)
+
+    # -- settling --------------------------------------------------------------------------
+
+    def delivered(self, seqs: Sequence[int]) -> None:
+        """Delete delivered records, remember their ids and count them, in one transaction.
+
+        The delivery loop batches the seqs of several accepted requests into one call, so the
+        commit of this transaction is shared by all of them.
+        """
+        if seqs:
+            self._file.freeing(lambda: self._delete_delivered(seqs))
+
+    def _delete_delivered(self, seqs: Sequence[int]) -> None:
+        file = self._file
+        db = file.conn
+        now = file.clock()
+        at_us = int(now * 1_000_000)
+        points = rows = 0
+        with file.transaction("delete", sync=False):
+            for start in range(0, len(seqs), IN_CHUNK):
+                chunk = tuple(seqs[start : start + IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                n_rows, n_points = db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
+                    f"WHERE seq IN ({marks})",
+                    chunk,
+                ).fetchone()
+                db.execute(
+                    f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
+                    f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
+                    (at_us, *chunk),
+                )
+                db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
+                rows += int(n_rows)
+                points += int(n_points)
+            if now >= self._next_prune:
+                self._next_prune = now + _PRUNE_EVERY_S
+                cutoff = int((now - file.settings.dedup_window_s) * 1_000_000)
+                db.execute("DELETE FROM delivered_ids WHERE at_us < ?", (cutoff,))
+            file.add_to_meta(db, "delivered_points", points)
+        self.handed_out.difference_update(seqs)
+        file.depth_records -= rows
+        file.depth_points -= points
+        file.delivered_points_total += points
+        file.refresh_oldest()
+        file.refresh_size()
+
+    def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
+        """Move records the API refused to the dead letters, in one transaction."""
+        if seqs:
+            self._file.freeing(lambda: self._reject(seqs, reason, detail))
+
+    def _reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
+        file = self._file
+        db = file.conn
+        marks = ",".join("?" * len(seqs))
+        with file.transaction("delete"):
+            rows = db.execute(
+                f"SELECT device_id, ts_us, metrics, n, received_us FROM records "  # noqa: S608
+                f"WHERE seq IN ({marks})",
+                tuple(seqs),
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+                " detail) VALUES (?1, ?2, '', '', ?3, length(?3), ?4)",
+                [
+                    (
+                        received_us,
+                        reason,
+                        orjson.dumps(
+                            {"device_id": device, "ts_us": ts, "metrics": orjson.loads(metrics)}
+                        ),
+                        detail,
+                    )
+                    for device, ts, metrics, _n, received_us in rows
+                ],
+            )
+            db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
+        self.handed_out.difference_update(seqs)
+        file.depth_records -= len(rows)
+        file.depth_points -= sum(int(r[3]) for r in rows)
+        file.refresh_oldest()
+        file.refresh_size()
+
+    def settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
+        """The API accepted some metrics of record ``seq`` and refused ``refused``: in one
+        transaction dead-letter the refused ones (as a record of just those) and delete the
+        record, counting the rest as delivered."""
+        self._file.freeing(lambda: self._settle_partly(seq, refused, reason, detail))
+
+    def _settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
+        file = self._file
+        db = file.conn
+        with file.transaction("delete"):
+            row = db.execute(
+                "SELECT rid, device_id, ts_us, n, received_us FROM records WHERE seq = ?", (seq,)
+            ).fetchone()
+            if row is None:
+                return
+            rid, device, ts_us, n, received_us = row
+            if refused:
+                payload = orjson.dumps({"device_id": device, "ts_us": ts_us, "metrics": refused})
+                db.execute(
+                    "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+                    " detail) VALUES (?, ?, '', '', ?, ?, ?)",
+                    (received_us, reason, payload, len(payload), detail),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO delivered_ids (rid, at_us) VALUES (?, ?)",
+                (rid, int(file.clock() * 1_000_000)),
+            )
+            db.execute("DELETE FROM records WHERE seq = ?", (seq,))
+            delivered = int(n) - len(refused)
+            file.add_to_meta(db, "delivered_points", delivered)
+        self.handed_out.discard(seq)
+        file.depth_records -= 1
+        file.depth_points -= int(n)
+        file.delivered_points_total += delivered
+        file.refresh_oldest()
+        file.refresh_size()

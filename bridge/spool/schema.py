@@ -1,0 +1,165 @@
+"""The spool's tables, its layout version and migrations, and the codec of a record row.
+
+The layout version lives in SQLite's ``user_version``. A newer bridge that changes the layout
+raises it and migrates older files at open; an older bridge refuses a newer file instead of
+misreading it. 0 means a new file or one from before versions were recorded (layout 1).
+Layout 2: record ids begin with the timestamp (see :func:`bridge.models.record_id`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from bridge.errors import SpoolTooNew
+from bridge.models import Record, SpooledRecord, record_id
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+_MIGRATE_CHUNK = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: never reuse a delivered seq
+    rid BLOB NOT NULL UNIQUE,               -- deterministic id: MQTT redeliveries are stored once
+    device_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    metrics BLOB NOT NULL,
+    n INTEGER NOT NULL,
+    received_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_size INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, at_us);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+-- Ids of recently delivered records: a broker that redelivers a message after the bridge
+-- delivered it (its PUBACK was lost in a broker restart) does not cause a second delivery.
+CREATE TABLE IF NOT EXISTS delivered_ids (rid BLOB PRIMARY KEY, at_us INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_ids_at ON delivered_ids (at_us);
+-- Running aggregates of coalescing rules, one row per device, metric and window. Updated in the
+-- same transaction that precedes the MQTT acknowledgement, so they are as durable as records;
+-- a closed window is turned into a record by Coalescer.flush().
+CREATE TABLE IF NOT EXISTS coalesce_state (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket_us INTEGER NOT NULL,
+    window_us INTEGER NOT NULL,
+    fn TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    lo REAL NOT NULL,
+    hi REAL NOT NULL,
+    last REAL NOT NULL,
+    last_ts INTEGER NOT NULL,
+    received_us INTEGER NOT NULL,
+    PRIMARY KEY (device_id, metric, bucket_us, fn)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS coalesce_state_end ON coalesce_state (bucket_us);
+-- Receive times of committed messages stamped with them (no timestamp in the payload), by
+-- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
+-- time, so the same record id, and is stored once. At most one row per packet id.
+CREATE TABLE IF NOT EXISTS unacked (
+    mid INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    received_us INTEGER NOT NULL
+);
+"""
+
+RECORD_COLUMNS = "seq, device_id, ts_us, metrics, received_us"
+INSERT_RECORD = (
+    "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def record_row(r: Record) -> tuple[bytes, str, int, bytes, int, int]:
+    """The ``records`` row of a record: (rid, device_id, ts_us, metrics, n, received_us)."""
+    return (
+        r.record_id,
+        r.device_id,
+        r.ts_us,
+        orjson.dumps(r.metrics),
+        len(r.metrics),
+        r.received_us,
+    )
+
+
+def spooled(row: tuple[int, str, int, bytes, int]) -> SpooledRecord:
+    """A :class:`SpooledRecord` from a row of :data:`RECORD_COLUMNS`."""
+    seq, device, ts_us, metrics, received_us = row
+    return SpooledRecord(seq, device, ts_us, orjson.loads(metrics), received_us)
+
+
+def install(db: sqlite3.Connection, path: Path) -> None:
+    """Create missing tables and bring an older layout up to :data:`SCHEMA_VERSION`.
+
+    Raises:
+        SpoolTooNew: the file has a newer layout; it is left untouched.
+    """
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise SpoolTooNew(
+            f"spool {path} has layout version {found}, written by a newer "
+            f"metriqo-bridge (this one knows up to {SCHEMA_VERSION}); it was left untouched. "
+            "Run the newer version until the spool is empty, or point spool.path elsewhere"
+        )
+    db.executescript(SCHEMA)
+    if found < SCHEMA_VERSION:
+        if found < 2:
+            _migrate_record_ids(db, path)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
+    """Layout 1 -> 2: recompute every waiting record's id in the new form, in one
+    transaction and in chunks (memory stays flat for a spool of millions of records). The
+    ids of delivered records are forgotten: they cannot be recomputed, so a message the
+    broker redelivers right after the upgrade may be delivered a second time."""
+    count = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+    forgotten = db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]
+    if not count and not forgotten:
+        return
+    log.info(
+        "spool %s: updating the layout to version %d (%d waiting record(s))",
+        path,
+        SCHEMA_VERSION,
+        count,
+    )
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        after = 0
+        while True:
+            rows = db.execute(
+                "SELECT seq, device_id, ts_us, metrics FROM records WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, _MIGRATE_CHUNK),
+            ).fetchall()
+            if not rows:
+                break
+            db.executemany(
+                "UPDATE records SET rid = ? WHERE seq = ?",
+                [(record_id(d, t, orjson.loads(m)), seq) for seq, d, t, m in rows],
+            )
+            after = rows[-1][0]
+        db.execute("DELETE FROM delivered_ids")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # with the ids, atomically
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise

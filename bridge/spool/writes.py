@@ -1,0 +1,212 @@
+"""The intake side of the spool: the group commit that precedes every MQTT acknowledgement.
+
+One durable transaction stores the records, the dead letters and the receive times of
+receive-stamped messages of a whole group of messages; only after it returns may they be
+acknowledged, so ``kill -9`` at any instant loses nothing the broker was told is safe. At the
+size cap the spool makes room in this order: the delivered-id memory gives way first, then
+(only with ``when_full: drop-oldest``) the oldest waiting points; otherwise the commit is
+refused with SpoolFull and intake withholds its acknowledgements (back-pressure).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+from bridge.errors import SpoolFull
+from bridge.models import CommitResult, DeadLetter, Record
+from bridge.spool.coalesce import fold
+from bridge.spool.file import IN_CHUNK, SpoolFile
+from bridge.spool.outbox import Outbox
+from bridge.spool.schema import record_row
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_PAYLOAD_CAP = 65536  # bytes of payload kept per dead letter; the size is kept too
+
+# Stamped message: (MQTT packet id, topic, payload digest, receive time).
+Stamped = tuple[int, str, bytes, int]
+
+
+class IntakeWriter:
+    """Group commits into a spool file."""
+
+    def __init__(self, file: SpoolFile, outbox: Outbox) -> None:
+        self._file = file
+        self._outbox = outbox
+
+    def commit(
+        self,
+        records: Sequence[Record],
+        dead: Sequence[DeadLetter],
+        stamped: Sequence[Stamped] = (),
+        acked: Sequence[int] = (),
+        *,
+        forget_unacked: bool = False,
+    ) -> CommitResult:
+        """Store records and dead letters in one durable transaction.
+
+        ``stamped`` are the messages in this commit whose points carry their receive time;
+        ``acked`` the packet ids whose PUBACK was sent since the last commit (their entries are
+        dropped); ``forget_unacked`` drops them all first (the broker lost the session). See
+        the ``unacked`` table.
+
+        Raises:
+            SpoolFull: the cap is reached or the disk is full; nothing was written.
+            SpoolError: any other write failure (the caller must stop: never ack after it).
+        """
+        file = self._file
+        reserve = file.reserve
+        if reserve.missing and not reserve.ensure(quiet=True):
+            # Intake must never eat the space the deletes need: it waits for the reserve.
+            file.reclaim()
+            if not reserve.ensure(quiet=True):
+                raise SpoolFull("disk full: waiting for room to re-create the spool's reserve")
+        dropped = 0
+        if file.full and not self._shrink_dedup_ids():
+            if file.settings.when_full == "drop-oldest":
+                dropped = self._drop_oldest()
+            if file.full:
+                raise SpoolFull(
+                    f"spool holds {file.used_bytes} bytes, cap {file.settings.max_bytes}"
+                )
+        db = file.conn
+        before = file.depth_points
+        folded: Sequence[Record] = ()
+        if any(r.coalesce is not None for r in records):
+            folded = [r for r in records if r.coalesce is not None]
+            records = [r for r in records if r.coalesce is None]
+        with file.transaction("write"):
+            if folded:
+                fold(db, folded)
+            inserted, points, offered = self._insert(db, records)
+            if forget_unacked:
+                db.execute("DELETE FROM unacked")
+            if acked:
+                db.executemany("DELETE FROM unacked WHERE mid = ?", [(m,) for m in acked])
+            if stamped:
+                db.executemany("INSERT OR REPLACE INTO unacked VALUES (?, ?, ?, ?)", stamped)
+            if dead:
+                self._insert_dead(db, dead)
+        file.depth_records += inserted
+        file.depth_points += points
+        if file.oldest_received_us is None and inserted:
+            file.refresh_oldest()
+        file.refresh_size()
+        return CommitResult(
+            records_inserted=inserted,
+            points_inserted=file.depth_points - before,
+            records_duplicate=len(records) - inserted,
+            points_duplicate=offered - points,
+            dead_letters=len(dead),
+            points_dropped=dropped,
+        )
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, records: Sequence[Record]) -> tuple[int, int, int]:
+        """Insert records that are neither stored nor recently delivered; returns (records
+        inserted, points inserted, points offered)."""
+        top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
+        cur = db.executemany(
+            "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
+            "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
+            "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE rid = ?1)",
+            [record_row(r) for r in records],
+        )
+        inserted = cur.rowcount if records else 0
+        offered = sum(len(r.metrics) for r in records)
+        if inserted == len(records):
+            return inserted, offered, offered
+        points = db.execute(
+            "SELECT COALESCE(SUM(n), 0) FROM records WHERE seq > ?", (top,)
+        ).fetchone()[0]
+        return inserted, int(points), offered
+
+    def _insert_dead(self, db: sqlite3.Connection, dead: Sequence[DeadLetter]) -> None:
+        now_us = int(self._file.clock() * 1_000_000)
+        db.executemany(
+            "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    d.received_us or now_us,
+                    d.reason,
+                    d.rule,
+                    d.topic,
+                    d.payload[:DEAD_LETTER_PAYLOAD_CAP],
+                    len(d.payload),
+                    d.detail,
+                )
+                for d in dead
+            ],
+        )
+
+    def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
+        """Packet id → (topic, digest, receive time) of stamped messages not known acked."""
+        rows = self._file.conn.execute(
+            "SELECT mid, topic, digest, received_us FROM unacked"
+        ).fetchall()
+        return {int(m): (str(t), bytes(d), int(r)) for m, t, d, r in rows}
+
+    def _shrink_dedup_ids(self) -> bool:
+        """Make room by forgetting the older half of the delivered ids; True if no longer full.
+
+        Those ids only guard against a redelivered message being sent twice; waiting readings
+        matter more, so they never make the spool refuse new data.
+        """
+        file = self._file
+        db = file.conn
+        count = db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]
+        if not count:
+            return False
+        try:
+            db.execute(
+                "DELETE FROM delivered_ids WHERE at_us <= "
+                "(SELECT at_us FROM delivered_ids ORDER BY at_us LIMIT 1 OFFSET ?)",
+                (count // 2,),
+            )
+        except sqlite3.Error as exc:
+            log.warning("could not trim the delivered-id memory: %s", exc)
+            return False
+        log.info("spool at its cap: forgot %d of %d delivered ids to make room", count // 2, count)
+        file.refresh_size()
+        return not file.full
+
+    def _drop_oldest(self) -> int:
+        """Delete the oldest waiting records until the spool is below its cap (with 2 %
+        headroom, so the next commits do not drop again at once); returns the points dropped.
+
+        Records handed to a request are skipped. The count goes to the meta table in the same
+        transaction, so it survives restarts.
+        """
+        file = self._file
+        db = file.conn
+        handed_out = self._outbox.handed_out
+        dropped = 0
+        target = file.settings.max_bytes * 0.98
+        while file.used_bytes >= target and file.depth_records > len(handed_out):
+            per_record = file.used_bytes / max(1, file.depth_records)
+            want = max(16, int((file.used_bytes - target) / per_record) + 1)
+            rows = db.execute(
+                "SELECT seq, n FROM records ORDER BY seq LIMIT ?", (want + len(handed_out),)
+            ).fetchall()
+            victims = [(seq, n) for seq, n in rows if seq not in handed_out][:want]
+            if not victims:
+                break
+            seqs = [seq for seq, _n in victims]
+            points = sum(int(n) for _seq, n in victims)
+            with file.transaction("drop"):
+                for start in range(0, len(seqs), IN_CHUNK):
+                    chunk = tuple(seqs[start : start + IN_CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
+                file.add_to_meta(db, "dropped_points", points)
+            file.depth_records -= len(seqs)
+            file.depth_points -= points
+            file.dropped_points_total += points
+            dropped += points
+            file.refresh_size()
+        if dropped:
+            file.refresh_oldest()
+        return dropped
