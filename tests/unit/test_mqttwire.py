@@ -141,7 +141,7 @@ def test_wire_socket_buffers_reads_and_writes_over_a_real_socket() -> None:
 
 
 def test_paho_keeps_the_keepalive_clock_the_source_updates() -> None:
-    """bridge/mqtt/source.py moves paho 2.2's _last_bytes_received for PUBLISH packets it parses
+    """bridge/mqtt/client.py moves paho 2.2's _last_bytes_received for PUBLISH packets it parses
     itself; if paho renames it, keepalive would break silently, so fail here instead."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     assert isinstance(client._last_bytes_received, float)
