@@ -52,6 +52,32 @@ STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 DROP_REASONS = ("spool_full",)
 RELOAD_RESULTS = ("success", "failure")
 
+# What an operator should make of each metric when it moves, beside its HELP text: the metrics
+# reference (docs/reference/metrics.md) is generated from the registry and these notes, and a
+# test keeps every note's name an exported metric.
+OPERATOR_NOTES: dict[str, str] = {
+    "timestamps_replaced": "a device clock is off; its points carry the receive time",
+    "mapping_failures": "fix the device or the rule; the payloads are in the dead letters",
+    "duplicate_points_suppressed": "normal after reconnects",
+    "spool_points": "growing means the API is slower than intake, or unreachable",
+    "spool_oldest_point_age_seconds": "the delivery lag right now",
+    "spool_corrupt_moved_aside": "the readings in the moved file were not sent: keep the file "
+    "(`<spool>.corrupt-<time>`) and investigate",
+    "points_dropped": "only with `spool.when_full: drop-oldest`; anything above 0 is lost data: "
+    "raise `spool.max_bytes` or fix delivery",
+    "mqtt_connects": "rising fast means a flapping link",
+    "mqtt_session_lost": "messages queued at the broker while the bridge was away may be gone: "
+    "check the broker's persistence and `persistent_client_expiration`",
+    "batch_points": "near 100 while a backlog drains",
+    "config_reloads": "a failure means the running rules are older than the file: fix the file "
+    "(the log names line and key)",
+    "api_pacing_rate_requests_per_second": "halved on each 429, back over ~50 accepted requests; "
+    "staying low means the bridges together exceed the organization's budget",
+    "spool_drain_eta_seconds": "`+Inf` while delivery is stalled",
+    "delivery_paused": "the API refuses the token (401/403) or the URL is wrong (404/3xx); data "
+    "keeps spooling",
+}
+
 
 class BridgeMetrics:
     """All metrics, registered on ``registry``."""

@@ -14,7 +14,14 @@ from bridge.spool.backup import backup
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("backup", help="copy the spool consistently, also beside a running bridge")
+    p = sub.add_parser(
+        "backup",
+        help="copy the spool consistently, also beside a running bridge",
+        description="Copy the spool with SQLite's online backup, check the copy and rename it "
+        "into place, also beside a running bridge. See docs/operations/upgrades-and-backups.md.",
+        epilog="exit codes: 0 copied, 1 the copy failed (DEST untouched), 2 DEST exists "
+        "(use --force), 66 no spool at spool.path.",
+    )
     add_settings_flags(p)
     p.add_argument("dest", type=Path, help="file to write the copy to")
     p.add_argument("--force", action="store_true", help="replace DEST if it exists")

@@ -11,7 +11,15 @@ from bridge.cli.command import Subparsers
 
 
 def add_parser(sub: Subparsers) -> None:
-    bench = sub.add_parser("bench", help="measure throughput, latency, CPU and memory locally")
+    bench = sub.add_parser(
+        "bench",
+        help="measure throughput, latency, CPU and memory locally",
+        description="Measure the bridge on this machine: a live rate, a queued backlog (beside "
+        "a bare paho client and mosquitto_sub), memory with millions of points waiting, a long "
+        "mapping file, or a backlog drained by several bridges. See docs/design/performance.md.",
+        epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (a missed "
+        "performance target does not change it), 69 mosquitto is not installed.",
+    )
     bench.add_argument(
         "mode",
         choices=["rate", "backlog", "spool", "rules", "replicas"],

@@ -12,8 +12,18 @@ from bridge.errors import EX_CONFIG, EX_OK
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("check", help="validate a mapping file; exit 0 or 78")
-    p.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
+    p = sub.add_parser(
+        "check",
+        help="validate a mapping file; exit 0 or 78",
+        description="Validate a mapping file (default topic-mappings.yaml): every error as "
+        "file:line: key.path: message, and warnings about rules that can never match or overlap. "
+        "See docs/guide/tuning-loop.md.",
+        epilog="exit codes: 0 valid (warnings included), 78 errors, and with --strict also "
+        "warnings.",
+    )
+    p.add_argument(
+        "file", nargs="?", default="topic-mappings.yaml", type=Path, help="the mapping file"
+    )
     p.add_argument(
         "--strict",
         action="store_true",

@@ -83,7 +83,12 @@ def add_parser(sub: Subparsers) -> None:
     dl = sub.add_parser(
         "dead-letters",
         help="list, export or requeue dead letters; works beside a running bridge",
-        description="Inspect and repair the spool's dead letters. Safe beside a running bridge.",
+        description="Inspect and repair the spool's dead letters: list, export (JSON Lines) "
+        "or requeue them after the rule or the device is fixed. Safe beside a running bridge. "
+        "See docs/operations/dead-letters.md.",
+        epilog="exit codes: 0 done (requeue: nothing still fails), 1 requeue left dead letters "
+        "that still fail, or a spool or output-file error, 2 a bad option value, 66 no spool at "
+        "spool.path, 78 the settings or (requeue) the mapping file are invalid.",
     )
     dl.set_defaults(handler=run)
     cmds = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")

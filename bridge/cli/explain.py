@@ -16,7 +16,14 @@ from bridge.errors import EX_FAILURE, EX_OK, EX_USAGE
 
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "explain", help="show what the bridge would do with one message; exit 0, 1 or 78"
+        "explain",
+        help="show what the bridge would do with one message; exit 0, 1 or 78",
+        description="Show what the bridge would do with one message: the rules tried and why "
+        "they missed, the matching rule, device, time, points, the exact JSON body it would "
+        "POST, and failures. See docs/guide/tuning-loop.md.",
+        epilog="exit codes: 0 the message becomes points with no failure (or an ignore rule "
+        "takes it), 1 it would be dead-lettered (wholly or in part) or no rule matches, 2 usage "
+        "error, 78 the mapping file is invalid.",
     )
     p.add_argument(
         "topic", nargs="?", metavar="TOPIC", help="the MQTT topic, e.g. plant/berlin/line1/env"

@@ -19,7 +19,14 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S10
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("health", help="ask a running bridge for /healthz (or /readyz); exit 0 or 1")
+    p = sub.add_parser(
+        "health",
+        help="ask a running bridge for /healthz (or /readyz); exit 0 or 1",
+        description="Ask the running bridge (same settings as run) for /healthz, or /readyz "
+        "with --ready: for container health checks and scripts, no curl needed. See "
+        "docs/reference/http-endpoints.md.",
+        epilog="exit codes: 0 the endpoint answered 200, 1 otherwise (the reason on stderr).",
+    )
     add_settings_flags(p)
     p.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")

@@ -10,8 +10,17 @@ from bridge.errors import EX_FAILURE, EX_OK
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("test", help="run the tests: section of a mapping file; exit 0 or 1")
-    p.add_argument("file", nargs="?", default="topic-mappings.yaml", type=Path)
+    p = sub.add_parser(
+        "test",
+        help="run the tests: section of a mapping file; exit 0 or 1",
+        description="Run the tests: section of a mapping file through the real mapper and print "
+        "a missing/extra diff for each failure. See docs/guide/tuning-loop.md.",
+        epilog="exit codes: 0 all pass, 1 a test fails or the file has no tests, 78 the file is "
+        "invalid.",
+    )
+    p.add_argument(
+        "file", nargs="?", default="topic-mappings.yaml", type=Path, help="the mapping file"
+    )
     p.set_defaults(handler=run)
 
 

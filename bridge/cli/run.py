@@ -19,7 +19,16 @@ log = logging.getLogger("bridge")
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("run", help="run the bridge (the default)")
+    p = sub.add_parser(
+        "run",
+        help="run the bridge (the default)",
+        description="Run the bridge: subscribe, map, commit to the spool, acknowledge, deliver. "
+        "Stops gracefully on SIGTERM/SIGINT (a second signal forces exit) and reloads the mapping "
+        "file on SIGHUP. --print-config prints the effective settings as JSON (secrets shown as "
+        "**********) and exits. Settings: docs/reference/configuration.md.",
+        epilog="exit codes: 0 stopped gracefully, 1 runtime failure (e.g. a spool write error), "
+        "75 the spool is locked by another bridge, 78 configuration error (nothing started).",
+    )
     add_settings_flags(p)
     p.set_defaults(handler=run)
 

@@ -11,7 +11,12 @@ from bridge.errors import EX_FAILURE, EX_OK
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("schema", help="print the JSON Schema of topic-mappings.yaml (for editors)")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of topic-mappings.yaml (for editors)",
+        description="Print the JSON Schema of the mapping file; the repository ships it as "
+        "deploy/topic-mappings.schema.json for editors. See docs/guide/tuning-loop.md.",
+    )
     p.add_argument(
         "--output", "-o", type=Path, metavar="FILE", help="write it to FILE instead of stdout"
     )

@@ -16,7 +16,12 @@ from bridge.limits import TELEMETRY_REQUESTS_PER_MINUTE
 
 
 def add_parser(sub: Subparsers) -> None:
-    api = sub.add_parser("simulate-api", help="run a local Metriqo-compatible API server")
+    api = sub.add_parser(
+        "simulate-api",
+        help="run a local Metriqo-compatible API server",
+        description="Run the local Metriqo-compatible API server (POST /telemetry, GET /devices, "
+        "GET /metrics), with fault modes for rehearsing an outage. See docs/guide/local-api.md.",
+    )
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
     api.add_argument(

@@ -21,6 +21,11 @@ def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "simulate-sensors",
         help="publish a simulated sensor fleet (from the mapping file) until stopped",
+        description="Publish a simulated fleet, one device kind per rule of the mapping file, "
+        "to the broker named with --host/--port, until stopped: what the compose stack's "
+        "sensors service runs. See docs/deployment/compose.md.",
+        epilog="exit codes: 0 stopped, 1 the broker refused or no subscriber appeared, 2 bad "
+        "options, 78 the mapping file is invalid.",
     )
     p.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
