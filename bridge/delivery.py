@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable
 from bridge import failpoints
 from bridge.backoff import Backoff
 from bridge.batcher import Batch
-from bridge.errors import PermanentDelivery, RetryableDelivery, SpoolFull
+from bridge.errors import PermanentDelivery, RetryableDelivery
 from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
 from bridge.ratelimit import MAX_RETRY_AFTER_S, Pacer, pacing
 from bridge.rejections import Rejections
 from bridge.sender import Sender
 from bridge.settings import DeliverySettings
+from bridge.settlement import Settlement
 from bridge.spool.facade import AsyncSpool
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,6 @@ class Delivery:
         self._sender = sender
         self._m = metrics
         self._s = settings
-        self._on_freed = on_space_freed or (lambda: None)
         self._clock = clock
         self._wall = wall_clock
         self._rng = rng
@@ -95,16 +95,14 @@ class Delivery:
         self._unsent = spool.file.depth_points
         self._unsent_since: float | None = clock() - settings.linger_s if self._unsent else None
         self._in_flight = 0
-        self._done: list[int] = []  # seqs accepted by the API, waiting for the spool delete
-        self._done_ready = asyncio.Event()
-        self._deleting = False
         self._flushing = False
         self._throttle = LogThrottle(30.0, clock)
+        self._settlement = Settlement(spool, self._throttle, on_freed=on_space_freed)
         self._rejections = Rejections(
             spool,
             self._send,
             self._deliver,
-            self._settle_refused,
+            self._refused,
             metrics=metrics,
             throttle=self._throttle,
         )
@@ -139,8 +137,7 @@ class Delivery:
             self._unsent == 0
             and self._in_flight == 0
             and not self._prepared
-            and not self._done
-            and not self._deleting
+            and self._settlement.idle
         )
 
     # -- the loop -------------------------------------------------------------------------
@@ -148,67 +145,17 @@ class Delivery:
     async def run(self) -> None:
         """Run until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._delete_loop(), name="bridge.delivery.delete")
+            tg.create_task(self._settlement.delete_loop(), name="bridge.delivery.delete")
             while True:
                 await self._slots.acquire()
                 batch = await self._next_batch()
                 self._in_flight += 1
                 tg.create_task(self._deliver_slot(batch), name="bridge.delivery.batch")
 
-    async def _delete_loop(self) -> None:
-        """Delete accepted records in shared transactions: one commit for every request that
-        completed meanwhile, instead of one per request."""
-        while True:
-            while not self._done:
-                self._done_ready.clear()
-                await self._done_ready.wait()
-            seqs, self._done = self._done, []
-            self._deleting = True
-            try:
-                # On a full disk a smaller transaction may still fit: split down to one record.
-                size = len(seqs)
-                while seqs:
-                    if not await self._settle(self._deleter(seqs[:size])):
-                        size = max(1, size // 4)
-                        continue
-                    seqs = seqs[size:]
-                    self._on_freed()
-            finally:
-                self._deleting = False
-
-    def _deleter(self, seqs: list[int]) -> Callable[[], Awaitable[None]]:
-        return lambda: self._spool.delivered(seqs)
-
-    async def _settle(self, write: Callable[[], Awaitable[None]], *, retry: bool = False) -> bool:
-        """Run a spool write that frees space (a delete, a move to the dead letters); False if
-        the disk is full even after the spool gave its reserve back, unless ``retry``: then it
-        tries every second until it succeeds. The records stay handed out meanwhile: neither
-        re-sent nor lost."""
-        while True:
-            try:
-                await write()
-            except SpoolFull as exc:
-                self._throttle.log(
-                    log,
-                    logging.ERROR,
-                    "settle-full",
-                    "disk full: cannot record delivered points in the spool (%s); retrying "
-                    "every second — free disk space",
-                    exc,
-                )
-                await asyncio.sleep(1.0)
-                if retry:
-                    continue
-                return False
-            return True
-
-    async def _settle_refused(
-        self, write: Callable[[], Awaitable[None]], delivered: int | None
-    ) -> None:
-        """Record a refusal in the spool (retrying on a full disk), then count the points of it
-        that were delivered after all (None: none were)."""
-        await self._settle(write, retry=True)
-        self._on_freed()
+    async def _refused(self, write: Callable[[], Awaitable[None]], delivered: int | None) -> None:
+        """Record a refusal in the spool, then count the points of it that were delivered
+        after all (None: none were)."""
+        await self._settlement.settle(write, retry=True)
         if delivered is not None:
             self._m.points_delivered.inc(delivered)
             self._drain.delivered(delivered, self._clock())
@@ -341,8 +288,7 @@ class Delivery:
             self._m.delivery_paused.set(0)
         # The spool's cursor is already past these records, so they are not sent again while
         # the delete is pending; a crash before it re-sends them (identical points) on restart.
-        self._done.extend(batch.seqs)
-        self._done_ready.set()
+        self._settlement.accepted(batch.seqs)
         self._m.points_delivered.inc(batch.points)
         self._drain.delivered(batch.points, self._clock())
         if self._pacer.accepted():
