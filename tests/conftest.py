@@ -10,9 +10,7 @@ import pytest
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-
-REPO = Path(__file__).resolve().parents[1]
-TOKEN = "mqk_test_5ecr3t-t0ken-value"  # a recognisable value: tests grep output for it
+from tests.support import REPO, TOKEN
 
 
 def _docker_answers() -> bool:

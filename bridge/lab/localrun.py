@@ -1,8 +1,12 @@
-"""Running the bridge and a sensor publisher on this machine, for ``bench`` and ``soak``.
+"""Running the bridge and an MQTT publisher on this machine: for ``bench`` and ``soak``, and for
+the tests that drive a real bridge process.
 
 :class:`BridgeProcess` runs ``python -m bridge run`` as a child process (so it can be killed, and
 its CPU time, memory and open files are its own, read from ``/proc``); :class:`Publisher`
-publishes numbered 4-metric JSON messages at QoS 1, each identified by its timestamp.
+publishes at QoS 1 and waits for the broker's acknowledgements: given messages
+(:meth:`Publisher.publish_all`), or numbered 4-metric JSON messages, each identified by its
+timestamp (:meth:`Publisher.run`). :class:`ProcessPublisher` is the latter in a process of its
+own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 import time
 import urllib.request
 from array import array
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -57,7 +62,12 @@ def message_index_ms(timestamp: str) -> int:
 
 
 class BridgeProcess:
-    """The bridge as a child process, with its CPU time, RSS and open files from /proc."""
+    """The bridge as a child process, with its CPU time, RSS and open files from /proc.
+
+    Settings go on the command line (``--set key=value``), the token through the environment
+    (``ps`` shows a command line). Each :meth:`start` writes its output to a file of its own in
+    ``workdir`` (:attr:`outputs`); :meth:`log` is all of them, in order.
+    """
 
     def __init__(
         self,
@@ -66,25 +76,42 @@ class BridgeProcess:
         token: str,
         *,
         env: dict[str, str] | None = None,
+        mappings: str | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """``mappings``: the text of a mapping file to write into ``workdir`` and run with
+        (``mapping.file``); ``cwd``: where the process runs (default: this one's)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.mappings: Path | None = None
+        if mappings is not None:
+            self.mappings = workdir / "mappings.yaml"
+            self.mappings.write_text(mappings, encoding="utf-8")
+            settings = {**settings, "mapping.file": str(self.mappings)}
         self.http_port = free_port()
-        self._settings = {**settings, "http.port": str(self.http_port)}
+        self.settings = {**settings, "http.port": str(self.http_port)}
         self._token = token
         self._env = env or {}
-        self.log_path = workdir / "bridge.log"
+        self._cwd = cwd
+        self.outputs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
-        """Start it; output is appended to :attr:`log_path`."""
+        """Start it with the current :attr:`settings`; its output goes to a new file in
+        :attr:`outputs`."""
         args = [sys.executable, "-m", "bridge", "run"]
-        for key, value in self._settings.items():
+        for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
         env.update(self._env)
         env.update(extra_env or {})
         env["METRIQO_BRIDGE_TOKEN"] = self._token  # never on the command line: ps shows it
-        with self.log_path.open("ab") as fh:
-            self.proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        out = self.workdir / f"bridge-{len(self.outputs)}.log"
+        self.outputs.append(out)
+        with out.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                args, cwd=self._cwd, env=env, stdout=fh, stderr=subprocess.STDOUT
+            )
 
     @property
     def running(self) -> bool:
@@ -92,30 +119,24 @@ class BridgeProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait for ``/readyz`` to answer 200."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError), self._get("/readyz") as r:
-                if r.status == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"bridge not ready after {timeout} s:\n{self.log()[-2000:]}")
+        """Wait for ``/readyz`` to answer 200 (connected and subscribed)."""
+        self._wait_for("/readyz", "ready", timeout)
 
     def wait_alive(self, timeout: float = 30.0) -> None:
         """Wait for ``/healthz`` (the bridge is up, whether or not it is connected)."""
+        self._wait_for("/healthz", "alive", timeout)
+
+    def _wait_for(self, path: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError), self._get("/healthz") as r:
+            with contextlib.suppress(OSError), self._get(path) as r:
                 if r.status == 200:
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"bridge not alive after {timeout} s:\n{self.log()[-2000:]}")
+        raise TimeoutError(f"bridge not {what} after {timeout} s:\n{self.log()[-2000:]}")
 
     def _get(self, path: str) -> http.client.HTTPResponse:
         url = f"http://127.0.0.1:{self.http_port}{path}"
@@ -170,89 +191,152 @@ class BridgeProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: still running after ``timeout`` seconds.
+        """
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
     def stop(self) -> int:
         """SIGTERM and wait (SIGKILL after 60 s); the exit code, or -1 if never started."""
         if self.proc is None or self.proc.poll() is not None:
             return -1 if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(60)
+            return self.terminate(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
 
+    def close(self) -> None:
+        """Make sure the process is gone (SIGKILL if it still runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def log(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """Everything the process wrote so far, over all its starts."""
+        return "\n".join(p.read_text(errors="replace") for p in self.outputs if p.exists())
 
 
 class Publisher:
-    """QoS 1 publisher on paho's own thread, paced to a rate, keeping each publish time.
+    """QoS 1 publisher on paho's own thread, paced to a rate, at most 2,000 publishes
+    unacknowledged.
 
-    paho reconnects by itself and re-sends what the broker has not acknowledged, so a broker
-    restart in the middle delays messages but does not lose them.
+    :meth:`publish_all` sends given messages; :meth:`run` sends ``messages`` numbered sensor
+    messages (:func:`message_payload`, from ``devices`` devices) and keeps each one's publish
+    time in :attr:`published_at`. paho reconnects by itself and re-sends what the broker has
+    not acknowledged, so a broker restart in the middle delays messages but does not lose them.
+    Both count acknowledgements on :attr:`client`: publish nothing else on it meanwhile.
     """
 
-    def __init__(self, port: int, messages: int, base_ms: int, devices: int = 20) -> None:
+    def __init__(
+        self,
+        port: int,
+        messages: int = 0,
+        base_ms: int = 0,
+        devices: int = 20,
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.published_at = [0.0] * messages
         self.acked = 0
         self._messages = messages
         self._base_ms = base_ms
         self._devices = devices
         self._stop = threading.Event()
-        self._client = mqtt.Client(
+        self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"metriqo-pub-{os.getpid()}",
+            client_id=client_id or f"metriqo-pub-{os.getpid()}",
             protocol=mqtt.MQTTv5,
         )
-        self._client.max_inflight_messages_set(1000)
-        self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(1, 2)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(1, 2)
         self._acked = threading.Semaphore(0)
-        self._client.on_publish = self._on_publish
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
 
     def _on_publish(self, *_args: object) -> None:
         self.acked += 1
         self._acked.release()
 
+    def publish_all(
+        self, messages: Iterable[tuple[str, bytes]], rate: float | None = None, timeout: float = 60
+    ) -> int:
+        """Publish ``(topic, payload)`` messages (at ``rate`` per second, or as fast as
+        acknowledged), then wait until the broker acknowledged all of them; how many there were
+        (fewer if :meth:`stop` ended it early, without waiting).
+
+        Raises:
+            TimeoutError: the broker acknowledged nothing for ``timeout`` seconds.
+            RuntimeError: paho refused a publish (other than for a lost connection).
+        """
+        return self._publish(messages, rate, timeout)
+
     def run(self, rate: float | None, ack_timeout: float = 60.0) -> None:
-        """Publish every message (at ``rate`` per second, or as fast as acknowledged), then
-        wait until the broker acknowledged all of them.
+        """Publish every numbered message (see :meth:`publish_all`), keeping its publish time.
 
         Raises:
             TimeoutError: the broker acknowledged nothing for ``ack_timeout`` seconds.
         """
-        start = time.monotonic()
+        self._publish(self._numbered(), rate, ack_timeout, self.published_at)
+
+    def _numbered(self) -> Iterator[tuple[str, bytes]]:
         for i in range(self._messages):
+            yield f"bench/d{i % self._devices:03d}/env", message_payload(i, self._base_ms)
+
+    def _publish(
+        self,
+        messages: Iterable[tuple[str, bytes]],
+        rate: float | None,
+        ack_timeout: float,
+        published_at: list[float] | None = None,
+    ) -> int:
+        start = time.monotonic()
+        sent = 0
+        for i, (topic, payload) in enumerate(messages):
             if self._stop.is_set():
-                return
+                return sent
             if rate:
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             if i >= _UNACKED and not self._acked.acquire(timeout=ack_timeout):
                 raise TimeoutError("the broker stopped acknowledging publishes")
-            self.published_at[i] = time.time()
-            topic = f"bench/d{i % self._devices:03d}/env"
-            self._client.publish(topic, message_payload(i, self._base_ms), qos=1)
-        for _ in range(min(_UNACKED, self._messages)):
+            if published_at is not None:
+                published_at[i] = time.time()
+            info = self.client.publish(topic, payload, qos=1)
+            # Without a connection paho keeps the message and sends it once reconnected.
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                raise RuntimeError(f"publish refused by the client: {mqtt.error_string(info.rc)}")
+            sent += 1
+        for _ in range(min(_UNACKED, sent)):
             if not self._acked.acquire(timeout=ack_timeout):
                 raise TimeoutError("the broker stopped acknowledging publishes")
+        return sent
 
     def stop(self) -> None:
-        """Stop publishing early (``run`` returns)."""
+        """Stop publishing early (``run`` and ``publish_all`` return)."""
         self._stop.set()
 
     def close(self) -> None:
         """Disconnect and stop paho's thread."""
-        self._client.disconnect()  # first: loop_stop() on a connected client waits ~1 s
-        self._client.loop_stop()
+        self.client.disconnect()  # first: loop_stop() on a connected client waits ~1 s
+        self.client.loop_stop()
 
 
 class ProcessPublisher:
-    """:class:`Publisher` in a process of its own, with the same interface.
+    """:class:`Publisher`'s numbered messages from a process of its own, with the same :meth:`run`,
+    :meth:`stop`, :meth:`close`, :attr:`published_at` and :attr:`acked`.
 
     On two cores, a publisher thread shares the bench process's interpreter lock with the
     local API server and cannot hold 5,000 msg/s; in its own process it can. Publish times come

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from bridge.lab.broker import free_port, mosquitto_binary
-from tests.deploy.test_container import final_stage, load_dockerfile
-from tests.deploy.tools import DEPLOY, REPO, require_tool
+from tests.support import REPO
+from tests.support.deploy import DEPLOY, final_stage, load_dockerfile
+from tests.support.tools import require_tool
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 SERVICES = {"mosquitto", "bridge", "api", "sensors", "prometheus", "grafana"}

@@ -25,7 +25,9 @@ import yaml
 from bridge.config.loader import load_settings
 from bridge.errors import ConfigError
 from bridge.settings import Settings
-from tests.deploy.tools import DEPLOY, REPO, require_tool
+from tests.support import REPO
+from tests.support.deploy import DEPLOY
+from tests.support.tools import require_tool
 
 K8S = DEPLOY / "kubernetes"
 # The oldest Kubernetes these manifests need (StatefulSet PVC retention is GA in 1.32) and the

@@ -27,14 +27,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from bridge.metrics import BridgeMetrics
-from tests.deploy.tools import DEPLOY, REPO, require_tool
-from tests.integration.harness import (
+from tests.support import REPO
+from tests.support.deploy import DEPLOY
+from tests.support.harness import (
     env_messages,
     make_settings,
     metric,
     publish,
     running_bridge,
 )
+from tests.support.tools import require_tool
 
 PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"

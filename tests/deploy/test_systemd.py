@@ -36,9 +36,10 @@ import yaml
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
-from tests.conftest import TOKEN
-from tests.deploy.tools import DEPLOY, require_tool
-from tests.integration.harness import TEST_MAPPINGS, env_messages, publish
+from tests.support import TOKEN
+from tests.support.deploy import DEPLOY
+from tests.support.harness import TEST_MAPPINGS, env_messages, publish
+from tests.support.tools import require_tool
 
 UNIT_FILE = DEPLOY / "systemd" / "metriqo-bridge.service"
 EXAMPLE_SETTINGS = DEPLOY / "systemd" / "bridge.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.integration.harness import (
+from tests.support.harness import (
     delivered_points,
     env_messages,
     expected_env_points,

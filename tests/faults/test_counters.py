@@ -16,8 +16,8 @@ from bridge.app import Bridge
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.conftest import TOKEN
-from tests.integration.harness import (
+from tests.support import TOKEN
+from tests.support.harness import (
     delivered_points,
     env_messages,
     expected_env_points,

@@ -25,7 +25,7 @@ import pytest
 from bridge.failpoints import ENV_VAR
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.integration.harness import (
+from tests.support.harness import (
     BridgeProcess,
     delivered_points,
     env_messages,

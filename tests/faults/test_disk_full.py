@@ -25,8 +25,8 @@ import pytest
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
-from tests.conftest import REPO, TOKEN
-from tests.integration.harness import (
+from tests.support import REPO, TOKEN
+from tests.support.harness import (
     TEST_MAPPINGS,
     Publisher,
     delivered_points,

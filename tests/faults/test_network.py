@@ -25,7 +25,7 @@ from bridge.intake import Pending
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
 from bridge.lab.faultproxy import BLACKHOLE, PASS, REFUSE, FaultProxy, reset_after
-from tests.integration.harness import (
+from tests.support.harness import (
     Publisher,
     delivered_points,
     env_messages,

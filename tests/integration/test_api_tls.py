@@ -15,8 +15,8 @@ import pytest
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
-from tests.conftest import TOKEN
-from tests.integration.harness import (
+from tests.support import TOKEN
+from tests.support.harness import (
     BridgeProcess,
     delivered_points,
     env_messages,
@@ -26,21 +26,14 @@ from tests.integration.harness import (
     publish,
     running_bridge,
 )
-from tests.integration.test_tls_auth import (
+from tests.support.tls import (
     Pki,
     assert_no_secrets,
     log_text,
-    make_pki,
     status_pages,
 )
 
 EX_CONFIG = 78
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """One PKI for this module's tests."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.cli.main import main
-from tests.deploy.tools import require_tool
+from tests.support.tools import require_tool
 
 
 def _run(

@@ -31,8 +31,8 @@ from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from bridge.mapping.loader import load_mappings
 from bridge.settings import Settings
-from tests.conftest import TOKEN
-from tests.integration.harness import (
+from tests.support import TOKEN
+from tests.support.harness import (
     TEST_MAPPINGS,
     Publisher,
     delivered_points,

@@ -14,8 +14,8 @@ import pytest
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.conftest import REPO, TOKEN
-from tests.integration.harness import (
+from tests.support import REPO, TOKEN
+from tests.support.harness import (
     BridgeProcess,
     delivered_points,
     env_messages,

@@ -1,86 +1,45 @@
-"""API faults (reliability matrix rows 5-9 and 20): real mosquitto → in-process bridge → a real
-local API over HTTP with injected faults, each scenario judged by the no-loss oracle."""
+"""API faults (reliability matrix rows 5-9): real mosquitto → in-process bridge → a real local
+API over HTTP with injected faults, each scenario judged by the no-loss oracle
+(:mod:`tests.support.oracle`). A token rotated during a 401 pause (rows 9 and 20):
+``test_token_rotation.py``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
-import os
 import random
 import time
-from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import orjson
 import pytest
-from prometheus_client import generate_latest
 
 from bridge.app import Bridge
-from bridge.config.secrets import TokenSource
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import ApiStore, LocalApi, RequestRecord
 from bridge.lab.broker import LocalBroker, free_port
-from bridge.mapping.loader import load_mappings_text
-from bridge.settings import Settings
-from tests.conftest import TOKEN
-from tests.integration.harness import (
-    TEST_MAPPINGS,
+from tests.support import TOKEN
+from tests.support.harness import (
     delivered_points,
     env_messages,
     expected_env_points,
     make_settings,
     metric,
     publish,
-    run_bridge,
     running_bridge,
 )
-
-Point = tuple[str, str, int, float]
+from tests.support.oracle import (
+    Point,
+    assert_exactly,
+    wait_committed,
+    wait_delivered,
+    wait_drained,
+    wait_for,
+)
 
 # Send times come from the bridge's own pacing; this covers timer rounding only.
 SEND_SLACK_S = 0.02
-
-
-async def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise TimeoutError(f"not within {timeout} s: {what or predicate}") from None
-
-
-async def _wait_committed(bridge: Bridge, messages: int) -> None:
-    await _wait_for(
-        lambda: metric(bridge, "metriqo_bridge_messages_committed_total") == messages,
-        what=f"{messages} messages committed to the spool",
-    )
-
-
-async def _wait_delivered(api: LocalApi, want: set[Point], timeout: float = 20.0) -> None:
-    """Wait until every wanted point is stored (a count would be fooled by duplicates)."""
-    try:
-        await _wait_for(lambda: want <= set(delivered_points(api.store.points())), timeout)
-    except TimeoutError:
-        missing = want - set(delivered_points(api.store.points()))
-        msg = f"{len(missing)} of {len(want)} points not stored within {timeout} s"
-        raise TimeoutError(msg) from None
-
-
-async def _wait_drained(bridge: Bridge) -> None:
-    await _wait_for(lambda: bridge.spool.file.depth_points == 0, what="spool drained")
-
-
-def _assert_exactly(got: Sequence[Point], want: set[Point]) -> None:
-    """No point lost, none invented, none twice."""
-    missing, extra = want - set(got), set(got) - want
-    assert not missing, f"{len(missing)} points lost, e.g. {sorted(missing)[:5]}"
-    assert not extra, f"{len(extra)} points invented, e.g. {sorted(extra)[:5]}"
-    twice = [p for p, c in Counter(got).items() if c > 1]
-    assert not twice, f"{len(twice)} points delivered more than once, e.g. {twice[:5]}"
 
 
 def _assert_repeats_are_exact(got: Sequence[Point]) -> None:
@@ -163,16 +122,6 @@ def _assert_retries_keep_key_and_membership(requests: Sequence[RequestRecord]) -
             assert other == key, f"{obj} was sent under two keys ({other}, {key})"
 
 
-@contextlib.asynccontextmanager
-async def _running_bridge_with_token(
-    settings: Settings, token: Callable[[], str]
-) -> AsyncIterator[Bridge]:
-    """Like `harness.running_bridge`, but with the token source a deployment uses."""
-    bridge = Bridge(settings, load_mappings_text(TEST_MAPPINGS, "test-mappings.yaml"), token)
-    async with run_bridge(bridge) as running:
-        yield running
-
-
 # -- row 5: API down ----------------------------------------------------------------------------
 
 
@@ -197,10 +146,10 @@ async def test_api_down_spools_everything_then_drains_paced_without_duplicates(
         depths: list[float] = []
         for part in (messages[:chunk], messages[chunk:]):
             await publish(broker.port, part, client_id=f"pub-{len(depths)}")
-            await _wait_committed(bridge, chunk * (len(depths) + 1))
+            await wait_committed(bridge, chunk * (len(depths) + 1))
             depths.append(metric(bridge, "metriqo_bridge_spool_points"))
         # Attempts are being made and failing: connection refused, not a pause.
-        await _wait_for(
+        await wait_for(
             lambda: metric(bridge, "metriqo_bridge_api_requests_total", status_class="error") >= 3
         )
         assert depths == [4.0 * chunk, 8.0 * chunk]
@@ -209,12 +158,12 @@ async def test_api_down_spools_everything_then_drains_paced_without_duplicates(
         assert math.isinf(metric(bridge, "metriqo_bridge_spool_drain_eta_seconds"))
         assert metric(bridge, "metriqo_bridge_spool_oldest_point_age_seconds") > 0
         async with LocalApi(token=TOKEN, port=port, rate_limit_per_minute=None) as api:
-            await _wait_delivered(api, expected_env_points(2 * chunk, start_ms))
-            await _wait_drained(bridge)
+            await wait_delivered(api, expected_env_points(2 * chunk, start_ms))
+            await wait_drained(bridge)
             failed = metric(bridge, "metriqo_bridge_api_requests_total", status_class="error")
             delivered = metric(bridge, "metriqo_bridge_points_delivered_total")
         requests = api.store.requests
-    _assert_exactly(delivered_points(api.store.points()), expected_env_points(2 * chunk, start_ms))
+    assert_exactly(delivered_points(api.store.points()), expected_env_points(2 * chunk, start_ms))
     assert delivered == 8 * chunk
     assert all(r.status == 201 for r in requests)
     # No POST storm on recovery: every attempt of the run, the refused ones (never seen by the
@@ -239,8 +188,8 @@ async def test_random_5xx_are_retried_with_the_same_key_and_membership(
         settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
         async with running_bridge(settings) as bridge:
             await publish(broker.port, env_messages(n, start_ms))
-            await _wait_delivered(api, expected_env_points(n, start_ms))
-            await _wait_drained(bridge)
+            await wait_delivered(api, expected_env_points(n, start_ms))
+            await wait_drained(bridge)
             by_class = {
                 c: metric(bridge, "metriqo_bridge_api_requests_total", status_class=c)
                 for c in ("2xx", "4xx", "5xx", "error")
@@ -248,7 +197,7 @@ async def test_random_5xx_are_retried_with_the_same_key_and_membership(
             assert metric(bridge, "metriqo_bridge_points_delivered_total") == 4 * n
             assert bridge.spool.dead_letters.count() == 0
         requests = api.store.requests
-    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
     failed = [r for r in requests if r.status >= 500]
     assert failed, "the fault answered nothing"
     assert {r.status for r in failed} <= {500, 502, 503}
@@ -274,8 +223,8 @@ async def test_record_then_500_duplicates_only_exact_repeats_of_the_failed_reque
         settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
         async with running_bridge(settings) as bridge:
             await publish(broker.port, env_messages(n, start_ms))
-            await _wait_delivered(api, expected_env_points(n, start_ms))
-            await _wait_drained(bridge)
+            await wait_delivered(api, expected_env_points(n, start_ms))
+            await wait_drained(bridge)
             assert metric(bridge, "metriqo_bridge_points_delivered_total") == 4 * n
         requests = api.store.requests
     got = delivered_points(api.store.points())
@@ -334,13 +283,13 @@ async def test_hanging_api_times_out_and_retries_while_intake_goes_on(
         async with LocalApi(TOKEN, port=port, rate_limit_per_minute=None, store=store, faults=hang):
             await publish(broker.port, messages[:chunk])
             # The same batch hung twice: a timeout fired and it was retried.
-            await _wait_for(
+            await wait_for(
                 lambda: any(len(g) >= 2 for g in _by_key(store.requests).values()),
                 what="one batch sent twice",
             )
             depth_before = metric(bridge, "metriqo_bridge_spool_points")
             await publish(broker.port, messages[chunk:], client_id="pub-2")
-            await _wait_committed(bridge, 2 * chunk)
+            await wait_committed(bridge, 2 * chunk)
             assert depth_before == 4 * chunk
             assert metric(bridge, "metriqo_bridge_spool_points") == 8 * chunk
             assert metric(bridge, "metriqo_bridge_points_delivered_total") == 0
@@ -348,13 +297,13 @@ async def test_hanging_api_times_out_and_retries_while_intake_goes_on(
             assert metric(bridge, "metriqo_bridge_api_requests_total", status_class="error") >= 2
             assert store.point_count() == 0
         async with LocalApi(TOKEN, port=port, rate_limit_per_minute=None, store=store) as api:
-            await _wait_delivered(api, expected_env_points(2 * chunk, start_ms))
-            await _wait_drained(bridge)
+            await wait_delivered(api, expected_env_points(2 * chunk, start_ms))
+            await wait_drained(bridge)
     hangs = [r for r in store.requests if r.fault == "hang"]
     assert len(hangs) >= 2
     assert all(r.status == 0 for r in hangs)
     assert "API request timed out" in caplog.text
-    _assert_exactly(delivered_points(store.points()), expected_env_points(2 * chunk, start_ms))
+    assert_exactly(delivered_points(store.points()), expected_env_points(2 * chunk, start_ms))
     assert most_open == concurrency, f"{most_open} POSTs were open at once"
 
 
@@ -391,12 +340,12 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
         )
         async with running_bridge(settings) as bridge:
             await publish(broker.port, messages)
-            await _wait_delivered(api, want)
-            await _wait_drained(bridge)
+            await wait_delivered(api, want)
+            await wait_drained(bridge)
             dead = bridge.spool.dead_letters.recent()
             rejected = metric(bridge, "metriqo_bridge_dead_letters_total", reason="api_rejected")
         requests = api.store.requests
-    _assert_exactly(delivered_points(api.store.points()), want)
+    assert_exactly(delivered_points(api.store.points()), want)
     assert rejected == 1
     assert len(dead) == 1
     _at, reason, _rule, _topic, record, detail = dead[0]
@@ -423,112 +372,6 @@ async def test_poison_point_is_bisected_out_and_dead_lettered_with_the_api_error
     assert all(r.status in (201, 400) for r in requests)
 
 
-# -- rows 9 and 20: token rotated while delivery is paused by 401 -------------------------------
-
-OLD_TOKEN = "mqk_old_0ld-r0tat3d-t0ken"
-NEW_TOKEN = "mqk_new_n3w-r0tat3d-t0ken"
-
-
-def _write_token(path: Path, token: str, how: str) -> None:
-    """Install a token file the way an operator would."""
-    if how == "overwrite":
-        path.write_text(token + "\n", encoding="utf-8")  # keeps the file's 0600 mode
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-    os.replace(tmp, path)
-
-
-@pytest.mark.parametrize("how", ["rename", "overwrite"])
-async def test_token_rotated_during_a_401_pause_is_picked_up_without_restart(
-    broker: LocalBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
-) -> None:
-    """401s pause delivery (data kept, nothing dead-lettered); writing the new token into
-    api.token_file resumes it without a restart, and neither token shows in logs, metrics or
-    readiness problems."""
-    caplog.set_level(logging.DEBUG)
-    n = 200
-    start_ms = int(time.time() * 1000) - n
-    messages = env_messages(n, start_ms)
-    token_file = tmp_path / "token"
-    _write_token(token_file, OLD_TOKEN, "rename")
-    faults = Faults(unauthorized_until_token=NEW_TOKEN)
-    async with LocalApi(TOKEN, rate_limit_per_minute=None, faults=faults) as api:
-        settings = make_settings(
-            broker.port, api.url, tmp_path / "spool.db", **{"api.token_file": str(token_file)}
-        )
-        async with _running_bridge_with_token(
-            settings, TokenSource(settings.credentials)
-        ) as bridge:
-            await publish(broker.port, messages[: n // 2])
-            await _wait_for(
-                lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1,
-                what="delivery paused by the 401s",
-            )
-            await publish(broker.port, messages[n // 2 :], client_id="pub-2")  # keeps spooling
-            await _wait_committed(bridge, n)
-            problems = bridge.problems()
-            assert any(p.startswith("delivery paused") for p in problems), problems
-            assert metric(bridge, "metriqo_bridge_spool_points") == 4 * n
-            assert metric(bridge, "metriqo_bridge_points_delivered_total") == 0
-            assert bridge.spool.dead_letters.count() == 0
-            assert api.store.point_count() == 0
-            _write_token(token_file, NEW_TOKEN, how)
-            await _wait_delivered(api, expected_env_points(n, start_ms))
-            await _wait_drained(bridge)
-            assert metric(bridge, "metriqo_bridge_delivery_paused") == 0
-            assert bridge.problems() == []
-            assert bridge.spool.dead_letters.count() == 0
-            exposition = generate_latest(bridge.metrics.registry).decode()
-        requests = api.store.requests
-    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
-    assert {r.authorization for r in requests} == {f"Bearer {OLD_TOKEN}", f"Bearer {NEW_TOKEN}"}
-    assert all(r.status == 401 for r in requests if r.authorization == f"Bearer {OLD_TOKEN}")
-    assert all(r.status == 201 for r in requests if r.authorization == f"Bearer {NEW_TOKEN}")
-    assert "401" in caplog.text  # the pause was logged, so the logs were captured
-    for secret in (OLD_TOKEN, NEW_TOKEN):
-        assert secret not in caplog.text
-        assert secret not in exposition
-        assert not any(secret in p for p in problems)
-
-
-async def test_rotated_token_file_fixed_by_chmod_is_picked_up(
-    broker: LocalBroker, tmp_path: Path
-) -> None:
-    """A rotated token file first refused for its mode (0644) is used once the operator runs
-    the ``chmod 600`` the bridge's error message asks for."""
-    n = 20
-    start_ms = int(time.time() * 1000) - n
-    token_file = tmp_path / "token"
-    _write_token(token_file, OLD_TOKEN, "rename")
-    faults = Faults(unauthorized_until_token=NEW_TOKEN)
-    async with LocalApi(TOKEN, rate_limit_per_minute=None, faults=faults) as api:
-        settings = make_settings(
-            broker.port,
-            api.url,
-            tmp_path / "spool.db",
-            **{"api.token_file": str(token_file), "stop_timeout_s": "1"},
-        )
-        async with _running_bridge_with_token(
-            settings, TokenSource(settings.credentials)
-        ) as bridge:
-            await publish(broker.port, env_messages(n, start_ms))
-            await _wait_for(
-                lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1,
-                what="delivery paused by the 401s",
-            )
-            tmp = tmp_path / "token.new"
-            tmp.write_text(NEW_TOKEN + "\n", encoding="utf-8")
-            tmp.chmod(0o644)  # a default umask
-            os.replace(tmp, token_file)
-            seen = len(api.store.requests)
-            await _wait_for(lambda: len(api.store.requests) > seen, what="a retry after the rename")
-            token_file.chmod(0o600)
-            await _wait_delivered(api, expected_env_points(n, start_ms), timeout=5)
-
-
 # -- the configured request rate over a whole run -----------------------------------------------
 
 
@@ -547,17 +390,17 @@ async def test_request_rate_over_a_whole_run_stays_within_the_configured_limit(
         async with running_bridge(settings) as bridge:
             sends = _record_sends(bridge)
             await publish(broker.port, env_messages(n, start_ms))
-            await _wait_committed(bridge, n)
+            await wait_committed(bridge, n)
             backlog = metric(bridge, "metriqo_bridge_spool_points")
-            await _wait_delivered(api, expected_env_points(n, start_ms), timeout=30)
-            await _wait_drained(bridge)
+            await wait_delivered(api, expected_env_points(n, start_ms), timeout=30)
+            await wait_drained(bridge)
             attempts = sum(
                 metric(bridge, "metriqo_bridge_api_requests_total", status_class=c)
                 for c in ("2xx", "4xx", "5xx", "error")
             )
             paused = metric(bridge, "metriqo_bridge_api_rate_limited_pause_seconds_total")
         requests = api.store.requests
-    _assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
     assert backlog >= 1000, "no backlog: the run never pressed against the bucket"
     assert 15 <= len(requests) <= 25
     assert attempts == len(requests)

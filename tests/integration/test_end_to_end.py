@@ -12,8 +12,8 @@ import orjson
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.conftest import TOKEN
-from tests.integration.harness import (
+from tests.support import TOKEN
+from tests.support.harness import (
     Publisher,
     delivered_points,
     env_messages,

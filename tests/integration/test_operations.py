@@ -11,8 +11,8 @@ from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.conftest import REPO, TOKEN
-from tests.integration.harness import BridgeProcess, publish, run_cli
+from tests.support import REPO, TOKEN
+from tests.support.harness import BridgeProcess, publish, run_cli
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
-from tests.integration.harness import TEST_MAPPINGS, BridgeProcess, env_messages, publish
+from tests.support.harness import TEST_MAPPINGS, BridgeProcess, env_messages, publish
 
 ENV_ONLY = TEST_MAPPINGS[: TEST_MAPPINGS.index("  - name: plain")]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
-from tests.conftest import TOKEN
-from tests.integration.harness import (
+from tests.support import TOKEN
+from tests.support.harness import (
     delivered_points,
     env_messages,
     expected_env_points,

@@ -11,8 +11,8 @@ from pathlib import Path
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.bench.runner import max_in_window
 from bridge.lab.broker import LocalBroker
-from tests.conftest import TOKEN
-from tests.integration.harness import (
+from tests.support import TOKEN
+from tests.support.harness import (
     BridgeProcess,
     delivered_points,
     env_messages,

@@ -18,8 +18,8 @@ from bridge.lab.apiserver.server import LocalApi
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Mapper
 from bridge.settings import Settings
-from tests.conftest import REPO
-from tests.integration.harness import (
+from tests.support import REPO
+from tests.support.harness import (
     BridgeProcess,
     delivered_points,
     env_messages,
@@ -28,7 +28,7 @@ from tests.integration.harness import (
     metric,
     running_bridge,
 )
-from tests.integration.test_tls_auth import (
+from tests.support.tls import (
     BRIDGE_USER,
     GATEWAY_USER,
     Pki,
@@ -38,7 +38,6 @@ from tests.integration.test_tls_auth import (
     client_context,
     fetch,
     log_text,
-    make_pki,
     mtls_settings,
     password_file,
     reconnect_attempts,
@@ -50,12 +49,6 @@ from tests.integration.test_tls_auth import (
 BRIDGE_PW = "bridge-pw-Q8v2"  # recognisable values: every test greps the output for them
 GATEWAY_PW = "gateway-pw-Z3k9"
 NOT_AUTHORIZED = 0x87
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """One PKI for this module's tests."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -1,16 +1,7 @@
-"""A fake clock for unit tests: time moves only when a test says so."""
+"""The fake clock, kept importable here for unit tests: it lives in :mod:`tests.support.clock`."""
 
 from __future__ import annotations
 
+from tests.support.clock import FakeClock
 
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+__all__ = ["FakeClock"]

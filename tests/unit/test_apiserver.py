@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bridge.lab.apiserver.server import LocalApi, StoredPoint, serve_forever
-from tests.unit.clock import FakeClock
+from tests.support.clock import FakeClock
 
 # A made-up token for the local fake server; S105 flags any literal assigned to TOKEN.
 TOKEN = "mqk_test_5e3c9a1f"

@@ -19,7 +19,7 @@ import pytest
 from bridge.cli.main import build_parser
 from bridge.lab.apiserver.faults import Faults, RetryAfterForm
 from bridge.lab.apiserver.server import LocalApi, serve_forever
-from tests.unit.clock import FakeClock
+from tests.support.clock import FakeClock
 
 TOKEN = "mqk_test_faults_7d1e"
 ROTATED = "mqk_test_rotated_42ab"

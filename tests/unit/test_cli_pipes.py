@@ -9,7 +9,7 @@ from pathlib import Path
 from bridge.models import DeadLetter
 from bridge.settings import SpoolSettings
 from bridge.spool.store import Spool
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:

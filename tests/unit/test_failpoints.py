@@ -17,7 +17,7 @@ from bridge import failpoints
 from bridge.config.loader import load_settings
 from bridge.errors import EX_CONFIG, ConfigError
 from bridge.failpoints import ENV_VAR, POINTS, Failpoint
-from tests.conftest import REPO, TOKEN
+from tests.support import REPO, TOKEN
 
 
 @pytest.fixture(autouse=True)

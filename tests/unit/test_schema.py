@@ -11,7 +11,7 @@ import yaml
 
 from bridge.cli.main import main
 from bridge.mapping.schema import DIALECT, REPO_PATH, mapping_schema
-from tests.conftest import REPO
+from tests.support import REPO
 
 # Keywords draft-07 and draft 2020-12 read alike: the Red Hat YAML language server validates
 # with draft-07 rules, so the schema must not depend on newer keywords.

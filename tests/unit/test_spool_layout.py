@@ -11,7 +11,7 @@ from bridge.models import Record, record_id
 from bridge.settings import SpoolSettings
 from bridge.spool.schema import SCHEMA_VERSION
 from bridge.spool.store import Spool
-from tests.unit.clock import FakeClock
+from tests.support.clock import FakeClock
 
 T0_US = 1_731_657_600_000_000
 NOW_S = 1_731_657_700.0

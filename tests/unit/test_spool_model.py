@@ -20,18 +20,14 @@ every run; example and step counts keep the module to about 20 s.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
-import signal
-import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, cast
+from typing import ClassVar
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -46,10 +42,10 @@ from bridge.errors import SpoolFull
 from bridge.models import DeadLetter, Record
 from bridge.settings import SpoolSettings, WhenFull
 from bridge.spool.store import Spool
-from tests.unit.clock import FakeClock
+from tests.support.clock import FakeClock
+from tests.support.spool import NOW_S, T0_US, integrity
+from tests.support.spool_crash import run_and_crash
 
-T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
-NOW_S = 1_731_657_700.0  # the fake wall clock starts 100 s after T0
 WINDOW_S = 300.0  # dedup memory of delivered ids: short, so clock steps cross it
 GHOST_RID = b"\x00" * 16  # a row only an abandoned transaction ever writes
 
@@ -105,12 +101,7 @@ def empty_spool_bytes() -> int:
             s.close()
 
 
-def integrity(s: Spool) -> list[str]:
-    """Rows of PRAGMA integrity_check."""
-    return [str(row[0]) for row in s.file.conn.execute("PRAGMA integrity_check").fetchall()]
-
-
-# -- the crash: a forked child dies by SIGKILL in the middle of one spool operation -----------
+# -- the operations a crash interrupts (tests.support.spool_crash runs them in a child) -------
 
 
 def _commit(s: Spool, records: list[Record]) -> object:
@@ -127,78 +118,6 @@ def _delivered(s: Spool, seqs: list[int]) -> None:
 
 def _reject(s: Spool, seqs: list[int]) -> None:
     s.outbox.reject(seqs, "r", "")
-
-
-class KillSwitch:
-    """Stands in for a spool's connection in a forked child.
-
-    SIGKILLs the process just before its ``kill_at``-th statement and reports each ``COMMIT``
-    that went through as one ``C`` byte on ``report_fd``, so the parent knows whether the
-    operation's transaction survived.
-    """
-
-    def __init__(self, db: sqlite3.Connection, kill_at: int, report_fd: int) -> None:
-        self._db = db
-        self._kill_at = kill_at
-        self._fd = report_fd
-        self._n = 0
-
-    def _tick(self) -> None:
-        if self._n == self._kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._n += 1
-
-    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        """``Connection.execute`` with the kill check and the commit report."""
-        self._tick()
-        cur = self._db.execute(sql, params)
-        if sql == "COMMIT":
-            os.write(self._fd, b"C")
-        return cur
-
-    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        """``Connection.executemany`` with the kill check."""
-        self._tick()
-        return self._db.executemany(sql, rows)
-
-
-def run_and_crash(
-    make_spool: Callable[[], Spool], op: Callable[[Spool], object], kill_at: int
-) -> bool:
-    """Run ``op`` on a fresh spool in a forked child that is SIGKILLed before its
-    ``kill_at``-th SQL statement (or after ``op`` returns); True if its COMMIT went through.
-
-    The caller must have closed its own spool: the child takes the lock like a restarted bridge.
-    """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child never returns and coverage never sees it end
-        os.close(read_fd)
-        _child(make_spool, op, kill_at, write_fd)
-    os.close(write_fd)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(read_fd, "rb") as pipe:
-        report = pipe.read()
-    assert os.WIFSIGNALED(status), (status, report)
-    assert os.WTERMSIG(status) == signal.SIGKILL, (status, report)
-    assert report in (b"", b"C"), report
-    return report == b"C"
-
-
-def _child(
-    make_spool: Callable[[], Spool], op: Callable[[Spool], object], kill_at: int, fd: int
-) -> NoReturn:  # pragma: no cover - runs in the forked child
-    try:
-        spool = make_spool()
-        spool.open()
-        spool.file.conn.execute("PRAGMA cache_size=1")  # spill uncommitted pages into the WAL
-        spool.file._db = cast("sqlite3.Connection", KillSwitch(spool.file.conn, kill_at, fd))
-        op(spool)
-        os.kill(os.getpid(), signal.SIGKILL)  # committed, then killed before anything else
-    except BaseException as exc:  # noqa: BLE001  # report anything to the parent, never return
-        os.write(fd, b"child failed: " + repr(exc).encode()[:500])
-    finally:
-        os._exit(3)
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -689,139 +608,3 @@ def test_small_drop_oldest_spool_matches_its_model() -> None:
 def test_small_back_pressure_spool_matches_its_model() -> None:
     """At a small cap, back-pressure refuses commits without writing or dropping anything."""
     run_state_machine_as_test(SmallBackPressureMachine, settings=SMALL_CAP)
-
-
-# -- the crash, pinned down without hypothesis -----------------------------------------------
-
-
-def test_a_crash_with_uncommitted_frames_in_the_wal_leaves_no_trace(tmp_path: Path) -> None:
-    """SIGKILL before COMMIT, with the transaction's pages already in the WAL: after restart
-    the batch is absent, the old data intact, and the file passes integrity_check."""
-    path = tmp_path / "bridge.db"
-    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    spool.open()
-    first = [Record("d1", T0_US + i, {"t": float(i)}, T0_US) for i in range(3)]
-    spool.writer.commit(first, [])
-    spool.close()
-    assert not Path(f"{path}-wal").exists()  # a clean close checkpoints and removes the WAL
-    big = [
-        Record("wide", T0_US + i, {f"m{j:02d}": j + 0.5 for j in range(100)}, T0_US)
-        for i in range(50)
-    ]
-    before_commit = 3  # BEGIN IMMEDIATE, SELECT MAX(seq), INSERT: killed before COMMIT
-
-    def commit_big(s: Spool) -> object:
-        return s.writer.commit(big, [])
-
-    assert not run_and_crash(
-        lambda: Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)),
-        commit_big,
-        before_commit,
-    )
-    assert Path(f"{path}-wal").stat().st_size > 50 * 1024, "the child spilled no pages"
-    again = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    again.open()
-    try:
-        assert again.file.moved_aside is None
-        assert integrity(again) == ["ok"]
-        assert [r.metrics for r in again.outbox.fetch(0, 100)] == [r.metrics for r in first]
-        assert (again.file.depth_records, again.file.depth_points) == (3, 3)
-    finally:
-        again.close()
-
-
-def test_a_crash_right_after_commit_keeps_the_batch(tmp_path: Path) -> None:
-    """SIGKILL after COMMIT returned but before the caller could act on it: the batch is there
-    (the broker's redelivery of it will then be deduplicated by record id)."""
-    path = tmp_path / "bridge.db"
-    batch = [Record("d1", T0_US + i, {"t": float(i)}, T0_US) for i in range(5)]
-
-    def commit(s: Spool) -> object:
-        return s.writer.commit(batch, [])
-
-    assert run_and_crash(
-        lambda: Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)), commit, 10**6
-    )
-    again = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    again.open()
-    try:
-        assert integrity(again) == ["ok"]
-        assert again.file.depth_points == 5
-        assert again.writer.commit(batch, []).records_duplicate == 5
-    finally:
-        again.close()
-
-
-def snapshot(path: Path) -> tuple[object, ...]:
-    """Everything a spool file holds that an operation may change, read by a reopened Spool
-    (which must agree with the file about its counters)."""
-    s = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    s.open()
-    try:
-        assert s.file.moved_aside is None
-        assert integrity(s) == ["ok"]
-        db = s.file.conn
-        rows = db.execute("SELECT seq, rid, metrics, n FROM records ORDER BY seq").fetchall()
-        assert (s.file.depth_records, s.file.depth_points) == (len(rows), sum(r[3] for r in rows))
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        assert s.file.delivered_points_total == int(meta.get("delivered_points", 0))
-        ids = sorted(r for (r,) in db.execute("SELECT rid FROM delivered_ids"))
-        dead = db.execute("SELECT reason, payload FROM dead_letters ORDER BY id").fetchall()
-        return rows, meta, ids, dead
-    finally:
-        s.close()
-
-
-OPERATIONS: dict[str, Callable[[Spool, list[int]], object]] = {
-    "commit": lambda s, _seqs: s.writer.commit(
-        [Record("d9", T0_US + i, {"t": 1.0, "v": 2.0}, T0_US) for i in range(4)],
-        [DeadLetter("invalid_json", "", "a/b", b"{", "r", T0_US)],
-    ),
-    "delivered": lambda s, seqs: s.outbox.delivered(seqs[:3]),
-    "reject": lambda s, seqs: s.outbox.reject(seqs[1:3], "api_rejected", "400"),
-    "settle_partly": lambda s, seqs: s.outbox.settle_partly(
-        seqs[2], {"t": 2.0}, "api_rejected", "400"
-    ),
-}
-
-
-@pytest.mark.parametrize("name", sorted(OPERATIONS))
-def test_every_crash_point_of_an_operation_leaves_all_of_it_or_none(
-    name: str, tmp_path: Path
-) -> None:
-    """SIGKILL before each SQL statement of one operation in turn: after restart the file is
-    exactly as before the operation or exactly as after it, counters included."""
-    base = tmp_path / "base.db"
-    spool = Spool(SpoolSettings(base, reserve_bytes=0), clock=FakeClock(NOW_S))
-    spool.open()
-    spool.writer.commit(
-        [Record("d1", T0_US + i, {"t": float(i), "v": 1.0}, T0_US) for i in range(6)], []
-    )
-    seqs = [r.seq for r in spool.outbox.fetch(0, 10)]
-    spool.outbox.delivered(seqs[-1:])  # a delivered id and a delivered count to keep intact
-    spool.close()
-    before = snapshot(base)
-    done = tmp_path / "done.db"
-    shutil.copy(base, done)
-    s = Spool(SpoolSettings(done, reserve_bytes=0), clock=FakeClock(NOW_S))
-    s.open()
-    OPERATIONS[name](s, seqs)
-    s.close()
-    after = snapshot(done)
-    assert after != before
-    outcomes = set()
-    for kill_at in [*range(25), 10**6]:
-        path = tmp_path / f"crash-{kill_at}.db"
-        shutil.copy(base, path)
-
-        def op(s: Spool) -> object:
-            return OPERATIONS[name](s, seqs)
-
-        committed = run_and_crash(
-            functools.partial(Spool, SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)),
-            op,
-            kill_at,
-        )
-        assert snapshot(path) == (after if committed else before), (name, kill_at, committed)
-        outcomes.add(committed)
-    assert outcomes == {False, True}

@@ -1,29 +1,46 @@
-"""Helpers for integration tests: settings, an in-process bridge, a bridge subprocess, and a
-QoS 1 publisher."""
+"""What the integration, fault and deployment tests share: settings, an in-process bridge, the
+bridge as a subprocess, a QoS 1 publisher, the env messages and the points they must give.
+
+The subprocess and the publisher are :mod:`bridge.lab.localrun`'s (the ones ``bench`` and
+``soak`` use), with the tests' defaults: the test mappings, fast retries, and the test token,
+which must never appear in the bridge's output."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bridge.app import Bridge
 from bridge.config.loader import load_settings
-from bridge.lab.broker import free_port
+from bridge.lab import localrun
+from bridge.lab.localrun import Publisher
 from bridge.mapping.loader import load_mappings_text
 from bridge.settings import Settings
-from tests.conftest import REPO, TOKEN
+from tests.support import REPO, TOKEN
+
+__all__ = [
+    "TEST_MAPPINGS",
+    "BridgeProcess",
+    "Publisher",
+    "delivered_points",
+    "env_messages",
+    "expected_env_points",
+    "make_settings",
+    "metric",
+    "publish",
+    "publish_in_background",
+    "run_bridge",
+    "run_cli",
+    "run_in_thread",
+    "running_bridge",
+]
 
 TEST_MAPPINGS = """
 version: 1
@@ -110,59 +127,15 @@ def metric(bridge: Bridge, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-class Publisher:
-    """A QoS 1 MQTT publisher on its own thread; :meth:`publish_all` waits for every PUBACK."""
-
-    def __init__(
-        self,
-        port: int,
-        client_id: str = "test-publisher",
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.client.max_inflight_messages_set(1000)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def publish_all(
-        self, messages: Iterable[tuple[str, bytes]], rate: float | None = None, timeout: float = 60
-    ) -> int:
-        """Publish and wait for the broker to acknowledge each; optional messages/s pacing."""
-        infos = []
-        start = time.monotonic()
-        for i, (topic, payload) in enumerate(messages):
-            if rate:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            info = self.client.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise RuntimeError(f"publish refused by the client: {mqtt.error_string(info.rc)}")
-            infos.append(info)
-            if len(infos) % 1000 == 0:  # keep paho's outgoing queue bounded
-                infos[-1000].wait_for_publish(timeout)
-        for info in infos:
-            info.wait_for_publish(timeout)
-            if not info.is_published():
-                raise TimeoutError("broker did not acknowledge a publish")
-        return len(infos)
-
-    def close(self) -> None:
-        # Disconnect first: loop_stop() on a connected client waits about a second.
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 async def publish(
-    port: int, messages: list[tuple[str, bytes]], client_id: str = "test-publisher", **kw: str
+    port: int,
+    messages: list[tuple[str, bytes]],
+    client_id: str = "test-publisher",
+    username: str | None = None,
+    password: str | None = None,
 ) -> int:
     """Publish ``messages`` at QoS 1 from a fresh client and wait for every PUBACK."""
-    pub = Publisher(port, client_id=client_id, **kw)
+    pub = Publisher(port, client_id=client_id, username=username, password=password)
     try:
         return await asyncio.to_thread(pub.publish_all, messages)
     finally:
@@ -228,18 +201,17 @@ def delivered_points(points: Iterable[object]) -> list[tuple[str, str, int, floa
     return out
 
 
-class BridgeProcess:
-    """The bridge as a subprocess (``python -m bridge run``), so it can be SIGKILLed."""
+class BridgeProcess(localrun.BridgeProcess):
+    """The bridge as a subprocess (``python -m bridge run``), so it can be SIGKILLed: the lab's
+    :class:`~bridge.lab.localrun.BridgeProcess` on the test broker and API, with the test
+    mappings (``mappings``), the test token, and ``extra`` settings over the defaults."""
+
+    mappings: Path  # always written: the tests rewrite it to test reloads
 
     def __init__(
         self, port: int, api_url: str, workdir: Path, mappings: str = TEST_MAPPINGS, **extra: str
     ) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.mappings = workdir / "mappings.yaml"
-        self.mappings.write_text(mappings, encoding="utf-8")
-        self.http_port = free_port()
-        self.settings = {
+        settings = {
             "mqtt.port": str(port),
             "mqtt.client_id": "bridge-proc",
             "mqtt.reconnect_max_s": "1",
@@ -247,62 +219,19 @@ class BridgeProcess:
             "api.requests_per_minute": "1000000",
             "api.retry_max_s": "1",
             "spool.path": str(workdir / "spool.db"),
-            "http.port": str(self.http_port),
             "batch.linger_s": "0.2",
-            "mapping.file": str(self.mappings),
+            **extra,
         }
-        self.settings.update(extra)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.outputs: list[Path] = []
-
-    def start(self, env_extra: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "bridge", "run"]
-        for key, value in self.settings.items():
-            args += ["--set", f"{key}={value}"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
-        env["METRIQO_BRIDGE_TOKEN"] = TOKEN
-        env.update(env_extra or {})
-        out = self.workdir / f"bridge-{len(self.outputs)}.log"
-        self.outputs.append(out)
-        with out.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
-            )
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        """Wait until /readyz answers 200."""
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.proc.returncode}: {self.output()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"bridge not ready in {timeout} s: {self.output()[-2000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup of any kind."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        super().__init__(workdir, settings, TOKEN, mappings=mappings, cwd=REPO)
 
     def output(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.outputs if p.exists())
+        """Everything the process wrote, over all its starts."""
+        return self.log()
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        # The subprocess's output goes to files, out of pytest's capture: check it here.
+        """Kill it if it still runs; fail if the token appeared in its output (which goes to
+        files, out of pytest's capture and of the check in ``tests/conftest.py``)."""
+        super().close()
         if TOKEN in self.output():
             raise AssertionError(f"the API token appeared in the bridge's output ({self.workdir})")
 

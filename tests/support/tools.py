@@ -1,4 +1,4 @@
-"""External tools the deployment checks need (hadolint, promtool, systemd-analyze, ...).
+"""External tools some tests need (hadolint, promtool, systemd-analyze, openssl, ...).
 
 Locally a missing tool skips its test with a reason; in CI (``CI=true``) it fails instead,
 because ``.ci/run`` installs every one of them and a silent skip there would hide a check
@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
 
 
 def require_tool(name: str, why: str) -> str:
