@@ -32,7 +32,8 @@ from bridge.config.loader import load_settings
 from bridge.errors import EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
-from bridge.lab.fleet import ExpectedPoint, FleetError, SensorFleet
+from bridge.lab.fleet import FleetError, SensorFleet
+from bridge.lab.fleet_devices import ExpectedPoint
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.logs import setup_logging
 from bridge.mapping.loader import load_mappings

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from bridge.errors import EX_UNAVAILABLE
 from bridge.lab.apiserver.faults import Faults
-from bridge.lab.apiserver.server import ApiStore, LocalApi, RequestRecord
-from bridge.lab.bench.runner import linear_fit
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.apiserver.store import ApiStore, RequestRecord
+from bridge.lab.bench.report import linear_fit
 from bridge.lab.broker import BrokerUnavailable, LocalBroker, free_port
 from bridge.lab.faultproxy import BLACKHOLE, PASS, REFUSE, FaultProxy, Mode, latency, reset_after
 from bridge.lab.localrun import (

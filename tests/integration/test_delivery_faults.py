@@ -17,7 +17,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.lab.apiserver.faults import Faults
-from bridge.lab.apiserver.server import ApiStore, LocalApi, RequestRecord
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.apiserver.store import ApiStore, RequestRecord
 from bridge.lab.broker import LocalBroker, free_port
 from tests.support import TOKEN
 from tests.support.harness import (

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
-from bridge.lab.bench.runner import max_in_window
+from bridge.lab.bench.report import max_in_window
 from bridge.lab.broker import LocalBroker
 from tests.support import TOKEN
 from tests.support.harness import (

@@ -12,7 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from bridge.lab.apiserver.server import LocalApi, StoredPoint, serve_forever
+from bridge.lab.apiserver.server import LocalApi, serve_forever
+from bridge.lab.apiserver.store import StoredPoint
 from tests.support.clock import FakeClock
 
 # A made-up token for the local fake server; S105 flags any literal assigned to TOKEN.

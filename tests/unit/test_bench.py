@@ -10,18 +10,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from bridge.lab.apiserver.server import RequestRecord
+from bridge.lab.apiserver.store import RequestRecord
 from bridge.lab.bench.baselines import PAHO, make_baseline
-from bridge.lab.bench.rules import (
-    MappingBench,
-    bench_rule_index,
-    ratio,
-    rules_yaml,
-    spread,
-    time_rule_sets,
-    topic_for,
-)
-from bridge.lab.bench.runner import (
+from bridge.lab.bench.report import (
     TARGET_RATE,
     TARGET_SECONDS,
     PointLedger,
@@ -39,6 +30,15 @@ from bridge.lab.bench.runner import (
     spool_problems,
     summarize,
     target,
+)
+from bridge.lab.bench.rules import (
+    MappingBench,
+    bench_rule_index,
+    ratio,
+    rules_yaml,
+    spread,
+    time_rule_sets,
+    topic_for,
 )
 from bridge.lab.localrun import message_payload
 from bridge.mapping.loader import load_mappings_text

@@ -1,0 +1,226 @@
+"""The simulated devices of the sensor fleet: one per rule of the mapping file, each with the
+topic, device id and payload that rule reads, and the points the bridge must deliver for each
+message (:class:`ExpectedPoint`). Pure: randomness is a seeded generator passed in; the
+publishing is :mod:`bridge.lab.fleet`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.mapping.mapper import FieldPath, Rule, Template
+from bridge.mapping.transforms import Transform
+
+SITES = ("berlin", "lyon", "turin", "gdansk", "porto", "brno")
+NUMBER_METRICS = ("voltage", "current")
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedPoint:
+    """A point the bridge must deliver for one acknowledged message.
+
+    Attributes:
+        device_id: the API device id the mapping renders for the topic.
+        metric: the API metric name.
+        timestamp_us: measurement time from the payload (epoch µs), or None when the payload
+            carries none and the bridge stamps its receive time.
+        value: the published value (exactly representable after a JSON round trip).
+    """
+
+    device_id: str
+    metric: str
+    timestamp_us: int | None
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    points: tuple[ExpectedPoint, ...]
+
+
+class Signal:
+    """A bounded random walk (or a counter) that looks like the quantity it is named after."""
+
+    # (name fragment, low, high, decimals); the first fragment found in the name wins.
+    _PROFILES = (
+        ("temp", 18.0, 27.0, 2),
+        ("rh", 30.0, 60.0, 1),
+        ("humid", 30.0, 60.0, 1),
+        ("kw", 0.5, 12.0, 3),
+        ("power", 0.5, 12.0, 3),
+        ("rpm", 900.0, 1600.0, 0),
+        ("load", 0.0, 1.0, 3),
+        ("volt", 225.0, 235.0, 1),
+        ("current", 0.0, 16.0, 2),
+    )
+    _COUNTERS = ("parts", "count", "total")
+
+    def __init__(self, name: str, rng: random.Random) -> None:
+        key = name.lower()
+        self._counter = any(c in key for c in self._COUNTERS)
+        low, high, decimals = 0.0, 100.0, 2
+        for fragment, lo, hi, dec in self._PROFILES:
+            if fragment in key:
+                low, high, decimals = lo, hi, dec
+                break
+        self._low, self._high, self._decimals = low, high, decimals
+        self._value = float(rng.randint(1000, 20000)) if self._counter else rng.uniform(low, high)
+
+    def next(self, rng: random.Random) -> float:
+        """The next reading: counters only go up, other signals wander within their range."""
+        if self._counter:
+            self._value += rng.randint(0, 3)
+            return self._value
+        step = (self._high - self._low) * 0.02
+        self._value = min(self._high, max(self._low, self._value + rng.uniform(-step, step)))
+        # Rounded so the decimal text published is exactly the float the API will return.
+        return float(round(self._value, self._decimals))
+
+
+@dataclass(slots=True)
+class Stream:
+    """One topic of one simulated device."""
+
+    topic: str
+    metric: str  # API metric name, for plain-number payloads
+    signal: Signal | None
+
+
+class Device:
+    """A simulated device: one rule, its captures, and a signal per metric."""
+
+    def __init__(self, rule: Rule, captures: dict[str, str], rng: random.Random) -> None:
+        self.rule = rule
+        self.device_id = rule.device_id.render(captures)
+        self.streams: list[Stream] = []
+        self.signals = {name: Signal(f"{name} {path.text}", rng) for name, path in rule.metrics}
+        self._next_stream = 0
+        if rule.payload == "number":
+            assert rule.metric is not None
+            for per_metric in metric_captures(rule):
+                full = {**captures, **per_metric}
+                name = rule.metric.render(full)
+                self.streams.append(Stream(topic_of(rule, full), name, Signal(name, rng)))
+        else:
+            self.streams.append(Stream(topic_of(rule, captures), "", None))
+
+    def next_stream(self) -> Stream:
+        stream = self.streams[self._next_stream % len(self.streams)]
+        self._next_stream += 1
+        return stream
+
+
+def unsimulated(rule: Rule) -> str:
+    """Why the fleet cannot publish for this rule and predict its points exactly ('' if it can)."""
+    if rule.ignore:
+        return "an ignore rule"
+    if rule.payload not in ("json", "number"):
+        return f"payload: {rule.payload} is not simulated"
+    if rule.topic.patterns:
+        return "its topic has pattern levels"
+    if rule.device_id.uses_payload:
+        return "its device_id reads payload fields"
+    if rule.keep_going:
+        return "continue: true"
+    if rule.coalesce is not None:
+        return "it coalesces points"
+    if rule.collect is not None or rule.readings is not None or rule.each is not None:
+        return "collect/readings/each rules are not simulated"
+    if any(t != Transform() for t in rule.transforms):
+        return "it transforms values"
+    ts = rule.timestamp
+    if ts is not None and (ts.capture or ts.pattern or ts.tz or ts.fallback_to_receive_time):
+        return "its timestamp form is not simulated"
+    parts = (*rule.device_id.parts, *(rule.metric.parts if rule.metric else ()))
+    if any(p.filters for p in parts):
+        return "its templates use filters"
+    return ""
+
+
+def metric_captures(rule: Rule) -> list[dict[str, str]]:
+    """Capture values naming each metric a number device publishes (e.g. ``{metric}``).
+
+    A capture the metric template uses and the device id template does not names the metric;
+    one topic per metric name is published for it.
+    """
+    assert rule.metric is not None
+    names = template_captures(rule.metric) - template_captures(rule.device_id)
+    own = [name for name in rule.topic.capture_names if name in names]
+    if not own:
+        return [{}]
+    # The first such capture takes the metric names; any others keep their per-device value.
+    return [{own[0]: metric} for metric in NUMBER_METRICS]
+
+
+def template_captures(template: Template) -> set[str]:
+    return {part.value for part in template.parts if part.kind == "capture"}
+
+
+def capture_value(name: str, index: int) -> str:
+    """A topic level for capture ``name`` of device ``index``, unique per device."""
+    n = index + 1
+    values = {
+        "site": SITES[index % len(SITES)],
+        "line": f"line{n}",
+        "machine": f"press-{n}",
+        "device": f"meter-{n:02d}",
+    }
+    return values.get(name, f"{name}{n}")
+
+
+def topic_of(rule: Rule, captures: dict[str, str]) -> str:
+    levels = []
+    for literal, capture in zip(rule.topic.levels, rule.topic.captures, strict=True):
+        if literal is not None:
+            levels.append(literal)
+        else:
+            levels.append(captures[capture] if capture is not None else "any")
+    return "/".join(levels)
+
+
+def put(doc: dict[str, Any], path: FieldPath, value: object) -> bool:
+    """Place ``value`` at ``path``; False when another field already occupies the spot."""
+    node: Any = doc
+    for seg, nxt in zip(path.segments, (*path.segments[1:], None), strict=True):
+        container: Any = [] if nxt is not None and nxt.isdigit() else {}
+        if isinstance(node, list):
+            i = int(seg)
+            node.extend([None] * (i + 1 - len(node)))
+            slot = node[i]
+            if nxt is None:
+                if slot is not None:
+                    return False
+                node[i] = value
+                return True
+            if slot is None:
+                node[i] = slot = container
+        else:
+            slot = node.get(seg)
+            if nxt is None:
+                if seg in node:
+                    return False
+                node[seg] = value
+                return True
+            if slot is None:
+                node[seg] = slot = container
+        if not isinstance(slot, dict | list):
+            return False
+        node = slot
+    return False
+
+
+def format_ts(ts_ms: int, fmt: str) -> object:
+    if fmt == "epoch_ms":
+        return ts_ms
+    if fmt == "epoch_s":
+        return ts_ms / 1000
+    if fmt == "epoch_us":
+        return ts_ms * 1000
+    if fmt == "epoch_ns":
+        return ts_ms * 1_000_000
+    stamp = datetime.fromtimestamp(ts_ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ts_ms % 1000:03d}Z"
