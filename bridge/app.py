@@ -20,6 +20,7 @@ from pathlib import Path
 from bridge import failpoints, readiness
 from bridge.committer import Committer
 from bridge.delivery import Delivery
+from bridge.errors import EX_FAILURE
 from bridge.housekeeping import housekeeping_loop
 from bridge.intake import Intake
 from bridge.mapping.loader import make_mapper
@@ -112,7 +113,9 @@ class Bridge:
         log.error("second stop request: exiting now; pending tasks follow")
         for task in asyncio.all_tasks():
             log.error("pending task %s:\n%s", task.get_name(), _task_stack(task))
-        os._exit(1)  # the spool is consistent at every commit; nothing unacknowledged is lost
+        os._exit(
+            EX_FAILURE
+        )  # the spool is consistent at every commit; nothing unacknowledged is lost
 
     async def started(self) -> None:
         """Wait until every component is up (for tests and the demo)."""

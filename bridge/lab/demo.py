@@ -29,7 +29,7 @@ import aiohttp
 
 from bridge.app import Bridge
 from bridge.config.loader import load_settings
-from bridge.errors import EX_UNAVAILABLE
+from bridge.errors import EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
 from bridge.lab.fleet import FleetError, SensorFleet
@@ -62,14 +62,14 @@ def run_demo(args: argparse.Namespace) -> int:
                 demo = _Demo(args, rules, broker.port, started)
             except ValueError as exc:
                 print(f"metriqo-bridge demo: {exc}", file=sys.stderr)
-                return 1
+                return EX_FAILURE
             return asyncio.run(demo.run())
     except BrokerUnavailable as exc:
         print(f"metriqo-bridge demo: cannot start a local broker: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     except KeyboardInterrupt:
         print("\ninterrupted: local broker, API and bridge stopped", file=sys.stderr)
-        return 130
+        return EX_INTERRUPTED
 
 
 @dataclass(slots=True)
@@ -133,7 +133,7 @@ class _Demo:
                 delivered_in_time = await self._run_bridge(bridge, api)
             if self.failure is not None:
                 print(f"RESULT: FAILED — {self.failure}")
-                return 1
+                return EX_FAILURE
             verification = await self._verify(api.url)
             return self._summary(bridge, api, verification, delivered_in_time)
 
@@ -336,9 +336,9 @@ class _Demo:
             problems.append(f"delivery did not finish within {self.args.timeout:g} s")
         if problems:
             print(f"RESULT: FAILED — {', '.join(problems)}")
-            return 1
+            return EX_FAILURE
         print(f"RESULT: OK — every published point arrived ({len(fleet.expected)} points)")
-        return 0
+        return EX_OK
 
 
 async def _list_devices(http: aiohttp.ClientSession, base_url: str) -> set[str]:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge.errors import EX_CONFIG, ConfigError, PayloadError
+from bridge.errors import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, ConfigError, PayloadError
 from bridge.lab.fuzz_inputs import DEFAULT_CAP, Case, Mutator, read_corpus, save_finding, seed_cases
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.loader import load_mapping_tests
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = save_finding(findings_dir, finding.case)
         _report(finding.case, finding.problems, path)
         print(f"fuzz: seed {seed}, execution {finding.execution}", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     top = ", ".join(f"{r} {n}" for r, n in stats.reasons.most_common(8))
     print(
         f"fuzz: {stats.executions} executions in {stats.seconds:.1f} s "
@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{stats.signatures} distinct outcomes, corpus {stats.corpus}\n"
         f"fuzz: failures by reason: {top or 'none'}"
     )
-    return 0
+    return EX_OK
 
 
 def _report(case: Case, problems: list[str], path: Path | None) -> None:
@@ -333,7 +333,7 @@ def _replay(mapper: Mapper, files: Sequence[Path], max_case_seconds: float) -> i
             failed += 1
             _report(case, problems, None)
         print(f"fuzz: {path}: {'FAIL' if problems else 'ok'}")
-    return 1 if failed else 0
+    return EX_FAILURE if failed else EX_OK
 
 
 def _run_atheris(
@@ -344,7 +344,7 @@ def _run_atheris(
         atheris = importlib.import_module("atheris")
     except ImportError:
         print("fuzz: atheris is not installed (pip install atheris)", file=sys.stderr)
-        return 2
+        return EX_USAGE
     corpus = args.corpus or Path(tempfile.mkdtemp(prefix="bridge-fuzz-"))
     corpus.mkdir(parents=True, exist_ok=True)
     for case in seeds:
@@ -361,7 +361,7 @@ def _run_atheris(
             path = save_finding(findings, case)
             _report(case, problems, path)
             print(f"fuzz: atheris seed {seed}", file=sys.stderr, flush=True)
-            os._exit(1)  # libFuzzer's own exit code for a crash differs: keep 1
+            os._exit(EX_FAILURE)  # libFuzzer's own exit code for a crash differs: keep 1
 
     print(f"fuzz: atheris engine, seed {seed}, corpus {corpus}", flush=True)
     _instrument_bridge(atheris.instrument_func)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bridge.errors import EX_UNAVAILABLE
+from bridge.errors import EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.apiserver.store import ApiStore, RequestRecord
@@ -202,7 +202,7 @@ def run_soak(args: argparse.Namespace) -> int:
     unknown = sorted(set(kinds) - set(FAULTS))
     if unknown or not kinds:
         print(f"soak: unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
-        return 2
+        return EX_USAGE
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     print(f"soak: seed {seed}, {args.minutes:g} min at {args.rate:g} msg/s", flush=True)
     workdir_cm: contextlib.AbstractContextManager[str]
@@ -222,7 +222,7 @@ def run_soak(args: argparse.Namespace) -> int:
     print(render(report), flush=True)
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    return 0 if not report.problems else 1
+    return EX_OK if not report.problems else EX_FAILURE
 
 
 class _Soak:

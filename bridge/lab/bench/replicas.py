@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bridge.errors import EX_FAILURE, EX_OK
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker, free_port
 from bridge.lab.localrun import (
@@ -94,7 +95,7 @@ async def run_replicas(args: argparse.Namespace, workdir: Path, broker: LocalBro
         args.json_out.write_text(
             json.dumps([asdict(r) for r in runs], indent=2) + "\n", encoding="utf-8"
         )
-    return 0 if all(not r.problems for r in runs) else 1
+    return EX_OK if all(not r.problems for r in runs) else EX_FAILURE
 
 
 async def _one_group(

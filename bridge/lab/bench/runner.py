@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bridge.errors import EX_UNAVAILABLE
+from bridge.errors import EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.bench.baselines import Baseline, BaselineClients
 from bridge.lab.bench.report import (
@@ -144,7 +144,7 @@ class _Bench:
             self.args.json_out.write_text(
                 json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8"
             )
-        return 0 if not report.problems else 1
+        return EX_OK if not report.problems else EX_FAILURE
 
     async def measure(self) -> Report:
         """Run the bench and the baselines; the report with its targets."""
@@ -348,4 +348,4 @@ async def _run_rules(args: argparse.Namespace, workdir: Path, broker: LocalBroke
     print(render(report))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    return 0 if not report.problems else 1
+    return EX_OK if not report.problems else EX_FAILURE

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from bridge.errors import EX_FAILURE, EX_OK
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.apiserver.store import RequestRecord
 from bridge.lab.bench.report import (
@@ -142,7 +143,7 @@ class SpoolBench:
         print(render(report))
         if a.json_out is not None:
             a.json_out.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-        return 0 if not report.problems else 1
+        return EX_OK if not report.problems else EX_FAILURE
 
     async def _phases(
         self, bridge: BridgeProcess, publisher: ProcessPublisher
