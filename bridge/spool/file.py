@@ -62,7 +62,7 @@ class SpoolFile:
             raise SpoolError(f"cannot create spool directory {self.path.parent}: {exc}") from exc
         self._lock()
         self.reserve.ensure()
-        try:
+        with self._closed_on_failure():
             try:
                 self._db = self._connect()
                 healthy = _healthy(self._db)
@@ -77,12 +77,6 @@ class SpoolFile:
                 self._db = self._connect()
             schema.install(self.conn, self.path)
             self.load_counters()
-        except sqlite3.Error as exc:
-            self.close()
-            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
-        except BaseException:
-            self.close()
-            raise
 
     def open_shared(self) -> None:
         """Open an existing spool beside a running bridge, for the ``dead-letters`` tools.
@@ -95,12 +89,18 @@ class SpoolFile:
         """
         if not self.path.exists():
             raise SpoolError(f"no spool at {self.path} (check spool.path)")
-        try:
+        with self._closed_on_failure():
             self._db = self._connect()
             if not _healthy(self._db):
                 raise SpoolError(f"spool {self.path} failed its integrity check")
             schema.install(self._db, self.path)
             self.load_counters()
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """Opening failed: close what was opened (and the lock), SQLite's error translated."""
+        try:
+            yield
         except sqlite3.Error as exc:
             self.close()
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc

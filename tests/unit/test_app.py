@@ -22,7 +22,7 @@ from bridge.lab.broker import LocalBroker
 from bridge.mapping.loader import load_mappings
 from bridge.settings import Settings, SpoolSettings
 from bridge.spool.store import Spool
-from tests.support import TOKEN
+from tests.support import TOKEN, waiting
 
 DEADLINE_S = 20.0
 T_MS = 1_731_657_600_000  # payload timestamps: 2024-11-15T08:00:00Z
@@ -45,6 +45,11 @@ MORE_RULES = (
     timestamp: {field: ts, format: auto}
 """
 )
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll observable state under this module's deadline (a bridge start is slow)."""
+    await waiting.until(predicate, what, timeout=DEADLINE_S, step=0.02)
 
 
 def settings_for(port: int, api_url: str, tmp_path: Path, **extra: str) -> Settings:
@@ -76,16 +81,6 @@ def make_bridge(settings: Settings) -> Bridge:
     return Bridge(settings, load_mappings(path), lambda: TOKEN, mappings_path=path)
 
 
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll observable state until ``predicate`` holds, under a deadline."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE_S} s: {what}") from None
-
-
 @contextlib.asynccontextmanager
 async def running(bridge: Bridge, *, subscribed: bool = True) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``bridge`` until started (and subscribed); stop it on exit, within its budget."""
@@ -94,7 +89,10 @@ async def running(bridge: Bridge, *, subscribed: bool = True) -> AsyncIterator[a
         async with asyncio.timeout(DEADLINE_S):
             await bridge.started()
         if subscribed:
-            await until(lambda: bool(bridge.source and bridge.source.state.subscribed), "up")
+            await until(
+                lambda: bool(bridge.source and bridge.source.state.subscribed),
+                "up",
+            )
         yield task
     finally:
         if not task.done():
@@ -156,7 +154,10 @@ async def test_stop_delivers_what_still_lingers(
     committed = "metriqo_bridge_messages_committed_total"
     async with running(bridge) as task:
         await asyncio.to_thread(publish, broker.port, [("tele/d1/t", b"1"), ("tele/d2/t", b"2")])
-        await until(lambda: bridge.metrics.registry.get_sample_value(committed) == 2, "commit")
+        await until(
+            lambda: bridge.metrics.registry.get_sample_value(committed) == 2,
+            "commit",
+        )
         assert api.store.point_count() == 0
         bridge.stop()
         async with asyncio.timeout(settings.stop_timeout_s):
@@ -176,7 +177,10 @@ async def test_stop_timeout_bounds_shutdown_and_keeps_undelivered_points(
     committed = "metriqo_bridge_messages_committed_total"
     async with running(bridge) as task:
         await asyncio.to_thread(publish, broker.port, [("tele/d1/t", b"1"), ("tele/d2/t", b"2")])
-        await until(lambda: bridge.metrics.registry.get_sample_value(committed) == 2, "commit")
+        await until(
+            lambda: bridge.metrics.registry.get_sample_value(committed) == 2,
+            "commit",
+        )
         began = time.monotonic()
         bridge.stop()
         async with asyncio.timeout(DEADLINE_S):
@@ -210,7 +214,10 @@ async def test_problems_name_a_broker_that_cannot_be_reached(api: LocalApi, tmp_
     """Started without a broker, the bridge is not ready and says why."""
     bridge = make_bridge(settings_for(closed_port(), api.url, tmp_path))
     async with running(bridge, subscribed=False):
-        await until(lambda: bool(bridge.source and bridge.source.state.last_error), "an error")
+        await until(
+            lambda: bool(bridge.source and bridge.source.state.last_error),
+            "an error",
+        )
         (problem,) = bridge.problems()
         assert problem.startswith("mqtt not connected: connect to 127.0.0.1:")
 
@@ -233,7 +240,10 @@ async def test_reload_keeps_the_old_rules_on_a_broken_file_and_takes_a_good_one(
         )
         assert failures == 1
         await asyncio.to_thread(publish, broker.port, [("tele/d1/t", b"1")])
-        await until(lambda: ("d1", "t", 1.0) in stored(api), "the old rules still map")
+        await until(
+            lambda: ("d1", "t", 1.0) in stored(api),
+            "the old rules still map",
+        )
 
         path.write_text(MORE_RULES, encoding="utf-8")
         assert await bridge.reload() is True
@@ -242,4 +252,7 @@ async def test_reload_keeps_the_old_rules_on_a_broken_file_and_takes_a_good_one(
         # signal tells when that is acknowledged), the new subscription gets it.
         payload = b'{"temp": 20.5, "ts": %d}' % T_MS
         await asyncio.to_thread(publish, broker.port, [("plant/s1/env", payload)], retain=True)
-        await until(lambda: ("s1", "temp", 20.5) in stored(api), "the new rule maps")
+        await until(
+            lambda: ("s1", "temp", 20.5) in stored(api),
+            "the new rule maps",
+        )

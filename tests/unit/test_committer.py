@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +27,7 @@ from bridge.settings import CommitSettings, MappingSettings, SpoolSettings
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
 from bridge.spool.writes import Stamped
+from tests.support.waiting import running, until
 from tests.unit.clock import FakeClock
 
 DEADLINE_S = 10.0
@@ -125,32 +126,10 @@ async def rig(tmp_path: Path, **spool_settings: object) -> AsyncIterator[Rig]:
         yield Rig(raw, gated)
 
 
-@contextlib.asynccontextmanager
-async def running(r: Rig) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(r.committer.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            async with asyncio.timeout(DEADLINE_S):
-                await task
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll observable state until ``predicate`` holds, under a deadline."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE_S} s: {what}") from None
-
-
 async def test_acks_follow_the_commit_in_receive_order(tmp_path: Path) -> None:
     """While the commit is held no PUBACK goes out; after it returns every message is acked
     in receive order with its records already in the spool, and delivery is told."""
-    async with rig(tmp_path) as r, running(r):
+    async with rig(tmp_path) as r, running(r.committer.run()):
         r.spool.gate.clear()
         for mid in (30, 4, 17):
             r.receive(mid)
@@ -167,7 +146,7 @@ async def test_acks_follow_the_commit_in_receive_order(tmp_path: Path) -> None:
 async def test_a_message_of_an_earlier_connection_is_not_acked(tmp_path: Path) -> None:
     """A message received on connection 1 is committed but not acked on connection 2 (the
     broker redelivers it); nothing is acked while disconnected."""
-    async with rig(tmp_path) as r, running(r):
+    async with rig(tmp_path) as r, running(r.committer.run()):
         r.spool.gate.clear()
         r.receive(1, generation=1)
         await until(lambda: r.spool.commits == 1, "a commit started")
@@ -186,7 +165,7 @@ async def test_spool_full_withholds_acks_until_space_frees(tmp_path: Path) -> No
     """At the cap nothing is committed or acked and spool_full is 1, retry after retry; once
     the spool has room again and delivery says so, the withheld batch is committed at once,
     acked in receive order, and spool_full is cleared."""
-    async with rig(tmp_path, max_bytes=1) as r, running(r):
+    async with rig(tmp_path, max_bytes=1) as r, running(r.committer.run()):
         for mid in (5, 6, 7):
             r.receive(mid)
         await until(lambda: r.sample("metriqo_bridge_spool_full") == 1, "spool_full set")

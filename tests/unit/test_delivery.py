@@ -9,7 +9,6 @@ still holds. Pacing decisions are also checked directly on :class:`Pacer` with f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from bridge.sender import Sender
 from bridge.settings import DeliverySettings, SpoolSettings
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
+from tests.support.waiting import running, until
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
 DEADLINE_S = 10.0
@@ -109,28 +109,6 @@ async def add(spool: AsyncSpool, delivery: Delivery, records: list[Record]) -> N
     delivery.notify(result.points_inserted)
 
 
-@contextlib.asynccontextmanager
-async def running(delivery: Delivery) -> AsyncIterator[Delivery]:
-    task = asyncio.create_task(delivery.run())
-    try:
-        yield delivery
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            async with asyncio.timeout(DEADLINE_S):
-                await task
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll observable state until ``predicate`` holds, under a deadline."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE_S} s: {what}") from None
-
-
 def drained(raw: Spool, delivery: Delivery) -> Callable[[], bool]:
     return lambda: delivery.idle and raw.file.depth_records == 0
 
@@ -146,7 +124,7 @@ async def test_batches_never_exceed_max_points(spools: tuple[Spool, AsyncSpool])
     raw, spool = spools
     sender = FakeSender()
     delivery, _ = make(spool, sender, max_points=10, linger_s=0.05, concurrency=3)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(i, n=3) for i in range(30)])
         await until(drained(raw, delivery), "all delivered")
     assert max(c.points for c in sender.calls) == 9
@@ -158,7 +136,7 @@ async def test_delivered_records_leave_the_spool(spools: tuple[Spool, AsyncSpool
     raw, spool = spools
     sender = FakeSender()
     delivery, metrics = make(spool, sender, linger_s=0.0)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(1, n=2), rec(2, n=3)])
         await until(drained(raw, delivery), "delivered")
     assert raw.outbox.fetch(0, 100) == []
@@ -173,7 +151,7 @@ async def test_partial_batch_waits_linger_then_goes(spools: tuple[Spool, AsyncSp
     raw, spool = spools
     sender = FakeSender()
     delivery, _ = make(spool, sender, linger_s=0.3)
-    async with running(delivery):
+    async with running(delivery.run()):
         start = time.monotonic()
         await add(spool, delivery, [rec(1), rec(2), rec(3)])
         await until(drained(raw, delivery), "sent after the linger")
@@ -187,7 +165,7 @@ async def test_full_batch_goes_without_lingering(spools: tuple[Spool, AsyncSpool
     raw, spool = spools
     sender = FakeSender()
     delivery, _ = make(spool, sender, linger_s=3600.0, max_points=10)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(i, n=2) for i in range(5)])
         await until(drained(raw, delivery), "a full batch sent")
     assert [c.points for c in sender.calls] == [10]
@@ -198,7 +176,7 @@ async def test_flush_sends_without_lingering(spools: tuple[Spool, AsyncSpool]) -
     raw, spool = spools
     sender = FakeSender()
     delivery, _ = make(spool, sender, linger_s=3600.0)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(1), rec(2)])
         await asyncio.sleep(0.1)
         assert sender.calls == []
@@ -212,7 +190,7 @@ async def test_retryable_failure_resends_the_same_batch(spools: tuple[Spool, Asy
     raw, spool = spools
     sender = FakeSender(RetryableDelivery("API server error 503", status=503))
     delivery, _ = make(spool, sender, linger_s=0.0)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(1, n=2)])
         await until(drained(raw, delivery), "delivered after the retry")
     first, second = sender.calls
@@ -226,7 +204,7 @@ async def test_429_pauses_every_slot_until_retry_after(spools: tuple[Spool, Asyn
     sender = FakeSender(RetryableDelivery("API rate limit (429)", status=429, retry_after=0.5))
     delivery, metrics = make(spool, sender, linger_s=0.0, max_points=1, concurrency=2)
     start_rate = sample(metrics, "metriqo_bridge_api_pacing_rate_requests_per_second")
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(i) for i in range(4)])
         await until(drained(raw, delivery), "delivered after the pause")
     first, *later = sender.calls
@@ -246,7 +224,7 @@ async def test_401_pauses_delivery_until_the_next_2xx(spools: tuple[Spool, Async
     refused = RetryableDelivery("API refused the token (401); delivery paused", status=401)
     sender = FakeSender(refused, gate)
     delivery, metrics = make(spool, sender, linger_s=0.0)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(1)])
         await until(lambda: len(sender.calls) == 2, "the retry in flight")
         assert delivery.paused_reason == str(refused)
@@ -273,7 +251,7 @@ async def test_400_is_bisected_to_the_refused_record(spools: tuple[Spool, AsyncS
     raw, spool = spools
     sender = FakeSender(refuse=refuse_device("d2"))
     delivery, metrics = make(spool, sender, linger_s=0.0)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(i) for i in range(4)])
         await until(drained(raw, delivery), "settled")
     assert sorted(d for c in sender.accepted for d in c.devices) == ["d0", "d1", "d3"]
@@ -299,7 +277,7 @@ async def test_400_on_one_record_is_bisected_by_metric(spools: tuple[Spool, Asyn
 
     sender = FakeSender(refuse=refuse)
     delivery, metrics = make(spool, sender, linger_s=0.0)
-    async with running(delivery):
+    async with running(delivery.run()):
         await add(spool, delivery, [rec(1, n=4)])
         await until(drained(raw, delivery), "settled")
     sent = sorted(

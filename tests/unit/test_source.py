@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from bridge.mqtt.source import MqttSource
 from bridge.settings import MqttSettings
+from tests.support.waiting import until
 
 DEADLINE_S = 10.0
 FILTERS = ["plant/#", "tele/+/+"]
@@ -202,16 +203,6 @@ async def running(
         with contextlib.suppress(asyncio.CancelledError):
             async with asyncio.timeout(DEADLINE_S):
                 await task
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll observable state until ``predicate`` holds, under a deadline."""
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE_S} s: {what}") from None
 
 
 async def barrier(peer: Peer, source: MqttSource, n: int) -> None:
