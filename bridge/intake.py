@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from bridge import failpoints
 from bridge.mapping.mapper import Mapper
 from bridge.metrics import BridgeMetrics
-from bridge.models import DeadLetter, Record
+from bridge.models import DeadLetter, PayloadExcerpt, Record
 from bridge.unmatched import UnmatchedTopics
 
 _DETAIL_CAP = 1000
@@ -93,8 +93,12 @@ class Intake:
         self._last_us = received_us
         digest = b""
         if qos:
-            # Stable across restarts (hash() is salted per process): entries are persisted.
-            digest = hashlib.blake2b(payload, digest_size=8).digest()
+            # Stable across restarts (hash() is salted per process): entries are persisted. A
+            # payload streamed past (an excerpt) was hashed whole as it went by.
+            if isinstance(payload, PayloadExcerpt):
+                digest = payload.digest
+            else:
+                digest = hashlib.blake2b(payload, digest_size=8).digest()
             if dup:
                 earlier = self._unacked.get(mid)
                 if earlier is not None and earlier[0] == topic and earlier[1] == digest:

@@ -2,13 +2,43 @@
 
 Plain frozen dataclasses with no behaviour beyond their own identity: the mapper makes
 :class:`Record` and :class:`DeadLetter`, the spool stores them and hands back
-:class:`SpooledRecord`, :class:`CommitResult` and :class:`DeadLetterRow`.
+:class:`SpooledRecord`, :class:`CommitResult` and :class:`DeadLetterRow`. A payload too large to
+keep reaches them as a :class:`PayloadExcerpt`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+
+class PayloadExcerpt(bytes):
+    """The first bytes of a payload over ``mqtt.max_payload_bytes``, all the bridge keeps of it:
+    the MQTT wire streams such a payload past instead of buffering it (:mod:`bridge.mqtt.wire`).
+
+    It is ``bytes`` (the kept head) so it travels where any payload does; the mapper sees
+    :attr:`size` and dead-letters it as ``too_large``, and the spool records :attr:`size` as the
+    dead letter's payload size.
+
+    Attributes:
+        size: the length of the whole payload, in bytes.
+        digest: 8-byte BLAKE2b of the whole payload, hashed as it streamed past (the intake
+            recognises a redelivery by it).
+    """
+
+    size: int
+    digest: bytes
+
+    def __new__(cls, head: bytes, size: int, digest: bytes) -> PayloadExcerpt:
+        self = super().__new__(cls, head)
+        self.size = size
+        self.digest = digest
+        return self
+
+
+def payload_size(payload: bytes) -> int:
+    """The size of the payload as received: the whole one's for an excerpt."""
+    return payload.size if isinstance(payload, PayloadExcerpt) else len(payload)
 
 
 @dataclass(frozen=True, slots=True)

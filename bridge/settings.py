@@ -81,6 +81,7 @@ class MqttSettings:
     reconnect_max_s: float = 30.0
     username: str | None = None
     tls: TlsSettings = field(default_factory=TlsSettings)
+    max_payload_bytes: int = 65536  # larger payloads stream past the wire (mqtt.max_payload_bytes)
 
 
 @dataclass(frozen=True, slots=True)

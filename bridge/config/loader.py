@@ -116,6 +116,7 @@ def _cut(m: SettingsModel) -> rt.Settings:
             reconnect_max_s=mq.reconnect_max_s,
             username=mq.username,
             tls=rt.TlsSettings(**mq.tls.model_dump()),
+            max_payload_bytes=mq.max_payload_bytes,
         ),
         sender=rt.SenderSettings(
             base_url=api.base_url,

@@ -110,7 +110,8 @@ class MqttModel(_Section):
         _MAPPING.max_payload_bytes,
         ge=16,
         le=256 * 1024 * 1024,
-        description="larger payloads are dead-lettered as `too_large` before parsing",
+        description="larger payloads are dead-lettered as `too_large` before parsing; they "
+        "stream past the bridge without being held in memory (it keeps their first 64 KiB)",
     )
 
 

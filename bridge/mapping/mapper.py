@@ -26,7 +26,7 @@ from bridge.mapping.timestamps import (
 )
 from bridge.mapping.topics import TopicFilter, TopicRouter
 from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
-from bridge.models import Coalesce, Record
+from bridge.models import Coalesce, Record, payload_size
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
@@ -137,9 +137,10 @@ class Mapper:
             if rule.ignore:
                 out.ignored = not out.records and not out.failures
                 break
-            if len(payload) > self._max_payload:
+            size = payload_size(payload)  # an excerpt's whole size: it is never parsed
+            if size > self._max_payload:
                 out.failures.append(
-                    PayloadError("too_large", f"{len(payload)} bytes > cap {self._max_payload}")
+                    PayloadError("too_large", f"{size} bytes > cap {self._max_payload}")
                 )
                 break
             if rule.payload == "json" and doc is _MISSING:

@@ -3,8 +3,10 @@ flushes, on the event loop's thread.
 
 paho runs without its own thread. Its socket (a :class:`~bridge.mqtt.wire.WireSocket`) is
 registered with the event loop; each readiness callback fills the wire's buffer with large
-reads and hands it on one whole packet at a time: PUBLISH (QoS 0/1) straight to the sink,
-everything else to paho, in stream order.
+reads and hands it on one packet at a time (:class:`~bridge.mqtt.wire.Framer`): PUBLISH (QoS
+0/1) straight to the sink, everything else to paho, in stream order. A payload over
+``mqtt.max_payload_bytes`` streams past as it arrives and reaches the sink as an excerpt once
+its last byte has passed.
 
 The receive window: messages of this connection not yet acknowledged. Brokers are supposed to
 stop at Receive Maximum, but mosquitto 2.0.11 floods a resumed session once the client starts
@@ -24,7 +26,7 @@ import paho.mqtt.client as mqtt
 
 from bridge.mqtt.client import install_wire, note_bytes_received
 from bridge.mqtt.state import SourceState
-from bridge.mqtt.wire import PUBLISH, MalformedPacket, WireSocket, frame_length, parse_publish
+from bridge.mqtt.wire import ForPaho, Framer, MalformedPacket, WireSocket
 
 # A sink gets (topic, payload, mid, qos, dup, generation); generation changes on each connection.
 MessageSink = Callable[[str, bytes, int, int, bool, int], None]
@@ -42,12 +44,13 @@ class WireDriver:
         state: SourceState,
         *,
         v5: bool,
+        max_payload: int,
     ) -> None:
         self._client = client
         self._sink = sink
         self._window = window
         self._state = state  # read per packet: whether CONNACK was seen, and the generation
-        self._v5 = v5
+        self._framer = Framer(v5=v5, max_payload=max_payload)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._sock: WireSocket | None = None
@@ -111,58 +114,54 @@ class WireDriver:
             budget -= got
 
     def _dispatch(self, wire: WireSocket) -> None:
-        """Hand every whole packet in the buffer on: PUBLISH (QoS 0/1) straight to the sink,
-        anything else to paho, one packet at a time, in stream order."""
+        """Hand every packet in the buffer on: PUBLISH (QoS 0/1) straight to the sink, anything
+        else to paho, one packet at a time, in stream order; bytes of an oversize payload are
+        consumed as they arrive."""
         client = self._client
         state = self._state
+        framer = self._framer
         rx = wire.rx
         received = self.received
+        start = wire.pos
         while self._sock is wire:
             if self._unacked >= self._window:
                 self._pause_reading()
                 break
             pos = wire.pos
             try:
-                length = frame_length(rx, pos)
-                if length is None:
-                    break
-                publish = (
-                    parse_publish(rx, pos, length, self._v5)
-                    if rx[pos] >> 4 == PUBLISH and state.connected
-                    else None
-                )
+                wire.pos, event = framer.next(rx, pos, state.connected)
             except MalformedPacket as exc:
                 wire.error = ConnectionError(f"malformed packet from the broker: {exc}")
                 self._surface_close(wire)
                 return
-            if publish is not None:
-                wire.pos = pos + length
+            if event is None:
+                break
+            if not isinstance(event, ForPaho):
                 self.received += 1
-                if publish.qos:
+                if event.qos:
                     self._unacked += 1
                 self._sink(
-                    publish.topic,
-                    publish.payload,
-                    publish.mid,
-                    publish.qos,
-                    publish.dup,
-                    state.generation,
+                    event.topic, event.payload, event.mid, event.qos, event.dup, state.generation
                 )
                 continue
-            wire.limit = pos + length  # paho reads exactly this packet
+            wire.limit = pos + event.length  # paho reads exactly this packet
             try:
                 client.loop_read()
             finally:
                 wire.limit = None
             if wire.pos == pos:
                 break  # paho did not take it (cannot happen with a whole packet); retry later
-        if self.received != received:
+        if self.received != received or (framer.mid_packet and wire.pos != start):
             note_bytes_received(client)
 
     def _surface_close(self, wire: WireSocket) -> None:
         """Let paho read the end of the stream (or the error) so it runs its disconnect path."""
         if self._sock is wire:
             wire.limit = None
+            if self._framer.mid_packet:
+                # The rest of a packet streaming past: paho never saw its start.
+                wire.pos = len(wire.rx)
+                self._framer.reset()
             self._client.loop_read()
 
     def _pause_reading(self) -> None:
@@ -209,6 +208,7 @@ class WireDriver:
 
         def add() -> None:
             self._sock = wire
+            self._framer.reset()
             self._unacked = 0  # a new connection: the broker resends what was never acked
             self._reading_paused = False
             loop.add_reader(wire.fd, self._on_readable)

@@ -70,6 +70,7 @@ class MqttSource:
             settings.receive_maximum,
             self.state,
             v5=settings.protocol == "v5",
+            max_payload=settings.max_payload_bytes,
         )
         client = self._client
         client.on_connect = self._on_connect

@@ -12,18 +12,37 @@ the bridge's CPU. :class:`WireSocket` stands where paho expects its socket:
   :meth:`WireSocket.queue_puback` — goes through one send buffer, in order, flushed in one
   ``send`` per batch of acknowledgements.
 
+A payload over ``mqtt.max_payload_bytes`` is never buffered: :class:`Framer` reads the
+PUBLISH's fixed header, topic, packet id and property length, then streams the rest past,
+keeping only the first bytes the spool keeps of a dead letter's payload and a hash of the whole
+(:class:`~bridge.models.PayloadExcerpt`). Memory is then bounded by the cap, whatever the
+broker sends: a packet paho would have to read whole (anything but a QoS 0/1 PUBLISH) larger
+than the cap plus the largest header is a broken stream, and the connection is dropped.
+
 The parsing and buffering here are pure (no event loop); the source drives them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.models import PayloadExcerpt
+
 PUBLISH = 3
 _RECV_CHUNK = 65536
 _COMPACT_AT = 1 << 16
+# What an oversize payload keeps: the spool keeps this much of a dead letter's payload
+# (bridge/spool/writes.py DEAD_LETTER_PAYLOAD_CAP); more would be thrown away there.
+EXCERPT_BYTES = 65536
+# Properties of a PUBLISH read whole with its payload; a longer list is streamed past with the
+# payload, and the message counts as too large.
+PROPS_ROOM = 65536
+# A PUBLISH's header at its largest (fixed header, 65,535-byte topic, packet id, property
+# length) plus PROPS_ROOM: a packet read whole is at most the payload cap plus this.
+HEAD_ROOM = 1 + 4 + 2 + 65535 + 2 + 4 + PROPS_ROOM
 
 
 class MalformedPacket(ValueError):
@@ -120,11 +139,189 @@ def parse_publish(buf: bytearray | bytes, pos: int, length: int, v5: bool) -> Pu
             raise MalformedPacket("PUBLISH properties run past the packet")
     if not raw_topic:
         return None  # a Topic Alias; the bridge never allows aliases, paho will complain
+    return Publish(_topic(raw_topic), bytes(buf[i:end]), mid, qos, bool(first & 0x08))
+
+
+def _topic(raw: bytes) -> str:
     try:
-        topic = raw_topic.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        topic = raw_topic.decode("utf-8", "replace")  # brokers validate UTF-8; be safe anyway
-    return Publish(topic, bytes(buf[i:end]), mid, qos, bool(first & 0x08))
+        return raw.decode("utf-8", "replace")  # brokers validate UTF-8; be safe anyway
+
+
+@dataclass(frozen=True, slots=True)
+class ForPaho:
+    """A whole packet for paho to read (``length`` bytes, fixed header included)."""
+
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """The start of a PUBLISH: what is known once its property length has been read."""
+
+    topic: bytes
+    mid: int
+    qos: int
+    dup: bool
+    end: int  # buffer index after the property length (v5) or the packet id
+    props: int  # bytes of properties after ``end``
+    payload: int  # bytes of payload after the properties
+
+
+def _publish_head(
+    buf: bytearray | bytes, pos: int, body: int, total: int, v5: bool
+) -> _Head | None:
+    """The head of the PUBLISH at ``pos`` whose body starts at ``body``; None while the buffer
+    ends inside it.
+
+    Raises:
+        MalformedPacket: QoS 3, or lengths that run past the packet.
+    """
+    first = buf[pos]
+    qos = (first >> 1) & 3
+    if qos == 3:
+        raise MalformedPacket("PUBLISH with QoS 3")
+    end, have = pos + total, len(buf)
+    if body + 2 > end:
+        raise MalformedPacket("PUBLISH too short for its topic length")
+    if body + 2 > have:
+        return None
+    topic_end = body + 2 + ((buf[body] << 8) | buf[body + 1])
+    i = topic_end + (2 if qos else 0)
+    if i > end:
+        raise MalformedPacket("PUBLISH topic runs past the packet")
+    if i > have:
+        return None
+    mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
+    props = 0
+    if v5:
+        found = _varint(buf, i, min(have, end))
+        if found is None:
+            if have < end:
+                return None
+            raise MalformedPacket("PUBLISH properties length runs past the packet")
+        props, i = found
+    payload = end - i - props
+    if payload < 0:
+        raise MalformedPacket("PUBLISH properties run past the packet")
+    return _Head(bytes(buf[body + 2 : topic_end]), mid, qos, bool(first & 0x08), i, props, payload)
+
+
+class _Discard:
+    """An oversize PUBLISH streaming past: its properties skipped, its payload hashed and only
+    its first bytes kept."""
+
+    def __init__(self, head: _Head, keep: int) -> None:
+        self.head = head
+        self.props_left = head.props
+        self.payload_left = head.payload
+        self.keep = keep
+        self.kept = bytearray()
+        self.hash = hashlib.blake2b(digest_size=8)  # as the intake hashes a whole payload
+
+    @property
+    def left(self) -> int:
+        return self.props_left + self.payload_left
+
+    def feed(self, buf: bytearray | bytes, pos: int) -> int:
+        """Consume what the buffer holds of this packet from ``pos``; the index after it."""
+        take = min(len(buf) - pos, self.left)
+        skip = min(take, self.props_left)
+        self.props_left -= skip
+        start, stop = pos + skip, pos + take
+        if stop > start:
+            with memoryview(buf) as view, view[start:stop] as part:
+                self.hash.update(part)
+                if len(self.kept) < self.keep:
+                    self.kept += part[: self.keep - len(self.kept)]
+            self.payload_left -= stop - start
+        return pos + take
+
+    def publish(self) -> Publish:
+        head = self.head
+        excerpt = PayloadExcerpt(bytes(self.kept), head.payload, self.hash.digest())
+        return Publish(_topic(head.topic), excerpt, head.mid, head.qos, head.dup)
+
+
+class Framer:
+    """Splits the receive buffer into what the driver hands on, one packet at a time: a whole
+    PUBLISH (QoS 0/1), an oversize one streamed past (its payload a
+    :class:`~bridge.models.PayloadExcerpt`), or a whole packet for paho.
+
+    A PUBLISH whose payload is over ``max_payload`` (or whose properties are over
+    :data:`PROPS_ROOM`) is never held whole: once its head is read, each call consumes what
+    has arrived of it, and the message is handed on when its last byte has passed, so
+    acknowledgements keep their order. One framer per connection (:meth:`reset`).
+    """
+
+    def __init__(self, *, v5: bool, max_payload: int, keep: int = EXCERPT_BYTES) -> None:
+        self.v5 = v5
+        self.max_payload = max_payload
+        self.keep = min(keep, max_payload)
+        self.whole_limit = max_payload + HEAD_ROOM  # the largest packet read whole
+        self._discard: _Discard | None = None
+
+    @property
+    def mid_packet(self) -> bool:
+        """True while an oversize packet is streaming past (the buffer holds its bytes)."""
+        return self._discard is not None
+
+    def reset(self) -> None:
+        """A new connection: nothing is part-read."""
+        self._discard = None
+
+    def next(
+        self, buf: bytearray | bytes, pos: int, publish_ok: bool = True
+    ) -> tuple[int, Publish | ForPaho | None]:
+        """(index after what was consumed, what to hand on) for the stream at ``pos``; None
+        while more bytes are needed (skipped bytes are consumed all the same). A
+        :class:`ForPaho` is not consumed: paho reads it. ``publish_ok``: PUBLISH packets are
+        parsed here (after CONNACK), not by paho.
+
+        Raises:
+            MalformedPacket: broken framing, or a packet paho would have to read whole that is
+                larger than :attr:`whole_limit`.
+        """
+        if self._discard is None:
+            found = _varint(buf, pos + 1, len(buf))
+            if found is None:
+                return pos, None
+            length, body = found
+            total = body - pos + length
+            first = buf[pos]
+            if first >> 4 == PUBLISH and publish_ok and total > self.max_payload:
+                head = _publish_head(buf, pos, body, total, self.v5)
+                if head is None:
+                    return pos, None
+                too_big = head.payload > self.max_payload or head.props > PROPS_ROOM
+                if too_big and head.qos < 2 and head.topic:
+                    self._discard = _Discard(head, self.keep)
+                    pos = head.end
+            if self._discard is None:
+                return self._whole(buf, pos, total, publish_ok)
+        discard = self._discard
+        pos = discard.feed(buf, pos)
+        if discard.left:
+            return pos, None
+        self._discard = None
+        return pos, discard.publish()
+
+    def _whole(
+        self, buf: bytearray | bytes, pos: int, total: int, publish_ok: bool
+    ) -> tuple[int, Publish | ForPaho | None]:
+        if total > self.whole_limit:
+            raise MalformedPacket(
+                f"a packet of type {buf[pos] >> 4} and {total} bytes, more than the bridge "
+                f"reads whole ({self.whole_limit})"
+            )
+        if pos + total > len(buf):
+            return pos, None
+        if buf[pos] >> 4 == PUBLISH and publish_ok:
+            publish = parse_publish(buf, pos, total, self.v5)
+            if publish is not None:
+                return pos + total, publish
+        return pos, ForPaho(total)
 
 
 def puback(mid: int) -> bytes:

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.errors import SpoolFull
-from bridge.models import CommitResult, DeadLetter, Record
+from bridge.models import CommitResult, DeadLetter, Record, payload_size
 from bridge.spool.coalesce import fold
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.outbox import Outbox
@@ -135,7 +135,7 @@ class IntakeWriter:
                     d.rule,
                     d.topic,
                     d.payload[:DEAD_LETTER_PAYLOAD_CAP],
-                    len(d.payload),
+                    payload_size(d.payload),
                     d.detail,
                 )
                 for d in dead

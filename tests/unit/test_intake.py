@@ -4,12 +4,14 @@ records or a dead letter, counting outcomes once per commit, and recognising red
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
 from bridge.intake import Intake, Pending
 from bridge.mapping.loader import load_mappings_text, make_mapper
 from bridge.metrics import BridgeMetrics
+from bridge.models import PayloadExcerpt
 from bridge.settings import MappingSettings
 from tests.unit.clock import FakeClock
 
@@ -273,3 +275,32 @@ async def test_wait_returns_once_a_message_is_pending() -> None:
     intake.receive("tele/d1/temp", b"1", 1, 1, False, 1)
     async with asyncio.timeout(5):
         await waiter
+
+
+def _excerpt(payload: bytes, keep: int = 16) -> PayloadExcerpt:
+    """What the MQTT wire hands on for a payload it streamed past."""
+    digest = hashlib.blake2b(payload, digest_size=8).digest()
+    return PayloadExcerpt(payload[:keep], len(payload), digest)
+
+
+def test_a_payload_streamed_past_is_too_large_with_its_whole_size() -> None:
+    """An excerpt on a matched topic is a ``too_large`` dead letter naming the whole size
+    (never parsed); its receive-time entry uses the hash of the whole payload."""
+    intake, _ = make_intake()
+    big = b'{"temp": 1.5, "pad": "' + b"x" * 200_000 + b'"}'
+    p = receive(intake, "plant/s1/env", _excerpt(big))
+    assert p.records == []
+    assert p.dead is not None
+    assert (p.dead.reason, p.dead.payload) == ("too_large", big[:16])
+    assert "200024 bytes > cap 65536" in p.dead.detail
+    assert p.digest == hashlib.blake2b(big, digest_size=8).digest()
+
+
+def test_a_payload_streamed_past_keeps_the_rules_order_of_decisions() -> None:
+    """Routing comes before the size check, as for any payload: on an ignored topic it is
+    ignored, on a topic no rule matches it is an unmatched dead letter."""
+    intake, _ = make_intake()
+    assert receive(intake, "noise/a", _excerpt(b"1" * 100_000)).dead is None
+    unmatched = receive(intake, "nowhere/x", _excerpt(b"1" * 100_000), 2).dead
+    assert unmatched is not None
+    assert unmatched.reason == "unmatched"

@@ -425,3 +425,10 @@ def test_client_id_takes_the_hostname_so_replicas_can_share_one_file() -> None:
     assert s.mqtt.client_id == f"metriqo-{socket.gethostname()}"
     with pytest.raises(ConfigError, match="128 characters"):
         load_settings(environ={"METRIQO_BRIDGE_MQTT__CLIENT_ID": "x" * 120 + "{hostname}"})
+
+
+def test_payload_cap_reaches_both_the_wire_and_the_mapper() -> None:
+    """mqtt.max_payload_bytes is cut into the MQTT section (the wire streams larger payloads
+    past) and the mapping section (the mapper dead-letters them as too_large)."""
+    s = load_settings(environ={}, overrides={"mqtt.max_payload_bytes": "1000"})
+    assert s.mqtt.max_payload_bytes == s.mapping.max_payload_bytes == 1000

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bridge.models import PayloadExcerpt
 from bridge.mqtt.source import MqttSource
 from bridge.settings import MqttSettings
 from tests.support.waiting import until
@@ -260,6 +261,62 @@ async def test_receive_window_stops_the_sink_at_receive_maximum_until_acks() -> 
         assert [m[2] for m in got] == [10, 11, 12, 13, 14, 15]
         await barrier(peer, source, 1)
         assert peer.pubacks == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize("v5", [True, False])
+async def test_an_oversize_payload_streams_past_in_order_and_is_acknowledged_after_it(
+    v5: bool,
+) -> None:
+    """With a 64-byte cap, a 5,000-byte PUBLISH sent in two parts between two small ones: the
+    sink gets the small one, then (only once the last byte has come) the big one as an excerpt
+    with its whole size, then the next; PUBACKs go out in that order when acked."""
+    got: list[Message] = []
+    big = bytes(range(250)) * 20
+    async with (
+        scripted(Peer(v5=v5)) as peer,
+        running(peer, got, max_payload_bytes=64) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        packet = publish("plant/big", big, 2, v5=v5)
+        peer.send(publish("plant/a", b"1", 1, v5=v5) + packet[:1000])
+        await until(lambda: len(got) == 1, "the first small message")
+        peer.send(packet[1000:] + publish("plant/a", b"3", 3, v5=v5))
+        await until(lambda: len(got) == 3, "the big one and the one after it")
+        topic, payload, mid, qos, dup, _ = got[1]
+        assert (topic, mid, qos, dup) == ("plant/big", 2, 1, False)
+        assert isinstance(payload, PayloadExcerpt)
+        assert (payload, payload.size) == (big[:64], len(big))
+        assert got[2][1:3] == (b"3", 3)
+        for mid in (1, 2, 3):
+            source.ack(mid, 1)
+        await barrier(peer, source, 1)
+        assert peer.pubacks == [1, 2, 3]
+
+
+async def test_a_link_lost_inside_an_oversize_payload_hands_on_nothing_of_it() -> None:
+    """The broker goes away halfway through a big PUBLISH: nothing of it reaches the sink,
+    paho never reads its tail as a packet, and its redelivery on the next connection arrives
+    whole, once."""
+    got: list[Message] = []
+    big = b"B" * 5000
+    async with (
+        scripted(Peer(session_present=[False, True])) as peer,
+        running(peer, got, max_payload_bytes=64) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        peer.send(
+            publish("plant/a", b"1", 1, v5=True) + publish("plant/big", big, 2, v5=True)[:3000]
+        )
+        await until(lambda: len(got) == 1, "the small message")
+        peer.drop()
+        await until(lambda: len(peer.connects) == 2 and source.state.subscribed, "reconnected")
+        peer.send(publish("plant/big", big, 2, v5=True, dup=True))
+        await until(lambda: len(got) == 2, "the redelivered big message")
+        topic, payload, mid, _, dup, generation = got[1]
+        assert (topic, mid, dup, generation) == ("plant/big", 2, True, 2)
+        assert isinstance(payload, PayloadExcerpt)
+        assert payload.size == len(big)
+        assert "malformed" not in source.state.last_error
 
 
 async def test_reconnect_after_a_dropped_connection_resubscribes_with_a_new_generation() -> None:

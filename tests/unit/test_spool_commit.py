@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import SpoolError, SpoolFull
-from bridge.models import Record
+from bridge.models import PayloadExcerpt, Record
 from bridge.settings import SpoolSettings
 from bridge.spool.store import Spool
 from bridge.spool.writes import DEAD_LETTER_PAYLOAD_CAP
@@ -74,6 +74,15 @@ def test_dead_letters_from_commit_keep_reason_and_truncated_payload(spool: Spool
     ]
     assert sizes == [len(big), 5]
     assert spool.file.depth_records == 1
+
+
+def test_a_payload_streamed_past_is_stored_with_its_whole_size(spool: Spool) -> None:
+    """A dead letter of an excerpt (the MQTT wire kept only its head) stores the head and the
+    size of the whole payload, so `dead-letters` shows it as truncated."""
+    excerpt = PayloadExcerpt(b'{"temp": 1', 10_000_000, b"\x00" * 8)
+    spool.writer.commit([], [dead("too_large", excerpt)])
+    row = spool.file.conn.execute("SELECT payload, payload_size FROM dead_letters").fetchone()
+    assert (bytes(row[0]), row[1]) == (b'{"temp": 1', 10_000_000)
 
 
 def test_dead_letter_without_receive_time_uses_the_injected_clock(spool: Spool) -> None:
