@@ -26,6 +26,7 @@ from bridge.config.model import SettingsModel
 from bridge.config.secrets import is_loopback
 from bridge.config.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.mqtt.wire import HEAD_ROOM as PACKET_HEAD_ROOM
 
 ENV_PREFIX = "METRIQO_BRIDGE_"
 _ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}
@@ -117,6 +118,7 @@ def _cut(m: SettingsModel) -> rt.Settings:
             username=mq.username,
             tls=rt.TlsSettings(**mq.tls.model_dump()),
             max_payload_bytes=mq.max_payload_bytes,
+            max_packet_size=mq.max_packet_size,
         ),
         sender=rt.SenderSettings(
             base_url=api.base_url,
@@ -247,6 +249,12 @@ def _check(s: SettingsModel, origin: dict[KeyPath, str]) -> None:
         )
     if s.mqtt.reconnect_min_s > s.mqtt.reconnect_max_s:
         fail(("mqtt", "reconnect_min_s"), "must not exceed mqtt.reconnect_max_s")
+    if s.mqtt.max_packet_size < s.mqtt.max_payload_bytes + PACKET_HEAD_ROOM:
+        fail(
+            ("mqtt", "max_packet_size"),
+            f"must be at least mqtt.max_payload_bytes + {PACKET_HEAD_ROOM} (the largest topic "
+            "and properties): the broker would silently drop messages the bridge accepts",
+        )
     tls = s.mqtt.tls
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(tls, key)

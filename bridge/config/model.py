@@ -113,6 +113,16 @@ class MqttModel(_Section):
         description="larger payloads are dead-lettered as `too_large` before parsing; they "
         "stream past the bridge without being held in memory (it keeps their first 64 KiB)",
     )
+    max_packet_size: int = Field(
+        _MQTT.max_packet_size,
+        ge=1024,
+        le=268_435_455,
+        description="sent as Maximum Packet Size in CONNECT (v5): the broker then drops larger "
+        "packets for this bridge *silently*, so keep it far above `max_payload_bytes` (a "
+        "payload between the two is received, counted and dead-lettered as `too_large`); a "
+        "last guard against absurd packets, not the size cap. 268435455 (the MQTT maximum) "
+        "sends no effective limit",
+    )
 
 
 class ApiModel(_Section):

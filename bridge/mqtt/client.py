@@ -89,6 +89,12 @@ def connect(client: mqtt.Client, s: MqttSettings) -> None:
         # Receive Maximum sizes the broker's window of unacknowledged messages; messages
         # wait here only until the next group commit, so a wide window keeps commits large.
         props.ReceiveMaximum = s.receive_maximum
+        # A broker drops a packet over Maximum Packet Size for this client without a trace
+        # (MQTT 5 §3.1.2.11.4: it "MUST discard it ... and then behave as if it had completed
+        # sending"), so it is set far above mqtt.max_payload_bytes: payloads in between reach
+        # the bridge, stream past and are counted and dead-lettered as too_large. It only
+        # guards against packets so large that streaming them would hold up everything else.
+        props.MaximumPacketSize = s.max_packet_size
         client.connect(s.host, s.port, s.keepalive_s, clean_start=False, properties=props)
     else:
         client.connect(s.host, s.port, s.keepalive_s)

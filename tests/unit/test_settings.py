@@ -432,3 +432,15 @@ def test_payload_cap_reaches_both_the_wire_and_the_mapper() -> None:
     past) and the mapping section (the mapper dead-letters them as too_large)."""
     s = load_settings(environ={}, overrides={"mqtt.max_payload_bytes": "1000"})
     assert s.mqtt.max_payload_bytes == s.mapping.max_payload_bytes == 1000
+
+
+def test_max_packet_size_must_leave_room_for_every_payload_the_bridge_accepts() -> None:
+    """A Maximum Packet Size the broker would apply to payloads under the cap (plus the largest
+    header) is refused: those messages would vanish without a trace."""
+    s = load_settings(environ={}, overrides={"mqtt.max_packet_size": "1000000"})
+    assert s.mqtt.max_packet_size == 1_000_000
+    with pytest.raises(ConfigError, match=r"mqtt\.max_packet_size: must be at least"):
+        load_settings(
+            environ={},
+            overrides={"mqtt.max_payload_bytes": "1048576", "mqtt.max_packet_size": "1100000"},
+        )

@@ -48,7 +48,8 @@ class Connect:
 
     level: int  # 5 or 4 (v3.1.1)
     clean: bool  # Clean Start (v5) / Clean Session (v3.1.1)
-    props: dict[int, int]  # v5 integer properties by identifier (0x11 expiry, 0x21 receive max)
+    props: dict[int, int]  # v5 integer properties by identifier (0x11 expiry, 0x21 receive max,
+    # 0x27 maximum packet size)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Peer:
             if level == 5:
                 end, i = self._props_end(body, i + 4)
                 while i < end:  # the source sets only four-byte and two-byte properties
-                    size = 4 if body[i] == 0x11 else 2
+                    size = 4 if body[i] in (0x11, 0x27) else 2
                     props[body[i]] = int.from_bytes(body[i + 1 : i + 1 + size], "big")
                     i += 1 + size
             self.connects.append(Connect(level, bool(flags & 0x02), props))
@@ -345,18 +346,20 @@ async def test_reconnect_after_a_dropped_connection_resubscribes_with_a_new_gene
 
 @pytest.mark.parametrize("v5", [True, False])
 async def test_connect_keeps_the_session(v5: bool) -> None:
-    """CONNECT asks to resume the session: v5 Clean Start 0 with the configured Session Expiry
-    and Receive Maximum; v3.1.1 Clean Session 0."""
+    """CONNECT asks to resume the session: v5 Clean Start 0 with the configured Session Expiry,
+    Receive Maximum and Maximum Packet Size; v3.1.1 Clean Session 0."""
     async with (
         scripted(Peer(v5=v5)) as peer,
-        running(peer, session_expiry_s=3600, receive_maximum=77) as source,
+        running(
+            peer, session_expiry_s=3600, receive_maximum=77, max_packet_size=5_000_000
+        ) as source,
     ):
         await until(lambda: source.state.subscribed, "subscribed")
     assert len(peer.connects) == 1
     connect = peer.connects[0]
     assert connect.clean is False
     if v5:
-        assert (connect.level, connect.props) == (5, {0x11: 3600, 0x21: 77})
+        assert (connect.level, connect.props) == (5, {0x11: 3600, 0x21: 77, 0x27: 5_000_000})
     else:
         assert (connect.level, connect.props) == (4, {})
 
