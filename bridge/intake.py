@@ -38,9 +38,12 @@ class Pending:
 
     @property
     def stamped(self) -> bool:
-        """True when a point of this message carries its receive time (no payload timestamp):
-        only then does a redelivery need the same time to be recognised."""
-        return bool(self.qos) and any(r.ts_us == self.received_us for r in self.records)
+        """True when a redelivery of this message must be recognised across a restart: a point
+        carries its receive time (no payload timestamp), or the message is dead-lettered (its
+        dead letter must be stored once)."""
+        return bool(self.qos) and (
+            self.dead is not None or any(r.ts_us == self.received_us for r in self.records)
+        )
 
 
 class Intake:
@@ -92,6 +95,7 @@ class Intake:
         received_us = max(int(self._wall() * 1_000_000), self._last_us + 1)
         self._last_us = received_us
         digest = b""
+        redelivered = False
         if qos:
             # Stable across restarts (hash() is salted per process): entries are persisted. A
             # payload streamed past (an excerpt) was hashed whole as it went by.
@@ -103,6 +107,7 @@ class Intake:
                 earlier = self._unacked.get(mid)
                 if earlier is not None and earlier[0] == topic and earlier[1] == digest:
                     received_us = earlier[2]
+                    redelivered = True
             self._unacked[mid] = (topic, digest, received_us)
         mapped = self.mapper.map(topic, payload, received_us)
         self._received += 1
@@ -125,7 +130,12 @@ class Intake:
             detail = "; ".join(str(f) for f in mapped.failures)
             if mapped.records:
                 detail = f"partially mapped ({mapped.points} point(s) kept): {detail}"
-            dead = DeadLetter(first.reason, detail[:_DETAIL_CAP], topic, payload, rule, received_us)
+            if not redelivered:
+                # A redelivery's first copy is committed (or waits ahead of it, in order), and
+                # its dead letter with it: store it once.
+                dead = DeadLetter(
+                    first.reason, detail[:_DETAIL_CAP], topic, payload, rule, received_us
+                )
         if mapped.records:
             self._points[rule] = self._points.get(rule, 0) + mapped.points
         self._pending.append(

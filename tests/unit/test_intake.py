@@ -304,3 +304,27 @@ def test_a_payload_streamed_past_keeps_the_rules_order_of_decisions() -> None:
     unmatched = receive(intake, "nowhere/x", _excerpt(b"1" * 100_000), 2).dead
     assert unmatched is not None
     assert unmatched.reason == "unmatched"
+
+
+@pytest.mark.parametrize(
+    "payload", [b"{oops", b"x" * 100_000], ids=["invalid-json", "streamed-past"]
+)
+def test_a_redelivered_dead_letter_is_stored_once(payload: bytes) -> None:
+    """A dead-lettered QoS 1 message is remembered like a receive-stamped one; its DUP
+    redelivery (same id, topic and payload, in this run or after a restart) is acknowledged
+    again but brings no second dead letter."""
+    clock = FakeClock(NOW_S)
+    intake, _ = make_intake(clock)
+    sent = _excerpt(payload) if len(payload) > 65536 else payload
+    first = receive(intake, "plant/s3/env", sent, 9)
+    assert first.dead is not None
+    assert first.stamped  # persisted in the spool's unacked table with the dead letter
+    clock.advance(5.0)
+    again = receive(intake, "plant/s3/env", sent, 9, dup=True)
+    assert again.dead is None
+    assert not again.stamped
+    restored = make_intake(clock)[0]
+    restored.restore_unacked({9: ("plant/s3/env", first.digest, first.received_us)})
+    assert receive(restored, "plant/s3/env", sent, 9, dup=True).dead is None
+    # Not a redelivery: a dead letter of its own.
+    assert receive(intake, "plant/s3/env", b"{other", 9, dup=True).dead is not None
