@@ -82,7 +82,7 @@ class MqttSettings:
     username: str | None = None
     tls: TlsSettings = field(default_factory=TlsSettings)
     max_payload_bytes: int = 65536  # larger payloads stream past the wire (mqtt.max_payload_bytes)
-    max_packet_size: int = 16 * 1024 * 1024  # v5 Maximum Packet Size: a last guard, far above
+    max_packet_size: int = 64 * 1024 * 1024  # v5 Maximum Packet Size: a last guard, far above
 
 
 @dataclass(frozen=True, slots=True)
