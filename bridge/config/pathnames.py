@@ -31,8 +31,8 @@ NOT_SHOWN = (
 )
 
 # The API's tokens: mqk_live_…, mqk_test_… (docs: the Metriqo API contract), perhaps with the
-# "Bearer " of a copied header in front.
-_TOKEN = re.compile(r"\s*(?:Bearer\s+)?mqk_[A-Za-z0-9_-]{6,}\s*")
+# "Bearer " of a copied header in front. A file name has a dot or a slash, or no second "_".
+_TOKEN = re.compile(r"\s*(?:Bearer\s+)?mqk_[A-Za-z0-9]+_[A-Za-z0-9_-]{6,}\s*")
 
 
 def looks_like_token(value: str | Path) -> bool:

@@ -260,6 +260,8 @@ def test_which_paths_an_error_may_show(home: Path, monkeypatch: pytest.MonkeyPat
     assert shown_path(SECRET, place) is None
     assert looks_like_token(f"Bearer {SECRET}")
     assert not looks_like_token("/etc/metriqo/token")
+    assert not looks_like_token("mqk_spool1")
+    assert not looks_like_token("mqk_live_token.db")
 
 
 def test_token_and_password_errors_name_the_setting_and_where_it_was_set(home: Path) -> None:
