@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from bridge import failpoints
 from bridge.backoff import Backoff
 from bridge.batcher import Batch
-from bridge.errors import PermanentDelivery, RetryableDelivery
+from bridge.errors import PermanentDelivery, RetryableDelivery, UnsendableRequest
 from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
 from bridge.ratelimit import MAX_RETRY_AFTER_S, Pacer, pacing
@@ -221,6 +221,10 @@ class Delivery:
             started = self._clock()
             try:
                 written = await self._sender.post(objects, batch.idempotency_key)
+            except UnsendableRequest as exc:
+                self._m.token_unusable.labels("send").inc()  # not a request: nothing was sent
+                await self._after_retryable(exc, backoff)
+                continue
             except RetryableDelivery as exc:
                 self._m.request_duration.observe(self._clock() - started)
                 self._count_request(exc.status)
@@ -271,7 +275,11 @@ class Delivery:
                 self._pacer.rate,
             )
             return
-        if exc.status in (401, 403, 404) or (exc.status is not None and 300 <= exc.status < 400):
+        if (
+            isinstance(exc, UnsendableRequest)
+            or exc.status in (401, 403, 404)
+            or (exc.status is not None and 300 <= exc.status < 400)
+        ):
             self.paused_reason = str(exc)
             self._m.delivery_paused.set(1)
             self._throttle.log(log, logging.ERROR, f"pause{exc.status}", "%s", exc)

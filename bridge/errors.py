@@ -7,6 +7,7 @@
     ├── PayloadError         one MQTT message cannot be mapped (counted, dead-lettered)
     ├── DeliveryError        a batch could not be delivered to the API
     │   ├── RetryableDelivery    network errors, timeouts, 5xx, 429: try again later
+    │   │   └── UnsendableRequest    nothing sent: the token cannot go into a header
     │   └── PermanentDelivery    the API refused the batch for what it contains (400, 413, 422)
     └── SpoolError           the durable spool cannot be opened or written
         ├── SpoolFull            at its cap, or the disk is full: back-pressure, not a failure
@@ -120,6 +121,11 @@ class RetryableDelivery(DeliveryError):
     ) -> None:
         super().__init__(message, status=status, body=body)
         self.retry_after = retry_after
+
+
+class UnsendableRequest(RetryableDelivery):
+    """The request could not be built, so nothing was sent: the API token holds characters an
+    HTTP header cannot carry. Delivery pauses (data kept) until the token changes."""
 
 
 class PermanentDelivery(DeliveryError):

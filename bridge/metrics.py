@@ -51,6 +51,7 @@ DEAD_LETTER_REASONS = (
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 DROP_REASONS = ("spool_full",)
 RELOAD_RESULTS = ("success", "failure")
+TOKEN_UNUSABLE_REASONS = ("reload", "send")
 
 # What an operator should make of each metric when it moves, beside its HELP text: the metrics
 # reference (docs/reference/metrics.md) is generated from the registry and these notes, and a
@@ -76,6 +77,9 @@ OPERATOR_NOTES: dict[str, str] = {
     "spool_drain_eta_seconds": "`+Inf` while delivery is stalled",
     "delivery_paused": "the API refuses the token (401/403) or the URL is wrong (404/3xx); data "
     "keeps spooling",
+    "token_unusable": "`reload`: the token file changed but is unusable, the previous token is "
+    "still in use (the log says why); `send`: the token cannot go into an HTTP header, delivery "
+    "is paused",
 }
 
 
@@ -242,6 +246,13 @@ class BridgeMetrics:
             "1 while delivery is paused by an auth or configuration error from the API",
             registry=r,
         )
+        self.token_unusable = Counter(
+            p + "token_unusable_total",
+            "API tokens the bridge refused itself, by reason (reload: a changed token file, "
+            "the previous token kept; send: a token an HTTP header cannot carry, nothing sent)",
+            ["reason"],
+            registry=r,
+        )
 
         # Fixed vocabularies start at 0 (rule-labelled series appear with their first event).
         for reason in DEAD_LETTER_REASONS:
@@ -252,6 +263,8 @@ class BridgeMetrics:
             self.points_dropped.labels(reason)
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result)
+        for reason in TOKEN_UNUSABLE_REASONS:
+            self.token_unusable.labels(reason)
         # The standard process_* metrics (RSS, CPU, open fds, start time) and python_info, so
         # one scrape shows memory and CPU beside throughput; Linux only, silently absent elsewhere.
         ProcessCollector(registry=r)

@@ -16,7 +16,8 @@ from types import TracebackType
 import aiohttp
 import orjson
 
-from bridge.errors import PermanentDelivery, RetryableDelivery
+from bridge.config.secrets import secret_text_problem
+from bridge.errors import PermanentDelivery, RetryableDelivery, UnsendableRequest
 from bridge.settings import SenderSettings
 
 _BODY_EXCERPT = 500
@@ -88,8 +89,17 @@ class Sender:
         if self._body == "object" and len(objects) != 1:
             raise ValueError("object body mode needs exactly one object per request")
         body = orjson.dumps(objects if self._body == "array" else objects[0])
+        token = self._token()
+        # The settings refuse such a token at start and at each re-read of its file; this is
+        # the last guard, so that no token can make aiohttp raise (and the bridge exit).
+        problem = secret_text_problem(token, header=True)
+        if problem is not None:
+            raise UnsendableRequest(
+                f"the API token cannot be sent: it holds {problem}; delivery paused, data kept "
+                "in the spool"
+            )
         headers = {
-            "Authorization": f"Bearer {self._token()}",
+            "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
         }
@@ -105,6 +115,12 @@ class Sender:
         except aiohttp.ClientError as exc:
             # str(exc) of aiohttp client errors names host and reason, never request headers.
             raise RetryableDelivery(f"API connection failed: {exc}") from None
+        except ValueError as exc:
+            # aiohttp refuses a header it cannot write (its text may quote the header: not shown)
+            raise UnsendableRequest(
+                f"the API request could not be built ({type(exc).__name__}); delivery paused, "
+                "data kept in the spool"
+            ) from None
         excerpt = raw[:_BODY_EXCERPT].decode("utf-8", "replace")
         if 200 <= status < 300:
             try:

@@ -160,12 +160,17 @@ class HttpSettings:
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """Where the API token and the broker password come from (:mod:`bridge.config.secrets`)."""
+    """Where the API token and the broker password come from (:mod:`bridge.config.secrets`).
+
+    ``origins``: where each of these keys was set (``bridge.yaml:4``, ``environment variable
+    METRIQO_BRIDGE_TOKEN_FILE``), for errors that name the setting instead of its value.
+    """
 
     api_token: Secret | None = None
     api_token_file: Path | None = None
     mqtt_password: Secret | None = None
     mqtt_password_file: Path | None = None
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,3 +193,5 @@ class Settings:
     log_format: LogFormat = "text"
     stop_timeout_s: float = 10.0
     effective: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Dotted key -> where the user set it (file:line, variable, flag); absent: the default.
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bridge.cli.command import Subparsers
 from bridge.cli.flags import add_settings_flags, settings_from
+from bridge.config.pathnames import DEFAULTS, NOT_SHOWN, shown_path
 from bridge.errors import EX_FAILURE, EX_NOINPUT, EX_OK, EX_USAGE, SpoolError
 from bridge.spool.backup import backup
 
@@ -30,9 +31,12 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dest: Path = args.dest
-    source = settings_from(args).spool.path
+    settings = settings_from(args)
+    source = settings.spool.path
     if not source.is_file():
-        print(f"metriqo-bridge backup: no spool at {source} (check spool.path)", file=sys.stderr)
+        shown = shown_path(source, settings.origins.get("spool.path", DEFAULTS))
+        at = shown or "spool.path " + NOT_SHOWN
+        print(f"metriqo-bridge backup: no spool at {at} (check spool.path)", file=sys.stderr)
         return EX_NOINPUT
     if dest.exists() and not args.force:
         print(f"metriqo-bridge backup: {dest} exists (use --force)", file=sys.stderr)

@@ -33,6 +33,7 @@ from bridge.cli.dead_letter_rows import (
     table_cells,
 )
 from bridge.cli.flags import settings_from
+from bridge.config.pathnames import DEFAULTS, NOT_SHOWN, NamedBy, shown_path
 from bridge.errors import EX_FAILURE, EX_NOINPUT, EX_OK, EX_USAGE
 from bridge.mapping.loader import load_mappings, make_mapper
 from bridge.mapping.mapper import Mapper
@@ -160,12 +161,14 @@ def run(args: argparse.Namespace) -> int:
     mapper = None
     if args.dl_command == "requeue":
         # Built exactly as the bridge builds it, so a message maps as it would if it came now.
-        mapper = make_mapper(load_mappings(settings.mapping.file), settings.mapping)
+        named_by = NamedBy.setting(settings.origins, "mapping.file")
+        mapper = make_mapper(load_mappings(settings.mapping.file, named_by), settings.mapping)
     path = settings.spool.path
     if not path.is_file():
+        shown = shown_path(path, settings.origins.get("spool.path", DEFAULTS))
         print(
-            f"metriqo-bridge: no spool at {path}; point spool.path at the bridge's spool "
-            "(--spool, --config or METRIQO_BRIDGE_SPOOL__PATH)",
+            f"metriqo-bridge: no spool at {shown or 'spool.path ' + NOT_SHOWN}; point "
+            "spool.path at the bridge's spool (--spool, --config or METRIQO_BRIDGE_SPOOL__PATH)",
             file=sys.stderr,
         )
         return EX_NOINPUT

@@ -58,7 +58,8 @@ def overrides(args: argparse.Namespace) -> dict[str, str]:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}", file="command line")
+            # Not echoed: an item without '=' may be a token typed in the wrong place.
+            raise ConfigError("--set expects KEY=VALUE; an item has no '='", file="command line")
         out[key.strip()] = value
     return out
 

@@ -35,9 +35,11 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bridge.app import Bridge
+    from bridge.config.pathnames import NamedBy
     from bridge.config.secrets import TokenSource, resolve_mqtt_password
     from bridge.logs import setup_logging
     from bridge.mapping.loader import load_mappings
+    from bridge.metrics import BridgeMetrics
 
     settings = settings_from(args)
     if args.print_config:
@@ -45,12 +47,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EX_OK
     # Everything that can be wrong with the configuration fails here, before the spool opens.
-    rules = load_mappings(settings.mapping.file)
-    token = TokenSource(settings.credentials)
+    rules = load_mappings(settings.mapping.file, NamedBy.setting(settings.origins, "mapping.file"))
+    metrics = BridgeMetrics()
+    refused = metrics.token_unusable.labels("reload")
+    token = TokenSource(settings.credentials, on_refused=refused.inc)
     password = resolve_mqtt_password(settings.credentials)
     setup_logging(settings.log_level, settings.log_format)
     bridge = Bridge(
-        settings, rules, token, mqtt_password=password, mappings_path=settings.mapping.file
+        settings,
+        rules,
+        token,
+        mqtt_password=password,
+        metrics=metrics,
+        mappings_path=settings.mapping.file,
     )
 
     async def serve() -> None:

@@ -103,13 +103,12 @@ def run(args: argparse.Namespace) -> int:
     from bridge.lab.apiserver.faults import Faults
     from bridge.lab.apiserver.server import serve_forever
 
-    token_file = args.token_file or (
-        Path(os.environ["METRIQO_BRIDGE_TOKEN_FILE"])
-        if os.environ.get("METRIQO_BRIDGE_TOKEN_FILE")
-        else None
-    )
+    token_file, origin = args.token_file, "command-line flag --token-file"
+    if token_file is None and os.environ.get("METRIQO_BRIDGE_TOKEN_FILE"):
+        token_file = Path(os.environ["METRIQO_BRIDGE_TOKEN_FILE"])
+        origin = "environment variable METRIQO_BRIDGE_TOKEN_FILE"
     if token_file is not None:
-        token = read_secret_file(token_file, "token")
+        token = read_secret_file(token_file, "token", origin=origin, header=True)
     elif os.environ.get("METRIQO_BRIDGE_TOKEN"):
         token = os.environ["METRIQO_BRIDGE_TOKEN"]
     else:
@@ -121,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
     rotated = (
         None
         if args.unauthorized_until_token_file is None
-        else read_secret_file(args.unauthorized_until_token_file, "unauthorized-until-token")
+        else read_secret_file(
+            args.unauthorized_until_token_file,
+            "unauthorized-until-token",
+            origin="command-line flag --unauthorized-until-token-file",
+            header=True,
+        )
     )
     try:
         faults = Faults(

@@ -16,14 +16,22 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from bridge import settings as rt
 from bridge.config.model import SettingsModel
-from bridge.config.secrets import is_loopback
+from bridge.config.pathnames import (
+    DEFAULTS,
+    NOT_SHOWN,
+    NamedBy,
+    about_path,
+    looks_like_token,
+    shown_path,
+)
+from bridge.config.secrets import is_loopback, secret_text_problem
 from bridge.config.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mqtt.wire import HEAD_ROOM as PACKET_HEAD_ROOM
@@ -32,6 +40,7 @@ ENV_PREFIX = "METRIQO_BRIDGE_"
 _ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}
 # Read elsewhere: the settings file path, and test failpoints (bridge/failpoints.py).
 _ENV_NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAILPOINTS"})
+_CREDENTIAL_KEYS = frozenset({"api.token", "api.token_file", "mqtt.password", "mqtt.password_file"})
 
 
 def load_settings(
@@ -53,10 +62,12 @@ def load_settings(
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     origin: dict[KeyPath, str] = {}
+    named_by = NamedBy("command-line flag --config")
     if file is None and env.get(ENV_PREFIX + "CONFIG"):
         file = Path(env[ENV_PREFIX + "CONFIG"])
+        named_by = NamedBy(f"environment variable {ENV_PREFIX}CONFIG")
     if file is not None:
-        data, index = load_yaml_file(file)
+        data, index = load_yaml_file(file, named_by)
         if data is not None and not isinstance(data, dict):
             raise ConfigError("settings file must be a mapping of sections", file=str(file))
         _from_file(data or {}, file, index, merged, origin)
@@ -90,7 +101,7 @@ def load_settings(
         model = model.model_copy(
             update={"mqtt": model.mqtt.model_copy(update={"client_id": client_id})}
         )
-    return _cut(model)
+    return _cut(model, {format_path(path): where for path, where in origin.items()})
 
 
 def default_settings() -> rt.Settings:
@@ -98,9 +109,10 @@ def default_settings() -> rt.Settings:
     return load_settings(environ={})
 
 
-def _cut(m: SettingsModel) -> rt.Settings:
+def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
     """One frozen section per component, from the user's sections (``api`` and ``batch``
-    feed the sender and delivery; ``spool`` the store and the group commit)."""
+    feed the sender and delivery; ``spool`` the store and the group commit). ``origins``:
+    dotted key → where it was set."""
     mq, api, batch, spool = m.mqtt, m.api, m.batch, m.spool
     return rt.Settings(
         mqtt=rt.MqttSettings(
@@ -166,11 +178,13 @@ def _cut(m: SettingsModel) -> rt.Settings:
             api_token_file=api.token_file,
             mqtt_password=_secret(mq.password),
             mqtt_password_file=mq.password_file,
+            origins={k: v for k, v in origins.items() if k in _CREDENTIAL_KEYS},
         ),
         log_level=m.log_level,
         log_format=m.log_format,
         stop_timeout_s=m.stop_timeout_s,
         effective=m.model_dump(mode="json"),  # SecretStr dumps as '**********'
+        origins=origins,
     )
 
 
@@ -255,38 +269,126 @@ def _check(s: SettingsModel, origin: dict[KeyPath, str]) -> None:
             f"must be at least mqtt.max_payload_bytes + {PACKET_HEAD_ROOM} (the largest topic "
             "and properties): the broker would silently drop messages the bridge accepts",
         )
+    _check_secrets(s, fail)
+    misplaced = _check_paths(s, origin, fail)
     tls = s.mqtt.tls
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(tls, key)
-        if value is not None and not Path(value).is_file():
-            fail(("mqtt", "tls", key), f"file not found: {value}")
+    for path in (
+        ("mqtt", "tls", "ca_file"),
+        ("mqtt", "tls", "cert_file"),
+        ("mqtt", "tls", "key_file"),
+        ("api", "ca_file"),
+    ):
+        value = _value(s, path)
+        if isinstance(value, Path) and path not in misplaced:
+            problem = _not_a_file(value)
+            if problem:
+                fail(path, about_path(problem, value, origin.get(path, DEFAULTS)))
     if (tls.cert_file is None) != (tls.key_file is None):
         fail(("mqtt", "tls", "cert_file"), "cert_file and key_file must be given together")
-    if s.api.ca_file is not None and not Path(s.api.ca_file).is_file():
-        fail(("api", "ca_file"), f"file not found: {s.api.ca_file}")
     group = s.mqtt.share_group
     if group is not None and (not group or any(c in group for c in "/+#")):
         fail(("mqtt", "share_group"), "must be a non-empty name without '/', '+' or '#'")
     host = s.mqtt.host
     if not host or "://" in host or any(c in host for c in "/ \t@?#"):
         fail(("mqtt", "host"), "must be a host name or an IP address, e.g. broker.plant.local")
-    problem = _unwritable(s.spool.path)
+    spool = s.spool.path
+    shown = shown_path(spool, origin.get(("spool", "path"), DEFAULTS))
+    problem = None if ("spool", "path") in misplaced else _unwritable(spool, shown)
     if problem:
         fail(("spool", "path"), problem)
     if errors:
         raise ConfigErrors(errors)
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why the spool cannot be created at ``path`` (None if it can, as far as we can tell)."""
+def path_settings(model: type[BaseModel] = SettingsModel, prefix: KeyPath = ()) -> list[KeyPath]:
+    """Every setting whose value is a path (``Path`` or ``Path | None``), found in the model so
+    that a new one is covered by the checks below (and by their tests) without a list to keep."""
+    out: list[KeyPath] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out.extend(path_settings(annotation, (*prefix, name)))
+        elif annotation is Path or Path in get_args(annotation):
+            out.append((*prefix, name))
+    return out
+
+
+def _value(s: SettingsModel, path: KeyPath) -> Any:
+    node: Any = s
+    for part in path:
+        node = getattr(node, str(part))
+    return node
+
+
+def _check_paths(s: SettingsModel, origin: dict[KeyPath, str], fail: Any) -> set[KeyPath]:
+    """A token pasted into a path setting, or a path with a control character in it (a line
+    break from a Secret or ConfigMap value): refused without echoing the value. Returns the
+    settings refused, so nothing else reports them again."""
+    refused: set[KeyPath] = set()
+    for path in path_settings():
+        value = _value(s, path)
+        if value is None:
+            continue
+        if looks_like_token(value):
+            fail(
+                path,
+                "this looks like an API token, not a path (the value is not shown); write the "
+                "token into a file only the bridge can read and give that file's path, or set "
+                "METRIQO_BRIDGE_TOKEN",
+            )
+            refused.add(path)
+            continue
+        bad = secret_text_problem(str(value), spaces=False)
+        if bad is not None:
+            fail(path, f"the path holds {bad}; a path has no control characters {NOT_SHOWN}")
+            refused.add(path)
+    return refused
+
+
+def _check_secrets(s: SettingsModel, fail: Any) -> None:
+    """A token or password set directly, with a character it cannot hold (a line break from
+    ``kubectl create secret --from-file``, a stray space): refused, never echoed. (Their files
+    are read, and checked the same way, by :mod:`bridge.config.secrets`.)"""
+    for path, value, what in (
+        (("api", "token"), s.api.token, "token"),
+        (("mqtt", "password"), s.mqtt.password, "password"),
+    ):
+        if value is None:
+            continue
+        bad = secret_text_problem(value.get_secret_value(), header=what == "token")
+        if bad is not None:
+            fail(
+                path,
+                f"the {what} holds {bad}; a {what} has no whitespace, control or invisible "
+                "characters",
+            )
+
+
+def _not_a_file(path: Path) -> str | None:
+    if not path.exists():
+        return "file not found"
+    if path.is_dir():
+        return "is a directory, expected a file"
+    return None
+
+
+def _unwritable(path: Path, shown: str | None) -> str | None:
+    """Why the spool cannot be created at ``path`` (None if it can, as far as we can tell);
+    ``shown``: the path as the message may show it (None: not at all)."""
     target = path.absolute()
     if target.is_dir():
-        return f"{path} is a directory; give the path of the spool file inside it"
+        return f"{shown or 'it'} is a directory; give the path of the spool file inside it"
     parent = target.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        return f"{parent} is not a directory, so {path} cannot be created"
+        if shown is None:
+            return f"part of its directory is a file, so it cannot be created {NOT_SHOWN}"
+        return f"{parent} is not a directory, so {shown} cannot be created"
     if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{parent} is not writable (read-only or no permission), so {path} cannot be created"
+        if shown is None:
+            return f"its directory is not writable (read-only or no permission) {NOT_SHOWN}"
+        return (
+            f"{parent} is not writable (read-only or no permission), so {shown} cannot be created"
+        )
     return None

@@ -103,7 +103,9 @@ class MqttModel(_Section):
         None, description="broker password (prefer `password_file`); never printed"
     )
     password_file: Path | None = Field(
-        None, description="file holding the broker password (`chmod 600`)"
+        None,
+        description="file holding the broker password (`chmod 600`, in a directory only its "
+        "owner can write)",
     )
     tls: TlsModel = TlsModel()
     max_payload_bytes: int = Field(
@@ -138,8 +140,8 @@ class ApiModel(_Section):
     )
     token_file: Path | None = Field(
         None,
-        description="file holding the API token (`chmod 600`); re-read when it changes, so a "
-        "rotated token is used without a restart",
+        description="file holding the API token (`chmod 600`, in a directory only its owner can "
+        "write); re-read when it changes, so a rotated token is used without a restart",
     )
     body: Literal["array", "object"] = Field(
         _SENDER.body,

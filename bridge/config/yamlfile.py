@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from bridge.config.pathnames import NamedBy, about_path
 from bridge.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -51,20 +52,33 @@ def format_path(path: KeyPath) -> str:
     return out
 
 
-def load_yaml_file(path: Path) -> tuple[Any, LineIndex]:
-    """Read and parse ``path``; raise ConfigError naming the file for any problem."""
+def load_yaml_file(path: Path, named_by: NamedBy | None = None) -> tuple[Any, LineIndex]:
+    """Read and parse ``path``; raise ConfigError naming the file for any problem.
+
+    ``named_by``: the setting that gave the path. A file that cannot be opened is then reported
+    as that setting's error (where it was set, the key), and its path only if it cannot be a
+    secret set by mistake (:mod:`bridge.config.pathnames`).
+    """
     name = str(path)
+
+    def unopened(problem: str) -> ConfigError:
+        if named_by is None:
+            return ConfigError(problem, file=name)
+        return ConfigError(
+            about_path(problem, path, named_by.origin), file=named_by.origin, key=named_by.key
+        )
+
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError("file not found", file=name) from None
+        raise unopened("file not found") from None
     except PermissionError:
-        raise ConfigError("file is not readable (permission denied)", file=name) from None
+        raise unopened("file is not readable (permission denied)") from None
     except IsADirectoryError:
-        raise ConfigError("is a directory, expected a YAML file", file=name) from None
+        raise unopened("is a directory, expected a YAML file") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read file: {exc.strerror}", file=name) from None
+        raise unopened(f"cannot read file ({exc.strerror})") from None
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError(f"file is larger than {MAX_FILE_BYTES} bytes", file=name)
     try:

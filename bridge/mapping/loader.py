@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
@@ -151,9 +152,10 @@ def load_mapping_tests(path: Path) -> tuple[list[Rule], list[MappingTest], LineI
     return rules, list(spec.tests or []), index
 
 
-def load_mappings(path: Path) -> list[Rule]:
-    """Load, validate and compile a mapping file; raise ConfigError(s) naming file and line."""
-    data, index = load_yaml_file(path)
+def load_mappings(path: Path, named_by: NamedBy | None = None) -> list[Rule]:
+    """Load, validate and compile a mapping file; raise ConfigError(s) naming file and line
+    (``named_by``: the setting that gave the path, for a file that cannot be opened)."""
+    data, index = load_yaml_file(path, named_by)
     return compile_mappings(data, index)
 
 

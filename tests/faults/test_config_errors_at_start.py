@@ -1,4 +1,4 @@
-"""Rows 17, 18 and 20 of the reliability matrix: every configuration error at start.
+"""Rows 17, 18, 20 and 23 of the reliability matrix: every configuration error at start.
 
 At start (``python -m bridge run`` as a subprocess, no broker needed: configuration is checked
 before anything starts) each broken setting, settings file, mapping file, token file, CA path or
@@ -6,7 +6,7 @@ spool path must exit with its documented code (78, or 75 for a locked spool), pr
 naming file, line and key, print no traceback, never echo the token, and create no spool. The
 cases run concurrently (one interpreter start costs about a second of CPU), once per session, in
 a module fixture; each case still passes or fails on its own. The cases themselves are the table
-in :mod:`tests.support.config_errors`.
+in :mod:`tests.support.config_errors` and, for the secrets, :mod:`tests.support.secret_cases`.
 
 Known defects are documented as ``xfail(strict=True)`` cases whose reason says what happens.
 Errors at hot reload: ``test_config_errors_on_reload.py``.
@@ -32,9 +32,12 @@ from tests.support.config_errors import (
     GOOD_MAPPING,
     IS_ROOT,
     ROOT_READS_ANYWAY,
-    START_CASES,
     StartCase,
 )
+from tests.support.config_errors import START_CASES as _CONFIG_CASES
+from tests.support.secret_cases import SECRET_CASES
+
+START_CASES = {**_CONFIG_CASES, **SECRET_CASES}
 
 STARTED = "rule(s), broker "  # cli._run logs this once every check has passed
 
@@ -71,6 +74,7 @@ def _subst(text: str, d: Path) -> str:
 
 def _prepare(case: StartCase, d: Path) -> tuple[list[str], dict[str, str]]:
     d.mkdir(parents=True)
+    d.chmod(0o755)  # whatever the umask: a group-writable directory would refuse token files
     files: dict[str, str | bytes | object] = {"m.yaml": GOOD_MAPPING, **case.files}
     for name, content in files.items():
         path = d / name
@@ -85,8 +89,9 @@ def _prepare(case: StartCase, d: Path) -> tuple[list[str], dict[str, str]]:
     argv = [_subst(a, d) for a in case.wrap]
     argv += [sys.executable, "-m", "bridge", case.command]
     if case.command == "run":
-        argv += ["--spool", f"{d}/spool/bridge.db", "--http-port", "0"]
-        argv += ["--mappings", f"{d}/m.yaml"]
+        argv += ["--http-port", "0"]
+        if not case.own_paths:
+            argv += ["--spool", f"{d}/spool/bridge.db", "--mappings", f"{d}/m.yaml"]
     argv += [_subst(a, d) for a in case.args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
     env["METRIQO_BRIDGE_TOKEN"] = TOKEN
@@ -169,6 +174,8 @@ def test_config_error_at_start(case_id: str, start_results: dict[str, StartResul
     output = r.stdout + r.stderr
     assert "Traceback" not in output, output[-3000:]
     assert TOKEN not in output
+    for secret in case.hidden:
+        assert secret not in output, output[-3000:]
     assert r.code == case.code, f"exit {r.code} (started: {r.started})\n{output[-3000:]}"
     for fragment in case.stderr:
         assert _subst(fragment, d) in r.stderr, r.stderr

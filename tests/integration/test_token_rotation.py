@@ -1,14 +1,16 @@
-"""A token rotated while delivery is paused by 401s (reliability matrix rows 9 and 20): real
-mosquitto → in-process bridge with the token source a deployment uses → a real local API that
-answers 401 until it sees the new token, judged by the no-loss oracle
-(:mod:`tests.support.oracle`)."""
+"""A token rotated while delivery is paused by 401s (reliability matrix rows 9 and 20), and
+tokens that cannot be used (row 23): real mosquitto → a bridge (in-process with the token source
+a deployment uses, or ``metriqo-bridge run`` as a subprocess) → a real local API that answers
+401 until it sees the new token, judged by the no-loss oracle (:mod:`tests.support.oracle`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -21,10 +23,12 @@ from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from bridge.mapping.loader import load_mappings_text
+from bridge.metrics import BridgeMetrics
 from bridge.settings import Settings
 from tests.support import TOKEN
 from tests.support.harness import (
     TEST_MAPPINGS,
+    BridgeProcess,
     delivered_points,
     env_messages,
     expected_env_points,
@@ -61,10 +65,15 @@ def _write_token(path: Path, token: str, how: str) -> None:
 
 @contextlib.asynccontextmanager
 async def _running_bridge_with_token(
-    settings: Settings, token: Callable[[], str]
+    settings: Settings, token: Callable[[], str], metrics: BridgeMetrics | None = None
 ) -> AsyncIterator[Bridge]:
     """Like `harness.running_bridge`, but with the token source a deployment uses."""
-    bridge = Bridge(settings, load_mappings_text(TEST_MAPPINGS, "test-mappings.yaml"), token)
+    bridge = Bridge(
+        settings,
+        load_mappings_text(TEST_MAPPINGS, "test-mappings.yaml"),
+        token,
+        metrics=metrics,
+    )
     async with run_bridge(bridge) as running:
         yield running
 
@@ -155,3 +164,100 @@ async def test_rotated_token_file_fixed_by_chmod_is_picked_up(
             await wait_for(lambda: len(api.store.requests) > seen, what="a retry after the rename")
             token_file.chmod(0o600)
             await wait_delivered(api, expected_env_points(n, start_ms), timeout=5)
+
+
+def _labelled(text: str, sample: str) -> float:
+    """The value of ``sample`` (name and labels, as exposed) in a /metrics text (NaN if absent)."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def _scrape(proc: BridgeProcess) -> str:
+    url = f"http://127.0.0.1:{proc.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text: str = r.read().decode()
+    return text
+
+
+async def _wait_stored(
+    api: LocalApi, proc: BridgeProcess, want: set[tuple[str, str, int, float]]
+) -> None:
+    """Wait until the API holds ``want``; fail at once if the bridge exits."""
+    deadline = time.monotonic() + 60
+    while not want <= set(delivered_points(api.store.points())):
+        assert proc.running, (
+            f"the bridge exited with {proc.proc and proc.proc.returncode}:\n{proc.output()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, "points not stored within 60 s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_rotated_token_file_of_two_lines_is_refused_and_the_bridge_keeps_running(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """A token file rewritten with two lines used to be taken as the new token, and the next
+    POST crashed ``metriqo-bridge run`` (exit 1, again at every restart). Now the re-read is
+    refused: delivery goes on with the token in use, ``token_unusable_total{reason="reload"}``
+    counts it, the log says why, and neither line of the file is ever shown."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    secrets.chmod(0o700)
+    token_file = secrets / "token"
+    _write_token(token_file, TOKEN, "rename")
+    n = 200
+    start_ms = int(time.time() * 1000) - n
+    messages = env_messages(n, start_ms)
+    second_line = "mqk_test_s3cond-l1ne-of-the-file"
+    proc = BridgeProcess(broker.port, api.url, tmp_path / "bridge")
+    try:
+        proc.start({"METRIQO_BRIDGE_TOKEN_FILE": str(token_file)})
+        await asyncio.to_thread(proc.wait_ready)
+        await publish(broker.port, messages[: n // 2])
+        await _wait_stored(api, proc, expected_env_points(n // 2, start_ms))
+        _write_token(token_file, f"{TOKEN}\n{second_line}", "rename")
+        await publish(broker.port, messages[n // 2 :], client_id="pub-2")
+        await _wait_stored(api, proc, expected_env_points(n, start_ms))
+        exposition = await asyncio.to_thread(_scrape, proc)
+        assert proc.running
+        assert proc.terminate() == 0
+    finally:
+        proc.close()  # fails if the token appeared in the output
+    assert _labelled(exposition, 'metriqo_bridge_token_unusable_total{reason="reload"}') >= 1
+    assert _labelled(exposition, "metriqo_bridge_delivery_paused") == 0
+    assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    assert {r.authorization for r in api.store.requests} == {f"Bearer {TOKEN}"}
+    output = proc.output()
+    assert "token file changed but is unusable; still using the previous token" in output
+    assert "the token holds a line break (U+000A) inside it" in output
+    assert second_line not in output
+
+
+async def test_a_token_no_header_can_carry_pauses_delivery_instead_of_ending_the_bridge(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """The sender's own guard (the seam: the token callable yields a token with a line break,
+    which the settings would have refused): aiohttp's ValueError used to end the bridge. Now
+    delivery pauses with the reason on /readyz, ``token_unusable_total{reason="send"}`` counts,
+    nothing reaches the API, and a usable token delivers every point exactly once."""
+    n = 50
+    start_ms = int(time.time() * 1000) - n
+    current = {"token": TOKEN + "\nX-Injected: 1"}
+    metrics = BridgeMetrics()
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+    async with _running_bridge_with_token(settings, lambda: current["token"], metrics) as bridge:
+        await publish(broker.port, env_messages(n, start_ms))
+        await wait_for(
+            lambda: metric(bridge, "metriqo_bridge_token_unusable_total", reason="send") >= 2,
+            what="the unsendable token refused twice",
+        )
+        assert metric(bridge, "metriqo_bridge_delivery_paused") == 1
+        problems = bridge.problems()
+        assert any("the API token cannot be sent" in p for p in problems), problems
+        assert api.store.requests == []
+        current["token"] = TOKEN
+        await wait_delivered(api, expected_env_points(n, start_ms))
+        await wait_drained(bridge)
+        assert metric(bridge, "metriqo_bridge_delivery_paused") == 0
+    assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))

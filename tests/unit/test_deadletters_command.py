@@ -361,12 +361,20 @@ def test_an_empty_window_and_a_missing_command_are_usage_errors(
 def test_a_missing_spool_is_exit_66_naming_the_path(
     tmp_path: Path, mappings: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No spool file: a clear message, EX_NOINPUT, and nothing is created."""
-    missing = tmp_path / "nowhere" / "spool.db"
+    """No spool file: a clear message, EX_NOINPUT, and nothing is created. The path is named
+    when its directory exists; a path that names nothing on this machine (a secret set by
+    mistake?) is not echoed."""
+    missing = tmp_path / "spool.db"
+    nowhere = tmp_path / "nowhere" / "spool.db"
     for command in (["list"], ["export"], ["requeue", "--mappings", str(mappings)]):
         assert main(["dead-letters", *command, "--spool", str(missing)]) == EX_NOINPUT
         assert f"no spool at {missing}" in capsys.readouterr().err
-    assert not missing.parent.exists()
+        assert main(["dead-letters", *command, "--spool", str(nowhere)]) == EX_NOINPUT
+        err = capsys.readouterr().err
+        assert "no spool at spool.path (the value is not shown" in err
+        assert "nowhere" not in err
+    assert not missing.exists()
+    assert not nowhere.parent.exists()
 
 
 def test_a_broken_mapping_file_is_exit_78_before_the_spool_is_touched(

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from bridge.delivery import Delivery
-from bridge.errors import DeliveryError, PermanentDelivery, RetryableDelivery
+from bridge.errors import DeliveryError, PermanentDelivery, RetryableDelivery, UnsendableRequest
 from bridge.metrics import BridgeMetrics
 from bridge.models import Record
 from bridge.ratelimit import MAX_RETRY_AFTER_S, Pacer, pacing
@@ -234,6 +234,45 @@ async def test_401_pauses_delivery_until_the_next_2xx(spools: tuple[Spool, Async
         await until(drained(raw, delivery), "delivered after the pause")
     assert delivery.paused_reason is None
     assert sample(metrics, "metriqo_bridge_delivery_paused") == 0
+
+
+async def test_an_unsendable_token_pauses_and_counts_until_it_is_fixed(
+    spools: tuple[Spool, AsyncSpool],
+) -> None:
+    """A request that cannot be built (a token no header can carry) pauses delivery like a
+    401 and counts token_unusable_total{reason="send"}, not an API request; the data waits
+    and goes with the next usable token."""
+    raw, spool = spools
+    unsendable = UnsendableRequest("the API token cannot be sent: it holds a line break")
+    sender = FakeSender(unsendable, unsendable)
+    delivery, metrics = make(spool, sender, linger_s=0.0)
+    async with running(delivery.run()):
+        await add(spool, delivery, [rec(1)])
+        await until(drained(raw, delivery), "delivered once the token is usable")
+    assert len(sender.calls) == 3
+    assert sample(metrics, "metriqo_bridge_token_unusable_total", reason="send") == 2
+    assert sample(metrics, "metriqo_bridge_api_requests_total", status_class="error") == 0
+    assert delivery.paused_reason is None
+    assert sample(metrics, "metriqo_bridge_delivery_paused") == 0
+
+
+async def test_an_unsendable_token_sets_the_pause_reason(
+    spools: tuple[Spool, AsyncSpool],
+) -> None:
+    """While the token cannot be sent, /readyz's reason and the paused gauge say so."""
+    raw, spool = spools
+    unsendable = UnsendableRequest("the API token cannot be sent: it holds a line break")
+    gate = asyncio.Event()
+    sender = FakeSender(unsendable, gate)
+    delivery, metrics = make(spool, sender, linger_s=0.0)
+    async with running(delivery.run()):
+        await add(spool, delivery, [rec(1)])
+        await until(lambda: len(sender.calls) == 2, "the retry in flight")
+        assert delivery.paused_reason == str(unsendable)
+        assert sample(metrics, "metriqo_bridge_delivery_paused") == 1
+        assert raw.file.depth_points == 1
+        gate.set()
+        await until(drained(raw, delivery), "delivered after the pause")
 
 
 def refuse_device(device: str) -> Callable[[list[dict[str, object]]], DeliveryError | None]:

@@ -173,6 +173,31 @@ async def test_auth_refusals_are_retryable_and_never_name_the_token(status: int)
     assert TOKEN not in f"{exc} {exc!r} {exc.body} {exc.args}"
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        TOKEN + "\n",
+        TOKEN + "\r\nX-Injected: 1",
+        TOKEN[:8] + "\x00" + TOKEN[8:],
+        TOKEN[:8] + " " + TOKEN[8:],
+        TOKEN[:8] + "\udc80" + TOKEN[8:],
+    ],
+)
+async def test_a_token_no_header_can_carry_is_refused_before_anything_is_sent(token: str) -> None:
+    """A token with a line break, a NUL, a space or a byte that is not UTF-8 cannot go into
+    the Authorization header: a retryable refusal (delivery pauses), nothing sent, the token
+    not quoted — instead of aiohttp's ValueError, which ended the bridge."""
+    api = Api()
+    async with serving(api), Sender(SenderSettings(base_url=api.url), lambda: token) as sender:
+        with pytest.raises(RetryableDelivery) as caught:
+            await sender.post([OBJ], "key-1")
+    exc = caught.value
+    assert "the API token cannot be sent" in str(exc)
+    assert exc.status is None
+    assert api.seen == []
+    assert TOKEN[8:] not in f"{exc} {exc!r} {exc.args}"
+
+
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_redirects_are_not_followed(status: int) -> None:
     """A 3xx is retryable and no request reaches the Location target (the token stays home)."""
