@@ -90,7 +90,7 @@ def test_the_trie_finds_what_comparing_every_pair_found(text: str) -> None:
     assert summary(rule_warnings(rules)) == summary(every_pair(rules))
 
 
-@pytest.mark.parametrize("seed", [1, 7, 42])
+@pytest.mark.parametrize("seed", [5, 7, 9])
 def test_the_trie_finds_what_comparing_every_pair_found_in_a_plant_file(seed: int) -> None:
     """On a plant's file of 800 rules (the bench's), the warnings are the same, and there
     are some to find."""
