@@ -34,6 +34,7 @@ from bridge.cli.dead_letter_rows import (
 )
 from bridge.cli.flags import settings_from
 from bridge.errors import EX_FAILURE, EX_NOINPUT, EX_OK, EX_USAGE
+from bridge.mapping.identifiers import IdentifierLimits
 from bridge.mapping.loader import load_mappings, make_mapper
 from bridge.mapping.mapper import Mapper
 from bridge.models import DeadLetterRow, Record
@@ -160,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     mapper = None
     if args.dl_command == "requeue":
         # Built exactly as the bridge builds it, so a message maps as it would if it came now.
-        mapper = make_mapper(load_mappings(settings.mapping.file), settings.mapping)
+        limits = IdentifierLimits.of(settings.mapping)
+        mapper = make_mapper(load_mappings(settings.mapping.file, limits), settings.mapping)
     path = settings.spool.path
     if not path.is_file():
         print(

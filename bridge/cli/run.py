@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.app import Bridge
     from bridge.config.secrets import TokenSource, resolve_mqtt_password
     from bridge.logs import setup_logging
+    from bridge.mapping.identifiers import IdentifierLimits
     from bridge.mapping.loader import load_mappings
 
     settings = settings_from(args)
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EX_OK
     # Everything that can be wrong with the configuration fails here, before the spool opens.
-    rules = load_mappings(settings.mapping.file)
+    rules = load_mappings(settings.mapping.file, IdentifierLimits.of(settings.mapping))
     token = TokenSource(settings.credentials)
     password = resolve_mqtt_password(settings.credentials)
     setup_logging(settings.log_level, settings.log_format)
