@@ -18,3 +18,10 @@ ALERTS_REQUESTS_PER_MINUTE = 60  # POST /alerts
 
 # GET /devices: "per_page ... max 100".
 MAX_PER_PAGE = 100
+
+# Device ids and metric names: the contract states no limit. The bridge's reading: at most 256
+# characters, without control or bidirectional-control characters (bridge/mapping/identifiers.py
+# says why). mapping.max_device_id_length and mapping.max_metric_name_length may be set up to
+# this, and the local API server refuses what is beyond it, so a test shows the bridge never
+# sends what this reading refuses.
+MAX_IDENTIFIER_CHARS = 256

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bridge.config.files import file_key
 from bridge.errors import ConfigError
+from bridge.mapping.identifiers import IdentifierLimits
 from bridge.mapping.loader import load_mappings, make_mapper
 from bridge.mapping.mapper import Mapper
 from bridge.metrics import BridgeMetrics
@@ -50,7 +51,7 @@ class MappingReloader:
         """
         path = self._path
         try:
-            rules = await asyncio.to_thread(load_mappings, path)
+            rules = await asyncio.to_thread(load_mappings, path, IdentifierLimits.of(self._s))
         except ConfigError as exc:
             self._m.config_reloads.labels("failure").inc()
             self._m.config_last_reload_ok.set(0)

@@ -147,6 +147,8 @@ class MappingSettings:
     max_future_s: float = 86400.0
     reload_interval_s: float = 2.0
     coalesce_grace_s: float = 2.0
+    max_device_id_length: int = 128  # characters; bridge/mapping/identifiers.py
+    max_metric_name_length: int = 128
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,15 +16,16 @@ def add_parser(sub: Subparsers) -> None:
         help="measure throughput, latency, CPU and memory locally",
         description="Measure the bridge on this machine: a live rate, a queued backlog (beside "
         "a bare paho client and mosquitto_sub), memory with millions of points waiting, a long "
-        "mapping file, or a backlog drained by several bridges. See docs/design/performance.md.",
+        "mapping file, a backlog drained by several bridges, or `check` on long mapping files. "
+        "See docs/design/performance.md.",
         epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (a missed "
         "performance target does not change it), 69 mosquitto is not installed.",
     )
     bench.add_argument(
         "mode",
-        choices=["rate", "backlog", "spool", "rules", "replicas"],
-        help="live rate, queued backlog, memory with a full spool, many mapping rules, or a "
-        "backlog drained by several bridges in one share group",
+        choices=["rate", "backlog", "spool", "rules", "replicas", "check"],
+        help="live rate, queued backlog, memory with a full spool, many mapping rules, a "
+        "backlog drained by several bridges in one share group, or `check` on long mapping files",
     )
     bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
     bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
@@ -58,7 +59,10 @@ def add_parser(sub: Subparsers) -> None:
         help="spool mode: API up, drain until empty or this long",
     )
     bench.add_argument(
-        "--rules", default="10,1000", help="rules mode: the rule counts to compare (fewest first)"
+        "--rules",
+        default=None,
+        help="rules mode: the rule counts to compare (default 10,1000); check mode: the file "
+        "sizes to check (default 2000,5000,20000)",
     )
     bench.add_argument(
         "--iterations", type=int, default=20000, help="rules mode: messages mapped per round"

@@ -29,20 +29,42 @@ def add_parser(sub: Subparsers) -> None:
         action="store_true",
         help="treat warnings (shadowed, overlapping rules) as errors",
     )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the bridge's settings file: check against its mapping.max_device_id_length and "
+        "mapping.max_metric_name_length (default: their defaults)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting, as for run, e.g. --set mapping.max_device_id_length=64 (repeatable)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.mapping.loader import load_mappings
-    from bridge.mapping.overlap import format_warning, rule_warnings, topic_lines
+    from bridge.config.yamlfile import load_yaml_file
+    from bridge.mapping.identifiers import IdentifierLimits
+    from bridge.mapping.loader import compile_mappings
+    from bridge.mapping.overlap import format_warning, rule_warnings
 
     file: Path = args.file
-    rules = load_mappings(file)
+    limits = IdentifierLimits()
+    if args.config is not None or args.set:
+        from bridge.cli.flags import settings_from
+
+        limits = IdentifierLimits.of(settings_from(args).mapping)
+    data, index = load_yaml_file(file)  # once: the rules, and the lines the warnings name
+    rules = compile_mappings(data, index, limits)
     print(f"{file}: OK, {len(rules)} rule(s)")
     for rule in rules:
         what = "ignored on purpose" if rule.ignore else f"payload {rule.payload}"
         print(f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), {what}")
-    warnings = rule_warnings(rules, topic_lines(file))
+    lines = [index.line_of(("rules", i, "topic")) for i in range(len(rules))]
+    warnings = rule_warnings(rules, lines)
     for warning in warnings:
         print(format_warning(warning, str(file)))
     if warnings and args.strict:

@@ -35,6 +35,7 @@ from bridge.cli.dead_letter_rows import (
 from bridge.cli.flags import settings_from
 from bridge.config.pathnames import DEFAULTS, NOT_SHOWN, NamedBy, shown_path
 from bridge.errors import EX_FAILURE, EX_NOINPUT, EX_OK, EX_USAGE
+from bridge.mapping.identifiers import IdentifierLimits
 from bridge.mapping.loader import load_mappings, make_mapper
 from bridge.mapping.mapper import Mapper
 from bridge.models import DeadLetterRow, Record
@@ -162,7 +163,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dl_command == "requeue":
         # Built exactly as the bridge builds it, so a message maps as it would if it came now.
         named_by = NamedBy.setting(settings.origins, "mapping.file")
-        mapper = make_mapper(load_mappings(settings.mapping.file, named_by), settings.mapping)
+        limits = IdentifierLimits.of(settings.mapping)
+        mapper = make_mapper(
+            load_mappings(settings.mapping.file, limits, named_by), settings.mapping
+        )
     path = settings.spool.path
     if not path.is_file():
         shown = shown_path(path, settings.origins.get("spool.path", DEFAULTS))

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.config.pathnames import NamedBy
     from bridge.config.secrets import TokenSource, resolve_mqtt_password
     from bridge.logs import setup_logging
+    from bridge.mapping.identifiers import IdentifierLimits
     from bridge.mapping.loader import load_mappings
     from bridge.metrics import BridgeMetrics
 
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EX_OK
     # Everything that can be wrong with the configuration fails here, before the spool opens.
-    rules = load_mappings(settings.mapping.file, NamedBy.setting(settings.origins, "mapping.file"))
+    rules = load_mappings(
+        settings.mapping.file,
+        IdentifierLimits.of(settings.mapping),
+        NamedBy.setting(settings.origins, "mapping.file"),
+    )
     metrics = BridgeMetrics()
     refused = metrics.token_unusable.labels("reload")
     token = TokenSource(settings.credentials, on_refused=refused.inc)

@@ -171,6 +171,8 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             max_future_s=m.mapping.max_future_s,
             reload_interval_s=m.mapping.reload_interval_s,
             coalesce_grace_s=m.mapping.coalesce_grace_s,
+            max_device_id_length=m.mapping.max_device_id_length,
+            max_metric_name_length=m.mapping.max_metric_name_length,
         ),
         http=rt.HttpSettings(**m.http.model_dump()),
         credentials=rt.Credentials(

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bridge import settings as rt
-from bridge.limits import MAX_POINTS_PER_REQUEST
+from bridge.limits import MAX_IDENTIFIER_CHARS, MAX_POINTS_PER_REQUEST
 
 _MQTT = rt.MqttSettings()
 _TLS = rt.TlsSettings()
@@ -276,6 +276,21 @@ class MappingModel(_Section):
         _MAPPING.coalesce_grace_s,
         ge=0,
         description="how long after its end a coalescing window waits for late readings",
+    )
+    max_device_id_length: int = Field(
+        _MAPPING.max_device_id_length,
+        ge=1,
+        le=MAX_IDENTIFIER_CHARS,
+        description="longest device id sent, in characters (at most 256); a longer one (or one "
+        "with control or bidi characters) is dead-lettered as `bad_device_id`",
+    )
+    max_metric_name_length: int = Field(
+        _MAPPING.max_metric_name_length,
+        ge=1,
+        le=MAX_IDENTIFIER_CHARS,
+        description="longest metric name sent, in characters (at most 256); a longer one (or one "
+        "with control or bidi characters) is dropped as `bad_metric_name`, the message's other "
+        "metrics are kept",
     )
 
 

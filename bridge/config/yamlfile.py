@@ -7,10 +7,17 @@ expansion bombs and no mapping file needs them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import SafeConstructor
+from yaml.error import Mark
+from yaml.resolver import Resolver
 
 from bridge.config.pathnames import NamedBy, about_path
 from bridge.errors import ConfigError
@@ -19,6 +26,11 @@ KeyPath = tuple[str | int, ...]
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+# libyaml's parser where PyYAML has it (its wheels do): the same events and nodes as the pure
+# Python one, several times faster, which a mapping file of 20,000 rules needs. Its error
+# messages are worded differently, so a file it refuses is parsed again by the pure Python
+# parser, whose messages (and lines) the documentation shows.
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class LineIndex:
@@ -88,12 +100,33 @@ def load_yaml_file(path: Path, named_by: NamedBy | None = None) -> tuple[Any, Li
     return load_yaml_text(text, name)
 
 
+@contextlib.contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Parsing creates hundreds of thousands of objects that all live on, and no reference
+    cycles; the cycle collector would walk them again and again as they pile up (measured: it
+    doubled to tripled the time to load a mapping file of 20,000 rules)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_yaml_text(text: str, name: str) -> tuple[Any, LineIndex]:
     """Parse YAML text with the safe loader; see module docstring for what is refused."""
+    with _cycle_collector_paused():
+        return _load_yaml_text(text, name)
+
+
+def _load_yaml_text(text: str, name: str) -> tuple[Any, LineIndex]:
     index = LineIndex(name)
     try:
-        _check_events(text, name)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            _check_events(text, name, _FAST_LOADER)
+        except yaml.YAMLError:
+            _check_events(text, name, yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -106,14 +139,13 @@ def load_yaml_text(text: str, name: str) -> tuple[Any, LineIndex]:
         raise ConfigError(f"YAML syntax error: {problem}", file=name, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", file=name) from None
-    if node is None:
-        return None, index
-    return _build(node, (), index, set()), index
+    return _build(text, index), index
 
 
-def _check_events(text: str, name: str) -> None:
-    """Refuse aliases (naming the line and key that use one) and nesting deep enough to exhaust
-    the composer's recursion, before building anything."""
+def _check_events(text: str, name: str, loader: Any) -> None:
+    """Refuse aliases (naming the line and key that use one), nesting deeper than
+    ``MAX_DEPTH`` and a second document, and raise every syntax error, before building
+    anything: these come first, in the order of the file, then what the build refuses."""
     # One frame per open collection: [is_mapping, expecting_key, key or index, path]
     stack: list[list[Any]] = []
 
@@ -131,7 +163,18 @@ def _check_events(text: str, name: str) -> None:
             else:
                 frame[2] += 1
 
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    first_document: Any = None
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, yaml.DocumentStartEvent):
+            if first_document is not None:  # what yaml.compose() says of a second document
+                raise ComposerError(
+                    "expected a single document in the stream",
+                    first_document,
+                    "but found another document",
+                    cast(Mark, event.start_mark),
+                )
+            first_document = event.start_mark
+            continue
         line = event.start_mark.line + 1 if event.start_mark else None
         is_key = bool(stack) and stack[-1][0] and stack[-1][1]
         if isinstance(event, yaml.AliasEvent):
@@ -158,41 +201,101 @@ def _check_events(text: str, name: str) -> None:
             after_value()
 
 
-def _build(node: yaml.Node, path: KeyPath, index: LineIndex, seen: set[int]) -> Any:
-    index.add(path, node.start_mark.line + 1)
-    if id(node) in seen:
-        raise index.error(path, "YAML aliases (*name) are not allowed")
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
-        raise index.error(path, f"YAML tag {node.tag!r} is not allowed")
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                raise index.error(path, "YAML merge keys (<<) are not allowed")
-            key = _scalar(key_node, path, index)
-            if not isinstance(key, str | int):
-                raise index.error(path, "mapping keys must be strings")
-            if key in result:
-                raise ConfigError(
-                    "duplicate key",
-                    file=index.file,
-                    line=key_node.start_mark.line + 1,
-                    key=format_path((*path, key)),
-                )
-            index.add((*path, key), key_node.start_mark.line + 1)
-            result[key] = _build(value_node, (*path, key), index, seen)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), index, seen) for i, item in enumerate(node.value)]
-    return _scalar(node, path, index)
+class _Open:
+    """A mapping or list being built, where it is, and (in a mapping) the key of the value to
+    come."""
+
+    __slots__ = ("key", "path", "value")
+
+    def __init__(self, value: dict[Any, Any] | list[Any], path: KeyPath) -> None:
+        self.value = value
+        self.path = path
+        self.key: Any = _NO_KEY
 
 
-def _scalar(node: yaml.Node, path: KeyPath, index: LineIndex) -> Any:
-    if not isinstance(node, yaml.ScalarNode):
-        raise index.error(path, "complex mapping keys are not allowed")
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    except yaml.constructor.ConstructorError as exc:
-        raise index.error(path, f"unsupported YAML value: {exc.problem}") from None
+_NO_KEY: Any = object()
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _build(text: str, index: LineIndex) -> Any:
+    """The document's values, built from the parser's events as they come, which holds much
+    less in memory than a tree of nodes would: for a text :func:`_check_events` accepted."""
+    return _Builder(index).build(text)
+
+
+class _Builder:
+    """What ``yaml.compose`` and the safe constructor do, event by event, refusing tags other
+    than the plain ones, merge keys, complex and duplicate keys; every value's line indexed."""
+
+    def __init__(self, index: LineIndex) -> None:
+        self.index = index
+        self.resolver = Resolver()
+        self.ctor = SafeConstructor()
+
+    def build(self, text: str) -> Any:
+        stack: list[_Open] = []
+        root: list[Any] = [None]
+
+        def put(value: Any) -> None:
+            if not stack:
+                root[0] = value
+            elif isinstance(top := stack[-1].value, dict):
+                top[stack[-1].key] = value
+                stack[-1].key = _NO_KEY
+            else:
+                top.append(value)
+
+        for event in yaml.parse(text, Loader=_FAST_LOADER):
+            if isinstance(event, yaml.CollectionEndEvent):
+                put(stack.pop().value)
+                continue
+            if not isinstance(event, yaml.ScalarEvent | yaml.CollectionStartEvent):
+                continue
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            top = stack[-1] if stack else None
+            if top is not None and isinstance(top.value, dict) and top.key is _NO_KEY:
+                top.key = self._key(event, top, line)
+                continue
+            path: KeyPath = ()
+            if top is not None:
+                path = (*top.path, top.key if isinstance(top.value, dict) else len(top.value))
+            self.index.add(path, line)
+            if isinstance(event, yaml.ScalarEvent):
+                put(self._scalar(event, path))
+                continue
+            mapping = isinstance(event, yaml.MappingStartEvent)
+            tag = self._tag(event, yaml.MappingNode if mapping else yaml.SequenceNode, None)
+            if tag not in _PLAIN_TAGS:
+                raise self.index.error(path, f"YAML tag {tag!r} is not allowed")
+            stack.append(_Open({} if mapping else [], path))
+        return root[0]
+
+    def _tag(self, event: Any, kind: type[yaml.Node], value: str | None) -> str:
+        if event.tag is not None and event.tag != "!":
+            return str(event.tag)
+        return str(self.resolver.resolve(kind, value, event.implicit))  # type: ignore[no-untyped-call]
+
+    def _key(self, event: yaml.Event, top: _Open, line: int) -> Any:
+        if not isinstance(event, yaml.ScalarEvent):
+            raise self.index.error(top.path, "complex mapping keys are not allowed")
+        if self._tag(event, yaml.ScalarNode, event.value) == _MERGE:
+            raise self.index.error(top.path, "YAML merge keys (<<) are not allowed")
+        key = self._scalar(event, top.path)
+        if not isinstance(key, str | int):
+            raise self.index.error(top.path, "mapping keys must be strings")
+        if key in top.value:
+            raise ConfigError(
+                "duplicate key", file=self.index.file, line=line, key=format_path((*top.path, key))
+            )
+        self.index.add((*top.path, key), line)
+        return key
+
+    def _scalar(self, event: yaml.ScalarEvent, path: KeyPath) -> Any:
+        tag = self._tag(event, yaml.ScalarNode, event.value)
+        node = yaml.ScalarNode(tag, event.value, style=event.style)
+        try:
+            return self.ctor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise self.index.error(path, f"unsupported YAML value: {exc.problem}") from None
+        finally:
+            self.ctor.constructed_objects.clear()  # keyed by node: would keep all alive

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
 from bridge.mapping.readings import CollectRule, ReadingsRule, split_path
 from bridge.mapping.templates import Template, compile_template
@@ -152,21 +153,28 @@ def load_mapping_tests(path: Path) -> tuple[list[Rule], list[MappingTest], LineI
     return rules, list(spec.tests or []), index
 
 
-def load_mappings(path: Path, named_by: NamedBy | None = None) -> list[Rule]:
+def load_mappings(
+    path: Path, limits: IdentifierLimits | None = None, named_by: NamedBy | None = None
+) -> list[Rule]:
     """Load, validate and compile a mapping file; raise ConfigError(s) naming file and line
     (``named_by``: the setting that gave the path, for a file that cannot be opened)."""
     data, index = load_yaml_file(path, named_by)
-    return compile_mappings(data, index)
+    return compile_mappings(data, index, limits)
 
 
-def load_mappings_text(text: str, name: str = "<text>") -> list[Rule]:
+def load_mappings_text(
+    text: str, name: str = "<text>", limits: IdentifierLimits | None = None
+) -> list[Rule]:
     """Same as :func:`load_mappings` for YAML held in memory (tests, ``check`` of stdin)."""
     data, index = load_yaml_text(text, name)
-    return compile_mappings(data, index)
+    return compile_mappings(data, index, limits)
 
 
-def compile_mappings(data: object, index: LineIndex) -> list[Rule]:
-    """Validate parsed YAML and compile it into runtime rules."""
+def compile_mappings(
+    data: object, index: LineIndex, limits: IdentifierLimits | None = None
+) -> list[Rule]:
+    """Validate parsed YAML and compile it into runtime rules; a device id or metric name whose
+    fixed text already breaks ``limits`` is an error (every message would fail)."""
     if data is None:
         raise index.error((), "file is empty; expected 'version: 1' and 'rules:'")
     try:
@@ -185,7 +193,7 @@ def compile_mappings(data: object, index: LineIndex) -> list[Rule]:
                 )
             )
         seen.setdefault(rule_spec.name, i)
-        rule = _Compiler(rule_spec, at, index, errors).rule()
+        rule = _Compiler(rule_spec, at, index, errors, limits or IdentifierLimits()).rule()
         if rule is not None:
             rules.append(rule)
     if errors:
@@ -215,12 +223,18 @@ class _Compiler:
     """Checks the meaning of one rule and builds its runtime form."""
 
     def __init__(
-        self, spec: RuleSpec, at: KeyPath, index: LineIndex, errors: list[ConfigError]
+        self,
+        spec: RuleSpec,
+        at: KeyPath,
+        index: LineIndex,
+        errors: list[ConfigError],
+        limits: IdentifierLimits,
     ) -> None:
         self.spec = spec
         self.at = at
         self.index = index
         self.errors = errors
+        self.limits = limits
         self.captures: set[str] = set()
         self.metric_names: list[Template | None] = []
 
@@ -251,6 +265,7 @@ class _Compiler:
             else:
                 self.fail("each", "'each' is for payload: json")
         device_id = self._template(spec.device_id, "device_id", payload_fields=json_payload)
+        self._fixed_text(device_id.literals, "device_id", device=True)
         metrics: tuple[tuple[str, FieldPath], ...] = ()
         transforms: tuple[Transform, ...] = ()
         metric_name: Template | None = None
@@ -349,11 +364,14 @@ class _Compiler:
         for name, entry in spec.metrics.items():
             if not name.strip():
                 self.fail(("metrics", name), "metric name is empty")
-            self.metric_names.append(
+            template = (
                 self._template(name, ("metrics", name), payload_fields=True)
                 if "{" in name
                 else None
             )
+            self.metric_names.append(template)
+            fixed = [name] if template is None else template.literals
+            self._fixed_text(fixed, ("metrics", name))
             if isinstance(entry, str):
                 paths.append((name, self._field_path(entry, ("metrics", name))))
                 transforms.append(Transform())
@@ -366,6 +384,7 @@ class _Compiler:
         c = self.spec.collect
         if c is None:
             return None
+        self._prefix_and_names(c.prefix, c.rename, "collect")
         return CollectRule(
             path=self._segments(c.path, ("collect", "path")),
             include=tuple(c.include or ()),
@@ -380,6 +399,7 @@ class _Compiler:
         if r is None:
             return None, None
         at = ("readings",)
+        self._prefix_and_names(r.prefix, r.rename, "readings")
         tz = self._zone(r.timezone, (*at, "timezone"))
         where = tuple((self._segments(k, (*at, "where", k)), v) for k, v in (r.where or {}).items())
         rule = ReadingsRule(
@@ -399,6 +419,22 @@ class _Compiler:
             return ()
         return self._field_path(text, key).segments
 
+    def _fixed_text(
+        self, parts: list[str], key: str | tuple[str, ...], *, device: bool = False
+    ) -> None:
+        lim = self.limits
+        what, most = (
+            ("device_id", lim.max_device_id) if device else ("metric_name", lim.max_metric_name)
+        )
+        problem = literal_problem(parts, what.replace("_", " "), most, f"mapping.max_{what}_length")
+        if problem is not None:
+            self.fail(key, problem)
+
+    def _prefix_and_names(self, prefix: str, rename: dict[str, str] | None, key: str) -> None:
+        self._fixed_text([prefix], (key, "prefix"))
+        for old, new in (rename or {}).items():
+            self._fixed_text([prefix, new], (key, "rename", old))
+
     def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
         if name is None:
             return None
@@ -416,6 +452,7 @@ class _Compiler:
             self.fail("metric", f"a {spec.payload} rule needs 'metric: <name or {{capture}}>'")
             return None, ()
         name = self._template(spec.metric, "metric", payload_fields=False)
+        self._fixed_text(name.literals, "metric")
         transform = self._transform(spec.transform, ("transform",)) if spec.transform else None
         if spec.payload == "text" and (transform is None or not transform.value_map):
             self.fail("transform", "a text rule needs 'transform: {map: {TEXT: number, ...}}'")
@@ -478,4 +515,5 @@ def make_mapper(rules: list[Rule], settings: MappingSettings) -> Mapper:
         rules,
         max_payload_bytes=settings.max_payload_bytes,
         max_future_s=settings.max_future_s,
+        identifiers=IdentifierLimits.of(settings),
     )

@@ -15,6 +15,7 @@ import orjson
 
 from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
+from bridge.mapping.identifiers import IdentifierLimits
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import CollectRule, ReadingsRule, get_path
 from bridge.mapping.templates import Template
@@ -111,12 +112,18 @@ class Mapper:
     """Applies the first matching rule (and later ones after ``continue: true``)."""
 
     def __init__(
-        self, rules: list[Rule], *, max_payload_bytes: int = 65536, max_future_s: float = 86400.0
+        self,
+        rules: list[Rule],
+        *,
+        max_payload_bytes: int = 65536,
+        max_future_s: float = 86400.0,
+        identifiers: IdentifierLimits = IdentifierLimits(),  # noqa: B008  # frozen, shared
     ) -> None:
         self.rules = rules
         self._router = TopicRouter([r.topic for r in rules])
         self._max_payload = max_payload_bytes
         self._max_future_s = max_future_s
+        self._ids = identifiers
 
     @property
     def subscriptions(self) -> list[str]:
@@ -191,9 +198,15 @@ class Mapper:
             device_id = rule.device_id.render(captures, doc)
             if not device_id:
                 raise PayloadError("bad_device_id", "device_id template rendered empty")
+            problem = self._ids.device_id_problem(device_id)
+            if problem is not None:
+                raise PayloadError("bad_device_id", problem)
         except PayloadError as exc:
             out.failures.append(exc)
             return
+        # A bad metric name drops that metric only: the others are still good data.
+        metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
+        readings = [r for r in readings if self._name_ok(r[0], failures)]
         if readings:
             by_time = self._group(readings, ts_us, metrics, failures)
         else:
@@ -206,6 +219,13 @@ class Mapper:
             for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
                 chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
                 out.records.append(Record(device_id, ts, chunk, received_us, rule.coalesce))
+
+    def _name_ok(self, name: str, failures: list[PayloadError]) -> bool:
+        problem = self._ids.metric_name_problem(name)
+        if problem is None:
+            return True
+        failures.append(PayloadError("bad_metric_name", problem))
+        return False
 
     def _apply_each(
         self,

@@ -51,6 +51,11 @@ class Template:
         """True if any part reads a payload field."""
         return any(p.kind == "field" for p in self.parts)
 
+    @property
+    def literals(self) -> list[str]:
+        """The fixed text parts (what a rule's author wrote, checked against the limits)."""
+        return [p.value for p in self.parts if p.kind == "text"]
+
     def render(self, captures: dict[str, str], doc: object = None) -> str:
         """Fill in captures and payload fields.
 

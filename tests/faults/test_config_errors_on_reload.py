@@ -132,6 +132,11 @@ RELOAD_CASES = [
         _text(lambda g, _: g + g.split("rules:\n")[1]),
         "{f}:8: rules[1].name: duplicate rule name (also rule 0)",
     ),
+    ReloadCase(
+        "bidi-in-device-id",
+        _text(lambda g, _: g.replace('"v1-{device}"', '"v1\\u202e-{device}"')),
+        "{f}:5: rules[0].device_id: device id text 'v1\\u202e-' contains U+202E",
+    ),
     ReloadCase("not-utf8", _text(lambda g, _: b"version: 1\n\xff\n"), "{f}: not UTF-8 text"),
     ReloadCase("empty-file", _text(lambda g, _: ""), "{f}: file is empty"),
     ReloadCase("deleted", lambda path, _: path.unlink(), "{f}: file not found"),

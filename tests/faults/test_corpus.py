@@ -13,11 +13,13 @@ dead-lettered as ``invalid_json`` (kinds 1-6, JSON NaN/Infinity, 1e400, > 4300 d
 deeper than orjson's 1024, lone surrogates, binary), ``not_an_object`` (7), ``missing_field`` /
 ``missing_timestamp`` (8, 21), ``not_numeric`` / ``boolean_value`` (9), ``non_finite`` (plain
 ``1e400``), ``bad_timestamp`` (16), ``too_large`` (above 64 KiB: 17, 19, row 15),
-``bad_device_id`` (empty device), ``unmatched`` (a subscribed filter whose regex level refuses
-the topic), ``out_of_range`` (24); delivered as sent: duplicate keys (last wins), NUL in a
-string, 2**64, subnormals, -0.0, epoch s/ms/µs/ns, hostile but printable device ids and metric
-names; never received: topics no subscription matches, ``$`` topics under a ``+`` filter;
-refused by mosquitto 2.0.11: control characters in a topic, more than 200 levels, ``$SYS``.
+``bad_device_id`` (empty, 65,523 characters long, or with a control or bidi character),
+``bad_metric_name`` (a control character: only that metric is dropped), ``unmatched`` (a
+subscribed filter whose regex level refuses the topic), ``out_of_range`` (24); delivered as
+sent: duplicate keys (last wins), NUL in a string, 2**64, subnormals, -0.0, epoch s/ms/µs/ns,
+hostile but printable device ids and metric names; never received: topics no subscription
+matches, ``$`` topics under a ``+`` filter; refused by mosquitto 2.0.11: control characters in
+a topic, more than 200 levels, ``$SYS``.
 """
 
 from __future__ import annotations

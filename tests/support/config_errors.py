@@ -173,6 +173,16 @@ START_CASES: dict[str, StartCase] = {
         "{d}/m.yaml:7: rules[1].name: duplicate rule name (also rule 0)",
     ),
     "mapping-empty": _mapping_case("", "{d}/m.yaml: file is empty"),
+    "mapping-bidi-in-device-id": _mapping_case(
+        GOOD_MAPPING.replace('"{site}"', '"{site}\\u202e"'),
+        "{d}/m.yaml:5: rules[0].device_id: device id text '\\u202e' contains U+202E",
+    ),
+    "mapping-metric-name-over-the-configured-limit": _mapping_case(
+        GOOD_MAPPING,
+        "{d}/m.yaml:6: rules[0].metrics.temp: metric name has 4 characters of fixed text, "
+        "more than 3 (mapping.max_metric_name_length)",
+        args=("--set", "mapping.max_metric_name_length=3"),
+    ),
     # `check` vs `run` on duplicate and overlapping rules (docs/guide/tuning-loop.md).
     "check-shadowed-rule-warns-exit-0": StartCase(
         command="check",

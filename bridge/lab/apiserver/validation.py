@@ -18,7 +18,8 @@ from typing import TypeAlias
 
 import orjson
 
-from bridge.limits import MAX_PER_PAGE, MAX_POINTS_PER_REQUEST
+from bridge.limits import MAX_IDENTIFIER_CHARS, MAX_PER_PAGE, MAX_POINTS_PER_REQUEST
+from bridge.mapping.identifiers import identifier_problem
 
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 """A document as `orjson.loads` returns it."""
@@ -166,6 +167,10 @@ def _telemetry_item(obj: JsonValue, where: str) -> TelemetryItem:
     if not isinstance(device_id, str) or not device_id:
         problem = "is missing" if "device_id" not in obj else _not_a("non-empty string", device_id)
         raise RequestError(f"{where}.device_id: {problem}")
+    # The contract states no limit; this is the bridge's reading of it (bridge/limits.py).
+    bad = identifier_problem(device_id, "device id", MAX_IDENTIFIER_CHARS)
+    if bad is not None:
+        raise RequestError(f"{where}.device_id: {bad}")
     timestamp: ParsedTimestamp | None = None
     if "timestamp" in obj:
         raw_ts = obj["timestamp"]
@@ -183,6 +188,9 @@ def _telemetry_item(obj: JsonValue, where: str) -> TelemetryItem:
         field = f"{where}.metrics[{_quote(name)}]"
         if not name:
             raise RequestError(f"{field}: metric name must be non-empty")
+        bad = identifier_problem(name, "metric name", MAX_IDENTIFIER_CHARS)
+        if bad is not None:
+            raise RequestError(f"{where}.metrics: {bad}")
         # bool is a subclass of int in Python, but JSON true/false are not numbers.
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestError(f"{field}: {_not_a('number', value)}")

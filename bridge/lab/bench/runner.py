@@ -71,6 +71,10 @@ from bridge.lab.localrun import (
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run one bench; 0 when every point arrived, 1 otherwise, 69 without mosquitto."""
+    if args.mode == "check":  # no broker, no API: only the mapping file and `check`
+        from bridge.lab.bench.check_mode import run_check_bench
+
+        return run_check_bench(args)
     try:
         with tempfile.TemporaryDirectory(prefix="metriqo-bench-") as tmp, LocalBroker() as broker:
             workdir = Path(tmp)
@@ -284,7 +288,7 @@ class _Bench:
 async def _run_rules(args: argparse.Namespace, workdir: Path, broker: LocalBroker) -> int:
     """Map in this process with each rule set, then drain the same backlog end to end with each
     (a session and a spool of their own)."""
-    sizes = sorted({int(n) for n in str(args.rules).split(",")})
+    sizes = sorted({int(n) for n in str(args.rules or "10,1000").split(",")})
     base_ms = int(time.time() * 1000) - 10 * 86_400_000
     print(f"bench: mapping {args.iterations} messages x {args.rounds} rounds with {sizes} rules")
     timings, problems = await asyncio.to_thread(
