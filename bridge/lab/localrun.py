@@ -243,7 +243,9 @@ class Publisher:
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        protocol: str = "v5",
     ) -> None:
+        """``protocol``: ``v5`` or ``v311`` (for a broker that speaks only MQTT 3.1.1)."""
         self.published_at = [0.0] * messages
         self.acked = 0
         self._messages = messages
@@ -253,7 +255,7 @@ class Publisher:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"metriqo-pub-{os.getpid()}",
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv311 if protocol == "v311" else mqtt.MQTTv5,
         )
         if username is not None:
             self.client.username_pw_set(username, password)

@@ -34,6 +34,11 @@ from bridge.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
+_UNSUPPORTED_PROTOCOL_VERSION = 0x84  # CONNACK reason (v5); paho maps a v3 answer of 1 to it
+_V311_ONLY = "NATS, aedes, amqtt and RabbitMQ before 3.13 speak 3.1.1 only"
+_NOT_V5 = f"this broker does not speak MQTT v5 ({_V311_ONLY}): set mqtt.protocol: v311"
+_MAYBE_NOT_V5 = f"if this broker does not speak MQTT v5 ({_V311_ONLY}), set mqtt.protocol: v311"
+
 
 class MqttSource:
     """Owns one paho client and its reconnect loop."""
@@ -156,6 +161,9 @@ class MqttSource:
                 await self._connack.wait()
         except TimeoutError:
             self.state.last_error = f"no CONNACK from {s.host}:{s.port} in {s.connect_timeout_s} s"
+            if self._v5:
+                # amqtt, for one, never answers a v5 CONNECT.
+                self.state.last_error += f"; {_MAYBE_NOT_V5}"
             self._throttle.log(log, logging.WARNING, "connack", "%s", self.state.last_error)
             self._teardown()
             return False
@@ -206,6 +214,8 @@ class MqttSource:
         client.on_log = None
         if reason.is_failure:
             self.state.last_error = f"broker refused the connection: {reason}"
+            if self._v5 and reason.value == _UNSUPPORTED_PROTOCOL_VERSION:
+                self.state.last_error += f"; {_NOT_V5}"
             self._throttle.log(log, logging.ERROR, "refused", "%s", self.state.last_error)
             self._connack.set()
             return
@@ -260,7 +270,10 @@ class MqttSource:
             # Closed before any CONNACK: mosquitto does this when it rejects a client
             # certificate after the handshake (TLS 1.3), giving no MQTT reason.
             detail = self._socket_error or str(reason)
-            if not self._s.tls.enabled:
+            if not self._s.tls.enabled and self._v5:
+                # RabbitMQ 3.10 closes the connection on a v5 CONNECT without a word.
+                hint = f"is it a TLS port? (mqtt.tls.enabled); {_MAYBE_NOT_V5}"
+            elif not self._s.tls.enabled:
                 hint = "is it a TLS port? (mqtt.tls.enabled)"
             elif self._s.tls.cert_file:
                 hint = "it may not accept the client certificate (mqtt.tls.cert_file)"

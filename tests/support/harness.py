@@ -82,6 +82,7 @@ async def running_bridge(
     mappings: str = TEST_MAPPINGS,
     connected: bool = True,
     password: str | None = None,
+    start_timeout: float = 10,
 ) -> AsyncIterator[Bridge]:
     """Run a bridge in this event loop; stop it gracefully on exit."""
     bridge = Bridge(
@@ -90,7 +91,7 @@ async def running_bridge(
         lambda: TOKEN,
         mqtt_password=password,
     )
-    async with run_bridge(bridge, connected=connected):
+    async with run_bridge(bridge, connected=connected, start_timeout=start_timeout):
         yield bridge
 
 
@@ -133,9 +134,13 @@ async def publish(
     client_id: str = "test-publisher",
     username: str | None = None,
     password: str | None = None,
+    *,
+    protocol: str = "v5",
 ) -> int:
     """Publish ``messages`` at QoS 1 from a fresh client and wait for every PUBACK."""
-    pub = Publisher(port, client_id=client_id, username=username, password=password)
+    pub = Publisher(
+        port, client_id=client_id, username=username, password=password, protocol=protocol
+    )
     try:
         return await asyncio.to_thread(pub.publish_all, messages)
     finally:
@@ -143,11 +148,18 @@ async def publish(
 
 
 async def publish_in_background(
-    port: int, messages: list[tuple[str, bytes]], rate: float
+    port: int,
+    messages: list[tuple[str, bytes]],
+    rate: float,
+    *,
+    username: str | None = None,
+    protocol: str = "v5",
 ) -> asyncio.Task[int]:
     """Start publishing ``messages`` at ``rate`` per second from a fresh client, off the loop;
     the task's result is how many the broker acknowledged."""
-    pub = Publisher(port, client_id=f"pub-{time.monotonic_ns()}")
+    pub = Publisher(
+        port, client_id=f"pub-{time.monotonic_ns()}", username=username, protocol=protocol
+    )
 
     def run() -> int:
         try:

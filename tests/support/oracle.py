@@ -55,3 +55,13 @@ def assert_exactly(got: Sequence[Point], want: set[Point]) -> None:
     assert not extra, f"{len(extra)} points invented, e.g. {sorted(extra)[:5]}"
     twice = [p for p, c in Counter(got).items() if c > 1]
     assert not twice, f"{len(twice)} points delivered more than once, e.g. {twice[:5]}"
+
+
+def assert_none_lost(got: Sequence[Point], want: set[Point], *, copies: int = 2) -> None:
+    """No point lost, none invented; a point may come twice (a batch in flight when the bridge
+    was killed is sent again), never more than ``copies`` times."""
+    missing, extra = want - set(got), set(got) - want
+    assert not missing, f"{len(missing)} points lost, e.g. {sorted(missing)[:5]}"
+    assert not extra, f"{len(extra)} points invented, e.g. {sorted(extra)[:5]}"
+    many = [p for p, c in Counter(got).items() if c > copies]
+    assert not many, f"{len(many)} points delivered more than {copies} times, e.g. {many[:5]}"
