@@ -1,8 +1,8 @@
 """aedes, the Node.js MQTT broker, with sessions, queued QoS 1 messages and retained messages in
 LevelDB (``aedes-persistence-level``) in the broker's own directory, on a free loopback port.
 
-The broker is ``brokers/aedes/broker.mjs`` in the checkout; its packages are pinned in
-``brokers/aedes/package-lock.json`` and installed with ``npm ci --prefix brokers/aedes``
+The broker is ``tests/brokers/aedes/broker.mjs`` in the checkout; its packages are pinned in
+``tests/brokers/aedes/package-lock.json`` and installed with ``npm ci --prefix tests/brokers/aedes``
 (``.ci/run`` does it). aedes speaks MQTT 3.1.1 only.
 """
 
@@ -21,12 +21,12 @@ from bridge.lab.broker.process import (
 
 INSTALL_HINT = (
     "aedes is not installed: install Node.js 20 or newer (apt-get install -y nodejs npm), "
-    "then run: npm ci --prefix brokers/aedes"
+    "then run: npm ci --prefix tests/brokers/aedes"
 )
 
 
 class AedesBroker(BrokerProcess):
-    """``node brokers/aedes/broker.mjs`` on ``127.0.0.1:<port>``."""
+    """``node tests/brokers/aedes/broker.mjs`` on ``127.0.0.1:<port>``."""
 
     name: ClassVar[str] = "aedes"
     protocol: ClassVar[Protocol] = "v311"
@@ -40,7 +40,7 @@ class AedesBroker(BrokerProcess):
     def command(self) -> list[str]:
         """``node broker.mjs --port <port> --data <dir>``."""
         node = find_executable("node", "nodejs")
-        project = repo_dir("brokers/aedes")
+        project = repo_dir("tests/brokers/aedes")
         if node is None or project is None or not (project / "node_modules/aedes").is_dir():
             raise BrokerUnavailable(INSTALL_HINT)
         return [

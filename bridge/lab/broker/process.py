@@ -50,7 +50,7 @@ def find_executable(name: str, *more: str) -> str | None:
 
 
 def repo_dir(name: str) -> Path | None:
-    """A directory of the checkout (``mosquitto/``, ``brokers/aedes``): next to the working
+    """A directory of the checkout (``mosquitto/``, ``tests/brokers/aedes``): next to the working
     directory or to the package."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
         if (base / name).is_dir():

@@ -1,5 +1,5 @@
 // aedes on 127.0.0.1 with its sessions, queued QoS 1 messages and retained messages in LevelDB,
-// so that a session survives a restart of the broker. Started by bridge/lab/brokers/aedes.py:
+// so that a session survives a restart of the broker. Started by bridge/lab/tests/brokers/aedes.py:
 //
 //   node broker.mjs --port 18830 --data /tmp/aedes-data [--queue-limit 42]
 //
