@@ -237,6 +237,25 @@ class SpoolModel(_Section):
         "keeps the messages); `drop-oldest` deletes the oldest waiting points, counted in "
         '`points_dropped_total{reason="spool_full"}`',
     )
+    fair_share: bool = Field(
+        _SPOOL.fair_share,
+        description="near the cap, keep one device from taking the room of the others: a "
+        "device over its share of the spool is held back (`back-pressure`) or loses its own "
+        "oldest points first (`drop-oldest`), and a backlog is sent fairly across devices",
+    )
+    fair_share_at: float = Field(
+        _SPOOL.fair_share_at,
+        gt=0,
+        le=1,
+        description="fraction of `max_bytes` from which a device over its share is held back "
+        "(`back-pressure`); the room above it stays for the devices within their share",
+    )
+    held_max_bytes: int | None = Field(
+        _SPOOL.held_max_bytes,
+        ge=0,
+        description="room for held points, on top of `max_bytes` (default: a quarter of "
+        "`max_bytes`); when it is used up the spool is full for every device",
+    )
     reserve_bytes: int = Field(
         _SPOOL.reserve_bytes,
         ge=0,
