@@ -16,26 +16,7 @@ from bridge.models import Record
 from bridge.settings import SpoolSettings, WhenFull
 from bridge.spool.store import Spool
 from tests.support.clock import FakeClock
-from tests.support.spool import NOW_S, T0_US
-
-QUIET = [f"quiet-{k}" for k in range(9)]
-RUNAWAY = "runaway"
-
-
-def reading(device: str, i: int) -> Record:
-    """Reading ``i`` of ``device``: four metrics, timestamps unique per device."""
-    return Record(device, T0_US + i * 1000, {f"m{j}": float(i + j) for j in range(4)}, T0_US + i)
-
-
-def burst(i: int) -> list[Record]:
-    """What the runaway sends while each quiet device sends one reading: 100 readings."""
-    return [reading(RUNAWAY, 100 * i + k) for k in range(100)]
-
-
-def quiet(i: int) -> list[Record]:
-    """One reading of each quiet device."""
-    return [reading(d, i) for d in QUIET]
-
+from tests.support.spool import NOW_S, QUIET, RUNAWAY, T0_US, burst, quiet, reading
 
 MakeSpool = Callable[..., Spool]
 
