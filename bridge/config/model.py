@@ -234,8 +234,8 @@ class SpoolModel(_Section):
     when_full: Literal["back-pressure", "drop-oldest"] = Field(
         _SPOOL.when_full,
         description="at the cap: `back-pressure` withholds MQTT acknowledgements (the broker "
-        "keeps the messages); `drop-oldest` deletes the oldest waiting points, counted in "
-        '`points_dropped_total{reason="spool_full"}`',
+        "keeps the messages); `drop-oldest` deletes the oldest waiting points (those of a device "
+        "over its fair share first), counted in `points_dropped_total{reason}`",
     )
     fair_share: bool = Field(
         _SPOOL.fair_share,
@@ -289,7 +289,9 @@ class HttpModel(_Section):
     """The metrics and health endpoints."""
 
     enabled: bool = Field(
-        _HTTP.enabled, description="serve `/metrics`, `/healthz`, `/readyz`, `/debug/unmatched`"
+        _HTTP.enabled,
+        description="serve `/metrics`, `/healthz`, `/readyz`, `/debug/unmatched`, "
+        "`/debug/top-devices`",
     )
     host: str = Field(_HTTP.host, description="address to listen on")
     port: int = Field(_HTTP.port, ge=0, le=65535, description="port; 0 takes any free port")
