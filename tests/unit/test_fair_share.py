@@ -16,7 +16,7 @@ from bridge.models import Record
 from bridge.settings import SpoolSettings, WhenFull
 from bridge.spool.store import Spool
 from tests.support.clock import FakeClock
-from tests.support.spool import NOW_S, QUIET, RUNAWAY, T0_US, burst, quiet, reading
+from tests.support.spool import NOW_S, QUIET, RUNAWAY, T0_US, burst, quiet, reading, reopen
 
 MakeSpool = Callable[..., Spool]
 
@@ -88,6 +88,14 @@ def test_a_runaway_device_is_held_and_the_quiet_devices_keep_their_room(make: Ma
     assert not s.file.full, "the quiet devices' room is not used up by held points"
     status = s.fair.status()
     assert (status.active, status.over_share) == (True, 1)
+    again = reopen(s)  # held points are as durable as any: a restart finds them
+    try:
+        assert (again.file.held_points, again.file.depth_points) == (
+            held[RUNAWAY],
+            sum(waiting.values()),
+        )
+    finally:
+        again.close()
 
 
 def test_held_points_are_released_in_order_as_delivery_frees_room(make: MakeSpool) -> None:
