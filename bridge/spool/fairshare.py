@@ -52,7 +52,7 @@ class FairStatus:
     """What the fair share is doing, for metrics and the log line."""
 
     active: bool  # past the threshold (back-pressure) or at the cap (drop-oldest)
-    devices: int  # devices with points waiting or held
+    devices: int  # devices with points waiting or held (0 while not active)
     over_share: int  # how many of them are over their share (0 while not active)
     held_points: int
 
@@ -72,6 +72,7 @@ class FairShare:
         self.untracked_points = 0
         self._dropped: dict[str, int] = {}
         self.over_share = 0  # last counted by status()
+        self._devices = (0, -1.0)  # (devices with points, when counted): a count per second
 
     # -- thresholds ------------------------------------------------------------------------
 
@@ -97,9 +98,18 @@ class FairShare:
 
     def share_limit(self, db: sqlite3.Connection) -> float:
         """Points above which a device is over its share."""
-        n = int(db.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
         waiting = self._file.depth_points + self._file.held_points
-        return OVER_SHARE_MARGIN * waiting / max(n, 2)
+        return OVER_SHARE_MARGIN * waiting / max(self.device_count(db), 2)
+
+    def device_count(self, db: sqlite3.Connection) -> int:
+        """Devices with points waiting or held, counted at most once a second (a count
+        scans the devices table, and a commit near the cap asks for it every time)."""
+        n, at = self._devices
+        now = self._file.clock()
+        if not 0 <= now - at < 1.0:
+            n = int(db.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
+            self._devices = (n, now)
+        return n
 
     # -- the commit ------------------------------------------------------------------------
 
@@ -268,10 +278,10 @@ class FairShare:
         """Counts for the metrics; a query over the devices only while the share is active."""
         file = self._file
         db = file.conn
-        devices = int(db.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
         active = self.active
-        over = 0
+        devices = over = 0
         if active:
+            devices = self.device_count(db)
             over = int(
                 db.execute(
                     "SELECT COUNT(*) FROM devices WHERE points + held > ?", (self.share_limit(db),)
@@ -324,7 +334,7 @@ class FairShare:
                 "held_max_bytes": s.held_budget,
                 "points_waiting": waiting,
                 "points_held": file.held_points,
-                "devices_waiting": int(db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]),
+                "devices_waiting": self.device_count(db),
                 "share_limit_points": round(share_limit, 1),
             },
             "window_s": round(file.clock() - self._previous_start, 1),
