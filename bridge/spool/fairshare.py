@@ -69,7 +69,7 @@ class FairShare:
         self._previous: dict[str, int] = {}
         self._window_start = file.clock()
         self._previous_start = self._window_start
-        self.untracked_points = 0
+        self.untracked_points = 0  # this window's, of devices beyond TRACKED_DEVICES
         self._dropped: dict[str, int] = {}
         self.over_share = 0  # last counted by status()
         self._devices = (0, -1.0)  # (devices with points, when counted): a count per second
@@ -122,6 +122,7 @@ class FairShare:
             self._previous_start = self._window_start if fresh else now
             self._recent = {}
             self._window_start = now
+            self.untracked_points = 0
         recent = self._recent
         for r in records:
             n = len(r.metrics)
@@ -338,6 +339,7 @@ class FairShare:
                 "share_limit_points": round(share_limit, 1),
             },
             "window_s": round(file.clock() - self._previous_start, 1),
+            "points_received_untracked": self.untracked_points,
             "devices": entries[:limit],
         }
 
