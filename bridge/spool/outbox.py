@@ -77,7 +77,7 @@ class Outbox:
             batches.append(batch)
             start += len(batch.records)
         if self.fair and batches and dominant_device(batches) is not None:
-            fair = self._fair_batches(batches, count, max_points, single_object=single_object)
+            fair = self._fair_batches(count, max_points, single_object=single_object)
             batches = fair or batches
         if batches:
             self.hand_out([seq for b in batches for seq in b.seqs])
@@ -91,11 +91,9 @@ class Outbox:
                 self._cursor = r.seq
         return batches
 
-    def _fair_batches(
-        self, oldest: list[Batch], count: int, max_points: int, *, single_object: bool
-    ) -> list[Batch]:
+    def _fair_batches(self, count: int, max_points: int, *, single_object: bool) -> list[Batch]:
         """Batches taken across the devices with points waiting (see the module docstring);
-        empty when the oldest-first batches already hold every such device."""
+        empty when no other device has points waiting beside the dominant one."""
         db = self._file.conn
         inflight: dict[str, int] = {}
         for seq, (device, points) in list(self._handed_info.items()):
@@ -108,7 +106,7 @@ class Outbox:
             for d, points, head in db.execute("SELECT device_id, points, head FROM devices")
             if int(points) > inflight.get(str(d), 0)
         ]
-        if len(waiting) <= len({r.device_id for b in oldest for r in b.records}):
+        if len(waiting) < 2:
             return []
         waiting.sort()
         want = max_points * count

@@ -214,6 +214,23 @@ def test_a_backlog_is_taken_fairly_across_devices(make: MakeSpool) -> None:
     assert max(late_quiet) < 400, "a quiet reading committed later waited for the backlog"
 
 
+def test_interleaved_readings_of_quiet_devices_are_not_left_behind(make: MakeSpool) -> None:
+    """The runaway's 100 readings then one of each quiet device, 30 times over: each window of
+    the oldest readings holds one of each quiet device, yet their later readings are still
+    taken early, not one per window as the backlog drains."""
+    s = make(max_bytes=1 << 30)
+    for i in range(30):
+        s.writer.commit(burst(i) + quiet(i), [])
+    order: list[str] = []
+    while batches := s.outbox.take_batches(4, 100, single_object=False, newest_first=False):
+        for b in batches:
+            order += [r.device_id for r in b.records]
+            s.outbox.delivered(b.seqs)
+    last_quiet = max(k for k, d in enumerate(order) if d != RUNAWAY)
+    assert len(order) == 30 * 109
+    assert last_quiet < len(order) // 4, "quiet readings drained at the runaway's pace"
+
+
 def test_without_a_dominant_device_batches_stay_oldest_first(make: MakeSpool) -> None:
     """Devices sending alike get plain oldest-first batches (same membership as ever)."""
     s = make()
