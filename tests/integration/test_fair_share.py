@@ -135,8 +135,13 @@ async def test_a_runaway_device_is_held_while_quiet_devices_are_committed_and_de
             got = delivered_points(api.store.points())
             requests = [r for r in api.store.requests if r.status == 201]
     assert sorted(got) == sorted(want)  # every reading once
-    last_quiet = max(k for k, r in enumerate(requests) if set(_devices(r.body)) & set(QUIET))
-    assert last_quiet < len(requests) // 4, "the quiet devices waited behind the runaway"
+    # The quiet devices' readings go out in the first quarter of the requests, but for those
+    # in the requests taken while the API was down: each retries on its own backoff.
+    late = sum(
+        sum(1 for d in _devices(r.body) if d in QUIET) for r in requests[len(requests) // 4 :]
+    )
+    in_flight = settings.delivery.concurrency * settings.delivery.max_points
+    assert 4 * late <= in_flight, "the quiet devices waited behind the runaway"
 
 
 async def test_drop_oldest_takes_the_runaway_s_own_oldest_readings(
