@@ -35,6 +35,7 @@ from bridge.spool.facade import AsyncSpool
 from bridge.spool.file import SpoolFile
 from bridge.spool.store import Spool
 from bridge.status import StatusServer
+from bridge.talkers import Talkers
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Bridge:
         self.delivery: Delivery | None = None
         self.committer: Committer | None = None
         self.status: StatusServer | None = None
+        self.talkers: Talkers | None = None
 
     # -- control --------------------------------------------------------------------------
 
@@ -158,6 +160,7 @@ class Bridge:
                 session_filters=session_filters,
                 on_filters=session.filters,
             )
+            talkers = self.talkers = Talkers(spool, self.metrics)
             self.committer = Committer(
                 self.intake,
                 spool,
@@ -174,13 +177,15 @@ class Bridge:
                             self.problems,
                             s.http,
                             unmatched=self.intake.unmatched.recent,
+                            top_devices=talkers.top,
                         )
                     )
                 await self._supervise(spool, session)
 
     def _bind_spool_metrics(self, sp: SpoolFile) -> None:
         m = self.metrics
-        m.spool_points.set_function(lambda: sp.depth_points)
+        m.spool_points.set_function(lambda: sp.depth_points + sp.held_points)
+        m.spool_points_held.set_function(lambda: sp.held_points)
         m.spool_bytes.set_function(lambda: sp.used_bytes)
         m.spool_moved_aside.set(0 if sp.moved_aside is None else 1)
 
@@ -217,6 +222,10 @@ class Bridge:
                     self.intake.unmatched.report_loop(), name="bridge.intake.unmatched_report"
                 ),
             ]
+            if self.talkers is not None:
+                helpers.append(
+                    tg.create_task(self.talkers.watch_loop(), name="bridge.spool.talkers")
+                )
             if self._reloader is not None:
                 helpers.append(
                     tg.create_task(self._reloader.watch_loop(), name="bridge.mapping.watch")

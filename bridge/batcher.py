@@ -3,6 +3,8 @@
 A request carries at most ``max_points`` data points (metric values) in total. Records are taken
 oldest first and never split (the mapper already caps a record at 100 points), and records of
 the same device and timestamp are merged into one object, as the API's body shape suggests.
+When one device's backlog would fill the requests while others wait, :func:`take_fair_batches`
+gives each device an equal quantum per request instead, each device's records still in order.
 """
 
 from __future__ import annotations
@@ -83,3 +85,87 @@ def take_batch(
         points += r.points
         names.update(r.metrics)
     return Batch(tuple(taken), points)
+
+
+def dominant_device(batches: Sequence[Batch]) -> str | None:
+    """The device holding more than half of the points of ``batches``, if any."""
+    per: dict[str, int] = {}
+    total = 0
+    for b in batches:
+        total += b.points
+        for r in b.records:
+            per[r.device_id] = per.get(r.device_id, 0) + r.points
+    device = max(per, key=per.__getitem__, default=None)
+    return device if device is not None and 2 * per[device] > total else None
+
+
+def take_fair_batches(
+    queues: Sequence[Sequence[SpooledRecord]],
+    count: int,
+    max_points: int,
+    *,
+    single_object: bool = False,
+) -> list[Batch]:
+    """Up to ``count`` batches taken across per-device queues, round-robin (deficit round
+    robin with a quantum of ``max_points / devices`` points, at least one record).
+
+    Each queue holds one device's waiting records in seq order, and the queues come in the
+    order devices should be served (oldest waiting record first). A device's records are
+    taken in order and never skipped, so it stays in order; a batch's records are in seq
+    order. As with oldest-first batches, a partial batch is returned only as the first one.
+    With ``single_object`` each batch is one object of one device, the devices taking turns.
+    """
+    lanes = [list(q) for q in queues if q]
+    pos = [0] * len(lanes)
+    batches: list[Batch] = []
+    turn = 0
+    while len(batches) < count and lanes:
+        if single_object:
+            k = turn % len(lanes)
+            batch = take_batch(lanes[k][pos[k] :], max_points, single_object=True)
+            turn += 1
+            pos[k] += len(batch.records)
+        else:
+            batch = _fair_round(lanes, pos, max_points, turn)
+            turn += 1
+        if not batch.records or (batches and batch.points < max_points):
+            break
+        batches.append(batch)
+        lanes, pos = _left(lanes, pos)
+    return batches
+
+
+def _fair_round(
+    lanes: list[list[SpooledRecord]], pos: list[int], max_points: int, turn: int
+) -> Batch:
+    """One batch: each lane in turn gives up to a quantum of points, until it is full."""
+    quantum = max(1, max_points // len(lanes))
+    taken: list[SpooledRecord] = []
+    points = 0
+    progressed = True
+    while progressed and points < max_points:
+        progressed = False
+        for j in range(len(lanes)):
+            k = (turn + j) % len(lanes)
+            lane, i, got = lanes[k], pos[k], 0
+            while i < len(lane) and (got == 0 or got + lane[i].points <= quantum):
+                if points + lane[i].points > max_points:
+                    break
+                got += lane[i].points
+                points += lane[i].points
+                taken.append(lane[i])
+                i += 1
+            progressed = progressed or i > pos[k]
+            pos[k] = i
+            if points >= max_points:
+                break
+    taken.sort(key=lambda r: r.seq)
+    return Batch(tuple(taken), points)
+
+
+def _left(
+    lanes: list[list[SpooledRecord]], pos: list[int]
+) -> tuple[list[list[SpooledRecord]], list[int]]:
+    """The lanes with records left, and their positions."""
+    keep = [k for k in range(len(lanes)) if pos[k] < len(lanes[k])]
+    return [lanes[k] for k in keep], [pos[k] for k in keep]

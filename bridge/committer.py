@@ -151,19 +151,26 @@ class Committer:
                     p.dead.detail[:200],
                     p.payload[:120],
                 )
+        if result.points_held:
+            m.points_held.inc(result.points_held)
         if result.points_dropped:
-            self._dropped(result.points_dropped)
+            self._dropped(result.points_dropped, result.points_dropped_over_share)
         self._delivery.notify(result.points_inserted)
 
-    def _dropped(self, points: int) -> None:
+    def _dropped(self, points: int, over_share: int) -> None:
         self._delivery.forget(points)
-        self._m.points_dropped.labels("spool_full").inc(points)
+        if points > over_share:
+            self._m.points_dropped.labels("spool_full").inc(points - over_share)
+        if over_share:
+            self._m.points_dropped.labels("over_share").inc(over_share)
         self._throttle.log(
             log,
             logging.ERROR,
             "dropped",
-            "spool full: deleted the %d oldest waiting point(s) unsent to make room "
-            "(spool.when_full=drop-oldest; %d dropped since the spool was created)",
+            "spool full: deleted the %d oldest waiting point(s) unsent to make room, %d of "
+            "them of a device over its fair share (spool.when_full=drop-oldest; %d dropped "
+            "since the spool was created; GET /debug/top-devices names the devices)",
             points,
+            over_share,
             self._spool.file.dropped_points_total,
         )

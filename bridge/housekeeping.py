@@ -1,9 +1,11 @@
-"""Once a second: close the coalescing windows that ended, and pick up points that a
-``dead-letters requeue`` wrote into the spool from another process."""
+"""Once a second: close the coalescing windows that ended, release points the fair share held
+back once there is room for them, and pick up points that a ``dead-letters requeue`` wrote
+into the spool from another process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +36,9 @@ async def housekeeping_loop(
         except SpoolFull:
             added = 0  # the windows stay in the spool and close once there is room
         notify(added)
+        if spool.file.held_records:
+            with contextlib.suppress(SpoolFull):  # a full disk: they stay held until there's room
+                notify(await spool.release_held())
         requeued = await spool.external_changes()
         if requeued > 0:
             log.info("%d requeued point(s) found in the spool; delivering them", requeued)

@@ -144,6 +144,9 @@ class CommitResult:
 
     ``points_dropped`` are waiting (never sent) points the drop-oldest policy deleted to make
     room for this commit; they are counted in the spool's meta table too.
+    ``points_dropped_over_share`` is the part of them taken from a device over its fair share,
+    and ``points_held`` the points of this commit held back for being over it (stored, not
+    yet handed to delivery; not in ``points_inserted``).
     """
 
     records_inserted: int
@@ -152,6 +155,8 @@ class CommitResult:
     points_duplicate: int
     dead_letters: int
     points_dropped: int = 0
+    points_held: int = 0
+    points_dropped_over_share: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,14 @@ class SpoolSettings:
     dedup_window_s: float = 900.0
     when_full: WhenFull = "back-pressure"
     reserve_bytes: int = 8 << 20
+    fair_share: bool = True  # spool/fairshare.py
+    fair_share_at: float = 0.8  # of max_bytes
+    held_max_bytes: int | None = None  # None: a quarter of max_bytes
+
+    @property
+    def held_budget(self) -> int:
+        """Bytes the held points of devices over their fair share may take beyond max_bytes."""
+        return self.max_bytes // 4 if self.held_max_bytes is None else self.held_max_bytes
 
 
 @dataclass(frozen=True, slots=True)

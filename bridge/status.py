@@ -1,8 +1,8 @@
-"""``/metrics``, ``/healthz`` and ``/readyz`` on a small aiohttp server."""
+"""``/metrics``, ``/healthz``, ``/readyz`` and the ``/debug`` views on a small aiohttp server."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -12,6 +12,8 @@ from bridge.settings import HttpSettings
 
 ReadinessProbe = Callable[[], list[str]]  # returns the reasons for not being ready
 DebugProvider = Callable[[], object]  # returns a JSON-serialisable value
+TopProvider = Callable[[int], Awaitable[object]]  # the heaviest talkers, at most N of them
+TOP_DEFAULT, TOP_MAX = 10, 100
 
 
 class StatusServer:
@@ -23,10 +25,12 @@ class StatusServer:
         readiness: ReadinessProbe,
         settings: HttpSettings,
         unmatched: DebugProvider | None = None,
+        top_devices: TopProvider | None = None,
     ) -> None:
         self._registry = registry
         self._readiness = readiness
         self._unmatched = unmatched
+        self._top_devices = top_devices
         self._host = settings.host
         self._port = settings.port
         self._runner: web.AppRunner | None = None
@@ -38,6 +42,7 @@ class StatusServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/unmatched", self._debug_unmatched)
+        app.router.add_get("/debug/top-devices", self._debug_top_devices)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -60,6 +65,16 @@ class StatusServer:
 
     async def _debug_unmatched(self, _req: web.Request) -> web.Response:
         body = orjson.dumps({"unmatched": self._unmatched() if self._unmatched else []})
+        return web.Response(body=body, content_type="application/json")
+
+    async def _debug_top_devices(self, req: web.Request) -> web.Response:
+        raw = req.query.get("limit", str(TOP_DEFAULT))
+        if not raw.isdigit() or not 1 <= int(raw) <= TOP_MAX:
+            body = orjson.dumps({"error": f"limit must be a whole number from 1 to {TOP_MAX}"})
+            return web.Response(body=body, status=400, content_type="application/json")
+        if self._top_devices is None:
+            return web.Response(body=b'{"devices":[]}', content_type="application/json")
+        body = orjson.dumps(await self._top_devices(int(raw)))
         return web.Response(body=body, content_type="application/json")
 
     async def _readyz(self, _req: web.Request) -> web.Response:

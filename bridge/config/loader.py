@@ -159,6 +159,9 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             dedup_window_s=spool.dedup_window_s,
             when_full=spool.when_full,
             reserve_bytes=spool.reserve_bytes,
+            fair_share=spool.fair_share,
+            fair_share_at=spool.fair_share_at,
+            held_max_bytes=spool.held_max_bytes,
         ),
         commit=rt.CommitSettings(
             max_messages=spool.commit_max_messages,

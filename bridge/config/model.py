@@ -247,8 +247,27 @@ class SpoolModel(_Section):
     when_full: Literal["back-pressure", "drop-oldest"] = Field(
         _SPOOL.when_full,
         description="at the cap: `back-pressure` withholds MQTT acknowledgements (the broker "
-        "keeps the messages); `drop-oldest` deletes the oldest waiting points, counted in "
-        '`points_dropped_total{reason="spool_full"}`',
+        "keeps the messages); `drop-oldest` deletes the oldest waiting points (those of a device "
+        "over its fair share first), counted in `points_dropped_total{reason}`",
+    )
+    fair_share: bool = Field(
+        _SPOOL.fair_share,
+        description="near the cap, keep one device from taking the room of the others: a "
+        "device over its share of the spool is held back (`back-pressure`) or loses its own "
+        "oldest points first (`drop-oldest`), and a backlog is sent fairly across devices",
+    )
+    fair_share_at: float = Field(
+        _SPOOL.fair_share_at,
+        gt=0,
+        le=1,
+        description="fraction of `max_bytes` from which a device over its share is held back "
+        "(`back-pressure`); the room above it stays for the devices within their share",
+    )
+    held_max_bytes: int | None = Field(
+        _SPOOL.held_max_bytes,
+        ge=0,
+        description="room for held points, on top of `max_bytes` (default: a quarter of "
+        "`max_bytes`); when it is used up the spool is full for every device",
     )
     reserve_bytes: int = Field(
         _SPOOL.reserve_bytes,
@@ -298,7 +317,9 @@ class HttpModel(_Section):
     """The metrics and health endpoints."""
 
     enabled: bool = Field(
-        _HTTP.enabled, description="serve `/metrics`, `/healthz`, `/readyz`, `/debug/unmatched`"
+        _HTTP.enabled,
+        description="serve `/metrics`, `/healthz`, `/readyz`, `/debug/unmatched`, "
+        "`/debug/top-devices`",
     )
     host: str = Field(_HTTP.host, description="address to listen on")
     port: int = Field(_HTTP.port, ge=0, le=65535, description="port; 0 takes any free port")

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from bridge.batcher import Batch
 from bridge.models import CommitResult, DeadLetter, Record
+from bridge.spool.fairshare import FairStatus
 from bridge.spool.file import SpoolFile
 from bridge.spool.store import Spool
 from bridge.spool.writes import Stamped
@@ -66,6 +67,19 @@ class AsyncSpool:
         """Close the coalescing windows that ended; returns the points added."""
         coalescer = self._spool.coalescer
         return await self._run(lambda: coalescer.flush(now_us, grace_us))
+
+    async def release_held(self) -> int:
+        """Move held points back for delivery as far as there is room; returns the points."""
+        return await self._run(self._spool.fair.release)
+
+    async def fair_status(self) -> FairStatus:
+        """What the fair share is doing (see :meth:`FairShare.status`)."""
+        return await self._run(self._spool.fair.status)
+
+    async def top_devices(self, limit: int) -> dict[str, object]:
+        """The heaviest talkers (see :meth:`FairShare.top`)."""
+        fair = self._spool.fair
+        return await self._run(lambda: fair.top(limit))
 
     async def external_changes(self) -> int:
         """Points another process (``dead-letters requeue``) added since the last call."""

@@ -50,6 +50,8 @@ class SpoolFile:
         self.used_bytes = 0
         self.delivered_points_total = 0
         self.dropped_points_total = 0
+        self.held_records = 0  # kept aside by the fair share (spool/fairshare.py)
+        self.held_points = 0
         self._data_version = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -250,9 +252,18 @@ class SpoolFile:
     # -- what it holds ---------------------------------------------------------------------
 
     @property
+    def held_bytes(self) -> int:
+        """The held points' share of ``used_bytes``, estimated at the average size of a
+        waiting point: they count against their own budget, not against ``max_bytes``."""
+        if not self.held_points:
+            return 0
+        waiting = self.depth_points + self.held_points
+        return int(self.used_bytes * self.held_points / waiting)
+
+    @property
     def full(self) -> bool:
-        """True when the spool has reached its size cap."""
-        return self.used_bytes >= self.settings.max_bytes
+        """True when the spool has reached its size cap (held points not counted)."""
+        return self.used_bytes - self.held_bytes >= self.settings.max_bytes
 
     def refresh_size(self) -> None:
         """Re-read the bytes in use (pages minus free pages)."""
@@ -272,6 +283,8 @@ class SpoolFile:
         db = self.conn
         n_rec, n_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
         self.depth_records, self.depth_points = int(n_rec), int(n_pts)
+        h_rec, h_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM held").fetchone()
+        self.held_records, self.held_points = int(h_rec), int(h_pts)
         self.delivered_points_total = int(self.meta_get("delivered_points") or 0)
         self.dropped_points_total = int(self.meta_get("dropped_points") or 0)
         self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])

@@ -5,6 +5,15 @@ its acceptance (:meth:`Outbox.delivered`) or moves it to the dead letters (:meth
 :meth:`Outbox.settle_partly`). Handed-out records are never deleted by the drop-oldest policy,
 so a point is either delivered or counted as dropped, never both. Oldest first by default, a
 cursor marks what has been handed out; ``newest_first`` takes the newest waiting records.
+
+Fair batches: when one device holds more than half of the oldest-first batches while other
+devices have points waiting, the batches are taken across devices instead
+(:func:`~bridge.batcher.take_fair_batches`), each device's records read from its own oldest
+waiting one on. Without an index by device (it would cost every commit), a device's records
+are found by scanning forward from a position that only ever moves forward (the ``devices``
+table's ``head``, the cursor, and what this outbox handed out of that device), so a drain scans
+the records once per device it serves. A fair batch interrupted by a restart is rebuilt from
+what waits then: the same points, possibly in other batches.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from bridge.batcher import Batch, take_batch
+from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.schema import RECORD_COLUMNS, spooled
@@ -28,8 +37,13 @@ class Outbox:
         self._file = file
         # Seqs fetched for delivery and not yet settled (see the module docstring).
         self.handed_out: set[int] = set()
-        self._cursor = 0  # the highest seq handed out oldest-first
+        self._cursor = 0  # every record up to this seq is handed out (or gone)
         self._next_prune = 0.0
+        self.fair = file.settings.fair_share
+        # For fair batches: seq -> (device, points) of the records handed out, and where to
+        # resume scanning for each device (every record of it below is handed out or gone).
+        self._handed_info: dict[int, tuple[str, int]] = {}
+        self._resume: dict[str, int] = {}
 
     # -- handing out -----------------------------------------------------------------------
 
@@ -49,7 +63,11 @@ class Outbox:
             batch = Batch(batch.records[::-1], batch.points)  # the body stays in time order
             self.hand_out(batch.seqs)
             return [batch]
-        rows = self.fetch(self._cursor, max_points * count)
+        handed = self.handed_out
+        ahead = sum(1 for seq in handed if seq > self._cursor)  # taken by fair batches
+        rows = self.fetch(self._cursor, max_points * count + ahead)
+        if ahead:
+            rows = [r for r in rows if r.seq not in handed]
         batches: list[Batch] = []
         start = 0
         while start < len(rows) and len(batches) < count:
@@ -58,9 +76,56 @@ class Outbox:
                 break
             batches.append(batch)
             start += len(batch.records)
+        if self.fair and batches and dominant_device(batches) is not None:
+            fair = self._fair_batches(count, max_points, single_object=single_object)
+            batches = fair or batches
         if batches:
-            self._cursor = batches[-1].records[-1].seq
             self.hand_out([seq for b in batches for seq in b.seqs])
+            if self.fair:
+                info = self._handed_info
+                for b in batches:
+                    info.update((r.seq, (r.device_id, r.points)) for r in b.records)
+            for r in rows:  # the cursor moves over the prefix now handed out
+                if r.seq not in handed:
+                    break
+                self._cursor = r.seq
+        return batches
+
+    def _fair_batches(self, count: int, max_points: int, *, single_object: bool) -> list[Batch]:
+        """Batches taken across the devices with points waiting (see the module docstring);
+        empty when no other device has points waiting beside the dominant one."""
+        db = self._file.conn
+        inflight: dict[str, int] = {}
+        for seq, (device, points) in list(self._handed_info.items()):
+            if seq in self.handed_out:
+                inflight[device] = inflight.get(device, 0) + points
+            else:
+                del self._handed_info[seq]
+        waiting = [
+            (max(int(head), self._resume.get(str(d), 0), self._cursor + 1), str(d))
+            for d, points, head in db.execute("SELECT device_id, points, head FROM devices")
+            if int(points) > inflight.get(str(d), 0)
+        ]
+        if len(waiting) < 2:
+            return []
+        waiting.sort()
+        want = max_points * count
+        lanes = waiting[:want]
+        per = max(1, -(-want // len(lanes)))  # records per device: enough for its quanta
+        queues = []
+        for start, device in lanes:
+            rows = db.execute(
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE device_id = ? AND seq >= ? "  # noqa: S608
+                "ORDER BY seq LIMIT ?",
+                (device, start, per),
+            ).fetchall()
+            queues.append([spooled(row) for row in rows if row[0] not in self.handed_out])
+        batches = take_fair_batches(queues, count, max_points, single_object=single_object)
+        if len(self._resume) > 4 * len(lanes) + 1024:
+            self._resume.clear()  # bounded; positions are only an optimisation
+        for b in batches:
+            for r in b.records:
+                self._resume[r.device_id] = max(self._resume.get(r.device_id, 0), r.seq + 1)
         return batches
 
     def fetch(self, after_seq: int, limit: int) -> list[SpooledRecord]:

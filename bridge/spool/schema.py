@@ -4,6 +4,8 @@ The layout version lives in SQLite's ``user_version``. A newer bridge that chang
 raises it and migrates older files at open; an older bridge refuses a newer file instead of
 misreading it. 0 means a new file or one from before versions were recorded (layout 1).
 Layout 2: record ids begin with the timestamp (see :func:`bridge.models.record_id`).
+Layout 3: the ``held`` records and the ``devices`` totals of the fair share
+(:mod:`bridge.spool.fairshare`); an older bridge would not see held points, so it refuses.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bridge.models import Record, SpooledRecord, record_id
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATE_CHUNK = 10_000
 
 SCHEMA = """
@@ -72,6 +74,45 @@ CREATE INDEX IF NOT EXISTS coalesce_state_end ON coalesce_state (bucket_us);
 -- Receive times of committed messages stamped with them (no timestamp in the payload), by
 -- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
 -- time, so the same record id, and is stored once. At most one row per packet id.
+-- Records of a device over its fair share while the spool is near its cap: committed and
+-- acknowledged like any record, not handed to delivery until released into ``records``
+-- (oldest first, with new seqs) as room frees (spool/fairshare.py).
+CREATE TABLE IF NOT EXISTS held (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rid BLOB NOT NULL UNIQUE,
+    device_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    metrics BLOB NOT NULL,
+    n INTEGER NOT NULL,
+    received_us INTEGER NOT NULL
+);
+-- Points waiting per device, kept by the triggers below in the transaction that changes
+-- them, whichever code (or process) writes: the fair share reads a device's total without
+-- scanning the records. ``head`` is at most the seq of the device's oldest waiting record.
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    points INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0,
+    head INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS records_devices_in AFTER INSERT ON records BEGIN
+    INSERT INTO devices (device_id, points, head) VALUES (NEW.device_id, NEW.n, NEW.seq)
+    ON CONFLICT (device_id) DO UPDATE SET
+        head = CASE WHEN points <= 0 THEN excluded.head ELSE head END,
+        points = points + excluded.points;
+END;
+CREATE TRIGGER IF NOT EXISTS records_devices_out AFTER DELETE ON records BEGIN
+    UPDATE devices SET points = points - OLD.n WHERE device_id = OLD.device_id;
+    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
+CREATE TRIGGER IF NOT EXISTS held_devices_in AFTER INSERT ON held BEGIN
+    INSERT INTO devices (device_id, held) VALUES (NEW.device_id, NEW.n)
+    ON CONFLICT (device_id) DO UPDATE SET held = held + excluded.held;
+END;
+CREATE TRIGGER IF NOT EXISTS held_devices_out AFTER DELETE ON held BEGIN
+    UPDATE devices SET held = held - OLD.n WHERE device_id = OLD.device_id;
+    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
 CREATE TABLE IF NOT EXISTS unacked (
     mid INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -122,6 +163,8 @@ def install(db: sqlite3.Connection, path: Path) -> None:
     if found < SCHEMA_VERSION:
         if found < 2:
             _migrate_record_ids(db, path)
+        if found < 3:
+            _count_devices(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -157,7 +200,25 @@ def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
             )
             after = rows[-1][0]
         db.execute("DELETE FROM delivered_ids")
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # with the ids, atomically
+        db.execute("PRAGMA user_version=2")  # with the ids, atomically
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
+
+def _count_devices(db: sqlite3.Connection) -> None:
+    """Layout 2 -> 3: the devices' totals of the records already waiting (the triggers keep
+    them from now on), in one transaction with the new layout version."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DELETE FROM devices")
+        db.execute(
+            "INSERT INTO devices (device_id, points, head) "
+            "SELECT device_id, SUM(n), MIN(seq) FROM records GROUP BY device_id"
+        )
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):

@@ -10,6 +10,7 @@ this package.
 - :attr:`Spool.file` (:mod:`~bridge.spool.file`): lock, connection, transactions, counters;
 - :attr:`Spool.writer` (:mod:`~bridge.spool.writes`): the group commit before the PUBACKs;
 - :attr:`Spool.outbox` (:mod:`~bridge.spool.outbox`): batches handed out, then settled;
+- :attr:`Spool.fair` (:mod:`~bridge.spool.fairshare`): each device's share, held records;
 - :attr:`Spool.coalescer` (:mod:`~bridge.spool.coalesce`): closing coalescing windows;
 - :attr:`Spool.dead_letters` (:mod:`~bridge.spool.deadletters`): queries and requeue.
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from bridge.settings import SpoolSettings
 from bridge.spool.coalesce import Coalescer
 from bridge.spool.deadletters import DeadLetters
+from bridge.spool.fairshare import FairShare
 from bridge.spool.file import SpoolFile
 from bridge.spool.outbox import Outbox
 from bridge.spool.writes import IntakeWriter
@@ -36,7 +38,8 @@ class Spool:
     def __init__(self, settings: SpoolSettings, clock: Callable[[], float] = time.time) -> None:
         self.file = SpoolFile(settings, clock)
         self.outbox = Outbox(self.file)
-        self.writer = IntakeWriter(self.file, self.outbox)
+        self.fair = FairShare(self.file)
+        self.writer = IntakeWriter(self.file, self.outbox, self.fair)
         self.coalescer = Coalescer(self.file)
         self.dead_letters = DeadLetters(self.file)
 

@@ -4,8 +4,10 @@ One durable transaction stores the records, the dead letters and the receive tim
 receive-stamped messages of a whole group of messages; only after it returns may they be
 acknowledged, so ``kill -9`` at any instant loses nothing the broker was told is safe. At the
 size cap the spool makes room in this order: the delivered-id memory gives way first, then
-(only with ``when_full: drop-oldest``) the oldest waiting points; otherwise the commit is
-refused with SpoolFull and intake withholds its acknowledgements (back-pressure).
+(only with ``when_full: drop-oldest``) the oldest waiting points, those of a device over its
+fair share first; otherwise the commit is refused with SpoolFull and intake withholds its
+acknowledgements (back-pressure). Near the cap, the records of a device over its share are
+held instead (:mod:`bridge.spool.fairshare`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from bridge.errors import SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record, payload_size
 from bridge.spool.coalesce import fold
+from bridge.spool.fairshare import FairShare
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.outbox import Outbox
 from bridge.spool.schema import record_row
@@ -32,9 +35,10 @@ Stamped = tuple[int, str, bytes, int]
 class IntakeWriter:
     """Group commits into a spool file."""
 
-    def __init__(self, file: SpoolFile, outbox: Outbox) -> None:
+    def __init__(self, file: SpoolFile, outbox: Outbox, fair: FairShare) -> None:
         self._file = file
         self._outbox = outbox
+        self._fair = fair
 
     def commit(
         self,
@@ -63,10 +67,10 @@ class IntakeWriter:
             file.reclaim()
             if not reserve.ensure(quiet=True):
                 raise SpoolFull("disk full: waiting for room to re-create the spool's reserve")
-        dropped = 0
+        dropped = fair_dropped = 0
         if file.full and not self._shrink_dedup_ids():
             if file.settings.when_full == "drop-oldest":
-                dropped = self._drop_oldest()
+                dropped, fair_dropped = self._drop_oldest()
             if file.full:
                 raise SpoolFull(
                     f"spool holds {file.used_bytes} bytes, cap {file.settings.max_bytes}"
@@ -77,10 +81,13 @@ class IntakeWriter:
         if any(r.coalesce is not None for r in records):
             folded = [r for r in records if r.coalesce is not None]
             records = [r for r in records if r.coalesce is None]
+        fair = self._fair
+        main, held = fair.route(records)  # SpoolFull: the held points' budget is used up
         with file.transaction("write"):
             if folded:
                 fold(db, folded)
-            inserted, points, offered = self._insert(db, records)
+            inserted, points, offered = self._insert(db, main)
+            held_records, held_points = fair.insert_held(db, [record_row(r) for r in held])
             if forget_unacked:
                 db.execute("DELETE FROM unacked")
             if acked:
@@ -89,18 +96,24 @@ class IntakeWriter:
                 db.executemany("INSERT OR REPLACE INTO unacked VALUES (?, ?, ?, ?)", stamped)
             if dead:
                 self._insert_dead(db, dead)
+        fair.count_received(records)
         file.depth_records += inserted
         file.depth_points += points
+        file.held_records += held_records
+        file.held_points += held_points
         if file.oldest_received_us is None and inserted:
             file.refresh_oldest()
         file.refresh_size()
+        offered += sum(len(r.metrics) for r in held)
         return CommitResult(
-            records_inserted=inserted,
+            records_inserted=inserted + held_records,
             points_inserted=file.depth_points - before,
-            records_duplicate=len(records) - inserted,
-            points_duplicate=offered - points,
+            records_duplicate=len(records) - inserted - held_records,
+            points_duplicate=offered - points - held_points,
             dead_letters=len(dead),
             points_dropped=dropped,
+            points_held=held_points,
+            points_dropped_over_share=fair_dropped,
         )
 
     @staticmethod
@@ -173,9 +186,11 @@ class IntakeWriter:
         file.refresh_size()
         return not file.full
 
-    def _drop_oldest(self) -> int:
+    def _drop_oldest(self) -> tuple[int, int]:
         """Delete the oldest waiting records until the spool is below its cap (with 2 %
-        headroom, so the next commits do not drop again at once); returns the points dropped.
+        headroom, so the next commits do not drop again at once): those of the device furthest
+        over its fair share first. Returns the points dropped, and how many of them were of a
+        device over its share.
 
         Records handed to a request are skipped. The count goes to the meta table in the same
         transaction, so it survives restarts.
@@ -183,15 +198,19 @@ class IntakeWriter:
         file = self._file
         db = file.conn
         handed_out = self._outbox.handed_out
-        dropped = 0
+        dropped = fair_dropped = 0
         target = file.settings.max_bytes * 0.98
         while file.used_bytes >= target and file.depth_records > len(handed_out):
             per_record = file.used_bytes / max(1, file.depth_records)
             want = max(16, int((file.used_bytes - target) / per_record) + 1)
-            rows = db.execute(
-                "SELECT seq, n FROM records ORDER BY seq LIMIT ?", (want + len(handed_out),)
-            ).fetchall()
-            victims = [(seq, n) for seq, n in rows if seq not in handed_out][:want]
+            over = self._fair.drop_victims(want, handed_out)
+            if over is not None:
+                victims = over[1]
+            else:
+                rows = db.execute(
+                    "SELECT seq, n FROM records ORDER BY seq LIMIT ?", (want + len(handed_out),)
+                ).fetchall()
+                victims = [(seq, n) for seq, n in rows if seq not in handed_out][:want]
             if not victims:
                 break
             seqs = [seq for seq, _n in victims]
@@ -206,7 +225,10 @@ class IntakeWriter:
             file.depth_points -= points
             file.dropped_points_total += points
             dropped += points
+            if over is not None:
+                fair_dropped += points
+                self._fair.dropped(over[0], points)
             file.refresh_size()
         if dropped:
             file.refresh_oldest()
-        return dropped
+        return dropped, fair_dropped

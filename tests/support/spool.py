@@ -22,6 +22,27 @@ def rec(i: int, n: int = 2, device: str = "d1") -> Record:
     )
 
 
+# A runaway device sending 100 readings while each of nine quiet devices sends one (the fair
+# share's tests).
+QUIET = [f"quiet-{k}" for k in range(9)]
+RUNAWAY = "runaway"
+
+
+def reading(device: str, i: int) -> Record:
+    """Reading ``i`` of ``device``: four metrics, timestamps unique per device."""
+    return Record(device, T0_US + i * 1000, {f"m{j}": float(i + j) for j in range(4)}, T0_US + i)
+
+
+def burst(i: int) -> list[Record]:
+    """What the runaway sends while each quiet device sends one reading: 100 readings."""
+    return [reading(RUNAWAY, 100 * i + k) for k in range(100)]
+
+
+def quiet(i: int) -> list[Record]:
+    """One reading of each quiet device."""
+    return [reading(d, i) for d in QUIET]
+
+
 def dead(
     reason: str = "invalid_json", payload: bytes = b"{oops", received_us: int = T0_US
 ) -> DeadLetter:

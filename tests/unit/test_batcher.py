@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.batcher import Batch, take_batch
+from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
 
 T0_US = 1_731_657_600_000_000  # 2024-11-15T08:00:00Z
@@ -174,3 +174,39 @@ def test_timestamps_are_formatted_as_utc_with_z(offset_us: int, text: str) -> No
     """Object timestamps are ISO 8601 UTC ending in 'Z' at the value's precision."""
     batch = take_batch([sr(1, ts_us=T0_US + offset_us)], 100)
     assert batch.body_objects()[0]["timestamp"] == text
+
+
+def test_fair_batches_give_each_device_an_equal_quantum_in_order() -> None:
+    """Across per-device queues, each device gets about max_points / devices per request (at
+    least one record), its records in order and none skipped; the batch is in seq order."""
+    heavy = [sr(i, 4, device="heavy") for i in range(1, 200)]
+    light = [sr(1000 + i, 4, device=f"q{i}") for i in range(3)]
+    batches = take_fair_batches([heavy, *[[r] for r in light]], 2, 100)
+    first = batches[0]
+    assert first.points == 100
+    assert [r.device_id for r in first.records if r.device_id != "heavy"] == ["q0", "q1", "q2"]
+    assert first.seqs == sorted(first.seqs)
+    heavy_seqs = [r.seq for b in batches for r in b.records if r.device_id == "heavy"]
+    assert heavy_seqs == list(range(1, len(heavy_seqs) + 1))  # in order, none skipped
+    assert sum(b.points for b in batches) == 200
+
+
+def test_fair_batches_return_a_partial_batch_only_first() -> None:
+    """As oldest-first: a partial batch after a full one waits for its linger."""
+    assert [b.points for b in take_fair_batches([[sr(i, 10) for i in range(15)]], 4, 100)] == [100]
+    assert [b.points for b in take_fair_batches([[sr(1, 10)], [sr(2, 5, "e")]], 4, 100)] == [15]
+
+
+def test_fair_batches_of_single_objects_take_turns() -> None:
+    """With one object per request, the devices take turns (objects of one point fill a
+    request of one point, so all four are taken)."""
+    a = [sr(i, 1, device="a", ts_us=T0_US + i) for i in range(1, 4)]
+    b = [sr(10 + i, 1, device="b", ts_us=T0_US + 10 + i) for i in range(3)]
+    got = take_fair_batches([a, b], 4, 1, single_object=True)
+    assert [x.records[0].device_id for x in got] == ["a", "b", "a", "b"]
+
+
+def test_dominant_device_holds_more_than_half_of_the_points() -> None:
+    """Fair batches are only needed when one device holds most of a request."""
+    assert dominant_device([take_batch([sr(1, 60), sr(2, 40, device="e")], 100)]) == "d1"
+    assert dominant_device([take_batch([sr(1, 50), sr(2, 50, device="e")], 100)]) is None

@@ -252,9 +252,11 @@ def test_drop_oldest_never_deletes_records_handed_to_a_request(tmp_path: Path) -
 
 
 def test_back_pressure_is_the_default_and_drops_nothing(tmp_path: Path) -> None:
-    """Without the opt-in policy a full spool refuses the commit and keeps every point."""
+    """Without the opt-in policy a full spool refuses the commit and keeps every point (one
+    device alone, the fair share off: see test_fair_share.py for it)."""
     s = Spool(
-        SpoolSettings(tmp_path / "s.db", max_bytes=1 << 20, reserve_bytes=0), clock=FakeClock(NOW_S)
+        SpoolSettings(tmp_path / "s.db", max_bytes=1 << 20, reserve_bytes=0, fair_share=False),
+        clock=FakeClock(NOW_S),
     )
     s.open()
     try:

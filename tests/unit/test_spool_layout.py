@@ -64,7 +64,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     spool.open()
     try:
         db = spool.file.conn
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         stored = dict(db.execute("SELECT ts_us, rid FROM records").fetchall())
         assert stored == {r.ts_us: r.record_id for r in records}
         assert db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0] == 0
@@ -73,6 +73,9 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
         assert result.points_duplicate == 2
         assert [r.ts_us for r in spool.outbox.fetch(0, 100)] == [r.ts_us for r in records]
         assert spool.file.depth_points == 50
+        # Layout 3: each device's total of the records already waiting.
+        totals = dict(db.execute("SELECT device_id, points FROM devices").fetchall())
+        assert totals == {"d0": 18, "d1": 16, "d2": 16}
     finally:
         spool.close()
 
@@ -82,5 +85,35 @@ def test_a_new_spool_starts_at_the_current_layout(tmp_path: Path) -> None:
     spool.open()
     try:
         assert spool.file.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        spool.close()
+
+
+def test_a_layout2_spool_gets_its_device_totals_at_open(tmp_path: Path) -> None:
+    """A spool from before the fair share (no held records, no device totals) is upgraded in
+    place: each device's total is counted from the records waiting, and the triggers keep the
+    totals from then on."""
+    path = tmp_path / "spool.db"
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(9)], [])
+    spool.close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TRIGGER records_devices_in; DROP TRIGGER records_devices_out;"
+        "DROP TRIGGER held_devices_in; DROP TRIGGER held_devices_out;"
+        "DROP TABLE devices; DROP TABLE held; PRAGMA user_version=2;"
+    )
+    db.close()
+
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        db = spool.file.conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d1": 8}
+        spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1"])
+        spool.writer.commit([_rec(20, device="d2")], [])
+        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d2": 2}
     finally:
         spool.close()

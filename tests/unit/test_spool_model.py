@@ -173,6 +173,7 @@ class SpoolMachine(RuleBasedStateMachine):
             dedup_window_s=WINDOW_S,
             when_full=self.when_full,
             reserve_bytes=0,
+            fair_share=False,  # the model knows the policies of one spool for all devices
         )
         return Spool(settings, clock=self.clock)  # shared: wall time goes on across restarts
 
@@ -550,6 +551,11 @@ class SpoolMachine(RuleBasedStateMachine):
         )
         assert (count, total) == (len(self.waiting), depth)
         assert self.spool.file.oldest_received_us == (rows[0][6] if rows else None)
+        per_device: dict[str, int] = {}
+        for w in self.waiting.values():
+            per_device[w.record.device_id] = per_device.get(w.record.device_id, 0) + w.points
+        totals = dict(db.execute("SELECT device_id, points FROM devices").fetchall())
+        assert totals == per_device, "the devices table's totals differ from the records"
 
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         assert self.spool.file.delivered_points_total == int(meta.get("delivered_points", 0))
