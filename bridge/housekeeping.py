@@ -1,4 +1,5 @@
-"""Once a second: close the coalescing windows that ended, and pick up points that a
+"""Once a second: close the coalescing windows that ended, keep the dead letters within their
+budget (age pruning needs no new dead letter to run), and pick up points that a
 ``dead-letters requeue`` wrote into the spool from another process."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bridge.dead_letter_log import DeadLetterReporter
 from bridge.errors import SpoolFull
 from bridge.spool.facade import AsyncSpool
 
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 async def housekeeping_loop(
     spool: AsyncSpool,
     notify: Callable[[int], None],
+    dead_letters: DeadLetterReporter,
     *,
     grace_s: float,
     coalescing: bool,
@@ -38,4 +41,5 @@ async def housekeeping_loop(
         if requeued > 0:
             log.info("%d requeued point(s) found in the spool; delivering them", requeued)
             notify(requeued)
+        dead_letters.pruned(await spool.keep_dead_letters())
         await asyncio.sleep(interval)

@@ -145,6 +145,7 @@ def _cut(m: SettingsModel) -> rt.Settings:
             when_full=spool.when_full,
             reserve_bytes=spool.reserve_bytes,
         ),
+        dead_letters=rt.DeadLetterSettings(**m.dead_letters.model_dump()),
         commit=rt.CommitSettings(
             max_messages=spool.commit_max_messages,
             interval_s=spool.commit_interval_s,

@@ -23,6 +23,7 @@ from pathlib import Path
 from bridge.errors import SpoolError, SpoolFull, SpoolLocked
 from bridge.settings import SpoolSettings
 from bridge.spool import schema
+from bridge.spool.dlbudget import Held
 from bridge.spool.reserve import DiskReserve
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class SpoolFile:
         self.used_bytes = 0
         self.delivered_points_total = 0
         self.dropped_points_total = 0
+        # The dead letters' share of used_bytes: they have their own budget (dlbudget.py).
+        self.dead_letters = Held()
         self._data_version = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -250,9 +253,15 @@ class SpoolFile:
     # -- what it holds ---------------------------------------------------------------------
 
     @property
+    def data_bytes(self) -> int:
+        """Bytes in use but for the dead letters' share: what ``spool.max_bytes`` caps."""
+        return max(0, self.used_bytes - self.dead_letters.bytes)
+
+    @property
     def full(self) -> bool:
-        """True when the spool has reached its size cap."""
-        return self.used_bytes >= self.settings.max_bytes
+        """True when the spool has reached its size cap (dead letters are not counted: they
+        are pruned within a budget of their own, so they can never refuse good data)."""
+        return self.data_bytes >= self.settings.max_bytes
 
     def refresh_size(self) -> None:
         """Re-read the bytes in use (pages minus free pages)."""
@@ -275,6 +284,7 @@ class SpoolFile:
         self.delivered_points_total = int(self.meta_get("delivered_points") or 0)
         self.dropped_points_total = int(self.meta_get("dropped_points") or 0)
         self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        self.dead_letters.measure(db)
         self.refresh_oldest()
         self.refresh_size()
 

@@ -69,7 +69,7 @@ class IntakeWriter:
                 dropped = self._drop_oldest()
             if file.full:
                 raise SpoolFull(
-                    f"spool holds {file.used_bytes} bytes, cap {file.settings.max_bytes}"
+                    f"spool holds {file.data_bytes} bytes, cap {file.settings.max_bytes}"
                 )
         db = file.conn
         before = file.depth_points
@@ -185,9 +185,9 @@ class IntakeWriter:
         handed_out = self._outbox.handed_out
         dropped = 0
         target = file.settings.max_bytes * 0.98
-        while file.used_bytes >= target and file.depth_records > len(handed_out):
-            per_record = file.used_bytes / max(1, file.depth_records)
-            want = max(16, int((file.used_bytes - target) / per_record) + 1)
+        while file.data_bytes >= target and file.depth_records > len(handed_out):
+            per_record = file.data_bytes / max(1, file.depth_records)
+            want = max(16, int((file.data_bytes - target) / per_record) + 1)
             rows = db.execute(
                 "SELECT seq, n FROM records ORDER BY seq LIMIT ?", (want + len(handed_out),)
             ).fetchall()
