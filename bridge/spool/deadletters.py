@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.errors import SpoolFull
-from bridge.models import DeadLetter, DeadLetterRow, Record
+from bridge.models import DeadLetterRow, Record
 from bridge.settings import DeadLetterSettings
-from bridge.spool.dlbudget import PRUNE_TO, Pruned, columns_size, cost_sql
+from bridge.spool.dlbudget import PRUNE_TO, Pruned, cost_sql
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.schema import INSERT_RECORD, record_row
-from bridge.spool.writes import DEAD_LETTER_PAYLOAD_CAP
 
 log = logging.getLogger(__name__)
 _WALK = 1000  # rows per query when looking for the oldest dead letters holding some bytes
@@ -73,29 +72,6 @@ class DeadLetters:
         self._pruned: Counter[tuple[str, str]] = Counter()
 
     # -- the budget ----------------------------------------------------------------------------
-
-    def written(self, dead: Sequence[DeadLetter]) -> None:
-        """Count dead letters a group commit just stored (an estimate until the next measure)."""
-        if not dead:
-            return
-        file = self._file
-        now_us = int(file.clock() * 1_000_000)
-        file.dead_letters.added(
-            (
-                (
-                    d.received_us or now_us,
-                    columns_size(
-                        d.reason,
-                        d.rule,
-                        d.topic,
-                        min(len(d.payload), DEAD_LETTER_PAYLOAD_CAP),
-                        d.detail,
-                    ),
-                )
-                for d in dead
-            ),
-            self._page_size(),
-        )
 
     def refresh(self) -> None:
         """Measure what the dead letters hold again, exactly (after a write of another kind)."""
@@ -180,7 +156,7 @@ class DeadLetters:
         """The id up to which the oldest dead letters take at least ``want`` bytes (by
         :func:`~bridge.spool.dlbudget.row_cost`); the newest id if all of them take less."""
         db = self._file.conn
-        cost = cost_sql(self._page_size())
+        cost = cost_sql(self._file.dead_letters.page_size)
         after = total = 0
         while True:
             rows = db.execute(
@@ -194,9 +170,6 @@ class DeadLetters:
                 if total >= want:
                     return int(row_id)
             after = int(rows[-1][0])
-
-    def _page_size(self) -> int:
-        return int(self._file.conn.execute("PRAGMA page_size").fetchone()[0])
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from bridge.models import DeadLetter
 
 PRUNE_REASONS = ("max_age", "max_count", "max_bytes", "disk_full")
 PRUNE_TO = 0.9  # a prune takes the oldest down to 90 % of a limit, so it runs in batches
@@ -79,26 +81,33 @@ class Held:
     bytes: int = 0
     oldest_at_us: int | None = None
     exact: bool = True
+    page_size: int = 4096
 
     def measure(self, db: sqlite3.Connection) -> None:
         """Re-read everything from the file: a scan of the table and of its pages."""
         count, oldest = db.execute("SELECT COUNT(*), MIN(at_us) FROM dead_letters").fetchone()
         self.count = int(count)
         self.oldest_at_us = None if oldest is None else int(oldest)
-        self.bytes = _pages_bytes(db)
+        self.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        self.bytes = _pages_bytes(db, self.page_size)
         self.exact = True
 
-    def added(self, rows: Iterable[tuple[int, int]], page_size: int) -> None:
-        """Count dead letters just written, each as (receive time, bytes in its columns)."""
-        for at_us, size in rows:
+    def wrote(self, dead: Sequence[DeadLetter], now_us: int, payload_cap: int) -> None:
+        """Count dead letters a transaction just stored (their receive time, or ``now_us``
+        without one; payloads cut to ``payload_cap``), by estimate."""
+        for d in dead:
+            size = columns_size(
+                d.reason, d.rule, d.topic, min(len(d.payload), payload_cap), d.detail
+            )
+            at_us = d.received_us or now_us
             self.count += 1
-            self.bytes += row_cost(size, page_size)
+            self.bytes += row_cost(size, self.page_size)
             if self.oldest_at_us is None or at_us < self.oldest_at_us:
                 self.oldest_at_us = at_us
             self.exact = False
 
 
-def _pages_bytes(db: sqlite3.Connection) -> int:
+def _pages_bytes(db: sqlite3.Connection, page_size: int) -> int:
     marks = ",".join("?" * len(_TABLES))
     try:
         # Aggregated: one row per table, so the scan reads the pages but returns two rows.
@@ -108,7 +117,6 @@ def _pages_bytes(db: sqlite3.Connection) -> int:
         ).fetchone()
         return int(row[0])
     except sqlite3.OperationalError:  # SQLite built without SQLITE_ENABLE_DBSTAT_VTAB
-        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         row = db.execute(
             f"SELECT COALESCE(SUM({cost_sql(page_size)}), 0) FROM dead_letters"  # noqa: S608
         ).fetchone()

@@ -90,7 +90,6 @@ class Spool:
                 raise
             result = writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
         if dead:
-            self.dead_letters.written(dead)
             try:
                 self.dead_letters.keep_within_budget()
             except SpoolError as exc:  # the commit stands; a broken file fails the next one

@@ -94,6 +94,8 @@ class IntakeWriter:
         if file.oldest_received_us is None and inserted:
             file.refresh_oldest()
         file.refresh_size()
+        if dead:  # their own budget, apart from the cap (see dlbudget.py)
+            file.dead_letters.wrote(dead, int(file.clock() * 1_000_000), DEAD_LETTER_PAYLOAD_CAP)
         return CommitResult(
             records_inserted=inserted,
             points_inserted=file.depth_points - before,
