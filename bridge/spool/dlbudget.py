@@ -10,7 +10,8 @@ pages, and :class:`Held` keeps it, with their number and the receive time of the
   prune and whenever another process changed the file (``dead-letters purge`` or
   ``requeue``);
 - in between, by adding an estimate for each dead letter written, generous on purpose (see
-  :func:`row_cost`): an estimate too low would count dead-letter pages as waiting data.
+  :func:`row_cost`): an estimate too low would count dead-letter pages as waiting data, and
+  the bridge measures again within a second.
 
 Where SQLite was built without ``dbstat`` the estimate is summed over the table instead.
 The budget's limits are applied by :class:`~bridge.spool.deadletters.DeadLetters`.
@@ -28,11 +29,12 @@ from bridge.models import DeadLetter
 PRUNE_REASONS = ("max_age", "max_count", "max_bytes", "disk_full")
 PRUNE_TO = 0.9  # a prune takes the oldest down to 90 % of a limit, so it runs in batches
 
-# Bytes beside the columns' own for one dead letter: its cell, row header, integers and index
-# entry. Measured 70 on average (SQLite 3.40, 4 KiB pages, 100,000 dead letters); rounded up so
-# the estimate stays above the pages it takes.
-_ROW_OVERHEAD = 128
-_LOCAL_MAX = 4000  # a larger row spills into overflow pages of (page size - 4) bytes each
+# Bytes of a dead letter's cell beside its columns: cell pointer, varints, record header, the
+# two integers; rounded up. And its entry in the (reason, at_us) index, whose pages fill about
+# half when several reasons interleave.
+_CELL_OVERHEAD = 48
+_INDEX_ENTRY = 80
+_PAGES_PER_WRITE = 3
 
 _TABLES = ("dead_letters", "dead_letters_reason")
 _COST_SQL = (
@@ -42,20 +44,27 @@ _COST_SQL = (
 
 
 def row_cost(size: int, page_size: int = 4096) -> int:
-    """Estimated bytes of pages taken by a dead letter whose columns hold ``size`` bytes."""
-    if size > _LOCAL_MAX:
-        usable = page_size - 4
-        size = (size + usable - 1) // usable * page_size
-    return size + _ROW_OVERHEAD
+    """Estimated bytes of pages taken by a dead letter whose columns hold ``size`` bytes.
+
+    Rows are appended in id order, so a table page holds as many whole rows as fit: a row of
+    2.1 KB takes a page of 4 KiB to itself. A row too large for a page keeps a part in it and
+    spills the rest into overflow pages, counted here as whole pages, the first one too.
+    """
+    if size + _CELL_OVERHEAD > page_size - 35:
+        overflow = (size + page_size - 5) // (page_size - 4)
+        return (overflow + 1) * page_size + _INDEX_ENTRY
+    per_page = (page_size - 8) // (size + _CELL_OVERHEAD)
+    return (page_size + per_page - 1) // per_page + _INDEX_ENTRY
 
 
 def cost_sql(page_size: int) -> str:
     """:func:`row_cost` as an SQL expression over a ``dead_letters`` row."""
-    usable = page_size - 4
+    s = f"({_COST_SQL})"
+    per_page = f"({page_size - 8} / ({s} + {_CELL_OVERHEAD}))"
     return (
-        f"(CASE WHEN ({_COST_SQL}) > {_LOCAL_MAX} "
-        f"THEN (({_COST_SQL}) + {usable - 1}) / {usable} * {page_size} "
-        f"ELSE ({_COST_SQL}) END + {_ROW_OVERHEAD})"
+        f"(CASE WHEN {s} + {_CELL_OVERHEAD} > {page_size - 35} "
+        f"THEN (({s} + {page_size - 5}) / {page_size - 4} + 1) * {page_size} "
+        f"ELSE ({page_size} + {per_page} - 1) / {per_page} END + {_INDEX_ENTRY})"
     )
 
 
@@ -94,7 +103,10 @@ class Held:
 
     def wrote(self, dead: Sequence[DeadLetter], now_us: int, payload_cap: int) -> None:
         """Count dead letters a transaction just stored (their receive time, or ``now_us``
-        without one; payloads cut to ``payload_cap``), by estimate."""
+        without one; payloads cut to ``payload_cap``), by estimate: each row, and a page each
+        for the table, its index and their interior pages, which a transaction may start."""
+        if dead:
+            self.bytes += _PAGES_PER_WRITE * self.page_size
         for d in dead:
             size = columns_size(
                 d.reason, d.rule, d.topic, min(len(d.payload), payload_cap), d.detail

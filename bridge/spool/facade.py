@@ -65,8 +65,10 @@ class AsyncSpool:
 
     async def flush_coalesced(self, now_us: int, grace_us: int) -> int:
         """Close the coalescing windows that ended; returns the points added."""
-        coalescer = self._spool.coalescer
-        return await self._run(lambda: coalescer.flush(now_us, grace_us))
+        spool = self._spool
+        return await self._run(
+            lambda: spool.making_room(lambda: spool.coalescer.flush(now_us, grace_us))
+        )
 
     async def keep_dead_letters(self) -> Pruned:
         """Prune dead letters beyond their budget; returns every prune since the last call
@@ -108,15 +110,15 @@ class AsyncSpool:
 
     async def delivered(self, seqs: Sequence[int]) -> None:
         """The API accepted these records: delete and count them."""
-        outbox = self._spool.outbox
-        await self._run(lambda: outbox.delivered(seqs))
+        spool = self._spool
+        await self._run(lambda: spool.making_room(lambda: spool.outbox.delivered(seqs)))
 
     async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """The API refused these records for good: move them to the dead letters."""
         outbox, dead_letters = self._spool.outbox, self._spool.dead_letters
 
         def reject() -> None:
-            outbox.reject(seqs, reason, detail)
+            self._spool.making_room(lambda: outbox.reject(seqs, reason, detail))
             dead_letters.refresh()
 
         await self._run(reject)
@@ -128,7 +130,7 @@ class AsyncSpool:
         outbox, dead_letters = self._spool.outbox, self._spool.dead_letters
 
         def settle() -> None:
-            outbox.settle_partly(seq, refused, reason, detail)
+            self._spool.making_room(lambda: outbox.settle_partly(seq, refused, reason, detail))
             if refused:
                 dead_letters.refresh()
 

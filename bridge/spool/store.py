@@ -23,17 +23,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.settings import DeadLetterSettings, SpoolSettings
 from bridge.spool.coalesce import Coalescer
 from bridge.spool.deadletters import DeadLetters
+from bridge.spool.dlbudget import columns_size, row_cost
 from bridge.spool.file import SpoolFile
 from bridge.spool.outbox import Outbox
-from bridge.spool.writes import IntakeWriter, Stamped
+from bridge.spool.writes import DEAD_LETTER_PAYLOAD_CAP, IntakeWriter, Stamped
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A record's row and index entries beside its metrics, and each metric in its JSON: rounded up.
+_RECORD_BYTES = 256
+_METRIC_BYTES = 48
 
 
 class Spool:
@@ -63,6 +71,20 @@ class Spool:
         """Close the file and release the lock (idempotent)."""
         self.file.close()
 
+    def making_room(self, write: Callable[[], _T], need: int = 0) -> _T:
+        """Run a spool write; if the disk is full, prune the oldest dead letters to make room
+        for ``need`` bytes and run it once more (the readings matter more than they do).
+
+        Raises:
+            SpoolFull: the write still does not fit (or met ``spool.max_bytes``).
+        """
+        try:
+            return write()
+        except SpoolFull:
+            if not self.dead_letters.prune_for_disk(need):
+                raise
+            return write()
+
     def commit(
         self,
         records: Sequence[Record],
@@ -74,8 +96,9 @@ class Spool:
     ) -> CommitResult:
         """A group commit (:meth:`IntakeWriter.commit`) that dead letters can never refuse.
 
-        On a full disk the oldest dead letters are pruned and the commit is tried once more;
-        dead letters beyond their budget are pruned after it.
+        On a full disk the oldest dead letters are pruned and the commit is tried once more
+        (:meth:`making_room`). After it, dead letters beyond their budget are pruned, and so
+        are the oldest while the disk is nearly full, before it is.
 
         Raises:
             SpoolFull: ``spool.max_bytes`` is reached by other data, or the disk is full even
@@ -83,15 +106,28 @@ class Spool:
             SpoolError: any other write failure (the caller must not acknowledge after it).
         """
         writer = self.writer
+        need = _size(records, dead)
+        result = self.making_room(
+            lambda: writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked),
+            need,
+        )
         try:
-            result = writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
-        except SpoolFull:
-            if not self.dead_letters.prune_for_disk():
-                raise
-            result = writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
-        if dead:
-            try:
+            if dead:
                 self.dead_letters.keep_within_budget()
-            except SpoolError as exc:  # the commit stands; a broken file fails the next one
-                log.error("could not prune dead letters after a commit: %s", exc)
+            self.dead_letters.keep_disk_room(need)
+        except SpoolError as exc:  # the commit stands; a broken file fails the next one
+            log.error("could not prune dead letters after a commit: %s", exc)
         return result
+
+
+def _size(records: Sequence[Record], dead: Sequence[DeadLetter]) -> int:
+    """A generous estimate of the bytes a commit of ``records`` and ``dead`` writes."""
+    letters = sum(
+        row_cost(
+            columns_size(
+                d.reason, d.rule, d.topic, min(len(d.payload), DEAD_LETTER_PAYLOAD_CAP), d.detail
+            )
+        )
+        for d in dead
+    )
+    return letters + sum(_RECORD_BYTES + _METRIC_BYTES * len(r.metrics) for r in records)
