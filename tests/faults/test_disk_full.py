@@ -186,7 +186,7 @@ async def test_dead_letters_filling_the_disk_are_pruned_before_intake_stops(
     """Row 21 on a real full disk: one device floods 16 MB of bad messages into a 12 MiB
     filesystem; the oldest dead letters are pruned to make room (counted as disk_full), good
     readings sent after the flood all arrive once, and the spool stays intact."""
-    n_bad, n_good = 4000, 500  # a 3 KB dead letter takes a 4 KiB page
+    n_bad, n_good = 4000, 500  # a 3 KB dead letter takes a 4 KiB page: 16 MB, under their budget
     start_ms = int(time.time() * 1000) - n_good
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
@@ -203,7 +203,6 @@ async def test_dead_letters_filling_the_disk_are_pruned_before_intake_stops(
         "batch.linger_s": 0.2,
         "spool.path": spool_dir / "bridge.db",
         "spool.reserve_bytes": 4 << 20,
-        "dead_letters.max_bytes": 1 << 30,  # only the disk limits them here
         "http.port": http_port,
         "mapping.file": mappings,
     }
