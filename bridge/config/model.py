@@ -261,8 +261,7 @@ class DeadLettersModel(_Section):
     max_age_s: float = Field(
         _DEAD.max_age_s,
         ge=60,
-        description="dead letters received longer ago than this are pruned (checked every "
-        "few seconds)",
+        description="dead letters received longer ago than this are pruned, checked every second",
     )
     log_payload_bytes: int = Field(
         _DEAD.log_payload_bytes,
