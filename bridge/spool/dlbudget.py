@@ -91,6 +91,7 @@ class Held:
     oldest_at_us: int | None = None
     exact: bool = True
     page_size: int = 4096
+    measured: int = 0  # ``bytes`` at the last measure
 
     def measure(self, db: sqlite3.Connection) -> None:
         """Re-read everything from the file: a scan of the table and of its pages."""
@@ -98,14 +99,15 @@ class Held:
         self.count = int(count)
         self.oldest_at_us = None if oldest is None else int(oldest)
         self.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-        self.bytes = _pages_bytes(db, self.page_size)
+        self.bytes = self.measured = _pages_bytes(db, self.page_size)
         self.exact = True
 
     def wrote(self, dead: Sequence[DeadLetter], now_us: int, payload_cap: int) -> None:
         """Count dead letters a transaction just stored (their receive time, or ``now_us``
-        without one; payloads cut to ``payload_cap``), by estimate: each row, and a page each
-        for the table, its index and their interior pages, which a transaction may start."""
-        if dead:
+        without one; payloads cut to ``payload_cap``), by estimate: each row, and once after a
+        measure a page each for the table, its index and their interior pages, of which only
+        the last can be partly filled (rows are appended)."""
+        if dead and self.exact:
             self.bytes += _PAGES_PER_WRITE * self.page_size
         for d in dead:
             size = columns_size(

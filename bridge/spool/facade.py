@@ -115,23 +115,18 @@ class AsyncSpool:
 
     async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """The API refused these records for good: move them to the dead letters."""
-        outbox, dead_letters = self._spool.outbox, self._spool.dead_letters
-
-        def reject() -> None:
-            self._spool.making_room(lambda: outbox.reject(seqs, reason, detail))
-            dead_letters.refresh()
-
-        await self._run(reject)
+        spool = self._spool
+        await self._run(
+            lambda: spool.making_room(lambda: spool.outbox.reject(seqs, reason, detail))
+        )
 
     async def settle_partly(
         self, seq: int, refused: dict[str, float], reason: str, detail: str
     ) -> None:
         """The API took some metrics of a record and refused ``refused``."""
-        outbox, dead_letters = self._spool.outbox, self._spool.dead_letters
-
-        def settle() -> None:
-            self._spool.making_room(lambda: outbox.settle_partly(seq, refused, reason, detail))
-            if refused:
-                dead_letters.refresh()
-
-        await self._run(settle)
+        spool = self._spool
+        await self._run(
+            lambda: spool.making_room(
+                lambda: spool.outbox.settle_partly(seq, refused, reason, detail)
+            )
+        )

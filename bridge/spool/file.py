@@ -17,10 +17,11 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bridge.errors import SpoolError, SpoolFull, SpoolLocked
+from bridge.models import DeadLetter
 from bridge.settings import SpoolSettings
 from bridge.spool import schema
 from bridge.spool.dlbudget import Held
@@ -263,6 +264,14 @@ class SpoolFile:
         are pruned within a budget of their own, so they can never refuse good data)."""
         return self.data_bytes >= self.settings.max_bytes
 
+    def dead_letters_written(self, dead: Sequence[DeadLetter], payload_cap: int) -> None:
+        """Count dead letters a transaction stored (after :meth:`refresh_size`): by estimate,
+        or measured when the estimate could decide whether the spool is full (every page
+        written since the last measure taken for waiting data would reach the cap), so that
+        the cap is never applied by a guess."""
+        self.dead_letters.wrote(dead, int(self.clock() * 1_000_000), payload_cap)
+        self._measure_near_the_cap()
+
     def refresh_size(self) -> None:
         """Re-read the bytes in use (pages minus free pages)."""
         db = self.conn
@@ -270,6 +279,12 @@ class SpoolFile:
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         size = db.execute("PRAGMA page_size").fetchone()[0]
         self.used_bytes = int((pages - free) * size)
+        self._measure_near_the_cap()
+
+    def _measure_near_the_cap(self) -> None:
+        held = self.dead_letters
+        if not held.exact and self.used_bytes - held.measured >= self.settings.max_bytes:
+            held.measure(self.conn)
 
     def refresh_oldest(self) -> None:
         """Re-read the receive time of the oldest waiting record."""

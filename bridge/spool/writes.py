@@ -95,7 +95,7 @@ class IntakeWriter:
             file.refresh_oldest()
         file.refresh_size()
         if dead:  # their own budget, apart from the cap (see dlbudget.py)
-            file.dead_letters.wrote(dead, int(file.clock() * 1_000_000), DEAD_LETTER_PAYLOAD_CAP)
+            file.dead_letters_written(dead, DEAD_LETTER_PAYLOAD_CAP)
         return CommitResult(
             records_inserted=inserted,
             points_inserted=file.depth_points - before,
