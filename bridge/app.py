@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bridge import failpoints, readiness
 from bridge.committer import Committer
+from bridge.dead_letter_log import DeadLetterReporter
 from bridge.delivery import Delivery
 from bridge.errors import EX_FAILURE
 from bridge.housekeeping import housekeeping_loop
@@ -65,7 +66,8 @@ class Bridge:
         self.mapper = make_mapper(rules, settings.mapping)
         self.metrics.config_last_reload_time.set(time.time())
         self.intake = Intake(self.mapper, self.metrics)
-        self.spool = Spool(settings.spool)
+        self.spool = Spool(settings.spool, dead_letters=settings.dead_letters)
+        self.dead_letters = DeadLetterReporter(self.metrics, settings.dead_letters)
         self._token = token
         self._password = mqtt_password
         self._reloader = (
@@ -168,6 +170,7 @@ class Bridge:
                 self.delivery,
                 metrics=self.metrics,
                 settings=s.commit,
+                dead_letters=self.dead_letters,
             )
             async with contextlib.AsyncExitStack() as stack:
                 if s.http.enabled:
@@ -187,6 +190,8 @@ class Bridge:
         m.spool_points.set_function(lambda: sp.depth_points + sp.held_points)
         m.spool_points_held.set_function(lambda: sp.held_points)
         m.spool_bytes.set_function(lambda: sp.used_bytes)
+        m.dead_letters_stored.set_function(lambda: sp.dead_letters.count)
+        m.dead_letters_bytes.set_function(lambda: sp.dead_letters.bytes)
         m.spool_moved_aside.set(0 if sp.moved_aside is None else 1)
 
         def oldest_age() -> float:
@@ -213,6 +218,7 @@ class Bridge:
             housekeeping = housekeeping_loop(
                 spool,
                 delivery.notify,
+                self.dead_letters,
                 grace_s=self.settings.mapping.coalesce_grace_s,
                 coalescing=any(r.coalesce for r in self.mapper.rules),
             )

@@ -5,8 +5,10 @@ This is where "ack after commit" is decided. One durable transaction covers ever
 waiting (up to ``spool.commit_max_messages``); a small batch first waits until
 ``spool.commit_interval_s`` after the previous commit began, so a live flow makes fewer, larger
 commits, while a backlog (half the receive window) is committed at once. A full spool or disk
-withholds the PUBACKs (back-pressure: the broker keeps the messages) until delivery frees
-space; any other spool failure stops the bridge without acknowledging.
+withholds the PUBACKs (back-pressure: the broker keeps the messages) until there is room again:
+delivery frees it when waiting points reach ``spool.max_bytes`` (dead letters are not counted
+there), the operator when the disk is full (the spool prunes its dead letters first). Any other
+spool failure stops the bridge without acknowledging.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import time
 
 from bridge import failpoints
+from bridge.dead_letter_log import DeadLetterReporter
 from bridge.delivery import Delivery
 from bridge.errors import SpoolError, SpoolFull
 from bridge.intake import Intake, Pending
@@ -43,6 +46,7 @@ class Committer:
         *,
         metrics: BridgeMetrics,
         settings: CommitSettings,
+        dead_letters: DeadLetterReporter,
     ) -> None:
         self._intake = intake
         self._spool = spool
@@ -50,14 +54,26 @@ class Committer:
         self._delivery = delivery
         self._m = metrics
         self._s = settings
+        self._dead_letters = dead_letters
         self._space = asyncio.Event()  # set by delivery whenever it frees spool space
         self._full_since: float | None = None  # while intake waits for spool (or disk) space
+        self._disk_full = False  # what the last refused commit ran into
         self._throttle = LogThrottle(30.0)
 
     @property
     def waiting_for_space(self) -> bool:
         """True while the spool (or disk) is full and acknowledgements are withheld."""
         return self._full_since is not None
+
+    @property
+    def full_problem(self) -> str:
+        """The readiness problem while acknowledgements are withheld: what fills the spool,
+        and what will free space."""
+        file = self._spool.file
+        if self._disk_full:
+            left = file.dead_letters.count
+            return f"spool full: the disk is full ({left} dead letter(s) left); free disk space"
+        return full_problem(file.data_bytes, file.settings.max_bytes)
 
     def space_freed(self) -> None:
         """Delivery deleted records: a waiting commit may try again now."""
@@ -111,14 +127,30 @@ class Committer:
         if self._full_since is None:
             self._full_since = time.monotonic()
             self._m.spool_full.set(1)
-        self._throttle.log(
-            log,
-            logging.ERROR,
-            "full",
-            "spool full (%s): withholding MQTT acknowledgements; the broker keeps "
-            "the messages until delivery frees space",
-            exc,
-        )
+        file = self._spool.file
+        self._disk_full = not file.full
+        if self._disk_full:
+            self._throttle.log(
+                log,
+                logging.ERROR,
+                "full",
+                "disk full under the spool (%s), with %d dead letter(s) left after pruning the "
+                "oldest: withholding MQTT acknowledgements; the broker keeps the messages "
+                "until disk space is freed",
+                exc,
+                file.dead_letters.count,
+            )
+        else:
+            self._throttle.log(
+                log,
+                logging.ERROR,
+                "full",
+                "spool full: %d bytes of points wait for delivery, spool.max_bytes is %d "
+                "(dead letters are not counted): withholding MQTT acknowledgements; the broker "
+                "keeps the messages until delivery to the API frees space",
+                file.data_bytes,
+                file.settings.max_bytes,
+            )
         self._space.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
@@ -141,16 +173,7 @@ class Committer:
             m.duplicates_suppressed.inc(result.points_duplicate)
         for p in batch:
             if p.dead is not None:
-                m.dead_letters.labels(p.dead.reason).inc()
-                self._throttle.log(
-                    log,
-                    logging.WARNING,
-                    f"dead:{p.dead.reason}",
-                    "message on %r dead-lettered (%r): %r",  # %r: payload text is escaped
-                    p.topic[:200],
-                    p.dead.detail[:200],
-                    p.payload[:120],
-                )
+                self._dead_letters.written(p.dead)
         if result.points_held:
             m.points_held.inc(result.points_held)
         if result.points_dropped:
@@ -174,3 +197,11 @@ class Committer:
             over_share,
             self._spool.file.dropped_points_total,
         )
+
+
+def full_problem(data_bytes: int, max_bytes: int) -> str:
+    """The readiness problem when points waiting for delivery reach ``spool.max_bytes``."""
+    return (
+        f"spool full: {data_bytes} bytes of points wait for delivery (spool.max_bytes "
+        f"{max_bytes}); delivery to the API frees space"
+    )

@@ -44,7 +44,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (
         EX_USAGE,
         "usage error (a bad option value; `dead-letters`: `--since` not before `--until`; "
-        "`soak`: an unknown fault name)",
+        "`dead-letters purge`: no filter and no `--all`; `soak`: an unknown fault name)",
     ),
     (EX_NOINPUT, "no spool at the configured path (`dead-letters`, `backup`)"),
     (EX_UNAVAILABLE, "`demo`, `bench` or `soak` without mosquitto installed"),

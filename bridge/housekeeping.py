@@ -1,6 +1,7 @@
-"""Once a second: close the coalescing windows that ended, release points the fair share held
-back once there is room for them, and pick up points that a ``dead-letters requeue`` wrote
-into the spool from another process."""
+"""Once a second: close the coalescing windows that ended, keep the dead letters within their
+budget (age pruning needs no new dead letter to run), release points the fair share held back
+once there is room for them, and pick up points that a ``dead-letters requeue`` wrote into the
+spool from another process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bridge.dead_letter_log import DeadLetterReporter
 from bridge.errors import SpoolFull
 from bridge.spool.facade import AsyncSpool
 
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 async def housekeeping_loop(
     spool: AsyncSpool,
     notify: Callable[[int], None],
+    dead_letters: DeadLetterReporter,
     *,
     grace_s: float,
     coalescing: bool,
@@ -43,4 +46,5 @@ async def housekeeping_loop(
         if requeued > 0:
             log.info("%d requeued point(s) found in the spool; delivering them", requeued)
             notify(requeued)
+        dead_letters.pruned(await spool.keep_dead_letters())
         await asyncio.sleep(interval)

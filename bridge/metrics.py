@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from bridge import __version__
+from bridge.spool.dlbudget import PRUNE_REASONS
 
 PREFIX = "metriqo_bridge_"
 
@@ -80,6 +81,9 @@ OPERATOR_NOTES: dict[str, str] = {
     "api_pacing_rate_requests_per_second": "halved on each 429, back over ~50 accepted requests; "
     "staying low means the bridges together exceed the organization's budget",
     "spool_drain_eta_seconds": "`+Inf` while delivery is stalled",
+    "dead_letters_pruned": "`max_age` is the retention working; `max_bytes`, `max_count` or "
+    "`disk_full` mean dead letters arrive faster than the budget keeps them: fix the source, "
+    "or raise `dead_letters.*`",
     "delivery_paused": "the API refuses the token (401/403) or the URL is wrong (404/3xx); data "
     "keeps spooling",
     "token_unusable": "`reload`: the token file changed but is unusable, the previous token is "
@@ -141,6 +145,21 @@ class BridgeMetrics:
         )
         self.dead_letters = Counter(
             p + "dead_letters_total", "Dead-letter records written", ["reason"], registry=r
+        )
+        self.dead_letters_pruned = Counter(
+            p + "dead_letters_pruned_total",
+            "Dead letters deleted by their budget, by limit (max_age, max_count, max_bytes, "
+            "disk_full)",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters_stored = Gauge(
+            p + "dead_letters_stored", "Dead letters kept in the spool", registry=r
+        )
+        self.dead_letters_bytes = Gauge(
+            p + "dead_letters_stored_bytes",
+            "Bytes of the spool taken by dead letters (not counted toward spool.max_bytes)",
+            registry=r,
         )
         self.duplicates_suppressed = Counter(
             p + "duplicate_points_suppressed_total",
@@ -280,6 +299,8 @@ class BridgeMetrics:
         # Fixed vocabularies start at 0 (rule-labelled series appear with their first event).
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        for reason in PRUNE_REASONS:
+            self.dead_letters_pruned.labels(reason)
         for status_class in STATUS_CLASSES:
             self.requests.labels(status_class)
         for reason in DROP_REASONS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.committer import Committer
+from bridge.committer import Committer, full_problem
 from bridge.delivery import Delivery
 from bridge.mqtt.source import MqttSource
 from bridge.spool.file import SpoolFile
@@ -21,8 +21,10 @@ def problems(
         out.append(f"mqtt not connected: {detail}" if detail else "mqtt not connected")
     elif not source.state.subscribed:
         out.append("mqtt subscriptions not yet acknowledged")
-    if spool.full or (committer is not None and committer.waiting_for_space):
-        out.append("spool full")
+    if committer is not None and committer.waiting_for_space:
+        out.append(committer.full_problem)
+    elif spool.full:
+        out.append(full_problem(spool.data_bytes, spool.settings.max_bytes))
     if delivery is not None and delivery.paused_reason:
         out.append(f"delivery paused: {delivery.paused_reason}")
     return out

@@ -134,6 +134,22 @@ class SpoolSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterSettings:
+    """The dead letters' own budget in the spool file, and what their log lines show
+    (:class:`bridge.spool.deadletters.DeadLetters`, :mod:`bridge.dead_letter_log`).
+
+    They are kept apart from ``SpoolSettings.max_bytes`` (the cap on points waiting for
+    delivery), so bad messages can never make the bridge withhold acknowledgements for good
+    ones: the file holds at most ``max_bytes`` of waiting data plus this ``max_bytes``.
+    """
+
+    max_bytes: int = 64 << 20
+    max_count: int = 100_000
+    max_age_s: float = 14 * 86400.0
+    log_payload_bytes: int = 0  # 0: payloads never appear in the logs
+
+
+@dataclass(frozen=True, slots=True)
 class CommitSettings:
     """The group commit (:class:`bridge.committer.Committer`).
 
@@ -195,6 +211,7 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    dead_letters: DeadLetterSettings = field(default_factory=DeadLetterSettings)
     commit: CommitSettings = field(default_factory=CommitSettings)
     mapping: MappingSettings = field(default_factory=MappingSettings)
     http: HttpSettings = field(default_factory=HttpSettings)

@@ -61,6 +61,18 @@ def parse_time(text: str, now_us: int) -> int:
     return (when - _EPOCH) // timedelta(microseconds=1)
 
 
+def parse_age(text: str, now_us: int) -> int:
+    """Epoch µs of "``text`` before ``now_us``" for an age (``30m``, ``2h``, ``7d``, ``2w``).
+
+    Raises:
+        ValueError: anything but an age, with a message that shows the accepted forms.
+    """
+    age = _AGE.fullmatch(text.strip())
+    if age is None:
+        raise ValueError(f"{text!r} is not an age: use a number and s, m, h, d or w, e.g. 30d")
+    return now_us - int(age[1]) * _UNIT_S[age[2]] * 1_000_000
+
+
 def make_filter(
     reasons: Iterable[str] = (),
     since_us: int | None = None,
@@ -347,3 +359,19 @@ def format_tally(tally: RequeueTally, *, dry_run: bool, drop_ignored: bool) -> l
         for rule, n in sorted(tally.ignored.items()):
             lines.append(f"  {printable(rule):<{width}}  {n:>6}  {_ids(tally.ignored_ids[rule])}")
     return lines
+
+
+# -- pure core: the purge report -----------------------------------------------------------------
+
+
+def format_purge(counts: dict[str, int], *, dry_run: bool) -> list[str]:
+    """The report printed after ``purge``: the total, then the number per reason."""
+    total = sum(counts.values())
+    if not total:
+        return ["no dead letters match"]
+    if dry_run:
+        head = f"dry run: would delete {total} dead letter(s); nothing was deleted (--yes deletes)"
+    else:
+        head = f"deleted {total} dead letter(s)"
+    width = max([len(printable(r)) for r in counts] + [8])
+    return [head] + [f"  {printable(r):<{width}}  {n:>6}" for r, n in sorted(counts.items())]

@@ -1,9 +1,9 @@
-"""The ``dead-letters list | export | requeue`` commands: the blocking shell around the pure
-core in :mod:`bridge.cli.dead_letter_rows`.
+"""The ``dead-letters list | export | requeue | purge`` commands: the blocking shell around the
+pure core in :mod:`bridge.cli.dead_letter_rows`.
 
 It pages through a spool opened with :meth:`~bridge.spool.store.Spool.open_shared`, so it works
-beside a running bridge: every requeue chunk is one transaction, and the bridge picks the records up
-within about a second (it watches the spool's data version).
+beside a running bridge: every requeue or purge chunk is one transaction, and the bridge picks
+the change up within about a second (it watches the spool's data version).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -25,9 +26,11 @@ from bridge.cli.dead_letter_rows import (
     RequeueTally,
     export_line,
     format_counts,
+    format_purge,
     format_table,
     format_tally,
     make_filter,
+    parse_age,
     parse_time,
     plan_requeue,
     table_cells,
@@ -44,7 +47,7 @@ from bridge.spool.store import Spool
 
 
 def add_parser(sub: Subparsers) -> None:
-    """``dead-letters list|export|requeue`` and their shared settings and filter options."""
+    """``dead-letters list|export|requeue|purge`` and their shared settings and filters."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("settings (as for run)")
     where.add_argument(
@@ -84,13 +87,14 @@ def add_parser(sub: Subparsers) -> None:
     )
     dl = sub.add_parser(
         "dead-letters",
-        help="list, export or requeue dead letters; works beside a running bridge",
+        help="list, export, requeue or purge dead letters; works beside a running bridge",
         description="Inspect and repair the spool's dead letters: list, export (JSON Lines) "
-        "or requeue them after the rule or the device is fixed. Safe beside a running bridge. "
-        "See docs/operations/dead-letters.md.",
-        epilog="exit codes: 0 done (requeue: nothing still fails), 1 requeue left dead letters "
-        "that still fail, or a spool or output-file error, 2 a bad option value, 66 no spool at "
-        "spool.path, 78 the settings or (requeue) the mapping file are invalid.",
+        "or requeue them after the rule or the device is fixed, or purge them. Safe beside a "
+        "running bridge. See docs/operations/dead-letters.md.",
+        epilog="exit codes: 0 done (requeue: nothing still fails; purge: also a dry run), 1 "
+        "requeue left dead letters that still fail, or a spool or output-file error, 2 a bad "
+        "option value (purge: no filter and no --all), 66 no spool at spool.path, 78 the "
+        "settings or (requeue) the mapping file are invalid.",
     )
     dl.set_defaults(handler=run)
     cmds = dl.add_subparsers(dest="dl_command", required=True, metavar="COMMAND")
@@ -128,11 +132,35 @@ def add_parser(sub: Subparsers) -> None:
         action="store_true",
         help="remove dead letters an ignore rule now takes (kept by default)",
     )
+    pur = cmds.add_parser(
+        "purge",
+        parents=[common],
+        help="delete matching dead letters; shows what it would delete unless --yes",
+    )
+    pur.add_argument(
+        "--older-than",
+        type=_age_arg,
+        metavar="AGE",
+        help="received more than AGE ago (30m, 12h, 30d, 2w): --until AGE",
+    )
+    pur.add_argument("--all", action="store_true", help="with no other filter: every dead letter")
+    pur.add_argument("--limit", type=_positive_int, metavar="N", help="at most N, oldest first")
+    pur.add_argument("--yes", action="store_true", help="delete them (without it: a dry run)")
+    pur.add_argument(
+        "--dry-run", action="store_true", help="report what would go; delete nothing, even --yes"
+    )
 
 
 def _time_arg(text: str) -> int:
     try:
         return parse_time(text, int(time.time() * 1_000_000))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _age_arg(text: str) -> int:
+    try:
+        return parse_age(text, int(time.time() * 1_000_000))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -148,15 +176,22 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``dead-letters list|export|requeue``: settings as for ``run``, spool opened shared.
+    """``dead-letters list|export|requeue|purge``: settings as for ``run``, spool opened shared.
 
     Raises:
         ConfigError: the settings or the mapping file are invalid (the CLI exits 78).
     """
     try:
-        which = make_filter(args.reasons, args.since, args.until, args.ids)
+        which = make_filter(args.reasons, args.since, _until(args), args.ids)
     except ValueError as exc:
         print(f"metriqo-bridge: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if args.dl_command == "purge" and which == DeadLetterFilter() and not args.all:
+        print(
+            "metriqo-bridge: purge needs a filter (--reason, --older-than, --since, --until, "
+            "--id) or --all for every dead letter",
+            file=sys.stderr,
+        )
         return EX_USAGE
     settings = settings_from(args)
     mapper = None
@@ -189,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 drop_ignored=args.drop_ignored,
             )
+        if args.dl_command == "purge":
+            return purge_dead_letters(
+                spool, which, sys.stdout, limit=args.limit, dry_run=args.dry_run or not args.yes
+            )
         if args.dl_command == "list":
             return list_dead_letters(
                 spool, which, sys.stdout, sys.stderr, limit=args.limit, as_json=args.json
@@ -196,6 +235,15 @@ def run(args: argparse.Namespace) -> int:
         return _export(spool, which, args.output, args.limit)
     finally:
         spool.close()
+
+
+def _until(args: argparse.Namespace) -> int | None:
+    """--until, or --older-than (purge); both given: the earlier."""
+    older: int | None = getattr(args, "older_than", None)
+    until: int | None = args.until
+    if older is None or until is None:
+        return until if older is None else older
+    return min(older, until)
 
 
 def _export(spool: Spool, which: DeadLetterFilter, output: Path | None, limit: int | None) -> int:
@@ -312,3 +360,38 @@ def requeue_dead_letters(
         line + "\n" for line in format_tally(tally, dry_run=dry_run, drop_ignored=drop_ignored)
     )
     return EX_FAILURE if tally.failing else EX_OK
+
+
+def purge_dead_letters(
+    spool: Spool,
+    which: DeadLetterFilter,
+    out: TextIO,
+    *,
+    limit: int | None = None,
+    dry_run: bool = True,
+) -> int:
+    """``dead-letters purge``: delete the matching dead letters (oldest first, at most
+    ``limit``), one transaction per :data:`PAGE`, and print how many went per reason; with
+    ``dry_run`` only count them. Returns the exit code (0).
+
+    Only dead letters that existed when it began are visited, as for :func:`pages`.
+    """
+    counts: Counter[str] = Counter()
+    through = spool.dead_letters.newest_id()
+    after = 0
+    left = limit
+    while left is None or left > 0:
+        want = PAGE if left is None else min(PAGE, left)
+        window = dataclasses.replace(which, after_id=after, through_id=through)
+        rows = spool.dead_letters.find_reasons(window, want)
+        if not rows:
+            break
+        if dry_run:
+            counts.update(reason for _id, reason in rows)
+        else:
+            counts.update(spool.dead_letters.purge([row_id for row_id, _reason in rows]))
+        after = rows[-1][0]
+        if left is not None:
+            left -= len(rows)
+    out.writelines(line + "\n" for line in format_purge(dict(counts), dry_run=dry_run))
+    return EX_OK

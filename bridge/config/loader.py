@@ -163,6 +163,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             fair_share_at=spool.fair_share_at,
             held_max_bytes=spool.held_max_bytes,
         ),
+        dead_letters=rt.DeadLetterSettings(**m.dead_letters.model_dump()),
         commit=rt.CommitSettings(
             max_messages=spool.commit_max_messages,
             interval_s=spool.commit_interval_s,

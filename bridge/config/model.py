@@ -21,6 +21,7 @@ _TLS = rt.TlsSettings()
 _SENDER = rt.SenderSettings()
 _DELIVERY = rt.DeliverySettings()
 _SPOOL = rt.SpoolSettings()
+_DEAD = rt.DeadLetterSettings()
 _COMMIT = rt.CommitSettings()
 _MAPPING = rt.MappingSettings()
 _HTTP = rt.HttpSettings()
@@ -277,6 +278,32 @@ class SpoolModel(_Section):
     )
 
 
+class DeadLettersModel(_Section):
+    """The dead letters' own budget, apart from `spool.max_bytes`."""
+
+    max_bytes: int = Field(
+        _DEAD.max_bytes,
+        ge=1 << 20,
+        description="disk the dead letters may take in the spool file, on top of "
+        "`spool.max_bytes` (which they never count toward); beyond it the oldest are pruned",
+    )
+    max_count: int = Field(
+        _DEAD.max_count, ge=1, description="dead letters kept at most; beyond it the oldest go"
+    )
+    max_age_s: float = Field(
+        _DEAD.max_age_s,
+        ge=60,
+        description="dead letters received longer ago than this are pruned, checked every second",
+    )
+    log_payload_bytes: int = Field(
+        _DEAD.log_payload_bytes,
+        ge=0,
+        le=4096,
+        description="show up to this many bytes of a dead-lettered payload in its log line, "
+        "escaped; 0 (the default) keeps payloads out of the logs, as they can be sensitive",
+    )
+
+
 class MappingModel(_Section):
     """The mapping file."""
 
@@ -332,6 +359,7 @@ class SettingsModel(_Section):
     api: ApiModel = ApiModel()
     batch: BatchModel = BatchModel()
     spool: SpoolModel = SpoolModel()
+    dead_letters: DeadLettersModel = DeadLettersModel()
     mapping: MappingModel = MappingModel()
     http: HttpModel = HttpModel()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from bridge.batcher import Batch
 from bridge.models import CommitResult, DeadLetter, Record
+from bridge.spool.dlbudget import Pruned
 from bridge.spool.fairshare import FairStatus
 from bridge.spool.file import SpoolFile
 from bridge.spool.store import Spool
@@ -53,10 +54,10 @@ class AsyncSpool:
         *,
         forget_unacked: bool,
     ) -> CommitResult:
-        """One group commit (see :meth:`IntakeWriter.commit`)."""
-        writer = self._spool.writer
+        """One group commit (see :meth:`Spool.commit`)."""
+        spool = self._spool
         return await self._run(
-            lambda: writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
+            lambda: spool.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
         )
 
     async def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
@@ -65,8 +66,23 @@ class AsyncSpool:
 
     async def flush_coalesced(self, now_us: int, grace_us: int) -> int:
         """Close the coalescing windows that ended; returns the points added."""
-        coalescer = self._spool.coalescer
-        return await self._run(lambda: coalescer.flush(now_us, grace_us))
+        spool = self._spool
+        return await self._run(
+            lambda: spool.making_room(lambda: spool.coalescer.flush(now_us, grace_us))
+        )
+
+    async def keep_dead_letters(self) -> Pruned:
+        """Prune dead letters beyond their budget; returns every prune since the last call
+        (those made for a commit too)."""
+        dead_letters = self._spool.dead_letters
+
+        def keep() -> Pruned:
+            if not self.file.dead_letters.exact:
+                dead_letters.refresh()
+            dead_letters.keep_within_budget()
+            return dead_letters.take_pruned()
+
+        return await self._run(keep)
 
     async def release_held(self) -> int:
         """Move held points back for delivery as far as there is room; returns the points."""
@@ -108,17 +124,23 @@ class AsyncSpool:
 
     async def delivered(self, seqs: Sequence[int]) -> None:
         """The API accepted these records: delete and count them."""
-        outbox = self._spool.outbox
-        await self._run(lambda: outbox.delivered(seqs))
+        spool = self._spool
+        await self._run(lambda: spool.making_room(lambda: spool.outbox.delivered(seqs)))
 
     async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """The API refused these records for good: move them to the dead letters."""
-        outbox = self._spool.outbox
-        await self._run(lambda: outbox.reject(seqs, reason, detail))
+        spool = self._spool
+        await self._run(
+            lambda: spool.making_room(lambda: spool.outbox.reject(seqs, reason, detail))
+        )
 
     async def settle_partly(
         self, seq: int, refused: dict[str, float], reason: str, detail: str
     ) -> None:
         """The API took some metrics of a record and refused ``refused``."""
-        outbox = self._spool.outbox
-        await self._run(lambda: outbox.settle_partly(seq, refused, reason, detail))
+        spool = self._spool
+        await self._run(
+            lambda: spool.making_room(
+                lambda: spool.outbox.settle_partly(seq, refused, reason, detail)
+            )
+        )

@@ -88,7 +88,7 @@ class FairShare:
         return int(s.max_bytes * s.fair_share_at) if self._holding else s.max_bytes
 
     def _counted_bytes(self) -> int:
-        return self._file.used_bytes - self._file.held_bytes
+        return self._file.data_bytes - self._file.held_bytes
 
     @property
     def active(self) -> bool:
@@ -152,7 +152,7 @@ class FairShare:
         main = [r for r in records if r.device_id not in held_devices]
         held = [r for r in records if r.device_id in held_devices]
         new_points = sum(len(r.metrics) for r in held)
-        per_point = file.used_bytes / max(1, file.depth_points + file.held_points)
+        per_point = file.data_bytes / max(1, file.depth_points + file.held_points)
         budget = file.settings.held_budget
         if file.held_bytes + new_points * per_point > budget:
             heaviest = max(held_devices, key=lambda d: sum(totals[d]))
@@ -205,7 +205,7 @@ class FairShare:
         room = self.threshold_bytes - self._counted_bytes()
         if not file.held_records or room <= 0:
             return 0
-        per_record = file.used_bytes / max(1, file.depth_records + file.held_records)
+        per_record = file.data_bytes / max(1, file.depth_records + file.held_records)
         want = max(1, min(RELEASE_CHUNK, int(room / max(per_record, 1.0))))
         db = file.conn
         # A move, not a new reading: losing it in a power cut leaves the rows held, so the

@@ -17,12 +17,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bridge.errors import SpoolError, SpoolFull, SpoolLocked
+from bridge.models import DeadLetter
 from bridge.settings import SpoolSettings
 from bridge.spool import schema
+from bridge.spool.dlbudget import Held
 from bridge.spool.reserve import DiskReserve
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class SpoolFile:
         self.dropped_points_total = 0
         self.held_records = 0  # kept aside by the fair share (spool/fairshare.py)
         self.held_points = 0
+        # The dead letters' share of used_bytes: they have their own budget (dlbudget.py).
+        self.dead_letters = Held()
         self._data_version = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -252,18 +256,29 @@ class SpoolFile:
     # -- what it holds ---------------------------------------------------------------------
 
     @property
+    def data_bytes(self) -> int:
+        """Bytes in use but for the dead letters' share: what ``spool.max_bytes`` caps."""
+        return max(0, self.used_bytes - self.dead_letters.bytes)
+
+    @property
     def held_bytes(self) -> int:
-        """The held points' share of ``used_bytes``, estimated at the average size of a
-        waiting point: they count against their own budget, not against ``max_bytes``."""
+        """The held points' share of ``data_bytes`` at the average size of a waiting point."""
         if not self.held_points:
             return 0
         waiting = self.depth_points + self.held_points
-        return int(self.used_bytes * self.held_points / waiting)
+        return int(self.data_bytes * self.held_points / waiting)
 
     @property
     def full(self) -> bool:
-        """True when the spool has reached its size cap (held points not counted)."""
-        return self.used_bytes - self.held_bytes >= self.settings.max_bytes
+        """True when the spool has reached its size cap. Neither dead letters nor held points
+        count: each has a budget of its own, so they can never refuse a quiet device's data."""
+        return self.data_bytes - self.held_bytes >= self.settings.max_bytes
+
+    def dead_letters_written(self, dead: Sequence[DeadLetter], payload_cap: int) -> None:
+        """Count dead letters a transaction stored (after :meth:`refresh_size`), measured
+        whenever an estimate could decide "full": the cap is never applied by a guess."""
+        self.dead_letters.wrote(dead, int(self.clock() * 1_000_000), payload_cap)
+        self._measure_near_the_cap()
 
     def refresh_size(self) -> None:
         """Re-read the bytes in use (pages minus free pages)."""
@@ -272,6 +287,12 @@ class SpoolFile:
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         size = db.execute("PRAGMA page_size").fetchone()[0]
         self.used_bytes = int((pages - free) * size)
+        self._measure_near_the_cap()
+
+    def _measure_near_the_cap(self) -> None:
+        held = self.dead_letters
+        if not held.exact and self.used_bytes - held.measured >= self.settings.max_bytes:
+            held.measure(self.conn)
 
     def refresh_oldest(self) -> None:
         """Re-read the receive time of the oldest waiting record."""
@@ -288,6 +309,7 @@ class SpoolFile:
         self.delivered_points_total = int(self.meta_get("delivered_points") or 0)
         self.dropped_points_total = int(self.meta_get("dropped_points") or 0)
         self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        self.dead_letters.measure(db)
         self.refresh_oldest()
         self.refresh_size()
 

@@ -228,6 +228,7 @@ class Outbox:
         self.handed_out.difference_update(seqs)
         file.depth_records -= len(rows)
         file.depth_points -= sum(int(r[3]) for r in rows)
+        file.dead_letters.measure(db)  # they count apart from the cap (see dlbudget.py)
         file.refresh_oldest()
         file.refresh_size()
 
@@ -265,5 +266,7 @@ class Outbox:
         file.depth_records -= 1
         file.depth_points -= int(n)
         file.delivered_points_total += delivered
+        if refused:
+            file.dead_letters.measure(db)  # they count apart from the cap (see dlbudget.py)
         file.refresh_oldest()
         file.refresh_size()

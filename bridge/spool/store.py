@@ -12,7 +12,8 @@ this package.
 - :attr:`Spool.outbox` (:mod:`~bridge.spool.outbox`): batches handed out, then settled;
 - :attr:`Spool.fair` (:mod:`~bridge.spool.fairshare`): each device's share, held records;
 - :attr:`Spool.coalescer` (:mod:`~bridge.spool.coalesce`): closing coalescing windows;
-- :attr:`Spool.dead_letters` (:mod:`~bridge.spool.deadletters`): queries and requeue.
+- :attr:`Spool.dead_letters` (:mod:`~bridge.spool.deadletters`): their budget, queries, purge
+  and requeue.
 
 All of it is blocking and runs on one thread: the bridge reaches it through
 :class:`~bridge.spool.facade.AsyncSpool`, tools and tests call it directly.
@@ -20,28 +21,46 @@ All of it is blocking and runs on one thread: the bridge reaches it through
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from bridge.settings import SpoolSettings
+from bridge.errors import SpoolError, SpoolFull
+from bridge.models import CommitResult, DeadLetter, Record
+from bridge.settings import DeadLetterSettings, SpoolSettings
 from bridge.spool.coalesce import Coalescer
 from bridge.spool.deadletters import DeadLetters
+from bridge.spool.dlbudget import columns_size, row_cost
 from bridge.spool.fairshare import FairShare
 from bridge.spool.file import SpoolFile
 from bridge.spool.outbox import Outbox
-from bridge.spool.writes import IntakeWriter
+from bridge.spool.writes import DEAD_LETTER_PAYLOAD_CAP, IntakeWriter, Stamped
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A record's row and index entries beside its metrics, and each metric in its JSON: rounded up.
+_RECORD_BYTES = 256
+_METRIC_BYTES = 48
 
 
 class Spool:
     """One spool file and its jobs (see the module docstring)."""
 
-    def __init__(self, settings: SpoolSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: SpoolSettings,
+        clock: Callable[[], float] = time.time,
+        dead_letters: DeadLetterSettings | None = None,
+    ) -> None:
         self.file = SpoolFile(settings, clock)
         self.outbox = Outbox(self.file)
         self.fair = FairShare(self.file)
         self.writer = IntakeWriter(self.file, self.outbox, self.fair)
         self.coalescer = Coalescer(self.file)
-        self.dead_letters = DeadLetters(self.file)
+        self.dead_letters = DeadLetters(self.file, dead_letters)
 
     def open(self) -> None:
         """Lock and open the file (see :meth:`SpoolFile.open`)."""
@@ -54,3 +73,64 @@ class Spool:
     def close(self) -> None:
         """Close the file and release the lock (idempotent)."""
         self.file.close()
+
+    def making_room(self, write: Callable[[], _T], need: int = 0) -> _T:
+        """Run a spool write; if the disk is full, prune the oldest dead letters to make room
+        for ``need`` bytes and run it once more (the readings matter more than they do).
+
+        Raises:
+            SpoolFull: the write still does not fit (or met ``spool.max_bytes``).
+        """
+        try:
+            return write()
+        except SpoolFull:
+            if not self.dead_letters.prune_for_disk(need):
+                raise
+            return write()
+
+    def commit(
+        self,
+        records: Sequence[Record],
+        dead: Sequence[DeadLetter],
+        stamped: Sequence[Stamped] = (),
+        acked: Sequence[int] = (),
+        *,
+        forget_unacked: bool = False,
+    ) -> CommitResult:
+        """A group commit (:meth:`IntakeWriter.commit`) that dead letters can never refuse.
+
+        On a full disk the oldest dead letters are pruned and the commit is tried once more
+        (:meth:`making_room`). After it, dead letters beyond their budget are pruned, and so
+        are the oldest while the disk is nearly full, before it is.
+
+        Raises:
+            SpoolFull: ``spool.max_bytes`` is reached by other data, or the disk is full even
+                without dead letters; nothing was written.
+            SpoolError: any other write failure (the caller must not acknowledge after it).
+        """
+        writer = self.writer
+        need = _size(records, dead)
+        result = self.making_room(
+            lambda: writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked),
+            need,
+        )
+        try:
+            if dead:
+                self.dead_letters.keep_within_budget()
+            self.dead_letters.keep_disk_room(need)
+        except SpoolError as exc:  # the commit stands; a broken file fails the next one
+            log.error("could not prune dead letters after a commit: %s", exc)
+        return result
+
+
+def _size(records: Sequence[Record], dead: Sequence[DeadLetter]) -> int:
+    """A generous estimate of the bytes a commit of ``records`` and ``dead`` writes."""
+    letters = sum(
+        row_cost(
+            columns_size(
+                d.reason, d.rule, d.topic, min(len(d.payload), DEAD_LETTER_PAYLOAD_CAP), d.detail
+            )
+        )
+        for d in dead
+    )
+    return letters + sum(_RECORD_BYTES + _METRIC_BYTES * len(r.metrics) for r in records)

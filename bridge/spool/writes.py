@@ -73,7 +73,7 @@ class IntakeWriter:
                 dropped, fair_dropped = self._drop_oldest()
             if file.full:
                 raise SpoolFull(
-                    f"spool holds {file.used_bytes} bytes, cap {file.settings.max_bytes}"
+                    f"spool holds {file.data_bytes} bytes, cap {file.settings.max_bytes}"
                 )
         db = file.conn
         before = file.depth_points
@@ -105,6 +105,8 @@ class IntakeWriter:
             file.refresh_oldest()
         file.refresh_size()
         offered += sum(len(r.metrics) for r in held)
+        if dead:  # their own budget, apart from the cap (see dlbudget.py)
+            file.dead_letters_written(dead, DEAD_LETTER_PAYLOAD_CAP)
         return CommitResult(
             records_inserted=inserted + held_records,
             points_inserted=file.depth_points - before,
@@ -200,9 +202,9 @@ class IntakeWriter:
         handed_out = self._outbox.handed_out
         dropped = fair_dropped = 0
         target = file.settings.max_bytes * 0.98
-        while file.used_bytes >= target and file.depth_records > len(handed_out):
-            per_record = file.used_bytes / max(1, file.depth_records)
-            want = max(16, int((file.used_bytes - target) / per_record) + 1)
+        while file.data_bytes >= target and file.depth_records > len(handed_out):
+            per_record = file.data_bytes / max(1, file.depth_records)
+            want = max(16, int((file.data_bytes - target) / per_record) + 1)
             over = self._fair.drop_victims(want, handed_out)
             if over is not None:
                 victims = over[1]

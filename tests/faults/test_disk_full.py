@@ -1,11 +1,13 @@
-"""Row 12: the spool's filesystem really fills up.
+"""Rows 12 and 21: the spool's filesystem really fills up, with waiting points or with dead
+letters.
 
 The bridge runs as a subprocess in its own mount namespace (``unshare -rm``) with its spool
 directory on a private 12 MiB tmpfs, so SQLite gets a real ``SQLITE_FULL`` — for the intake's
 inserts, and in WAL mode also for the deletes that would free space. The API is down while a
 backlog fills the disk, then comes up. Expected: back-pressure while full (the broker keeps the
 rest), no crash, the reserve file given back so the deletes can run, intake resuming by itself,
-every point delivered once, and an intact spool.
+every point delivered once, and an intact spool. Dead letters filling the disk are pruned,
+oldest first, before intake is refused.
 """
 
 from __future__ import annotations
@@ -84,6 +86,28 @@ def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
+def _bridge_on_tmpfs(
+    settings: dict[str, object], spool_dir: Path, size_mib: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """The bridge with ``settings``, its spool directory on a private tmpfs of ``size_mib``;
+    after it stops, the shell prints the filesystem's use and the spool's integrity check."""
+    spool = settings["spool.path"]
+    bridge = [sys.executable, "-m", "bridge", "run"]
+    for key, value in settings.items():
+        bridge += ["--set", f"{key}={value}"]
+    script = (
+        f'mount -t tmpfs -o size={size_mib}m tmpfs "{spool_dir}" || exit 97; '
+        # The shell passes SIGTERM on to the bridge, then checks the spool it leaves behind.
+        "\"$@\" & child=$!; trap 'kill -TERM $child' TERM; "
+        "wait $child; rc=$?; [ $rc -gt 128 ] && { wait $child; rc=$?; }; "
+        f'df -k "{spool_dir}" | tail -1; '
+        f'"{sys.executable}" -c "{_INTEGRITY}" "{spool}"; exit $rc'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
+    env["METRIQO_BRIDGE_TOKEN"] = TOKEN
+    return _start(["unshare", "-rm", "sh", "-c", script, "sh", *bridge], env, log)
+
+
 async def _until(cond: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():  # type: ignore[operator]
@@ -115,21 +139,8 @@ async def test_a_full_disk_pauses_intake_then_drains_without_loss_or_corruption(
         "http.port": http_port,
         "mapping.file": mappings,
     }
-    bridge = [sys.executable, "-m", "bridge", "run"]
-    for key, value in settings.items():
-        bridge += ["--set", f"{key}={value}"]
-    script = (
-        f'mount -t tmpfs -o size=12m tmpfs "{spool_dir}" || exit 97; '
-        # The shell passes SIGTERM on to the bridge, then checks the spool it leaves behind.
-        "\"$@\" & child=$!; trap 'kill -TERM $child' TERM; "
-        "wait $child; rc=$?; [ $rc -gt 128 ] && { wait $child; rc=$?; }; "
-        f'df -k "{spool_dir}" | tail -1; '
-        f'"{sys.executable}" -c "{_INTEGRITY}" "{spool}"; exit $rc'
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
-    env["METRIQO_BRIDGE_TOKEN"] = TOKEN
     log = tmp_path / "bridge.log"
-    proc = _start(["unshare", "-rm", "sh", "-c", script, "sh", *bridge], env, log)
+    proc = _bridge_on_tmpfs(settings, spool_dir, 12, log)
     publisher = Publisher(broker.port)
     try:
         await _until(lambda: _metric(http_port, "metriqo_bridge_mqtt_connected") == 1, 20, "up")
@@ -167,3 +178,66 @@ async def test_a_full_disk_pauses_intake_then_drains_without_loss_or_corruption(
     assert "released the" in output  # the reserve was given back for the deletes
     assert "Traceback" not in output, output[-3000:]
     assert TOKEN not in output
+
+
+async def test_dead_letters_filling_the_disk_are_pruned_before_intake_stops(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """Row 21 on a real full disk: one device floods 16 MB of bad messages into a 12 MiB
+    filesystem; the oldest dead letters are pruned to make room (counted as disk_full), good
+    readings sent after the flood all arrive once, and the spool stays intact."""
+    n_bad, n_good = 4000, 500  # a 3 KB dead letter takes a 4 KiB page: 16 MB, under their budget
+    start_ms = int(time.time() * 1000) - n_good
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    mappings = tmp_path / "mappings.yaml"
+    mappings.write_text(TEST_MAPPINGS, encoding="utf-8")
+    http_port = free_port()
+    settings: dict[str, object] = {
+        "mqtt.port": broker.port,
+        "mqtt.reconnect_max_s": 1,
+        "mqtt.receive_maximum": 200,  # commits of 800 KB at most: they fit beside the reserve
+        "api.base_url": api.url,
+        "api.retry_max_s": 1,
+        "api.requests_per_minute": 1_000_000,
+        "batch.linger_s": 0.2,
+        "spool.path": spool_dir / "bridge.db",
+        "spool.reserve_bytes": 4 << 20,
+        "http.port": http_port,
+        "mapping.file": mappings,
+    }
+    log = tmp_path / "bridge.log"
+    proc = _bridge_on_tmpfs(settings, spool_dir, 12, log)
+    publisher = Publisher(broker.port)
+    pruned = 'metriqo_bridge_dead_letters_pruned_total{reason="disk_full"}'
+    try:
+        await _until(lambda: _metric(http_port, "metriqo_bridge_mqtt_connected") == 1, 20, "up")
+        flood = [
+            ("plant/broken/l1/env", (b'{"temp": %d, "x": "' % i).ljust(3000, b"z"))
+            for i in range(n_bad)
+        ]
+        await asyncio.to_thread(publisher.publish_all, flood)
+        await asyncio.to_thread(publisher.publish_all, env_messages(n_good, start_ms))
+        await _until(lambda: api.store.point_count() >= 4 * n_good, 120, "good readings stuck")
+        await _until(
+            lambda: _metric(http_port, "metriqo_bridge_spool_points") == 0, 60, "not deleted"
+        )
+        assert (_metric(http_port, pruned) or 0) > 0
+        committed = _metric(http_port, "metriqo_bridge_messages_committed_total")
+        assert committed == n_bad + n_good
+        assert "ready" in _ready_problems(http_port)
+        assert proc.poll() is None, log.read_text()
+        got = delivered_points(api.store.points())
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        publisher.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    output = log.read_text(errors="replace")
+    assert sorted(got) == sorted(expected_env_points(n_good, start_ms)), "lost or duplicated"
+    assert "INTEGRITY ok" in output, output[-3000:]
+    assert "to make room for readings on a full disk" in output
+    assert "stop timeout reached" not in output
+    assert "Traceback" not in output, output[-3000:]

@@ -119,7 +119,9 @@ async def test_full_spool_withholds_acks_then_recovers_without_loss(
         await _wait_for(lambda: metric(bridge, "metriqo_bridge_spool_full") == 1)
         committed = metric(bridge, "metriqo_bridge_messages_committed_total")
         assert committed < n
-        assert "spool full" in bridge.problems()
+        [full] = [p for p in bridge.problems() if p.startswith("spool full")]
+        assert "points wait for delivery" in full
+        assert "delivery to the API frees space" in full
         await asyncio.sleep(1.0)
         assert metric(bridge, "metriqo_bridge_messages_committed_total") == committed
         async with LocalApi(token=TOKEN, port=port, rate_limit_per_minute=None) as api:

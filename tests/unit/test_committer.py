@@ -15,6 +15,7 @@ from typing import cast
 import pytest
 
 from bridge.committer import Committer
+from bridge.dead_letter_log import DeadLetterReporter
 from bridge.delivery import Delivery
 from bridge.errors import SpoolError
 from bridge.intake import Intake
@@ -23,7 +24,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.mqtt.source import MqttSource
 from bridge.mqtt.state import SourceState
-from bridge.settings import CommitSettings, MappingSettings, SpoolSettings
+from bridge.settings import CommitSettings, DeadLetterSettings, MappingSettings, SpoolSettings
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
 from bridge.spool.writes import Stamped
@@ -107,6 +108,7 @@ class Rig:
             cast(Delivery, self.delivery),
             metrics=self.metrics,
             settings=CommitSettings(interval_s=0.0),
+            dead_letters=DeadLetterReporter(self.metrics, DeadLetterSettings()),
         )
 
     def receive(self, mid: int, value: bytes = b"1", generation: int = 1) -> None:

@@ -101,7 +101,7 @@ def test_dead_letters_only_commit_inserts_no_records(spool: Spool) -> None:
 def test_max_bytes_cap_makes_commit_raise_spool_full_without_writing(spool: Spool) -> None:
     """At the size cap commit raises SpoolFull and stores neither records nor dead letters."""
     spool.writer.commit([rec(1)], [])
-    spool.file.settings = replace(spool.file.settings, max_bytes=spool.file.used_bytes)
+    spool.file.settings = replace(spool.file.settings, max_bytes=spool.file.data_bytes)
     assert spool.file.full
     with pytest.raises(SpoolFull, match="cap"):
         spool.writer.commit([rec(2)], [dead()])
@@ -275,7 +275,7 @@ def test_drop_oldest_with_everything_in_flight_falls_back_to_back_pressure(path:
     try:
         s.writer.commit([rec(1), rec(2)], [])
         s.outbox.hand_out([r.seq for r in s.outbox.fetch(0, 10)])
-        s.file.settings = replace(s.file.settings, max_bytes=s.file.used_bytes)
+        s.file.settings = replace(s.file.settings, max_bytes=s.file.data_bytes)
         with pytest.raises(SpoolFull):
             s.writer.commit([rec(3)], [])
         assert (s.file.depth_records, s.file.dropped_points_total) == (2, 0)
