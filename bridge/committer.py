@@ -174,6 +174,8 @@ class Committer:
         for p in batch:
             if p.dead is not None:
                 self._dead_letters.written(p.dead)
+        if result.pruned.total:
+            self._dead_letters.pruned(result.pruned)
         if result.points_held:
             m.points_held.inc(result.points_held)
         if result.points_dropped:

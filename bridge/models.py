@@ -2,14 +2,17 @@
 
 Plain frozen dataclasses with no behaviour beyond their own identity: the mapper makes
 :class:`Record` and :class:`DeadLetter`, the spool stores them and hands back
-:class:`SpooledRecord`, :class:`CommitResult` and :class:`DeadLetterRow`. A payload too large to
+:class:`SpooledRecord`, :class:`CommitResult` (with the dead letters it :class:`Pruned`) and
+:class:`DeadLetterRow`. A payload too large to
 keep reaches them as a :class:`PayloadExcerpt`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 class PayloadExcerpt(bytes):
@@ -139,6 +142,44 @@ class SpooledRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """Dead letters pruned, by why (one of :data:`~bridge.spool.dlbudget.PRUNE_REASONS`)
+    and by their own reason."""
+
+    counts: tuple[tuple[str, str, int], ...] = ()
+
+    @classmethod
+    def of(cls, counts: Mapping[tuple[str, str], int]) -> Pruned:
+        """From a mapping of (why, reason) → number."""
+        return cls(tuple((why, reason, n) for (why, reason), n in sorted(counts.items()) if n))
+
+    @property
+    def total(self) -> int:
+        """Dead letters pruned in all."""
+        return sum(n for _why, _reason, n in self.counts)
+
+    def by_why(self) -> dict[str, int]:
+        """Number pruned per limit (``max_age`` …)."""
+        out: Counter[str] = Counter()
+        for why, _reason, n in self.counts:
+            out[why] += n
+        return dict(out)
+
+    def by_reason(self) -> dict[str, int]:
+        """Number pruned per dead-letter reason (``invalid_json`` …)."""
+        out: Counter[str] = Counter()
+        for _why, reason, n in self.counts:
+            out[reason] += n
+        return dict(out)
+
+    def __add__(self, other: Pruned) -> Pruned:
+        merged: Counter[tuple[str, str]] = Counter()
+        for why, reason, n in (*self.counts, *other.counts):
+            merged[why, reason] += n
+        return Pruned.of(merged)
+
+
+@dataclass(frozen=True, slots=True)
 class CommitResult:
     """Outcome of one group commit.
 
@@ -146,7 +187,8 @@ class CommitResult:
     room for this commit; they are counted in the spool's meta table too.
     ``points_dropped_over_share`` is the part of them taken from a device over its fair share,
     and ``points_held`` the points of this commit held back for being over it (stored, not
-    yet handed to delivery; not in ``points_inserted``).
+    yet handed to delivery; not in ``points_inserted``). ``pruned`` are the dead letters
+    pruned to make room for this commit or to keep their budget after it, counted at once.
     """
 
     records_inserted: int
@@ -157,6 +199,7 @@ class CommitResult:
     points_dropped: int = 0
     points_held: int = 0
     points_dropped_over_share: int = 0
+    pruned: Pruned = field(default_factory=Pruned)
 
 
 @dataclass(frozen=True, slots=True)

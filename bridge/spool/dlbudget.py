@@ -20,11 +20,12 @@ The budget's limits are applied by :class:`~bridge.spool.deadletters.DeadLetters
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.models import DeadLetter
+from bridge.models import DeadLetter, Pruned
+
+__all__ = ["PRUNE_REASONS", "PRUNE_TO", "Held", "Pruned", "columns_size", "cost_sql", "row_cost"]
 
 PRUNE_REASONS = ("max_age", "max_count", "max_bytes", "disk_full")
 PRUNE_TO = 0.9  # a prune takes the oldest down to 90 % of a limit, so it runs in batches
@@ -135,40 +136,3 @@ def _pages_bytes(db: sqlite3.Connection, page_size: int) -> int:
             f"SELECT COALESCE(SUM({cost_sql(page_size)}), 0) FROM dead_letters"  # noqa: S608
         ).fetchone()
         return int(row[0])
-
-
-@dataclass(frozen=True, slots=True)
-class Pruned:
-    """Dead letters pruned, by why (one of :data:`PRUNE_REASONS`) and by their own reason."""
-
-    counts: tuple[tuple[str, str, int], ...] = ()
-
-    @classmethod
-    def of(cls, counts: Mapping[tuple[str, str], int]) -> Pruned:
-        """From a mapping of (why, reason) → number."""
-        return cls(tuple((why, reason, n) for (why, reason), n in sorted(counts.items()) if n))
-
-    @property
-    def total(self) -> int:
-        """Dead letters pruned in all."""
-        return sum(n for _why, _reason, n in self.counts)
-
-    def by_why(self) -> dict[str, int]:
-        """Number pruned per limit (``max_age`` …)."""
-        out: Counter[str] = Counter()
-        for why, _reason, n in self.counts:
-            out[why] += n
-        return dict(out)
-
-    def by_reason(self) -> dict[str, int]:
-        """Number pruned per dead-letter reason (``invalid_json`` …)."""
-        out: Counter[str] = Counter()
-        for _why, reason, n in self.counts:
-            out[reason] += n
-        return dict(out)
-
-    def __add__(self, other: Pruned) -> Pruned:
-        merged: Counter[tuple[str, str]] = Counter()
-        for why, reason, n in (*self.counts, *other.counts):
-            merged[why, reason] += n
-        return Pruned.of(merged)

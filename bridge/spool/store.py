@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from bridge.errors import SpoolError, SpoolFull
@@ -120,7 +121,9 @@ class Spool:
             self.dead_letters.keep_disk_room(need)
         except SpoolError as exc:  # the commit stands; a broken file fails the next one
             log.error("could not prune dead letters after a commit: %s", exc)
-        return result
+        # The prunes go out with the commit, so the metric counts them at once rather than at
+        # the next housekeeping round (which takes any made for a refused commit).
+        return replace(result, pruned=self.dead_letters.take_pruned())
 
 
 def _size(records: Sequence[Record], dead: Sequence[DeadLetter]) -> int:

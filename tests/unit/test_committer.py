@@ -25,6 +25,7 @@ from bridge.models import CommitResult, DeadLetter, Record
 from bridge.mqtt.source import MqttSource
 from bridge.mqtt.state import SourceState
 from bridge.settings import CommitSettings, DeadLetterSettings, MappingSettings, SpoolSettings
+from bridge.spool.dlbudget import PRUNE_REASONS
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
 from bridge.spool.writes import Stamped
@@ -120,9 +121,11 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, **spool_settings: object) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, dead_letters: DeadLetterSettings | None = None, **spool_settings: object
+) -> AsyncIterator[Rig]:
     settings = SpoolSettings(tmp_path / "spool.db", reserve_bytes=0, **spool_settings)  # type: ignore[arg-type]
-    raw = Spool(settings)
+    raw = Spool(settings, dead_letters=dead_letters)
     gated = GatedSpool(raw)
     async with gated:
         yield Rig(raw, gated)
@@ -202,3 +205,23 @@ async def test_spool_error_propagates_and_nothing_is_acked(tmp_path: Path) -> No
         assert r.source.acks == []
         assert r.delivery.notified == []
         assert r.intake.take_acked() == (False, [1])
+
+
+async def test_dead_letters_pruned_for_a_commit_are_counted_with_it(tmp_path: Path) -> None:
+    """Prunes made by a commit reach the metric with that commit's acknowledgements, not at
+    the next housekeeping round (none runs here): a dashboard, or a test, reading the metric
+    once the messages are acknowledged sees them."""
+    async with rig(tmp_path, DeadLetterSettings(max_count=10)) as r, running(r.committer.run()):
+        for mid in range(1, 31):
+            r.intake.receive(f"tele/d{mid}/t", b"not a number", mid, 1, False, 1)
+        await until(lambda: len(r.source.acks) == 30, "all acknowledged")
+        left = r.raw.dead_letters.count()
+        counted = sum(
+            r.metrics.registry.get_sample_value(
+                "metriqo_bridge_dead_letters_pruned_total", {"reason": why}
+            )
+            or 0
+            for why in PRUNE_REASONS
+        )
+        assert left <= 10
+        assert counted == 30 - left

@@ -102,13 +102,13 @@ def test_the_oldest_beyond_max_count_are_pruned_and_counted(path: Path) -> None:
     """Past max_count, the oldest go (down to 90 %) and each is counted by its reason."""
     s = open_spool(path, max_count=100)
     try:
+        pruned = Pruned()
         for block in range(5):
             reason = "invalid_json" if block < 2 else "unmatched"
-            s.commit([], [bad(block * 50 + i, 100, reason) for i in range(50)])
+            pruned += s.commit([], [bad(block * 50 + i, 100, reason) for i in range(50)]).pruned
         kept = [r.id for r in s.dead_letters.find(DeadLetterFilter())]
         assert len(kept) <= 100
         assert kept == list(range(251 - len(kept), 251)), "the newest are kept"
-        pruned = s.dead_letters.take_pruned()
         assert pruned.total == 250 - len(kept)
         assert set(pruned.by_why()) == {"max_count"}
         assert pruned.by_reason()["invalid_json"] == 100
@@ -121,14 +121,15 @@ def test_the_oldest_beyond_max_bytes_are_pruned_and_counted(path: Path) -> None:
     """Past max_bytes, the oldest go until the dead letters hold at most the budget."""
     s = open_spool(path, max_bytes=MIB)
     try:
+        pruned = Pruned()
         for block in range(30):
-            s.commit([], [bad(block * 100 + i) for i in range(100)])  # 4.5 MB in all
+            pruned += s.commit([], [bad(block * 100 + i) for i in range(100)]).pruned  # 4.5 MB
             assert s.file.dead_letters.bytes <= MIB + 200_000  # one commit over, at most
         s.dead_letters.keep_within_budget()
         assert s.file.dead_letters.bytes <= MIB
         kept = [r.id for r in s.dead_letters.find(DeadLetterFilter())]
         assert kept == list(range(3001 - len(kept), 3001)), "the newest are kept"
-        pruned = s.dead_letters.take_pruned()
+        pruned += s.dead_letters.take_pruned()
         assert pruned.counts == (("max_bytes", "invalid_json", 3000 - len(kept)),)
     finally:
         s.close()
@@ -154,7 +155,9 @@ def test_a_full_disk_prunes_the_oldest_dead_letters_and_the_commit_goes_through(
     assert result.records_inserted == 1
     left = small.dead_letters.count()
     assert 0 < left <= 1500 - 1500 // 8  # an eighth at least (this disk has room), not all
-    assert small.dead_letters.take_pruned().counts == (("disk_full", "invalid_json", 1500 - left),)
+    # Counted with the commit, so the metric has them at once; nothing is left to take.
+    assert result.pruned.counts == (("disk_full", "invalid_json", 1500 - left),)
+    assert small.dead_letters.take_pruned() == Pruned()
 
     small.file.settings = replace(small.file.settings, max_bytes=small.file.data_bytes)
     with pytest.raises(SpoolFull, match="cap"):
