@@ -87,8 +87,9 @@ class Pacer:
     A run of 429s (429s with no 2xx between them) halves the rate once: every 429 of a storm
     answers the same overload, and halving on each would leave the bridge crawling long after
     the storm. Once 2xx answers return, the rate doubles every recovery period (the last
-    Retry-After, 1 s to 60 s) until it is back at this bridge's share. Above the share (only
-    with the adaptive budget split) each accepted request adds a fiftieth of the ceiling.
+    Retry-After, 1 s to 60 s) until it is back at this bridge's share; each accepted request
+    also adds a fiftieth of the ceiling, which keeps recovery quick after one long Retry-After
+    and, with the adaptive budget split, probes above the share up to the ceiling.
     """
 
     def __init__(self, pace: Pacing, now: float) -> None:
@@ -119,7 +120,8 @@ class Pacer:
         old rate until then)."""
         while self._next_doubling is not None and self._next_doubling <= now:
             at = self._next_doubling
-            self._bucket.set_rate(min(self._share, 2 * self._bucket.rate), at)
+            if self._bucket.rate < self._share:  # accepted requests may have got there first
+                self._bucket.set_rate(min(self._share, 2 * self._bucket.rate), at)
             self._next_doubling = at + self._period if self._bucket.rate < self._share else None
 
     def delay(self, now: float) -> float:
@@ -156,9 +158,8 @@ class Pacer:
     def accepted(self, now: float) -> None:
         """A request was accepted: a run of 429s ends and recovery starts (or goes on)."""
         self._recover(now)
-        rate = self._bucket.rate
-        if self._limited and rate < self._share:
+        if self._bucket.rate < self._ceiling:
+            self._bucket.set_rate(min(self._ceiling, self._bucket.rate + self._ceiling / 50), now)
+        if self._limited and self._bucket.rate < self._share:
             self._next_doubling = now + self._period
-        elif self._share <= rate < self._ceiling:
-            self._bucket.set_rate(min(self._ceiling, rate + self._ceiling / 50), now)
         self._limited = False

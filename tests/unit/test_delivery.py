@@ -212,9 +212,10 @@ async def test_429_pauses_every_slot_until_retry_after(spools: tuple[Spool, Asyn
     assert len(later) == 4  # the refused batch again, and the other three
     assert min(c.at for c in later) >= first.at + 0.5
     assert sample(metrics, "metriqo_bridge_api_rate_limited_pause_seconds_total") == 0.5
+    # Halved once, each acceptance adding a fiftieth back, until the doubling a second later.
     rate = sample(metrics, "metriqo_bridge_api_pacing_rate_requests_per_second")
-    if time.monotonic() < sender.accepted[0].at + 1.0:  # the doubling comes later still
-        assert rate == pytest.approx(start_rate / 2)
+    if time.monotonic() < sender.accepted[0].at + 1.0:
+        assert rate == pytest.approx(start_rate / 2 + 4 * start_rate / 50)
     await until(
         lambda: (
             sample(metrics, "metriqo_bridge_api_pacing_rate_requests_per_second")

@@ -68,9 +68,10 @@ def test_a_storm_of_many_429s_halves_the_rate_once() -> None:
     assert sum(limited for _, limited, _ in sent) >= 50
     assert pacer.rate == pytest.approx(pace.start / 2)
     pacer.accepted(61.0)
+    before = pacer.rate
     pacer.rate_limited(61.5, 1.0)
     pacer.rate_limited(61.6, 1.0)
-    assert pacer.rate == pytest.approx(pace.start / 4)
+    assert pacer.rate == pytest.approx(before / 2)
 
 
 def test_after_a_429_storm_the_rate_is_back_at_the_share_within_a_few_retry_after_periods() -> None:
@@ -85,27 +86,29 @@ def test_after_a_429_storm_the_rate_is_back_at_the_share_within_a_few_retry_afte
     assert first_2xx < 22.0 + 1e-6  # the last Retry-After honoured, and no later
     assert not any(limited for t, limited, _ in sent if t >= first_2xx)
     assert all(rate <= pace.start for _, _, rate in sent)
-    assert {rate for t, _, rate in sent[1:] if t < first_2xx + 2.0} == {pace.start / 2}
+    assert {rate for t, _, rate in sent[1:] if t <= first_2xx} == {pace.start / 2}
     assert {rate for t, _, rate in sent if t >= first_2xx + 2.0} == {pace.start}
     minute = [t for t, _, _ in sent if first_2xx + 4.0 <= t < first_2xx + 64.0]
     assert 60 * pace.start - 1 <= len(minute) <= 60 * pace.start + pace.burst
 
 
 def test_the_rate_doubles_every_retry_after_period_up_to_the_share_and_not_beyond() -> None:
-    """Three runs of 429s, each ended by a 2xx, leave an eighth of the share; from the last 2xx
-    the rate doubles once per period (the last Retry-After, 5 s) and stops at the share."""
+    """Three runs of 429s, each ended by one 2xx, leave the rate below a quarter of the share;
+    from the last 2xx it doubles once per period (the last Retry-After, 5 s) and stops at the
+    share."""
     pace = pacing(600.0)
     pacer = Pacer(pace, now=0.0)
     for t in (0.0, 1.0, 2.0):
         pacer.rate_limited(t, 0.0)
         pacer.rate_limited(t + 0.1, 5.0)
         pacer.accepted(t + 0.5)
-    assert pacer.rate == pytest.approx(pace.start / 8)
+    low = pacer.rate
+    assert low < pace.start / 4
     # Recovery runs from the last 2xx (2.5 s) on: doublings at 7.5, 12.5 and 17.5 s.
-    expected = {7.49: 1 / 8, 7.5: 1 / 4, 12.5: 1 / 2, 17.49: 1 / 2, 17.5: 1.0, 1000.0: 1.0}
-    for t, share in expected.items():
-        assert pacer.rate_at(t) == pytest.approx(pace.start * share), t
-    assert pacer.rate == pytest.approx(pace.start / 8)  # rate_at changed nothing
+    expected = {7.49: low, 7.5: 2 * low, 12.5: 4 * low, 17.49: 4 * low, 17.5: pace.start}
+    for t, rate in {**expected, 1000.0: pace.start}.items():
+        assert pacer.rate_at(t) == pytest.approx(rate), t
+    assert pacer.rate == low  # rate_at changed nothing
     pacer.take(1000.0)
     assert pacer.rate == pytest.approx(pace.start)
     pacer.accepted(1001.0)
@@ -125,8 +128,20 @@ def test_the_recovery_period_is_the_last_retry_after_between_a_second_and_a_minu
     pacer.rate_limited(0.0, 30.0)
     pacer.rate_limited(0.0, retry_after, fallback=0.5)
     pacer.accepted(10.0)
-    assert pacer.rate_at(10.0 + period - 1e-6) == pytest.approx(pace.start / 2)
+    assert pacer.rate_at(10.0 + period - 1e-6) == pytest.approx(pace.start / 2 + pace.start / 50)
     assert pacer.rate_at(10.0 + period) == pytest.approx(pace.start)
+
+
+def test_each_accepted_request_also_adds_a_fiftieth_of_the_share() -> None:
+    """Between doublings each 2xx adds a fiftieth of the share, so one long Retry-After does
+    not hold the rate at half for its whole length."""
+    pace = pacing(120.0)
+    pacer = Pacer(pace, now=0.0)
+    pacer.rate_limited(0.0, 60.0)
+    for i in range(25):
+        pacer.accepted(60.0 + i)
+    assert pacer.rate == pytest.approx(pace.start)
+    assert pacer.rate_at(120.0) == pytest.approx(pace.start)
 
 
 def test_a_429_during_recovery_halves_again_and_waits_for_the_next_2xx() -> None:
@@ -137,28 +152,29 @@ def test_a_429_during_recovery_halves_again_and_waits_for_the_next_2xx() -> None
     for t in (0.0, 1.0):
         pacer.rate_limited(t, 0.0)
         pacer.accepted(t + 0.5)
-    assert pacer.rate == pytest.approx(pace.start / 4)
+    before = pacer.rate
     pacer.rate_limited(2.0, 4.0)  # before the doubling due at 2.5 s
-    assert pacer.rate == pytest.approx(pace.start / 8)
-    assert pacer.rate_at(100.0) == pytest.approx(pace.start / 8)  # no 2xx yet: no recovery
+    assert pacer.rate == pytest.approx(before / 2)
+    assert pacer.rate_at(100.0) == pytest.approx(before / 2)  # no 2xx yet: no recovery
     pacer.accepted(100.0)
-    assert pacer.rate_at(103.9) == pytest.approx(pace.start / 8)
-    assert pacer.rate_at(104.0) == pytest.approx(pace.start / 4)
+    after = pacer.rate
+    assert pacer.rate_at(103.9) == pytest.approx(after)
+    assert pacer.rate_at(104.0) == pytest.approx(2 * after)
 
 
 def test_a_waiting_slot_wakes_at_the_doubling() -> None:
-    """While the bucket is empty at half the rate, the wait never reaches past the next
+    """While the bucket is empty at about half the rate, the wait never reaches past the next
     doubling, and from then on turns come at the full rate."""
     pace = pacing(60.5)  # one request a second
     pacer = Pacer(pace, now=0.0)
     pacer.rate_limited(0.0, 0.0)
-    pacer.accepted(0.0)  # half a request a second; doubling due at 1 s
+    pacer.accepted(0.0)  # 0.52 requests a second; doubling due at 1 s
     assert pacer.take(0.0)  # the burst
-    assert pacer.delay(0.0) == pytest.approx(1.0)  # not 2 s, at half the rate
+    assert pacer.delay(0.0) == pytest.approx(1.0)  # not 1 / 0.52 s
     assert not pacer.take(0.999)
-    # Half a token accrued by 1 s at half the rate; the other half takes 0.5 s at the full rate.
-    assert pacer.delay(1.0) == pytest.approx(0.5)
-    assert pacer.take(1.5)
+    # 0.52 of a token accrued by 1 s; the rest comes at the full rate.
+    assert pacer.delay(1.0) == pytest.approx(0.48)
+    assert pacer.take(1.48)
 
 
 def test_adaptive_pacing_recovers_to_the_share_by_doubling_then_probes_to_the_ceiling() -> None:
@@ -179,11 +195,13 @@ def test_adaptive_pacing_recovers_to_the_share_by_doubling_then_probes_to_the_ce
     pacer.rate_limited(t, 1.0)  # half the budget is more than the share: no doubling
     pacer.accepted(t + 1.0)
     assert pacer.rate == pytest.approx(pace.ceiling / 2 + pace.ceiling / 50)
+    assert pacer.rate_at(t + 1000.0) == pacer.rate
 
 
 def test_the_rate_never_falls_below_one_request_a_minute() -> None:
-    """Runs of 429s ended by 2xx halve the rate each time, down to one request a minute."""
-    pacer = Pacer(pacing(600.0), now=0.0)
+    """Runs of 429s, each ended by a single 2xx, halve the rate each time, down to one request
+    a minute."""
+    pacer = Pacer(pacing(30.0), now=0.0)
     for i in range(40):
         pacer.rate_limited(float(i), 0.0)
         pacer.accepted(i + 0.5)
