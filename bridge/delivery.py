@@ -84,7 +84,7 @@ class Delivery:
             pacing(settings.requests_per_minute, settings.replicas, adaptive=settings.adaptive),
             now=clock(),
         )
-        self._m.pacing_rate.set(self._pacer.rate)
+        self._m.pacing_rate.set_function(lambda: self._pacer.rate_at(clock()))
         self._drain = DrainRate(clock())
         self._m.drain_eta.set_function(lambda: self._drain.eta(spool.file.depth_points, clock()))
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -264,8 +264,8 @@ class Delivery:
                     wait,
                     MAX_RETRY_AFTER_S,
                 )
-            self._m.rate_limited_pause.inc(self._pacer.rate_limited(self._clock(), wait))
-            self._m.pacing_rate.set(self._pacer.rate)
+            added = self._pacer.rate_limited(self._clock(), exc.retry_after, fallback=delay)
+            self._m.rate_limited_pause.inc(added)
             self._throttle.log(
                 log,
                 logging.WARNING,
@@ -299,8 +299,7 @@ class Delivery:
         self._settlement.accepted(batch.seqs)
         self._m.points_delivered.inc(batch.points)
         self._drain.delivered(batch.points, self._clock())
-        if self._pacer.accepted():
-            self._m.pacing_rate.set(self._pacer.rate)
+        self._pacer.accepted(self._clock())
         self._m.batch_points.observe(batch.points)
         if written is not None and written != batch.points:
             self._m.points_written_mismatch.inc()

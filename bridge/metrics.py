@@ -78,8 +78,9 @@ OPERATOR_NOTES: dict[str, str] = {
     "batch_points": "near 100 while a backlog drains",
     "config_reloads": "a failure means the running rules are older than the file: fix the file "
     "(the log names line and key)",
-    "api_pacing_rate_requests_per_second": "halved on each 429, back over ~50 accepted requests; "
-    "staying low means the bridges together exceed the organization's budget",
+    "api_pacing_rate_requests_per_second": "halved once per run of 429s, doubled back every "
+    "Retry-After period once requests are accepted; staying low means the bridges together "
+    "exceed the organization's budget",
     "spool_drain_eta_seconds": "`+Inf` while delivery is stalled",
     "dead_letters_pruned": "`max_age` is the retention working; `max_bytes`, `max_count` or "
     "`disk_full` mean dead letters arrive faster than the budget keeps them: fix the source, "
@@ -270,7 +271,7 @@ class BridgeMetrics:
         )
         self.pacing_rate = Gauge(
             p + "api_pacing_rate_requests_per_second",
-            "Current client-side request rate limit (halved on 429, recovering slowly)",
+            "Current client-side request rate limit (halved on 429s, doubling back)",
             registry=r,
         )
         self.rate_limited_pause = Counter(

@@ -53,6 +53,11 @@ class TokenBucket:
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
 
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate from ``now`` on; what accrued until then accrued at the old rate."""
+        self._refill(now)
+        self.rate = rate
+
     def delay(self, now: float) -> float:
         """Seconds until one token is available (0 if one is available now)."""
         self._refill(now)
@@ -68,48 +73,93 @@ class TokenBucket:
 
 
 MAX_RETRY_AFTER_S = 3600.0  # a Retry-After of days is a server bug; data must not wait forever
+# After a run of 429s the rate doubles once every recovery period: the last Retry-After, at
+# least a second (none, 0 or unreadable means 1 s) and at most a minute, the API's window: a
+# minute at half the rate leaves no trace of the overload in what the API counts.
+RECOVERY_PERIOD_MIN_S = 1.0
+RECOVERY_PERIOD_MAX_S = 60.0
 
 
 class Pacer:
     """When the next request may go: the token bucket at this bridge's rate, and a pause that
     every request slot shares after a 429. Pure: time is an argument.
 
-    The rate follows AIMD: a 429 halves it (the bridge, or its replicas together, asked too
-    much), each accepted request adds back a fiftieth of the ceiling.
+    A run of 429s (429s with no 2xx between them) halves the rate once: every 429 of a storm
+    answers the same overload, and halving on each would leave the bridge crawling long after
+    the storm. Once 2xx answers return, the rate doubles every recovery period (the last
+    Retry-After, 1 s to 60 s) until it is back at this bridge's share; each accepted request
+    also adds a fiftieth of the ceiling, which keeps recovery quick after one long Retry-After
+    and, with the adaptive budget split, probes above the share up to the ceiling.
     """
 
     def __init__(self, pace: Pacing, now: float) -> None:
         self._bucket = TokenBucket(pace.start, burst=pace.burst, now=now)
+        self._share = pace.start
         self._ceiling = pace.ceiling
         self._floor = min(pace.start, 1.0 / 60.0)  # at least one request a minute
         self._not_before = 0.0
+        self._limited = False  # in a run of 429s: no 2xx since the last one
+        self._period = RECOVERY_PERIOD_MIN_S
+        self._next_doubling: float | None = None  # set while recovering towards the share
 
     @property
     def rate(self) -> float:
-        """Requests per second now."""
+        """Requests per second as of the last call."""
         return self._bucket.rate
 
+    def rate_at(self, now: float) -> float:
+        """Requests per second at ``now``, the doublings due by then included (changes
+        nothing)."""
+        rate, at = self._bucket.rate, self._next_doubling
+        while at is not None and at <= now and rate < self._share:
+            rate, at = min(self._share, 2 * rate), at + self._period
+        return rate
+
+    def _recover(self, now: float) -> None:
+        """Apply the doublings due by ``now``, each at its own time (the bucket fills at the
+        old rate until then)."""
+        while self._next_doubling is not None and self._next_doubling <= now:
+            at = self._next_doubling
+            if self._bucket.rate < self._share:  # accepted requests may have got there first
+                self._bucket.set_rate(min(self._share, 2 * self._bucket.rate), at)
+            self._next_doubling = at + self._period if self._bucket.rate < self._share else None
+
     def delay(self, now: float) -> float:
-        """Seconds until a request may go (0: take a turn with :meth:`take`)."""
-        return max(self._not_before - now, self._bucket.delay(now))
+        """Seconds until a request may go (0: take a turn with :meth:`take`); never past the
+        next doubling, so that a waiting slot goes at the new rate."""
+        self._recover(now)
+        wait = self._bucket.delay(now)
+        if self._next_doubling is not None:
+            wait = min(wait, self._next_doubling - now)
+        return max(self._not_before - now, wait)
 
     def take(self, now: float) -> bool:
         """Take a turn if one is free now."""
+        self._recover(now)
         return self._not_before <= now and self._bucket.take(now)
 
-    def rate_limited(self, now: float, wait: float) -> float:
-        """The API answered 429 asking to wait ``wait`` seconds (capped at
-        :data:`MAX_RETRY_AFTER_S`): no slot sends before then, and the rate is halved.
-        Returns the seconds this added to the shared pause."""
-        wait = min(wait, MAX_RETRY_AFTER_S)
+    def rate_limited(self, now: float, retry_after: float | None, fallback: float = 0.0) -> float:
+        """The API answered 429 asking to wait ``retry_after`` seconds (None: it did not say;
+        wait ``fallback``), capped at :data:`MAX_RETRY_AFTER_S`: no slot sends before then. The
+        first 429 of a run halves the rate; each sets the recovery period and stops recovery
+        until a 2xx. Returns the seconds this added to the shared pause."""
+        self._recover(now)
+        wait = min(fallback if retry_after is None else retry_after, MAX_RETRY_AFTER_S)
         added = max(0.0, now + wait - max(self._not_before, now))
         self._not_before = max(self._not_before, now + wait)
-        self._bucket.rate = max(self._floor, self._bucket.rate / 2)
+        period = RECOVERY_PERIOD_MIN_S if retry_after is None else retry_after
+        self._period = min(max(period, RECOVERY_PERIOD_MIN_S), RECOVERY_PERIOD_MAX_S)
+        self._next_doubling = None
+        if not self._limited:
+            self._limited = True
+            self._bucket.set_rate(max(self._floor, self._bucket.rate / 2), now)
         return added
 
-    def accepted(self) -> bool:
-        """A request was accepted: recover towards the ceiling. True if the rate changed."""
-        if self._bucket.rate >= self._ceiling:
-            return False
-        self._bucket.rate = min(self._ceiling, self._bucket.rate + self._ceiling / 50)
-        return True
+    def accepted(self, now: float) -> None:
+        """A request was accepted: a run of 429s ends and recovery starts (or goes on)."""
+        self._recover(now)
+        if self._bucket.rate < self._ceiling:
+            self._bucket.set_rate(min(self._ceiling, self._bucket.rate + self._ceiling / 50), now)
+        if self._limited and self._bucket.rate < self._share:
+            self._next_doubling = now + self._period
+        self._limited = False

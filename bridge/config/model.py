@@ -187,7 +187,8 @@ class ApiModel(_Section):
     budget_split: Literal["static", "adaptive"] = Field(
         "adaptive" if _DELIVERY.adaptive else "static",
         description="`static`: each bridge paces at `requests_per_minute / replicas`; "
-        "`adaptive`: each starts there and probes up to the whole budget, halving on every 429",
+        "`adaptive`: each starts there and probes up to the whole budget, halving once per run "
+        "of 429s",
     )
 
 

@@ -5,6 +5,7 @@ API over HTTP with injected faults, each scenario judged by the no-loss oracle
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -172,6 +173,65 @@ async def test_api_down_spools_everything_then_drains_paced_without_duplicates(
     assert len(sends) == failed + len(requests)
     _assert_rate_envelope(sends, rpm / 60, _burst(rpm))
     _assert_api_window([r.received_at for r in requests], rpm)
+
+
+# -- row 6: a 429 storm -------------------------------------------------------------------------
+
+
+async def test_pacing_is_back_at_the_configured_rate_soon_after_a_429_storm(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """After 5 s of nothing but 429s with ``Retry-After: 0`` (so every paced request meets one),
+    the bridge paces at its configured 120/min again within a few Retry-After periods: a 10 s
+    window from 3 s after the first 2xx holds close to 20 requests, all accepted, none early."""
+    rpm = 120
+    share = rpm / 60.5  # requests per second: the bridge paces over 60.5 s (ratelimit.pacing)
+    storm_s, settle_s, window_s = 5.0, 3.0, 10.0
+    n = 800  # 32 full batches: more than the storm, the settling and the window can take
+    start_ms = int(time.time() * 1000) - n
+    port = free_port()
+    settings = make_settings(
+        broker.port,
+        f"http://127.0.0.1:{port}/api/v2",
+        tmp_path / "spool.db",
+        **{"api.requests_per_minute": str(rpm)},
+    )
+    faults = Faults(storm_429_s=storm_s, retry_after="zero")
+    async with running_bridge(settings) as bridge:
+        sends = _record_sends(bridge)
+        # The backlog is spooled before the API starts (and its storm with it), so the bridge
+        # has more to send than its rate allows from the storm's first second to the end.
+        await publish(broker.port, env_messages(n, start_ms))
+        await wait_committed(bridge, n)
+        async with LocalApi(TOKEN, port=port, rate_limit_per_minute=rpm, faults=faults) as api:
+            await wait_for(
+                lambda: any(r.status == 201 for r in api.store.requests),
+                timeout=storm_s + 30,
+                what="a 2xx after the storm",
+            )
+            # The window is placed by the server's clock (time.monotonic, as LocalApi records).
+            first_2xx = next(r.received_at for r in api.store.requests if r.status == 201)
+            start, end = first_2xx + settle_s, first_2xx + settle_s + window_s
+            await asyncio.sleep(end - time.monotonic())
+            in_window = sum(1 for r in api.store.requests if start <= r.received_at < end)
+            # Judged before the drain: a bridge still crawling would not finish it in time.
+            assert in_window >= 0.75 * share * window_s, (
+                f"{in_window} requests in the {window_s:g} s from {settle_s:g} s after the "
+                f"storm; {share * window_s:.1f} at the configured rate, "
+                f"{share * window_s / 2:.1f} at half of it"
+            )
+            await wait_delivered(api, expected_env_points(n, start_ms), timeout=30)
+            await wait_drained(bridge)
+            pacing_now = metric(bridge, "metriqo_bridge_api_pacing_rate_requests_per_second")
+        requests = api.store.requests
+    assert_exactly(delivered_points(api.store.points()), expected_env_points(n, start_ms))
+    limited = [r for r in requests if r.fault == "storm_429"]
+    assert len(limited) >= 3, "the storm answered too few requests to be a storm"
+    assert all(r.status == 429 for r in limited)
+    # No 429 of the bridge's own making: the API's 120/min limiter accepted every other one.
+    assert [r.status for r in requests if r.fault is None] == [201] * (len(requests) - len(limited))
+    assert pacing_now == pytest.approx(share)  # recovered to its share, and not beyond it
+    _assert_rate_envelope(sends, rpm / 60, _burst(rpm))
 
 
 # -- row 7: intermittent 5xx --------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The fake sender answers each POST from a script (success, a RetryableDelivery or a
 PermanentDelivery, or a gate to hold the request open) and records when each call started, so
 the tests check batching, lingering, pacing and refusals from what was sent and what the spool
-still holds. Pacing decisions are also checked directly on :class:`Pacer` with fake time.
+still holds. Pacing decisions are checked directly on the pacer, with fake time, in
+``test_pacer.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from bridge.delivery import Delivery
 from bridge.errors import DeliveryError, PermanentDelivery, RetryableDelivery, UnsendableRequest
 from bridge.metrics import BridgeMetrics
 from bridge.models import Record
-from bridge.ratelimit import MAX_RETRY_AFTER_S, Pacer, pacing
 from bridge.sender import Sender
 from bridge.settings import DeliverySettings, SpoolSettings
 from bridge.spool.facade import AsyncSpool
@@ -199,7 +199,8 @@ async def test_retryable_failure_resends_the_same_batch(spools: tuple[Spool, Asy
 
 async def test_429_pauses_every_slot_until_retry_after(spools: tuple[Spool, AsyncSpool]) -> None:
     """After a 429 with Retry-After 0.5 s no request of any slot starts earlier than 0.5 s
-    later; the pause is counted and the request rate halved."""
+    later; the pause is counted; the request rate is halved, and doubles back to the share a
+    recovery period (1 s, the floor) after the first 2xx."""
     raw, spool = spools
     sender = FakeSender(RetryableDelivery("API rate limit (429)", status=429, retry_after=0.5))
     delivery, metrics = make(spool, sender, linger_s=0.0, max_points=1, concurrency=2)
@@ -211,9 +212,17 @@ async def test_429_pauses_every_slot_until_retry_after(spools: tuple[Spool, Asyn
     assert len(later) == 4  # the refused batch again, and the other three
     assert min(c.at for c in later) >= first.at + 0.5
     assert sample(metrics, "metriqo_bridge_api_rate_limited_pause_seconds_total") == 0.5
-    # Halved by the 429, then four acceptances each add back a fiftieth of the ceiling.
+    # Halved once, each acceptance adding a fiftieth back, until the doubling a second later.
     rate = sample(metrics, "metriqo_bridge_api_pacing_rate_requests_per_second")
-    assert rate == pytest.approx(start_rate / 2 + 4 * start_rate / 50)
+    if time.monotonic() < sender.accepted[0].at + 1.0:
+        assert rate == pytest.approx(start_rate / 2 + 4 * start_rate / 50)
+    await until(
+        lambda: (
+            sample(metrics, "metriqo_bridge_api_pacing_rate_requests_per_second")
+            == pytest.approx(start_rate)
+        ),
+        "back at the share",
+    )
 
 
 async def test_401_pauses_delivery_until_the_next_2xx(spools: tuple[Spool, AsyncSpool]) -> None:
@@ -326,37 +335,3 @@ async def test_400_on_one_record_is_bisected_by_metric(spools: tuple[Spool, Asyn
     (dead,) = raw.dead_letters.recent()
     assert orjson.loads(dead[4])["metrics"] == {"m2": 3.0}
     assert sample(metrics, "metriqo_bridge_points_delivered_total") == 3
-
-
-# -- the pacer, with fake time ----------------------------------------------------------------
-
-
-def test_pacer_never_allows_a_request_before_retry_after() -> None:
-    """After a 429 asking for 30 s no turn is given before then; a shorter later answer does
-    not shorten the pause; the wait is capped at MAX_RETRY_AFTER_S."""
-    pacer = Pacer(pacing(6000.0), now=0.0)
-    assert pacer.take(0.0)
-    assert pacer.rate_limited(10.0, 30.0) == 30.0
-    assert pacer.delay(10.0) == 30.0
-    assert pacer.rate_limited(11.0, 1.0) == 0.0  # inside the pause: adds nothing
-    assert pacer.delay(39.99) == pytest.approx(0.01)
-    assert not pacer.take(39.99)
-    assert pacer.take(40.0)
-    assert pacer.rate_limited(50.0, 1e9) == MAX_RETRY_AFTER_S
-    assert not pacer.take(50.0 + MAX_RETRY_AFTER_S - 0.001)
-
-
-def test_pacer_halves_the_rate_on_429_and_recovers_on_acceptance() -> None:
-    """Each 429 halves the rate down to a floor of one request a minute; acceptances add a
-    fiftieth of the ceiling back, never beyond it."""
-    pace = pacing(600.0)
-    pacer = Pacer(pace, now=0.0)
-    assert pacer.rate == pace.start
-    pacer.rate_limited(0.0, 0.0)
-    assert pacer.rate == pace.start / 2
-    for _ in range(40):
-        pacer.rate_limited(0.0, 0.0)
-    assert pacer.rate == pytest.approx(1 / 60)
-    while pacer.accepted():
-        pass
-    assert pacer.rate == pace.ceiling
