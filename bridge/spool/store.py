@@ -93,7 +93,7 @@ class Spool:
         records: Sequence[Record],
         dead: Sequence[DeadLetter],
         stamped: Sequence[Stamped] = (),
-        acked: Sequence[int] = (),
+        acked: Sequence[tuple[int, int]] = (),
         *,
         forget_unacked: bool = False,
     ) -> CommitResult:
