@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -76,6 +77,15 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(ts_us: int) -> int:
+    """A spooled timestamp in milliseconds exactly as :func:`delivered_points` rounds the one
+    the API stored (a receive time has microseconds: flooring would miss half of them)."""
+    return round((_EPOCH + timedelta(microseconds=ts_us)).timestamp() * 1000)
+
+
 def _spooled_points(path: Path) -> frozenset[Point]:
     db = _open_ro(path)
     try:
@@ -83,7 +93,7 @@ def _spooled_points(path: Path) -> frozenset[Point]:
     finally:
         db.close()
     return frozenset(
-        (device, name, ts_us // 1000, float(value))
+        (device, name, _ms(ts_us), float(value))
         for device, ts_us, metrics in rows
         for name, value in orjson.loads(metrics).items()
     )
