@@ -161,6 +161,7 @@ class Bridge:
                 on_disconnected=lambda: self.metrics.mqtt_connected.set(0),
                 session_filters=session_filters,
                 on_filters=session.filters,
+                on_acks_read=self.intake.acks_read,
             )
             talkers = self.talkers = Talkers(spool, self.metrics)
             self.committer = Committer(

@@ -119,7 +119,7 @@ class Committer:
             self._m.spool_full.set(0)
             log.info("spool has space again; acknowledging MQTT messages")
             self._full_since = None
-        intake.persisted([mid for mid, *_ in stamped])
+        intake.persisted([(mid, received_us) for mid, _t, _d, received_us in stamped])
         failpoints.hit("after_commit_before_puback")
         return result
 
@@ -160,10 +160,10 @@ class Committer:
         state = self._source.state
         for p in batch:
             # A message from an earlier connection cannot be acknowledged on this one; the
-            # broker redelivers it and the intake recognises it (see Intake.receive).
+            # broker redelivers it and the intake recognises it (see Intake.receive). The
+            # intake forgets a message only once the broker has read its PUBACK (acks_read).
             if p.qos and state.connected and p.generation == state.generation:
-                self._source.ack(p.mid, p.qos)
-                self._intake.acknowledged(p.mid)
+                self._source.ack(p.mid, p.qos, p.received_us)
 
     def _count(self, batch: list[Pending], result: CommitResult) -> None:
         m = self._m

@@ -62,14 +62,17 @@ class Intake:
         self._pending: deque[Pending] = deque()
         self._ready = asyncio.Event()
         self.accepting = True
-        # Messages received but not yet acknowledged, by packet id. A broker resends exactly these
-        # after a reconnect (DUP=1, same packet id), and it cannot have reused an id we never
-        # acknowledged; so a DUP whose id, topic and payload match an entry is that message, and
-        # reusing its receive time keeps its record id, so the spool stores it once even when the
-        # payload carries no timestamp. Bounded by the 65,535 packet ids.
+        # Messages received whose PUBACK the broker has not read yet, by packet id. A broker
+        # resends exactly these after a reconnect (DUP=1, same packet id), and it cannot have
+        # reused an id whose PUBACK it never read; so a DUP whose id, topic and payload match an
+        # entry is that message, and reusing its receive time keeps its record id, so the spool
+        # stores it once even when the payload carries no timestamp. A PUBACK written is not one
+        # read (it may die in a socket buffer): entries go only when a fence after the PUBACK
+        # has passed (acks_read). Bounded by the 65,535 packet ids.
         self._unacked: dict[int, tuple[str, bytes, int]] = {}
-        self._acked_since_commit: list[int] = []
-        self._persisted: set[int] = set()  # packet ids with a row in the spool's unacked table
+        self._acked_since_commit: list[tuple[int, int]] = []
+        # Packet id -> receive time of its row in the spool's unacked table.
+        self._persisted: dict[int, int] = {}
         self._forget_all = False  # the session was lost: the next commit clears the table
         self.unmatched = UnmatchedTopics()
         self._last_us = 0
@@ -159,33 +162,43 @@ class Intake:
         """Return an uncommitted batch to the front, keeping receive order."""
         self._pending.extendleft(reversed(batch))
 
-    def acknowledged(self, mid: int) -> None:
-        """The PUBACK for ``mid`` was sent: the broker may reuse the id from now on."""
-        self._unacked.pop(mid, None)
-        if mid in self._persisted:
-            self._persisted.discard(mid)
-            self._acked_since_commit.append(mid)
+    def acks_read(self, acks: list[tuple[int, int]]) -> None:
+        """The broker has read the PUBACKs of these (packet id, receive time) (a fence after
+        them passed): it will not redeliver those messages and may reuse their ids. Forget
+        them, and have the next commit drop their rows. An entry newer than the message
+        acknowledged (its id already reused) is another message's and stays."""
+        self._m.mqtt_puback_fences.inc()
+        for mid, received_us in acks:
+            entry = self._unacked.get(mid)
+            if entry is not None and entry[2] <= received_us:
+                del self._unacked[mid]
+            row = self._persisted.get(mid)
+            if row is not None and row <= received_us:
+                del self._persisted[mid]
+                self._acked_since_commit.append((mid, received_us))
 
-    def take_acked(self) -> tuple[bool, list[int]]:
-        """(forget all, packet ids acknowledged) since the last call, for the next commit to
-        drop from the spool; hand them back with :meth:`untake_acked` if that commit fails."""
+    def take_acked(self) -> tuple[bool, list[tuple[int, int]]]:
+        """(forget all, (packet id, receive time) the broker has read the PUBACK of) since the
+        last call, for the next commit to drop from the spool; hand them back with
+        :meth:`untake_acked` if that commit fails."""
         acked, self._acked_since_commit = self._acked_since_commit, []
         forget, self._forget_all = self._forget_all, False
         return forget, acked
 
-    def untake_acked(self, forget: bool, acked: list[int]) -> None:
+    def untake_acked(self, forget: bool, acked: list[tuple[int, int]]) -> None:
         """The commit that should have recorded these failed."""
         self._acked_since_commit[:0] = acked
         self._forget_all = self._forget_all or forget
 
-    def persisted(self, mids: list[int]) -> None:
-        """These packet ids now have a row in the spool's unacked table."""
-        self._persisted.update(mids)
+    def persisted(self, rows: list[tuple[int, int]]) -> None:
+        """These (packet id, receive time) now have a row in the spool's unacked table."""
+        self._persisted.update(rows)
 
     def restore_unacked(self, entries: dict[int, tuple[str, bytes, int]]) -> None:
-        """Receive times a crashed run committed but may not have acknowledged (at start)."""
+        """Receive times an earlier run committed whose PUBACK the broker may not have read
+        (at start)."""
         self._unacked.update(entries)
-        self._persisted.update(entries)
+        self._persisted.update({mid: e[2] for mid, e in entries.items()})
 
     def session_lost(self) -> None:
         """The broker has no session: nothing will be redelivered."""

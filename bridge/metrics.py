@@ -73,6 +73,8 @@ OPERATOR_NOTES: dict[str, str] = {
     "spool_devices_over_share": "above 0: one device sends far more than the others while the "
     "spool nears its cap",
     "mqtt_connects": "rising fast means a flapping link",
+    "mqtt_puback_fences": "rises while messages are acknowledged; flat while they are means the "
+    "broker reads no PUBACK (their receive times stay in the spool's `unacked` table)",
     "mqtt_session_lost": "messages queued at the broker while the bridge was away may be gone: "
     "check the broker's persistence and `persistent_client_expiration`",
     "batch_points": "near 100 while a backlog drains",
@@ -217,6 +219,11 @@ class BridgeMetrics:
         )
         self.mqtt_connects = Counter(
             p + "mqtt_connects_total", "Successful broker connections", registry=r
+        )
+        self.mqtt_puback_fences = Counter(
+            p + "mqtt_puback_fences_total",
+            "PINGREQ fences the broker answered: each proves it read the PUBACKs written before",
+            registry=r,
         )
         self.mqtt_session_lost = Counter(
             p + "mqtt_session_lost_total",

@@ -7,6 +7,7 @@ CI machines, so this is how the fault tests and ``metriqo-bridge soak`` break th
     async with FaultProxy("127.0.0.1", broker.port) as proxy:
         ...  # point the bridge at 127.0.0.1:proxy.port
         await proxy.set_mode(BLACKHOLE)
+        await proxy.set_mode(HOLD_UP)
         await proxy.set_mode(reset_after(4096))
         await proxy.set_mode(PASS)
 
@@ -17,6 +18,11 @@ Modes (each also applies to connections that are already open):
 - ``blackhole``: accept connections but read nothing and forward nothing; open connections
   stall. A chunk that was being read when the mode changed is held, not dropped: like a
   partition that heals, held data flows (late) once the mode changes back.
+- ``hold_up``: forward target → client only; what the client sends is not read (held, and
+  forwarded late if the mode changes back while the connection is open). With the bridge as
+  the client, its PUBACKs leave the bridge but never reach the broker: ``kill -9`` the bridge,
+  then ``refuse`` (which closes the connection, dropping what was held), and the broker never
+  learns of them.
 - ``latency:S``: delay each chunk by S seconds in each direction (chunks of one direction
   are delayed one after another, so this also limits throughput).
 - ``reset_after:N``: forward N more bytes (both directions together) of each connection, then
@@ -36,7 +42,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal, Self, get_args
 
-ModeKind = Literal["pass", "refuse", "blackhole", "latency", "reset_after", "throttle"]
+ModeKind = Literal["pass", "refuse", "blackhole", "hold_up", "latency", "reset_after", "throttle"]
 _CHUNK = 65536
 _KINDS: tuple[ModeKind, ...] = get_args(ModeKind)
 
@@ -58,8 +64,8 @@ class Mode:
 
     @classmethod
     def parse(cls, text: str) -> Mode:
-        """``pass``, ``refuse``, ``blackhole``, ``latency:0.2``, ``reset_after:4096`` or
-        ``throttle:10000`` (for command lines and soak schedules)."""
+        """``pass``, ``refuse``, ``blackhole``, ``hold_up``, ``latency:0.2``,
+        ``reset_after:4096`` or ``throttle:10000`` (for command lines and soak schedules)."""
         kind, _, value = text.strip().partition(":")
         try:
             number = float(value) if value else 0.0
@@ -75,6 +81,7 @@ class Mode:
 PASS = Mode("pass")
 REFUSE = Mode("refuse")
 BLACKHOLE = Mode("blackhole")
+HOLD_UP = Mode("hold_up")
 
 
 def latency(seconds: float) -> Mode:
@@ -135,6 +142,8 @@ class FaultProxy:
         self._mode = PASS
         self._flowing = asyncio.Event()  # set unless blackholed
         self._flowing.set()
+        self._up_flowing = asyncio.Event()  # client → target: set unless held
+        self._up_flowing.set()
         self._switching = asyncio.Lock()
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -187,6 +196,10 @@ class FaultProxy:
             self._flowing.clear()
         else:
             self._flowing.set()
+        if mode.kind == "hold_up":
+            self._up_flowing.clear()
+        else:
+            self._up_flowing.set()
 
     # -- listening ------------------------------------------------------------------------
 
@@ -278,10 +291,17 @@ class FaultProxy:
         finally:
             self._forget(conn)
 
+    async def _wait_flowing(self, up: bool) -> None:
+        """Until this direction may move data (both events can change while waiting)."""
+        while not (self._flowing.is_set() and (self._up_flowing.is_set() or not up)):
+            await self._flowing.wait()
+            if up:
+                await self._up_flowing.wait()
+
     async def _pump(self, conn: _Conn, src: socket.socket, dst: socket.socket, *, up: bool) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._flowing.wait()
+            await self._wait_flowing(up)
             mode = self._mode
             size = _CHUNK if mode.kind != "throttle" else max(1, min(_CHUNK, int(mode.value / 20)))
             data = await loop.sock_recv(src, size)
@@ -291,7 +311,7 @@ class FaultProxy:
                 return
             if self._mode.kind == "latency":
                 await asyncio.sleep(self._mode.value)
-            await self._flowing.wait()  # blackholed meanwhile: hold the chunk
+            await self._wait_flowing(up)  # blackholed or held meanwhile: hold the chunk
             mode = self._mode
             reset = conn.budget is not None and len(data) >= conn.budget
             if conn.budget is not None:

@@ -8,6 +8,14 @@ reads and hands it on one packet at a time (:class:`~bridge.mqtt.wire.Framer`): 
 ``mqtt.max_payload_bytes`` streams past as it arrives and reaches the sink as an excerpt once
 its last byte has passed.
 
+Acknowledgements are fenced: a PUBACK written is not yet a PUBACK the broker has read (a kill
+or a reset can discard it in a socket buffer, and the broker then redelivers the message). After
+each batch of PUBACKs the driver writes a PINGREQ; its PINGRESP proves the broker read them, and
+only then does the sink's owner hear which acknowledgements are settled (``on_acks_read``). One
+fence is outstanding at a time and covers every acknowledgement written before it; a fence that
+has not passed when the connection ends is void (the broker redelivers, and the receiver
+recognises the message).
+
 The receive window: messages of this connection not yet acknowledged. Brokers are supposed to
 stop at Receive Maximum, but mosquitto 2.0.11 floods a resumed session once the client starts
 acknowledging (measured: 10 PUBACKs released 500 messages past a window of 50), so the driver
@@ -26,10 +34,12 @@ import paho.mqtt.client as mqtt
 
 from bridge.mqtt.client import install_wire, note_bytes_received
 from bridge.mqtt.state import SourceState
-from bridge.mqtt.wire import ForPaho, Framer, MalformedPacket, WireSocket
+from bridge.mqtt.wire import PINGRESP, ForPaho, Framer, MalformedPacket, WireSocket
 
 # A sink gets (topic, payload, mid, qos, dup, generation); generation changes on each connection.
 MessageSink = Callable[[str, bytes, int, int, bool, int], None]
+# Acknowledgements the broker has read, as (packet id, the key given to ack()), in ack order.
+AcksRead = Callable[[list[tuple[int, int]]], None]
 _BYTES_PER_WAKEUP = 1 << 20  # read at most this much per readiness callback, then yield
 
 
@@ -45,6 +55,7 @@ class WireDriver:
         *,
         v5: bool,
         max_payload: int,
+        on_acks_read: AcksRead | None = None,
     ) -> None:
         self._client = client
         self._sink = sink
@@ -57,7 +68,11 @@ class WireDriver:
         self._unacked = 0
         self._reading_paused = False
         self._flush_pending = False
+        self._on_acks_read = on_acks_read
+        self._unfenced: list[tuple[int, int]] = []  # acks written since the last fence
+        self._fenced: list[tuple[int, int]] = []  # acks the outstanding fence covers
         self.received = 0
+        self.fences_passed = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop that runs the source (called from the loop's thread)."""
@@ -66,17 +81,18 @@ class WireDriver:
 
     # -- acknowledgements ------------------------------------------------------------------
 
-    def ack(self, mid: int, qos: int) -> None:
+    def ack(self, mid: int, qos: int, key: int = 0) -> None:
         """Acknowledge a message of the current connection (in receive order). PUBACKs are
-        buffered and sent together once the caller's batch is done."""
+        buffered and sent together once the caller's batch is done, followed by a fence;
+        ``(mid, key)`` is handed to ``on_acks_read`` once the broker has read the PUBACK."""
         wire = self._sock
         if qos == 1 and wire is not None:
             wire.queue_puback(mid)
-            if not self._flush_pending and self._loop is not None:
-                self._flush_pending = True
-                self._loop.call_soon(self._flush)
         else:
             self._client.ack(mid, qos)
+        if wire is not None:
+            self._unfenced.append((mid, key))
+            self._schedule_flush()
         self._unacked -= 1
         if self._reading_paused and self._unacked < self._window:
             self._reading_paused = False
@@ -144,6 +160,11 @@ class WireDriver:
                     event.topic, event.payload, event.mid, event.qos, event.dup, state.generation
                 )
                 continue
+            if rx[pos] >> 4 == PINGRESP and wire.ping_answered():
+                wire.pos = pos + event.length  # a fence's answer: not paho's to see
+                note_bytes_received(client)
+                self._fence_passed()
+                continue
             wire.limit = pos + event.length  # paho reads exactly this packet
             try:
                 client.loop_read()
@@ -169,13 +190,40 @@ class WireDriver:
             self._reading_paused = True
             self._loop.remove_reader(self._sock.fd)
 
+    # -- fences ----------------------------------------------------------------------------
+
+    def _fence_passed(self) -> None:
+        """The broker answered the outstanding fence: it has read every acknowledgement
+        written before it."""
+        covered, self._fenced = self._fenced, []
+        self.fences_passed += 1
+        if self._unfenced:
+            self._schedule_flush()  # the next fence, for what was written meanwhile
+        if covered and self._on_acks_read is not None:
+            self._on_acks_read(covered)
+
+    def _fence(self, wire: WireSocket) -> None:
+        """Write a fence behind the acknowledgements not yet covered, unless one is out."""
+        if not self._unfenced or wire.fences_due:
+            return
+        if self._client.want_write():
+            self._client.loop_write()  # acknowledgements paho holds (QoS 2) go first
+        self._fenced, self._unfenced = self._unfenced, []
+        wire.queue_pingreq()
+
     # -- writing ---------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending and self._loop is not None:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
         wire = self._sock
         if wire is None:
             return
+        self._fence(wire)
         if not wire.flush():
             if wire.error is not None:
                 self._surface_close(wire)
@@ -210,6 +258,7 @@ class WireDriver:
             self._sock = wire
             self._framer.reset()
             self._unacked = 0  # a new connection: the broker resends what was never acked
+            self._void_fences()
             self._reading_paused = False
             loop.add_reader(wire.fd, self._on_readable)
             if wire.tx:
@@ -229,8 +278,14 @@ class WireDriver:
             if self._sock is sock:
                 self._sock = None
                 self._reading_paused = False
+                self._void_fences()
 
         self._call_on_loop(remove)
+
+    def _void_fences(self) -> None:
+        """The connection ended: whether the broker read what was not fenced is unknown."""
+        self._unfenced = []
+        self._fenced = []
 
     def register_write(self, _c: mqtt.Client, _ud: Any, sock: WireSocket | Any) -> None:
         """paho has bytes to send."""

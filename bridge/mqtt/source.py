@@ -3,7 +3,8 @@
 The source connects (resuming the broker session), subscribes, reconnects forever with capped
 full-jitter backoff, and reports the connection in :attr:`MqttSource.state`. Messages reach a
 synchronous sink on the loop thread through the :class:`~bridge.mqtt.driver.WireDriver`; the
-bridge acknowledges them with :meth:`MqttSource.ack` after they are committed to the spool.
+bridge acknowledges them with :meth:`MqttSource.ack` after they are committed to the spool, and
+hears through ``on_acks_read`` when the broker has read those acknowledgements.
 
 The blocking part of connecting (DNS, TCP, TLS handshake) runs in a worker thread so a dead
 broker never stalls the loop; ``loop_misc`` runs once a second for keepalive. paho types stay
@@ -27,7 +28,7 @@ import paho.mqtt.client as mqtt
 from bridge.backoff import Backoff
 from bridge.logs import LogThrottle
 from bridge.mqtt import client as paho
-from bridge.mqtt.driver import MessageSink, WireDriver
+from bridge.mqtt.driver import AcksRead, MessageSink, WireDriver
 from bridge.mqtt.state import SourceState
 from bridge.mqtt.subscriptions import Subscriptions
 from bridge.settings import MqttSettings
@@ -55,6 +56,7 @@ class MqttSource:
         rng: Callable[[], float] = random.random,
         session_filters: list[str] | None = None,
         on_filters: Callable[[list[str]], None] | None = None,
+        on_acks_read: AcksRead | None = None,
     ) -> None:
         self._s = settings
         self._subs = Subscriptions(subscriptions, settings.share_group, session_filters, on_filters)
@@ -76,6 +78,7 @@ class MqttSource:
             self.state,
             v5=settings.protocol == "v5",
             max_payload=settings.max_payload_bytes,
+            on_acks_read=on_acks_read,
         )
         client = self._client
         client.on_connect = self._on_connect
@@ -103,9 +106,15 @@ class MqttSource:
             subs.held(set(subs.wanted()))
         return added, removed
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a message of the current connection (call in receive order)."""
-        self._driver.ack(mid, qos)
+    def ack(self, mid: int, qos: int, key: int = 0) -> None:
+        """Acknowledge a message of the current connection (call in receive order);
+        ``on_acks_read`` gets ``(mid, key)`` once the broker has read the acknowledgement."""
+        self._driver.ack(mid, qos, key)
+
+    @property
+    def fences_passed(self) -> int:
+        """PINGREQ fences the broker answered (each settles the acknowledgements before it)."""
+        return self._driver.fences_passed
 
     async def run(self) -> None:
         """Connect, and reconnect forever with capped full-jitter backoff, until cancelled."""

@@ -10,7 +10,13 @@ the bridge's CPU. :class:`WireSocket` stands where paho expects its socket:
   other packet (CONNACK, SUBACK, PINGRESP, DISCONNECT, QoS 2) is read by paho as before;
 - everything written — paho's packets and the PUBACKs the source appends with
   :meth:`WireSocket.queue_puback` — goes through one send buffer, in order, flushed in one
-  ``send`` per batch of acknowledgements.
+  ``send`` per batch of acknowledgements;
+- a PINGREQ the source appends with :meth:`WireSocket.queue_pingreq` is a fence: a broker
+  handles one connection's packets in order, so its PINGRESP means every PUBACK written before
+  it has been read. Written is not read: a PUBACK in a socket buffer when the bridge dies may
+  never reach the broker, which then redelivers the message. PINGRESPs answer PINGREQs in
+  order, so the wire counts paho's keepalive PINGREQs as they pass and tells each PINGRESP's
+  owner apart (:meth:`WireSocket.ping_answered`): paho never sees an answer it did not ask for.
 
 A payload over ``mqtt.max_payload_bytes`` is never buffered: :class:`Framer` reads the
 PUBLISH's fixed header, topic, packet id and property length, then streams the rest past,
@@ -26,12 +32,16 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.models import PayloadExcerpt
 
 PUBLISH = 3
+PINGREQ = 12
+PINGRESP = 13
+_PINGREQ_PACKET = bytes((PINGREQ << 4, 0))
 _RECV_CHUNK = 65536
 _COMPACT_AT = 1 << 16
 # What an oversize payload keeps: the spool keeps this much of a dead letter's payload
@@ -344,6 +354,12 @@ class WireSocket:
         self.tx = bytearray()
         self.eof = False
         self.error: OSError | None = None
+        # Every PINGREQ in the stream whose PINGRESP is still due, oldest first: True for the
+        # source's fences, False for paho's keepalive.
+        self._pings: deque[bool] = deque()
+        self.fences_due = 0
+        self._out_head = bytearray()  # fixed header of paho's packet being written, so far
+        self._out_left = 0  # bytes of paho's packet being written still to come
 
     # -- paho's side -------------------------------------------------------------------------
 
@@ -365,6 +381,7 @@ class WireSocket:
     def send(self, data: bytes | bytearray | memoryview) -> int:
         # Everything is taken: what the kernel does not accept now stays in tx, in order, and
         # the source flushes it when the socket is writable.
+        self._note_paho_packets(data)
         self.tx += data
         self.flush()
         if self.error is not None:
@@ -416,6 +433,42 @@ class WireSocket:
     def queue_puback(self, mid: int) -> None:
         """Add a PUBACK to the send buffer (sent by the next :meth:`flush`)."""
         self.tx += puback(mid)
+
+    def queue_pingreq(self) -> None:
+        """Add a fence (a PINGREQ) behind everything in the send buffer."""
+        self.tx += _PINGREQ_PACKET
+        self._pings.append(True)
+        self.fences_due += 1
+
+    def ping_answered(self) -> bool:
+        """A PINGRESP arrived: True if it answers a fence (the broker has read everything
+        written before that fence), False if it is paho's (or unasked for)."""
+        if not self._pings:
+            return False
+        fence = self._pings.popleft()
+        if fence:
+            self.fences_due -= 1
+        return fence
+
+    def _note_paho_packets(self, data: bytes | bytearray | memoryview) -> None:
+        """Follow the packet boundaries of what paho writes, to note its PINGREQs in order."""
+        i, end = 0, len(data)
+        with memoryview(data) as view:
+            while i < end:
+                if self._out_left:
+                    step = min(self._out_left, end - i)
+                    self._out_left -= step
+                    i += step
+                    continue
+                self._out_head.append(view[i])
+                i += 1
+                found = _varint(self._out_head, 1, len(self._out_head))
+                if found is None:
+                    continue  # paho writes whole packets; a header split is handled anyway
+                self._out_left = found[0]
+                if self._out_head[0] >> 4 == PINGREQ:
+                    self._pings.append(False)
+                self._out_head.clear()
 
     def flush(self) -> bool:
         """Send what the buffer holds; True when it is empty afterwards."""

@@ -50,7 +50,7 @@ class AsyncSpool:
         records: Sequence[Record],
         dead: Sequence[DeadLetter],
         stamped: Sequence[Stamped],
-        acked: Sequence[int],
+        acked: Sequence[tuple[int, int]],
         *,
         forget_unacked: bool,
     ) -> CommitResult:

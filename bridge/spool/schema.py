@@ -113,6 +113,8 @@ CREATE TRIGGER IF NOT EXISTS held_devices_out AFTER DELETE ON held BEGIN
     UPDATE devices SET held = held - OLD.n WHERE device_id = OLD.device_id;
     DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
 END;
+-- Receive times of receive-stamped messages whose PUBACK the broker is not known to have read
+-- (a PINGREQ fence after it has not passed): a redelivery after a crash reuses them.
 CREATE TABLE IF NOT EXISTS unacked (
     mid INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,

@@ -94,7 +94,7 @@ class Spool:
         records: Sequence[Record],
         dead: Sequence[DeadLetter],
         stamped: Sequence[Stamped] = (),
-        acked: Sequence[int] = (),
+        acked: Sequence[tuple[int, int]] = (),
         *,
         forget_unacked: bool = False,
     ) -> CommitResult:

@@ -45,16 +45,17 @@ class IntakeWriter:
         records: Sequence[Record],
         dead: Sequence[DeadLetter],
         stamped: Sequence[Stamped] = (),
-        acked: Sequence[int] = (),
+        acked: Sequence[tuple[int, int]] = (),
         *,
         forget_unacked: bool = False,
     ) -> CommitResult:
         """Store records and dead letters in one durable transaction.
 
         ``stamped`` are the messages in this commit whose points carry their receive time;
-        ``acked`` the packet ids whose PUBACK was sent since the last commit (their entries are
-        dropped); ``forget_unacked`` drops them all first (the broker lost the session). See
-        the ``unacked`` table.
+        ``acked`` the (packet id, receive time) whose PUBACK the broker has read since the last
+        commit (their entries are dropped, and older ones of the same id: the broker has reused
+        it since; a newer one is another message's and stays); ``forget_unacked`` drops them
+        all first (the broker lost the session). See the ``unacked`` table.
 
         Raises:
             SpoolFull: the cap is reached or the disk is full; nothing was written.
@@ -91,7 +92,7 @@ class IntakeWriter:
             if forget_unacked:
                 db.execute("DELETE FROM unacked")
             if acked:
-                db.executemany("DELETE FROM unacked WHERE mid = ?", [(m,) for m in acked])
+                db.executemany("DELETE FROM unacked WHERE mid = ? AND received_us <= ?", acked)
             if stamped:
                 db.executemany("INSERT OR REPLACE INTO unacked VALUES (?, ?, ?, ?)", stamped)
             if dead:
@@ -158,7 +159,8 @@ class IntakeWriter:
         )
 
     def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
-        """Packet id → (topic, digest, receive time) of stamped messages not known acked."""
+        """Packet id → (topic, digest, receive time) of stamped messages whose PUBACK the
+        broker is not known to have read."""
         rows = self._file.conn.execute(
             "SELECT mid, topic, digest, received_us FROM unacked"
         ).fetchall()

@@ -73,7 +73,7 @@ async def test_counters_balance_through_faults_redeliveries_and_bad_input(
             # First half: PUBACKs are swallowed, then the link drops, so the broker redelivers
             # what the bridge already stored (duplicates the spool must suppress and count).
             real_ack = source.ack
-            source.ack = lambda mid, qos: None  # type: ignore[method-assign]
+            source.ack = lambda *_: None  # type: ignore[method-assign]
             await publish(broker.port, good[: n // 2])
             await _until(
                 lambda: metric(bridge, "metriqo_bridge_messages_committed_total") >= n // 2

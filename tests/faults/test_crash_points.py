@@ -1,8 +1,11 @@
-"""kill -9 at exact places (failpoints), then a restart without them: nothing is lost, and the
-only duplicates are points the API had accepted while the crash kept them in the spool.
+"""kill -9 at exact places (failpoints, or PUBACKs held back by the fault proxy), then a restart
+without them: nothing is lost, and the only duplicates are points the API had accepted while
+the crash kept them in the spool.
 
 The oracle is exact, not a bound: from the API's points and the spool's rows at the moment of
-the crash, the final count of every point is predicted (see :func:`_assert_recovered`).
+the crash, the final count of every point is predicted (see :func:`_assert_recovered`). A
+message without a timestamp in its payload must also stay one reading: every copy of it carries
+the same (receive) time (see :func:`_assert_timestampless_once`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -25,11 +29,13 @@ import pytest
 from bridge.failpoints import ENV_VAR
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
+from bridge.lab.faultproxy import HOLD_UP, PASS, REFUSE, FaultProxy
 from tests.support.harness import (
     BridgeProcess,
     delivered_points,
     env_messages,
     expected_env_points,
+    publish,
     publish_in_background,
 )
 
@@ -71,6 +77,15 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(ts_us: int) -> int:
+    """A spooled timestamp in milliseconds exactly as :func:`delivered_points` rounds the one
+    the API stored (a receive time has microseconds: flooring would miss half of them)."""
+    return round((_EPOCH + timedelta(microseconds=ts_us)).timestamp() * 1000)
+
+
 def _spooled_points(path: Path) -> frozenset[Point]:
     db = _open_ro(path)
     try:
@@ -78,7 +93,7 @@ def _spooled_points(path: Path) -> frozenset[Point]:
     finally:
         db.close()
     return frozenset(
-        (device, name, ts_us // 1000, float(value))
+        (device, name, _ms(ts_us), float(value))
         for device, ts_us, metrics in rows
         for name, value in orjson.loads(metrics).items()
     )
@@ -92,15 +107,19 @@ def _integrity(path: Path) -> str:
         db.close()
 
 
-async def _wait_for_crash(proc: FailpointBridge, api: LocalApi, timeout: float = 30) -> Crash:
-    """Wait until the bridge dies by SIGKILL at a failpoint; snapshot the API and the spool."""
+async def _wait_for_crash(
+    proc: FailpointBridge, api: LocalApi, timeout: float = 30, *, failpoint: bool = True
+) -> Crash:
+    """Wait until the bridge dies by SIGKILL (at a failpoint, unless ``failpoint`` is False:
+    the test killed it); snapshot the API and the spool."""
     assert proc.proc is not None
     try:
         code = await asyncio.to_thread(proc.proc.wait, timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"no failpoint fired within {timeout} s:\n{proc.output()[-3000:]}")
     assert code == -signal.SIGKILL, proc.output()[-3000:]
-    assert ": crash (SIGKILL)" in proc.output().splitlines()[-1]
+    if failpoint:
+        assert ": crash (SIGKILL)" in proc.output().splitlines()[-1]
     # A request the bridge finished sending before it died may still be in the server's hands.
     await asyncio.sleep(0.3)
     assert _integrity(proc.spool_path) == "ok"
@@ -149,6 +168,40 @@ def _assert_recovered(api: LocalApi, want: set[Point], crash: Crash) -> set[Poin
     assert not wrong, f"{len(wrong)} points with unexpected counts, e.g. {list(wrong.items())[:5]}"
     assert all(r.points_written <= 100 for r in api.store.requests)
     return {p for p, n in got.items() if n > 1}
+
+
+Reading = tuple[str, str, float]  # (device, metric, value) of a message without a timestamp
+
+
+def _plain_messages(first: int, count: int) -> list[tuple[str, bytes]]:
+    """Messages whose payload is a bare number: their points carry the receive time."""
+    return [(f"tele/dev{i % 4}/m{i % 3}", str(i).encode()) for i in range(first, first + count)]
+
+
+def _plain_readings(first: int, count: int) -> set[Reading]:
+    return {(f"dev{i % 4}", f"m{i % 3}", float(i)) for i in range(first, first + count)}
+
+
+def _readings_delivered(api: LocalApi) -> set[Reading]:
+    return {(p.device_id, p.metric, p.value) for p in api.store.points()}
+
+
+def _assert_timestampless_once(api: LocalApi, want: set[Reading], crash: Crash) -> None:
+    """Every message delivered as one reading: all its copies carry one receive time, so a
+    broker redelivery was recognised, not stored as a second reading. Copies of that one point
+    are then counted exactly as for any other point (:func:`_assert_recovered`)."""
+    times: defaultdict[Reading, set[int]] = defaultdict(set)
+    for device, name, ts_ms, value in delivered_points(api.store.points()):
+        times[(device, name, value)].add(ts_ms)
+    assert times.keys() == want, (
+        f"lost {sorted(want - times.keys())[:5]}, invented {sorted(times.keys() - want)[:5]}"
+    )
+    twice = {r: sorted(ts) for r, ts in times.items() if len(ts) > 1}
+    assert not twice, (
+        f"{len(twice)} messages stored as two readings (a redelivery got a new receive time), "
+        f"e.g. {sorted(twice.items())[:5]}"
+    )
+    _assert_recovered(api, {(d, n, min(times[(d, n, v)]), v) for d, n, v in want}, crash)
 
 
 N = 400
@@ -291,29 +344,107 @@ async def test_crashes_at_random_points_and_counts_lose_nothing(
         raise
 
 
+def _committed(proc: FailpointBridge) -> float:
+    return proc.metric("metriqo_bridge_messages_committed_total")
+
+
+def _fences(proc: FailpointBridge) -> float:
+    return proc.metric("metriqo_bridge_mqtt_puback_fences_total")
+
+
+async def _recover_readings(
+    proc: FailpointBridge, api: LocalApi, want: set[Reading], redelivered: int = 0
+) -> float:
+    """Restart without failpoints, wait for every reading (and for ``redelivered`` messages
+    committed), stop gracefully; returns the points the restarted bridge recognised as already
+    stored or delivered (redeliveries)."""
+    proc.start()
+    await asyncio.to_thread(proc.wait_ready)
+    async with asyncio.timeout(30):
+        while not want <= _readings_delivered(api):
+            await asyncio.sleep(0.1)
+        while await asyncio.to_thread(_committed, proc) < redelivered:
+            await asyncio.sleep(0.1)
+    suppressed = await asyncio.to_thread(
+        proc.metric, "metriqo_bridge_duplicate_points_suppressed_total"
+    )
+    assert await asyncio.to_thread(proc.terminate) == 0, proc.output()[-3000:]
+    assert _integrity(proc.spool_path) == "ok"
+    return suppressed
+
+
 async def test_crash_after_commit_before_puback_timestampless_payload_stored_once(
     broker: LocalBroker, api: LocalApi, tmp_path: Path
 ) -> None:
     """kill -9 before the PUBACKs of a committed batch of plain numbers (no timestamp in the
-    payload): each message's point should still reach the API exactly once."""
-    messages = [(f"tele/dev{i % 4}/m{i % 3}", str(i).encode()) for i in range(N)]
+    payload), with the PUBACKs of earlier batches just written: every message stays one
+    reading, and its copies are only those the crash explains."""
+    # Crash in the third group commit, with the messages spread over two seconds, as in
+    # test_crash_after_commit_before_puback_stores_redeliveries_once: how many commits there
+    # are depends on how busy the machine is, and a count it may never reach is a hang.
+    want = _plain_readings(0, N)
     proc = FailpointBridge(broker.port, api.url, tmp_path / "bridge")
     try:
-        proc.start("after_commit_before_puback:crash@10")
+        proc.start("after_commit_before_puback:crash@3")
         await asyncio.to_thread(proc.wait_ready)
-        publishing = await publish_in_background(broker.port, messages, RATE)
-        await _wait_for_crash(proc, api)
+        messages = _plain_messages(0, N)
+        publishing = await publish_in_background(broker.port, messages, N / 2.0)
+        crash = await _wait_for_crash(proc, api)
         assert await publishing == N
-        proc.start()
-        await asyncio.to_thread(proc.wait_ready)
-        async with asyncio.timeout(30):
-            while len({p.value for p in api.store.points()}) < N:
-                await asyncio.sleep(0.1)
-        assert await asyncio.to_thread(proc.terminate) == 0
+        await _recover_readings(proc, api, want)
     finally:
         proc.close()
-    got = Counter((p.device_id, p.metric, p.value) for p in api.store.points())
-    want = {(f"dev{i % 4}", f"m{i % 3}", float(i)) for i in range(N)}
-    assert got.keys() == want
-    twice = sorted(p for p, n in got.items() if n > 1)
-    assert not twice, f"{len(twice)} messages delivered more than once, e.g. {twice[:5]}"
+    _assert_timestampless_once(api, want, crash)
+
+
+async def _commit_all(proc: FailpointBridge, port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish ``messages`` and wait until the bridge has committed (and acknowledged) them."""
+    before = await asyncio.to_thread(_committed, proc)
+    assert await publish(port, messages) == len(messages)
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(_committed, proc) < before + len(messages):
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("protocol", ["v5", "v311"])
+async def test_crash_before_the_broker_read_earlier_pubacks_stores_timestampless_once(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path, protocol: str
+) -> None:
+    """kill -9 while the PUBACKs of committed plain numbers are written but not yet read by the
+    broker (the fault proxy holds them, as a busy broker or a full socket would): the broker
+    redelivers those messages, and each one is still stored, and delivered, as one reading."""
+    before, held, later = _plain_messages(0, 60), _plain_messages(60, 60), _plain_messages(120, 60)
+    want = _plain_readings(0, 180)
+    async with FaultProxy(broker.host, broker.port) as proxy:
+        proc = FailpointBridge(
+            proxy.port, api.url, tmp_path / "bridge", **{"mqtt.protocol": protocol}
+        )
+        try:
+            proc.start()
+            await asyncio.to_thread(proc.wait_ready)
+            await _commit_all(proc, broker.port, before)
+            async with asyncio.timeout(10):  # the broker answered a fence after those PUBACKs
+                while await asyncio.to_thread(_fences, proc) == 0:
+                    await asyncio.sleep(0.05)
+            await proxy.set_mode(HOLD_UP)  # from here on, no PUBACK reaches the broker
+            fences = await asyncio.to_thread(_fences, proc)
+            # Two rounds: the commits of the second are the ones that would forget the receive
+            # times of the first if a written PUBACK counted as read.
+            await _commit_all(proc, broker.port, held)
+            await _commit_all(proc, broker.port, later)
+            async with asyncio.timeout(30):  # delivered with their receive times
+                while not _plain_readings(0, 180) <= _readings_delivered(api):
+                    await asyncio.sleep(0.05)
+            # No fence passed since (one answer may have been on its way back at the switch).
+            assert await asyncio.to_thread(_fences, proc) <= fences + 1
+            assert proc.proc is not None
+            proc.proc.kill()
+            crash = await _wait_for_crash(proc, api, failpoint=False)
+            await proxy.set_mode(REFUSE)  # closes the link: the held PUBACKs never arrive
+            await proxy.set_mode(PASS)
+            # The broker redelivers every message whose PUBACK it never read.
+            suppressed = await _recover_readings(proc, api, want, len(held) + len(later))
+        finally:
+            proc.close()
+    _assert_timestampless_once(api, want, crash)
+    assert suppressed >= len(held) + len(later)  # each redelivery recognised

@@ -53,8 +53,9 @@ class FakeSource:
         self.acks: list[tuple[int, int]] = []
         self._spool = spool
 
-    def ack(self, mid: int, qos: int) -> None:
+    def ack(self, mid: int, qos: int, key: int = 0) -> None:
         assert qos == 1
+        assert key > 0  # the receive time, handed back once the broker read the PUBACK
         self.acks.append((mid, self._spool.file.depth_records))
 
 
@@ -83,7 +84,7 @@ class GatedSpool(AsyncSpool):
         records: Sequence[Record],
         dead: Sequence[DeadLetter],
         stamped: Sequence[Stamped],
-        acked: Sequence[int],
+        acked: Sequence[tuple[int, int]],
         *,
         forget_unacked: bool,
     ) -> CommitResult:
@@ -194,8 +195,8 @@ async def test_spool_error_propagates_and_nothing_is_acked(tmp_path: Path) -> No
     """A spool write failure (here: the database closed under the committer) ends run() with
     SpoolError and no PUBACK; earlier acked ids are kept for the next commit."""
     async with rig(tmp_path) as r:
-        r.intake.persisted([1])
-        r.intake.acknowledged(1)
+        r.intake.persisted([(1, 111)])
+        r.intake.acks_read([(1, 111)])
         r.raw.close()
         r.receive(2)
         r.receive(3)
@@ -204,7 +205,7 @@ async def test_spool_error_propagates_and_nothing_is_acked(tmp_path: Path) -> No
                 await r.committer.run()
         assert r.source.acks == []
         assert r.delivery.notified == []
-        assert r.intake.take_acked() == (False, [1])
+        assert r.intake.take_acked() == (False, [(1, 111)])
 
 
 async def test_dead_letters_pruned_for_a_commit_are_counted_with_it(tmp_path: Path) -> None:

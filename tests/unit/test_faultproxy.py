@@ -11,6 +11,7 @@ import pytest
 
 from bridge.lab.faultproxy import (
     BLACKHOLE,
+    HOLD_UP,
     PASS,
     REFUSE,
     FaultProxy,
@@ -133,6 +134,61 @@ async def test_blackhole_accepts_but_never_forwards(proxy: FaultProxy, echo: Ech
     old_writer.close()
 
 
+@dataclass
+class Talker:
+    """A target that speaks when told to and records what it received, and when it ended."""
+
+    port: int = 0
+    received: bytearray = field(default_factory=bytearray)
+    writer: asyncio.StreamWriter | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        try:
+            while data := await reader.read(65536):
+                self.received += data
+        except ConnectionResetError:
+            pass
+        finally:
+            self.ended.set()
+            writer.close()
+
+
+@pytest.mark.parametrize("then", ["pass", "refuse"])
+async def test_hold_up_forwards_only_towards_the_client(then: str) -> None:
+    """hold_up: the target still reaches the client, what the client sends is held; pass lets
+    the held bytes through late, refuse closes the connection and they never arrive."""
+    talker = Talker()
+    server = await asyncio.start_server(talker.handle, "127.0.0.1", 0)
+    talker.port = server.sockets[0].getsockname()[1]
+    async with server, FaultProxy("127.0.0.1", talker.port) as proxy:
+        reader, writer = await _connect(proxy)
+        writer.write(b"before")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while talker.received != b"before":
+                await asyncio.sleep(0.01)
+        await proxy.set_mode(HOLD_UP)
+        writer.write(b"held")
+        await writer.drain()
+        assert talker.writer is not None
+        talker.writer.write(b"down")
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(4) == b"down"
+        await asyncio.sleep(SHORT)
+        assert talker.received == b"before"
+        await proxy.set_mode(Mode.parse(then))
+        async with asyncio.timeout(5):
+            if then == "pass":
+                while talker.received != b"beforeheld":
+                    await asyncio.sleep(0.01)
+            else:
+                await talker.ended.wait()
+                assert talker.received == b"before"
+        writer.close()
+
+
 async def test_latency_delays_each_direction(proxy: FaultProxy) -> None:
     """Latency makes a round trip take at least the delay in each direction."""
     reader, writer = await _connect(proxy)
@@ -243,6 +299,7 @@ def test_mode_parse_and_str() -> None:
     assert Mode.parse("reset_after:4096") == reset_after(4096)
     assert str(throttle(1000)) == "throttle:1000"
     assert str(BLACKHOLE) == "blackhole"
+    assert Mode.parse("hold_up") == HOLD_UP
 
 
 @pytest.mark.parametrize("text", ["latency", "latency:-1", "reset_after:1.5", "jam", "throttle:x"])

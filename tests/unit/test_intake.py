@@ -163,24 +163,49 @@ def test_anything_but_the_same_message_gets_a_new_receive_time(
     assert other.received_us == first.received_us + 5_000_000
 
 
-def test_acknowledged_or_lost_session_forgets_the_receive_time() -> None:
-    """After the PUBACK the broker may reuse the id, and after a lost session nothing is
-    redelivered: a DUP then is a new message with a new receive time."""
+def test_a_puback_read_or_a_lost_session_forgets_the_receive_time() -> None:
+    """Once the broker has read the PUBACK it may reuse the id, and after a lost session
+    nothing is redelivered: a DUP then is a new message with a new receive time. Until the
+    broker has read it, a PUBACK may be lost, and a DUP is still the same message."""
     clock = FakeClock(NOW_S)
-    intake, _ = make_intake(clock)
-    receive(intake, "tele/d1/temp", b"1", 1)
+    intake, metrics = make_intake(clock)
+    first = receive(intake, "tele/d1/temp", b"1", 1)
     receive(intake, "tele/d1/temp", b"2", 2)
-    intake.acknowledged(1)
     clock.advance(1.0)
-    assert receive(intake, "tele/d1/temp", b"1", 1, dup=True).received_us == NOW_US + 1_000_000
+    # PUBACK written, not known read (no fence passed): the redelivery is recognised.
+    assert receive(intake, "tele/d1/temp", b"1", 1, dup=True).received_us == NOW_US
+    intake.acks_read([(1, first.received_us)])
+    assert value(metrics, "metriqo_bridge_mqtt_puback_fences_total") == 1
+    clock.advance(1.0)
+    assert receive(intake, "tele/d1/temp", b"1", 1, dup=True).received_us == NOW_US + 2_000_000
     intake.session_lost()
     clock.advance(1.0)
-    assert receive(intake, "tele/d1/temp", b"2", 2, dup=True).received_us == NOW_US + 2_000_000
+    assert receive(intake, "tele/d1/temp", b"2", 2, dup=True).received_us == NOW_US + 3_000_000
+
+
+def test_a_puback_read_for_an_older_message_keeps_a_reused_ids_entry() -> None:
+    """The broker reused an id before the fence of its earlier PUBACK passed: that fence
+    forgets neither the newer message's receive time nor its spool row."""
+    clock = FakeClock(NOW_S)
+    intake, _ = make_intake(clock)
+    old = receive(intake, "tele/d1/temp", b"1", 5)
+    intake.persisted([(5, old.received_us)])
+    clock.advance(1.0)
+    new = receive(intake, "tele/d1/temp", b"1", 5)  # DUP=0: the id was reused
+    intake.persisted([(5, new.received_us)])
+    intake.acks_read([(5, old.received_us)])
+    assert intake.take_acked() == (False, [])
+    clock.advance(1.0)
+    again = receive(intake, "tele/d1/temp", b"1", 5, dup=True)
+    assert again.received_us == new.received_us
+    intake.acks_read([(5, new.received_us)])
+    assert intake.take_acked() == (False, [(5, new.received_us)])
 
 
 def test_restored_entries_are_recognised_and_reported_when_acknowledged() -> None:
-    """Receive times a crashed run committed are reused, and their PUBACK ids are handed to
-    the next commit once (handed back by untake_acked when that commit fails)."""
+    """Receive times a crashed run committed are reused, and once the broker has read their
+    PUBACK they are handed to the next commit once (handed back by untake_acked when that
+    commit fails)."""
     clock = FakeClock(NOW_S)
     intake, _ = make_intake(clock)
     first = receive(intake, "tele/d1/temp", b"21.5", 9)
@@ -190,13 +215,13 @@ def test_restored_entries_are_recognised_and_reported_when_acknowledged() -> Non
     clock.advance(60.0)
     again = receive(restored, "tele/d1/temp", b"21.5", 9, dup=True)
     assert again.received_us == first.received_us
-    restored.acknowledged(9)
-    restored.acknowledged(9)  # a second ack of the same id is not reported twice
-    restored.acknowledged(4)  # never persisted: nothing to delete from the spool
+    rx = first.received_us
+    restored.acks_read([(9, rx), (9, rx)])  # a second ack of the same id is not reported twice
+    restored.acks_read([(4, rx)])  # never persisted: nothing to delete from the spool
     forget, acked = restored.take_acked()
-    assert (forget, acked) == (False, [9])
+    assert (forget, acked) == (False, [(9, rx)])
     restored.untake_acked(forget, acked)
-    assert restored.take_acked() == (False, [9])
+    assert restored.take_acked() == (False, [(9, rx)])
     assert restored.take_acked() == (False, [])
 
 
@@ -204,10 +229,10 @@ def test_session_lost_tells_the_next_commit_to_forget_everything() -> None:
     """session_lost drops persisted ids and pending acks and asks for the table to be cleared
     once; a failed commit keeps that request."""
     intake, _ = make_intake()
-    intake.persisted([1, 2])
-    intake.acknowledged(1)
+    intake.persisted([(1, NOW_US), (2, NOW_US)])
+    intake.acks_read([(1, NOW_US)])
     intake.session_lost()
-    intake.acknowledged(2)  # forgotten: not reported
+    intake.acks_read([(2, NOW_US)])  # forgotten: not reported
     forget, acked = intake.take_acked()
     assert (forget, acked) == (True, [])
     intake.untake_acked(forget, acked)

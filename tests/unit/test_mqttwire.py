@@ -150,6 +150,35 @@ def test_wire_socket_buffers_reads_and_writes_over_a_real_socket() -> None:
         right.close()
 
 
+def test_each_pingresp_is_matched_to_its_pingreq_fence_or_paho_keepalive() -> None:
+    """PINGRESPs answer PINGREQs in order: the wire notes paho's keepalive PINGREQs among
+    everything paho writes (by packet boundaries, not by a byte that looks like one) and its
+    own fences, and says for each PINGRESP whose it is."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    wire = WireSocket(left)
+    try:
+        # A PUBLISH whose body holds the bytes of a PINGREQ, written in two pieces: no ping.
+        wire.send(b"\x30\x05\x00\x01t")
+        wire.send(b"\xc0\x00")
+        wire.send(b"\xc0\x00")  # paho's keepalive PINGREQ
+        wire.queue_puback(7)
+        wire.queue_pingreq()  # a fence behind PUBACK 7
+        assert wire.fences_due == 1
+        assert wire.flush()
+        assert (
+            right.recv(100) == b"\x30\x05\x00\x01t\xc0\x00" + b"\xc0\x00" + puback(7) + b"\xc0\x00"
+        )
+        assert wire.ping_answered() is False  # the first answer is paho's
+        assert wire.fences_due == 1
+        assert wire.ping_answered() is True
+        assert wire.fences_due == 0
+        assert wire.ping_answered() is False  # an answer nobody asked for goes to paho
+    finally:
+        wire.close()
+        right.close()
+
+
 def test_paho_keeps_the_keepalive_clock_the_source_updates() -> None:
     """bridge/mqtt/client.py moves paho 2.2's _last_bytes_received for PUBLISH packets it parses
     itself; if paho renames it, keepalive would break silently, so fail here instead."""

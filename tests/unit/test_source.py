@@ -64,6 +64,9 @@ class Peer:
     subscribes: list[list[tuple[str, int]]] = field(default_factory=list)
     unsubscribes: list[list[str]] = field(default_factory=list)
     pubacks: list[int] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # PUBACK <mid> / PINGREQ, in arrival order
+    hold_pings: bool = False  # leave PINGREQs unanswered until release_ping()
+    held_pings: int = 0
     accepted: int = 0  # connections opened
     closed: int = 0  # connections that ended
     writer: asyncio.StreamWriter | None = None
@@ -127,9 +130,24 @@ class Peer:
             return packet(0xB0, body[:2] + (self._noprops() + b"\0" * len(filters)))
         if kind == 4:  # PUBACK
             self.pubacks.append(int.from_bytes(body[:2], "big"))
+            self.log.append(f"PUBACK {self.pubacks[-1]}")
+        elif kind == 5:  # PUBREC (QoS 2): release the message
+            return packet(0x62, body[:2])
+        elif kind == 7:  # PUBCOMP
+            self.log.append(f"PUBCOMP {int.from_bytes(body[:2], 'big')}")
         elif kind == 12:  # PINGREQ
+            self.log.append("PINGREQ")
+            if self.hold_pings:
+                self.held_pings += 1
+                return b""
             return b"\xd0\x00"
         return b""
+
+    def release_ping(self) -> None:
+        """Answer the oldest PINGREQ held back."""
+        assert self.held_pings > 0
+        self.held_pings -= 1
+        self.send(b"\xd0\x00")
 
     def _noprops(self) -> bytes:
         return b"\0" if self.v5 else b""
@@ -178,7 +196,8 @@ async def running(
     peer: Peer, sink: list[Message] | None = None, **kw: object
 ) -> AsyncIterator[MqttSource]:
     """A source connected to ``peer`` (settings from ``kw``), stopped and awaited on exit."""
-    extra = {k: kw.pop(k) for k in ("session_filters", "on_filters", "on_disconnected") if k in kw}
+    names = ("session_filters", "on_filters", "on_disconnected", "on_acks_read")
+    extra = {k: kw.pop(k) for k in names if k in kw}
     settings = MqttSettings(
         host="127.0.0.1",
         port=peer.port,
@@ -422,3 +441,112 @@ async def test_no_unsubscribe_without_a_session() -> None:
         await until(lambda: source.state.subscribed, "subscribed")
     assert peer.unsubscribes == []
     assert len(peer.subscribes) == 1
+
+
+@pytest.mark.parametrize("v5", [True, False])
+async def test_acks_are_settled_only_when_the_broker_answers_the_fence_after_them(
+    v5: bool,
+) -> None:
+    """After a batch of PUBACKs the source writes a PINGREQ; only its PINGRESP hands the
+    (mid, key) pairs to on_acks_read. One fence at a time: acks written while it is out wait
+    for the next, which follows its answer."""
+    read: list[list[tuple[int, int]]] = []
+    got: list[Message] = []
+    async with (
+        scripted(Peer(v5=v5, hold_pings=True)) as peer,
+        running(peer, got, on_acks_read=read.append) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        for mid in (7, 300, 9):
+            peer.send(publish("tele/d1/temp", b"1", mid, v5=v5))
+        await until(lambda: len(got) == 3, "three messages in the sink")
+        source.ack(7, 1, 70)
+        source.ack(300, 1, 3000)
+        await until(lambda: peer.held_pings == 1, "a fence after the PUBACKs")
+        assert peer.log == ["PUBACK 7", "PUBACK 300", "PINGREQ"]
+        source.ack(9, 1, 90)
+        await barrier(peer, source, 1)
+        assert peer.log == ["PUBACK 7", "PUBACK 300", "PINGREQ", "PUBACK 9"]  # no second fence
+        assert read == []
+        peer.release_ping()
+        await until(lambda: peer.held_pings == 1, "the next fence, for PUBACK 9")
+        assert read == [[(7, 70), (300, 3000)]]
+        peer.release_ping()
+        await until(lambda: len(read) == 2, "the second fence passed")
+        assert read[1] == [(9, 90)]
+        assert source.fences_passed == 2
+
+
+async def test_paho_keepalive_pings_keep_their_own_answers() -> None:
+    """paho's keepalive PINGREQ, ahead of a fence in the stream, gets the first PINGRESP (paho
+    stops waiting); the fence passes only with the second one."""
+    read: list[list[tuple[int, int]]] = []
+    got: list[Message] = []
+    async with (
+        scripted(Peer(hold_pings=True)) as peer,
+        running(peer, got, on_acks_read=read.append) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        peer.send(publish("tele/d1/temp", b"1", 5, v5=True))
+        await until(lambda: len(got) == 1, "a message in the sink")
+        client = source._client
+        client._send_pingreq()  # what paho's keepalive does
+        assert client._ping_t > 0
+        source.ack(5, 1, 50)
+        await until(lambda: peer.held_pings == 2, "both PINGREQs")
+        # paho writes from the loop's writer callback, so its PINGREQ leaves with the next
+        # flush: behind the PUBACK, ahead of the fence.
+        assert peer.log == ["PUBACK 5", "PINGREQ", "PINGREQ"]
+        peer.release_ping()
+        await until(lambda: client._ping_t == 0, "paho saw its answer")
+        await asyncio.sleep(0.1)
+        assert read == []
+        peer.release_ping()
+        await until(lambda: read == [[(5, 50)]], "the fence passed")
+        assert client._ping_t == 0
+
+
+async def test_a_fence_covers_the_acks_paho_writes_too() -> None:
+    """A QoS 2 message is completed by paho (PUBCOMP), which it writes later from the loop's
+    writer callback: the fence still goes behind it."""
+    read: list[list[tuple[int, int]]] = []
+    got: list[Message] = []
+    async with (
+        scripted(Peer(hold_pings=True)) as peer,
+        running(peer, got, on_acks_read=read.append) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        name = b"tele/d1/temp"
+        body = len(name).to_bytes(2, "big") + name + (11).to_bytes(2, "big") + b"\0" + b"2"
+        peer.send(packet(0x34, body))  # QoS 2
+        await until(lambda: len(got) == 1, "the QoS 2 message in the sink")
+        source.ack(11, 2, 110)
+        await until(lambda: peer.held_pings == 1, "the fence")
+        assert peer.log == ["PUBCOMP 11", "PINGREQ"]
+        peer.release_ping()
+        await until(lambda: read == [[(11, 110)]], "the fence passed")
+
+
+async def test_fences_outstanding_when_the_link_drops_are_void() -> None:
+    """A fence unanswered when the connection ends settles nothing, ever: whether the broker
+    read those PUBACKs is unknown (it redelivers what it did not)."""
+    read: list[list[tuple[int, int]]] = []
+    got: list[Message] = []
+    async with (
+        scripted(Peer(session_present=[False, True], hold_pings=True)) as peer,
+        running(peer, got, on_acks_read=read.append) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        peer.send(publish("tele/d1/temp", b"1", 5, v5=True))
+        await until(lambda: len(got) == 1, "a message in the sink")
+        source.ack(5, 1, 50)
+        await until(lambda: peer.held_pings == 1, "the fence")
+        peer.drop()
+        await until(lambda: source.state.generation == 2 and source.state.subscribed, "back")
+        peer.hold_pings = False
+        peer.send(publish("tele/d1/temp", b"1", 5, v5=True, dup=True))
+        await until(lambda: len(got) == 2, "the redelivery")
+        source.ack(5, 1, 50)
+        await until(lambda: len(read) == 1, "the new connection's fence passed")
+        assert read == [[(5, 50)]]
+        assert source.fences_passed == 1

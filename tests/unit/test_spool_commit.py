@@ -173,10 +173,13 @@ def test_delivered_ids_never_keep_the_spool_full(tmp_path: Path) -> None:
 
 
 def test_receive_times_of_unacknowledged_messages_survive_a_reopen(spool: Spool) -> None:
-    """Stamped messages' receive times are committed with their records, dropped once their
-    PUBACK was sent, all dropped when the broker lost the session, and readable after a crash."""
-    spool.writer.commit([rec(1)], [], [(7, "t/a", b"d7", 111), (8, "t/b", b"d8", 222)])
-    spool.writer.commit([rec(2)], [], [(9, "t/c", b"d9", 333)], [7])
+    """Stamped messages' receive times are committed with their records, dropped once the
+    broker has read their PUBACK (with older rows of the id, not a newer message's), all
+    dropped when the broker lost the session, and readable after a crash."""
+    stamped = [(7, "t/a", b"d7", 111), (8, "t/b", b"d8", 222), (11, "t/e", b"d11", 555)]
+    spool.writer.commit([rec(1)], [], stamped)
+    acked = [(7, 111), (8, 200), (11, 600)]  # 8: a PUBACK for an older message of that id
+    spool.writer.commit([rec(2)], [], [(9, "t/c", b"d9", 333)], acked)
     again = reopen(spool)
     try:
         assert again.writer.load_unacked() == {8: ("t/b", b"d8", 222), 9: ("t/c", b"d9", 333)}
