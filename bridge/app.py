@@ -25,7 +25,7 @@ from bridge.errors import EX_FAILURE
 from bridge.housekeeping import housekeeping_loop
 from bridge.intake import Intake
 from bridge.mapping.loader import make_mapper
-from bridge.mapping.mapper import Mapper, Rule
+from bridge.mapping.mapper import OUTSIDE_FILTERS, Mapper, Rule
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt.source import MqttSource
 from bridge.reload import MappingReloader
@@ -101,6 +101,7 @@ class Bridge:
 
     def _swap_mapper(self, mapper: Mapper) -> tuple[list[str], list[str]]:
         self.mapper = self.intake.mapper = mapper
+        _log_cover(mapper)
         if self.source is None:
             return [], []
         return self.source.update_subscriptions(mapper.subscriptions)
@@ -152,6 +153,7 @@ class Bridge:
             self.delivery = Delivery(
                 spool, sender, self.metrics, s.delivery, on_space_freed=self._space_freed
             )
+            _log_cover(self.mapper)
             self.source = MqttSource(
                 s.mqtt,
                 self.mapper.subscriptions,
@@ -270,3 +272,26 @@ class Bridge:
                 "stop timeout reached; %d point(s) stay in the spool for the next start",
                 self.spool.file.depth_points,
             )
+
+
+def _log_cover(mapper: Mapper) -> None:
+    """Say which rule filters are not subscribed as written, and why: a broker would send a
+    message matching two subscriptions twice."""
+    c = mapper.cover
+    if c.left_out:
+        log.info(
+            "%d rule filter(s) not subscribed on their own, because another covers them "
+            "(a broker sends one copy per matching subscription): %s",
+            len(c.left_out),
+            ", ".join(f"{f} (in {by})" for f, by in c.left_out[:10])
+            + (" …" if len(c.left_out) > 10 else ""),
+        )
+    for sub, rule_filters in c.joined:
+        log.info(
+            "subscribed to %s in place of the overlapping rule filters %s; messages it lets in "
+            "that no rule's filter matches are acknowledged and counted as ignored "
+            '(metriqo_bridge_messages_ignored_total{rule="%s"})',
+            sub,
+            ", ".join(rule_filters),
+            OUTSIDE_FILTERS,
+        )

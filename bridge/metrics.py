@@ -121,7 +121,9 @@ class BridgeMetrics:
         )
         self.messages_ignored = Counter(
             p + "messages_ignored_total",
-            "Messages dropped on purpose by an ignore rule (acknowledged, not dead-lettered)",
+            "Messages dropped on purpose by an ignore rule (acknowledged, not dead-lettered); "
+            'rule="(outside every rule\'s filter)": let in by a subscription covering '
+            "overlapping rule filters but matching none of them",
             ["rule"],
             registry=r,
         )

@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridge.cli.command import Subparsers
 from bridge.errors import EX_CONFIG, EX_OK
+
+if TYPE_CHECKING:
+    from bridge.mapping.mapper import Rule
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -67,9 +71,28 @@ def run(args: argparse.Namespace) -> int:
     warnings = rule_warnings(rules, lines)
     for warning in warnings:
         print(format_warning(warning, str(file)))
+    _print_cover(rules)
     if warnings and args.strict:
         print(
             f"metriqo-bridge: {len(warnings)} warning(s), an error under --strict", file=sys.stderr
         )
         return EX_CONFIG
     return EX_OK
+
+
+def _print_cover(rules: list[Rule]) -> None:
+    """What the bridge subscribes to when rule filters overlap: a broker sends one copy per
+    matching subscription, so overlapping filters are covered by fewer subscriptions."""
+    from bridge.mapping.cover import cover
+
+    c = cover([r.topic.subscription for r in rules])
+    if not (c.left_out or c.joined):
+        return
+    print(f"  subscriptions: {len(c.filters)} (overlapping rule filters are subscribed once):")
+    for f, by in c.left_out:
+        print(f"    {f} is covered by {by}")
+    for sub, rule_filters in c.joined:
+        print(
+            f"    {sub} in place of {', '.join(rule_filters)} (topics it lets in that no rule's "
+            "filter matches are counted as ignored)"
+        )

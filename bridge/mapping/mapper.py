@@ -15,6 +15,7 @@ import orjson
 
 from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
+from bridge.mapping.cover import Cover, cover
 from bridge.mapping.identifiers import IdentifierLimits
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import CollectRule, ReadingsRule, get_path
@@ -25,7 +26,7 @@ from bridge.mapping.timestamps import (
     check_not_past,
     parse_timestamp,
 )
-from bridge.mapping.topics import TopicFilter, TopicRouter
+from bridge.mapping.topics import TopicFilter, TopicRouter, parse_filter
 from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
 from bridge.models import Coalesce, Record, payload_size
 
@@ -85,6 +86,11 @@ class Rule:
     readings_time: TimestampRule | None = None  # how element times are read
 
 
+# The rule label of messages a joined subscription let in that no rule's filter matches: they are
+# acknowledged and counted as ignored under this label (metriqo_bridge_messages_ignored_total).
+OUTSIDE_FILTERS = "(outside every rule's filter)"
+
+
 @dataclass(slots=True)
 class Mapped:
     """What one message became.
@@ -121,19 +127,31 @@ class Mapper:
     ) -> None:
         self.rules = rules
         self._router = TopicRouter([r.topic for r in rules])
+        self.cover: Cover = cover([r.topic.subscription for r in rules])
+        # Only a joined subscription lets in topics outside every rule's filter; then a second
+        # router over the rules' plain filters tells those apart from unmatched ones.
+        self._inside = (
+            TopicRouter([parse_filter(r.topic.subscription) for r in rules])
+            if self.cover.joined
+            else None
+        )
         self._max_payload = max_payload_bytes
         self._max_future_s = max_future_s
         self._ids = identifiers
 
     @property
     def subscriptions(self) -> list[str]:
-        """Distinct broker filters for all rules, in rule order."""
-        return list(dict.fromkeys(r.topic.subscription for r in self.rules))
+        """The broker filters to subscribe with: a cover of the rules' filters in which no two
+        overlap, so that no message arrives twice (:mod:`bridge.mapping.cover`)."""
+        return list(self.cover.filters)
 
     def map(self, topic: str, payload: bytes, received_us: int) -> Mapped:
         """Map one message. Never raises for bad input: problems come back as failures."""
         routes = self._router.route_all(topic)
         if not routes:
+            if self._inside is not None and not self._inside.route_all(topic):
+                # Let in by a joined subscription only: nobody subscribed to this topic.
+                return Mapped(OUTSIDE_FILTERS, ignored=True)
             return Mapped(None, failures=[PayloadError("unmatched", "no rule matches the topic")])
         out: Mapped | None = None
         doc: object = _MISSING
