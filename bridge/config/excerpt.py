@@ -1,0 +1,47 @@
+"""The source line of a configuration error with a caret under the column, as compilers show it.
+
+A settings file may hold a token or a password (``api.token: mqk_live_…``), so its excerpts
+show the keys of the line but never its values: ``masked=True`` replaces everything after
+``key:`` (or after a list's ``-``) with ``…``. A mapping file holds no secrets and is shown as
+written.
+"""
+
+from __future__ import annotations
+
+import re
+
+_KEY = re.compile(r"(\s*(?:-\s+)*)([^\s\"'{}\[\],#:][^:#]*?:)(?=\s|$)")
+_INDENT = re.compile(r"\s*(?:-(?:\s+|$))*")
+MASK = "…"
+_MAX_WIDTH = 160
+
+
+def caret_excerpt(text: str, line: int, column: int | None, *, masked: bool = False) -> str:
+    """Line ``line`` (1-based) of ``text`` and, when ``column`` (1-based) is known, a caret
+    under it; empty when the line does not exist."""
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return ""
+    source = lines[line - 1].expandtabs(1)  # one column per tab, as the parser counts
+    if masked:
+        source = _masked(source)
+    if len(source) > _MAX_WIDTH:
+        source = source[:_MAX_WIDTH] + " …"
+    number = str(line)
+    out = f"  {number} | {source}"
+    if column is not None:
+        col = min(max(column, 1), len(source) + 1)
+        out += f"\n  {' ' * len(number)} | {' ' * (col - 1)}^ column {column}"
+    return out
+
+
+def _masked(source: str) -> str:
+    """``  token: mqk_…`` → ``  token: …``: the structure of the line, none of its values."""
+    match = _KEY.match(source)
+    if match is not None:
+        head = match.group(0)
+        rest = source[len(head) :]
+        return f"{head} {MASK}" if rest.strip() else head
+    indent = _INDENT.match(source)
+    head = indent.group(0) if indent else ""
+    return f"{head}{MASK}" if source[len(head) :].strip() else source
