@@ -54,6 +54,11 @@ _DATE11 = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt ].*)?")
 class AmbiguousScalar(ValueError):
     """A plain scalar that YAML 1.1 and 1.2 read as different numbers."""
 
+    without_value = (
+        "a number with a leading zero: YAML 1.1 read it as octal, YAML 1.2 as decimal; write "
+        "0o… for octal, the number without the leading zero for decimal, or quote it for text"
+    )
+
 
 def plain_scalar(text: str) -> Any:
     """The value of an untagged plain scalar under the YAML 1.2 core schema (with ``_`` digit

@@ -420,7 +420,9 @@ class _Builder:
             try:
                 value = plain_scalar(event.value)
             except AmbiguousScalar as exc:
-                raise self.index.at(line, column, str(exc), format_path(path)) from None
+                # A settings file's value may be a password: the message then names no value.
+                problem = exc.without_value if self.index.masked else str(exc)
+                raise self.index.at(line, column, problem, format_path(path)) from None
             if value.__class__ is str and (note := yaml11_note(value)) is not None:
                 self.index.notes[path] = note
             return value
