@@ -14,15 +14,20 @@ _KEY = re.compile(r"(\s*(?:-\s+)*)([^\s\"'{}\[\],#:][^:#]*?:)(?=\s|$)")
 _INDENT = re.compile(r"\s*(?:-(?:\s+|$))*")
 MASK = "…"
 _MAX_WIDTH = 160
+_BREAKS = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
-def caret_excerpt(text: str, line: int, column: int | None, *, masked: bool = False) -> str:
-    """Line ``line`` (1-based) of ``text`` and, when ``column`` (1-based) is known, a caret
-    under it; empty when the line does not exist."""
-    lines = text.splitlines()
-    if not 1 <= line <= len(lines):
+def source_lines(text: str) -> list[str]:
+    """``text`` cut at the line breaks PyYAML counts (so its line numbers index the list)."""
+    return _BREAKS.split(text)
+
+
+def caret_excerpt(source: str, line: int, column: int | None, *, masked: bool = False) -> str:
+    """Line number ``line`` whose text is ``source`` and, when ``column`` (1-based) is known, a
+    caret under it; empty for no line."""
+    if line < 1:
         return ""
-    source = lines[line - 1].expandtabs(1)  # one column per tab, as the parser counts
+    source = source.expandtabs(1)  # one column per tab, as the parser counts
     if masked:
         source = _masked(source)
     if len(source) > _MAX_WIDTH:

@@ -20,7 +20,7 @@ from yaml.composer import ComposerError
 from yaml.constructor import SafeConstructor
 from yaml.error import Mark
 
-from bridge.config.excerpt import caret_excerpt
+from bridge.config.excerpt import caret_excerpt, source_lines
 from bridge.config.pathnames import NamedBy, about_path
 from bridge.config.yamlcore import AmbiguousScalar, plain_scalar, yaml11_note
 from bridge.errors import ConfigError
@@ -52,6 +52,13 @@ class LineIndex:
         self.notes: dict[KeyPath, str] = {}
         self._lines: dict[KeyPath, int] = {}
         self._columns: dict[KeyPath, int] = {}
+        self._source: list[str] | None = None
+
+    def source_line(self, line: int) -> str:
+        """The text of line ``line`` (1-based); empty if there is none."""
+        if self._source is None:  # cut once: a file of 20,000 rules may have as many errors
+            self._source = source_lines(self.text)
+        return self._source[line - 1] if 1 <= line <= len(self._source) else ""
 
     def add(
         self, path: KeyPath, line: int, column: int | None = None, *, key: bool = False
@@ -89,7 +96,7 @@ class LineIndex:
 
     def _value_column(self, line: int, key_column: int) -> int | None:
         """Where the value of the key at ``line``:``key_column`` starts, if on that line."""
-        text = _line(self.text, line)
+        text = self.source_line(line)
         i = key_column - 1
         if text[i : i + 1] in ("'", '"'):
             i = text.find(text[i], i + 1)
@@ -106,7 +113,9 @@ class LineIndex:
 
     def at(self, line: int | None, column: int | None, message: str, key: str = "") -> ConfigError:
         """A ConfigError at a place in the file, with the excerpt of its line."""
-        excerpt = caret_excerpt(self.text, line, column, masked=self.masked) if line else ""
+        excerpt = (
+            caret_excerpt(self.source_line(line), line, column, masked=self.masked) if line else ""
+        )
         return ConfigError(
             message, file=self.file, line=line, key=key, column=column, excerpt=excerpt
         )
@@ -123,17 +132,11 @@ class LineIndex:
         column = self.column_of(path)
         if column is None or column < 1:
             return None
-        token = _line(self.text, self._lines[path])[column - 1 :].split(" #", 1)[0]
+        token = self.source_line(self._lines[path])[column - 1 :].split(" #", 1)[0]
         for stop in (",", "]", "}", ": "):
             token = token.split(stop, 1)[0]
         token = token.strip()
         return token if token and token[0] not in "'\"[{|>!&*" else None
-
-
-def _line(text: str, line: int) -> str:
-    """Line ``line`` (1-based) of ``text``; empty if there is none."""
-    lines = text.splitlines()
-    return lines[line - 1] if 1 <= line <= len(lines) else ""
 
 
 def format_path(path: KeyPath) -> str:
@@ -207,9 +210,9 @@ def _load_yaml_text(text: str, name: str, masked: bool) -> tuple[Any, LineIndex]
     index = LineIndex(name, text, masked=masked)
     try:
         try:
-            _check_events(text, name, _FAST_LOADER)
+            _check_events(text, name, _FAST_LOADER, masked)
         except yaml.YAMLError:
-            _check_events(text, name, yaml.SafeLoader)
+            _check_events(text, name, yaml.SafeLoader, masked)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -244,7 +247,15 @@ def _syntax_hint(problem: str) -> str:
     return ""
 
 
-def _check_events(text: str, name: str, loader: Any) -> None:
+def _excerpt(text: str, line: int | None, column: int | None, masked: bool) -> str:
+    """The excerpt for the one error found while checking events."""
+    lines = source_lines(text)
+    if not line or line > len(lines):
+        return ""
+    return caret_excerpt(lines[line - 1], line, column, masked=masked)
+
+
+def _check_events(text: str, name: str, loader: Any, masked: bool) -> None:
     """Refuse aliases (naming the line and key that use one), nesting deeper than
     ``MAX_DEPTH`` and a second document, and raise every syntax error, before building
     anything: these come first, in the order of the file, then what the build refuses."""
@@ -288,7 +299,7 @@ def _check_events(text: str, name: str, loader: Any) -> None:
                 line=line,
                 key=where,
                 column=column,
-                excerpt=caret_excerpt(text, line, column) if line else "",
+                excerpt=_excerpt(text, line, column, masked),
             )
         if isinstance(event, yaml.ScalarEvent):
             if is_key:
@@ -304,7 +315,7 @@ def _check_events(text: str, name: str, loader: Any) -> None:
                     file=name,
                     line=line,
                     column=column,
-                    excerpt=caret_excerpt(text, line or 0, column),
+                    excerpt=_excerpt(text, line, column, masked),
                 )
             path = value_path() if not is_key else stack[-1][3]
             if is_key:
