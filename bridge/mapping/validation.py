@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bridge.config.suggest import did_you_mean, keys_at
-from bridge.config.yamlfile import KeyPath, LineIndex
+from bridge.config.yamlfile import KeyPath, LineIndex, format_path
 from bridge.errors import ConfigError
 
 # Union members appear in pydantic's location ("str", "MetricSpec"); they are not keys.
@@ -56,3 +56,19 @@ def _what(written: str) -> str:
     if written.lower() in ("null", "~"):
         return "null"
     return "number"
+
+
+# Keys whose values may be text or a boolean/number alike, so that a word YAML 1.1 read as a
+# boolean (``on``) is now accepted as text without an error: the one silent change of YAML 1.2.
+_EITHER = frozenset({"where", "payload_json"})
+
+
+def yaml11_warnings(index: LineIndex) -> list[str]:
+    """``warning: FILE:LINE: key: …`` for each value that means text now where YAML 1.1 read a
+    boolean or number, under a key that takes either (``readings.where``, ``payload_json``)."""
+    return [
+        f"warning: {index.file}:{index.line_of(path)}: {format_path(path)}: {note} if a JSON "
+        "boolean or number is meant (it now matches text)"
+        for path, note in index.notes.items()
+        if any(part in _EITHER for part in path)
+    ]

@@ -285,3 +285,15 @@ def test_json_logs_carry_the_column(
     [line] = capsys.readouterr().err.splitlines()
     record = json.loads(line)
     assert (record["line"], record["column"], record["key"]) == (6, 5, "rules[0].metircs")
+
+
+def test_check_warns_where_on_now_matches_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``where: {enabled: on}`` matched true under YAML 1.1 and the text "on" now: a warning."""
+    extra = "    readings: {path: items, name: tag, value: v, where: {enabled: on, kind: ok}}\n"
+    path = write(tmp_path, JSON_RULE.replace("{extra}", extra))
+    assert main(["check", str(path)]) == 0
+    [warning] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("warning:")]
+    assert warning.startswith(f"warning: {path}:6: rules[0].readings.where.enabled: 'on' is text")
+    assert main(["check", "--strict", str(path)]) == 78
