@@ -64,19 +64,35 @@ class BridgeError(Exception):
 
 
 class ConfigError(BridgeError):
-    """A settings or mapping file is invalid; names file, line and key path."""
+    """A settings or mapping file is invalid; names file, line and key path.
+
+    ``column`` (1-based) and ``excerpt`` (the source line with a caret under the column) are
+    set for an error that points at a place in a YAML file; the excerpt follows the
+    ``file:line: key: message`` line in the text of the error, and ``headline`` is that line
+    alone (for one-line logs).
+    """
 
     def __init__(
-        self, message: str, *, file: str | None = None, line: int | None = None, key: str = ""
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str = "",
+        column: int | None = None,
+        excerpt: str = "",
     ) -> None:
         self.file = file
         self.line = line
         self.key = key
+        self.column = column
+        self.excerpt = excerpt
         self.detail = message
         where = file or "<settings>"
         if line is not None:
             where = f"{where}:{line}"
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        self.headline = f"{where}: {key}: {message}" if key else f"{where}: {message}"
+        super().__init__(f"{self.headline}\n{excerpt}" if excerpt else self.headline)
 
 
 class ConfigErrors(ConfigError):

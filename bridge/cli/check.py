@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.identifiers import IdentifierLimits
     from bridge.mapping.loader import compile_mappings
     from bridge.mapping.overlap import format_warning, rule_warnings
+    from bridge.mapping.validation import yaml11_warnings
 
     file: Path = args.file
     limits = IdentifierLimits()
@@ -68,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
         what = "ignored on purpose" if rule.ignore else f"payload {rule.payload}"
         print(f"  {rule.name}: subscribes {rule.topic.subscription} (QoS 1), {what}")
     lines = [index.line_of(("rules", i, "topic")) for i in range(len(rules))]
-    warnings = rule_warnings(rules, lines)
+    warnings = [format_warning(w, str(file)) for w in rule_warnings(rules, lines)]
+    warnings += yaml11_warnings(index)
     for warning in warnings:
-        print(format_warning(warning, str(file)))
+        print(warning)
     _print_cover(rules)
     if warnings and args.strict:
         print(

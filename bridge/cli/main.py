@@ -106,17 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report_config_error(exc: ConfigError) -> None:
-    """Text for a terminal; with LOG_FORMAT=json one JSON line per error with file, line and
-    key as fields, so a log collector shows why a container exits 78."""
+    """Text for a terminal (each error with the excerpt of its line); with LOG_FORMAT=json one
+    JSON line per error with file, line, column and key as fields, so a log collector shows
+    why a container exits 78."""
     if requested_format() != "json":
         print(f"metriqo-bridge: configuration error:\n{exc}", file=sys.stderr)
         return
     for err in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
         line = json_line(
             "ERROR",
-            f"configuration error: {err}",
+            f"configuration error: {err.headline}",
             file=err.file,
             line=err.line,
+            column=err.column,
             key=err.key,
             error=err.detail,
         )

@@ -32,6 +32,7 @@ from bridge.config.pathnames import (
     shown_path,
 )
 from bridge.config.secrets import is_loopback, secret_text_problem
+from bridge.config.suggest import closest, keys_at, setting_paths
 from bridge.config.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mqtt.wire import HEAD_ROOM as PACKET_HEAD_ROOM
@@ -63,11 +64,12 @@ def load_settings(
     merged: dict[str, Any] = {}
     origin: dict[KeyPath, str] = {}
     named_by = NamedBy("command-line flag --config")
+    index: LineIndex | None = None
     if file is None and env.get(ENV_PREFIX + "CONFIG"):
         file = Path(env[ENV_PREFIX + "CONFIG"])
         named_by = NamedBy(f"environment variable {ENV_PREFIX}CONFIG")
     if file is not None:
-        data, index = load_yaml_file(file, named_by)
+        data, index = load_yaml_file(file, named_by, masked=True)
         if data is not None and not isinstance(data, dict):
             raise ConfigError("settings file must be a mapping of sections", file=str(file))
         _from_file(data or {}, file, index, merged, origin)
@@ -88,7 +90,7 @@ def load_settings(
     try:
         model = SettingsModel.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigErrors([_error(e, origin) for e in exc.errors()]) from None
+        raise ConfigErrors([_error(e, origin, index) for e in exc.errors()]) from None
     _check(model, origin)
     if "{hostname}" in model.mqtt.client_id:
         client_id = model.mqtt.client_id.replace("{hostname}", socket.gethostname())
@@ -232,21 +234,52 @@ def _put(tree: dict[str, Any], path: KeyPath, value: Any) -> None:
     node[str(path[-1])] = value
 
 
-def _error(err: Any, origin: dict[KeyPath, str]) -> ConfigError:
+def _error(err: Any, origin: dict[KeyPath, str], index: LineIndex | None) -> ConfigError:
     loc: KeyPath = tuple(err["loc"])
     where = "defaults"
+    found: KeyPath = ()
     for cut in range(len(loc), 0, -1):
         if loc[:cut] in origin:
-            where = origin[loc[:cut]]
+            where, found = origin[loc[:cut]], loc[:cut]
             break
     else:
         # A whole unknown section ("mqqt:"): its origin is that of the values set under it.
-        under = [o for path, o in origin.items() if path[: len(loc)] == loc]
+        under = [(o, path) for path, o in origin.items() if path[: len(loc)] == loc]
         if under:
-            where = under[0]
-    msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
-    # Input values are left out on purpose: the value may be a token or a password.
+            where, found = under[0]
+    unknown = err["type"] == "extra_forbidden"
+    msg = "unknown setting" + _suggestion(loc, where) if unknown else str(err["msg"])
+    # Input values are left out on purpose: the value may be a token or a password. A note on
+    # what YAML 1.1 made of the value quotes it: only for a setting that cannot be a secret.
+    if index is not None and found in index.notes and format_path(loc) not in _CREDENTIAL_KEYS:
+        msg = f"{msg}; {index.notes[found]}"
+    if index is not None and where.startswith(f"{index.file}:") and found:
+        column = index.column_of(found, value=not unknown)
+        return index.at(index.line_of(found), column, msg, format_path(loc))
     return ConfigError(msg, file=where, key=format_path(loc))
+
+
+def _suggestion(loc: KeyPath, where: str) -> str:
+    """``; did you mean …?`` in the form the unknown setting was written in: a variable's
+    name, a ``--set`` key, or a key of the file's section (names only, never a value)."""
+    paths = setting_paths(SettingsModel)
+    if where.startswith("environment variable "):
+        written = where.rsplit(" ", 1)[-1]
+        names = [ENV_PREFIX + "__".join(p).upper() for p in paths]
+        names += [ENV_PREFIX + alias for alias in _ENV_ALIASES]
+        # METRIQO_BRIDGE_MQTT_HOST: one underscore where the section ends.
+        same = [n for n in names if n.replace("__", "_") == written.replace("__", "_")]
+        match = same[0] if same else closest(written, names)
+    elif where.startswith("command-line setting "):
+        match = closest(".".join(map(str, loc)), [".".join(p) for p in paths])
+    else:
+        match = closest(str(loc[-1]), keys_at(SettingsModel, loc[:-1]))
+        if match is not None:
+            match = ".".join([*map(str, loc[:-1]), match])
+        else:  # a key of another section ("host:" at the top)
+            elsewhere = [".".join(p) for p in paths if p[-1] == str(loc[-1]).lower()]
+            match = elsewhere[0] if elsewhere else None
+    return f"; did you mean {match}?" if match else ""
 
 
 def _check(s: SettingsModel, origin: dict[KeyPath, str]) -> None:

@@ -24,6 +24,7 @@ from bridge.mapping.templates import Template, compile_template
 from bridge.mapping.timestamps import TimestampFormat
 from bridge.mapping.topics import parse_filter
 from bridge.mapping.transforms import Transform
+from bridge.mapping.validation import mapping_error
 from bridge.models import Coalesce
 from bridge.settings import MappingSettings
 
@@ -180,7 +181,9 @@ def compile_mappings(
     try:
         spec = MappingFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigErrors([_pydantic_error(err, index) for err in exc.errors()]) from None
+        raise ConfigErrors(
+            [mapping_error(err, index, MappingFile) for err in exc.errors()]
+        ) from None
     errors: list[ConfigError] = []
     rules: list[Rule] = []
     seen: dict[str, int] = {}
@@ -199,24 +202,6 @@ def compile_mappings(
     if errors:
         raise ConfigErrors(errors)
     return rules
-
-
-def _pydantic_error(err: object, index: LineIndex) -> ConfigError:
-    assert isinstance(err, dict)
-    # Union members appear in the location ("str", "MetricSpec"); they are not keys.
-    loc: KeyPath = tuple(
-        p for p in err["loc"] if isinstance(p, int) or (isinstance(p, str) and p not in _UNION)
-    )
-    message = str(err["msg"])
-    if err["type"] == "extra_forbidden":
-        message = (
-            "unknown key (check the spelling; see docs/guide/mapping-file.md for the keys a "
-            "rule takes)"
-        )
-    return index.error(loc, message)
-
-
-_UNION = frozenset({"str", "MetricSpec", "bool", "int", "float"})
 
 
 class _Compiler:

@@ -311,8 +311,8 @@ rules:
 """
     err = config_error(text)
     assert isinstance(err, ConfigErrors)
-    lines = str(err).splitlines()
-    assert lines == [str(e) for e in err.errors]
+    assert str(err) == "\n".join(str(e) for e in err.errors)  # each with its excerpt
+    lines = [e.headline for e in err.errors]
     assert len(lines) == 4
     assert lines[0].startswith("file.yaml:4: rules[0].topic: ")
     assert lines[1].startswith("file.yaml:9: rules[1].device_id: ")
