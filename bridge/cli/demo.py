@@ -23,7 +23,7 @@ def add_parser(sub: Subparsers) -> None:
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
     demo.add_argument("--rate", type=float, default=200.0, help="messages per second in total")
-    add_old_spelling(demo, "--mappings", "--mapping-file", "mappings")
+    add_old_spelling(demo, "--mappings", "--mapping-file", "mappings", type=Path)
     demo.add_argument(
         "--mapping-file",
         dest="mappings",

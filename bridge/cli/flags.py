@@ -98,9 +98,22 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_old_spelling(p: argparse.ArgumentParser | Any, old: str, new: str, dest: str) -> None:
-    """A hidden, deprecated spelling ``old`` of a command's own option ``new``."""
-    p.add_argument(old, dest=dest, action=_Deprecated, metavar=new, help=argparse.SUPPRESS)
+def add_old_spelling(
+    p: argparse.ArgumentParser | Any, old: str, new: str, dest: str, *, type: Any = None
+) -> None:
+    """A hidden, deprecated spelling ``old`` of a command's own option ``new`` (with the same
+    ``type``)."""
+    # SUPPRESS as default: the first action of a dest sets its default, and it must be the new
+    # option's.
+    p.add_argument(
+        old,
+        dest=dest,
+        action=_Deprecated,
+        metavar=new,
+        type=type,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 def add_flag(
@@ -116,9 +129,7 @@ def add_flag(
     text = help_text or flag.help
     p.add_argument(flag.name, dest=flag.dest, metavar=flag.metavar, help=f"{text} ({flag.key})")
     for spelling in (*flag.old, *old):
-        p.add_argument(
-            spelling, dest=flag.dest, action=_Deprecated, metavar=flag.name, help=argparse.SUPPRESS
-        )
+        add_old_spelling(p, spelling, flag.name, flag.dest)
 
 
 def add_settings_flags(

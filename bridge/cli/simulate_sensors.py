@@ -33,7 +33,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     p.add_argument("--rate", type=float, default=10.0, help="messages/s in all (default 10)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
-    add_old_spelling(p, "--mappings", "--mapping-file", "mappings")
+    add_old_spelling(p, "--mappings", "--mapping-file", "mappings", type=Path)
     p.add_argument(
         "--mapping-file",
         dest="mappings",

@@ -109,12 +109,19 @@ def load_settings(
 def _place(m: SettingsModel, env: Mapping[str, str]) -> SettingsModel:
     """Absolute ``state_dir`` and ``spool.path`` (the spool inside the state directory unless
     set), so no command's result depends on the directory it was started from by accident."""
-    state_dir = m.state_dir or default_state_dir(env, os.geteuid(), Path.home())
-    state_dir = state_dir.absolute()
-    spool = (m.spool.path or state_dir / SPOOL_NAME).absolute()
+    state_dir = _absolute(m.state_dir or default_state_dir(env, os.geteuid(), Path.home()))
+    spool = _absolute(m.spool.path or state_dir / SPOOL_NAME)
     return m.model_copy(
         update={"state_dir": state_dir, "spool": m.spool.model_copy(update={"path": spool})}
     )
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute, unless it is a token (or a value with control characters)
+    pasted into a path setting: that stays as given, so the checks recognise and refuse it."""
+    if looks_like_token(path) or secret_text_problem(str(path), spaces=False) is not None:
+        return path
+    return path.absolute()
 
 
 def default_settings() -> rt.Settings:

@@ -88,7 +88,8 @@ def _pasted_cases() -> dict[str, StartCase]:
             cases[f"token-pasted-into-{key}-{via}"] = _pasted(
                 key, TOKEN, via, "this looks like an API token, not a path"
             )
-        if key != "spool.path":  # the bridge creates the spool: any name will do
+        # The bridge creates the spool and the state directory: any name will do for them.
+        if key not in ("spool.path", "state_dir"):
             cases[f"password-pasted-into-{key}-env"] = _pasted(key, PASSWORD, "env", _NOT_SHOWN)
     return cases
 

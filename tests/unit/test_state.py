@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli.main import main
+from bridge.cli.main import build_parser, main
 from bridge.config.loader import load_settings
 from bridge.errors import ConfigError
 from bridge.state import (
@@ -234,3 +234,15 @@ def test_admin_commands_follow_the_runtime_file_unless_told_otherwise_on_the_com
     write_runtime(runtime_path(state, "b2"), _info("b2"))
     assert main(["health", "--state-dir", str(state)]) == 78
     assert "b1, b2" in capsys.readouterr().err
+
+
+def test_commands_with_their_own_mapping_option_keep_its_default_and_old_spelling(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """simulate-sensors and demo: --mapping-file, with a default when it is not given, and
+    --mappings still accepted with a notice."""
+    parser = build_parser()
+    for command in ("simulate-sensors", "demo"):
+        assert parser.parse_args([command]).mappings == Path("topic-mappings.yaml")
+        assert parser.parse_args([command, "--mappings", "m.yaml"]).mappings == Path("m.yaml")
+        assert "--mappings is deprecated; use --mapping-file" in capsys.readouterr().err
