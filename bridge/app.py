@@ -202,6 +202,7 @@ class Bridge:
             pid=os.getpid(),
             client_id=s.mqtt.client_id,
             spool_path=str(s.spool.path),
+            mapping_file=str(s.mapping.file.absolute()),
             http_enabled=self.status is not None,
             http_host=s.http.host,
             http_port=self.status.port if self.status is not None else s.http.port,

@@ -76,6 +76,7 @@ class RuntimeInfo:
     pid: int
     client_id: str
     spool_path: str
+    mapping_file: str  # absolute: what `dead-letters requeue` maps with
     http_enabled: bool
     http_host: str
     http_port: int
@@ -95,6 +96,7 @@ class RuntimeInfo:
                 pid=int(raw["pid"]),
                 client_id=str(raw["client_id"]),
                 spool_path=str(raw["spool_path"]),
+                mapping_file=str(raw["mapping_file"]),
                 http_enabled=bool(raw["http_enabled"]),
                 http_host=str(raw["http_host"]),
                 http_port=int(raw["http_port"]),

@@ -56,14 +56,17 @@ def locate(args: argparse.Namespace) -> Located:
         raise ConfigError(chosen, file=str(settings.state_dir / RUN_DIR), key="mqtt.client_id")
     if chosen is None:
         return _without_bridge(settings)
-    spool, http = settings.spool, settings.http
+    spool, http, mapping = settings.spool, settings.http, settings.mapping
     if not _on_command_line(settings, "spool.path"):
         spool = dataclasses.replace(spool, path=Path(chosen.spool_path))
+    if not _on_command_line(settings, "mapping.file"):
+        mapping = dataclasses.replace(mapping, file=Path(chosen.mapping_file))
     if not (_on_command_line(settings, "http.host") or _on_command_line(settings, "http.port")):
         http = dataclasses.replace(
             http, enabled=chosen.http_enabled, host=chosen.http_host, port=chosen.http_port
         )
-    return Located(dataclasses.replace(settings, spool=spool, http=http), chosen)
+    located = dataclasses.replace(settings, spool=spool, http=http, mapping=mapping)
+    return Located(located, chosen)
 
 
 def _without_bridge(settings: Settings) -> Located:

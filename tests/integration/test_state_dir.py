@@ -128,6 +128,14 @@ async def test_health_backup_and_dead_letters_find_a_bridge_started_with_other_f
             await asyncio.sleep(0.2)
         assert "invalid_json" in listed.stdout, listed.stdout + listed.stderr
 
+        # requeue maps with the bridge's mapping file (none in this directory): the broken
+        # JSON still fails (exit 1), where a missing mapping file would be exit 78.
+        requeue = await asyncio.to_thread(
+            cli, "dead-letters", "requeue", "--dry-run", cwd=elsewhere
+        )
+        assert requeue.returncode == 1, requeue.stderr
+        assert "invalid_json" in requeue.stdout + requeue.stderr
+
         copy = tmp_path / "copy.db"
         backed = await asyncio.to_thread(cli, "backup", str(copy), cwd=elsewhere)
         assert backed.returncode == 0, backed.stderr

@@ -31,6 +31,7 @@ def _info(client_id: str = "b1", pid: int | None = None, port: int = 19470) -> R
         pid=os.getpid() if pid is None else pid,
         client_id=client_id,
         spool_path="/x/bridge.db",
+        mapping_file="/etc/metriqo-bridge/topic-mappings.yaml",
         http_enabled=True,
         http_host="127.0.0.1",
         http_port=port,
