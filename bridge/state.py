@@ -165,7 +165,8 @@ def read_runtimes(state_dir: Path, alive: Any = pid_alive) -> Found:
             info = RuntimeInfo.from_json(path.read_bytes())
         except OSError:
             continue
-        if info is None or not alive(info.pid):
+        # Our own pid in a file is another namespace's bridge (a container's pid 1), not us.
+        if info is None or info.pid == os.getpid() or not alive(info.pid):
             stale.append(path)
         else:
             running.append(info)

@@ -28,7 +28,7 @@ from bridge.state import (
 
 def _info(client_id: str = "b1", pid: int | None = None, port: int = 19470) -> RuntimeInfo:
     return RuntimeInfo(
-        pid=os.getpid() if pid is None else pid,
+        pid=os.getppid() if pid is None else pid,  # alive, and not this process
         client_id=client_id,
         spool_path="/x/bridge.db",
         mapping_file="/etc/metriqo-bridge/topic-mappings.yaml",
@@ -84,28 +84,31 @@ def test_a_state_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_the_runtime_file_round_trips_and_a_dead_pid_makes_it_stale(tmp_path: Path) -> None:
     """Written atomically (no temporary file left), read back equal; one whose process is gone
-    is reported as stale, not as a running bridge; garbage is stale too."""
+    is reported as stale, not as a running bridge; so are garbage, and a file with the reader's
+    own pid (another PID namespace's bridge, e.g. a container's pid 1)."""
     live = runtime_path(tmp_path, "b1")
     write_runtime(live, _info("b1"))
     write_runtime(runtime_path(tmp_path, "b2"), _info("b2", pid=_dead_pid()))
+    write_runtime(runtime_path(tmp_path, "b3"), _info("b3", pid=os.getpid()))
     (tmp_path / "run" / "junk.json").write_text("{not json")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "b1.json",
         "b2.json",
+        "b3.json",
         "junk.json",
     ]
     found = read_runtimes(tmp_path)
     assert found.running == (_info("b1"),)
-    assert {p.name for p in found.stale} == {"b2.json", "junk.json"}
+    assert {p.name for p in found.stale} == {"b2.json", "b3.json", "junk.json"}
 
 
 def test_a_runtime_file_is_removed_only_by_its_own_process(tmp_path: Path) -> None:
     """A bridge that stops removes its file, but not one a successor has already replaced."""
     path = runtime_path(tmp_path, "b1")
-    write_runtime(path, _info(pid=os.getpid() + 1))
+    write_runtime(path, _info(pid=os.getppid()))
     remove_runtime(path, os.getpid())
     assert path.exists()
-    write_runtime(path, _info())
+    write_runtime(path, _info(pid=os.getpid()))
     remove_runtime(path, os.getpid())
     assert not path.exists()
 
@@ -247,3 +250,19 @@ def test_commands_with_their_own_mapping_option_keep_its_default_and_old_spellin
         assert parser.parse_args([command]).mappings == Path("topic-mappings.yaml")
         assert parser.parse_args([command, "--mappings", "m.yaml"]).mappings == Path("m.yaml")
         assert "--mappings is deprecated; use --mapping-file" in capsys.readouterr().err
+
+
+def test_every_settings_flag_is_named_after_a_real_setting() -> None:
+    """The one flag table: each flag sets an existing setting and is spelled after it, so a
+    renamed setting cannot leave a flag behind."""
+    from bridge.cli.flags import FLAGS
+    from bridge.config.loader import path_settings
+
+    effective = load_settings(environ={}).effective
+    for flag in FLAGS:
+        node = effective
+        for part in flag.key.split("."):
+            assert part in node, flag.key
+            node = node[part]
+        assert flag.name == "--" + flag.key.replace(".", "-").replace("_", "-")
+    assert ("state_dir",) in path_settings()
