@@ -37,8 +37,9 @@ class Flag:
 
     @property
     def dest(self) -> str:
-        """Where argparse keeps the value (distinct from every command's own options)."""
-        return "setting__" + self.key.replace(".", "__")
+        """Where argparse keeps the value: ``args.mqtt_host`` for ``--mqtt-host``, as before
+        the flags were renamed, so code that reads ``args.mqtt_host`` keeps working."""
+        return self.key.replace(".", "_")
 
 
 # Flag → setting, the single source (each is also reachable as --set KEY=VALUE).
