@@ -15,9 +15,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bridge import failpoints, readiness
+from bridge import __version__, failpoints, readiness, state
 from bridge.committer import Committer
 from bridge.dead_letter_log import DeadLetterReporter
 from bridge.delivery import Delivery
@@ -59,7 +60,10 @@ class Bridge:
         mqtt_password: str | None = None,
         metrics: BridgeMetrics | None = None,
         mappings_path: Path | None = None,
+        runtime_file: Path | None = None,
     ) -> None:
+        """``runtime_file``: where to say, while running, where this bridge listens and which
+        spool it uses (:mod:`bridge.state`); None writes none (tests, the demo)."""
         failpoints.arm_from_env()  # inert unless METRIQO_BRIDGE_FAILPOINTS is set (tests only)
         self.settings = settings
         self.metrics = metrics or BridgeMetrics()
@@ -75,6 +79,7 @@ class Bridge:
             if mappings_path is None
             else MappingReloader(mappings_path, settings.mapping, self.metrics, self._swap_mapper)
         )
+        self._runtime_file = runtime_file
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self.source: MqttSource | None = None
@@ -186,7 +191,35 @@ class Bridge:
                             top_devices=talkers.top,
                         )
                     )
+                if self._runtime_file is not None:
+                    # Removed on the way out, also after an error: a file left behind by a
+                    # kill is recognised as stale by its pid.
+                    stack.callback(state.remove_runtime, self._runtime_file, os.getpid())
+                    await asyncio.to_thread(self._write_runtime, self._runtime_file)
                 await self._supervise(spool, session)
+
+    def _write_runtime(self, path: Path) -> None:
+        s = self.settings
+        info = state.RuntimeInfo(
+            pid=os.getpid(),
+            client_id=s.mqtt.client_id,
+            spool_path=str(s.spool.path),
+            mapping_file=str(s.mapping.file.absolute()),
+            http_enabled=self.status is not None,
+            http_host=s.http.host,
+            http_port=self.status.port if self.status is not None else s.http.port,
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            version=__version__,
+        )
+        try:
+            state.write_runtime(path, info)
+        except OSError as exc:
+            log.warning(
+                "cannot write the runtime file %s (%s): health, backup and dead-letters will "
+                "find this bridge only through the same settings",
+                path,
+                exc.strerror or exc,
+            )
 
     def _bind_spool_metrics(self, sp: SpoolFile) -> None:
         m = self.metrics

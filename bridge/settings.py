@@ -117,7 +117,7 @@ class DeliverySettings:
 class SpoolSettings:
     """The durable spool (:class:`bridge.spool.store.Spool`)."""
 
-    path: Path = Path("spool/metriqo-bridge.db")
+    path: Path = Path("spool.db")  # the loader makes it absolute, inside state_dir by default
     max_bytes: int = 1 << 30
     synchronous: Synchronous = "FULL"
     dedup_window_s: float = 900.0
@@ -219,6 +219,8 @@ class Settings:
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"
     stop_timeout_s: float = 10.0
+    # Absolute once loaded: the spool's default home and the runtime files (bridge/state.py).
+    state_dir: Path = Path("/var/lib/metriqo-bridge")
     effective: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # Dotted key -> where the user set it (file:line, variable, flag); absent: the default.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -43,6 +43,18 @@ class ContainerBroker:
         self._container.stop()
 
 
+@pytest.fixture(autouse=True)
+def private_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test's bridges and commands get a state directory of their own (through
+    XDG_STATE_HOME, which the bridge honours even for root): runtime files of one test, or of
+    a bridge on this machine, never point another test's commands at the wrong bridge."""
+    home = tmp_path_factory.mktemp("state-home")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home / "metriqo-bridge"
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """A fresh mosquitto for one test (local binary; a container only if the binary is absent)."""

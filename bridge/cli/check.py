@@ -1,5 +1,5 @@
-"""``metriqo-bridge check [FILE]``: validate a mapping file and warn about rules that overlap
-or can never match."""
+"""``metriqo-bridge check [--mapping-file FILE]``: validate a mapping file and warn about rules
+that overlap or can never match."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_mapping_file, mapping_file
 from bridge.errors import EX_CONFIG, EX_OK
 
 if TYPE_CHECKING:
@@ -25,9 +26,7 @@ def add_parser(sub: Subparsers) -> None:
         epilog="exit codes: 0 valid (warnings included), 78 errors, and with --strict also "
         "warnings.",
     )
-    p.add_argument(
-        "file", nargs="?", default="topic-mappings.yaml", type=Path, help="the mapping file"
-    )
+    add_mapping_file(p, positional=True)
     p.add_argument(
         "--strict",
         action="store_true",
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.overlap import format_warning, rule_warnings
     from bridge.mapping.validation import yaml11_warnings
 
-    file: Path = args.file
+    file = mapping_file(args)
     limits = IdentifierLimits()
     if args.config is not None or args.set:
         from bridge.cli.flags import settings_from

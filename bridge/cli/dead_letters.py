@@ -35,7 +35,8 @@ from bridge.cli.dead_letter_rows import (
     plan_requeue,
     table_cells,
 )
-from bridge.cli.flags import settings_from
+from bridge.cli.flags import LOCATE_SPOOL, add_flag, add_settings_flags
+from bridge.cli.locate import locate
 from bridge.config.pathnames import DEFAULTS, NOT_SHOWN, NamedBy, shown_path
 from bridge.errors import EX_FAILURE, EX_NOINPUT, EX_OK, EX_USAGE
 from bridge.mapping.identifiers import IdentifierLimits
@@ -49,14 +50,11 @@ from bridge.spool.store import Spool
 def add_parser(sub: Subparsers) -> None:
     """``dead-letters list|export|requeue|purge`` and their shared settings and filters."""
     common = argparse.ArgumentParser(add_help=False)
-    where = common.add_argument_group("settings (as for run)")
-    where.add_argument(
-        "--config", type=Path, help="settings file (YAML); env: METRIQO_BRIDGE_CONFIG"
+    where = common.add_argument_group(
+        "which spool (the running bridge's, from its runtime file in the state directory; "
+        "else spool.path)"
     )
-    where.add_argument("--spool", help="spool database path (spool.path)")
-    where.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting by key"
-    )
+    add_settings_flags(where, LOCATE_SPOOL, print_config=False)
     which = common.add_argument_group("which dead letters (all given filters must match)")
     which.add_argument(
         "--reason",
@@ -122,7 +120,7 @@ def add_parser(sub: Subparsers) -> None:
         help="map again with the current mapping file and send what now works; exit 1 if "
         "some still fail",
     )
-    req.add_argument("--mappings", metavar="FILE", help="mapping file (mapping.file)")
+    add_flag(req, "mapping.file")
     req.add_argument("--limit", type=_positive_int, metavar="N", help="at most N, oldest first")
     req.add_argument(
         "--dry-run", action="store_true", help="report what would happen; write nothing"
@@ -193,7 +191,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EX_USAGE
-    settings = settings_from(args)
+    located = locate(args)
+    for note in located.notes:
+        print(f"metriqo-bridge: {note}", file=sys.stderr)
+    settings = located.settings
     mapper = None
     if args.dl_command == "requeue":
         # Built exactly as the bridge builds it, so a message maps as it would if it came now.
@@ -206,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         shown = shown_path(path, settings.origins.get("spool.path", DEFAULTS))
         print(
-            f"metriqo-bridge: no spool at {shown or 'spool.path ' + NOT_SHOWN}; point "
-            "spool.path at the bridge's spool (--spool, --config or METRIQO_BRIDGE_SPOOL__PATH)",
+            f"metriqo-bridge: no spool at {shown or 'spool.path ' + NOT_SHOWN} and no running "
+            f"bridge in {settings.state_dir}; give the bridge's state directory (--state-dir) "
+            "or point spool.path at its spool (--spool-path, --config or "
+            "METRIQO_BRIDGE_SPOOL__PATH)",
             file=sys.stderr,
         )
         return EX_NOINPUT

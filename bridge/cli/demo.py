@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_old_spelling
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -22,7 +23,15 @@ def add_parser(sub: Subparsers) -> None:
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
     demo.add_argument("--rate", type=float, default=200.0, help="messages per second in total")
-    demo.add_argument("--mappings", type=Path, default=Path("topic-mappings.yaml"))
+    add_old_spelling(demo, "--mappings", "--mapping-file", "mappings", type=Path)
+    demo.add_argument(
+        "--mapping-file",
+        dest="mappings",
+        metavar="FILE",
+        type=Path,
+        default=Path("topic-mappings.yaml"),
+        help="mapping file (default topic-mappings.yaml)",
+    )
     demo.add_argument("--timeout", type=float, default=60.0, help="max wait for delivery")
     demo.set_defaults(handler=run)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_mapping_file, mapping_file
 from bridge.errors import EX_FAILURE, EX_OK, EX_USAGE
 
 
@@ -36,7 +37,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--topic", dest="topic_option", metavar="TOPIC", help="same as TOPIC")
     p.add_argument("--payload", dest="payload_option", metavar="PAYLOAD", help="same as PAYLOAD")
-    p.add_argument("--file", type=Path, default=Path("topic-mappings.yaml"), help="mapping file")
+    add_mapping_file(p, positional=False, old=("--file",))
     p.add_argument(
         "--payload-file", type=Path, metavar="PATH", help="read the payload bytes from a file"
     )
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"metriqo-bridge: {message}", file=sys.stderr)
         return EX_USAGE
     topic, payload = message
-    mapper = Mapper(load_mappings(args.file))
+    mapper = Mapper(load_mappings(mapping_file(args)))
     result = explain(mapper, topic, payload, int(time.time() * 1_000_000))
     if args.json:
         sys.stdout.write(

@@ -1,7 +1,8 @@
 """``metriqo-bridge health``: ask a running bridge whether it is alive (or ready).
 
 For container HEALTHCHECKs and scripts, where curl may not exist: it reads the same settings
-as ``run`` (file, environment, flags), so it asks the port the bridge listens on.
+as ``run`` (file, environment, flags) and the running bridge's runtime file in the state
+directory (:mod:`bridge.cli.locate`), so it asks the port the bridge actually listens on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import http.client
 import sys
 
 from bridge.cli.command import Subparsers
-from bridge.cli.flags import add_settings_flags, settings_from
+from bridge.cli.flags import LOCATE_BRIDGE, add_settings_flags
+from bridge.cli.locate import locate
 from bridge.errors import EX_FAILURE, EX_OK
 from bridge.settings import Settings
 
@@ -22,12 +24,14 @@ def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "health",
         help="ask a running bridge for /healthz (or /readyz); exit 0 or 1",
-        description="Ask the running bridge (same settings as run) for /healthz, or /readyz "
-        "with --ready: for container health checks and scripts, no curl needed. See "
-        "docs/reference/http-endpoints.md.",
+        description="Ask the running bridge for /healthz, or /readyz with --ready: for "
+        "container health checks and scripts, no curl needed. It finds the bridge through its "
+        "runtime file in the state directory (the port it actually listens on), else through "
+        "the same settings as run. With several bridges in one state directory, pick one with "
+        "--mqtt-client-id. See docs/reference/http-endpoints.md.",
         epilog="exit codes: 0 the endpoint answered 200, 1 otherwise (the reason on stderr).",
     )
-    add_settings_flags(p)
+    add_settings_flags(p, LOCATE_BRIDGE, print_config=False)
     p.add_argument("--ready", action="store_true", help="ask /readyz instead of /healthz")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only failures")
@@ -36,7 +40,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the endpoint answers 200, else 1 (with the reason on stderr)."""
-    ok, reason = probe(settings_from(args), ready=args.ready, timeout=args.timeout)
+    ok, reason = probe(locate(args).settings, ready=args.ready, timeout=args.timeout)
     if not args.quiet or not ok:
         print(reason, file=sys.stdout if ok else sys.stderr)
     return EX_OK if ok else EX_FAILURE

@@ -1,11 +1,11 @@
-"""``metriqo-bridge test [FILE]``: run the ``tests:`` section of a mapping file."""
+"""``metriqo-bridge test [--mapping-file FILE]``: run the ``tests:`` section of a mapping file."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_mapping_file, mapping_file
 from bridge.errors import EX_FAILURE, EX_OK
 
 
@@ -18,9 +18,7 @@ def add_parser(sub: Subparsers) -> None:
         epilog="exit codes: 0 all pass, 1 a test fails or the file has no tests, 78 the file is "
         "invalid.",
     )
-    p.add_argument(
-        "file", nargs="?", default="topic-mappings.yaml", type=Path, help="the mapping file"
-    )
+    add_mapping_file(p, positional=True)
     p.set_defaults(handler=run)
 
 
@@ -28,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.loader import load_mapping_tests
     from bridge.mapping.selftest import format_outcomes, run_mapping_tests
 
-    file: Path = args.file
+    file = mapping_file(args)
     rules, tests, index = load_mapping_tests(file)
     if not tests:
         print(f"{file}: no tests: add a 'tests:' section (see docs/guide/tuning-loop.md)")

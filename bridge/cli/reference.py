@@ -77,15 +77,18 @@ def _default(field: Any) -> str:
 
 def configuration_page() -> str:
     """Every setting as the user writes it: key, environment variable, type, default, meaning."""
+    from bridge.cli.flags import FLAGS
     from bridge.config.model import SettingsModel
+
+    flags = {flag.key: f"`{flag.name}`" for flag in FLAGS}
 
     out = [
         HEADER,
         "# Configuration reference\n\n",
         "Every setting, generated from the settings model. Set a key in a settings file "
-        "(`--config`), as an environment variable (shown below), with a flag such as "
-        "`--mqtt-host`, or with `--set key=value`; later layers win: defaults < file < "
-        "environment < flags. How the layers work, with examples: "
+        "(`--config`), as an environment variable, with its flag (both shown below; flags are "
+        "named after their setting), or with `--set key=value`; later layers win: defaults < "
+        "file < environment < flags. How the layers work, with examples: "
         "[settings files and environment](settings-files.md).\n",
     ]
     section = None
@@ -94,11 +97,14 @@ def configuration_page() -> str:
         if head != section:
             section = head
             title = "Top-level settings" if head == "general" else f"`{head}`"
-            out.append(f"\n## {title}\n\n| setting | environment | type | default | meaning |\n")
-            out.append("|---|---|---|---|---|\n")
+            out.append(
+                f"\n## {title}\n\n| setting | environment | flag | type | default | meaning |\n"
+            )
+            out.append("|---|---|---|---|---|---|\n")
         env = _ENV_SHORT.get(key) or _ENV_PREFIX + key.upper().replace(".", "__")
         out.append(
-            f"| `{key}` | `{env}` | {_cell(_type_name(field.annotation))} | {_default(field)} "
+            f"| `{key}` | `{env}` | {flags.get(key, '—')} | {_cell(_type_name(field.annotation))} "
+            f"| {_default(field)} "
             f"| {_cell(field.description or '')} |\n"
         )
     out.append(

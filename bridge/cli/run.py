@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -41,8 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.identifiers import IdentifierLimits
     from bridge.mapping.loader import load_mappings
     from bridge.metrics import BridgeMetrics
+    from bridge.state import legacy_spool, legacy_warning, runtime_path
 
     settings = settings_from(args)
+    # Upgraded in place from the old relative default: keep the spool that holds the readings.
+    legacy = legacy_spool(settings.spool.path, "spool.path" in settings.origins, Path.cwd())
+    if legacy is not None:
+        new_default = settings.spool.path
+        settings = dataclasses.replace(
+            settings, spool=dataclasses.replace(settings.spool, path=legacy)
+        )
     if args.print_config:
         sys.stdout.write(orjson.dumps(settings.effective, option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
@@ -58,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     token = TokenSource(settings.credentials, on_refused=refused.inc)
     password = resolve_mqtt_password(settings.credentials)
     setup_logging(settings.log_level, settings.log_format)
+    if legacy is not None:
+        log.warning("%s", legacy_warning(legacy, new_default))
     bridge = Bridge(
         settings,
         rules,
@@ -65,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         mqtt_password=password,
         metrics=metrics,
         mappings_path=settings.mapping.file,
+        runtime_file=runtime_path(settings.state_dir, settings.mqtt.client_id),
     )
 
     async def serve() -> None:
@@ -75,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
         await bridge.run()
 
     log.info(
-        "metriqo-bridge %s: %d rule(s), broker %s:%s, API %s, spool %s",
+        "metriqo-bridge %s: %d rule(s), broker %s:%s, API %s, spool %s, state directory %s",
         __version__,
         len(rules),
         settings.mqtt.host,
         settings.mqtt.port,
         settings.sender.base_url,
         settings.spool.path,
+        settings.state_dir,
     )
     asyncio.run(serve())
     log.info("stopped")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bridge.cli.command import Subparsers
+from bridge.cli.flags import add_old_spelling
 from bridge.errors import EX_FAILURE, EX_OK, EX_USAGE
 
 
@@ -32,8 +33,11 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     p.add_argument("--rate", type=float, default=10.0, help="messages/s in all (default 10)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
+    add_old_spelling(p, "--mappings", "--mapping-file", "mappings", type=Path)
     p.add_argument(
-        "--mappings",
+        "--mapping-file",
+        dest="mappings",
+        metavar="FILE",
         type=Path,
         default=Path(os.environ.get("METRIQO_BRIDGE_MAPPING__FILE") or "topic-mappings.yaml"),
         help="mapping file (default: METRIQO_BRIDGE_MAPPING__FILE or ./topic-mappings.yaml)",

@@ -36,6 +36,7 @@ from bridge.config.suggest import closest, keys_at, setting_paths
 from bridge.config.yamlfile import KeyPath, LineIndex, format_path, load_yaml_file
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mqtt.wire import HEAD_ROOM as PACKET_HEAD_ROOM
+from bridge.state import SPOOL_NAME, default_state_dir
 
 ENV_PREFIX = "METRIQO_BRIDGE_"
 _ENV_ALIASES = {"TOKEN": ("api", "token"), "TOKEN_FILE": ("api", "token_file")}
@@ -91,6 +92,7 @@ def load_settings(
         model = SettingsModel.model_validate(merged)
     except ValidationError as exc:
         raise ConfigErrors([_error(e, origin, index) for e in exc.errors()]) from None
+    model = _place(model, env)
     _check(model, origin)
     if "{hostname}" in model.mqtt.client_id:
         client_id = model.mqtt.client_id.replace("{hostname}", socket.gethostname())
@@ -104,6 +106,24 @@ def load_settings(
             update={"mqtt": model.mqtt.model_copy(update={"client_id": client_id})}
         )
     return _cut(model, {format_path(path): where for path, where in origin.items()})
+
+
+def _place(m: SettingsModel, env: Mapping[str, str]) -> SettingsModel:
+    """Absolute ``state_dir`` and ``spool.path`` (the spool inside the state directory unless
+    set), so no command's result depends on the directory it was started from by accident."""
+    state_dir = _absolute(m.state_dir or default_state_dir(env, os.geteuid(), Path.home()))
+    spool = _absolute(m.spool.path or state_dir / SPOOL_NAME)
+    return m.model_copy(
+        update={"state_dir": state_dir, "spool": m.spool.model_copy(update={"path": spool})}
+    )
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute, unless it is a token (or a value with control characters)
+    pasted into a path setting: that stays as given, so the checks recognise and refuse it."""
+    if looks_like_token(path) or secret_text_problem(str(path), spaces=False) is not None:
+        return path
+    return path.absolute()
 
 
 def default_settings() -> rt.Settings:
@@ -155,7 +175,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             single_object=api.body == "object",
         ),
         spool=rt.SpoolSettings(
-            path=spool.path,
+            path=spool.path or Path(SPOOL_NAME),  # never None: _place set it
             max_bytes=spool.max_bytes,
             synchronous=spool.synchronous,
             dedup_window_s=spool.dedup_window_s,
@@ -191,6 +211,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
         log_level=m.log_level,
         log_format=m.log_format,
         stop_timeout_s=m.stop_timeout_s,
+        state_dir=m.state_dir or Path(),  # never None: _place set it
         effective=m.model_dump(mode="json"),  # SecretStr dumps as '**********'
         origins=origins,
     )
@@ -330,11 +351,15 @@ def _check(s: SettingsModel, origin: dict[KeyPath, str]) -> None:
     host = s.mqtt.host
     if not host or "://" in host or any(c in host for c in "/ \t@?#"):
         fail(("mqtt", "host"), "must be a host name or an IP address, e.g. broker.plant.local")
-    spool = s.spool.path
+    spool = s.spool.path or Path(SPOOL_NAME)  # absolute by now: _place
     shown = shown_path(spool, origin.get(("spool", "path"), DEFAULTS))
     problem = None if ("spool", "path") in misplaced else _unwritable(spool, shown)
     if problem:
         fail(("spool", "path"), problem)
+    state_dir = s.state_dir
+    is_file = state_dir is not None and state_dir.exists() and not state_dir.is_dir()
+    if is_file and state_dir is not None and ("state_dir",) not in misplaced:
+        fail(("state_dir",), about_path("not a directory", state_dir, DEFAULTS))
     if errors:
         raise ConfigErrors(errors)
 

@@ -218,9 +218,11 @@ class BatchModel(_Section):
 class SpoolModel(_Section):
     """The durable spool."""
 
-    path: Path = Field(
-        _SPOOL.path,
-        description="the SQLite file; a `.lock` file beside it keeps a second bridge out",
+    path: Path | None = Field(
+        None,
+        description="the SQLite file (default: `spool.db` in `state_dir`); a `.lock` file "
+        "beside it keeps a second bridge out. A relative path is taken from the working "
+        "directory and logged as an absolute path at start",
     )
     max_bytes: int = Field(
         _SPOOL.max_bytes, ge=1 << 20, description="the cap; what happens at it: `when_full`"
@@ -370,6 +372,13 @@ class SettingsModel(_Section):
         _TOP.log_format,
         description="`text` for a terminal or journald, `json` (one object per line) for log "
         "collectors; `LOG_FORMAT=json` also works",
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="the state directory: the spool's default home, and the runtime file "
+        "through which `health`, `backup` and `dead-letters` find the running bridge. Default: "
+        "`/var/lib/metriqo-bridge` for root and in the container image, else "
+        "`$XDG_STATE_HOME/metriqo-bridge` (`~/.local/state/metriqo-bridge`)",
     )
     stop_timeout_s: float = Field(
         _TOP.stop_timeout_s,

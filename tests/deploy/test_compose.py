@@ -189,7 +189,7 @@ def test_services_point_at_each_other() -> None:
     assert option(sensors, "--port") == "1883"
     # The fleet is built from the same mapping file the bridge uses.
     stage = final_stage(load_dockerfile())
-    assert option(sensors, "--mappings") == stage.env["METRIQO_BRIDGE_MAPPING__FILE"]
+    assert option(sensors, "--mapping-file") == stage.env["METRIQO_BRIDGE_MAPPING__FILE"]
 
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}

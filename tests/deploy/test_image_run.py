@@ -335,7 +335,7 @@ async def test_image_command_runs_delivers_and_stops_on_sigterm(
         sensors = image.stage.entrypoint + _compose_command("sensors")
         for flag, value in (("--host", "127.0.0.1"), ("--port", str(broker.port))):
             sensors[sensors.index(flag) + 1] = value
-        at = sensors.index("--mappings") + 1
+        at = sensors.index("--mapping-file") + 1
         sensors[at] = image.local(sensors[at])
         sensors_log = tmp_path / "sensors.log"
         async with _started(image, sensors, env, sensors_log) as fleet, asyncio.timeout(60):

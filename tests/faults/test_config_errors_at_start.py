@@ -91,7 +91,7 @@ def _prepare(case: StartCase, d: Path) -> tuple[list[str], dict[str, str]]:
     if case.command == "run":
         argv += ["--http-port", "0"]
         if not case.own_paths:
-            argv += ["--spool", f"{d}/spool/bridge.db", "--mappings", f"{d}/m.yaml"]
+            argv += ["--spool-path", f"{d}/spool/bridge.db", "--mapping-file", f"{d}/m.yaml"]
     argv += [_subst(a, d) for a in case.args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
     env["METRIQO_BRIDGE_TOKEN"] = TOKEN

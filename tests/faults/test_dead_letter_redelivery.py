@@ -28,7 +28,7 @@ from tests.support.oracle import assert_exactly, wait_delivered
 
 
 def _dead_letters(spool: Path) -> list[dict[str, object]]:
-    listed = run_cli("dead-letters", "list", "--json", "--spool", str(spool))
+    listed = run_cli("dead-letters", "list", "--json", "--spool-path", str(spool))
     assert listed.returncode == 0, listed.stderr
     return [orjson.loads(line) for line in listed.stdout.splitlines()]
 

@@ -50,7 +50,7 @@ async def test_backup_beside_a_running_bridge_restores_every_waiting_point(
             await asyncio.sleep(0.05)
         # The second half arrives while the copy is taken: the copy holds a consistent state.
         second = asyncio.create_task(publish(broker.port, messages[n // 2 :], client_id="pub-2"))
-        result = await asyncio.to_thread(run_cli, "backup", str(dest), "--spool", str(spool))
+        result = await asyncio.to_thread(run_cli, "backup", str(dest), "--spool-path", str(spool))
         await second
         while metric(bridge, "metriqo_bridge_spool_points") < 4 * n:
             await asyncio.sleep(0.05)
@@ -62,7 +62,7 @@ async def test_backup_beside_a_running_bridge_restores_every_waiting_point(
     assert f"layout version {SCHEMA_VERSION}" in result.stdout
     assert not dest.with_name(dest.name + ".partial").exists()
     # A second backup to the same file needs --force.
-    again = run_cli("backup", str(dest), "--spool", str(spool))
+    again = run_cli("backup", str(dest), "--spool-path", str(spool))
     assert again.returncode == 2
     assert "--force" in again.stderr
 
@@ -77,7 +77,7 @@ async def test_backup_beside_a_running_bridge_restores_every_waiting_point(
 
 
 def test_backup_without_a_spool_exits_66(tmp_path: Path) -> None:
-    result = run_cli("backup", str(tmp_path / "x.db"), "--spool", str(tmp_path / "none.db"))
+    result = run_cli("backup", str(tmp_path / "x.db"), "--spool-path", str(tmp_path / "none.db"))
     assert result.returncode == 66
     assert "no spool at" in result.stderr
 
@@ -97,8 +97,8 @@ async def test_a_spool_from_a_newer_version_is_refused_untouched(
     db.close()  # the last close checkpoints the WAL into the file
     before = hashlib.sha256(spool.read_bytes()).hexdigest()
     result = run_cli(
-        "run", "--spool", str(spool), "--mqtt-port", str(broker.port), "--api-url", api.url,
-        "--http-port", "0", "--set", "api.token=t",
+        "run", "--spool-path", str(spool), "--mqtt-port", str(broker.port),
+        "--api-base-url", api.url, "--http-port", "0", "--set", "api.token=t",
     )  # fmt: skip
     assert result.returncode == 78, result.stderr
     assert f"layout version {SCHEMA_VERSION + 1}" in result.stderr

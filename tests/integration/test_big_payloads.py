@@ -114,7 +114,7 @@ async def test_big_payloads_stream_past_in_bounded_memory(
         "--json",
         "--limit",
         "1000",
-        "--spool",
+        "--spool-path",
         str(tmp_path / "bridge" / "spool.db"),
     )
     assert listed.returncode == 0, listed.stderr

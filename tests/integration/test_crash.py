@@ -156,7 +156,8 @@ def test_broken_mapping_exits_78_naming_file_line_key_and_touches_no_spool(tmp_p
     )
     spool = tmp_path / "spool" / "bridge.db"
     result = _run_cli(
-        ["run", "--mappings", str(mappings), "--spool", str(spool), "--mqtt-port", "1"], tmp_path
+        ["run", "--mapping-file", str(mappings), "--spool-path", str(spool), "--mqtt-port", "1"],
+        tmp_path,
     )
     assert result.returncode == 78
     assert f"{mappings}:6: rules[0].metircs: unknown key" in result.stderr

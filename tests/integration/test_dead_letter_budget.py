@@ -136,7 +136,7 @@ async def test_purge_beside_the_running_bridge(
         not_numeric = [(f"tele/dev{i}/temp", b"hot") for i in range(20)]
         await publish(broker.port, [*flood(30, 100), *not_numeric])
         await until(lambda: stored(bridge) == 50, "50 dead letters", timeout=30)
-        args = ["dead-letters", "purge", "--spool", str(spool), "--reason", "invalid_json"]
+        args = ["dead-letters", "purge", "--spool-path", str(spool), "--reason", "invalid_json"]
         assert await asyncio.to_thread(main, [*args, "--yes"]) == 0
         assert capsys.readouterr().out == "deleted 30 dead letter(s)\n  invalid_json      30\n"
         await until(lambda: stored(bridge) == 20, "the bridge sees the purge", timeout=10)

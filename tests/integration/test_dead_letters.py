@@ -90,13 +90,13 @@ async def test_requeue_with_a_fixed_mapping_delivers_each_message_once_while_run
         await wait_dead_letters(bridge, "missing_field", n_meter)
         await wait_dead_letters(bridge, "invalid_json", 3)
 
-        assert await run_cli("dead-letters", "list", "--spool", str(spool)) == 0
+        assert await run_cli("dead-letters", "list", "--spool-path", str(spool)) == 0
         listed = capsys.readouterr().out
         assert listed.endswith(
             f"{n_meter + 3} dead letter(s) match: invalid_json 3, missing_field {n_meter}\n"
         )
 
-        args = ("dead-letters", "requeue", "--spool", str(spool), "--mappings", str(fixed))
+        args = ("dead-letters", "requeue", "--spool-path", str(spool), "--mapping-file", str(fixed))
         assert await run_cli(*args, "--dry-run") == 1
         assert capsys.readouterr().out.startswith(
             f"dry run: would requeue {n_meter} dead letter(s) → {n_meter} record(s) / "
@@ -113,7 +113,7 @@ async def test_requeue_with_a_fixed_mapping_delivers_each_message_once_while_run
         await api.store.wait_for_points(4 * n_env + n_meter, 30)
         await wait_drained(bridge)
 
-        assert await run_cli("dead-letters", "list", "--spool", str(spool), "--json") == 0
+        assert await run_cli("dead-letters", "list", "--spool-path", str(spool), "--json") == 0
         left = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert sorted(o["topic"] for o in left) == [f"plant/s9/l{i}/env" for i in range(3)]
         assert {o["reason"] for o in left} == {"invalid_json"}
@@ -143,7 +143,14 @@ async def test_rejected_records_are_delivered_after_the_api_is_fixed(
             await wait_dead_letters(bridge, "api_rejected", 1)
             assert [(p.device_id, p.value) for p in broken_api.store.points()] == [("pump-2", 2.5)]
 
-            export = ("dead-letters", "export", "--spool", str(spool), "--reason", "api_rejected")
+            export = (
+                "dead-letters",
+                "export",
+                "--spool-path",
+                str(spool),
+                "--reason",
+                "api_rejected",
+            )
             assert await run_cli(*export) == 0
             (line,) = capsys.readouterr().out.splitlines()
             rejected = orjson.loads(orjson.loads(line)["payload"])
@@ -154,7 +161,7 @@ async def test_rejected_records_are_delivered_after_the_api_is_fixed(
             await broken_api.__aexit__(None, None, None)
             closed = True
             async with LocalApi(TOKEN, port=port, rate_limit_per_minute=None) as fixed_api:
-                requeue = ("dead-letters", "requeue", "--spool", str(spool), "--mappings")
+                requeue = ("dead-letters", "requeue", "--spool-path", str(spool), "--mapping-file")
                 mappings = tmp_path / "mappings.yaml"
                 mappings.write_text(TEST_MAPPINGS, encoding="utf-8")
                 assert await run_cli(*requeue, str(mappings), "--reason", "api_rejected") == 0
@@ -167,7 +174,7 @@ async def test_rejected_records_are_delivered_after_the_api_is_fixed(
                 (point,) = fixed_api.store.points()
                 assert (point.device_id, point.metric, point.value) == ("pump-1", "bar", poison)
                 assert round(point.timestamp.timestamp() * 1_000_000) == rejected["ts_us"]
-                assert await run_cli("dead-letters", "list", "--spool", str(spool)) == 0
+                assert await run_cli("dead-letters", "list", "--spool-path", str(spool)) == 0
                 assert capsys.readouterr().out == "no dead letters match\n"
     finally:
         if not closed:

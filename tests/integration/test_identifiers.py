@@ -113,7 +113,7 @@ async def test_hostile_identifiers_are_dead_lettered_and_neighbours_delivered(
             run_cli,
             "dead-letters",
             "list",
-            "--spool",
+            "--spool-path",
             str(tmp_path / "bridge" / "spool.db"),
             "--json",
         )

@@ -120,7 +120,7 @@ def _token_file_case(content: object | None, *fragments: str, mode: int = 0o600)
 START_CASES: dict[str, StartCase] = {
     # -- the mapping file
     "mapping-missing": StartCase(
-        args=("--mappings", "{d}/absent.yaml"),
+        args=("--mapping-file", "{d}/absent.yaml"),
         stderr=(
             "command-line setting mapping.file: mapping.file: file not found: {d}/absent.yaml",
         ),
@@ -331,7 +331,7 @@ START_CASES: dict[str, StartCase] = {
     ),
     # -- the spool
     "spool-parent-is-a-file": StartCase(
-        args=("--spool", "{d}/file/bridge.db"),
+        args=("--spool-path", "{d}/file/bridge.db"),
         files={"file": "not a directory\n"},
         spool="{d}/file/bridge.db",
         stderr=("spool.path",),
@@ -347,7 +347,7 @@ START_CASES: dict[str, StartCase] = {
             "{d}/ro",
         ),
         files={"ro": DIR},
-        args=("--spool", "{d}/ro/spool/bridge.db"),
+        args=("--spool-path", "{d}/ro/spool/bridge.db"),
         spool="{d}/ro/spool/bridge.db",
         stderr=("spool.path",),
         skip=None if unshare_works() else "needs unshare -rm for a read-only tmpfs mount",

@@ -21,7 +21,7 @@ from tests.support.config_errors import DIR, StartCase, unshare_works
 
 # Keeps a bridge that accepts its configuration away from the machine's own broker (1883) and
 # from the network: on the base code several of these cases start instead of exiting 78.
-OFFLINE = ("--mqtt-port", "1", "--api-url", "http://127.0.0.1:9/api/v2")
+OFFLINE = ("--mqtt-port", "1", "--api-base-url", "http://127.0.0.1:9/api/v2")
 # A password that is no token: only the "names nothing on this machine" rule hides it.
 PASSWORD = "Tr0ub4dor-and-3-h0rses"
 _PATHLIKE = ("file", "path", "dir")
@@ -88,7 +88,8 @@ def _pasted_cases() -> dict[str, StartCase]:
             cases[f"token-pasted-into-{key}-{via}"] = _pasted(
                 key, TOKEN, via, "this looks like an API token, not a path"
             )
-        if key != "spool.path":  # the bridge creates the spool: any name will do
+        # The bridge creates the spool and the state directory: any name will do for them.
+        if key not in ("spool.path", "state_dir"):
             cases[f"password-pasted-into-{key}-env"] = _pasted(key, PASSWORD, "env", _NOT_SHOWN)
     return cases
 

@@ -24,7 +24,7 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     finally:
         spool.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "dead-letters", "export", "--spool", str(path)],
+        [sys.executable, "-m", "bridge", "dead-letters", "export", "--spool-path", str(path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

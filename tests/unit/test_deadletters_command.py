@@ -140,7 +140,7 @@ def test_list_shows_a_table_and_counts_per_reason(
     spool_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every dead letter is one printable line; the summary counts the reasons."""
-    assert main(["dead-letters", "list", "--spool", str(spool_path)]) == 0
+    assert main(["dead-letters", "list", "--spool-path", str(spool_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["TIME", "(UTC)", "ID", "REASON", "RULE", "TOPIC", "PAYLOAD", "DETAIL"]
     assert out[1].split()[:5] == [
@@ -158,7 +158,7 @@ def test_list_shows_a_table_and_counts_per_reason(
 
 def test_list_filters_combine(spool_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--reason, --since/--until and --id narrow the rows and the counts alike."""
-    args = ["dead-letters", "list", "--spool", str(spool_path), "--reason", "missing_field"]
+    args = ["dead-letters", "list", "--spool-path", str(spool_path), "--reason", "missing_field"]
     assert main([*args, "--since", "2026-11-26T09:01:00Z", "--until", "2026-11-26T09:03Z"]) == 0
     out = capsys.readouterr().out
     assert "meter/m-2/reading" in out
@@ -167,7 +167,10 @@ def test_list_filters_combine(spool_path: Path, capsys: pytest.CaptureFixture[st
     assert out.endswith("1 dead letter(s) match: missing_field 1\n")
     assert main([*args, "--limit", "2"]) == 0
     assert "(showing the oldest 2;" in capsys.readouterr().out
-    assert main(["dead-letters", "list", "--spool", str(spool_path), "--id", "3", "--id", "5"]) == 0
+    assert (
+        main(["dead-letters", "list", "--spool-path", str(spool_path), "--id", "3", "--id", "5"])
+        == 0
+    )
     assert capsys.readouterr().out.endswith("api_rejected 1, invalid_json 1\n")
     assert main([*args, "--until", "2026-11-26"]) == 0
     assert capsys.readouterr().out == "no dead letters match\n"
@@ -189,7 +192,7 @@ def test_ages_count_back_from_the_current_time(
         ],
     )
     spool.close()
-    args = ["dead-letters", "list", "--spool", str(path)]
+    args = ["dead-letters", "list", "--spool-path", str(path)]
     assert main([*args, "--since", "1h"]) == 0
     assert capsys.readouterr().out.endswith("1 dead letter(s) match: new_one 1\n")
     assert main([*args, "--until", "60m"]) == 0
@@ -200,7 +203,7 @@ def test_list_json_gives_export_objects_and_the_summary_on_stderr(
     spool_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json prints one export object per line and nothing else on stdout."""
-    assert main(["dead-letters", "list", "--spool", str(spool_path), "--json"]) == 0
+    assert main(["dead-letters", "list", "--spool-path", str(spool_path), "--json"]) == 0
     captured = capsys.readouterr()
     objects = [orjson.loads(line) for line in captured.out.splitlines()]
     assert [o["id"] for o in objects] == [1, 2, 3, 4, 5]
@@ -211,11 +214,11 @@ def test_export_streams_json_lines_whose_bytes_round_trip(
     spool_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Stdout and --output carry the same lines; base64 restores each stored payload."""
-    assert main(["dead-letters", "export", "--spool", str(spool_path)]) == 0
+    assert main(["dead-letters", "export", "--spool-path", str(spool_path)]) == 0
     captured = capsys.readouterr()
     assert captured.err == "exported 5 dead letter(s)\n"
     out_file = tmp_path / "dead.jsonl"
-    args = ["dead-letters", "export", "--spool", str(spool_path), "-o", str(out_file)]
+    args = ["dead-letters", "export", "--spool-path", str(spool_path), "-o", str(out_file)]
     assert main(args) == 0
     assert out_file.read_text(encoding="utf-8") == captured.out
     spool = open_spool(spool_path)
@@ -243,7 +246,14 @@ def test_requeue_dry_run_reports_and_writes_nothing(
 ) -> None:
     """--dry-run shows the plan and exit code; the spool is left exactly as it was."""
     before = (reasons_left(spool_path), waiting(spool_path))
-    args = ["dead-letters", "requeue", "--spool", str(spool_path), "--mappings", str(mappings)]
+    args = [
+        "dead-letters",
+        "requeue",
+        "--spool-path",
+        str(spool_path),
+        "--mapping-file",
+        str(mappings),
+    ]
     assert main([*args, "--dry-run", "--drop-ignored"]) == 1
     out = capsys.readouterr().out
     assert out.startswith(
@@ -258,7 +268,14 @@ def test_requeue_moves_what_now_maps_into_the_spool_and_keeps_the_rest(
     spool_path: Path, mappings: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Fixed messages and rejected records wait for delivery; failing and ignored ones stay."""
-    args = ["dead-letters", "requeue", "--spool", str(spool_path), "--mappings", str(mappings)]
+    args = [
+        "dead-letters",
+        "requeue",
+        "--spool-path",
+        str(spool_path),
+        "--mapping-file",
+        str(mappings),
+    ]
     assert main(args) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "requeued 3 dead letter(s) → 3 record(s) / 5 point(s)"
@@ -292,7 +309,14 @@ def test_requeue_works_beside_the_running_owner_of_the_spool(
     owner = Spool(SpoolSettings(spool_path, reserve_bytes=0))
     owner.open()
     try:
-        args = ["dead-letters", "requeue", "--spool", str(spool_path), "--mappings", str(mappings)]
+        args = [
+            "dead-letters",
+            "requeue",
+            "--spool-path",
+            str(spool_path),
+            "--mapping-file",
+            str(mappings),
+        ]
         assert main([*args, "--limit", "1"]) == 0
         assert "requeued 1 dead letter(s) → 1 record(s) / 2 point(s)" in capsys.readouterr().out
         assert owner.file.external_changes() == 2
@@ -339,7 +363,7 @@ def test_bad_filter_values_are_usage_errors(
 ) -> None:
     """argparse refuses them with exit 2 and a message naming the option, no traceback."""
     with pytest.raises(SystemExit) as exc:
-        main(["dead-letters", "list", "--spool", str(spool_path), *extra])
+        main(["dead-letters", "list", "--spool-path", str(spool_path), *extra])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {extra[0]}" in err
@@ -350,7 +374,7 @@ def test_an_empty_window_and_a_missing_command_are_usage_errors(
     spool_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--since after --until is exit 2; so is dead-letters without list/export/requeue."""
-    args = ["dead-letters", "list", "--spool", str(spool_path)]
+    args = ["dead-letters", "list", "--spool-path", str(spool_path)]
     assert main([*args, "--since", "1h", "--until", "2h"]) == 2
     assert "must be earlier than --until" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -366,10 +390,10 @@ def test_a_missing_spool_is_exit_66_naming_the_path(
     mistake?) is not echoed."""
     missing = tmp_path / "spool.db"
     nowhere = tmp_path / "nowhere" / "spool.db"
-    for command in (["list"], ["export"], ["requeue", "--mappings", str(mappings)]):
-        assert main(["dead-letters", *command, "--spool", str(missing)]) == EX_NOINPUT
+    for command in (["list"], ["export"], ["requeue", "--mapping-file", str(mappings)]):
+        assert main(["dead-letters", *command, "--spool-path", str(missing)]) == EX_NOINPUT
         assert f"no spool at {missing}" in capsys.readouterr().err
-        assert main(["dead-letters", *command, "--spool", str(nowhere)]) == EX_NOINPUT
+        assert main(["dead-letters", *command, "--spool-path", str(nowhere)]) == EX_NOINPUT
         err = capsys.readouterr().err
         assert "no spool at spool.path (the value is not shown" in err
         assert "nowhere" not in err
@@ -383,7 +407,14 @@ def test_a_broken_mapping_file_is_exit_78_before_the_spool_is_touched(
     """The mapping is loaded like run loads it: file, line and key; nothing requeued."""
     broken = tmp_path / "broken.yaml"
     broken.write_text("version: 1\nrules:\n  - name: x\n    topic: a/b\n    nope: 1\n")
-    args = ["dead-letters", "requeue", "--spool", str(spool_path), "--mappings", str(broken)]
+    args = [
+        "dead-letters",
+        "requeue",
+        "--spool-path",
+        str(spool_path),
+        "--mapping-file",
+        str(broken),
+    ]
     assert main(args) == EX_CONFIG
     assert "broken.yaml:" in capsys.readouterr().err
     assert len(reasons_left(spool_path)) == 5
@@ -394,5 +425,5 @@ def test_an_unwritable_output_file_is_exit_1(
 ) -> None:
     """export --output into a missing directory says so and exits 1."""
     target = tmp_path / "no" / "such" / "dir.jsonl"
-    assert main(["dead-letters", "export", "--spool", str(spool_path), "-o", str(target)]) == 1
+    assert main(["dead-letters", "export", "--spool-path", str(spool_path), "-o", str(target)]) == 1
     assert str(target) in capsys.readouterr().err

@@ -69,7 +69,7 @@ def left(path: Path) -> list[int]:
 
 def purge(path: Path, *args: str) -> int:
     """``metriqo-bridge dead-letters purge --spool PATH ARGS``."""
-    return main(["dead-letters", "purge", "--spool", str(path), *args])
+    return main(["dead-letters", "purge", "--spool-path", str(path), *args])
 
 
 def test_purge_shows_what_it_would_delete_and_deletes_only_with_yes(

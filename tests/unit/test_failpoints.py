@@ -189,8 +189,8 @@ def test_bad_variable_stops_the_bridge_with_exit_78_before_the_spool(tmp_path: P
     env[ENV_VAR] = "after_comit_before_puback:crash@3"
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "bridge", "run", "--mappings", str(mappings)),
-            *("--spool", str(spool), "--mqtt-port", "1", "--set", "http.enabled=false"),
+            *(sys.executable, "-m", "bridge", "run", "--mapping-file", str(mappings)),
+            *("--spool-path", str(spool), "--mqtt-port", "1", "--set", "http.enabled=false"),
         ],
         cwd=REPO,
         env=env,

@@ -154,7 +154,7 @@ def test_explain_cli_exit_codes_and_json(
     """explain exits 0 for a clean mapping, 1 when dead-lettered, 78 for a broken file."""
     path = tmp_path / "good.yaml"
     path.write_text(GOOD_YAML)
-    good = ["explain", "tele/meter-07/voltage", "229.8", "--file", str(path)]
+    good = ["explain", "tele/meter-07/voltage", "229.8", "--mapping-file", str(path)]
     assert main(good) == 0
     assert "1 point, nothing dead-lettered" in capsys.readouterr().out
     assert main([*good, "--json"]) == 0
@@ -162,11 +162,13 @@ def test_explain_cli_exit_codes_and_json(
     assert [(p["metric"], p["value"]) for p in doc["points"]] == [("voltage", 229.8)]
     assert doc["points"][0]["timestamp_source"] == "receive_time"
     assert doc["rule"] == "plain-sensors"
-    assert main(["explain", "tele/meter-07/voltage", "hot", "--file", str(path)]) == 1
+    assert main(["explain", "tele/meter-07/voltage", "hot", "--mapping-file", str(path)]) == 1
     assert "not_numeric" in capsys.readouterr().out
-    assert main(["explain", "nowhere", "1", "--file", str(path)]) == 1
+    assert main(["explain", "nowhere", "1", "--mapping-file", str(path)]) == 1
     capsys.readouterr()
-    assert main(["explain", "tele/a/b", "1", "--file", str(tmp_path / "missing.yaml")]) == 78
+    assert (
+        main(["explain", "tele/a/b", "1", "--mapping-file", str(tmp_path / "missing.yaml")]) == 78
+    )
     assert "file not found" in capsys.readouterr().err
 
 
@@ -179,10 +181,10 @@ def test_explain_reads_the_payload_from_a_file_or_stdin(
     body = tmp_path / "payload.json"
     body.write_bytes(b'{"spindle": {"rpm": 1480}}')
     topic = "plant/berlin/press-4/state"
-    assert main(["explain", topic, "--payload-file", str(body), "--file", str(path)]) == 0
+    assert main(["explain", topic, "--payload-file", str(body), "--mapping-file", str(path)]) == 0
     assert "spindle_rpm = 1480" in capsys.readouterr().out
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"-3.5")))
-    assert main(["explain", "tele/m/volt", "-", "--file", str(path)]) == 0
+    assert main(["explain", "tele/m/volt", "-", "--mapping-file", str(path)]) == 0
     assert "volt = -3.5" in capsys.readouterr().out
 
 
@@ -241,7 +243,7 @@ def test_explain_takes_topic_and_payload_options(
     """--topic/--payload work like the positionals, alone or mixed; conflicts exit 2."""
     path = tmp_path / "good.yaml"
     path.write_text(GOOD_YAML)
-    file = ["--file", str(path), "--json"]
+    file = ["--mapping-file", str(path), "--json"]
     for argv in (
         ["--topic", "tele/m/volt", "--payload", "229.8"],
         ["--topic", "tele/m/volt", "229.8"],

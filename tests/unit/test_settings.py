@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from bridge.config.secrets import (
 )
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.settings import Settings
+from bridge.state import default_state_dir
 
 # Made-up secrets: each must never appear in an error message or a dump.
 SECRET = "mqk_live_7f3d2a9b1c4e8f60aa55"
@@ -55,7 +57,10 @@ def everything_said(err: ConfigError) -> str:
 def test_defaults_apply_without_any_layer() -> None:
     """With no file, environment or flags the documented defaults are used."""
     s = load_settings(environ={})
-    assert s == Settings()
+    # The state directory depends on the user (root or not); the spool defaults inside it.
+    state_dir = default_state_dir({}, os.geteuid(), Path.home())
+    spool = dataclasses.replace(Settings().spool, path=state_dir / "spool.db")
+    assert s == dataclasses.replace(Settings(), state_dir=state_dir, spool=spool)
     assert (s.mqtt.host, s.mqtt.port, s.delivery.max_points) == ("127.0.0.1", 1883, 100)
     assert s.sender.base_url.startswith("https://")
 
