@@ -28,6 +28,7 @@ from bridge.mapping.loader import make_mapper
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt.source import MqttSource
+from bridge.progress import progress_loop, read, totals
 from bridge.reload import MappingReloader
 from bridge.sender import Sender
 from bridge.session import SessionMemory
@@ -76,6 +77,7 @@ class Bridge:
             else MappingReloader(mappings_path, settings.mapping, self.metrics, self._swap_mapper)
         )
         self._stop = asyncio.Event()
+        self._began = time.monotonic()
         self._started = asyncio.Event()
         self.source: MqttSource | None = None
         self.delivery: Delivery | None = None
@@ -134,6 +136,7 @@ class Bridge:
     async def run(self) -> None:
         """Run until :meth:`stop`; raise on a fatal error (spool write failure, bug)."""
         s = self.settings
+        self._began = time.monotonic()
         async with (
             AsyncSpool(self.spool) as spool,
             Sender(s.sender, self._token) as sender,
@@ -158,7 +161,7 @@ class Bridge:
                 self.intake.receive,
                 password=self._password,
                 on_connected=session.connected,
-                on_disconnected=lambda: self.metrics.mqtt_connected.set(0),
+                on_disconnected=session.disconnected,
                 session_filters=session_filters,
                 on_filters=session.filters,
                 on_acks_read=self.intake.acks_read,
@@ -237,6 +240,9 @@ class Bridge:
                 helpers.append(
                     tg.create_task(self._reloader.watch_loop(), name="bridge.mapping.watch")
                 )
+            if self.settings.log_progress_s > 0:
+                progress = progress_loop(self.metrics.registry, self.settings.log_progress_s)
+                helpers.append(tg.create_task(progress, name="bridge.progress"))
             self._started.set()
             await self._stop.wait()
             for task in helpers:
@@ -270,3 +276,5 @@ class Bridge:
                 "stop timeout reached; %d point(s) stay in the spool for the next start",
                 self.spool.file.depth_points,
             )
+        line = totals(read(self.metrics.registry), time.monotonic() - self._began)
+        log.info(line.msg, *line.args, extra=line.fields)

@@ -219,6 +219,7 @@ class Settings:
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"
     stop_timeout_s: float = 10.0
+    log_progress_s: float = 60.0  # 0: no progress lines (bridge/progress.py)
     effective: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # Dotted key -> where the user set it (file:line, variable, flag); absent: the default.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

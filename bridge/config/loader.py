@@ -189,6 +189,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
         log_level=m.log_level,
         log_format=m.log_format,
         stop_timeout_s=m.stop_timeout_s,
+        log_progress_s=m.log_progress_s,
         effective=m.model_dump(mode="json"),  # SecretStr dumps as '**********'
         origins=origins,
     )

@@ -371,6 +371,12 @@ class SettingsModel(_Section):
         description="`text` for a terminal or journald, `json` (one object per line) for log "
         "collectors; `LOG_FORMAT=json` also works",
     )
+    log_progress_s: float = Field(
+        _TOP.log_progress_s,
+        ge=0,
+        description="seconds between progress lines (received, delivered, waiting) at INFO; "
+        "0 turns them off",
+    )
     stop_timeout_s: float = Field(
         _TOP.stop_timeout_s,
         gt=0,
