@@ -119,12 +119,12 @@ class LogThrottle:
 
 
 def duration(seconds: float) -> str:
-    """A duration as a person reads it in a log line: ``0.4s``, ``12s``, ``2m13s``, ``3h05m``,
-    ``2d04h``."""
+    """A duration as a person reads it in a log line: ``0.4s``, ``12s``, ``60s``, ``2m13s``,
+    ``3h05m``, ``2d04h``."""
     if seconds < 10:
         return f"{max(0.0, seconds):.1f}s"
     s = int(seconds)
-    if s < 60:
+    if s < 100:  # "60s" and "90s" read better than "1m00s" and "1m30s"
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
