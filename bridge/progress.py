@@ -172,7 +172,7 @@ def totals(reading: Reading, uptime_s: float) -> Line:
     t = reading.tally
     msg = (
         "stopped after %s: received %d message(s), delivered %d point(s) in %d request(s), "
-        "dead-lettered %d, ignored %d, unmatched %d, dropped %d; %d point(s) stay in the "
+        "%d dead letter(s), %d ignored, %d unmatched, %d dropped; %d point(s) stay in the "
         "spool for the next start"
     )
     args = (

@@ -93,7 +93,7 @@ def test_totals_at_stop() -> None:
     line = totals(_reading(7, received=10, delivered=33, requests=1, dead_letters=2), 3723.0)
     assert line.msg % line.args == (
         "stopped after 1h02m: received 10 message(s), delivered 33 point(s) in 1 request(s), "
-        "dead-lettered 2, ignored 0, unmatched 0, dropped 0; 7 point(s) stay in the spool for "
+        "2 dead letter(s), 0 ignored, 0 unmatched, 0 dropped; 7 point(s) stay in the spool for "
         "the next start"
     )
     assert line.fields["uptime_s"] == 3723.0
