@@ -29,6 +29,7 @@ from bridge.mapping.loader import make_mapper
 from bridge.mapping.mapper import OUTSIDE_FILTERS, Mapper, Rule
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt.source import MqttSource
+from bridge.progress import progress_loop, read, totals
 from bridge.reload import MappingReloader
 from bridge.sender import Sender
 from bridge.session import SessionMemory
@@ -81,6 +82,7 @@ class Bridge:
         )
         self._runtime_file = runtime_file
         self._stop = asyncio.Event()
+        self._began = time.monotonic()
         self._started = asyncio.Event()
         self.source: MqttSource | None = None
         self.delivery: Delivery | None = None
@@ -140,6 +142,7 @@ class Bridge:
     async def run(self) -> None:
         """Run until :meth:`stop`; raise on a fatal error (spool write failure, bug)."""
         s = self.settings
+        self._began = time.monotonic()
         async with (
             AsyncSpool(self.spool) as spool,
             Sender(s.sender, self._token) as sender,
@@ -165,7 +168,7 @@ class Bridge:
                 self.intake.receive,
                 password=self._password,
                 on_connected=session.connected,
-                on_disconnected=lambda: self.metrics.mqtt_connected.set(0),
+                on_disconnected=session.disconnected,
                 session_filters=session_filters,
                 on_filters=session.filters,
                 on_acks_read=self.intake.acks_read,
@@ -272,6 +275,9 @@ class Bridge:
                 helpers.append(
                     tg.create_task(self._reloader.watch_loop(), name="bridge.mapping.watch")
                 )
+            if self.settings.log_progress_s > 0:
+                progress = progress_loop(self.metrics.registry, self.settings.log_progress_s)
+                helpers.append(tg.create_task(progress, name="bridge.progress"))
             self._started.set()
             await self._stop.wait()
             for task in helpers:
@@ -305,6 +311,8 @@ class Bridge:
                 "stop timeout reached; %d point(s) stay in the spool for the next start",
                 self.spool.file.depth_points,
             )
+        line = totals(read(self.metrics.registry), time.monotonic() - self._began)
+        log.info(line.msg, *line.args, extra=line.fields)
 
 
 def _log_cover(mapper: Mapper) -> None:

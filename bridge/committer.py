@@ -59,6 +59,7 @@ class Committer:
         self._full_since: float | None = None  # while intake waits for spool (or disk) space
         self._disk_full = False  # what the last refused commit ran into
         self._throttle = LogThrottle(30.0)
+        self._debug = LogThrottle(1.0)  # DEBUG: one commit line a second, with the count
 
     @property
     def waiting_for_space(self) -> bool:
@@ -95,6 +96,8 @@ class Committer:
             if result is not None:
                 self._acknowledge(batch)
                 self._count(batch, result)
+                if log.isEnabledFor(logging.DEBUG):
+                    self._debug_commit(len(batch), result, loop.time() - began)
 
     async def _commit(self, batch: list[Pending]) -> CommitResult | None:
         """Commit one batch; None (and the batch back in the intake) if the spool is full."""
@@ -181,6 +184,28 @@ class Committer:
         if result.points_dropped:
             self._dropped(result.points_dropped, result.points_dropped_over_share)
         self._delivery.notify(result.points_inserted)
+
+    def _debug_commit(self, messages: int, result: CommitResult, took: float) -> None:
+        self._debug.log(
+            log,
+            logging.DEBUG,
+            "commit",
+            "committed and acknowledged %d message(s) in %.1f ms: %d new point(s), %d "
+            "duplicate, %d dead letter(s), %d held",
+            messages,
+            took * 1000,
+            result.points_inserted,
+            result.points_duplicate,
+            result.dead_letters,
+            result.points_held,
+            extra={
+                "messages": messages,
+                "points": result.points_inserted,
+                "duplicates": result.points_duplicate,
+                "dead_letters": result.dead_letters,
+                "latency_ms": round(took * 1000, 1),
+            },
+        )
 
     def _dropped(self, points: int, over_share: int) -> None:
         self._delivery.forget(points)

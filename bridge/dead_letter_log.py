@@ -67,11 +67,20 @@ class DeadLetterReporter:
             dead.rule[:_TEXT_CAP],
             dead.detail[:_TEXT_CAP],
         ]
+        fields: dict[str, object] = {
+            "event": "dead_letter",
+            "topic": dead.topic[:_TEXT_CAP],
+            "reason": dead.reason,
+            "rule": dead.rule[:_TEXT_CAP],
+            "detail": dead.detail[:_TEXT_CAP],
+        }
         msg = "message on topic %r dead-lettered (reason %s, rule %r): %r"
         if self._s.log_payload_bytes:
             msg += "; payload %s"
-            args.append(excerpt(dead.payload, self._s.log_payload_bytes))
-        self._throttle.log(log, logging.WARNING, f"dead:{dead.reason}", msg, *args)
+            shown = excerpt(dead.payload, self._s.log_payload_bytes)
+            args.append(shown)
+            fields["payload"] = shown
+        self._throttle.log(log, logging.WARNING, f"dead:{dead.reason}", msg, *args, extra=fields)
 
     def pruned(self, pruned: Pruned) -> None:
         """Count dead letters the budget pruned; log a summary when one is due. Call it

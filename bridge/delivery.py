@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from bridge import failpoints
 from bridge.backoff import Backoff
 from bridge.batcher import Batch
+from bridge.delivery_log import DeliveryReporter
 from bridge.errors import PermanentDelivery, RetryableDelivery, UnsendableRequest
 from bridge.logs import LogThrottle
 from bridge.metrics import BridgeMetrics
@@ -97,6 +98,7 @@ class Delivery:
         self._in_flight = 0
         self._flushing = False
         self._throttle = LogThrottle(30.0, clock)
+        self._say = DeliveryReporter(spool.file, self._throttle, clock=clock, wall_clock=wall_clock)
         self._settlement = Settlement(spool, self._throttle, on_freed=on_space_freed)
         self._rejections = Rejections(
             spool,
@@ -234,8 +236,10 @@ class Delivery:
                 self._m.request_duration.observe(self._clock() - started)
                 self._count_request(exc.status)
                 return None, exc
-            self._m.request_duration.observe(self._clock() - started)
+            took = self._clock() - started
+            self._m.request_duration.observe(took)
             self._count_request(201)
+            self._say.accepted(batch, took, written)
             return written, None
 
     async def _pace(self) -> None:
@@ -244,6 +248,16 @@ class Delivery:
             wait = self._pacer.delay(now)
             if wait <= 0 and self._pacer.take(now):
                 return
+            if wait > 0:
+                rate = self._pacer.rate_at(now)
+                self._say.debug(
+                    "pace",
+                    "pacing: a request waits %.3f s for the token bucket (%.2f requests/s)",
+                    wait,
+                    rate,
+                    wait_s=round(wait, 3),
+                    rate=round(rate, 3),
+                )
             await asyncio.sleep(max(wait, 0.001))
 
     def _count_request(self, status: int | None) -> None:
@@ -253,6 +267,7 @@ class Delivery:
     async def _after_retryable(self, exc: RetryableDelivery, backoff: Backoff) -> None:
         delay = backoff.next_delay()
         if exc.status == 429:
+            self._m.rate_limited.inc()
             # Never send earlier than the server asked; all slots share the pause.
             wait = exc.retry_after if exc.retry_after is not None else delay
             if wait > MAX_RETRY_AFTER_S:
@@ -266,14 +281,7 @@ class Delivery:
                 )
             added = self._pacer.rate_limited(self._clock(), exc.retry_after, fallback=delay)
             self._m.rate_limited_pause.inc(added)
-            self._throttle.log(
-                log,
-                logging.WARNING,
-                "429",
-                "API rate limit hit; pausing %.1f s, pacing now %.2f requests/s",
-                min(wait, MAX_RETRY_AFTER_S),
-                self._pacer.rate,
-            )
+            self._say.rate_limited(min(wait, MAX_RETRY_AFTER_S), self._pacer.rate)
             return
         if (
             isinstance(exc, UnsendableRequest)
@@ -282,16 +290,13 @@ class Delivery:
         ):
             self.paused_reason = str(exc)
             self._m.delivery_paused.set(1)
-            self._throttle.log(log, logging.ERROR, f"pause{exc.status}", "%s", exc)
+            self._say.failed(exc, delay, paused=True)
         else:
-            self._throttle.log(
-                log, logging.WARNING, "retry", "delivery failed, will retry: %s", exc
-            )
+            self._say.failed(exc, delay, paused=False)
         await asyncio.sleep(delay)
 
     async def _accepted(self, batch: Batch, written: int | None) -> None:
         if self.paused_reason is not None:
-            log.info("API accepts requests again; delivery resumed")
             self.paused_reason = None
             self._m.delivery_paused.set(0)
         # The spool's cursor is already past these records, so they are not sent again while

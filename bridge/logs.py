@@ -1,5 +1,10 @@
-"""Logging setup (plain text or JSON lines) and a throttle so a repeating error logs once per
-interval, with a count."""
+"""Logging setup (plain text or JSON lines), a throttle so a repeating error logs once per
+interval with a count, and the duration format of log lines.
+
+Context travels with a record as the standard library's ``extra``: ``log.warning("…", topic,
+extra={"topic": topic})``. The text format ignores it (the message says it in words); the JSON
+format adds every such key as a field, so a collector can filter on ``topic``, ``rule``,
+``reason``, ``device`` or ``status`` without parsing the message."""
 
 from __future__ import annotations
 
@@ -15,12 +20,19 @@ import orjson
 
 LogFormat = Literal["text", "json"]
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What every LogRecord carries by itself; anything else on a record came in through ``extra``.
+_RECORD_KEYS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+# The JSON line's own keys: an ``extra`` of the same name must not overwrite them.
+_OWN_KEYS = frozenset({"ts", "level", "logger", "msg", "exc", "stack"})
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors (Loki, Elasticsearch, CloudWatch):
-    ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``, ``msg``, and ``exc`` with
-    the traceback when there is one. A message is one line, whatever it contains."""
+    ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``, ``msg``, ``exc`` with
+    the traceback when there is one, then the record's ``extra`` keys as fields. A message is
+    one line, whatever it contains."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -33,7 +45,12 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(out).decode()
+        for key, value in vars(record).items():
+            if key not in _RECORD_KEYS and key not in _OWN_KEYS and not key.startswith("_"):
+                out[key] = value
+        # default=str: a field of a type orjson does not know (a Path) is written as text
+        # rather than losing the whole line.
+        return orjson.dumps(out, default=str).decode()
 
 
 def setup_logging(level: str, fmt: LogFormat = "text") -> None:
@@ -73,8 +90,18 @@ class LogThrottle:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object) -> bool:
-        """Log now if the key's interval has passed; return whether a line was written."""
+    def log(
+        self,
+        logger: logging.Logger,
+        level: int,
+        key: str,
+        msg: str,
+        *args: object,
+        extra: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Log now if the key's interval has passed; return whether a line was written.
+        ``extra``: fields for the JSON format (with ``repeated`` added when lines were held
+        back)."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -82,8 +109,25 @@ class LogThrottle:
             return False
         repeated = self._suppressed.pop(key, 0)
         self._last[key] = now
+        fields = dict(extra or {})
         if repeated:
-            logger.log(level, msg + " (repeated %d times since last report)", *args, repeated)
-        else:
-            logger.log(level, msg, *args)
+            fields["repeated"] = repeated
+            msg += " (repeated %d times since last report)"
+            args = (*args, repeated)
+        logger.log(level, msg, *args, extra=fields or None)
         return True
+
+
+def duration(seconds: float) -> str:
+    """A duration as a person reads it in a log line: ``0.4s``, ``12s``, ``60s``, ``2m13s``,
+    ``3h05m``, ``2d04h``."""
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    s = int(seconds)
+    if s < 100:  # "60s" and "90s" read better than "1m00s" and "1m30s"
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

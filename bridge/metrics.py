@@ -283,6 +283,9 @@ class BridgeMetrics:
             "Current client-side request rate limit (halved on 429s, doubling back)",
             registry=r,
         )
+        self.rate_limited = Counter(
+            p + "api_rate_limited_total", "Requests the API answered 429", registry=r
+        )
         self.rate_limited_pause = Counter(
             p + "api_rate_limited_pause_seconds_total",
             "Time delivery was paused because the API answered 429",

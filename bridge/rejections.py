@@ -74,6 +74,13 @@ class Rejections:
             batch.points,
             batch.records[0].device_id,
             detail,
+            extra={
+                "event": "api_rejected",
+                "reason": "api_rejected",
+                "status": exc.status,
+                "device": batch.records[0].device_id,
+                "points": batch.points,
+            },
         )
 
     async def _isolate_metrics(self, record: SpooledRecord, exc: PermanentDelivery) -> None:
@@ -114,4 +121,12 @@ class Rejections:
             record.device_id,
             ", ".join(sorted(refused)),
             detail,
+            extra={
+                "event": "api_rejected",
+                "reason": "api_rejected",
+                "status": exc.status,
+                "device": record.device_id,
+                "points": len(refused),
+                "metrics": sorted(refused),
+            },
         )

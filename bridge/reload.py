@@ -50,6 +50,7 @@ class MappingReloader:
         Returns whether the new file is now in use.
         """
         path = self._path
+        log.debug("reloading the mapping file %s", path, extra={"path": str(path)})
         try:
             rules = await asyncio.to_thread(load_mappings, path, IdentifierLimits.of(self._s))
         except ConfigError as exc:
@@ -57,6 +58,12 @@ class MappingReloader:
             self._m.config_last_reload_ok.set(0)
             log.error("reload of %s failed; still running the previous mapping:\n%s", path, exc)
             return False
+        log.debug(
+            "%s: %d rule(s) valid; compiling and swapping them in",
+            path,
+            len(rules),
+            extra={"path": str(path), "rules": len(rules)},
+        )
         added, removed = self._swap(make_mapper(rules, self._s))
         self._m.config_reloads.labels("success").inc()
         self._m.config_last_reload_ok.set(1)
@@ -83,5 +90,10 @@ class MappingReloader:
             self._requested.clear()
             key = file_key(self._path)
             if requested or key != last:
+                log.debug(
+                    "mapping file %s: %s",
+                    self._path,
+                    "reload requested" if requested else "changed",
+                )
                 last = key
                 await self.reload()

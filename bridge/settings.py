@@ -221,6 +221,7 @@ class Settings:
     stop_timeout_s: float = 10.0
     # Absolute once loaded: the spool's default home and the runtime files (bridge/state.py).
     state_dir: Path = Path("/var/lib/metriqo-bridge")
+    log_progress_s: float = 60.0  # 0: no progress lines (bridge/progress.py)
     effective: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # Dotted key -> where the user set it (file:line, variable, flag); absent: the default.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

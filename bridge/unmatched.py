@@ -56,5 +56,11 @@ class UnmatchedTopics:
                     self.since_report,
                     interval,
                     ", ".join(repr(t) for t in topics),
+                    extra={
+                        "event": "unmatched",
+                        "reason": "unmatched",
+                        "count": self.since_report,
+                        "topics": topics,
+                    },
                 )
                 self.since_report = 0

@@ -212,6 +212,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
         log_format=m.log_format,
         stop_timeout_s=m.stop_timeout_s,
         state_dir=m.state_dir or Path(),  # never None: _place set it
+        log_progress_s=m.log_progress_s,
         effective=m.model_dump(mode="json"),  # SecretStr dumps as '**********'
         origins=origins,
     )

@@ -380,6 +380,12 @@ class SettingsModel(_Section):
         "`/var/lib/metriqo-bridge` for root and in the container image, else "
         "`$XDG_STATE_HOME/metriqo-bridge` (`~/.local/state/metriqo-bridge`)",
     )
+    log_progress_s: float = Field(
+        _TOP.log_progress_s,
+        ge=0,
+        description="seconds between progress lines (received, delivered, waiting) at INFO; "
+        "0 turns them off",
+    )
     stop_timeout_s: float = Field(
         _TOP.stop_timeout_s,
         gt=0,

@@ -158,6 +158,18 @@ class MqttSource:
         # formats a line for every packet once connected, so not longer).
         self._socket_error = ""
         self._client.on_log = self._on_log
+        log.debug(
+            "connecting to %s:%s as %r (MQTT %s, TLS %s, keepalive %d s, session expiry %d s, "
+            "receive maximum %d)",
+            s.host,
+            s.port,
+            s.client_id,
+            s.protocol,
+            "on" if s.tls.enabled else "off",
+            s.keepalive_s,
+            s.session_expiry_s,
+            s.receive_maximum,
+        )
         try:
             await self._loop.run_in_executor(None, self._blocking_connect)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -245,6 +257,7 @@ class MqttSource:
             )
         paho.subscribe(client, wanted, v5=self._v5)
         subs.held(set(wanted))
+        log.debug("subscribing at QoS 1: %s", ", ".join(wanted), extra={"filters": wanted})
         log.info(
             "connected to %s:%s as %r (session present: %s), subscribed to %d filter(s)%s",
             self._s.host,
@@ -253,6 +266,13 @@ class MqttSource:
             present,
             len(wanted),
             f" in share group {self._s.share_group!r}" if self._s.share_group else "",
+            extra={
+                "event": "mqtt_connected",
+                "broker": f"{self._s.host}:{self._s.port}",
+                "client_id": self._s.client_id,
+                "session_present": present,
+                "filters": len(wanted),
+            },
         )
         if self._on_connected_cb:
             self._on_connected_cb(present)
@@ -262,6 +282,7 @@ class MqttSource:
         self, _c: mqtt.Client, _ud: Any, _mid: int, reasons: list[Any], _props: Any
     ) -> None:
         refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        log.debug("broker answered the subscription: %s", ", ".join(str(r) for r in reasons))
         if refused:
             # The broker's ACL may forbid a filter: say so loudly, keep the rest running.
             self.state.last_error = f"broker refused {len(refused)} subscription(s): {refused}"
@@ -274,7 +295,7 @@ class MqttSource:
         if not self._stopping and self.state.connected:
             # Only a link that was up is news; a refused CONNACK already said why.
             self.state.last_error = f"disconnected from broker: {reason}"
-            log.warning("%s", self.state.last_error)
+            log.warning("%s", self.state.last_error, extra={"event": "mqtt_disconnected"})
         elif not self._stopping and not self._connack.is_set():
             # Closed before any CONNACK: mosquitto does this when it rejects a client
             # certificate after the handshake (TLS 1.3), giving no MQTT reason.
