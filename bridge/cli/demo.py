@@ -22,7 +22,13 @@ def add_parser(sub: Subparsers) -> None:
     demo.add_argument("--devices", type=int, default=12, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
     demo.add_argument("--rate", type=float, default=200.0, help="messages per second in total")
-    demo.add_argument("--mappings", type=Path, default=Path("topic-mappings.yaml"))
+    demo.add_argument(
+        "--mappings",
+        type=Path,
+        default=None,
+        help="mapping file (default: ./topic-mappings.yaml, else the example shipped with the "
+        "package)",
+    )
     demo.add_argument("--timeout", type=float, default=60.0, help="max wait for delivery")
     demo.set_defaults(handler=run)
 

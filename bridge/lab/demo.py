@@ -32,6 +32,7 @@ from bridge.config.loader import load_settings
 from bridge.errors import EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
+from bridge.lab.examples import choose_mapping
 from bridge.lab.fleet import FleetError, SensorFleet
 from bridge.lab.fleet_devices import ExpectedPoint
 from bridge.limits import MAX_POINTS_PER_REQUEST
@@ -50,6 +51,8 @@ def run_demo(args: argparse.Namespace) -> int:
     A ConfigError from the mapping file propagates (the CLI exits 78 for it).
     """
     started = time.monotonic()
+    args.mappings, where = choose_mapping(args.mappings)
+    print(where, flush=True)
     rules = load_mappings(args.mappings)  # before starting anything: a bad file fails fast
     setup_logging("WARNING")  # the bridge's INFO lines would bury the progress lines
     try:
