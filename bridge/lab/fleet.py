@@ -187,14 +187,6 @@ class SensorFleet:
             if routed is None or rules[routed[0]] is not rule:
                 self.skipped_rules[rule.name] = "an earlier rule matches its topics first"
                 return False
-        if rule.payload == "json" and not self._shaped(rule):
-            doc: dict[str, Any] = {}
-            paths = [p for _, p in rule.metrics]
-            if rule.ts_field is not None:
-                paths.append(rule.ts_field)
-            if not all(put(doc, p, 0) for p in paths):
-                self.skipped_rules[rule.name] = "its field paths overlap"
-                return False
         return True
 
     @staticmethod

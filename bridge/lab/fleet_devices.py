@@ -138,6 +138,11 @@ def unsimulated(rule: Rule) -> str:
         return "its timestamp comes from the topic"
     if rule.metric is not None and any(p.filters for p in rule.metric.parts):
         return "its metric template uses filters"
+    if rule.payload == "json":
+        doc: dict[str, Any] = {}
+        paths = [p for _, p in rule.metrics] + ([rule.ts_field] if rule.ts_field else [])
+        if not all(put(doc, p, 0) for p in paths):
+            return "its field paths overlap"
     return ""
 
 
