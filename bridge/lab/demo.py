@@ -274,10 +274,12 @@ class _Demo:
             ),
             coalesced_series=sum(1 for points in grouped.values() if points[0].coalesce),
         )
-        # Generous window: payload times are "now" when published (a second-resolution time
-        # format runs a little ahead); receive times a bit later.
+        # Generous window: payload times are "now" when published, receive times a bit later;
+        # a time format without milliseconds runs ahead of the clock for a device publishing
+        # faster than once a second, by as far as the latest payload time says.
+        latest = max((p.timestamp_us or 0 for p in expected), default=0) / 1_000_000
         start = datetime.fromtimestamp(time.time() - 3600, UTC)
-        end = datetime.fromtimestamp(time.time() + 3600, UTC)
+        end = datetime.fromtimestamp(max(time.time(), latest) + 3600, UTC)
         headers = {"Authorization": f"Bearer {self.token}"}
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
