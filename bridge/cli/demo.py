@@ -29,8 +29,9 @@ def add_parser(sub: Subparsers) -> None:
         dest="mappings",
         metavar="FILE",
         type=Path,
-        default=Path("topic-mappings.yaml"),
-        help="mapping file (default topic-mappings.yaml)",
+        default=None,
+        help="mapping file (default: ./topic-mappings.yaml, else the example shipped with the "
+        "package)",
     )
     demo.add_argument("--timeout", type=float, default=60.0, help="max wait for delivery")
     demo.set_defaults(handler=run)

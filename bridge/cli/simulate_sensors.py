@@ -39,8 +39,9 @@ def add_parser(sub: Subparsers) -> None:
         dest="mappings",
         metavar="FILE",
         type=Path,
-        default=Path(os.environ.get("METRIQO_BRIDGE_MAPPING__FILE") or "topic-mappings.yaml"),
-        help="mapping file (default: METRIQO_BRIDGE_MAPPING__FILE or ./topic-mappings.yaml)",
+        default=_env_path("METRIQO_BRIDGE_MAPPING__FILE"),
+        help="mapping file (default: METRIQO_BRIDGE_MAPPING__FILE, else ./topic-mappings.yaml, "
+        "else the example shipped with the package)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated values")
     p.add_argument(
@@ -53,10 +54,18 @@ def add_parser(sub: Subparsers) -> None:
     p.set_defaults(handler=run)
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def run(args: argparse.Namespace) -> int:
+    from bridge.lab.examples import choose_mapping
     from bridge.lab.fleet import FleetError, SensorFleet
     from bridge.mapping.loader import load_mappings
 
+    args.mappings, where = choose_mapping(args.mappings)
+    print(f"simulate-sensors: {where}", flush=True)
     rules = load_mappings(args.mappings)
     try:
         fleet = SensorFleet(

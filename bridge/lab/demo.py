@@ -2,8 +2,10 @@
 
 Starts a throwaway mosquitto and a local Metriqo-compatible API (with the real API's 1000
 requests per minute limit), runs the bridge between them with a temporary spool, publishes from a
-simulated fleet, and then checks the result the way a user would: by asking the API over HTTP
-whether every published point is there, once, at its timestamp. Nothing leaves 127.0.0.1 and
+simulated fleet with devices for every rule of the mapping (the ignore rules' included), and
+then checks the result the way a user would: by asking the API over HTTP whether every published
+point is there, once, at its timestamp, coalesced where the rule coalesces, and that nothing
+arrived for what was to be ignored (:mod:`bridge.lab.demo_check`). Nothing leaves 127.0.0.1 and
 nothing is left behind.
 
 The API token is random per run and never printed.
@@ -18,12 +20,9 @@ import secrets
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -32,15 +31,22 @@ from bridge.config.loader import load_settings
 from bridge.errors import EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
+from bridge.lab.demo_check import (
+    Verification,
+    by_series,
+    compare_series,
+    list_devices,
+    lowest_count,
+    series,
+)
+from bridge.lab.examples import choose_mapping
 from bridge.lab.fleet import FleetError, SensorFleet
-from bridge.lab.fleet_devices import ExpectedPoint
+from bridge.lab.fleet_shapes import PayloadBuilder
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.logs import setup_logging
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Rule
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _TICK_S = 1.0
 
 
@@ -50,7 +56,12 @@ def run_demo(args: argparse.Namespace) -> int:
     A ConfigError from the mapping file propagates (the CLI exits 78 for it).
     """
     started = time.monotonic()
+    args.mappings, where = choose_mapping(args.mappings)
+    print(where, flush=True)
     rules = load_mappings(args.mappings)  # before starting anything: a bad file fails fast
+    # Recipes (bridge/recipes) join the demo here: their rules after the file's, and a payload
+    # builder for each rule whose device format the generic builders cannot guess.
+    payloads: dict[str, PayloadBuilder] = {}
     setup_logging("WARNING")  # the bridge's INFO lines would bury the progress lines
     try:
         with contextlib.ExitStack() as stack:
@@ -59,7 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
             stack.push(broker)
             broker.start()
             try:
-                demo = _Demo(args, rules, broker.port, started)
+                demo = _Demo(args, rules, broker.port, started, payloads)
             except ValueError as exc:
                 print(f"metriqo-bridge demo: {exc}", file=sys.stderr)
                 return EX_FAILURE
@@ -72,44 +83,25 @@ def run_demo(args: argparse.Namespace) -> int:
         return EX_INTERRUPTED
 
 
-@dataclass(slots=True)
-class Verification:
-    """What querying the API over HTTP found, compared with what the fleet published."""
-
-    devices_expected: int = 0
-    devices_listed: int = 0
-    devices_missing: list[str] = field(default_factory=list)
-    series: int = 0
-    receive_stamped: int = 0
-    points_found: int = 0
-    missing: int = 0
-    duplicated: int = 0
-    unexpected: int = 0
-
-    def problems(self) -> list[str]:
-        """The failures as short phrases ("3 missing, 0 duplicated"); empty when all is well."""
-        out = []
-        if self.missing or self.duplicated:
-            out.append(f"{self.missing} missing, {self.duplicated} duplicated")
-        if self.unexpected:
-            out.append(f"{self.unexpected} unexpected")
-        if self.devices_missing:
-            out.append(f"{len(self.devices_missing)} device(s) not listed")
-        return out
-
-
 class _Demo:
     """One demo run against an already started broker."""
 
     def __init__(
-        self, args: argparse.Namespace, rules: list[Rule], broker_port: int, started: float
+        self,
+        args: argparse.Namespace,
+        rules: list[Rule],
+        broker_port: int,
+        started: float,
+        payloads: dict[str, PayloadBuilder],
     ) -> None:
         self.args = args
         self.rules = rules
         self.broker_port = broker_port
         self.started = started
         self.token = secrets.token_urlsafe(24)
-        self.fleet = SensorFleet("127.0.0.1", broker_port, args.devices, args.rate, rules=rules)
+        self.fleet = SensorFleet(
+            "127.0.0.1", broker_port, args.devices, args.rate, rules=rules, payloads=payloads
+        )
         self.failure: str | None = None
 
     async def run(self) -> int:
@@ -165,11 +157,20 @@ class _Demo:
         print(
             f"Publishing done; waiting for the bridge to deliver (up to {timeout:g} s)", flush=True
         )
-        want = len(self.fleet.expected)
+        want = lowest_count(self.fleet.expected)
+        # Coalesced windows go out once closed: the last one a window plus the grace after
+        # the last message, then up to a second more for the bridge's housekeeping tick.
+        windows_s = [r.coalesce.window_us / 1e6 for r in self.rules if r.coalesce is not None]
+        grace_s = bridge.settings.mapping.coalesce_grace_s + 1.0
+        settled = time.monotonic() + (max(windows_s) + grace_s if windows_s else 0.0)
         delivered = await self._watch(
             bridge,
             api,
-            lambda: api.store.point_count() >= want,
+            lambda: (
+                api.store.point_count() >= want
+                and time.monotonic() >= settled
+                and bridge.spool.file.depth_points == 0
+            ),
             deadline=time.monotonic() + timeout,
         )
         self._progress(bridge, api)
@@ -249,11 +250,14 @@ class _Demo:
         width = max(len(device.streams[0].topic) for device in examples.values())
         for device in reversed(examples.values()):
             topic = device.streams[0].topic
-            print(
-                f"             {topic:<{width}} → device {device.device_id}  ({device.rule.name})"
-            )
+            target = f"device {device.device_id}" if device.device_id else "ignored"
+            print(f"             {topic:<{width}} → {target}  ({_kind(device.rule)})")
         for name, why in self.fleet.skipped_rules.items():
             print(f"           rule {name} is not simulated: {why}")
+        simulated = {device.rule.name for device in self.fleet.devices}
+        idle = [r.name for r in self.rules if r.name not in simulated | {*self.fleet.skipped_rules}]
+        if idle:
+            print(f"           no device left for rule(s) {', '.join(idle)}: raise --devices")
         print(f"Publishing {a.rate:g} msg/s for {a.seconds:g} s (QoS 1)", flush=True)
 
     # -- checking ----------------------------------------------------------------------------
@@ -261,27 +265,32 @@ class _Demo:
     async def _verify(self, base_url: str) -> Verification:
         """Ask the API, as a user would, for every device and series the fleet produced."""
         expected = self.fleet.expected
-        by_series: dict[tuple[str, str], list[ExpectedPoint]] = {}
-        for p in expected:
-            by_series.setdefault((p.device_id, p.metric), []).append(p)
+        grouped = by_series(expected)
         result = Verification(
             devices_expected=len({p.device_id for p in expected}),
-            series=len(by_series),
-            receive_stamped=sum(1 for p in expected if p.timestamp_us is None),
+            series=len(grouped),
+            receive_stamped=sum(
+                1 for p in expected if p.timestamp_us is None and p.coalesce is None
+            ),
+            coalesced_series=sum(1 for points in grouped.values() if points[0].coalesce),
         )
-        # Generous window: payload times are "now" when published; receive times a bit later.
+        # Generous window: payload times are "now" when published, receive times a bit later;
+        # a time format without milliseconds runs ahead of the clock for a device publishing
+        # faster than once a second, by as far as the latest payload time says.
+        latest = max((p.timestamp_us or 0 for p in expected), default=0) / 1_000_000
         start = datetime.fromtimestamp(time.time() - 3600, UTC)
-        end = datetime.fromtimestamp(time.time() + 3600, UTC)
+        end = datetime.fromtimestamp(max(time.time(), latest) + 3600, UTC)
         headers = {"Authorization": f"Bearer {self.token}"}
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            listed = await _list_devices(http, base_url)
+            listed = await list_devices(http, base_url)
             result.devices_listed = len(listed)
             result.devices_missing = sorted({p.device_id for p in expected} - listed)
-            for (device_id, metric), points in by_series.items():
-                rows = await _series(http, base_url, device_id, metric, (start, end))
+            result.devices_unexpected = sorted(listed - {p.device_id for p in expected})
+            for (device_id, metric), points in grouped.items():
+                rows = await series(http, base_url, device_id, metric, (start, end))
                 result.points_found += len(rows)
-                _compare(points, rows, result)
+                compare_series(points, rows, result)
         return result
 
     def _summary(
@@ -297,7 +306,7 @@ class _Demo:
         print()
         print("Summary")
         print(f"  messages published      {fleet.published:>7}  (acknowledged by the broker)")
-        print(f"  points expected         {len(fleet.expected):>7}")
+        print(f"  points expected         {v.points_expected:>7}")
         print(f"  points delivered        {api.store.point_count():>7}  (accepted by the API)")
         print(
             f"  API requests            {len(requests):>7}  "
@@ -320,6 +329,10 @@ class _Demo:
                 f"{'':26}({v.receive_stamped} stamped on receipt, no payload time: "
                 "matched by value and count)"
             )
+        if v.coalesced_series:
+            print(f"{'':26}({v.coalesced_series} series coalesced: one point per window)")
+        ignored = int(_sum_samples(bridge, "metriqo_bridge_messages_ignored_total"))
+        print(f"  ignored on purpose      {ignored:>7}  (of {fleet.ignored} sent to ignore rules)")
         print(f"  elapsed                 {time.monotonic() - self.started:>7.1f}  s")
         problems = v.problems()
         if biggest > MAX_POINTS_PER_REQUEST:
@@ -332,76 +345,32 @@ class _Demo:
             )
         if dead:
             problems.append(f"{int(dead)} dead letter(s)")
+        if ignored != fleet.ignored:
+            problems.append(f"{ignored} of {fleet.ignored} messages to ignore rules ignored")
         if not delivered_in_time and not problems:
             problems.append(f"delivery did not finish within {self.args.timeout:g} s")
         if problems:
             print(f"RESULT: FAILED — {', '.join(problems)}")
             return EX_FAILURE
-        print(f"RESULT: OK — every published point arrived ({len(fleet.expected)} points)")
+        print(f"RESULT: OK — every published point arrived ({v.points_expected} points)")
         return EX_OK
 
 
-async def _list_devices(http: aiohttp.ClientSession, base_url: str) -> set[str]:
-    found: set[str] = set()
-    page = 1
-    while True:
-        params = {"page": str(page), "per_page": "100"}
-        async with http.get(f"{base_url}/devices", params=params) as resp:
-            resp.raise_for_status()
-            doc = await resp.json()
-        found.update(row["device_id"] for row in doc["data"])
-        if not doc["data"] or page * doc["pagination"]["per_page"] >= doc["pagination"]["total"]:
-            return found
-        page += 1
-
-
-async def _series(
-    http: aiohttp.ClientSession,
-    base_url: str,
-    device_id: str,
-    metric: str,
-    window: tuple[datetime, datetime],
-) -> list[dict[str, Any]]:
-    start, end = window
-    params = {
-        "device_id": device_id,
-        "metric": metric,
-        "from": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "to": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    async with http.get(f"{base_url}/metrics", params=params) as resp:
-        if resp.status == 404:  # the API knows no such device: every point of it is missing
-            return []
-        resp.raise_for_status()
-        doc = await resp.json()
-    rows: list[dict[str, Any]] = doc["data"]
-    return rows
-
-
-def _compare(points: list[ExpectedPoint], rows: list[dict[str, Any]], v: Verification) -> None:
-    """Count missing, duplicated and unexpected points of one series.
-
-    Points with a payload timestamp must be there at exactly that time with exactly that
-    value. Points stamped with the bridge's receive time can only be matched by value and
-    count, since the fleet cannot know when the bridge received them.
-    """
-    stamped = all(p.timestamp_us is not None for p in points)
-    want: Counter[tuple[int | None, float]] = Counter(
-        (p.timestamp_us if stamped else None, p.value) for p in points
-    )
-    got: Counter[tuple[int | None, float]] = Counter(
-        (_micros(row["t"]) if stamped else None, float(row["avg"])) for row in rows
-    )
-    v.missing += (want - got).total()
-    for key, extra in (got - want).items():
-        if key in want:
-            v.duplicated += extra
-        else:
-            v.unexpected += extra
-
-
-def _micros(text: str) -> int:
-    return (datetime.fromisoformat(text) - _EPOCH) // _MICROSECOND
+def _kind(rule: Rule) -> str:
+    """The rule's name and what it shows, for the setup lines."""
+    shows = [
+        what
+        for what, present in (
+            ("ignored", rule.ignore),
+            (f"payload {rule.payload}", rule.payload != "json"),
+            ("readings", rule.readings is not None),
+            ("collect", rule.collect is not None),
+            ("each", rule.each is not None),
+            ("coalesced", rule.coalesce is not None),
+        )
+        if present
+    ]
+    return rule.name + (f": {', '.join(shows)}" if shows else "")
 
 
 def _points_in(body: object) -> int:

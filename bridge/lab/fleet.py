@@ -18,8 +18,7 @@ import ipaddress
 import random
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -36,7 +35,9 @@ from bridge.lab.fleet_devices import (
     put,
     unsimulated,
 )
-from bridge.mapping.mapper import Rule
+from bridge.lab.fleet_shapes import PayloadBuilder, build_payload, shaped, step_ms, unsupported
+from bridge.lab.fleet_shapes import expected as shaped_points
+from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.topics import TopicRouter
 
 QOS = 1
@@ -70,15 +71,19 @@ class SensorFleet:
         devices: number of simulated devices, spread over the rules round-robin.
         rate: messages per second, all devices together.
         seed: seeds every generated value (`random.Random`), so runs are reproducible.
-        rules: the compiled mapping; the shipped ``topic-mappings.yaml`` when None.
+        rules: the compiled mapping; the packaged example ``topic-mappings.yaml`` when None.
         clock: wall clock for payload timestamps (epoch seconds).
         any_host: allow a broker that is not on loopback (``simulate-sensors --host``).
         keep_expected: record the expected points (off for a simulator that runs for days).
+        payloads: rule name → how to build that rule's payloads, for rules whose payloads the
+            generic builders cannot guess (a recipe's device format, say); their points come
+            from the mapper like every shaped rule's.
 
     Attributes:
         expected: points the bridge must deliver, for every message the broker accepted.
         published: messages acknowledged by the broker (PUBACK) and routed to a subscriber.
         unrouted: acknowledged messages the broker dropped because nobody subscribed.
+        ignored: of ``published``, messages on an ignore rule's topics (nothing may arrive).
         rejected: messages the broker refused (PUBACK reason code >= 0x80).
         unconfirmed: messages with no PUBACK when publishing ended.
         skipped_rules: rule names the fleet cannot simulate, with the reason.
@@ -96,6 +101,7 @@ class SensorFleet:
         clock: Callable[[], float] = time.time,
         any_host: bool = False,
         keep_expected: bool = True,
+        payloads: Mapping[str, PayloadBuilder] | None = None,
     ) -> None:
         if not any_host:
             _check_loopback(host)
@@ -104,24 +110,26 @@ class SensorFleet:
         if rate <= 0:
             raise ValueError("rate must be positive")
         if rules is None:
+            from bridge.lab.examples import EXAMPLE_MAPPING
             from bridge.mapping.loader import load_mappings
 
-            rules = load_mappings(Path(__file__).resolve().parents[2] / "topic-mappings.yaml")
+            rules = load_mappings(EXAMPLE_MAPPING)
         self.host = host
         self.port = port
         self.rate = rate
         self._rng = random.Random(seed)
         self._clock = clock
         self.skipped_rules: dict[str, str] = {}
+        self._payloads = dict(payloads or {})
+        self._last_ms: dict[str, int] = {}
+        # Shaped rules' points come from the real mapper, one per rule (each already routes
+        # its own topics first: _usable checks that).
+        self._mappers: dict[str, Mapper] = {}
         usable = [r for r in rules if self._usable(r, rules)]
         if not usable:
             raise ValueError("no rule of the mapping can be simulated: " + str(self.skipped_rules))
-        self.devices = [
-            Device(usable[i % len(usable)], self._captures(usable[i % len(usable)], i), self._rng)
-            for i in range(devices)
-        ]
+        self.devices = [self._device(usable[i % len(usable)], i) for i in range(devices)]
         self._client_id = f"metriqo-demo-fleet-{seed}"
-        self._last_ms: dict[str, int] = {}
         self._next_device = 0
         self._lock = threading.Condition()
         self._inflight: dict[int, Message] = {}
@@ -132,14 +140,31 @@ class SensorFleet:
         self.expected: list[ExpectedPoint] = []
         self._keep_expected = keep_expected
         self.published = 0
+        self.ignored = 0
         self.unrouted = 0
         self.rejected = 0
         self.unconfirmed = 0
 
     # -- building devices and messages ---------------------------------------------------
 
+    def _device(self, rule: Rule, index: int, rng: random.Random | None = None) -> Device:
+        device = Device(
+            rule, self._captures(rule, index), rng or self._rng, shaped=self._shaped(rule)
+        )
+        if device.shaped:
+            # The device id may come from the payload ({$serial}, {@key}): map a sample.
+            probe = self._shaped_message(device, random.Random(index), self._clock())
+            device.device_id = ", ".join(dict.fromkeys(p.device_id for p in probe.points))
+        return device
+
+    def _shaped(self, rule: Rule) -> bool:
+        return rule.name in self._payloads or shaped(rule)
+
     def _usable(self, rule: Rule, rules: list[Rule]) -> bool:
-        reason = unsimulated(rule)
+        if rule.name in self._payloads:
+            reason = ""
+        else:
+            reason = unsupported(rule) if shaped(rule) else unsimulated(rule)
         if reason:
             self.skipped_rules[rule.name] = reason
             return False
@@ -147,20 +172,20 @@ class SensorFleet:
             # A '#' filter matches topics no template can name; only simulate fixed shapes.
             self.skipped_rules[rule.name] = "topic ends in '#'"
             return False
-        probe = Device(rule, self._captures(rule, 0), random.Random(0))
+        if self._shaped(rule):
+            self._mappers[rule.name] = Mapper([rule])
+            try:
+                probe = self._device(rule, 0, random.Random(0))
+            except ValueError as exc:
+                self.skipped_rules[rule.name] = str(exc)
+                return False
+        else:
+            probe = Device(rule, self._captures(rule, 0), random.Random(0))
         router = TopicRouter([r.topic for r in rules])
         for stream in probe.streams:
             routed = router.route(stream.topic)
             if routed is None or rules[routed[0]] is not rule:
                 self.skipped_rules[rule.name] = "an earlier rule matches its topics first"
-                return False
-        if rule.payload == "json":
-            doc: dict[str, Any] = {}
-            paths = [p for _, p in rule.metrics]
-            if rule.ts_field is not None:
-                paths.append(rule.ts_field)
-            if not all(put(doc, p, 0) for p in paths):
-                self.skipped_rules[rule.name] = "its field paths overlap"
                 return False
         return True
 
@@ -168,17 +193,21 @@ class SensorFleet:
     def _captures(rule: Rule, index: int) -> dict[str, str]:
         return {name: capture_value(name, index) for name in rule.topic.capture_names}
 
-    def _timestamp_ms(self, device_id: str) -> int:
+    def _timestamp_ms(self, device_id: str, step: int = 1) -> int:
         # Strictly increasing per device id, so every point id device/metric@time is unique
-        # even when the clock stands still or several simulated devices share one id.
+        # even when the clock stands still or several simulated devices share one id. A time
+        # format without milliseconds steps a whole second (it runs ahead of the clock when a
+        # device publishes faster than once a second).
         now_ms = int(self._clock() * 1000)
-        ts = max(now_ms, self._last_ms.get(device_id, 0) + 1)
+        ts = max(now_ms, self._last_ms.get(device_id, 0) + step)
         self._last_ms[device_id] = ts
         return ts
 
     def _next_message(self) -> Message:
         device = self.devices[self._next_device % len(self.devices)]
         self._next_device += 1
+        if device.shaped:
+            return self._shaped_message(device, self._rng, self._clock())
         stream = device.next_stream()
         rule = device.rule
         if stream.signal is not None:
@@ -197,6 +226,16 @@ class SensorFleet:
             put(doc, path, int(value) if value.is_integer() else value)
             points.append(ExpectedPoint(device.device_id, name, ts_us, value))
         return Message(stream.topic, orjson.dumps(doc), tuple(points))
+
+    def _shaped_message(self, device: Device, rng: random.Random, now_s: float) -> Message:
+        rule = device.rule
+        topic = device.streams[0].topic
+        ts_ms = self._timestamp_ms(device.device_id or topic, step_ms(rule))
+        build = self._payloads.get(rule.name, build_payload)
+        payload = build(device, rng, ts_ms)
+        mapper = self._mappers[rule.name]
+        points = shaped_points(mapper, rule, topic, payload, int(now_s * 1_000_000))
+        return Message(topic, payload, points, ignored=rule.ignore)
 
     # -- MQTT ----------------------------------------------------------------------------
 
@@ -222,6 +261,7 @@ class SensorFleet:
             self.rejected += 1
         else:
             self.published += 1
+            self.ignored += message.ignored
             if self._keep_expected:
                 self.expected.extend(message.points)
         self._lock.notify_all()

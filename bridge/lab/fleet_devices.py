@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.mapping.mapper import FieldPath, Rule, Template
-from bridge.mapping.transforms import Transform
+from bridge.models import Coalesce
 
 SITES = ("berlin", "lyon", "turin", "gdansk", "porto", "brno")
 NUMBER_METRICS = ("voltage", "current")
@@ -27,12 +27,15 @@ class ExpectedPoint:
         timestamp_us: measurement time from the payload (epoch µs), or None when the payload
             carries none and the bridge stamps its receive time.
         value: the published value (exactly representable after a JSON round trip).
+        coalesce: how the spool folds the rule's points (then this is one raw point of a
+            window, and the API gets the window's one point instead).
     """
 
     device_id: str
     metric: str
     timestamp_us: int | None
     value: float
+    coalesce: Coalesce | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class Message:
     topic: str
     payload: bytes
     points: tuple[ExpectedPoint, ...]
+    ignored: bool = False  # for an ignore rule: nothing may arrive
 
 
 class Signal:
@@ -91,15 +95,25 @@ class Stream:
 
 
 class Device:
-    """A simulated device: one rule, its captures, and a signal per metric."""
+    """A simulated device: one rule, its captures, and a signal per metric.
 
-    def __init__(self, rule: Rule, captures: dict[str, str], rng: random.Random) -> None:
+    A ``shaped`` device (:mod:`bridge.lab.fleet_shapes`) publishes one topic; its device id is
+    set by the fleet from the first payload mapped, since it may come from the payload. It keeps
+    a serial for payload fields and the constants of coalesced metrics.
+    """
+
+    def __init__(
+        self, rule: Rule, captures: dict[str, str], rng: random.Random, *, shaped: bool = False
+    ) -> None:
         self.rule = rule
-        self.device_id = rule.device_id.render(captures)
+        self.shaped = shaped
+        self.device_id = "" if shaped else rule.device_id.render(captures)
+        self.serial = "SN-" + "-".join(captures.values()) if captures else "SN-1"
+        self.constants: dict[str, float] = {}
         self.streams: list[Stream] = []
         self.signals = {name: Signal(f"{name} {path.text}", rng) for name, path in rule.metrics}
         self._next_stream = 0
-        if rule.payload == "number":
+        if rule.payload == "number" and not shaped:
             assert rule.metric is not None
             for per_metric in metric_captures(rule):
                 full = {**captures, **per_metric}
@@ -115,29 +129,20 @@ class Device:
 
 
 def unsimulated(rule: Rule) -> str:
-    """Why the fleet cannot publish for this rule and predict its points exactly ('' if it can)."""
-    if rule.ignore:
-        return "an ignore rule"
-    if rule.payload not in ("json", "number"):
-        return f"payload: {rule.payload} is not simulated"
-    if rule.topic.patterns:
-        return "its topic has pattern levels"
-    if rule.device_id.uses_payload:
-        return "its device_id reads payload fields"
+    """Why the fleet cannot publish for this plain JSON or number rule and predict its points
+    itself ('' if it can); other shapes are :mod:`bridge.lab.fleet_shapes`'."""
     if rule.keep_going:
         return "continue: true"
-    if rule.coalesce is not None:
-        return "it coalesces points"
-    if rule.collect is not None or rule.readings is not None or rule.each is not None:
-        return "collect/readings/each rules are not simulated"
-    if any(t != Transform() for t in rule.transforms):
-        return "it transforms values"
     ts = rule.timestamp
-    if ts is not None and (ts.capture or ts.pattern or ts.tz or ts.fallback_to_receive_time):
-        return "its timestamp form is not simulated"
-    parts = (*rule.device_id.parts, *(rule.metric.parts if rule.metric else ()))
-    if any(p.filters for p in parts):
-        return "its templates use filters"
+    if ts is not None and ts.capture is not None:
+        return "its timestamp comes from the topic"
+    if rule.metric is not None and any(p.filters for p in rule.metric.parts):
+        return "its metric template uses filters"
+    if rule.payload == "json":
+        doc: dict[str, Any] = {}
+        paths = [p for _, p in rule.metrics] + ([rule.ts_field] if rule.ts_field else [])
+        if not all(put(doc, p, 0) for p in paths):
+            return "its field paths overlap"
     return ""
 
 

@@ -115,7 +115,7 @@ def test_build_context_holds_what_the_image_copies_and_nothing_private() -> None
         for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    needed = ["pyproject.toml", "README.md", "topic-mappings.yaml", "bridge/__init__.py"]
+    needed = ["pyproject.toml", "README.md", "LICENSE", "topic-mappings.yaml", "bridge/__init__.py"]
     needed += [str(p.relative_to(REPO)) for p in (REPO / "bridge").rglob("*.py")]
     for path in needed:
         assert not _dockerignore_excludes(patterns, path), path

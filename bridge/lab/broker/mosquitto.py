@@ -1,7 +1,9 @@
 """A throwaway local mosquitto on a free loopback port (demo, tests, benchmarks).
 
-Uses the installed ``mosquitto`` binary and the settings in the project's ``mosquitto/``
-directory, adding a loopback listener and a private persistence directory.
+Uses the installed ``mosquitto`` binary and the project's ``mosquitto/mosquitto.conf`` (its copy
+shipped in the package, so an installed wheel finds it from any directory), adding a loopback
+listener and a private persistence directory. Without those settings mosquitto 2 refuses every
+client that has no password.
 """
 
 from __future__ import annotations
@@ -16,19 +18,13 @@ from bridge.lab.broker.process import (
     BrokerUnavailable,
     Protocol,
     find_executable,
-    repo_dir,
 )
+from bridge.lab.examples import MOSQUITTO_CONF
 
 INSTALL_HINT = (
     "mosquitto is not installed. On Debian/Ubuntu: sudo apt-get update && "
     "sudo apt-get install -y mosquitto mosquitto-clients ; on macOS: brew install mosquitto"
 )
-
-
-def find_config_dir() -> Path | None:
-    """The project's ``mosquitto/`` directory: next to the working dir or the package."""
-    found = repo_dir("mosquitto")
-    return found if found is not None and (found / "mosquitto.conf").is_file() else None
 
 
 def mosquitto_binary() -> str:
@@ -56,10 +52,7 @@ class LocalBroker(BrokerProcess):
         self.extra_config = extra_config
 
     def _write_config(self) -> Path:
-        base = ""
-        conf_dir = find_config_dir()
-        if conf_dir is not None:
-            base = (conf_dir / "mosquitto.conf").read_text(encoding="utf-8")
+        base = MOSQUITTO_CONF.read_text(encoding="utf-8")
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "mosquitto.conf"

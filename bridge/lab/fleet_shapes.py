@@ -1,0 +1,198 @@
+"""Payloads for the rule shapes beyond plain JSON fields and numbers: on/off states, words through
+a value map, lists of readings, collected blocks, several devices per message, device ids read
+from the payload, local-time stamps and coalesced rules.
+
+Each builder writes a payload the rule reads; the points the bridge must deliver for it are then
+taken from the real :class:`~bridge.mapping.mapper.Mapper` (the same pure code the bridge runs).
+The demo proves delivery, not the mapping: ``metriqo-bridge test`` checks what a rule maps to.
+Values are multiples of 1/4, so the spool's sums and averages of coalesced windows are exact and
+the demo can compare them with ``==``. Pure: randomness is a seeded generator passed in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bridge.lab.fleet_devices import Device, ExpectedPoint, format_ts
+from bridge.mapping.mapper import Mapper, Rule, TimestampRule
+from bridge.mapping.transforms import Transform
+
+# Sample fields of a collected block, nested as devices report them; the text field is skipped
+# by collect (not numeric), as it is in the plant.
+_COLLECTED = ({"fan": {"rpm": None}, "filter_pct": None, "label": "ok"},)
+_EACH_KEYS = ("unit-1", "unit-2")
+_TAG_NAMES = ("Tag.A", "Tag.B")
+
+# (device, rng, payload time in epoch ms) -> payload. build_payload is the generic one; a rule
+# whose device format it cannot guess (a recipe's) gets its own through SensorFleet(payloads=).
+PayloadBuilder = Callable[[Device, random.Random, int], bytes]
+
+
+def shaped(rule: Rule) -> bool:
+    """True when the rule needs this module (the fleet builds plain JSON and numbers itself)."""
+    return (
+        rule.ignore
+        or rule.payload in ("boolean", "text")
+        or rule.topic.patterns != ()
+        or rule.device_id.uses_payload
+        or rule.coalesce is not None
+        or rule.collect is not None
+        or rule.readings is not None
+        or rule.each is not None
+        or any(t != Transform() for t in rule.transforms)
+        or (rule.timestamp is not None and rule.timestamp.pattern is not None)
+        or (rule.timestamp is not None and rule.timestamp.tz is not None)
+        or any(p.filters for p in rule.device_id.parts)
+    )
+
+
+def unsupported(rule: Rule) -> str:
+    """Why no payload can be built for this rule ('' if one can)."""
+    if rule.keep_going:
+        return "continue: true"
+    if rule.payload == "text" and not (rule.transforms and rule.transforms[0].value_map):
+        return "payload: text without a value map"
+    if rule.collect is not None and rule.collect.include:
+        return "collect with include"
+    ts = rule.timestamp
+    if ts is not None and ts.capture is not None:
+        return "its timestamp comes from the topic"
+    if rule.metric is not None and rule.payload == "json":
+        return "a templated metric name"
+    return ""
+
+
+def receive_stamped(rule: Rule) -> bool:
+    """True when the bridge stamps this rule's points with its receive time."""
+    if rule.readings is not None:
+        return rule.readings.time is None
+    return rule.timestamp is None
+
+
+def step_ms(rule: Rule) -> int:
+    """Smallest step between two payload times the rule can tell apart."""
+    spec = rule.readings_time if rule.readings is not None else rule.timestamp
+    if spec is None or spec.pattern is None or "%f" in spec.pattern:
+        return 1
+    return 1000
+
+
+def build_payload(device: Device, rng: random.Random, ts_ms: int) -> bytes:
+    """One payload the device's rule maps without failures."""
+    rule = device.rule
+    if rule.ignore:
+        return b"debug: free text the plant does not want in Metriqo"
+    if rule.payload == "boolean":
+        return rng.choice((b"ON", b"OFF"))
+    if rule.payload == "text":
+        return rng.choice(sorted(rule.transforms[0].value_map)).encode()
+    if rule.readings is not None:
+        return orjson.dumps(_readings(rule, rng, ts_ms))
+    doc: dict[str, Any] = {}
+    for part in rule.device_id.parts:
+        if part.kind == "field":
+            _put(doc, part.path, device.serial)
+    if rule.timestamp is not None and rule.timestamp.field is not None:
+        _put(doc, rule.timestamp.field.segments, _time(rule.timestamp, ts_ms))
+    if rule.each is not None:
+        elements = {key: _metrics_doc(device, rng, key) for key in _EACH_KEYS}
+        _put(doc, rule.each.segments, elements)
+    else:
+        doc.update(_metrics_doc(device, rng, ""))
+    if rule.collect is not None:
+        block = orjson.loads(orjson.dumps(_COLLECTED[0]))
+        block["fan"]["rpm"] = _value(rng, None)
+        block["filter_pct"] = _value(rng, None)
+        _put(doc, rule.collect.path, block)
+    return orjson.dumps(doc)
+
+
+def expected(
+    mapper: Mapper, rule: Rule, topic: str, payload: bytes, received_us: int
+) -> tuple[ExpectedPoint, ...]:
+    """The points the bridge makes of one message (none for an ignore rule).
+
+    Raises:
+        ValueError: the mapper reports a failure, i.e. the builder does not fit the rule.
+    """
+    mapped = mapper.map(topic, payload, received_us)
+    if mapped.failures:
+        raise ValueError(f"rule {rule.name}: simulated payload fails: {mapped.failures[0]}")
+    stamped = not receive_stamped(rule)
+    return tuple(
+        ExpectedPoint(r.device_id, metric, r.ts_us if stamped else None, value, rule.coalesce)
+        for r in mapped.records
+        for metric, value in r.metrics.items()
+    )
+
+
+def _metrics_doc(device: Device, rng: random.Random, key: str) -> dict[str, Any]:
+    rule = device.rule
+    doc: dict[str, Any] = {}
+    transforms = rule.transforms or (Transform(),) * len(rule.metrics)
+    for (name, path), transform in zip(rule.metrics, transforms, strict=False):
+        if rule.coalesce is not None and receive_stamped(rule):
+            value = device.constants.setdefault(f"{key}/{name}", _value(rng, transform))
+        else:
+            value = _value(rng, transform)
+        _put(doc, path.segments, value)
+    return doc
+
+
+def _readings(rule: Rule, rng: random.Random, ts_ms: int) -> object:
+    spec = rule.readings
+    assert spec is not None
+    names = (*list(spec.rename)[:1], *_TAG_NAMES)
+    items: list[dict[str, Any]] = []
+    for name in names:
+        item: dict[str, Any] = {}
+        _put(item, spec.name, name)
+        _put(item, spec.value, _value(rng, spec.transform))
+        if spec.time is not None:
+            _put(item, spec.time, _time(rule.readings_time or TimestampRule(), ts_ms))
+        for path, want in spec.where:
+            _put(item, path, want)
+        items.append(item)
+    if spec.where:  # one reading the where conditions leave out, as a gateway sends them
+        bad = dict(orjson.loads(orjson.dumps(items[0])))
+        path, want = spec.where[0]
+        _put(bad, path, (not want) if isinstance(want, bool) else f"not-{want}", replace=True)
+        items.append(bad)
+    if not spec.path:
+        return items
+    doc: dict[str, Any] = {}
+    _put(doc, spec.path, items)
+    return doc
+
+
+def _value(rng: random.Random, transform: Transform | None) -> float:
+    """A raw value the transform keeps in its range, a multiple of 1/4 (exact sums)."""
+    low, high = 0.0, 100.0
+    if transform is not None and transform.low is not None and transform.high is not None:
+        span = transform.high - transform.low
+        a = (transform.low + span * 0.05 - transform.offset) / transform.scale
+        b = (transform.high - span * 0.05 - transform.offset) / transform.scale
+        low, high = min(a, b), max(a, b)
+    return round(rng.uniform(low, high) * 4) / 4
+
+
+def _time(spec: TimestampRule, ts_ms: int) -> object:
+    if spec.pattern is not None:
+        when = datetime.fromtimestamp(ts_ms / 1000, spec.tz or UTC)
+        return when.strftime(spec.pattern)
+    return format_ts(ts_ms, spec.fmt)
+
+
+def _put(
+    doc: dict[str, Any], path: tuple[str, ...], value: object, *, replace: bool = False
+) -> None:
+    node = doc
+    for seg in path[:-1]:
+        node = node.setdefault(seg, {})
+    if replace or path[-1] not in node:
+        node[path[-1]] = value

@@ -1,0 +1,163 @@
+"""The wheel as a new user installs it: built from the sdist, installed into a venv outside the
+checkout, and ``metriqo-bridge demo`` run from an empty directory.
+
+To stay fast and offline, the test venv borrows the checkout venv's third-party packages through
+a ``.pth`` path entry (the bridge itself is not importable from there: its editable finder only
+runs when that directory is processed as a site directory, which a path entry is not), and the
+wheel is installed without dependencies. ``.ci/run`` does the full clean install from the
+package index as well.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+from tests.support.tools import require_tool
+
+# Files a user of the wheel needs that are not Python modules.
+PACKAGE_DATA = (
+    "bridge/py.typed",
+    "bridge/lab/examples/topic-mappings.yaml",
+    "bridge/lab/examples/mosquitto.conf",
+)
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist and the wheel, built the way a release is: the wheel from the sdist."""
+    out = tmp_path_factory.mktemp("dist")
+    # --no-isolation: the checkout venv has the build backend (dev extras), so no download.
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv outside the checkout with the wheel installed; yields its bin directory."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(purelib, "borrowed-deps.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8"
+    )
+    wheel = next(dist.glob("*.whl"))
+    subprocess.run(
+        # pip --python installs into the venv as its own pip would (scripts run its python).
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", wheel],
+        check=True,
+        timeout=300,
+    )
+    return venv / "bin"
+
+
+def test_sdist_and_wheel_carry_license_data_and_type_marker(dist: Path) -> None:
+    """The wheel ships the example mapping, the demo's broker settings, py.typed and LICENSE;
+    the sdist carries LICENSE and the top-level example files."""
+    with zipfile.ZipFile(next(dist.glob("*.whl"))) as whl:
+        names = set(whl.namelist())
+        metadata_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = whl.read(metadata_name).decode()
+    for name in PACKAGE_DATA:
+        assert name in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "Project-URL: Changelog" in metadata
+    with tarfile.open(next(dist.glob("*.tar.gz"))) as sdist:
+        members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
+    assert {"LICENSE", "topic-mappings.yaml", *PACKAGE_DATA} <= members
+
+
+def test_installed_demo_runs_from_an_empty_directory(installed: Path, tmp_path: Path) -> None:
+    """From a directory with no mapping and no broker settings, the installed demo uses the
+    packaged example, ends in RESULT OK, and leaves the directory empty."""
+    require_tool("mosquitto", "the demo starts a private mosquitto")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "METRIQO_"))}
+    # mosquitto may live in /usr/sbin, which a non-root PATH lacks: keep it findable.
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    env["PATH"] = f"{installed}:{Path(mosquitto).parent}:{env.get('PATH', '')}"
+    where = subprocess.run(
+        [str(installed / "python"), "-c", "import bridge; print(bridge.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert Path(where).resolve().is_relative_to(installed.parent.resolve()), where
+    result = subprocess.run(
+        [
+            *(str(installed / "metriqo-bridge"), "demo", "--seconds", "3", "--rate", "100"),
+            *("--devices", "12", "--timeout", "90"),
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "RESULT: OK" in result.stdout, output
+    assert "example mapping shipped with metriqo-bridge" in result.stdout, output
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_installed_simulate_sensors_finds_the_example(installed: Path, tmp_path: Path) -> None:
+    """simulate-sensors from an empty directory loads the packaged example instead of exiting
+    78 (it then fails only for want of a broker on the chosen port)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "METRIQO_"))}
+    port = _closed_port()
+    result = subprocess.run(
+        [
+            str(installed / "metriqo-bridge"),
+            "simulate-sensors",
+            "--port",
+            str(port),
+            "--seconds",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "example mapping shipped with metriqo-bridge" in result.stdout, output
+    assert "cannot connect" in result.stderr, output
+    assert list(tmp_path.iterdir()) == []
+
+
+def _closed_port() -> int:
+    from bridge.lab.broker import free_port
+
+    return free_port()

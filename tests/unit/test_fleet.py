@@ -1,0 +1,131 @@
+"""The demo's simulated fleet covers every rule of the shipped mapping, and the read-back check
+judges coalesced and receive-stamped series correctly."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from bridge.lab.demo_check import Verification, compare_series, lowest_count, windows
+from bridge.lab.examples import EXAMPLE_MAPPING
+from bridge.lab.fleet import SensorFleet
+from bridge.lab.fleet_devices import Device, ExpectedPoint
+from bridge.mapping.loader import load_mappings, load_mappings_text
+from bridge.models import Coalesce
+
+NOW_S = 1_795_681_920.0  # 2026-11-26T08:32:00Z
+
+
+def _fleet(devices: int = 10) -> SensorFleet:
+    return SensorFleet(
+        "127.0.0.1", 1883, devices, 100.0, rules=load_mappings(EXAMPLE_MAPPING), clock=lambda: NOW_S
+    )
+
+
+def test_every_shipped_rule_gets_a_device() -> None:
+    """With one device per rule, every rule of topic-mappings.yaml is simulated, none skipped."""
+    fleet = _fleet()
+    names = [rule.name for rule in load_mappings(EXAMPLE_MAPPING)]
+    assert fleet.skipped_rules == {}
+    assert sorted(device.rule.name for device in fleet.devices) == sorted(names)
+
+
+def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
+    """Booleans, value-mapped words, readings, collect, each, payload device ids and local
+    times all map without failures; ignore rules yield nothing; point ids never repeat."""
+    fleet = _fleet()
+    by_rule: dict[str, list[ExpectedPoint]] = defaultdict(list)
+    ignored = 0
+    for _ in range(300):  # 30 messages per device, all at the same instant of the fake clock
+        message = fleet._next_message()
+        rule = next(d.rule for d in fleet.devices if message.topic in {s.topic for s in d.streams})
+        ignored += message.ignored
+        assert not (message.ignored and message.points)
+        by_rule[rule.name].extend(message.points)
+    assert ignored == 30
+    assert {p.value for p in by_rule["relay-state"]} <= {0.0, 1.0}
+    assert {p.value for p in by_rule["machine-status"]} <= {0.0, 0.5, 1.0}
+    assert {p.device_id for p in by_rule["machine-status"]} == {"PRESS-6"}
+    assert {p.metric for p in by_rule["tag-gateway"]} == {"press_temp_c", "Tag.A", "Tag.B"}
+    assert {p.metric for p in by_rule["hall-climate"]} == {
+        "pressure_bar",
+        "status_fan.rpm",
+        "status_filter_pct",
+    }
+    assert all(0.5 <= p.value <= 1.5 for p in by_rule["hall-climate"] if p.metric == "pressure_bar")
+    assert {p.device_id for p in by_rule["valve-gateway"]} == {"gateway9-unit-1", "gateway9-unit-2"}
+    vibration = by_rule["vibration"]
+    assert all(p.coalesce == Coalesce(1_000_000, "avg") for p in vibration)
+    assert len({p.value for p in vibration}) == 1  # constant: any window averages to it
+    stamped = [p for points in by_rule.values() for p in points if p.timestamp_us is not None]
+    ids = [(p.device_id, p.metric, p.timestamp_us) for p in stamped]
+    assert len(ids) == len(set(ids))  # the local-time rule steps whole seconds
+    hall_times = sorted({p.timestamp_us or 0 for p in by_rule["hall-climate"]})
+    assert hall_times[0] == 1_795_681_920_000_000
+    assert len(hall_times) == 30
+
+
+def test_a_payload_builder_can_be_given_per_rule() -> None:
+    """A rule the generic builders cannot guess is published with the builder named for it,
+    and its points still come from the mapper."""
+    rules = load_mappings_text(
+        "version: 1\nrules:\n"
+        "  - {name: odd, topic: 'x/{d}/y', device_id: '{d}', metrics: {v: a.b.c}}\n"
+    )
+
+    def build(device: Device, rng: random.Random, ts_ms: int) -> bytes:
+        return b'{"a": {"b": {"c": 7}}}'
+
+    fleet = SensorFleet("127.0.0.1", 1883, 1, 1.0, rules=rules, payloads={"odd": build})
+    message = fleet._next_message()
+    assert message.payload == b'{"a": {"b": {"c": 7}}}'
+    assert [(p.device_id, p.metric, p.value) for p in message.points] == [("d1", "v", 7.0)]
+
+
+def _row(t_us: int, value: float) -> dict[str, object]:
+    t = datetime.fromtimestamp(t_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+    return {"t": t, "avg": value}
+
+
+def test_coalesced_points_with_payload_times_are_expected_per_window() -> None:
+    """Points with payload times fold into one point per epoch-aligned window, at its start."""
+    c = Coalesce(1_000_000, "avg")
+    base = 1_795_681_920_000_000
+    points = [
+        ExpectedPoint("d", "m", base + 100_000, 1.0, c),
+        ExpectedPoint("d", "m", base + 900_000, 2.0, c),
+        ExpectedPoint("d", "m", base + 1_200_000, 5.0, c),
+    ]
+    assert [(p.timestamp_us, p.value) for p in windows(points)] == [
+        (base, 1.5),
+        (base + 1_000_000, 5.0),
+    ]
+    assert lowest_count(points) == 2
+    good = Verification()
+    compare_series(points, [_row(base, 1.5), _row(base + 1_000_000, 5.0)], good)
+    assert good.problems() == []
+    bad = Verification()
+    compare_series(points, [_row(base, 1.0)], bad)
+    assert bad.missing == 2
+    assert bad.unexpected == 1
+
+
+def test_receive_stamped_coalesced_series_are_checked_by_their_constant() -> None:
+    """Windows of a receive-stamped series each carry the constant published; a wrong value,
+    a repeated window or no point at all is reported."""
+    c = Coalesce(1_000_000, "avg")
+    points = [ExpectedPoint("d", "m", None, 2.25, c) for _ in range(20)]
+    base = 1_795_681_920_000_000
+    ok = Verification()
+    compare_series(points, [_row(base, 2.25), _row(base + 1_000_000, 2.25)], ok)
+    assert ok.problems() == []
+    wrong = Verification()
+    compare_series(points, [_row(base, 2.25), _row(base + 1_000_000, 3.0)], wrong)
+    assert wrong.unexpected == 1
+    twice = Verification()
+    compare_series(points, [_row(base, 2.25), _row(base, 2.25)], twice)
+    assert twice.duplicated == 1
+    none = Verification()
+    compare_series(points, [], none)
+    assert none.missing == 1
