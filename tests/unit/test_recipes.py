@@ -20,8 +20,9 @@ from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import EX_CONFIG, ConfigError
 from bridge.mapping import mapper
 from bridge.mapping.loader import MappingFile, compile_mappings
-from bridge.mapping.overlap import rule_warnings
+from bridge.mapping.overlap import example_topic, rule_warnings
 from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.topics import parse_filter
 from bridge.recipes import catalogue, recipe, recognise, recognisers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +70,18 @@ def test_a_recipe_is_strict_clean_and_its_tests_pass(name: str) -> None:
     assert any(t.expect for t in tests)
     outcomes = run_mapping_tests(rules, tests, index)
     assert [o.problems for o in outcomes if not o.passed] == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_recipes_subscriptions_never_overlap(name: str) -> None:
+    """No topic matches two of a recipe's distinct subscriptions: a broker may deliver a copy
+    per matching subscription, which would send the same reading twice."""
+    data, index = load_yaml_text(recipe(name).text, f"{name}.yaml")
+    subscriptions = sorted({r.topic.subscription for r in compile_mappings(data, index)})
+    filters = [parse_filter(s) for s in subscriptions]
+    for i, a in enumerate(filters):
+        for b in filters[i + 1 :]:
+            assert example_topic(a, b) is None, (a.text, b.text)
 
 
 @pytest.mark.parametrize("name", NAMES)
