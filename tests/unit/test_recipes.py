@@ -97,6 +97,29 @@ def test_a_written_recipe_passes_check_strict_and_test(
     assert " 0 failed" in capsys.readouterr().out
 
 
+def test_the_guides_per_device_rule_maps_a_boolean_without_a_second_subscription() -> None:
+    """The office-motion rule of docs/guide/recipes.md, placed above zigbee2mqtt-device, maps
+    occupancy while the generic rule still collects the numbers, on one subscription."""
+    page = (REPO / "docs" / "guide" / "recipes.md").read_text(encoding="utf-8")
+    block = page.split("```yaml\n")[1].split("```")[0]
+    assert "office-motion" in block
+    text = recipe("zigbee2mqtt").text.replace(
+        "  - name: zigbee2mqtt-device", block + "\n  - name: zigbee2mqtt-device"
+    )
+    data, index = load_yaml_text(text, "zigbee2mqtt+office.yaml")
+    rules = compile_mappings(data, index)
+    assert rule_warnings(rules) == []
+    assert {r.topic.subscription for r in rules} == {
+        "zigbee2mqtt/+",
+        "zigbee2mqtt/+/availability",
+    }
+    mapped = mapper.Mapper(rules).map(
+        "zigbee2mqtt/office_motion", b'{"occupancy": true, "battery": 87}', 1_795_681_920_000_000
+    )
+    assert [r.metrics for r in mapped.records] == [{"occupancy": 1.0}, {"battery": 87.0}]
+    assert mapped.failures == []
+
+
 def test_the_yaml_files_are_package_data() -> None:
     """Each recipe is read through importlib.resources from the package, every YAML file there
     is a recipe, and pyproject's package data globs ship every one in the wheel."""
