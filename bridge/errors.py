@@ -39,7 +39,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         "what it could not store); `test`: a test failed or the file has no tests; `explain`: "
         "the message would be dead-lettered or matches no rule; `health`: not healthy/ready; "
         "`dead-letters requeue`: some dead letters still fail; `bench`, `soak`, `demo`: a point "
-        "was lost or duplicated",
+        "was lost or duplicated; `recipes write`: the file exists (without `--force`) or cannot "
+        "be written",
     ),
     (
         EX_USAGE,
@@ -52,7 +53,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (
         EX_CONFIG,
         "configuration error (nothing started, no spool touched), or a spool written by a "
-        "newer version (left untouched)",
+        "newer version (left untouched); `recipes`: no recipe of that name",
     ),
     (EX_INTERRUPTED, "interrupted (Ctrl-C) in a command other than `run`"),
 )
