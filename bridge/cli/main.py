@@ -20,6 +20,7 @@ from bridge.cli import (
     check,
     dead_letters,
     demo,
+    discover,
     explain,
     health,
     mapping_tests,
@@ -28,6 +29,7 @@ from bridge.cli import (
     simulate_api,
     simulate_sensors,
     soak,
+    tap,
 )
 from bridge.cli.command import Command, Handler
 from bridge.errors import (
@@ -50,6 +52,8 @@ COMMANDS: tuple[Command, ...] = (
     mapping_tests,
     check,
     explain,
+    discover,
+    tap,
     schema,
     simulate_api,
     dead_letters,
