@@ -130,7 +130,7 @@ class MixedPlant:
         self.rate = rate
         self.topics = plant_topics()
         self.published = 0
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - reproducible values, not secrets
         self._stop = threading.Event()
 
     def message(self, n: int) -> tuple[str, bytes, bool]:

@@ -1,0 +1,260 @@
+"""discover and tap on a real mosquitto: the mixed plant's ~300 topics drafted into a file that
+passes check --strict and test, side sessions that leave nothing behind, --against gaps, and a
+tap whose points equal what the bridge delivers while it posts nothing and opens no spool."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.lab.apiserver.server import LocalApi
+from bridge.lab.broker import LocalBroker
+from bridge.lab.mixedplant import MixedPlant
+from bridge.mapping.loader import load_mappings
+from bridge.mapping.mapper import Mapper
+from tests.support import REPO, TOKEN
+from tests.support.harness import (
+    TEST_MAPPINGS,
+    delivered_points,
+    env_messages,
+    expected_env_points,
+    make_settings,
+    publish,
+    run_cli,
+    running_bridge,
+)
+
+BRIDGE_ID = "bridge-under-test"
+
+PARTIAL = """
+version: 1
+rules:
+  - name: lab
+    topic: "lab/{room}/climate"
+    device_id: "{room}"
+    metrics: {temperature: temp, humidity: humidity}
+  - name: sensors
+    topic: "sensors/{device}"
+    device_id: "{device}"
+    payload: number
+    metric: value
+"""
+
+
+@pytest.fixture
+def plant(broker: LocalBroker) -> Iterator[MixedPlant]:
+    """The mixed plant publishing to the test broker until the test ends."""
+    publisher = MixedPlant(broker.host, broker.port, rate=1500.0)
+    thread = threading.Thread(target=publisher.publish_for, args=(600.0,), daemon=True)
+    thread.start()
+    try:
+        yield publisher
+    finally:
+        publisher.stop()
+        thread.join(30)
+
+
+def _session_present(port: int, client_id: str) -> bool:
+    """Connect under ``client_id`` asking to resume (Clean Start 0) and say whether the broker
+    still held a session for it."""
+    answer: list[bool] = []
+    got = threading.Event()
+
+    def on_connect(
+        _c: object, _u: object, flags: mqtt.ConnectFlags, _r: object, _p: object
+    ) -> None:
+        answer.append(flags.session_present)
+        got.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = on_connect
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0  # this probe leaves nothing behind either
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.loop_start()
+    try:
+        assert got.wait(30), "no CONNACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return answer[0]
+
+
+def test_discover_drafts_a_passing_file_and_finds_the_gaps(
+    broker: LocalBroker, plant: MixedPlant, tmp_path: Path
+) -> None:
+    """discover on ~300 mixed topics: the draft passes check --strict and test and maps the
+    recognised Tasmota convention unedited; --against names what a partial file misses or
+    dead-letters; the side session never uses the bridge's client id and leaves no session."""
+    draft = tmp_path / "draft.yaml"
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(PARTIAL, encoding="utf-8")
+    n_topics = len(plant.topics)
+    result = run_cli(
+        "discover",
+        "--mqtt-port", str(broker.port),
+        "--set", f"mqtt.client_id={BRIDGE_ID}",
+        "--seconds", "120",
+        "--messages", str(4 * n_topics),
+        "--write", str(draft),
+        "--against", str(partial),
+        "--json",
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["messages"] == 4 * n_topics
+    assert report["topics_kept"] == n_topics
+    assert report["overflow"] == 0
+    assert report["draft"]["problems"] == []
+    assert report["draft"]["recipes"] == ["tasmota"]
+    lwt = [t for t in report["topics"] if t["topic"].endswith("/LWT")]
+    assert lwt
+    assert all(t["retained"] >= 1 for t in lwt), "retained messages are marked"
+
+    for command in (("check", "--strict", str(draft)), ("test", str(draft))):
+        checked = run_cli(*command)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    mapper = Mapper(load_mappings(draft))
+    sensor = b'{"Time": "2026-12-03T10:00:00", "ENERGY": {"Power": 12, "Voltage": 230}}'
+    mapped = mapper.map("tele/plug-07/SENSOR", sensor, 1_795_000_000_000_000)
+    assert mapped.rule == "tasmota-sensor"
+    assert mapped.records[0].metrics == {"ENERGY.Power": 12, "ENERGY.Voltage": 230}
+    filters = {p["filter"]: p["kind"] for p in report["patterns"]}
+    assert filters["plant/{site}/{device}/temp"] == "number"
+    assert filters["plant/{site}/{device}/mode"] == "text"
+    assert filters["cam/{device}/snapshot"] == "binary"
+
+    gaps = {g["pattern"]: g for g in report["against"]["patterns"]}
+    assert gaps["plant/{site}/{device}/mode"]["missed"] > 0
+    assert gaps["recipe tasmota"]["missed"] > 0
+    climate = gaps["lab/{device}/climate"]
+    assert climate["dead_lettered"] > 0
+    assert "no field 'humidity'" in climate["details"]["dead_letter:missing_field"]
+    assert gaps["sensors/{device}"]["missed"] == gaps["sensors/{device}"]["dead_lettered"] == 0
+
+    side_id = report["client_id"]
+    assert side_id.startswith("mqb-discover-")
+    log = broker.log_tail(200_000)
+    assert side_id in log
+    assert BRIDGE_ID not in log
+    assert not _session_present(broker.port, side_id), "discover left a session behind"
+
+
+def _read_until(proc: subprocess.Popen[str], lines: list[dict[str, object]], want: int) -> None:
+    """Read tap's JSON lines until ``want`` of them are env messages."""
+    assert proc.stdout is not None
+    seen = 0
+    while seen < want:
+        line = proc.stdout.readline()
+        assert line, "tap ended early"
+        obj = orjson.loads(line)
+        lines.append(obj)
+        message = obj.get("message")
+        if isinstance(message, dict) and str(message["topic"]).endswith("/env"):
+            seen += 1
+
+
+async def test_tap_prints_what_the_bridge_delivers_and_sends_nothing(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """tap's points equal the points the running bridge delivers for the same messages, its
+    requests hold at most 100 points, its own API sees no request, no spool file appears, and
+    unmatched and dead-lettered messages are printed with their reason."""
+    n = 150
+    start_ms = int(time.time() * 1000) - n
+    mappings = tmp_path / "mappings.yaml"
+    mappings.write_text(TEST_MAPPINGS, encoding="utf-8")
+    tap_spool = tmp_path / "tap-spool.db"
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+    async with LocalApi(token=TOKEN) as idle_api, running_bridge(settings):
+        proc = subprocess.Popen(  # noqa: ASYNC220  # starts it and returns: no waiting here
+            [
+                sys.executable, "-m", "bridge", "tap",
+                "--mqtt-port", str(broker.port),
+                "--mappings", str(mappings),
+                "--set", f"mqtt.client_id={BRIDGE_ID}",
+                "--spool", str(tap_spool),
+                "--api-url", idle_api.url,
+                "--filter", "#",
+                "--messages", "0",
+                "--seconds", "600",
+                "--json",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        lines: list[dict[str, object]] = []
+        try:
+            assert proc.stdout is not None
+            first = asyncio.create_task(asyncio.to_thread(proc.stdout.readline))
+            async with asyncio.timeout(60):
+                while not first.done():  # until tap is subscribed and prints the probe
+                    await publish(broker.port, [("probe/tap", b"ready?")], client_id="probe")
+                    await asyncio.wait({first}, timeout=0.5)
+            lines.append(orjson.loads(first.result()))
+            bad = ("plant/s0/l0/env", b"{not json")
+            await publish(broker.port, [*env_messages(n, start_ms), bad])
+            async with asyncio.timeout(120):
+                await asyncio.to_thread(_read_until, proc, lines, n + 1)
+                await api.store.wait_for_points(4 * n, 120)
+            proc.send_signal(signal.SIGINT)  # ends the tap: it flushes what it holds
+            out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        lines += [orjson.loads(x) for x in out.splitlines()]
+        assert idle_api.store.requests == [], "tap sent a request"
+    assert not tap_spool.exists(), "tap created a spool"
+
+    messages = [x["message"] for x in lines if "message" in x]
+    verdicts = {(m["topic"], m["verdict"]) for m in messages}  # type: ignore[index]
+    assert ("probe/tap", "unmatched") in verdicts
+    failures = [m["failures"] for m in messages if m["verdict"] == "dead_letter"]  # type: ignore[index]
+    assert failures
+    assert failures[0][0]["reason"] == "invalid_json"
+    printed = {
+        (p["device_id"], p["metric"], _ms(p["timestamp"]), p["value"])
+        for m in messages
+        for p in m["points"]  # type: ignore[index]
+    }
+    tapped = set()
+    requests = [x["request"]["body"] for x in lines if "request" in x]  # type: ignore[index]
+    assert requests
+    assert all(sum(len(o["metrics"]) for o in b) <= 100 for b in requests)
+    for body in requests:
+        for obj in body:
+            ts = obj["timestamp"]
+            for name, value in obj["metrics"].items():
+                tapped.add((obj["device_id"], name, ts, value))
+    delivered = {
+        (p.device_id, p.metric, p.timestamp.isoformat(timespec="milliseconds"), p.value)
+        for p in api.store.points()
+    }
+    tapped_ms = {(d, m, _ms(ts), v) for d, m, ts, v in tapped}
+    assert {(d, m, _ms(ts), v) for d, m, ts, v in delivered} == tapped_ms == printed
+    assert set(delivered_points(api.store.points())) == expected_env_points(n, start_ms)
+
+
+def _ms(iso: str) -> int:
+    from datetime import datetime
+
+    return round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
