@@ -38,6 +38,8 @@ from bridge.errors import (
     EX_INTERRUPTED,
     EX_OK,
     EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    BrokerError,
     ConfigError,
     ConfigErrors,
     SpoolError,
@@ -93,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _report_config_error(exc)
         return EX_CONFIG
+    except BrokerError as exc:
+        print(f"metriqo-bridge: broker: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
     except SpoolTooNew as exc:
         print(f"metriqo-bridge: spool error: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
+from bridge.lab.broker.process import free_port
 from bridge.lab.mixedplant import MixedPlant
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Mapper
@@ -35,6 +36,17 @@ from tests.support.harness import (
     publish,
     run_cli,
     running_bridge,
+)
+from tests.support.tls import (
+    BRIDGE_USER,
+    GATEWAY_USER,
+    Pki,
+    SecureBroker,
+    TlsClient,
+    assert_no_secrets,
+    client_context,
+    mtls_settings,
+    password_file,
 )
 
 BRIDGE_ID = "bridge-under-test"
@@ -258,3 +270,85 @@ def _ms(iso: str) -> int:
     from datetime import datetime
 
     return round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_discover_uses_the_bridges_tls_and_credentials_and_never_prints_them(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Over mTLS with the bridge's certificate discover reads what the gateway retained; on the
+    password listener it logs in with mqtt.password_file, a wrong password exits 69 with the
+    broker's reason, and no password appears in any output."""
+    secret = "gateway-pw-7"
+    passwords = password_file(tmp_path / "passwd", {GATEWAY_USER: secret})
+    with SecureBroker(tmp_path / "broker", pki, passwords) as broker:
+        retained = [(f"plant/berlin/m{i}/temp", b"%d.5" % i) for i in range(5)]
+        ctx = client_context(pki.ca)
+        pub = TlsClient(broker.password_port, ctx, "gateway", GATEWAY_USER, secret)
+        try:
+            pub.client.publish(retained[0][0], retained[0][1], qos=1, retain=True).wait_for_publish(
+                30
+            )
+            for topic, payload in retained[1:]:
+                pub.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(30)
+        finally:
+            pub.close()
+        tls = [f"--set={k}={v}" for k, v in mtls_settings(pki).items()]
+        seen = run_cli(
+            "discover", "--mqtt-port", str(broker.cert_port), *tls,
+            "--messages", "5", "--seconds", "60", "--json",
+        )  # fmt: skip
+        assert seen.returncode == 0, seen.stderr
+        report = orjson.loads(seen.stdout)
+        assert sorted(t["topic"] for t in report["topics"]) == sorted(t for t, _ in retained)
+        assert report["retained"] == 5
+        assert report["client_id"] != BRIDGE_USER
+
+        outputs = [seen.stdout, seen.stderr]
+        codes = []
+        for password in (secret, "not-the-password-3"):
+            secret_file = tmp_path / "secret"
+            secret_file.write_text(password, encoding="utf-8")
+            secret_file.chmod(0o600)
+            login = run_cli(
+                "discover", "--mqtt-port", str(broker.password_port),
+                "--set", "mqtt.tls.enabled=true", "--set", f"mqtt.tls.ca_file={pki.ca}",
+                "--set", f"mqtt.username={GATEWAY_USER}",
+                "--set", f"mqtt.password_file={secret_file}",
+                "--seconds", "1",
+            )  # fmt: skip
+            codes.append(login.returncode)
+            outputs += [login.stdout, login.stderr]
+    assert codes == [0, 69], outputs
+    assert "refused the connection" in outputs[-1]
+    assert_no_secrets(outputs, secret, "not-the-password-3")
+
+
+def test_discover_over_v311_leaves_no_session(broker: LocalBroker) -> None:
+    """With mqtt.protocol v311 discover connects with Clean Session 1: a resume under its
+    client id finds no session."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="retainer")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        for i in range(3):
+            client.publish(f"sensors/s{i}", b"1.5", qos=1, retain=True).wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    side_id = "mqb-discover-v311"
+    result = run_cli(
+        "discover", "--mqtt-port", str(broker.port), "--set", "mqtt.protocol=v311",
+        "--side-client-id", side_id, "--messages", "3", "--seconds", "60",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 message(s) (3 retained) on 3 topic(s)" in result.stdout
+    assert not _session_present(broker.port, side_id)
+
+
+def test_discover_without_a_broker_exits_69() -> None:
+    """No broker at the address: exit 69 and a message naming it, no traceback."""
+    port = free_port()
+    result = run_cli("discover", "--mqtt-port", str(port), "--seconds", "5")
+    assert result.returncode == 69
+    assert f"cannot connect to the broker at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
