@@ -99,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     }
     lines = _summary(survey, where=where, client_id=client_id, listened=listened)
     code = EX_OK
-    if args.write is not None:
+    if args.write is not None and not survey.topics:
+        lines += ["", f"draft: nothing was seen, so {args.write} was not written"]
+        code = EX_FAILURE
+    elif args.write is not None:
         problems = _write_draft(args.write, survey, where, extra, lines)
         code = EX_FAILURE if problems else EX_OK
     if against is not None:

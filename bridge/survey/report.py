@@ -12,6 +12,7 @@ from bridge.survey.patterns import Pattern
 from bridge.survey.topics import Survey, TopicStats
 
 CHILDREN_SHOWN = 12  # per tree node; the rest are summed up in one line
+TREE_LINES = 400  # the whole tree; --json lists every kept topic
 
 
 @dataclass(slots=True)
@@ -46,6 +47,9 @@ def topic_tree(survey: Survey, seconds: float) -> list[str]:
         node.leaf = t
     lines: list[str] = []
     _walk(root, 1, seconds, lines)
+    if len(lines) > TREE_LINES:
+        cut = len(lines) - TREE_LINES
+        lines = [*lines[:TREE_LINES], f"  … {cut} more line(s); --json lists every topic"]
     return lines
 
 

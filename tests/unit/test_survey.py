@@ -21,6 +21,7 @@ from bridge.survey.against import Against, gaps, pattern_topics
 from bridge.survey.drafts import draft_mapping
 from bridge.survey.kinds import classify
 from bridge.survey.patterns import group_topics
+from bridge.survey.report import TREE_LINES, topic_tree
 from bridge.survey.tap import Tap
 from bridge.survey.topics import Survey
 
@@ -216,3 +217,14 @@ def test_side_session_refuses_the_bridges_client_id() -> None:
     ids = {side_client_id("discover") for _ in range(20)}
     assert len(ids) == 20
     assert all(i.startswith("mqb-discover-") and len(i) <= 23 for i in ids)
+
+
+def test_topic_tree_is_bounded_and_says_what_it_left_out() -> None:
+    """The printed tree shows at most 12 children per level and TREE_LINES lines, and says
+    what it summed up or cut."""
+    topics = [f"a/{i}/{j}/{k}/x" for i in range(40) for j in range(13) for k in range(13)]
+    survey = _survey([(t, b"1") for t in topics])
+    lines = topic_tree(survey, 1.0)
+    assert len(lines) == TREE_LINES + 1
+    assert lines[-1].endswith("more line(s); --json lists every topic")
+    assert any(line.strip().startswith("… 1 more, ") for line in lines)
