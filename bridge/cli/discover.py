@@ -26,7 +26,8 @@ def add_parser(sub: Subparsers) -> None:
         "known device conventions. --write drafts a mapping file with tests from real samples; "
         "--against reports what an existing mapping file would miss or dead-letter. See "
         "docs/guide/discover-and-tap.md.",
-        epilog="exit codes: 0 done, 1 the draft would not pass check --strict or test, 2 bad "
+        epilog="exit codes: 0 done, 1 the draft would not pass check --strict or test (or nothing "
+        "was seen to draft from), 2 bad "
         "options (e.g. --write to an existing file without --force), 69 the broker cannot be "
         "reached or refuses, 78 configuration error.",
     )
