@@ -5,6 +5,7 @@
     BridgeError
     ├── ConfigError          settings or topic-mappings.yaml are invalid (exit code 78)
     ├── PayloadError         one MQTT message cannot be mapped (counted, dead-lettered)
+    ├── BrokerError          a side session (discover, tap) cannot reach or use the broker
     ├── DeliveryError        a batch could not be delivered to the API
     │   ├── RetryableDelivery    network errors, timeouts, 5xx, 429: try again later
     │   │   └── UnsendableRequest    nothing sent: the token cannot go into a header
@@ -48,7 +49,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         "`dead-letters purge`: no filter and no `--all`; `soak`: an unknown fault name)",
     ),
     (EX_NOINPUT, "no spool at the configured path (`dead-letters`, `backup`)"),
-    (EX_UNAVAILABLE, "`demo`, `bench` or `soak` without mosquitto installed"),
+    (
+        EX_UNAVAILABLE,
+        "`demo`, `bench` or `soak` without mosquitto installed; `discover`, `tap`: the broker "
+        "cannot be reached or refuses the connection or subscription",
+    ),
     (EX_TEMPFAIL, "the spool is locked by another running bridge"),
     (
         EX_CONFIG,
@@ -114,6 +119,11 @@ class PayloadError(BridgeError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class BrokerError(BridgeError):
+    """A side session (``discover``, ``tap``) cannot connect to the broker, or the broker
+    refuses it; the message never holds the password."""
 
 
 class DeliveryError(BridgeError):

@@ -20,6 +20,7 @@ from bridge.cli import (
     check,
     dead_letters,
     demo,
+    discover,
     explain,
     health,
     mapping_tests,
@@ -29,6 +30,7 @@ from bridge.cli import (
     simulate_api,
     simulate_sensors,
     soak,
+    tap,
 )
 from bridge.cli.command import Command, Handler
 from bridge.errors import (
@@ -37,6 +39,8 @@ from bridge.errors import (
     EX_INTERRUPTED,
     EX_OK,
     EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    BrokerError,
     ConfigError,
     ConfigErrors,
     SpoolError,
@@ -52,6 +56,8 @@ COMMANDS: tuple[Command, ...] = (
     check,
     explain,
     recipes,
+    discover,
+    tap,
     schema,
     simulate_api,
     dead_letters,
@@ -91,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _report_config_error(exc)
         return EX_CONFIG
+    except BrokerError as exc:
+        print(f"metriqo-bridge: broker: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
     except SpoolTooNew as exc:
         print(f"metriqo-bridge: spool error: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -51,6 +51,12 @@ def add_parser(sub: Subparsers) -> None:
         metavar="S",
         help="wait this long for the bridge to subscribe before giving up (default 300)",
     )
+    p.add_argument(
+        "--mixed-plant",
+        action="store_true",
+        help="publish the mixed plant instead (about 300 topics of mixed conventions, QoS 0, "
+        "no mapping file needed): something for discover and tap to find their way through",
+    )
     p.set_defaults(handler=run)
 
 
@@ -62,6 +68,9 @@ def _env_path(name: str) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from bridge.lab.examples import choose_mapping
     from bridge.lab.fleet import FleetError, SensorFleet
+
+    if args.mixed_plant:
+        return _mixed_plant(args)
     from bridge.mapping.loader import load_mappings
 
     args.mappings, where = choose_mapping(args.mappings)
@@ -100,4 +109,29 @@ def run(args: argparse.Namespace) -> int:
         f"no subscriber, {fleet.rejected} refused, {fleet.unconfirmed} unconfirmed",
         flush=True,
     )
+    return EX_OK
+
+
+def _mixed_plant(args: argparse.Namespace) -> int:
+    from bridge.lab.mixedplant import MixedPlant
+
+    try:
+        plant = MixedPlant(args.host, args.port, rate=args.rate, seed=args.seed)
+    except ValueError as exc:
+        print(f"metriqo-bridge simulate-sensors: {exc}", file=sys.stderr)
+        return EX_USAGE
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: plant.stop())
+    print(
+        f"simulate-sensors: mixed plant, {len(plant.topics)} topics, {args.rate:g} msg/s to "
+        f"{args.host}:{args.port}",
+        flush=True,
+    )
+    seconds = args.seconds if args.seconds > 0 else 10.0 * 365 * 86400
+    try:
+        published = plant.publish_for(seconds)
+    except OSError as exc:
+        print(f"metriqo-bridge simulate-sensors: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    print(f"simulate-sensors: stopped; {published} published", flush=True)
     return EX_OK

@@ -65,19 +65,26 @@ def make_client(s: MqttSettings, password: str | None) -> mqtt.Client:
     )
     if s.username is not None:
         client.username_pw_set(s.username, password)
-    if s.tls.enabled:
-        ctx = ssl.create_default_context(cafile=str(s.tls.ca_file) if s.tls.ca_file else None)
-        if s.tls.cert_file and s.tls.key_file:
-            ctx.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
-        if not s.tls.verify:
-            log.warning(
-                "mqtt.tls.verify is false: the broker's certificate is not checked, so "
-                "anyone on the network path can pose as the broker"
-            )
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        client.tls_set_context(ctx)
+    configure_tls(client, s)
     return client
+
+
+def configure_tls(client: mqtt.Client, s: MqttSettings) -> None:
+    """TLS as ``mqtt.tls`` says (nothing when it is off): shared by the bridge's client and
+    the side sessions of ``discover`` and ``tap``."""
+    if not s.tls.enabled:
+        return
+    ctx = ssl.create_default_context(cafile=str(s.tls.ca_file) if s.tls.ca_file else None)
+    if s.tls.cert_file and s.tls.key_file:
+        ctx.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
+    if not s.tls.verify:
+        log.warning(
+            "mqtt.tls.verify is false: the broker's certificate is not checked, so "
+            "anyone on the network path can pose as the broker"
+        )
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    client.tls_set_context(ctx)
 
 
 def connect(client: mqtt.Client, s: MqttSettings) -> None:
