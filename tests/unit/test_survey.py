@@ -43,6 +43,7 @@ def _plant() -> list[tuple[str, bytes]]:
             out.append((f"tele/plug-{d}/SENSOR", orjson.dumps(sensor)))
             out.append((f"tele/plug-{d}/LWT", b"Online"))
             out.append((f"stat/plug-{d}/POWER", b"ON" if rnd % 2 else b"OFF"))
+            out.append((f"relay/r-{d}/state", b"ON" if rnd % 2 else b"OFF"))
             for site in ("berlin", "lyon"):
                 for m in ("temp", "pressure"):
                     out.append((f"plant/{site}/m-{d}/{m}", b"%d.5" % (d + rnd)))
@@ -103,8 +104,9 @@ def test_patterns_split_where_kinds_would_overlap() -> None:
     filters = {p.filter_text: p.kind for p in patterns}
     assert filters["plant/{site}/{device}/mode"] == "text"
     assert filters["plant/{site}/{device}/temp"] == "number"
-    assert filters["stat/{device}/POWER"] == "boolean"
+    assert filters["relay/{device}/state"] == "boolean"
     assert filters["cam/{device}/snap"] == "binary"
+    assert not any(f.startswith(("tele/", "stat/")) for f in filters)  # Tasmota's recipe has them
 
 
 def test_plain_metric_capture_only_for_name_like_levels() -> None:
@@ -117,12 +119,14 @@ def test_plain_metric_capture_only_for_name_like_levels() -> None:
     assert names == {"sensors/{device}", "boiler/{metric}"}
 
 
-def test_recipe_placeholder_recognises_tasmota_and_its_tests_pass() -> None:
-    """The placeholder recipe recognises Tasmota SENSOR JSON only, and its own tests pass."""
-    [tasmota] = catalogue()
+def test_the_tasmota_recipe_recognises_tasmota_topics_and_its_tests_pass() -> None:
+    """discover offers the Tasmota recipe for Tasmota's topics with Tasmota's payloads only, and
+    the recipe's own tests pass."""
+    [tasmota] = [r for r in catalogue() if r.name == "tasmota"]
     assert recognise("tele/plug-1/SENSOR", b'{"Time": "x", "ENERGY": {"Power": 1}}') is tasmota
-    assert recognise("tele/plug-1/SENSOR", b"12") is None
-    assert recognise("tele/plug-1/STATE", b'{"Time": "x"}') is None
+    assert recognise("tele/plug-1/STATE", b'{"Time": "x"}') is tasmota
+    assert recognise("tele/plug-1/SENSOR", b"not json {") is not tasmota
+    assert recognise("lab/room-1/climate", b'{"temp": 21.5}') is None
     data, index = load_yaml_text(tasmota.text, "tasmota")
     rules = compile_mappings(data, index)
     tests = list(MappingFile.model_validate(data).tests or [])
@@ -159,7 +163,7 @@ def test_against_counts_missed_and_dead_lettered_per_pattern() -> None:
 version: 1
 rules:
   - {name: lab, topic: "lab/{room}/climate", device_id: "{room}", metrics: {rh: rh}}
-  - {name: power, topic: "stat/{d}/POWER", device_id: "{d}", payload: boolean, metric: power_on}
+  - {name: power, topic: "relay/{d}/state", device_id: "{d}", payload: boolean, metric: power_on}
 """
     )
     survey = Survey()
@@ -172,8 +176,8 @@ rules:
     assert found["lab/{device}/climate"].dead_lettered == 15
     assert "dead_letter:missing_field" in found["lab/{device}/climate"].details
     assert found["plant/{site}/{device}/temp"].missed == 30
-    assert found["stat/{device}/POWER"].missed == found["stat/{device}/POWER"].dead_lettered == 0
-    assert found["recipe tasmota"].missed == 15
+    assert found["relay/{device}/state"].missed == found["relay/{device}/state"].dead_lettered == 0
+    assert found["recipe tasmota"].missed == 45  # SENSOR, LWT and POWER, 15 each
 
 
 def test_tap_batches_as_the_bridge_does() -> None:
