@@ -25,9 +25,9 @@ _FLAG_KEYS = {
 }
 
 
-def add_settings_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of ``run``: a settings file, the common settings, ``--set`` and
-    ``--print-config``."""
+def add_settings_flags(p: argparse.ArgumentParser, *, print_config: bool = True) -> None:
+    """The flags of ``run``: a settings file, the common settings, ``--set`` and (unless
+    ``print_config`` is false) ``--print-config``."""
     p.add_argument("--config", type=Path, help="settings file (YAML); env: METRIQO_BRIDGE_CONFIG")
     p.add_argument("--mappings", metavar="FILE", help="mapping file (mapping.file)")
     p.add_argument("--mqtt-host", help="broker host (mqtt.host)")
@@ -45,7 +45,8 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any setting by dotted key, e.g. --set batch.linger_s=0.5 (repeatable)",
     )
-    p.add_argument("--print-config", action="store_true", help="print effective settings, exit")
+    if print_config:
+        p.add_argument("--print-config", action="store_true", help="print effective settings, exit")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, str]:
