@@ -92,7 +92,7 @@ def describe_tls_failure(
                 message,
                 f"set {ca_key} to the CA certificate that signed the {who}'s certificate",
             )
-        if code == 62:
+        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
             return (
                 f"the {who}'s certificate is not for {host}",
                 message,
@@ -336,6 +336,8 @@ async def _session(
         )
         return [Finding("tls", "fail", summary, detail, fix), *_skip(_AFTER_TCP[1:], "no TLS")]
     except (OSError, TimeoutError, asyncio.IncompleteReadError, pk.PacketError) as exc:
+        if tls.status == "ok" and isinstance(exc, OSError | asyncio.IncompleteReadError):
+            return [_closed_after_handshake(s, exc), *_skip(_AFTER_TCP[1:], "no TLS")]
         closed = "closed the connection" if not isinstance(exc, TimeoutError) else "did not answer"
         fix = "check that mqtt.port is the broker's MQTT port"
         if tls.status == "skip":
@@ -356,6 +358,29 @@ async def _session(
         return [login, *_skip(_AFTER_TCP[2:], "not logged in")]
     login = Finding("login", "ok", f"login accepted {user} (check client id {cid})")
     return [login, await _subscriptions(link, filters, v5=v5)]
+
+
+def _closed_after_handshake(s: MqttSettings, exc: BaseException) -> Finding:
+    """A TLS broker that hangs up between the handshake and CONNACK. In TLS 1.3 the broker
+    checks the client certificate after the client considers the handshake done; its alert
+    often loses the race with the connection reset, so the missing (or refused) certificate
+    is inferred, and the line says it is an inference."""
+    detail = f"the broker closed the connection after the TLS handshake ({type(exc).__name__})"
+    if s.tls.cert_file is None:
+        return Finding(
+            "tls",
+            "fail",
+            "the broker most likely requires a client certificate (none is configured)",
+            detail,
+            "set mqtt.tls.cert_file and mqtt.tls.key_file to a certificate the broker's CA signed",
+        )
+    return Finding(
+        "tls",
+        "fail",
+        "the broker most likely refused the client certificate",
+        detail,
+        "use a client certificate signed by the CA in the broker's cafile, for the right user",
+    )
 
 
 async def _subscriptions(link: _Link, filters: list[str], *, v5: bool) -> Finding:
