@@ -183,7 +183,7 @@ def tls_args(pki: Pki, port: int, password: Path | None = None) -> list[str]:
 
 @pytest.mark.parametrize(("protocol", "code"), [("v5", "0x87"), ("v311", "0x05")])
 async def test_a_wrong_password(
-    protocol: str, code: str, secure: SecureBroker, pki: Pki, api: LocalApi, tmp_path: Path
+    protocol: str, code: str, *, secure: SecureBroker, pki: Pki, api: LocalApi, tmp_path: Path
 ) -> None:
     """A wrong password is the login line, with the broker's reason in words and its code in
     either protocol version, and the fix; the password never appears."""
@@ -333,6 +333,7 @@ class DynsecBroker(LocalBroker):
         super().__init__(workdir=workdir, extra_config=extra)
 
 
+@pytest.mark.skipif(not DYNSEC.exists(), reason="mosquitto's dynamic-security plugin is missing")
 @pytest.mark.parametrize(("protocol", "code"), [("v5", "not authorized (0x87)"),
                                                 ("v311", "refused (0x80)")])  # fmt: skip
 async def test_a_refused_subscription(
@@ -340,8 +341,6 @@ async def test_a_refused_subscription(
 ) -> None:
     """A filter the broker refuses is named with its SUBACK reason (v5 0x87, v3.1.1 0x80) and
     the fix; the allowed one is not."""
-    if not DYNSEC.exists():
-        pytest.skip("mosquitto's dynamic-security plugin is not installed")
     password = secret_file(tmp_path / "pw", BRIDGE_PW)
     with DynsecBroker(tmp_path / "broker") as broker:
         args = ["--mqtt-port", str(broker.port), "--set", f"mqtt.username={BRIDGE_USER}"]
