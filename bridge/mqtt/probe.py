@@ -388,25 +388,32 @@ async def _subscriptions(link: _Link, filters: list[str], *, v5: bool) -> Findin
     granted: list[str] = []
     refused: list[tuple[str, str, str]] = []
     unchecked: list[str] = []
+    alive = True
     for n, topic_filter in enumerate(filters, start=1):
         try:
             await link.send(pk.subscribe_packet(n, topic_filter, v5=v5))
             codes = await _ack(link, n, pk.SUBACK, v5=v5)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, pk.PacketError, ssl.SSLError):
-            refused.append((topic_filter, "the broker closed the connection on it",
+        except TimeoutError:
+            refused.append((topic_filter, "no SUBACK in time (mqtt.connect_timeout_s)",
+                            "the broker is hung or overloaded; read its log"))  # fmt: skip
+            unchecked, alive = filters[n:], False
+            break
+        except (OSError, asyncio.IncompleteReadError, pk.PacketError, ssl.SSLError) as exc:
+            refused.append((topic_filter, f"the broker closed the connection on it ({exc})",
                             "the broker refuses this filter; read its log"))  # fmt: skip
-            unchecked = filters[n:]
+            unchecked, alive = filters[n:], False
             break
         reason = pk.suback_reason(codes[0]) if codes else ("no reason code", "")
         if reason is None:
             granted.append(topic_filter)
         else:
             refused.append((topic_filter, reason[0] + f" (0x{codes[0]:02X})", reason[1]))
-    if granted and not unchecked:
+    if alive:
         with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError,
                                  pk.PacketError, ssl.SSLError):  # fmt: skip
-            await link.send(pk.unsubscribe_packet(len(filters) + 1, granted, v5=v5))
-            await _ack(link, len(filters) + 1, pk.UNSUBACK, v5=v5)
+            if granted:
+                await link.send(pk.unsubscribe_packet(len(filters) + 1, granted, v5=v5))
+                await _ack(link, len(filters) + 1, pk.UNSUBACK, v5=v5)
             await link.send(pk.disconnect_packet())
     if not filters:
         return Finding("subscribe", "skip", "subscriptions: the mapping file has no rules")

@@ -383,4 +383,20 @@ async def test_no_token_is_a_configuration_error(broker: LocalBroker, tmp_path: 
     result = await check(tmp_path, *args, token="")
     assert result.lines["api"]["status"] == "fail"
     assert "no API token" in result.lines["api"]["detail"]
+    assert result.lines["api"]["fix"] == "set api.token_file (a 0600 file) or METRIQO_BRIDGE_TOKEN"
+    assert result.code == EX_CONFIG
+
+
+async def test_an_invalid_mapping_file(broker: LocalBroker, api: LocalApi, tmp_path: Path) -> None:
+    """An invalid mapping file is a red line naming file and line, exit 78; the broker and the
+    API are still checked, the subscriptions not."""
+    (tmp_path / "topic-mappings.yaml").write_text("version: 1\nrules:\n  - {name: r}\n")
+    result = await check(tmp_path, "--mqtt-port", str(broker.port), "--api-url", api.url)
+    mapping = result.lines["mapping"]
+    assert mapping["status"] == "fail"
+    assert "topic-mappings.yaml:3" in mapping["detail"]
+    assert mapping["fix"].startswith("run: metriqo-bridge check ")
+    assert result.status()["login"] == "ok"
+    assert result.status()["subscribe"] == "skip"
+    assert result.status()["api"] == "ok"
     assert result.code == EX_CONFIG
