@@ -115,7 +115,8 @@ async def test_a_running_bridge_keeps_its_session(
     broker: LocalBroker, api: LocalApi, tmp_path: Path
 ) -> None:
     """The check, given the very settings of a running bridge (its client id included),
-    connects under another id: the bridge is not disconnected and goes on delivering."""
+    connects under another id: the bridge is not disconnected, goes on delivering, and its
+    broker session still queues messages for it while it is stopped."""
     settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
     async with running_bridge(settings) as bridge:
         args = ("--mqtt-port", str(broker.port), "--client-id", settings.mqtt.client_id)
@@ -130,6 +131,16 @@ async def test_a_running_bridge_keeps_its_session(
         assert bridge.source.state.connected
     assert set(delivered_points(api.store.points())) == expected_env_points(5, start_ms)
     assert "already connected" not in broker.log_tail(100_000)
+    # Stopped: the broker queues for the bridge's session; a check under the bridge's id with
+    # a clean session would throw the queue away.
+    later_ms = start_ms + 60_000
+    await publish(broker.port, env_messages(5, later_ms))
+    result = await check(tmp_path, *args, "--api-url", api.url)
+    assert result.code == EX_OK, result.out
+    async with running_bridge(settings):
+        await api.store.wait_for_points(40, 30)
+    expected = expected_env_points(5, start_ms) | expected_env_points(5, later_ms)
+    assert set(delivered_points(api.store.points())) == expected
 
 
 # -- the broker's red lines ------------------------------------------------------------------
@@ -222,6 +233,31 @@ async def test_a_certificate_for_another_name(pki: Pki, api: LocalApi, tmp_path:
     assert "IP address mismatch" in tls["detail"]
     assert tls["fix"].startswith("set mqtt.host to a name the certificate lists")
     assert result.status()["login"] == "skip"
+
+
+def expired_server_cert(pki: Pki, d: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, signed by the plant's CA, that expired a day ago."""
+    key, csr, cert, ext = d / "old.key", d / "old.csr", d / "old.pem", d / "old.ext"
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = ["openssl", "req", *new_key, "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out"]
+    subprocess.run([*run, str(csr)], check=True, capture_output=True)
+    ext.write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
+    ca = ["-CA", str(pki.ca), "-CAkey", str(pki.dir / "plant-ca.key"), "-CAcreateserial"]
+    sign = ["openssl", "x509", "-req", "-in", str(csr), *ca, "-days", "-1", "-extfile", str(ext)]
+    subprocess.run([*sign, "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o600)
+    return cert, key
+
+
+async def test_an_expired_certificate(pki: Pki, api: LocalApi, tmp_path: Path) -> None:
+    """A broker certificate that has expired is a red TLS line that says so."""
+    passwords = password_file(tmp_path / "passwd", {BRIDGE_USER: BRIDGE_PW})
+    old = expired_server_cert(pki, tmp_path)
+    with SecureBroker(tmp_path / "broker", pki, passwords, server_cert=old) as broker:
+        result = await check(tmp_path, *tls_args(pki, broker.password_port), "--api-url", api.url)
+    tls = result.lines["tls"]
+    assert tls["summary"] == "the broker's certificate has expired"
+    assert tls["fix"] == "renew the broker's certificate"
 
 
 async def test_an_unknown_ca(secure: SecureBroker, pki: Pki, api: LocalApi, tmp_path: Path) -> None:
