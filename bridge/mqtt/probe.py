@@ -293,10 +293,7 @@ async def _over_tcp(
         tls = Finding("tls", "ok", f"TLS accepted; the broker's certificate is {verified}")
     link = _Link(reader, writer, t)
     try:
-        return [
-            tls,
-            *await _session(link, s=s, password=password, filters=filters, cid=cid, tls=tls),
-        ]
+        return await _session(link, s=s, password=password, filters=filters, cid=cid, tls=tls)
     finally:
         await link.close()
 
@@ -310,7 +307,8 @@ async def _session(
     cid: str,
     tls: Finding,
 ) -> list[Finding]:
-    """CONNECT and the subscriptions; a TLS alert at this point replaces the TLS line."""
+    """The TLS line, CONNECT and the subscriptions; a TLS failure found here (an alert, a
+    hang-up right after the handshake) replaces the TLS line."""
     v5 = s.protocol == "v5"
     try:
         await link.send(
@@ -344,7 +342,7 @@ async def _session(
             fix += "; a TLS listener drops a plain client like this: set mqtt.tls.enabled: true"
         login = Finding("login", "fail", f"the broker {closed} instead of answering CONNECT",
                         type(exc).__name__, fix)  # fmt: skip
-        return [login, *_skip(_AFTER_TCP[2:], "no session")]
+        return [tls, login, *_skip(_AFTER_TCP[2:], "no session")]
     user = f"as {s.username}" if s.username else "without a username"
     if code != 0:
         text, fix = pk.connack_reason(code, v5=v5)
@@ -355,9 +353,9 @@ async def _session(
             f"connected {user} with client id {cid}",
             fix,
         )
-        return [login, *_skip(_AFTER_TCP[2:], "not logged in")]
+        return [tls, login, *_skip(_AFTER_TCP[2:], "not logged in")]
     login = Finding("login", "ok", f"login accepted {user} (check client id {cid})")
-    return [login, await _subscriptions(link, filters, v5=v5)]
+    return [tls, login, await _subscriptions(link, filters, v5=v5)]
 
 
 def _closed_after_handshake(s: MqttSettings, exc: BaseException) -> Finding:

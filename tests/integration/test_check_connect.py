@@ -41,6 +41,7 @@ from tests.support.tls import (
 
 BRIDGE_PW = "bridge-pw-Check-71"  # recognisable: every run is searched for it
 WRONG_TOKEN = "mqk_test_not-the-right-one"
+LINES = ("mapping", "dns", "tcp", "tls", "login", "subscribe", "api")
 DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 
 
@@ -53,8 +54,10 @@ class Check:
         self.err = proc.stderr
         self.lines: dict[str, dict[str, Any]] = {}
         if as_json:
-            for line in json.loads(proc.stdout)["checks"]:
-                self.lines[line["check"]] = line
+            checks = json.loads(proc.stdout)["checks"]
+            # One line per step, always all of them, in the order a reading travels.
+            assert [line["check"] for line in checks] == list(LINES), checks
+            self.lines = {line["check"]: line for line in checks}
 
     def status(self) -> dict[str, str]:
         return {name: line["status"] for name, line in self.lines.items()}
