@@ -27,7 +27,9 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2  # argparse exits with 2 for a bad option as well
 EX_NOINPUT = 66  # sysexits.h: an input file did not exist (here: the spool)
-EX_UNAVAILABLE = 69  # sysexits.h: a required service (here: mosquitto) is unavailable
+EX_UNAVAILABLE = (
+    69  # sysexits.h: a required service (mosquitto; the broker or the API) is unavailable
+)
 EX_TEMPFAIL = 75  # sysexits.h: try again later (here: another bridge holds the spool)
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd units use RestartPreventExitStatus=78
 EX_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -51,14 +53,17 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EX_NOINPUT, "no spool at the configured path (`dead-letters`, `backup`)"),
     (
         EX_UNAVAILABLE,
-        "`demo`, `bench` or `soak` without mosquitto installed; `discover`, `tap`: the broker "
-        "cannot be reached or refuses the connection or subscription",
+        "`check --connect`: a line of the checklist failed (the broker or the API cannot be "
+        "used as configured); `discover`, `tap`: the broker cannot be reached or refuses the "
+        "connection or subscription; `demo`, `bench` or `soak` without mosquitto installed",
     ),
     (EX_TEMPFAIL, "the spool is locked by another running bridge"),
     (
         EX_CONFIG,
-        "configuration error (nothing started, no spool touched), or a spool written by a "
-        "newer version (left untouched); `recipes`: no recipe of that name",
+        "configuration error (nothing started, no spool touched; `check --connect`: a red "
+        "line that `run` would refuse to start with, such as an invalid mapping file or no "
+        "token), or a spool written by a newer version (left untouched); `recipes`: no recipe "
+        "of that name",
     ),
     (EX_INTERRUPTED, "interrupted (Ctrl-C) in a command other than `run`"),
 )

@@ -7,10 +7,12 @@ the error hierarchy; the delivery loop decides what to do with each class.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
@@ -40,6 +42,30 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+@dataclass(frozen=True, slots=True)
+class ApiAnswer:
+    """What one ``GET /devices?per_page=1`` showed of the API and the token
+    (``check --connect``). Holds no header and never the token.
+
+    Attributes:
+        status: the HTTP status; None when no answer came.
+        problem: why no answer came (DNS, refused, timeout, TLS).
+        tls_error: the TLS error, when that was why.
+        dns: the host name did not resolve.
+        devices: the organization's device count (a 200's ``pagination.total``).
+        location: a redirect's target.
+        retry_after: a 429's wait, in seconds.
+    """
+
+    status: int | None
+    problem: str = ""
+    tls_error: ssl.SSLError | None = None
+    dns: bool = False
+    devices: int | None = None
+    location: str | None = None
+    retry_after: float | None = None
+
+
 class Sender:
     """Posts batches to the API and classifies the outcome."""
 
@@ -51,6 +77,7 @@ class Sender:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = settings.base_url.rstrip("/") + "/telemetry"
+        self.devices_url = settings.base_url.rstrip("/") + "/devices"
         self._token = token
         self._body = settings.body
         self._timeout = aiohttp.ClientTimeout(
@@ -150,3 +177,51 @@ class Sender:
                 body=excerpt,
             )
         raise PermanentDelivery(f"API rejected the batch ({status})", status=status, body=excerpt)
+
+    async def probe(self) -> ApiAnswer:
+        """One cheap authenticated request (``GET /devices?per_page=1``): is the API reachable
+        and the token accepted? Never raises for what the network or the API does."""
+        assert self._session is not None, "Sender used outside 'async with'"
+        token = self._token()
+        if secret_text_problem(token, header=True) is not None:
+            return ApiAnswer(None, "the API token cannot go into an HTTP header")
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self._session.get(
+                self.devices_url,
+                params={"per_page": "1"},
+                headers=headers,
+                allow_redirects=False,
+                ssl=self._ssl,
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                location = resp.headers.get("Location")
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._wall())
+        except TimeoutError:
+            return ApiAnswer(
+                None,
+                "no answer in time (api.connect_timeout_s, api.read_timeout_s, "
+                "api.total_timeout_s)",
+            )
+        except aiohttp.ClientConnectorCertificateError as exc:
+            cert = exc.certificate_error
+            return ApiAnswer(None, str(cert), cert if isinstance(cert, ssl.SSLError) else None)
+        except aiohttp.ClientConnectorSSLError as exc:
+            err = exc.os_error
+            return ApiAnswer(None, str(err), err if isinstance(err, ssl.SSLError) else None)
+        except aiohttp.ClientConnectorDNSError as exc:
+            return ApiAnswer(None, exc.os_error.strerror or str(exc.os_error), dns=True)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                return ApiAnswer(None, f"connection to {exc.host}:{exc.port} refused")
+            return ApiAnswer(None, exc.os_error.strerror or str(exc.os_error))
+        except aiohttp.ClientError as exc:
+            # str() of aiohttp client errors names host and reason, never request headers.
+            return ApiAnswer(None, f"{type(exc).__name__}: {exc}")
+        devices = None
+        if status == 200:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+                total = orjson.loads(raw).get("pagination", {}).get("total")
+                devices = total if isinstance(total, int) else None
+        return ApiAnswer(status, devices=devices, location=location, retry_after=retry_after)

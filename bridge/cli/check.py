@@ -1,5 +1,6 @@
-"""``metriqo-bridge check [--mapping-file FILE]``: validate a mapping file and warn about rules
-that overlap or can never match."""
+"""``metriqo-bridge check [FILE]``: validate a mapping file and warn about rules that overlap
+or can never match; with ``--connect``, check the whole deployment (:mod:`bridge.cli.connect`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.cli.command import Subparsers
-from bridge.cli.flags import add_mapping_file, mapping_file
-from bridge.errors import EX_CONFIG, EX_OK
+from bridge.cli.flags import RUN, add_mapping_file, add_settings_flags, mapping_file, overrides
+from bridge.errors import EX_CONFIG, EX_OK, EX_USAGE
 
 if TYPE_CHECKING:
     from bridge.mapping.mapper import Rule
@@ -19,12 +20,17 @@ if TYPE_CHECKING:
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "check",
-        help="validate a mapping file; exit 0 or 78",
-        description="Validate a mapping file (default topic-mappings.yaml): every error as "
-        "file:line: key.path: message, and warnings about rules that can never match or overlap. "
-        "See docs/guide/tuning-loop.md.",
-        epilog="exit codes: 0 valid (warnings included), 78 errors, and with --strict also "
-        "warnings.",
+        help="validate a mapping file; with --connect, the broker and the API too",
+        description="Validate a mapping file (default: mapping.file, topic-mappings.yaml): "
+        "every error as file:line: key.path: message, and warnings about rules that can never "
+        "match or overlap. See docs/guide/tuning-loop.md. With --connect, check the deployment "
+        "with the settings run would use (file, environment, flags): the broker's address, TCP, "
+        "TLS, the login, each rule's subscription and the API token, as a checklist with the "
+        "fix for each failed line (docs/troubleshooting.md). The check connects with its own "
+        "client id and a throwaway session, never the bridge's.",
+        epilog="exit codes: 0 valid (warnings included; --connect: every line passed), 69 "
+        "(--connect) the broker or the API cannot be used as configured, 78 the mapping file "
+        "or the settings are invalid, and with --strict also warnings.",
     )
     add_mapping_file(p, positional=True)
     p.add_argument(
@@ -33,18 +39,16 @@ def add_parser(sub: Subparsers) -> None:
         help="treat warnings (shadowed, overlapping rules) as errors",
     )
     p.add_argument(
-        "--config",
-        type=Path,
-        help="the bridge's settings file: check against its mapping.max_device_id_length and "
-        "mapping.max_metric_name_length (default: their defaults)",
+        "--connect",
+        action="store_true",
+        help="also connect to the broker and the API as run would, and print a checklist",
     )
     p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a setting, as for run, e.g. --set mapping.max_device_id_length=64 (repeatable)",
+        "--json", action="store_true", help="with --connect: the checklist as one JSON object"
     )
+    # Every setting run reads (--connect checks with them); the mapping file comes from the
+    # flag or the positional FILE above.
+    add_settings_flags(p, [k for k in RUN if k != "mapping.file"], print_config=False)
     p.set_defaults(handler=run)
 
 
@@ -55,12 +59,22 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.overlap import format_warning, rule_warnings
     from bridge.mapping.validation import yaml11_warnings
 
-    file = mapping_file(args)
-    limits = IdentifierLimits()
-    if args.config is not None or args.set:
+    if args.json and not args.connect:
+        print("metriqo-bridge: check: --json needs --connect", file=sys.stderr)
+        return EX_USAGE
+    settings = None
+    # Without --connect the settings are read only when asked for, as before --connect was.
+    if args.connect or args.config is not None or overrides(args):
         from bridge.cli.flags import settings_from
 
-        limits = IdentifierLimits.of(settings_from(args).mapping)
+        settings = settings_from(args)
+    file: Path = args.file or (settings.mapping.file if settings else mapping_file(args))
+    limits = IdentifierLimits.of(settings.mapping) if settings else IdentifierLimits()
+    if args.connect:
+        from bridge.cli.connect import run_checklist
+
+        assert settings is not None
+        return run_checklist(settings, file, limits, strict=args.strict, as_json=args.json)
     data, index = load_yaml_file(file)  # once: the rules, and the lines the warnings name
     rules = compile_mappings(data, index, limits)
     print(f"{file}: OK, {len(rules)} rule(s)")

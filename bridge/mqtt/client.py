@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.mqtt.wire import WireSocket
-from bridge.settings import MqttSettings
+from bridge.settings import MqttSettings, TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,28 @@ def configure_tls(client: mqtt.Client, s: MqttSettings) -> None:
     the side sessions of ``discover`` and ``tap``."""
     if not s.tls.enabled:
         return
-    ctx = ssl.create_default_context(cafile=str(s.tls.ca_file) if s.tls.ca_file else None)
-    if s.tls.cert_file and s.tls.key_file:
-        ctx.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
     if not s.tls.verify:
         log.warning(
             "mqtt.tls.verify is false: the broker's certificate is not checked, so "
             "anyone on the network path can pose as the broker"
         )
+    client.tls_set_context(tls_context(s.tls))
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The client TLS context of ``mqtt.tls`` (the bridge's, the side sessions' and
+    ``check --connect``'s).
+
+    Raises:
+        OSError, ssl.SSLError: a CA, certificate or key file that cannot be loaded.
+    """
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file and tls.key_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if not tls.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    client.tls_set_context(ctx)
+    return ctx
 
 
 def connect(client: mqtt.Client, s: MqttSettings) -> None:
