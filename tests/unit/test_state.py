@@ -241,13 +241,15 @@ def test_admin_commands_follow_the_runtime_file_unless_told_otherwise_on_the_com
 
 
 def test_commands_with_their_own_mapping_option_keep_its_default_and_old_spelling(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """simulate-sensors and demo: --mapping-file, with a default when it is not given, and
-    --mappings still accepted with a notice."""
+    """simulate-sensors and demo: --mapping-file, unset when not given (they then look for
+    ./topic-mappings.yaml, else use the packaged example), and --mappings still accepted with a
+    notice."""
+    monkeypatch.delenv("METRIQO_BRIDGE_MAPPING__FILE", raising=False)
     parser = build_parser()
     for command in ("simulate-sensors", "demo"):
-        assert parser.parse_args([command]).mappings == Path("topic-mappings.yaml")
+        assert parser.parse_args([command]).mappings is None
         assert parser.parse_args([command, "--mappings", "m.yaml"]).mappings == Path("m.yaml")
         assert "--mappings is deprecated; use --mapping-file" in capsys.readouterr().err
 
