@@ -139,6 +139,8 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
             continue
+        if action.help == argparse.SUPPRESS:
+            continue  # a deprecated old spelling: hidden from --help, and from the reference
         names = (
             ", ".join(f"`{s}`" for s in action.option_strings)
             or f"`{action.metavar or action.dest}`"
