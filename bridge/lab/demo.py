@@ -2,7 +2,8 @@
 
 Starts a throwaway mosquitto and a local Metriqo-compatible API (with the real API's 1000
 requests per minute limit), runs the bridge between them with a temporary spool, publishes from a
-simulated fleet with devices for every rule of the mapping (the ignore rules' included), and
+simulated fleet with devices for every rule of the mapping (the ignore rules' included) and of
+the Tasmota and Zigbee2MQTT recipes, which join the mapping (:mod:`bridge.lab.demo_recipes`), and
 then checks the result the way a user would: by asking the API over HTTP whether every published
 point is there, once, at its timestamp, coalesced where the rule coalesces, and that nothing
 arrived for what was to be ignored (:mod:`bridge.lab.demo_check`). Nothing leaves 127.0.0.1 and
