@@ -46,7 +46,6 @@ from bridge.lab.examples import choose_mapping
 from bridge.lab.fleet import FleetError, SensorFleet
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.logs import setup_logging
-from bridge.mapping.cover import cover
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Rule
 
@@ -253,21 +252,10 @@ class _Demo:
         print("metriqo-bridge demo — everything runs on 127.0.0.1 and is removed afterwards")
         print(f"  broker   mosquitto on 127.0.0.1:{self.broker_port}")
         print(f"  API      {api.url}  (Metriqo-compatible, limit 1000 requests/min)")
-        m = self.mapping
-        print(f"  mapping  {a.mappings}  ({len(self.rules) - len(m.recipe_rules)} rules)")
-        for recipe in m.recipes:
-            joined = sum(1 for name in m.recipe_rules.values() if name == recipe.name)
-            print(
-                f"  recipe   {recipe.name} ({joined} rules) from the recipe library: {recipe.title}"
-            )
-        for name, why in m.left_out.items():
-            print(f"  recipe   {name} left out: {why}")
-        if m.recipes:
-            subs = cover([r.topic.subscription for r in self.rules])
-            print(
-                f"           together in {m.path.name} ({len(self.rules)} rules, "
-                f"{len(subs.filters)} subscriptions: overlapping filters are subscribed once)"
-            )
+        mapping = self.mapping
+        print(f"  mapping  {a.mappings}  ({len(self.rules) - len(mapping.recipe_rules)} rules)")
+        for line in mapping.describe():
+            print(line)
         if status_port is not None:
             print(f"  bridge   metrics at http://127.0.0.1:{status_port}/metrics")
         kinds = len({device.rule.name for device in self.fleet.devices})

@@ -29,6 +29,7 @@ from bridge.config.yamlfile import load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError
 from bridge.lab.fleet_devices import Device
 from bridge.lab.fleet_shapes import PayloadBuilder
+from bridge.mapping.cover import cover
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import RuleWarning, rule_warnings, topic_lines
@@ -61,6 +62,23 @@ class DemoMapping:
     recipe_rules: dict[str, str] = field(default_factory=dict)
     payloads: dict[str, PayloadBuilder] = field(default_factory=dict)
     topics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def describe(self) -> list[str]:
+        """The demo's setup lines about the recipes: which joined, which not and why."""
+        lines = []
+        for found in self.recipes:
+            joined = sum(1 for name in self.recipe_rules.values() if name == found.name)
+            lines.append(
+                f"  recipe   {found.name} ({joined} rules) from the recipe library: {found.title}"
+            )
+        lines.extend(f"  recipe   {name} left out: {why}" for name, why in self.left_out.items())
+        if self.recipes:
+            subs = cover([r.topic.subscription for r in self.rules])
+            lines.append(
+                f"           together in {self.path.name} ({len(self.rules)} rules, "
+                f"{len(subs.filters)} subscriptions: overlapping filters are subscribed once)"
+            )
+        return lines
 
 
 def combine(base: Path, out: Path, names: Sequence[str] = DEMO_RECIPES) -> DemoMapping:

@@ -30,7 +30,7 @@ from bridge.lab.fleet_devices import (
     Device,
     ExpectedPoint,
     Message,
-    capture_value,
+    captures_for,
     format_ts,
     put,
     unsimulated,
@@ -78,9 +78,7 @@ class SensorFleet:
         payloads: rule name → how to build that rule's payloads, for rules whose payloads the
             generic builders cannot guess (a recipe's device format, say); their points come
             from the mapper like every shaped rule's.
-        topics: rule name → real topics for that rule's devices (a recipe's test topics): its
-            k-th device publishes on the k-th of them (round the list again past its end)
-            instead of on a topic made up from the filter.
+        topics: rule name → real topics its devices publish on in turn (a recipe's test topics).
 
     Attributes:
         expected: points the bridge must deliver, for every message the broker accepted.
@@ -156,11 +154,8 @@ class SensorFleet:
     def _device(
         self, rule: Rule, index: int, rng: random.Random | None = None, rank: int = 0
     ) -> Device:
-        given = self._topics.get(rule.name)
-        topic = given[rank % len(given)] if given else None
-        captures = self._captures(rule, index)
-        if topic is not None:
-            captures = rule.topic.match(topic.split("/")) or {}
+        topic = given[rank % len(given)] if (given := self._topics.get(rule.name)) else None
+        captures = captures_for(rule, index, topic)
         device = Device(rule, captures, rng or self._rng, shaped=self._shaped(rule), topic=topic)
         if device.shaped:
             # The device id may come from the payload ({$serial}, {@key}): map a sample.
@@ -191,7 +186,7 @@ class SensorFleet:
                 self.skipped_rules[rule.name] = str(exc)
                 return False
         else:
-            probe = Device(rule, self._captures(rule, 0), random.Random(0))
+            probe = Device(rule, captures_for(rule, 0, None), random.Random(0))
         router = TopicRouter([r.topic for r in rules])
         for stream in probe.streams:
             routed = router.route(stream.topic)
@@ -199,10 +194,6 @@ class SensorFleet:
                 self.skipped_rules[rule.name] = "an earlier rule matches its topics first"
                 return False
         return True
-
-    @staticmethod
-    def _captures(rule: Rule, index: int) -> dict[str, str]:
-        return {name: capture_value(name, index) for name in rule.topic.capture_names}
 
     def _timestamp_ms(self, device_id: str, step: int = 1) -> int:
         # Strictly increasing per device id, so every point id device/metric@time is unique

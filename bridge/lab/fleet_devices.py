@@ -172,6 +172,14 @@ def template_captures(template: Template) -> set[str]:
     return {part.value for part in template.parts if part.kind == "capture"}
 
 
+def captures_for(rule: Rule, index: int, topic: str | None) -> dict[str, str]:
+    """The capture values of device ``index``: those of ``topic`` when given (a real topic the
+    rule maps), else made up, unique per device."""
+    if topic is not None:
+        return rule.topic.match(topic.split("/")) or {}
+    return {name: capture_value(name, index) for name in rule.topic.capture_names}
+
+
 def capture_value(name: str, index: int) -> str:
     """A topic level for capture ``name`` of device ``index``, unique per device."""
     n = index + 1
