@@ -253,7 +253,8 @@ class _Demo:
         print(f"  broker   mosquitto on 127.0.0.1:{self.broker_port}")
         print(f"  API      {api.url}  (Metriqo-compatible, limit 1000 requests/min)")
         mapping = self.mapping
-        print(f"  mapping  {a.mappings}  ({len(self.rules) - len(mapping.recipe_rules)} rules)")
+        joined = sum(1 for r in mapping.recipe_rules.values() if r not in mapping.in_file)
+        print(f"  mapping  {a.mappings}  ({len(self.rules) - joined} rules)")
         for line in mapping.describe():
             print(line)
         if status_port is not None:

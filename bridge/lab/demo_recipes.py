@@ -48,8 +48,10 @@ class DemoMapping:
     Attributes:
         path: the combined mapping file.
         rules: its compiled rules.
-        recipes: the recipes that joined, in the order they were added.
-        left_out: recipe name → why it did not join.
+        recipes: the recipes that run, in the order they were added.
+        in_file: of ``recipes``, those whose rules the mapping file already has (their devices
+            still publish the recipe's samples).
+        left_out: recipe name → why it does not run.
         recipe_rules: rule name → the recipe it came from.
         payloads: rule name → payload builder, for every recipe rule with samples.
         topics: rule name → the recipe tests' topics that rule maps in the combined file.
@@ -58,6 +60,7 @@ class DemoMapping:
     path: Path
     rules: list[Rule]
     recipes: list[Recipe] = field(default_factory=list)
+    in_file: set[str] = field(default_factory=set)
     left_out: dict[str, str] = field(default_factory=dict)
     recipe_rules: dict[str, str] = field(default_factory=dict)
     payloads: dict[str, PayloadBuilder] = field(default_factory=dict)
@@ -68,11 +71,10 @@ class DemoMapping:
         lines = []
         for found in self.recipes:
             joined = sum(1 for name in self.recipe_rules.values() if name == found.name)
-            lines.append(
-                f"  recipe   {found.name} ({joined} rules) from the recipe library: {found.title}"
-            )
+            where = "in the mapping file" if found.name in self.in_file else "from the library"
+            lines.append(f"  recipe   {found.name} ({joined} rules) {where}: {found.title}")
         lines.extend(f"  recipe   {name} left out: {why}" for name, why in self.left_out.items())
-        if self.recipes:
+        if len(self.in_file) < len(self.recipes):
             subs = cover([r.topic.subscription for r in self.rules])
             lines.append(
                 f"           together in {self.path.name} ({len(self.rules)} rules, "
@@ -91,11 +93,18 @@ def combine(base: Path, out: Path, names: Sequence[str] = DEMO_RECIPES) -> DemoM
     specs: list[RuleSpec] = list(data["rules"])
     added: list[tuple[Recipe, set[str], list[dict[str, Any]]]] = []
     left_out: dict[str, str] = {}
+    in_file: set[str] = set()
     for name in names:
         found = recipe(name)
         r_data, _ = load_yaml_text(found.text, f"recipe {name}")
         r_specs: list[RuleSpec] = list(r_data["rules"])
-        taken = {s["name"] for s in specs} & {s["name"] for s in r_specs}
+        own = {s["name"] for s in r_specs}
+        tests = list(r_data.get("tests") or [])
+        taken = {s["name"] for s in specs} & own
+        if taken == own:  # the file holds the recipe (``recipes write``): run it as it is there
+            added.append((found, own, tests))
+            in_file.add(name)
+            continue
         if taken:
             left_out[name] = f"the mapping already has rule(s) {', '.join(sorted(taken))}"
             continue
@@ -107,10 +116,10 @@ def combine(base: Path, out: Path, names: Sequence[str] = DEMO_RECIPES) -> DemoM
             left_out[name] = problem
             continue
         specs = ordered
-        added.append((found, {s["name"] for s in r_specs}, list(r_data.get("tests") or [])))
+        added.append((found, own, tests))
     _write(out, specs)
     rules = load_mappings(out)
-    result = DemoMapping(out, rules, [r for r, _, _ in added], left_out)
+    result = DemoMapping(out, rules, [r for r, _, _ in added], in_file, left_out)
     router = TopicRouter([r.topic for r in rules])
     by_name = {r.name: r for r in rules}
     samples: dict[str, dict[str, list[bytes]]] = {}

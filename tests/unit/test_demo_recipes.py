@@ -17,6 +17,7 @@ from bridge.lab.fleet_devices import Device, ExpectedPoint
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.overlap import rule_warnings
 from bridge.mapping.topics import TopicRouter
+from bridge.recipes import recipe
 
 NOW_S = 1_795_681_920.0  # 2026-11-26T08:32:00Z
 
@@ -53,14 +54,21 @@ def test_recipe_topics_route_to_their_rule_and_failing_samples_are_left_out(
     assert set(combined.payloads) == set(combined.topics)
 
 
-def test_a_recipe_whose_rule_names_are_taken_is_left_out(tmp_path: Path) -> None:
-    """A mapping that already holds a recipe's rules keeps them once; the demo says why it did
-    not add the recipe again."""
-    first = combine(EXAMPLE_MAPPING, tmp_path / "first.yaml", ("tasmota",))
-    again = combine(first.path, tmp_path / "again.yaml")
-    assert [r.name for r in again.recipes] == ["zigbee2mqtt"]
-    assert "tasmota-sensor" in again.left_out["tasmota"]
-    assert rule_warnings(again.rules) == []
+def test_a_recipe_whose_rule_names_are_partly_taken_is_left_out(tmp_path: Path) -> None:
+    """A file rule named like one of a recipe's (but not holding the recipe) keeps its name:
+    the recipe stays out, and the demo says why."""
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "version: 1\nrules:\n"
+        "  - {name: tasmota-sensor, topic: 'meters/{d}', device_id: '{d}',"
+        " payload: number, metric: v}\n",
+        encoding="utf-8",
+    )
+    combined = combine(base, tmp_path / "combined.yaml")
+    assert [r.name for r in combined.recipes] == ["zigbee2mqtt"]
+    assert "tasmota-sensor" in combined.left_out["tasmota"]
+    assert "tasmota left out" in "\n".join(combined.describe())
+    assert rule_warnings(combined.rules) == []
 
 
 def test_a_recipe_that_would_leave_a_warning_is_left_out(tmp_path: Path) -> None:
@@ -132,3 +140,17 @@ def test_the_fleet_simulates_every_recipe_rule_on_real_topics(tmp_path: Path) ->
 def _device(topic: str) -> Device:
     rules = load_mappings(EXAMPLE_MAPPING)
     return Device(rules[0], {}, random.Random(0), shaped=True, topic=topic)
+
+
+def test_a_recipe_the_file_already_holds_runs_with_its_samples(tmp_path: Path) -> None:
+    """A mapping file written from a recipe (``recipes write``) keeps its rules once, and the
+    recipe still runs: its devices publish the recipe's samples on its test topics."""
+    written = tmp_path / "tasmota.yaml"
+    written.write_text(recipe("tasmota").text, encoding="utf-8")
+    combined = combine(written, tmp_path / "combined.yaml")
+    assert [r.name for r in combined.recipes] == list(DEMO_RECIPES)
+    assert combined.in_file == {"tasmota"}
+    assert combined.left_out == {}
+    assert len(combined.rules) == len(load_mappings(written)) + 2
+    assert "stat/tasmota_8A2F3C/POWER" in combined.topics["tasmota-power"]
+    assert "tasmota (6 rules) in the mapping file" in "\n".join(combined.describe())
