@@ -5,9 +5,10 @@ The combined file is the mapping file's rules followed by each recipe's rules, w
 demo's temporary directory and loaded like any mapping file. Where a generic rule of the file
 would swallow a recipe's topics (``tele/{device}/{metric}`` comes before Tasmota's
 ``tele/{device}/SENSOR``), the recipe rule moves up to just above it: specific before general,
-as ``check`` recommends. A recipe that still leaves a rule-order warning, or whose rule names
-the file already uses, is left out with the reason, so the demo never runs a mapping ``check
---strict`` would refuse.
+as ``check`` recommends. A recipe that still leaves a rule-order warning, or some of whose rule
+names the file already uses, is left out with the reason, so the demo never runs a mapping
+``check --strict`` would refuse. A file that holds all of a recipe's rules (``recipes write``)
+runs them as they are there, with the recipe's samples.
 
 The fleet publishes for a recipe rule on the topics of the recipe's own ``tests:`` that the
 combined mapping routes to that rule (so the devices are ``tasmota_8A2F3C``, ``boiler-room``,
@@ -171,11 +172,15 @@ def _moved(node: object, rng: random.Random) -> object:
         return [_moved(value, rng) for value in node]
     if isinstance(node, bool) or not isinstance(node, int | float):
         return node
+    # A reading that is never negative (a power, a count) stays so.
+    low = 0 if node >= 0 else None
     if isinstance(node, int):
-        return node + rng.randint(-2, 2)
+        moved_int = node + rng.randint(-2, 2)
+        return moved_int if low is None else max(low, moved_int)
     places = len(repr(node).partition(".")[2]) if "e" not in repr(node) else 6
     step = max(abs(node) * 0.02, 10.0**-places)
-    return round(node + rng.uniform(-step, step), places)
+    moved = round(node + rng.uniform(-step, step), places)
+    return moved if low is None else max(0.0, moved)
 
 
 def _sample(test: dict[str, Any]) -> bytes | None:
