@@ -20,7 +20,7 @@ def add_parser(sub: Subparsers) -> None:
         epilog="exit codes: 0 every published point arrived, 1 otherwise, 69 mosquitto is not "
         "installed.",
     )
-    demo.add_argument("--devices", type=int, default=12, help="simulated devices")
+    demo.add_argument("--devices", type=int, default=36, help="simulated devices")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the fleet publishes")
     demo.add_argument("--rate", type=float, default=200.0, help="messages per second in total")
     add_old_spelling(demo, "--mappings", "--mapping-file", "mappings", type=Path)

@@ -2,7 +2,8 @@
 
 Starts a throwaway mosquitto and a local Metriqo-compatible API (with the real API's 1000
 requests per minute limit), runs the bridge between them with a temporary spool, publishes from a
-simulated fleet with devices for every rule of the mapping (the ignore rules' included), and
+simulated fleet with devices for every rule of the mapping (the ignore rules' included) and of
+the Tasmota and Zigbee2MQTT recipes, which join the mapping (:mod:`bridge.lab.demo_recipes`), and
 then checks the result the way a user would: by asking the API over HTTP whether every published
 point is there, once, at its timestamp, coalesced where the rule coalesces, and that nothing
 arrived for what was to be ignored (:mod:`bridge.lab.demo_check`). Nothing leaves 127.0.0.1 and
@@ -20,6 +21,7 @@ import secrets
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,9 +41,9 @@ from bridge.lab.demo_check import (
     lowest_count,
     series,
 )
+from bridge.lab.demo_recipes import DemoMapping, combine
 from bridge.lab.examples import choose_mapping
 from bridge.lab.fleet import FleetError, SensorFleet
-from bridge.lab.fleet_shapes import PayloadBuilder
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.logs import setup_logging
 from bridge.mapping.loader import load_mappings
@@ -58,19 +60,19 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     args.mappings, where = choose_mapping(args.mappings)
     print(where, flush=True)
-    rules = load_mappings(args.mappings)  # before starting anything: a bad file fails fast
-    # Recipes (bridge/recipes) join the demo here: their rules after the file's, and a payload
-    # builder for each rule whose device format the generic builders cannot guess.
-    payloads: dict[str, PayloadBuilder] = {}
+    load_mappings(args.mappings)  # before starting anything: a bad file fails fast, named
     setup_logging("WARNING")  # the bridge's INFO lines would bury the progress lines
     try:
         with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metriqo-demo-")))
+            # The file's rules plus the recipes' (bridge.lab.demo_recipes), in one mapping file.
+            mapping = combine(args.mappings, tmp / "topic-mappings.yaml")
             broker = LocalBroker()
             # Registered before start(): a Ctrl-C in the middle of it still stops mosquitto.
             stack.push(broker)
             broker.start()
             try:
-                demo = _Demo(args, rules, broker.port, started, payloads)
+                demo = _Demo(args, mapping, tmp, broker.port, started)
             except ValueError as exc:
                 print(f"metriqo-bridge demo: {exc}", file=sys.stderr)
                 return EX_FAILURE
@@ -89,40 +91,49 @@ class _Demo:
     def __init__(
         self,
         args: argparse.Namespace,
-        rules: list[Rule],
+        mapping: DemoMapping,
+        tmp: Path,
         broker_port: int,
         started: float,
-        payloads: dict[str, PayloadBuilder],
     ) -> None:
         self.args = args
-        self.rules = rules
+        self.mapping = mapping
+        self.rules = mapping.rules
+        self.tmp = tmp
         self.broker_port = broker_port
         self.started = started
         self.token = secrets.token_urlsafe(24)
         self.fleet = SensorFleet(
-            "127.0.0.1", broker_port, args.devices, args.rate, rules=rules, payloads=payloads
+            "127.0.0.1",
+            broker_port,
+            args.devices,
+            args.rate,
+            rules=self.rules,
+            payloads=mapping.payloads,
+            topics=mapping.topics,
         )
         self.failure: str | None = None
+        self.recipe_points: Counter[str] = Counter()  # points read back, per recipe
 
     async def run(self) -> int:
         async with LocalApi(token=self.token, rate_limit_per_minute=1000) as api:
-            with tempfile.TemporaryDirectory(prefix="metriqo-demo-") as tmp:
-                settings = load_settings(
-                    environ={},
-                    overrides={
-                        "mqtt.host": "127.0.0.1",
-                        "mqtt.port": str(self.broker_port),
-                        "mqtt.client_id": "metriqo-bridge-demo",
-                        "api.base_url": api.url,
-                        "api.token": self.token,
-                        "spool.path": str(Path(tmp) / "spool.db"),
-                        "http.port": "0",
-                        "batch.linger_s": "0.5",
-                        "log_level": "WARNING",
-                    },
-                )
-                bridge = Bridge(settings, self.rules, lambda: self.token)
-                delivered_in_time = await self._run_bridge(bridge, api)
+            settings = load_settings(
+                environ={},
+                overrides={
+                    "mqtt.host": "127.0.0.1",
+                    "mqtt.port": str(self.broker_port),
+                    "mqtt.client_id": "metriqo-bridge-demo",
+                    "api.base_url": api.url,
+                    "api.token": self.token,
+                    "mapping.file": str(self.mapping.path),
+                    "spool.path": str(self.tmp / "spool.db"),
+                    "http.port": "0",
+                    "batch.linger_s": "0.5",
+                    "log_level": "WARNING",
+                },
+            )
+            bridge = Bridge(settings, self.rules, lambda: self.token)
+            delivered_in_time = await self._run_bridge(bridge, api)
             if self.failure is not None:
                 print(f"RESULT: FAILED — {self.failure}")
                 return EX_FAILURE
@@ -241,7 +252,11 @@ class _Demo:
         print("metriqo-bridge demo — everything runs on 127.0.0.1 and is removed afterwards")
         print(f"  broker   mosquitto on 127.0.0.1:{self.broker_port}")
         print(f"  API      {api.url}  (Metriqo-compatible, limit 1000 requests/min)")
-        print(f"  mapping  {a.mappings}  ({len(self.rules)} rules)")
+        mapping = self.mapping
+        joined = sum(1 for r in mapping.recipe_rules.values() if r not in mapping.in_file)
+        print(f"  mapping  {a.mappings}  ({len(self.rules) - joined} rules)")
+        for line in mapping.describe():
+            print(line)
         if status_port is not None:
             print(f"  bridge   metrics at http://127.0.0.1:{status_port}/metrics")
         kinds = len({device.rule.name for device in self.fleet.devices})
@@ -280,6 +295,11 @@ class _Demo:
         latest = max((p.timestamp_us or 0 for p in expected), default=0) / 1_000_000
         start = datetime.fromtimestamp(time.time() - 3600, UTC)
         end = datetime.fromtimestamp(max(time.time(), latest) + 3600, UTC)
+        recipe_of = {
+            device.device_id: self.mapping.recipe_rules[device.rule.name]
+            for device in self.fleet.devices
+            if device.rule.name in self.mapping.recipe_rules
+        }
         headers = {"Authorization": f"Bearer {self.token}"}
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
@@ -290,6 +310,8 @@ class _Demo:
             for (device_id, metric), points in grouped.items():
                 rows = await series(http, base_url, device_id, metric, (start, end))
                 result.points_found += len(rows)
+                if device_id in recipe_of:
+                    self.recipe_points[recipe_of[device_id]] += len(rows)
                 compare_series(points, rows, result)
         return result
 
@@ -324,6 +346,9 @@ class _Demo:
             f"  checked over HTTP       {v.points_found:>7}  points in {v.series} series of "
             f"{v.devices_listed} listed device(s)"
         )
+        for recipe in self.mapping.recipes:
+            found = self.recipe_points.get(recipe.name, 0)
+            print(f"  {'from recipe ' + recipe.name:<24}{found:>7}  points read back")
         if v.receive_stamped:
             print(
                 f"{'':26}({v.receive_stamped} stamped on receipt, no payload time: "
@@ -335,6 +360,12 @@ class _Demo:
         print(f"  ignored on purpose      {ignored:>7}  (of {fleet.ignored} sent to ignore rules)")
         print(f"  elapsed                 {time.monotonic() - self.started:>7.1f}  s")
         problems = v.problems()
+        simulated = {self.mapping.recipe_rules.get(d.rule.name) for d in fleet.devices}
+        problems.extend(
+            f"no point of recipe {r.name} read back"
+            for r in self.mapping.recipes
+            if r.name in simulated and not self.recipe_points.get(r.name)
+        )
         if biggest > MAX_POINTS_PER_REQUEST:
             problems.append(f"a request carried {biggest} points")
         lost = fleet.unrouted + fleet.rejected + fleet.unconfirmed

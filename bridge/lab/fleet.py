@@ -18,7 +18,7 @@ import ipaddress
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -30,7 +30,7 @@ from bridge.lab.fleet_devices import (
     Device,
     ExpectedPoint,
     Message,
-    capture_value,
+    captures_for,
     format_ts,
     put,
     unsimulated,
@@ -78,6 +78,7 @@ class SensorFleet:
         payloads: rule name → how to build that rule's payloads, for rules whose payloads the
             generic builders cannot guess (a recipe's device format, say); their points come
             from the mapper like every shaped rule's.
+        topics: rule name → real topics its devices publish on in turn (a recipe's test topics).
 
     Attributes:
         expected: points the bridge must deliver, for every message the broker accepted.
@@ -102,6 +103,7 @@ class SensorFleet:
         any_host: bool = False,
         keep_expected: bool = True,
         payloads: Mapping[str, PayloadBuilder] | None = None,
+        topics: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if not any_host:
             _check_loopback(host)
@@ -121,6 +123,7 @@ class SensorFleet:
         self._clock = clock
         self.skipped_rules: dict[str, str] = {}
         self._payloads = dict(payloads or {})
+        self._topics = {name: tuple(given) for name, given in (topics or {}).items() if given}
         self._last_ms: dict[str, int] = {}
         # Shaped rules' points come from the real mapper, one per rule (each already routes
         # its own topics first: _usable checks that).
@@ -128,7 +131,8 @@ class SensorFleet:
         usable = [r for r in rules if self._usable(r, rules)]
         if not usable:
             raise ValueError("no rule of the mapping can be simulated: " + str(self.skipped_rules))
-        self.devices = [self._device(usable[i % len(usable)], i) for i in range(devices)]
+        n = len(usable)
+        self.devices = [self._device(usable[i % n], i, rank=i // n) for i in range(devices)]
         self._client_id = f"metriqo-demo-fleet-{seed}"
         self._next_device = 0
         self._lock = threading.Condition()
@@ -147,10 +151,12 @@ class SensorFleet:
 
     # -- building devices and messages ---------------------------------------------------
 
-    def _device(self, rule: Rule, index: int, rng: random.Random | None = None) -> Device:
-        device = Device(
-            rule, self._captures(rule, index), rng or self._rng, shaped=self._shaped(rule)
-        )
+    def _device(
+        self, rule: Rule, index: int, rng: random.Random | None = None, rank: int = 0
+    ) -> Device:
+        topic = given[rank % len(given)] if (given := self._topics.get(rule.name)) else None
+        captures = captures_for(rule, index, topic)
+        device = Device(rule, captures, rng or self._rng, shaped=self._shaped(rule), topic=topic)
         if device.shaped:
             # The device id may come from the payload ({$serial}, {@key}): map a sample.
             probe = self._shaped_message(device, random.Random(index), self._clock())
@@ -180,7 +186,7 @@ class SensorFleet:
                 self.skipped_rules[rule.name] = str(exc)
                 return False
         else:
-            probe = Device(rule, self._captures(rule, 0), random.Random(0))
+            probe = Device(rule, captures_for(rule, 0, None), random.Random(0))
         router = TopicRouter([r.topic for r in rules])
         for stream in probe.streams:
             routed = router.route(stream.topic)
@@ -188,10 +194,6 @@ class SensorFleet:
                 self.skipped_rules[rule.name] = "an earlier rule matches its topics first"
                 return False
         return True
-
-    @staticmethod
-    def _captures(rule: Rule, index: int) -> dict[str, str]:
-        return {name: capture_value(name, index) for name in rule.topic.capture_names}
 
     def _timestamp_ms(self, device_id: str, step: int = 1) -> int:
         # Strictly increasing per device id, so every point id device/metric@time is unique

@@ -97,13 +97,20 @@ class Stream:
 class Device:
     """A simulated device: one rule, its captures, and a signal per metric.
 
-    A ``shaped`` device (:mod:`bridge.lab.fleet_shapes`) publishes one topic; its device id is
+    A ``shaped`` device (:mod:`bridge.lab.fleet_shapes`) publishes one topic (``topic`` when
+    given, a real one the rule maps, else one made from the filter and captures); its device id is
     set by the fleet from the first payload mapped, since it may come from the payload. It keeps
     a serial for payload fields and the constants of coalesced metrics.
     """
 
     def __init__(
-        self, rule: Rule, captures: dict[str, str], rng: random.Random, *, shaped: bool = False
+        self,
+        rule: Rule,
+        captures: dict[str, str],
+        rng: random.Random,
+        *,
+        shaped: bool = False,
+        topic: str | None = None,
     ) -> None:
         self.rule = rule
         self.shaped = shaped
@@ -120,7 +127,7 @@ class Device:
                 name = rule.metric.render(full)
                 self.streams.append(Stream(topic_of(rule, full), name, Signal(name, rng)))
         else:
-            self.streams.append(Stream(topic_of(rule, captures), "", None))
+            self.streams.append(Stream(topic or topic_of(rule, captures), "", None))
 
     def next_stream(self) -> Stream:
         stream = self.streams[self._next_stream % len(self.streams)]
@@ -163,6 +170,14 @@ def metric_captures(rule: Rule) -> list[dict[str, str]]:
 
 def template_captures(template: Template) -> set[str]:
     return {part.value for part in template.parts if part.kind == "capture"}
+
+
+def captures_for(rule: Rule, index: int, topic: str | None) -> dict[str, str]:
+    """The capture values of device ``index``: those of ``topic`` when given (a real topic the
+    rule maps), else made up, unique per device."""
+    if topic is not None:
+        return rule.topic.match(topic.split("/")) or {}
+    return {name: capture_value(name, index) for name in rule.topic.capture_names}
 
 
 def capture_value(name: str, index: int) -> str:

@@ -108,7 +108,10 @@ def build_payload(device: Device, rng: random.Random, ts_ms: int) -> bytes:
         block = orjson.loads(orjson.dumps(_COLLECTED[0]))
         block["fan"]["rpm"] = _value(rng, None)
         block["filter_pct"] = _value(rng, None)
-        _put(doc, rule.collect.path, block)
+        if rule.collect.path:
+            _put(doc, rule.collect.path, block)
+        else:  # collect: {path: ""} takes the message's own top-level fields
+            doc.update({key: value for key, value in block.items() if key not in doc})
     return orjson.dumps(doc)
 
 

@@ -11,6 +11,7 @@ package index as well.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,8 @@ PACKAGE_DATA = (
     "bridge/py.typed",
     "bridge/lab/examples/topic-mappings.yaml",
     "bridge/lab/examples/mosquitto.conf",
+    "bridge/recipes/tasmota.yaml",
+    "bridge/recipes/zigbee2mqtt.yaml",
 )
 
 
@@ -113,7 +116,7 @@ def test_installed_demo_runs_from_an_empty_directory(installed: Path, tmp_path: 
     result = subprocess.run(
         [
             *(str(installed / "metriqo-bridge"), "demo", "--seconds", "3", "--rate", "100"),
-            *("--devices", "12", "--timeout", "90"),
+            *("--devices", "36", "--timeout", "90"),
         ],
         cwd=elsewhere,
         env=env,
@@ -126,6 +129,11 @@ def test_installed_demo_runs_from_an_empty_directory(installed: Path, tmp_path: 
     assert result.returncode == 0, output
     assert "RESULT: OK" in result.stdout, output
     assert "example mapping shipped with metriqo-bridge" in result.stdout, output
+    # The recipes are package data too: the demo runs them from the installed wheel.
+    for name in ("tasmota", "zigbee2mqtt"):
+        found = re.search(rf"from recipe {name} +(\d+)  points read back", result.stdout)
+        assert found is not None, output
+        assert int(found[1]) > 0, output
     assert list(elsewhere.iterdir()) == []
 
 

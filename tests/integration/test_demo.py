@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.mapping.loader import load_mappings
+from bridge.lab.demo_recipes import DEMO_RECIPES
+from bridge.mapping.loader import load_mappings, load_mappings_text
+from bridge.recipes import recipe
 
 REPO = Path(__file__).parents[2]
 
@@ -20,8 +22,9 @@ REPO = Path(__file__).parents[2]
     reason="mosquitto is not installed (apt-get install mosquitto / brew install mosquitto)",
 )
 def test_demo_delivers_every_point_without_showing_the_token() -> None:
-    """The demo simulates every rule of the shipped mapping (ignore and coalescing rules too),
-    exits 0 reporting every published point delivered, and never prints a token."""
+    """The demo simulates every rule of the shipped mapping (ignore and coalescing rules too)
+    and of the Tasmota and Zigbee2MQTT recipes, exits 0 reporting every published point
+    delivered, reads recipe points back, and never prints a token."""
     result = subprocess.run(
         [
             sys.executable,
@@ -33,7 +36,7 @@ def test_demo_delivers_every_point_without_showing_the_token() -> None:
             "--rate",
             "100",
             "--devices",
-            "10",
+            "36",
             "--timeout",
             "60",
         ],
@@ -46,8 +49,16 @@ def test_demo_delivers_every_point_without_showing_the_token() -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "RESULT: OK" in result.stdout, output
-    rules = len(load_mappings(REPO / "topic-mappings.yaml"))
-    assert f"10 simulated devices of {rules} kinds" in result.stdout, output
+    shipped = len(load_mappings(REPO / "topic-mappings.yaml"))
+    recipes = sum(len(load_mappings_text(recipe(n).text)) for n in DEMO_RECIPES)
+    assert f"36 simulated devices of {shipped + recipes} kinds" in result.stdout, output
+    assert "left out" not in output
+    for name in DEMO_RECIPES:
+        assert f"recipe   {name} (" in result.stdout, output
+        points = re.search(rf"from recipe {name} +(\d+)  points read back", result.stdout)
+        assert points is not None, output
+        assert int(points[1]) > 0
+    assert "device tasmota_8A2F3C" in result.stdout, output
     assert "not simulated" not in output
     assert "no device left" not in output
     ignored = re.search(r"ignored on purpose +(\d+)  \(of (\d+) sent", result.stdout)

@@ -129,3 +129,16 @@ def test_receive_stamped_coalesced_series_are_checked_by_their_constant() -> Non
     none = Verification()
     compare_series(points, [], none)
     assert none.missing == 1
+
+
+def test_a_rule_collecting_the_whole_message_is_simulated() -> None:
+    """collect: {path: ""} (every top-level number, as the recipes write it) gets a payload of
+    top-level fields instead of stopping the fleet."""
+    rules = load_mappings_text(
+        "version: 1\nrules:\n"
+        "  - {name: all, topic: 'x/{d}', device_id: '{d}', collect: {path: ''}}\n"
+    )
+    fleet = SensorFleet("127.0.0.1", 1883, 1, 1.0, rules=rules, clock=lambda: NOW_S)
+    assert fleet.skipped_rules == {}
+    message = fleet._next_message()
+    assert {p.metric for p in message.points} == {"fan.rpm", "filter_pct"}
