@@ -155,6 +155,22 @@ def test_draft_passes_check_strict_and_test_with_recipe_once() -> None:
     assert by_name["draft-lab-device-climate"].timestamp is not None
 
 
+def test_narrowed_recipe_tests_give_way_to_the_plants_samples() -> None:
+    """A recipe narrowed to the first levels seen keeps only its tests on them and gains one
+    test from a real sample per rule that took a topic."""
+    survey = _survey(
+        [("pump-1/sensor/flow/state", b"3.5"), ("pump-1/status", b"online")] * 2
+        + [("zigbee2mqtt/hall", b'{"temperature": 21.5}')] * 2
+    )
+    draft = draft_mapping(survey)
+    assert draft.problems == []
+    assert draft.narrowed == {"esphome": ["pump-1"]}
+    tests = list(MappingFile.model_validate(load_yaml_text(draft.text, "d")[0]).tests or [])
+    esphome_topics = {t.topic for t in tests if not t.topic.startswith("zigbee2mqtt/")}
+    assert esphome_topics == {"pump-1/sensor/flow/state", "pump-1/status"}
+    assert "{device:pump-1}/status" in draft.text
+
+
 def test_against_counts_missed_and_dead_lettered_per_pattern() -> None:
     """--against: topics no rule matches are missed; a matching rule that fails dead-letters
     with its reason; patterns the file maps have neither."""
