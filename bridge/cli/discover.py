@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.loader import load_mappings, make_mapper
     from bridge.mqtt.side import SideSession
     from bridge.survey.against import Against
-    from bridge.survey.drafts import recipe_filters, recipes_seen
+    from bridge.survey.drafts import recipe_filters, recipe_uses
     from bridge.survey.patterns import group_topics
     from bridge.survey.topics import Survey
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = survey.seconds()
     patterns = group_topics(
         [t for t in survey.topics.values() if t.recipe is None],
-        recipe_filters(recipes_seen(survey)),
+        recipe_filters(recipe_uses(survey)),
     )
     extra: dict[str, Any] = {
         "broker": where,

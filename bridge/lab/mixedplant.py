@@ -1,12 +1,17 @@
-"""A "mixed plant": about 300 topics of mixed conventions on one broker, for ``discover`` and
+"""A "mixed plant": about 430 topics of mixed conventions on one broker, for ``discover`` and
 ``tap`` to find their way through (``simulate-sensors --mixed-plant``, and the tests).
 
-What a real plant broker looks like before anyone wrote a mapping: Tasmota plugs (``SENSOR`` and
-``STATE`` JSON, ``LWT`` text, ``POWER`` ON/OFF), plain numbers one per topic, custom JSON objects
-of several shapes (one with an epoch-millisecond time), machine state words, door contacts
-(true/false), camera snapshots (binary) and free-text logs. Topics are published round-robin,
-so every topic comes round once per :attr:`MixedPlant.topics` messages; ``LWT`` and machine
-states are retained, as devices publish them. paho-mqtt runs in its own network thread.
+What a real plant broker looks like before anyone wrote a mapping: devices of every convention
+the recipe library knows — Tasmota plugs (``SENSOR`` and ``STATE`` JSON, ``LWT`` text, ``POWER``
+ON/OFF) here, the others (Zigbee2MQTT, Shelly Gen2, ESPHome, Home Assistant statestream, OPC UA
+PubSub JSON, Telegraf, Kepware IoT Gateway, plain numbers under a gateway prefix) in
+:mod:`bridge.lab.plant_conventions` — beside shapes no recipe knows: plain numbers in a custom
+tree, custom JSON objects of several shapes (one with an epoch-millisecond time), machine state
+words, door contacts (true/false), camera snapshots (binary) and free-text logs. Topics are
+published round-robin, so every topic comes round once per :attr:`MixedPlant.topics` messages;
+availability flags, machine states and attributes are retained, as devices publish them.
+paho-mqtt runs in its own network thread. ``PlantTopic.convention`` names the recipe of a
+topic (or a generic shape), so tests can tell what ``discover`` should recognise.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from dataclasses import dataclass
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.lab.plant_conventions import convention_specs
 
 Payload = Callable[[random.Random, int], bytes]
 
@@ -85,7 +92,7 @@ def _log(rng: random.Random, n: int) -> bytes:
 
 
 def plant_topics() -> list[PlantTopic]:
-    """The plant's topics (about 300), in publishing order."""
+    """The plant's topics (about 430), in publishing order."""
     out: list[PlantTopic] = []
     for i in range(1, 21):
         dev = f"plug-{i:02d}"
@@ -116,6 +123,7 @@ def plant_topics() -> list[PlantTopic]:
     ]
     out += [PlantTopic(f"cam/cam-{i}/snapshot", _binary, convention="binary") for i in range(5)]
     out += [PlantTopic(f"logs/svc-{i}", _log, convention="free text") for i in range(5)]
+    out += [PlantTopic(*spec) for spec in convention_specs()]
     return out
 
 

@@ -2,10 +2,15 @@
 for the other patterns, and ``tests:`` built from real sample payloads.
 
 Recipe rules come first, once per recipe, so a generic rule never shadows them; the generic
-patterns meet neither each other nor a recipe's filter (:mod:`.patterns`). A test's expected
-points are what the real mapper makes of the sample under the whole draft, so the tests pass by
-construction; the draft is then compiled, checked for rule-order warnings and its tests run,
-and anything found is reported in :attr:`Draft.problems` rather than hidden.
+patterns meet neither each other nor a recipe's filter (:mod:`.patterns`). A recipe whose
+filters start with a wildcard (ESPHome's node name, plain numbers' gateway prefix) would take
+every topic of that shape on the broker — Home Assistant's states, Zigbee2MQTT's devices, any
+custom tree — so its first level is narrowed to the ones its recognised topics have (as the
+recipes' own comments ask users to do); its tests on other first levels give way to tests from
+the plant's own samples. A test's expected points are what the real mapper makes of the sample
+under the whole draft, so the tests pass by construction; the draft is then compiled, checked
+for rule-order warnings and its tests run, and anything found is reported in
+:attr:`Draft.problems` rather than hidden.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from bridge.survey.topics import Sample, Survey, TopicStats
 TIME_FIELDS = ("ts", "timestamp", "time", "t")  # a top-level field tried as the reading's time
 MAX_STATE_WORDS = 12  # more distinct words than this: free text, ignored in the draft
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_PLAIN_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {name}: any level, captured
+_REGEX_SPECIAL = re.compile(r"[.^$*+?()\[\]{}|\\]")
+_NOT_LITERAL = re.compile(r"[+#{}]")  # a level with these cannot be a literal filter level
 
 Rule = dict[str, Any]
 
@@ -43,6 +51,7 @@ class Draft:
     text: str
     recipes: list[Recipe]
     patterns: list[Pattern]
+    narrowed: dict[str, list[str]] = field(default_factory=dict)  # recipe: first levels kept
     rules: int = 0
     tests: int = 0
     problems: list[str] = field(default_factory=list)
@@ -60,32 +69,92 @@ def recipe_parts(recipe: Recipe) -> tuple[list[Rule], list[Rule]]:
     return list(data.get("rules") or []), list(data.get("tests") or [])
 
 
-def recipe_filters(recipes: Sequence[Recipe]) -> list[tuple[str, TopicFilter]]:
-    """(recipe name, filter) of every rule of ``recipes`` that takes topics."""
-    out: list[tuple[str, TopicFilter]] = []
-    for r in recipes:
-        rules, _ = recipe_parts(r)
-        out.extend(
-            (r.name, parse_filter(rule["topic"])) for rule in rules if not rule.get("continue")
-        )
+@dataclass(slots=True)
+class RecipeUse:
+    """A recipe as a draft uses it: its rules, narrowed where they start with a wildcard, and
+    the recipe's tests that still apply to them.
+
+    Attributes:
+        recipe: the recipe.
+        topics: the survey's topics it recognised.
+        rules: its rules; a wildcard first level narrowed to ``firsts``.
+        tests: its tests whose topics the narrowed rules still take as the recipe does.
+        firsts: the first levels of ``topics`` (sorted), where a rule was narrowed; else empty.
+    """
+
+    recipe: Recipe
+    topics: list[TopicStats]
+    rules: list[Rule]
+    tests: list[Rule]
+    firsts: list[str] = field(default_factory=list)
+
+
+def recipe_uses(survey: Survey) -> list[RecipeUse]:
+    """The recipes ``survey`` recognised, as the draft uses them, in catalogue order."""
+    out = []
+    for recipe in recipes_seen(survey):
+        topics = [t for t in survey.topics.values() if t.recipe == recipe.name]
+        rules, tests = recipe_parts(recipe)
+        firsts = sorted({t.topic.split("/", 1)[0] for t in topics})
+        narrowed = [_narrowed(rule, firsts) for rule in rules]
+        if narrowed == rules:
+            out.append(RecipeUse(recipe, topics, rules, tests))
+            continue
+        kept = [t for t in tests if _still_applies(str(t["topic"]), rules, narrowed)]
+        out.append(RecipeUse(recipe, topics, narrowed, kept, firsts))
     return out
+
+
+def recipe_filters(uses: Sequence[RecipeUse]) -> list[tuple[str, TopicFilter]]:
+    """(recipe name, filter) of every rule of ``uses`` that takes topics."""
+    return [
+        (use.recipe.name, parse_filter(rule["topic"]))
+        for use in uses
+        for rule in use.rules
+        if not rule.get("continue")
+    ]
+
+
+def _narrowed(rule: Rule, firsts: Sequence[str]) -> Rule:
+    """``rule`` with a first level of ``+`` or ``{name}`` replaced by one that takes ``firsts``
+    only (a literal, or a regex capture); other rules unchanged."""
+    first, slash, rest = str(rule["topic"]).partition("/")
+    capture = _PLAIN_CAPTURE.fullmatch(first)
+    if (first != "+" and capture is None) or not firsts:
+        return rule
+    if capture is None and len(firsts) == 1 and not _NOT_LITERAL.search(firsts[0]):
+        level = firsts[0]
+    else:
+        alternatives = "|".join(_REGEX_SPECIAL.sub(lambda m: "\\" + m.group(), f) for f in firsts)
+        level = "{" + (capture.group(1) if capture else "_") + ":" + alternatives + "}"
+    return {**rule, "topic": level + slash + rest}
+
+
+def _still_applies(topic: str, rules: Sequence[Rule], narrowed: Sequence[Rule]) -> bool:
+    """The recipe rule that takes ``topic`` still takes it once narrowed (or none did)."""
+    levels = topic.split("/")
+    for old, new in zip(rules, narrowed, strict=True):
+        if old.get("continue") or parse_filter(old["topic"]).match(levels) is None:
+            continue
+        return parse_filter(new["topic"]).match(levels) is not None
+    return True
 
 
 def draft_mapping(survey: Survey, header: Sequence[str] = ()) -> Draft:
     """The draft mapping file for what ``survey`` saw."""
-    recipes = recipes_seen(survey)
+    uses = recipe_uses(survey)
     generic = [t for t in survey.topics.values() if t.recipe is None]
-    patterns = group_topics(generic, recipe_filters(recipes))
-    draft = Draft("", recipes, patterns)
+    patterns = group_topics(generic, recipe_filters(uses))
+    draft = Draft("", [u.recipe for u in uses], patterns)
     rules: list[tuple[list[str], Rule]] = []
     tests: list[Rule] = []
-    for r in recipes:
-        r_rules, r_tests = recipe_parts(r)
-        n = sum(1 for t in survey.topics.values() if t.recipe == r.name)
-        for i, rule in enumerate(r_rules):
-            note = [f"recipe {r.name}: {r.title}; recognised on {n} topic(s)"] if i == 0 else []
-            rules.append((note, rule))
-        tests.extend(r_tests)
+    for use in uses:
+        r = use.recipe
+        for i, rule in enumerate(use.rules):
+            rules.append((_recipe_notes(use) if i == 0 else [], rule))
+        tests.extend(use.tests)
+        if use.firsts:
+            draft.narrowed[r.name] = use.firsts
     names = {rule["name"] for _, rule in rules}
     own: list[tuple[Pattern, Rule]] = []
     for p in patterns:
@@ -100,6 +169,9 @@ def draft_mapping(survey: Survey, header: Sequence[str] = ()) -> Draft:
         draft.problems.append(f"the draft does not compile: {exc}")
         mapper = None
     if mapper is not None:
+        for use in uses:
+            if use.firsts:  # its tests on other first levels gave way: the plant's samples
+                tests.extend(_recipe_sample_tests(use, mapper))
         for p, rule in own:
             tests.extend(_tests_for(p, rule, mapper))
     draft.text = _emit(header, rules, tests)
@@ -208,22 +280,49 @@ def _notes(p: Pattern, rule: Rule, survey: Survey) -> list[str]:
     return notes
 
 
+def _recipe_notes(use: RecipeUse) -> list[str]:
+    r = use.recipe
+    notes = [f"recipe {r.name}: {r.title}; recognised on {len(use.topics)} topic(s)"]
+    if use.firsts:
+        notes.append(
+            f"first level narrowed to the {len(use.firsts)} seen ({', '.join(use.firsts)}), so "
+            "these rules take no other convention's topics: add new ones here"
+        )
+    return notes
+
+
+def _recipe_sample_tests(use: RecipeUse, mapper: Mapper) -> list[Rule]:
+    """A test from a real sample per rule of the recipe that took one of its topics."""
+    out: list[Rule] = []
+    done: set[str | None] = set()
+    for t in use.topics:
+        sample = next((s for s in t.samples if _text(s.payload) is not None), None)
+        if sample is None:
+            continue
+        rule = mapper.map(t.topic, sample.payload, sample.received_us).rule
+        if rule not in done:
+            done.add(rule)
+            out.append(_sample_test(rule or "no rule", t, sample, mapper))
+    return out
+
+
 def _tests_for(p: Pattern, rule: Rule, mapper: Mapper) -> list[Rule]:
     picked: list[tuple[TopicStats, Sample]] = []
     for t in p.topics:
         usable = [s for s in t.samples if _text(s.payload) is not None]
         if usable and len(picked) < 2:
             picked.append((t, usable[0]))
-    out: list[Rule] = []
-    for t, s in picked:
-        mapped = mapper.map(t.topic, s.payload, s.received_us)
-        retained = " (retained)" if s.retained else ""
-        test: Rule = {"name": f"{rule['name']}: a sample from {t.topic}{retained}"}
-        test["topic"] = t.topic
-        test["payload"] = _text(s.payload)
-        test.update(_expectation(mapped, s.received_us))
-        out.append(test)
-    return out
+    return [_sample_test(rule["name"], t, s, mapper) for t, s in picked]
+
+
+def _sample_test(rule: str, t: TopicStats, s: Sample, mapper: Mapper) -> Rule:
+    mapped = mapper.map(t.topic, s.payload, s.received_us)
+    retained = " (retained)" if s.retained else ""
+    test: Rule = {"name": f"{rule}: a sample from {t.topic}{retained}"}
+    test["topic"] = t.topic
+    test["payload"] = _text(s.payload)
+    test.update(_expectation(mapped, s.received_us))
+    return test
 
 
 def _text(payload: bytes) -> str | None:

@@ -1,6 +1,8 @@
-"""discover and tap on a real mosquitto: the mixed plant's ~300 topics drafted into a file that
-passes check --strict and test, side sessions that leave nothing behind, --against gaps, and a
-tap whose points equal what the bridge delivers while it posts nothing and opens no spool."""
+"""discover and tap on a real mosquitto: the mixed plant's ~420 topics of every recipe's
+convention drafted into a file that passes check --strict and test and names every recipe, a
+bridge running that draft delivering what each recipe maps, side sessions that leave nothing
+behind, --against gaps, and a tap whose points equal what the bridge delivers while it posts
+nothing and opens no spool."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -24,8 +28,10 @@ from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from bridge.lab.broker.process import free_port
 from bridge.lab.mixedplant import MixedPlant
-from bridge.mapping.loader import load_mappings
+from bridge.mapping.loader import load_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapper
+from bridge.recipes import names as recipe_names
+from bridge.recipes import recipe
 from tests.support import REPO, TOKEN
 from tests.support.harness import (
     TEST_MAPPINGS,
@@ -33,6 +39,7 @@ from tests.support.harness import (
     env_messages,
     expected_env_points,
     make_settings,
+    metric,
     publish,
     run_cli,
     running_bridge,
@@ -108,9 +115,10 @@ def _session_present(port: int, client_id: str) -> bool:
 def test_discover_drafts_a_passing_file_and_finds_the_gaps(
     broker: LocalBroker, plant: MixedPlant, tmp_path: Path
 ) -> None:
-    """discover on ~300 mixed topics: the draft passes check --strict and test and maps the
-    recognised Tasmota convention unedited; --against names what a partial file misses or
-    dead-letters; the side session never uses the bridge's client id and leaves no session."""
+    """discover on ~420 mixed topics: every recipe recognises its convention's topics, the
+    draft names every recipe, passes check --strict and test and maps Tasmota unedited;
+    --against names what a partial file misses or dead-letters; the side session never uses
+    the bridge's client id and leaves no session."""
     draft = tmp_path / "draft.yaml"
     partial = tmp_path / "partial.yaml"
     partial.write_text(PARTIAL, encoding="utf-8")
@@ -132,7 +140,10 @@ def test_discover_drafts_a_passing_file_and_finds_the_gaps(
     assert report["topics_kept"] == n_topics
     assert report["overflow"] == 0
     assert report["draft"]["problems"] == []
-    assert report["draft"]["recipes"] == ["tasmota"]
+    assert report["draft"]["recipes"] == list(recipe_names())
+    recognised = {t["topic"]: t["recipe"] for t in report["topics"]}
+    for t in plant.topics:
+        assert recognised[t.topic] == (t.convention if t.convention in recipe_names() else None)
     lwt = [t for t in report["topics"] if t["topic"].endswith("/LWT")]
     assert lwt
     assert all(t["retained"] >= 1 for t in lwt), "retained messages are marked"
@@ -165,6 +176,92 @@ def test_discover_drafts_a_passing_file_and_finds_the_gaps(
     assert side_id in log
     assert BRIDGE_ID not in log
     assert not _session_present(broker.port, side_id), "discover left a session behind"
+
+
+def _clear_retained(port: int, topics: list[str]) -> None:
+    """Remove the retained messages of ``topics`` (an empty retained message clears one)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="retained-cleaner")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for topic in topics:
+            client.publish(topic, b"", qos=1, retain=True).wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _us(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+async def test_a_bridge_running_the_draft_delivers_what_each_recipe_maps(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """The draft discover writes from the whole mixed plant, run unedited by a bridge, delivers
+    for one round of every recognised convention's messages exactly the points each recipe's
+    own mapping file makes of them (their payload times included), dead-letters what the
+    recipes dead-letter, and leaves none of them unmatched."""
+    plant = MixedPlant(broker.host, broker.port, rate=1500.0)
+    thread = threading.Thread(target=plant.publish_for, args=(600.0,), daemon=True)
+    thread.start()
+    draft = tmp_path / "draft.yaml"
+    try:
+        result = await asyncio.to_thread(
+            run_cli,
+            "discover", "--mqtt-port", str(broker.port), "--seconds", "120",
+            "--messages", str(3 * len(plant.topics)), "--write", str(draft),
+            timeout=180,
+        )  # fmt: skip
+    finally:
+        plant.stop()
+        await asyncio.to_thread(thread.join, 30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passes check --strict and test" in result.stdout
+    # The bridge should see only the round below: the plant's retained messages go.
+    await asyncio.to_thread(_clear_retained, broker.port, [t.topic for t in plant.topics])
+
+    alone = {n: Mapper(load_mappings_text(recipe(n).text, n)) for n in recipe_names()}
+    combined = Mapper(load_mappings(draft))
+    now_us = time.time_ns() // 1000
+    messages: list[tuple[str, bytes]] = []
+    points: set[tuple[str, str, float]] = set()
+    timed: set[tuple[str, str, float, int]] = set()  # points stamped with a payload time
+    failures: Counter[str] = Counter()
+    for n, t in enumerate(plant.topics):
+        if t.convention not in alone:
+            continue
+        topic, payload, _ = plant.message(n)
+        messages.append((topic, payload))
+        want = alone[t.convention].map(topic, payload, now_us)
+        got = combined.map(topic, payload, now_us)
+        assert (got.rule, got.records) == (want.rule, want.records), topic
+        for r in want.records:
+            for name, value in r.metrics.items():
+                points.add((r.device_id, name, value))
+                if r.ts_us != now_us:
+                    timed.add((r.device_id, name, value, r.ts_us))
+        if want.failures:
+            failures[want.failures[0].reason] += 1
+    assert len(messages) > 100
+    assert timed
+    assert failures
+
+    settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+    draft_text = draft.read_text(encoding="utf-8")
+    async with running_bridge(settings, mappings=draft_text) as bridge:
+        await publish(broker.port, messages)
+        await api.store.wait_for_points(len(points), 120)
+    stored = api.store.points()
+    assert {(p.device_id, p.metric, p.value) for p in stored} == points
+    assert len(stored) == len(points)
+    assert timed <= {(p.device_id, p.metric, p.value, _us(p.timestamp)) for p in stored}
+    assert metric(bridge, "metriqo_bridge_messages_unmatched_total") == 0
+    dead = {
+        reason: metric(bridge, "metriqo_bridge_dead_letters_total", reason=reason)
+        for reason in failures
+    }
+    assert dead == {reason: float(n) for reason, n in failures.items()}
 
 
 def _read_until(proc: subprocess.Popen[str], lines: list[dict[str, object]], want: int) -> None:

@@ -290,7 +290,9 @@ def test_the_atheris_engine_gets_the_seeds_and_limits(
     assert "-seed=4" in fake_atheris.argv
     assert fake_atheris.argv[-1] == str(tmp_path)
     assert len(list(tmp_path.glob("seed-*"))) >= len(fuzz_inputs.seed_cases(SHIPPED))
-    assert 50 < fake_atheris.instrumented < 2000
+    # The bridge's functions in the modules this process loaded: about 2,000 when the whole
+    # unit suite ran first; every loaded function (instrument_all) would be over 25,000.
+    assert 50 < fake_atheris.instrumented < 5000
 
 
 def test_the_atheris_engine_reports_a_finding_with_exit_1(

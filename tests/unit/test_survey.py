@@ -9,13 +9,14 @@ import pytest
 from bridge.batcher import take_batch
 from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import BrokerError
+from bridge.lab.mixedplant import MixedPlant
 from bridge.mapping.loader import MappingFile, compile_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapper
 from bridge.mapping.overlap import rule_warnings
 from bridge.mapping.selftest import run_mapping_tests
 from bridge.models import SpooledRecord
 from bridge.mqtt.side import SideSession, side_client_id
-from bridge.recipes import catalogue, recognise
+from bridge.recipes import catalogue, names, recipe, recognise
 from bridge.settings import MqttSettings
 from bridge.survey.against import Against, gaps, pattern_topics
 from bridge.survey.drafts import draft_mapping
@@ -153,6 +154,65 @@ def test_draft_passes_check_strict_and_test_with_recipe_once() -> None:
     by_name = {r.name: r for r in rules}
     assert by_name["draft-cam-device-snap"].ignore
     assert by_name["draft-lab-device-climate"].timestamp is not None
+
+
+def _mixed_plant_survey(rounds: int = 3) -> tuple[MixedPlant, Survey]:
+    plant = MixedPlant("127.0.0.1", 1)  # never connects: only its messages are used
+    survey = Survey()
+    for n in range(rounds * len(plant.topics)):
+        topic, payload, retain = plant.message(n)
+        survey.observe(topic, payload, T0 + n, retained=retain and n < len(plant.topics))
+    return plant, survey
+
+
+def test_the_mixed_plant_draft_maps_every_convention_as_its_recipe_does() -> None:
+    """On the mixed plant every recipe recognises its convention's topics; the draft passes
+    check --strict and test, and maps each recognised message exactly as that recipe alone
+    does (ESPHome's node names and the plain-number prefix narrowed, so neither takes Home
+    Assistant's states nor Zigbee2MQTT's or the custom trees' topics)."""
+    plant, survey = _mixed_plant_survey()
+    for t in plant.topics:
+        recognised = t.convention if t.convention in names() else None
+        assert survey.topics[t.topic].recipe == recognised, t.topic
+    draft = draft_mapping(survey)
+    assert draft.problems == []
+    assert [r.name for r in draft.recipes] == list(names())
+    assert draft.narrowed == {
+        "esphome": ["boiler-room", "cold-store", "press-hall", "pump-house"],
+        "plain-numbers": ["plant7"],
+    }
+    combined = Mapper(load_mappings_text(draft.text, "draft.yaml"))
+    alone = {name: Mapper(load_mappings_text(recipe(name).text, name)) for name in names()}
+    checked = set()
+    for n in range(len(plant.topics)):
+        topic, payload, _ = plant.message(n)
+        convention = plant.topics[n].convention
+        if convention not in alone:
+            continue
+        got, want = combined.map(topic, payload, T0), alone[convention].map(topic, payload, T0)
+        assert (got.rule, got.records, got.ignored) == (want.rule, want.records, want.ignored)
+        assert [f.reason for f in got.failures] == [f.reason for f in want.failures], topic
+        checked.add(convention)
+    assert checked == set(names())
+    by_rule = {r.name: r for r in combined.rules}
+    assert by_rule["draft-sensors-device"].payload == "number"  # not split by ESPHome's status
+    assert "draft-door-device-open" in by_rule  # not left to the plain-number recipe
+
+
+def test_narrowed_recipe_tests_give_way_to_the_plants_samples() -> None:
+    """A recipe narrowed to the first levels seen keeps only its tests on them and gains one
+    test from a real sample per rule that took a topic."""
+    survey = _survey(
+        [("pump-1/sensor/flow/state", b"3.5"), ("pump-1/status", b"online")] * 2
+        + [("zigbee2mqtt/hall", b'{"temperature": 21.5}')] * 2
+    )
+    draft = draft_mapping(survey)
+    assert draft.problems == []
+    assert draft.narrowed == {"esphome": ["pump-1"]}
+    tests = list(MappingFile.model_validate(load_yaml_text(draft.text, "d")[0]).tests or [])
+    esphome_topics = {t.topic for t in tests if not t.topic.startswith("zigbee2mqtt/")}
+    assert esphome_topics == {"pump-1/sensor/flow/state", "pump-1/status"}
+    assert "{device:pump-1}/status" in draft.text
 
 
 def test_against_counts_missed_and_dead_lettered_per_pattern() -> None:
