@@ -142,6 +142,9 @@ async def test_end_of_a_401_pause_is_logged_with_what_waited(
             await publish(broker.port, env_messages(n, start_ms))
             await wait_for(lambda: metric(bridge, "metriqo_bridge_delivery_paused") == 1)
             assert _events(caplog, "delivery_paused")
+            # Every message in the spool before the token changes: on a busy machine intake can
+            # still be committing when the pause begins, and what waited is what was spooled.
+            await wait_committed(bridge, n)
             token[0] = new_token
             await wait_delivered(api, expected_env_points(n, start_ms))
             await wait_for(lambda: bool(_events(caplog, "delivery_resumed")))
