@@ -8,17 +8,20 @@ to the microsecond, never rounded into the next second.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from bridge.cli.main import main
 from bridge.errors import PayloadError
 from bridge.mapping.loader import load_mappings_text
 from bridge.mapping.mapper import Mapper
 from bridge.mapping.timestamps import TimestampFormat, format_timestamp, parse_timestamp
 
+REPO = Path(__file__).resolve().parents[2]
 PROPS = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
@@ -182,3 +185,18 @@ def test_extreme_exponents_are_refused_without_big_arithmetic(text: str) -> None
     with pytest.raises(PayloadError) as info:
         parse_timestamp(text, "epoch_s")
     assert info.value.reason == "bad_timestamp"
+
+
+def test_the_guides_exact_time_example_passes_check_and_its_tests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example under "Exact time" in docs/guide/mapping-file.md is checked and its tests
+    pass with the real mapper: the ns integer and the ISO form give the same time."""
+    page = (REPO / "docs" / "guide" / "mapping-file.md").read_text(encoding="utf-8")
+    section = page.split("#### Exact time")[1]
+    block = section.split("```yaml\n")[1].split("```")[0]
+    file = tmp_path / "plc.yaml"
+    file.write_text(block, encoding="utf-8")
+    assert main(["check", "--strict", str(file)]) == 0
+    assert main(["test", str(file)]) == 0
+    assert "2 passed, 0 failed" in capsys.readouterr().out
