@@ -62,7 +62,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
     "TimestampSpec": {
         "field": "json rules: the payload field path holding the time.",
         "capture": "The topic capture holding the time.",
-        "format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns.",
+        "format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns; "
+        "read exactly, finer than a microsecond truncated.",
         "pattern": "A strptime pattern for other strings, e.g. '%d.%m.%Y %H:%M:%S'.",
         "timezone": "Zone for zone-less times, e.g. Europe/Berlin (else they are refused).",
         "max_future_s": "Refuse times further ahead of the receive time (default 1 day).",
@@ -84,7 +85,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "name": "Field of a reading holding its metric name.",
         "value": "Field of a reading holding its value.",
         "time": "Field of a reading holding its time (else the receive time).",
-        "time_format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns.",
+        "time_format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns; "
+        "read exactly, finer than a microsecond truncated.",
         "where": "Field → value: only readings matching all conditions are kept.",
         "rename": "Reading name → metric name.",
         "prefix": "Prepended to every metric name.",
