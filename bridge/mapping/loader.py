@@ -60,6 +60,7 @@ class CollectSpec(TransformSpec):
     exclude: list[str] | None = None
     rename: dict[str, str] | None = None
     prefix: str = ""
+    separator: str = Field(".", min_length=1, max_length=3)
 
 
 class ReadingsSpec(TransformSpec):
@@ -369,7 +370,8 @@ class _Compiler:
         c = self.spec.collect
         if c is None:
             return None
-        self._prefix_and_names(c.prefix, c.rename, "collect")
+        prefix = self._template(c.prefix, ("collect", "prefix"), payload_fields=False)
+        self._prefix_and_names(c.prefix, c.rename, "collect", literals=prefix.literals)
         return CollectRule(
             path=self._segments(c.path, ("collect", "path")),
             include=tuple(c.include or ()),
@@ -377,6 +379,8 @@ class _Compiler:
             rename=dict(c.rename or {}),
             prefix=c.prefix,
             transform=self._transform(c, ("collect",)),
+            separator=c.separator,
+            prefix_template=prefix if len(prefix.literals) < len(prefix.parts) else None,
         )
 
     def _readings(self) -> tuple[ReadingsRule | None, TimestampRule | None]:
@@ -415,10 +419,17 @@ class _Compiler:
         if problem is not None:
             self.fail(key, problem)
 
-    def _prefix_and_names(self, prefix: str, rename: dict[str, str] | None, key: str) -> None:
-        self._fixed_text([prefix], (key, "prefix"))
+    def _prefix_and_names(
+        self,
+        prefix: str,
+        rename: dict[str, str] | None,
+        key: str,
+        literals: list[str] | None = None,
+    ) -> None:
+        fixed = [prefix] if literals is None else literals
+        self._fixed_text(fixed, (key, "prefix"))
         for old, new in (rename or {}).items():
-            self._fixed_text([prefix, new], (key, "rename", old))
+            self._fixed_text([*fixed, new], (key, "rename", old))
 
     def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
         if name is None:

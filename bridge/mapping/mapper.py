@@ -204,7 +204,7 @@ class Mapper:
                     raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
                 metrics = self._json_metrics(rule, doc, failures, captures) if rule.metrics else {}
                 if rule.collect is not None:
-                    metrics.update(rule.collect.collect(doc, failures))
+                    metrics.update(rule.collect.collect(doc, failures, captures))
                 if rule.readings is not None:
                     readings, skipped = rule.readings.extract(
                         doc, lambda raw: self._reading_time(rule, raw, received_us), failures

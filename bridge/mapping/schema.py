@@ -76,7 +76,9 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "include": "Globs over the dotted names below path; only matching fields are kept.",
         "exclude": "Globs over the dotted names below path; matching fields are skipped.",
         "rename": "Dotted name → metric name.",
-        "prefix": "Prepended to every metric name.",
+        "prefix": "Prepended to every metric name; a template over the topic's captures, "
+        "e.g. '{measurement}_'.",
+        "separator": "Joins the keys of a nested field in its metric name (default '.').",
         **_TRANSFORM,
     },
     "ReadingsSpec": {
