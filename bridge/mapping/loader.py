@@ -19,6 +19,7 @@ from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
+from bridge.mapping.number_spec import NumberFormatSpec, with_number_formats
 from bridge.mapping.readings import CollectRule, ReadingsRule, split_path
 from bridge.mapping.templates import Template, compile_template
 from bridge.mapping.timestamps import TimestampFormat
@@ -50,6 +51,7 @@ class MetricSpec(TransformSpec):
     """A JSON metric with transforms: ``{path: p, scale: 0.001, range: [0, 16]}``."""
 
     path: str = Field(min_length=1)
+    number_format: NumberFormatSpec | None = None
 
 
 class CollectSpec(TransformSpec):
@@ -112,6 +114,7 @@ class RuleSpec(_Strict):
     coalesce: CoalesceSpec | None = None
     metric: str | None = None
     transform: TransformSpec | None = None
+    number_format: NumberFormatSpec | None = None
     timestamp: TimestampSpec | None = None
     on_error: Literal["drop_metric", "reject_message"] = "drop_metric"
     ignore: bool = False
@@ -265,6 +268,7 @@ class _Compiler:
             for key in ("collect", "readings"):
                 if getattr(spec, key) is not None:
                     self.fail(key, f"'{key}' is for payload: json")
+        transforms = with_number_formats(spec, transforms, self.fail)
         timestamp = self._timestamp(json_payload)
         if len(self.errors) > before:
             return None

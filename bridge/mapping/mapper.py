@@ -311,6 +311,8 @@ class Mapper:
         name = rule.metric.render(captures)
         if not name:
             raise PayloadError("bad_metric_name", "metric template rendered empty")
+        if rule.payload == "number" and transform.number is not None:
+            return {name: transform.apply(name, _text(payload))}
         if rule.payload == "number":
             if not _NUMBER.fullmatch(payload):
                 raise PayloadError("not_numeric", "payload is not a plain number")
@@ -389,3 +391,11 @@ class Mapper:
                 return received_us
             raise
         return ts_us
+
+
+def _text(payload: bytes) -> str:
+    """A plain payload as text for a number format (not UTF-8: not a number either)."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("not_numeric", "payload is not UTF-8 text") from None

@@ -61,6 +61,9 @@ def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
         "measurement11_fan_rpm",
         "measurement11_filter_pct",
     }
+    # Plain numbers printed with a decimal comma and a unit (number_format) are read back.
+    assert by_rule["hmi-values"]
+    assert all(0 <= p.value <= 100 for p in by_rule["hmi-values"])
     vibration = by_rule["vibration"]
     assert all(p.coalesce == Coalesce(1_000_000, "avg") for p in vibration)
     assert len({p.value for p in vibration}) == 1  # constant: any window averages to it
