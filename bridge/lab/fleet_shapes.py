@@ -93,6 +93,9 @@ def build_payload(device: Device, rng: random.Random, ts_ms: int) -> bytes:
         return rng.choice(sorted(rule.transforms[0].value_map)).encode()
     if rule.readings is not None:
         return orjson.dumps(_readings(rule, rng, ts_ms))
+    if rule.payload == "number":
+        transform = rule.transforms[0] if rule.transforms else Transform()
+        return _printed(_value(rng, transform), transform).encode()
     doc: dict[str, Any] = {}
     for part in rule.device_id.parts:
         if part.kind == "field":
@@ -182,6 +185,16 @@ def _value(rng: random.Random, transform: Transform | None) -> float:
         b = (transform.high - span * 0.05 - transform.offset) / transform.scale
         low, high = min(a, b), max(a, b)
     return round(rng.uniform(low, high) * 4) / 4
+
+
+def _printed(value: float, transform: Transform) -> str:
+    """A plain number as the rule's number_format prints it (decimal mark, first unit)."""
+    fmt = transform.number
+    text = f"{value:.2f}"
+    if fmt is None:
+        return text
+    text = text.replace(".", fmt.decimal)
+    return f"{text} {fmt.units[0]}" if fmt.units else text
 
 
 def _time(spec: TimestampRule, ts_ms: int) -> object:

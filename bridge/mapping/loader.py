@@ -19,6 +19,7 @@ from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
+from bridge.mapping.number_spec import NumberFormatSpec, with_number_formats
 from bridge.mapping.readings import CollectRule, ReadingsRule, split_path
 from bridge.mapping.templates import Template, compile_template
 from bridge.mapping.timestamps import TimestampFormat
@@ -50,6 +51,7 @@ class MetricSpec(TransformSpec):
     """A JSON metric with transforms: ``{path: p, scale: 0.001, range: [0, 16]}``."""
 
     path: str = Field(min_length=1)
+    number_format: NumberFormatSpec | None = None
 
 
 class CollectSpec(TransformSpec):
@@ -60,6 +62,7 @@ class CollectSpec(TransformSpec):
     exclude: list[str] | None = None
     rename: dict[str, str] | None = None
     prefix: str = ""
+    separator: str = Field(".", min_length=1, max_length=3)
 
 
 class ReadingsSpec(TransformSpec):
@@ -111,6 +114,7 @@ class RuleSpec(_Strict):
     coalesce: CoalesceSpec | None = None
     metric: str | None = None
     transform: TransformSpec | None = None
+    number_format: NumberFormatSpec | None = None
     timestamp: TimestampSpec | None = None
     on_error: Literal["drop_metric", "reject_message"] = "drop_metric"
     ignore: bool = False
@@ -264,6 +268,7 @@ class _Compiler:
             for key in ("collect", "readings"):
                 if getattr(spec, key) is not None:
                     self.fail(key, f"'{key}' is for payload: json")
+        transforms = with_number_formats(spec, transforms, self.fail)
         timestamp = self._timestamp(json_payload)
         if len(self.errors) > before:
             return None
@@ -369,7 +374,8 @@ class _Compiler:
         c = self.spec.collect
         if c is None:
             return None
-        self._prefix_and_names(c.prefix, c.rename, "collect")
+        prefix = self._template(c.prefix, ("collect", "prefix"), payload_fields=False)
+        self._prefix_and_names(c.prefix, c.rename, "collect", literals=prefix.literals)
         return CollectRule(
             path=self._segments(c.path, ("collect", "path")),
             include=tuple(c.include or ()),
@@ -377,6 +383,8 @@ class _Compiler:
             rename=dict(c.rename or {}),
             prefix=c.prefix,
             transform=self._transform(c, ("collect",)),
+            separator=c.separator,
+            prefix_template=prefix if len(prefix.literals) < len(prefix.parts) else None,
         )
 
     def _readings(self) -> tuple[ReadingsRule | None, TimestampRule | None]:
@@ -415,10 +423,17 @@ class _Compiler:
         if problem is not None:
             self.fail(key, problem)
 
-    def _prefix_and_names(self, prefix: str, rename: dict[str, str] | None, key: str) -> None:
-        self._fixed_text([prefix], (key, "prefix"))
+    def _prefix_and_names(
+        self,
+        prefix: str,
+        rename: dict[str, str] | None,
+        key: str,
+        literals: list[str] | None = None,
+    ) -> None:
+        fixed = [prefix] if literals is None else literals
+        self._fixed_text(fixed, (key, "prefix"))
         for old, new in (rename or {}).items():
-            self._fixed_text([prefix, new], (key, "rename", old))
+            self._fixed_text([*fixed, new], (key, "rename", old))
 
     def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
         if name is None:

@@ -204,7 +204,7 @@ class Mapper:
                     raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
                 metrics = self._json_metrics(rule, doc, failures, captures) if rule.metrics else {}
                 if rule.collect is not None:
-                    metrics.update(rule.collect.collect(doc, failures))
+                    metrics.update(rule.collect.collect(doc, failures, captures))
                 if rule.readings is not None:
                     readings, skipped = rule.readings.extract(
                         doc, lambda raw: self._reading_time(rule, raw, received_us), failures
@@ -311,6 +311,8 @@ class Mapper:
         name = rule.metric.render(captures)
         if not name:
             raise PayloadError("bad_metric_name", "metric template rendered empty")
+        if rule.payload == "number" and transform.number is not None:
+            return {name: transform.apply(name, _text(payload))}
         if rule.payload == "number":
             if not _NUMBER.fullmatch(payload):
                 raise PayloadError("not_numeric", "payload is not a plain number")
@@ -389,3 +391,11 @@ class Mapper:
                 return received_us
             raise
         return ts_us
+
+
+def _text(payload: bytes) -> str:
+    """A plain payload as text for a number format (not UTF-8: not a number either)."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("not_numeric", "payload is not UTF-8 text") from None

@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from bridge.errors import PayloadError
 from bridge.mapping.transforms import IDENTITY, Transform
+
+if TYPE_CHECKING:  # templates imports this module; the collect prefix only needs the type
+    from bridge.mapping.templates import Template
 
 MISSING: object = object()  # what get_path returns for an absent path
 
@@ -75,7 +79,8 @@ def is_missing(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class CollectRule:
-    """Every numeric field under ``path``, named by its dotted path below it."""
+    """Every numeric field under ``path``, named by its path below it: the keys joined by
+    ``separator``, after the rule's ``prefix`` (a template over the topic's captures)."""
 
     path: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
@@ -83,25 +88,38 @@ class CollectRule:
     rename: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
     transform: Transform = IDENTITY
+    separator: str = "."
+    prefix_template: Template | None = None  # set when the prefix uses captures
 
-    def collect(self, doc: object, failures: list[PayloadError]) -> dict[str, float]:
+    def collect(
+        self, doc: object, failures: list[PayloadError], captures: dict[str, str] | None = None
+    ) -> dict[str, float]:
         """Metric name → value; strings, booleans and nulls are not numeric and are skipped."""
         base = get_path(doc, self.path)
         if is_missing(base):
             failures.append(PayloadError("missing_field", f"no field {'.'.join(self.path)!r}"))
             return {}
+        prefix = self.prefix
+        if self.prefix_template is not None:
+            prefix = self.prefix_template.render(captures or {})
         out: dict[str, float] = {}
-        for leaf, value in _numeric_leaves(base, ""):
+        for keys, value in _numeric_leaves(base):
+            # Globs and rename always see the dotted path: they are field paths, whatever
+            # the separator of the metric names.
+            leaf = ".".join(keys)
             if self.include and not any(fnmatchcase(leaf, g) for g in self.include):
                 continue
             if any(fnmatchcase(leaf, g) for g in self.exclude):
                 continue
             # A number at the collect path itself is named after the path.
             name = leaf or (self.path[-1] if self.path else "")
-            if not name and not self.prefix:
+            if not name and not prefix:
                 failures.append(PayloadError("bad_metric_name", "collected value has no name"))
                 continue
-            metric = self.prefix + self.rename.get(name, name)
+            renamed = self.rename.get(name)
+            if renamed is None:
+                renamed = self.separator.join(keys) if keys else name
+            metric = prefix + renamed
             try:
                 out[metric] = self.transform.apply(metric, value)
             except PayloadError as exc:
@@ -109,19 +127,17 @@ class CollectRule:
         return out
 
 
-def _numeric_leaves(node: object, prefix: str) -> list[tuple[str, float]]:
-    found: list[tuple[str, float]] = []
-    stack: list[tuple[object, str]] = [(node, prefix)]
+def _numeric_leaves(node: object) -> list[tuple[tuple[str, ...], float]]:
+    found: list[tuple[tuple[str, ...], float]] = []
+    stack: list[tuple[object, tuple[str, ...]]] = [(node, ())]
     while stack:  # iterative: payload nesting depth must not reach the recursion limit
-        cur, name = stack.pop()
+        cur, keys = stack.pop()
         if isinstance(cur, dict):
-            stack.extend((v, f"{name}.{k}" if name else str(k)) for k, v in reversed(cur.items()))
+            stack.extend((v, (*keys, str(k))) for k, v in reversed(cur.items()))
         elif isinstance(cur, list):
-            stack.extend(
-                (v, f"{name}.{i}" if name else str(i)) for i, v in reversed(list(enumerate(cur)))
-            )
+            stack.extend((v, (*keys, str(i))) for i, v in reversed(list(enumerate(cur))))
         elif isinstance(cur, int | float) and not isinstance(cur, bool):
-            found.append((name, cur))
+            found.append((keys, cur))
     return found
 
 

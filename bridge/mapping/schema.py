@@ -22,6 +22,10 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TITLE = "metriqo-bridge topic-mappings.yaml"
 REPO_PATH = "deploy/topic-mappings.schema.json"
 
+_NUMBER_FORMAT = (
+    "Opt-in: read numbers written as text (payload: number, json string fields of 'metrics') "
+    "with a decimal comma, thousands separators, a unit, hex or binary."
+)
 _TRANSFORM = {
     "scale": "Multiply the value by this (value * scale + offset).",
     "offset": "Add this after scaling (value * scale + offset).",
@@ -52,6 +56,7 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "readings": "json rules: a list of readings, each with its own name, value and time.",
         "metric": "Plain payloads: the metric name template, usually from a capture.",
         "transform": "Plain payloads: value transforms (map, scale, offset, round, range).",
+        "number_format": _NUMBER_FORMAT,
         "timestamp": "Where the measurement time comes from; without it, the receive time.",
         "on_error": "drop_metric (default): keep the message's other metrics; "
         "reject_message: dead-letter the whole message.",
@@ -71,13 +76,28 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "on_invalid": "reject (default: dead-lettered as bad_timestamp) or receive_time.",
     },
     "TransformSpec": _TRANSFORM,
-    "MetricSpec": {"path": "Field path in the payload; dots walk into objects.", **_TRANSFORM},
+    "MetricSpec": {
+        "path": "Field path in the payload; dots walk into objects.",
+        "number_format": "This metric's own number_format (replaces the rule's).",
+        **_TRANSFORM,
+    },
+    "NumberFormatSpec": {
+        "decimal": "The decimal mark: '.' (default) or ','.",
+        "thousands": "The thousands separator, if numbers have one: '.', ',', ' ', a no-break "
+        "space, \"'\" or '_'; groups of exactly three digits.",
+        "unit": "A unit (or a list of units) accepted after the number, with or without a "
+        "space, e.g. '°C'; any other trailing text is not_numeric.",
+        "hex": "true: also read hexadecimal integers such as 0x1F.",
+        "binary": "true: also read binary integers such as 0b1010.",
+    },
     "CollectSpec": {
         "path": "Where to collect from ('' or '.': the whole payload).",
         "include": "Globs over the dotted names below path; only matching fields are kept.",
         "exclude": "Globs over the dotted names below path; matching fields are skipped.",
         "rename": "Dotted name → metric name.",
-        "prefix": "Prepended to every metric name.",
+        "prefix": "Prepended to every metric name; a template over the topic's captures, "
+        "e.g. '{measurement}_'.",
+        "separator": "Joins the keys of a nested field in its metric name (default '.').",
         **_TRANSFORM,
     },
     "ReadingsSpec": {

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.config.suggest import did_you_mean
 from bridge.errors import PayloadError
 from bridge.mapping.readings import MISSING, get_path, split_path
 
@@ -115,7 +116,8 @@ def compile_template(text: str, captures: set[str], payload_fields: bool) -> Tem
         else:
             if head not in captures:
                 known = ", ".join(sorted(captures)) or "none"
-                raise ValueError(f"template uses {{{head}}} but the topic captures: {known}")
+                hint = did_you_mean(head, captures)
+                raise ValueError(f"template uses {{{head}}} but the topic captures: {known}{hint}")
             parts.append(Part("capture", head, filters))
     return Template(text, tuple(parts))
 

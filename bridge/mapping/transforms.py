@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from bridge.errors import PayloadError
+from bridge.mapping.numbers import NumberFormat
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
 _FALSE = frozenset({"false", "off", "no", "0"})
@@ -28,6 +29,7 @@ class Transform:
     clamp: bool = False
     value_map: dict[str, float] = field(default_factory=dict)
     folded_map: dict[str, float] = field(default_factory=dict)
+    number: NumberFormat | None = None  # reads numbers written as text (number_format)
 
     @staticmethod
     def build(
@@ -60,7 +62,7 @@ class Transform:
                 raise PayloadError("boolean_value", f"{name}: boolean, not a number")
             raw = "true" if raw else "false"
         if isinstance(raw, str):
-            value = self.lookup(name, raw)
+            value = self.lookup(name, raw) if self.number is None else self._text(name, raw)
         elif isinstance(raw, int | float):
             value = float(raw)
         else:
@@ -82,6 +84,14 @@ class Transform:
                 raise PayloadError("out_of_range", f"{name}: {value} > {self.high}")
             value = self.high
         return value
+
+    def _text(self, name: str, text: str) -> float:
+        """A value map entry if there is one, else the number the text holds in the format."""
+        assert self.number is not None
+        found = self.value_map.get(text)
+        if found is None:
+            found = self.folded_map.get(text.strip().casefold())
+        return self.number.parse(name, text) if found is None else found
 
     def lookup(self, name: str, text: str) -> float:
         """Map a text value through the value map (exact, then case-insensitive)."""

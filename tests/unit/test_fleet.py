@@ -17,10 +17,11 @@ from bridge.models import Coalesce
 NOW_S = 1_795_681_920.0  # 2026-11-26T08:32:00Z
 
 
-def _fleet(devices: int = 10) -> SensorFleet:
-    return SensorFleet(
-        "127.0.0.1", 1883, devices, 100.0, rules=load_mappings(EXAMPLE_MAPPING), clock=lambda: NOW_S
-    )
+def _fleet(devices: int | None = None) -> SensorFleet:
+    """A fleet of the shipped rules; by default one device per rule."""
+    rules = load_mappings(EXAMPLE_MAPPING)
+    count = len(rules) if devices is None else devices
+    return SensorFleet("127.0.0.1", 1883, count, 100.0, rules=rules, clock=lambda: NOW_S)
 
 
 def test_every_shipped_rule_gets_a_device() -> None:
@@ -37,7 +38,7 @@ def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
     fleet = _fleet()
     by_rule: dict[str, list[ExpectedPoint]] = defaultdict(list)
     ignored = 0
-    for _ in range(300):  # 30 messages per device, all at the same instant of the fake clock
+    for _ in range(30 * len(fleet.devices)):  # 30 per device, all at one instant of the clock
         message = fleet._next_message()
         rule = next(d.rule for d in fleet.devices if message.topic in {s.topic for s in d.streams})
         ignored += message.ignored
@@ -55,6 +56,14 @@ def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
     }
     assert all(0.5 <= p.value <= 1.5 for p in by_rule["hall-climate"] if p.metric == "pressure_bar")
     assert {p.device_id for p in by_rule["valve-gateway"]} == {"gateway9-unit-1", "gateway9-unit-2"}
+    # The collect prefix is a template over the topic: the simulated level is in the name.
+    assert {p.metric for p in by_rule["telegraf"]} == {
+        "measurement11_fan_rpm",
+        "measurement11_filter_pct",
+    }
+    # Plain numbers printed with a decimal comma and a unit (number_format) are read back.
+    assert by_rule["hmi-values"]
+    assert all(0 <= p.value <= 100 for p in by_rule["hmi-values"])
     vibration = by_rule["vibration"]
     assert all(p.coalesce == Coalesce(1_000_000, "avg") for p in vibration)
     assert len({p.value for p in vibration}) == 1  # constant: any window averages to it
