@@ -4,16 +4,19 @@ unknown filters and stray braces, and properties of the compiled filters (hypoth
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.cli.main import main
 from bridge.errors import ConfigError, PayloadError
 from bridge.mapping.filters import MAX_INPUT, split_filters
 from bridge.mapping.loader import load_mappings_text
 from bridge.mapping.mapper import Mapper
 from bridge.mapping.templates import compile_template
+from tests.support import REPO
 
 PROPS = settings(derandomize=True, database=None, deadline=None, max_examples=200)
 RECV_US = 1_795_681_920_000_000
@@ -203,3 +206,21 @@ def test_any_filter_text_compiles_or_is_a_value_error(chain: str) -> None:
     except PayloadError as exc:
         reason = exc.reason
     assert reason in (None, "missing_field")
+
+
+def test_the_guides_tag_example_passes_its_tests_and_its_typo_is_the_shown_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The opc-tags example of docs/guide/mapping-file.md passes check --strict and test, and
+    the misspelt filter gives the error the guide prints."""
+    page = (REPO / "docs" / "guide" / "mapping-file.md").read_text(encoding="utf-8")
+    block = next(b.split("```")[0] for b in page.split("```yaml\n")[1:] if "opc-tags" in b)
+    path = tmp_path / "tags.yaml"
+    path.write_text("version: 1\n" + block, encoding="utf-8")
+    assert main(["check", "--strict", str(path)]) == 0
+    assert main(["test", str(path)]) == 0
+    assert " 0 failed" in capsys.readouterr().out
+    path.write_text("version: 1\n" + block.replace("segment", "segmnt", 1), encoding="utf-8")
+    assert main(["check", str(path)]) == 78
+    shown = page.split("$ metriqo-bridge check tags.yaml\n")[1].split("\n")[0]
+    assert shown.replace("tags.yaml", str(path)) in capsys.readouterr().err
