@@ -23,7 +23,11 @@ _GROUP = re.compile(r"\d+|[A-Za-z_]\w*")
 # a quantifier ("(a+)+", "(\w*)*") — the shape that backtracks exponentially — is refused.
 MAX_PATTERN = 200
 MAX_INPUT = 1024
-_NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*?}][^()]*\)\s*[+*{]")
+_INNERMOST_GROUP = re.compile(r"\(([^()]*)\)(\s*[+*?{])?")
+_REPEAT = re.compile(r"[+*?}]")
+# Escaped characters ("\+"), character classes ("[+-]") and group openers ("(?:", "(?P<n>") hold
+# no repeat: they are folded away before looking for nested repeats.
+_NOT_A_REPEAT = re.compile(r"\\.|\[\^?\]?[^\]]*\]|\(\?(?:P?<\w+>|<[=!]|[:=!>])")
 
 
 class FilterMiss(ValueError):  # a run-time miss, not a program error
@@ -135,13 +139,29 @@ def _segment(spec: str, args: list[str]) -> Filter:
     return span
 
 
+def _opener(m: re.Match[str]) -> str:
+    return "(" if m[0].startswith("(") else "x"
+
+
+def _nested_repeat(pattern: str) -> bool:
+    """True if a repeated group holds a repeat, at any depth: groups are folded innermost first
+    into one character, followed by a repeat when they held or had one."""
+    text = _NOT_A_REPEAT.sub(_opener, pattern)
+    while (m := _INNERMOST_GROUP.search(text)) is not None:
+        inner = _REPEAT.search(m[1]) is not None
+        if inner and m[2] is not None and m[2].strip() in "+*{":
+            return True
+        text = text[: m.start()] + ("x+" if inner or m[2] else "x") + text[m.end() :]
+    return False
+
+
 def _regex(body: str) -> Filter:
     pattern, _, group = body.rpartition(":")
     if not pattern or _GROUP.fullmatch(group) is None:
         raise ValueError(f"template filter 're:{body}': write it as {_usage('re')}")
     if len(pattern) > MAX_PATTERN:
         raise ValueError(f"template filter 're': the pattern is over {MAX_PATTERN} characters")
-    if _NESTED_QUANTIFIER.search(pattern):
+    if _nested_repeat(pattern):
         raise ValueError(
             f"template filter 're:{pattern}': a repeated group holds a repeat (like '(a+)+'); "
             "it can take exponential time, write it without the nesting"

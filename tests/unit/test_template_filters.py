@@ -79,6 +79,35 @@ def test_re_refuses_inputs_over_the_cap() -> None:
         render("{tag|re:x:0}", "x" * (MAX_INPUT + 1))
 
 
+@pytest.mark.parametrize(
+    ("pattern", "refused"),
+    [
+        ("(a+)+", True),
+        ("(a*)*", True),
+        ("(?:a+)+", True),
+        ("((ab)+)+", True),
+        (r"(\w+\.)+", True),
+        ("(x(a+)y)*", True),
+        ("(?:ab)+", False),
+        (r"(?P<n>\d)+", False),
+        (r"(\+1)+", False),
+        (r"([+-]\d)+", False),
+        ("(a|b)*", False),
+        ("((a)(b))+", False),
+        (r"^Line(\d+)\.", False),
+    ],
+)
+def test_only_repeats_nested_in_repeated_groups_are_refused(pattern: str, refused: bool) -> None:
+    """The exponential shape is refused at any depth; escapes, classes and group openers are not
+    taken for repeats."""
+    template = f"{{tag|re:{pattern}:0}}"
+    if refused:
+        with pytest.raises(ValueError, match="a repeated group holds a repeat"):
+            compile_template(template, {"tag"}, payload_fields=False)
+    else:
+        compile_template(template, {"tag"}, payload_fields=False)
+
+
 def test_split_filters_keeps_alternation_inside_re() -> None:
     """'|' inside an re filter is alternation: the filter runs to its ':GROUP'."""
     assert split_filters("re:(a|b):1|upper") == ["re:(a|b):1", "upper"]
