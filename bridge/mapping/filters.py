@@ -34,6 +34,11 @@ class FilterMiss(ValueError):  # a run-time miss, not a program error
     """A filter found nothing to return (the template fails as ``missing_field``)."""
 
 
+def _shown(value: str) -> str:
+    # A dead letter's detail shows the value, but not all of a 64 kB topic level.
+    return repr(value) if len(value) <= 60 else repr(value[:60]) + f"… ({len(value)} characters)"
+
+
 def _slug(text: str) -> str:
     return _SLUG_OUT.sub("-", text.casefold()).strip("-")
 
@@ -124,7 +129,7 @@ def _segment(spec: str, args: list[str]) -> Filter:
         def one(value: str) -> str:
             parts = value.split(sep)
             if not -len(parts) <= index < len(parts):
-                raise FilterMiss(f"{value!r} has no segment {index} (split at {sep!r})")
+                raise FilterMiss(f"{_shown(value)} has no segment {index} (split at {sep!r})")
             return parts[index]
 
         return one
@@ -133,7 +138,7 @@ def _segment(spec: str, args: list[str]) -> Filter:
     def span(value: str) -> str:
         picked = value.split(sep)[start:stop]
         if not picked:
-            raise FilterMiss(f"{value!r} has no segments {start}:{stop} (split at {sep!r})")
+            raise FilterMiss(f"{_shown(value)} has no segments {start}:{stop} (split at {sep!r})")
         return sep.join(picked)
 
     return span
@@ -185,7 +190,7 @@ def _regex(body: str) -> Filter:
         m = compiled.search(value)
         found = m.group(ref) if m is not None else None
         if found is None:
-            raise FilterMiss(f"{value!r} does not match 're:{pattern}' (group {ref})")
+            raise FilterMiss(f"{_shown(value)} does not match 're:{pattern}' (group {ref})")
         return found
 
     return search
