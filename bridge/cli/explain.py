@@ -24,7 +24,8 @@ def add_parser(sub: Subparsers) -> None:
         "POST, and failures. See docs/guide/tuning-loop.md.",
         epilog="exit codes: 0 the message becomes points with no failure (or an ignore rule "
         "takes it), 1 it would be dead-lettered (wholly or in part) or no rule matches, 2 usage "
-        "error, 78 the mapping file is invalid.",
+        "error (also a topic with '+' or '#', a NUL or none: no broker delivers it), 78 the "
+        "mapping file is invalid.",
     )
     p.add_argument(
         "topic", nargs="?", metavar="TOPIC", help="the MQTT topic, e.g. plant/berlin/line1/env"
@@ -46,7 +47,7 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.mapping.explain import explain, explanation_json, format_explanation
+    from bridge.mapping.explain import explain, explanation_json, format_explanation, topic_problem
     from bridge.mapping.loader import load_mappings
     from bridge.mapping.mapper import Mapper
 
@@ -55,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"metriqo-bridge: {message}", file=sys.stderr)
         return EX_USAGE
     topic, payload = message
+    # A usage error (2), not a configuration error (78): the argument is wrong, the files are fine.
+    problem = topic_problem(topic)
+    if problem is not None:
+        print(f"metriqo-bridge: explain: {problem}", file=sys.stderr)
+        return EX_USAGE
     mapper = Mapper(load_mappings(mapping_file(args)))
     result = explain(mapper, topic, payload, int(time.time() * 1_000_000))
     if args.json:

@@ -20,6 +20,9 @@ from bridge.mapping.overlap import mismatch
 from bridge.mapping.timestamps import format_timestamp
 from bridge.models import Record, SpooledRecord
 
+# The default of mapping.coalesce_grace_s: explain reads the mapping file, not the settings.
+DEFAULT_GRACE_US = 2_000_000
+
 # --- explain: one message through the mapper --------------------------------------------------
 
 
@@ -56,6 +59,20 @@ class Point:
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """The coalescing window a point falls in, and what the window sends."""
+
+    device_id: str
+    metric: str
+    function: str
+    start_us: int
+    end_us: int
+    send_us: int  # the window is sent once the clock passes this (end + grace)
+    late: bool  # the window had closed when the message arrived: a second point for it
+    value: float  # what the window sends if no other message falls in it
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     """What the bridge would do with one message.
 
@@ -73,7 +90,8 @@ class Explanation:
         skipped_readings: readings left out by a ``readings.where`` condition.
         requests: the JSON objects POSTed for the points, one tuple per request of at most
             :data:`~bridge.limits.MAX_POINTS_PER_REQUEST` points, built by the sender's own
-            batcher (see :attr:`body`).
+            batcher (see :attr:`body`); a coalesced point appears as its window's point.
+        windows: the coalescing window of each coalesced point, in order.
     """
 
     topic: str
@@ -87,6 +105,7 @@ class Explanation:
     fallback_times: int = 0
     skipped_readings: int = 0
     requests: tuple[tuple[dict[str, object], ...], ...] = ()
+    windows: tuple[Window, ...] = ()
 
     @property
     def body(self) -> list[dict[str, object]]:
@@ -122,8 +141,64 @@ def _time_source(rule: Rule) -> str | None:
     return f"payload field {field.text!r}" if field is not None else None
 
 
-def explain(mapper: Mapper, topic: str, payload: bytes, received_us: int) -> Explanation:
-    """Run one message through ``mapper`` and record every decision on the way."""
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be the topic of a published message, or None.
+
+    A topic name never holds the wildcards ``+`` or ``#`` (MQTT 3.1.1 §4.7.1: they belong to
+    subscription filters), a NUL, or nothing at all: a broker refuses such a publish, so no
+    rule could ever receive it, and "matching" it would only mislead.
+    """
+    if not topic:
+        return "the topic is empty; a message's topic has at least one character"
+    if "+" in topic or "#" in topic:
+        return (
+            f"{topic!r} holds a wildcard ('+' or '#'): those belong to subscription filters, "
+            "a broker never delivers a message with such a topic; give a concrete topic, "
+            "e.g. tele/plug-1/SENSOR"
+        )
+    if "\0" in topic:
+        return "the topic holds a NUL character, which MQTT forbids in topic names"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the topic is not valid UTF-8, which MQTT requires of topic names"
+    if size > 65535:
+        return f"the topic is {size} bytes; MQTT topic names are at most 65535"
+    return None
+
+
+def _window(record: Record, metric: str, value: float, grace_us: int) -> Window:
+    c = record.coalesce
+    assert c is not None
+    start = record.ts_us - record.ts_us % c.window_us
+    end = start + c.window_us
+    alone = 1.0 if c.function == "count" else value
+    late = end + grace_us <= record.received_us
+    return Window(record.device_id, metric, c.function, start, end, end + grace_us, late, alone)
+
+
+def _sent_records(records: Sequence[Record], windows: Sequence[Window]) -> list[Record]:
+    # What reaches the API: plain records as they are, a coalesced point as its window's point.
+    sent = [r for r in records if r.coalesce is None]
+    by_window: dict[tuple[str, int], dict[str, float]] = {}
+    for w in windows:
+        by_window.setdefault((w.device_id, w.start_us), {})[w.metric] = w.value
+    received = records[0].received_us if records else 0
+    sent.extend(Record(d, start, m, received) for (d, start), m in by_window.items())
+    return sent
+
+
+def explain(
+    mapper: Mapper,
+    topic: str,
+    payload: bytes,
+    received_us: int,
+    grace_us: int = DEFAULT_GRACE_US,
+) -> Explanation:
+    """Run one message through ``mapper`` and record every decision on the way.
+
+    ``grace_us`` is ``mapping.coalesce_grace_s``: how long after its end a window is sent.
+    """
     levels = topic.split("/")
     tried: list[Miss] = []
     applied: list[Applied] = []
@@ -148,6 +223,12 @@ def explain(mapper: Mapper, topic: str, payload: bytes, received_us: int) -> Exp
             break
     mapped = mapper.map(topic, payload, received_us)
     assert mapped.rule == (applied[0].rule if applied else None)
+    windows = tuple(
+        _window(rec, name, value, grace_us)
+        for rec in mapped.records
+        if rec.coalesce is not None
+        for name, value in rec.metrics.items()
+    )
     return Explanation(
         topic=topic,
         rule_count=len(mapper.rules),
@@ -163,7 +244,8 @@ def explain(mapper: Mapper, topic: str, payload: bytes, received_us: int) -> Exp
         ignored=mapped.ignored,
         fallback_times=mapped.replaced_timestamps,
         skipped_readings=mapped.skipped_readings,
-        requests=request_bodies(mapped.records),
+        requests=request_bodies(_sent_records(mapped.records, windows)),
+        windows=windows,
     )
 
 
@@ -253,12 +335,31 @@ def format_explanation(ex: Explanation) -> str:
         for n, (reason, detail) in enumerate(ex.failures):
             text = f"{reason}: {detail}" if detail else reason
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
+    lines.extend(_window_lines(ex.windows))
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
     for n, request in enumerate(ex.requests):
         lines.extend(_body_lines(list(request), n, len(ex.requests)))
     lines.append(f"result  {_result(ex)}")
     return "\n".join(lines)
+
+
+def _window_lines(windows: Sequence[Window]) -> list[str]:
+    lines = []
+    for n, w in enumerate(windows):
+        span = f"{format_timestamp(w.start_us)} to {format_timestamp(w.end_us)}"
+        lines.append(
+            f"{'window' if n == 0 else '':8}{w.device_id} {w.metric}: {w.function} over {span}"
+        )
+        if w.late:
+            lines.append(f"{'':8}  closed before the message arrived: sent as a second point")
+        else:
+            lines.append(f"{'':8}  folded in; sent at about {format_timestamp(w.send_us)}")
+        lines.append(
+            f"{'':8}  stamped {format_timestamp(w.start_us)}, {w.function} = "
+            f"{_value(w.value)} if no other message falls in the window"
+        )
+    return lines
 
 
 def _body_lines(objects: list[dict[str, object]], n: int, total: int) -> list[str]:
@@ -312,6 +413,19 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
         "subscribed": bool(ex.applied),
         "ignored": ex.ignored,
         "skipped_readings": ex.skipped_readings,
+        "windows": [
+            {
+                "device_id": w.device_id,
+                "metric": w.metric,
+                "function": w.function,
+                "start": format_timestamp(w.start_us),
+                "end": format_timestamp(w.end_us),
+                "sent_after": format_timestamp(w.send_us),
+                "late": w.late,
+                "value_if_alone": w.value,
+            }
+            for w in ex.windows
+        ],
         "dead_lettered": ex.dead_lettered,
         "partial": ex.partial,
     }

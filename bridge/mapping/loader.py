@@ -21,7 +21,7 @@ from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
 from bridge.mapping.number_spec import NumberFormatSpec, with_number_formats
 from bridge.mapping.readings import CollectRule, ReadingsRule, split_path
-from bridge.mapping.templates import Template, compile_template
+from bridge.mapping.templates import Template, compile_template, literal_braces
 from bridge.mapping.timestamps import TimestampFormat
 from bridge.mapping.topics import parse_filter
 from bridge.mapping.transforms import Transform
@@ -419,7 +419,9 @@ class _Compiler:
         what, most = (
             ("device_id", lim.max_device_id) if device else ("metric_name", lim.max_metric_name)
         )
-        problem = literal_problem(parts, what.replace("_", " "), most, f"mapping.max_{what}_length")
+        problem = literal_braces("".join(parts)) or literal_problem(
+            parts, what.replace("_", " "), most, f"mapping.max_{what}_length"
+        )
         if problem is not None:
             self.fail(key, problem)
 

@@ -49,7 +49,7 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "topic": "MQTT topic filter: literal levels, + (any level), {name} (any level, "
         "captured), {name:REGEX}, and # or {name#} as the last level.",
         "device_id": "Device id template: literal text, {capture}, and for json rules "
-        "{$field.path}; filters such as {site|upper}.",
+        "{$field.path}; filters such as {site|upper}, {tag|segment:.:-1}, {tag|re:^L(\\d+):1}.",
         "payload": "json (default) | number | boolean | text.",
         "metrics": "json rules: metric name → field path, or → {path: ..., transform keys}.",
         "collect": "json rules: every numeric field under a path.",
@@ -94,7 +94,7 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "path": "Where to collect from ('' or '.': the whole payload).",
         "include": "Globs over the dotted names below path; only matching fields are kept.",
         "exclude": "Globs over the dotted names below path; matching fields are skipped.",
-        "rename": "Dotted name → metric name.",
+        "rename": "Dotted name → metric name (literal text: no templates, no braces).",
         "prefix": "Prepended to every metric name; a template over the topic's captures, "
         "e.g. '{measurement}_'.",
         "separator": "Joins the keys of a nested field in its metric name (default '.').",
@@ -108,8 +108,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "time_format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns; "
         "read exactly, finer than a microsecond truncated.",
         "where": "Field → value: only readings matching all conditions are kept.",
-        "rename": "Reading name → metric name.",
-        "prefix": "Prepended to every metric name.",
+        "rename": "Reading name → metric name (literal text: no templates, no braces).",
+        "prefix": "Prepended to every metric name (literal text: no templates, no braces).",
         **_TRANSFORM,
     },
 }

@@ -4,30 +4,14 @@ each with optional filters: ``{site|lower}-{$meta.serial|slug}``. Pure code."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.config.suggest import did_you_mean
 from bridge.errors import PayloadError
+from bridge.mapping.filters import Filter, FilterMiss, compile_filter, split_filters
 from bridge.mapping.readings import MISSING, get_path, split_path
 
-_SLUG_OUT = re.compile(r"[^a-z0-9]+")
 _PART = re.compile(r"\{([^{}]*)\}|([^{}]+)|([{}])")
-
-Filter = Callable[[str], str]
-
-
-def _slug(text: str) -> str:
-    return _SLUG_OUT.sub("-", text.casefold()).strip("-")
-
-
-_SIMPLE: dict[str, Filter] = {
-    "lower": str.lower,
-    "upper": str.upper,
-    "trim": str.strip,
-    "slug": _slug,
-}
-FILTER_NAMES = (*_SIMPLE, "replace:OLD:NEW")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +60,11 @@ class Template:
                 if found is None:
                     raise PayloadError("missing_field", f"template {self.text!r}: no {p.value}")
                 value = found
-            for f in p.filters:
-                value = f(value)
+            try:
+                for f in p.filters:
+                    value = f(value)
+            except FilterMiss as exc:
+                raise PayloadError("missing_field", f"template {self.text!r}: {exc}") from None
             out.append(value)
         return "".join(out)
 
@@ -99,12 +86,12 @@ def compile_template(text: str, captures: set[str], payload_fields: bool) -> Tem
     for m in _PART.finditer(text):
         inner, literal, stray = m.groups()
         if stray is not None:
-            raise ValueError(f"unbalanced {stray!r} in template {text!r}")
+            raise ValueError(_stray(stray, text))
         if literal is not None:
             parts.append(Part("text", literal))
             continue
-        head, *filter_specs = inner.split("|")
-        filters = tuple(_filter(spec) for spec in filter_specs)
+        head, _, chain = inner.partition("|")
+        filters = tuple(compile_filter(spec) for spec in split_filters(chain)) if chain else ()
         head = head.strip()
         if head.startswith("$"):
             if not payload_fields:
@@ -122,11 +109,21 @@ def compile_template(text: str, captures: set[str], payload_fields: bool) -> Tem
     return Template(text, tuple(parts))
 
 
-def _filter(spec: str) -> Filter:
-    name, *args = spec.strip().split(":")
-    if name in _SIMPLE and not args:
-        return _SIMPLE[name]
-    if name == "replace" and len(args) == 2:
-        old, new = args
-        return lambda s: s.replace(old, new)
-    raise ValueError(f"unknown template filter {spec!r}; filters: {', '.join(FILTER_NAMES)}")
+def _stray(brace: str, text: str) -> str:
+    hint = (
+        "a '{' opens a placeholder, '{name}' or '{$field}', that is never closed"
+        if brace == "{"
+        else "a '}' with no placeholder open"
+    )
+    return f"unbalanced {brace!r} in template {text!r}: {hint}"
+
+
+def literal_braces(text: str) -> str | None:
+    """The problem with braces in ``text`` where templates are not allowed, or None.
+
+    A prefix or a renamed name is taken as written; ``{measurement}_x`` there is almost always a
+    template written in the wrong place, and would name a series with literal braces.
+    """
+    if "{" in text or "}" in text:
+        return f"{text!r} holds '{{' or '}}': templates are not allowed here, the text is literal"
+    return None
