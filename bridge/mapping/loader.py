@@ -438,10 +438,8 @@ class _Compiler:
             self._fixed_text([*fixed, new], (key, "rename", old))
 
     def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
-        if name is None:
-            return None
         try:
-            return ZoneInfo(name)
+            return None if name is None else ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
             self.fail(key, f"unknown time zone {name!r}")
             return None

@@ -142,7 +142,11 @@ def test_bad_filters_are_check_errors_with_file_line_and_key(device_id: str, mes
 @pytest.mark.parametrize(
     ("block", "line", "key"),
     [
-        ("    collect: {path: '', prefix: '{measurement}_'}\n", 6, "rules[0].collect.prefix"),
+        (
+            "    readings: {name: n, value: v, prefix: '{measurement}_'}\n",
+            6,
+            "rules[0].readings.prefix",
+        ),
         (
             "    collect: {path: '', rename: {t: '{measurement}_x'}}\n",
             6,
@@ -153,7 +157,8 @@ def test_bad_filters_are_check_errors_with_file_line_and_key(device_id: str, mes
 def test_braces_where_templates_are_not_allowed_are_check_errors(
     block: str, line: int, key: str
 ) -> None:
-    """A prefix or renamed name is literal text: a template written there is refused."""
+    """A readings prefix or a renamed name is literal text: a template written there is
+    refused (collect.prefix is a template: tests/unit/test_mapping_collect_naming.py)."""
     err = config_error("  - name: r\n    topic: 'a/{x}'\n    device_id: '{x}'\n" + block)
     assert f"file.yaml:{line}: {key}: " in err
     assert "templates are not allowed here" in err
