@@ -233,8 +233,17 @@ class FaultProxy:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            accepting = asyncio.ensure_future(loop.sock_accept(listener))
             try:
-                client, _ = await loop.sock_accept(listener)
+                client, _ = await asyncio.shield(accepting)
+            except asyncio.CancelledError:
+                # Cancelled (stop listening) just as a connection was accepted: the socket is
+                # in the finished future and would leak unclosed.
+                if accepting.done() and not accepting.cancelled() and not accepting.exception():
+                    accepting.result()[0].close()
+                else:
+                    accepting.cancel()
+                raise
             except OSError:  # out of descriptors, or aborted before accept: try again soon
                 await asyncio.sleep(0.05)
                 continue

@@ -200,7 +200,15 @@ class SideSession:
     def _on_disconnect(
         self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
-        if reason.is_failure:
-            self._error = f"the broker closed the connection: {reason}"
+        if reason.is_failure and not self._error:
+            if not self._ready.is_set():
+                # Closed before a CONNACK was read: a broker that refuses a login sends its
+                # refusal and closes at once, and a busy client may see only the close.
+                self._error = (
+                    f"the broker refused the connection (it closed the link before accepting "
+                    f"the login: {reason}); check the credentials, the TLS settings and the port"
+                )
+            else:
+                self._error = f"the broker closed the connection: {reason}"
         self._ready.set()
         self._subscribed.set()
