@@ -60,6 +60,10 @@ class Intake:
         self._m = metrics
         self._wall = wall_clock
         self._pending: deque[Pending] = deque()
+        # High-water mark of messages waiting for a commit, taken as each one arrives: the
+        # receive window bounds it, and sampling from outside cannot see it reliably (a commit
+        # may empty the queue between any two looks).
+        self.most_pending = 0
         self._ready = asyncio.Event()
         self.accepting = True
         # Messages received whose PUBACK the broker has not read yet, by packet id. A broker
@@ -144,6 +148,8 @@ class Intake:
         self._pending.append(
             Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead, digest)
         )
+        if len(self._pending) > self.most_pending:
+            self.most_pending = len(self._pending)
         failpoints.hit("after_receive_before_commit")
         self._ready.set()
 
