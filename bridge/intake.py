@@ -148,8 +148,7 @@ class Intake:
         self._pending.append(
             Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead, digest)
         )
-        if len(self._pending) > self.most_pending:
-            self.most_pending = len(self._pending)
+        self.most_pending = max(self.most_pending, len(self._pending))
         failpoints.hit("after_receive_before_commit")
         self._ready.set()
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from bridge.mapping.numbers import NumberFormat
 from bridge.mapping.transforms import Transform
 
-if TYPE_CHECKING:  # the loader imports this module
-    from bridge.mapping.loader import RuleSpec
+if TYPE_CHECKING:  # spec imports this module
+    from bridge.mapping.spec import RuleSpec
 
 
 class NumberFormatSpec(BaseModel):

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from bridge.mapping.loader import MappingFile
+from bridge.mapping.spec import MappingFile
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TITLE = "metriqo-bridge topic-mappings.yaml"

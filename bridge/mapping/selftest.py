@@ -14,8 +14,8 @@ from datetime import datetime
 import orjson
 
 from bridge.config.yamlfile import LineIndex
-from bridge.mapping.loader import MappingTest
 from bridge.mapping.mapper import Mapper, Rule
+from bridge.mapping.spec import MappingTest
 from bridge.mapping.timestamps import format_timestamp
 from bridge.models import Record
 

@@ -24,10 +24,11 @@ import orjson
 
 from bridge.config.yamlfile import LineIndex, load_yaml_text
 from bridge.errors import ConfigError
-from bridge.mapping.loader import MappingFile, compile_mappings
+from bridge.mapping.loader import compile_mappings
 from bridge.mapping.mapper import Mapped, Mapper
 from bridge.mapping.overlap import rule_warnings
 from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.spec import MappingFile
 from bridge.mapping.timestamps import format_timestamp
 from bridge.mapping.topics import TopicFilter, parse_filter
 from bridge.recipes import Recipe, catalogue

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import ConfigError
-from bridge.mapping.loader import MappingFile, compile_mappings, load_mappings_text
+from bridge.mapping.loader import compile_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapped, Mapper
 from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.spec import MappingFile
 from tests.support import REPO
 
 RECV_US = 1_795_681_920_000_000

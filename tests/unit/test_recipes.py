@@ -19,9 +19,10 @@ from bridge.cli.main import main
 from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import EX_CONFIG, ConfigError
 from bridge.mapping import mapper
-from bridge.mapping.loader import MappingFile, compile_mappings
+from bridge.mapping.loader import compile_mappings
 from bridge.mapping.overlap import example_topic, rule_warnings
 from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.spec import MappingFile
 from bridge.mapping.topics import parse_filter
 from bridge.recipes import catalogue, recipe, recognise, recognisers
 

@@ -10,10 +10,11 @@ from bridge.batcher import take_batch
 from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import BrokerError
 from bridge.lab.mixedplant import MixedPlant
-from bridge.mapping.loader import MappingFile, compile_mappings, load_mappings_text
+from bridge.mapping.loader import compile_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapper
 from bridge.mapping.overlap import rule_warnings
 from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.spec import MappingFile
 from bridge.models import SpooledRecord
 from bridge.mqtt.side import SideSession, side_client_id
 from bridge.recipes import catalogue, names, recipe, recognise
