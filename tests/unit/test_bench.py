@@ -12,6 +12,7 @@ import pytest
 
 from bridge.lab.apiserver.store import RequestRecord
 from bridge.lab.bench.baselines import PAHO, make_baseline
+from bridge.lab.bench.forms import FORMS, Form, time_forms
 from bridge.lab.bench.report import (
     TARGET_RATE,
     TARGET_SECONDS,
@@ -33,6 +34,7 @@ from bridge.lab.bench.report import (
 )
 from bridge.lab.bench.rules import (
     MappingBench,
+    RulesReport,
     bench_rule_index,
     ratio,
     rules_yaml,
@@ -343,3 +345,35 @@ def test_rule_set_timing_checks_every_message_maps() -> None:
     broken = MappingBench(3, 30, BASE_MS)
     broken._payloads[0] = b'{"temp": 1}'  # three of four metrics missing
     assert len(broken.check()) == 1
+
+
+# -- rule forms ----------------------------------------------------------------------------------
+
+
+def test_every_rule_form_maps_its_message_and_is_timed() -> None:
+    """Each form of the mapping language maps its message to the points it should (a timing of
+    a wrong mapping would be meaningless), in one file with all the others."""
+    timings, presence, problems = time_forms(messages=50, rounds=2)
+    assert problems == []
+    assert [t.form for t in timings] == [f.name for f in FORMS]
+    assert timings[0].ratio_to_common_path == 1.0
+    assert all(t.us_per_message > 0 for t in timings)
+    assert presence > 0
+
+
+def test_a_form_that_maps_wrongly_is_a_problem() -> None:
+    broken = Form("broken", FORMS[0].rule, "bench/d{n}/env", '{"temp": 1, "ts": 1795681920123}', 4)
+    _timings, _presence, problems = time_forms(messages=5, rounds=1, forms=(broken,))
+    assert len(problems) == 2  # with every form, and alone
+    assert "missing_field" in problems[0]
+
+
+def test_the_rules_report_renders_the_forms_table() -> None:
+    timings, presence, _problems = time_forms(messages=5, rounds=1)
+    report = RulesReport("rules", [], 1.0, 1.0)
+    report.forms = [asdict(t) for t in timings]
+    report.common_path_with_every_form_ratio = presence
+    text = render(report)
+    assert "form json metrics (common path): " in text
+    assert "form collect with separator and a prefix template: " in text
+    assert "common path with every form ratio" in text

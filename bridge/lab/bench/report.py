@@ -304,7 +304,7 @@ def render_baselines(baselines: Iterable[dict[str, object]]) -> list[str]:
 def render(report: Report | SpoolReport | RulesReport) -> str:
     """A human table of a report: scalar fields, then baselines, targets and the verdict."""
     data = asdict(report)
-    special = ("settings", "problems", "baselines", "targets")
+    special = ("settings", "problems", "baselines", "targets", "forms")
     rows = [(k, v) for k, v in data.items() if k not in special]
     width = max(len(k) for k, _v in rows)
     lines = [
@@ -314,6 +314,11 @@ def render(report: Report | SpoolReport | RulesReport) -> str:
     if "settings" in data:
         lines.append("settings".ljust(width) + "  " + _js(data["settings"]))
     lines += render_baselines(data.get("baselines", []))
+    lines += [
+        f"form {f['form']}: {f['us_per_message']} µs/message "
+        f"({f['ratio_to_common_path']}x the common path)"
+        for f in data.get("forms", [])
+    ]
     lines += render_targets(data["targets"])
     problems = data["problems"]
     verdict = "OK: nothing lost" if not problems else "PROBLEMS: " + "; ".join(problems)

@@ -87,6 +87,8 @@ class RulesReport:
     repeated_topic_ratio: float
     first_seen_topic_ratio: float
     end_to_end: dict[str, object] = field(default_factory=dict)
+    forms: list[dict[str, object]] = field(default_factory=list)
+    common_path_with_every_form_ratio: float = math.nan
     targets: list[dict[str, object]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 

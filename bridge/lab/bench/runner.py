@@ -12,7 +12,8 @@ own process (so its CPU time and memory are its own), with 4-metric JSON publish
 - ``spool``: a spool pre-filled with P points, the bridge started on it with the API down (idle,
   then with live traffic), then the API up while it drains: its memory throughout.
 - ``rules``: the per-message cost of 10 against 1,000 mapping rules, in this process
-  (:mod:`bridge.lab.bench.rules`) and end to end.
+  (:mod:`bridge.lab.bench.rules`) and end to end, and of each form of the mapping language
+  against the common path (:mod:`bridge.lab.bench.forms`).
 
 Every point is checked at the end: lost and duplicated points are reported, not assumed. Each
 mode also prints whether the performance targets are met; a missed target is reported, while
@@ -38,6 +39,7 @@ from pathlib import Path
 from bridge.errors import EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.bench.baselines import Baseline, BaselineClients
+from bridge.lab.bench.forms import FORMS_TARGET_RATIO, time_forms
 from bridge.lab.bench.report import (
     Report,
     Sample,
@@ -317,6 +319,21 @@ async def _run_rules(args: argparse.Namespace, workdir: Path, broker: LocalBroke
             RULES_TARGET_RATIO,
         ),
     ]
+    print(f"bench: mapping {args.iterations} messages x {args.rounds} rounds of each rule form")
+    forms, presence, form_problems = await asyncio.to_thread(
+        time_forms, args.iterations, args.rounds
+    )
+    report.forms = [asdict(f) for f in forms]
+    report.common_path_with_every_form_ratio = presence
+    report.problems += form_problems
+    targets.append(
+        target(
+            "mapping, common path: with every rule form in the file / alone, time per message",
+            presence,
+            "<=",
+            FORMS_TARGET_RATIO,
+        )
+    )
     if args.messages > 0:
         drains: dict[int, Report] = {}
         for n in (few.rules, many.rules):
