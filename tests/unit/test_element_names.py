@@ -18,23 +18,24 @@ from bridge.mapping.explain import explain, format_explanation
 from bridge.mapping.loader import load_mappings_text
 from bridge.mapping.mapper import Mapped, Mapper
 from bridge.mapping.timestamps import format_timestamp
+from tests.support import REPO
 
 PROPS = settings(derandomize=True, database=None, deadline=None, max_examples=200)
 NOW_US = 1_700_000_001_000_000
 T_MS = 1_700_000_000_100
 
-KEPWARE = f"""version: 1
+KEPWARE = """version: 1
 rules:
   - name: kep
     topic: iotgateway
     readings:
       path: values
-      device: "{{$id|segment:.:0:-1}}"
-      metric: "{{$id|segment:.:-1}}"
+      device: "{$id|segment:.:0:-1}"
+      metric: "{$id|segment:.:-1}"
       value: v
       time: t
       time_format: epoch_ms
-      where: {{q: true}}
+      where: {q: true}
 """
 
 # The issue's Kepware IoT Gateway message: two devices, one reading of bad quality.
@@ -386,3 +387,17 @@ def test_each_where_maps_exactly_the_matching_elements(elements: list[tuple[str,
     assert got == kept
     if elements and not kept:
         assert out.failures == []
+
+
+def test_the_guides_kepware_example_passes_its_tests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The per-reading example of docs/guide/mapping-file.md passes check --strict and test."""
+    page = (REPO / "docs" / "guide" / "mapping-file.md").read_text(encoding="utf-8")
+    blocks = [b.split("```")[0] for b in page.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if "name: kepware-tags" in b]
+    path = tmp_path / "tags.yaml"
+    path.write_text(block, encoding="utf-8")
+    assert main(["check", "--strict", str(path)]) == 0
+    assert main(["test", str(path)]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
