@@ -64,6 +64,8 @@ def unsupported(rule: Rule) -> str:
         return "its timestamp comes from the topic"
     if rule.metric is not None and rule.payload == "json":
         return "a templated metric name"
+    if rule.readings is not None and (rule.readings.metric or rule.readings.device):
+        return "readings named by templates (readings.metric, readings.device)"
     return ""
 
 

@@ -16,10 +16,11 @@ from pydantic import ValidationError
 from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.mapping.element_forms import compile_each, compile_readings, devices_per_reading
 from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
 from bridge.mapping.number_spec import with_number_formats
-from bridge.mapping.readings import CollectRule, ReadingsRule, split_path
+from bridge.mapping.readings import CollectRule, split_path
 from bridge.mapping.spec import (
     MappingFile,
     MappingTest,
@@ -126,19 +127,22 @@ class _Compiler:
         self.captures = set(topic.capture_names)
         if spec.ignore:
             return self._ignore_rule(topic, before)
-        if spec.device_id is None:
-            self.fail("device_id", "a rule needs 'device_id' (or 'ignore: true')")
-            return None
         json_payload = spec.payload == "json"
-        each = None
-        if spec.each is not None:
-            if json_payload:
-                each = self._field_path(spec.each, ("each",))
-                self.captures.add("@key")
-            else:
-                self.fail("each", "'each' is for payload: json")
-        device_id = self._template(spec.device_id, "device_id", payload_fields=json_payload)
-        self._fixed_text(device_id.literals, "device_id", device=True)
+        if spec.device_id is None and not devices_per_reading(spec):
+            per_reading = spec.readings is not None and spec.readings.device is not None
+            self.fail(
+                "device_id",
+                "'readings.device' names the readings' devices only; 'metrics' and 'collect' "
+                "need 'device_id'"
+                if per_reading
+                else "a rule needs 'device_id' (or 'ignore: true')",
+            )
+            return None
+        each, each_where = compile_each(self, json_payload)
+        device_id = Template("", ())  # readings.device names every device of the rule
+        if spec.device_id is not None:
+            device_id = self.template(spec.device_id, "device_id", payload_fields=json_payload)
+            self.fixed_text(device_id.literals, "device_id", device=True)
         metrics: tuple[tuple[str, FieldPath], ...] = ()
         transforms: tuple[Transform, ...] = ()
         metric_name: Template | None = None
@@ -146,7 +150,7 @@ class _Compiler:
         if json_payload:
             metrics, transforms = self._json_metrics()
             collect = self._collect()
-            readings, readings_time = self._readings()
+            readings, readings_time = compile_readings(self)
         else:
             metric_name, transforms = self._plain()
             for key in ("collect", "readings"):
@@ -173,6 +177,7 @@ class _Compiler:
             readings=readings,
             readings_time=readings_time,
             each=each,
+            each_where=each_where,
             coalesce=(
                 Coalesce(round(spec.coalesce.window_s * 1_000_000), spec.coalesce.function)
                 if spec.coalesce
@@ -212,7 +217,7 @@ class _Compiler:
             ignore=True,
         )
 
-    def _template(self, text: str, key: str | tuple[str, ...], *, payload_fields: bool) -> Template:
+    def template(self, text: str, key: str | tuple[str, ...], *, payload_fields: bool) -> Template:
         try:
             return compile_template(text, self.captures, payload_fields)
         except ValueError as exc:
@@ -239,64 +244,42 @@ class _Compiler:
             if not name.strip():
                 self.fail(("metrics", name), "metric name is empty")
             template = (
-                self._template(name, ("metrics", name), payload_fields=True)
-                if "{" in name
-                else None
+                self.template(name, ("metrics", name), payload_fields=True) if "{" in name else None
             )
             self.metric_names.append(template)
             fixed = [name] if template is None else template.literals
-            self._fixed_text(fixed, ("metrics", name))
+            self.fixed_text(fixed, ("metrics", name))
             if isinstance(entry, str):
-                paths.append((name, self._field_path(entry, ("metrics", name))))
+                paths.append((name, self.field_path(entry, ("metrics", name))))
                 transforms.append(Transform())
             else:
-                paths.append((name, self._field_path(entry.path, ("metrics", name, "path"))))
-                transforms.append(self._transform(entry, ("metrics", name)))
+                paths.append((name, self.field_path(entry.path, ("metrics", name, "path"))))
+                transforms.append(self.transform(entry, ("metrics", name)))
         return tuple(paths), tuple(transforms)
 
     def _collect(self) -> CollectRule | None:
         c = self.spec.collect
         if c is None:
             return None
-        prefix = self._template(c.prefix, ("collect", "prefix"), payload_fields=False)
-        self._prefix_and_names(c.prefix, c.rename, "collect", literals=prefix.literals)
+        prefix = self.template(c.prefix, ("collect", "prefix"), payload_fields=False)
+        self.prefix_and_names(c.prefix, c.rename, "collect", literals=prefix.literals)
         return CollectRule(
-            path=self._segments(c.path, ("collect", "path")),
+            path=self.segments(c.path, ("collect", "path")),
             include=tuple(c.include or ()),
             exclude=tuple(c.exclude or ()),
             rename=dict(c.rename or {}),
             prefix=c.prefix,
-            transform=self._transform(c, ("collect",)),
+            transform=self.transform(c, ("collect",)),
             separator=c.separator,
             prefix_template=prefix if len(prefix.literals) < len(prefix.parts) else None,
         )
 
-    def _readings(self) -> tuple[ReadingsRule | None, TimestampRule | None]:
-        r = self.spec.readings
-        if r is None:
-            return None, None
-        at = ("readings",)
-        self._prefix_and_names(r.prefix, r.rename, "readings")
-        tz = self._zone(r.timezone, (*at, "timezone"))
-        where = tuple((self._segments(k, (*at, "where", k)), v) for k, v in (r.where or {}).items())
-        rule = ReadingsRule(
-            path=self._segments(r.path, (*at, "path")),
-            name=self._segments(r.name, (*at, "name")),
-            value=self._segments(r.value, (*at, "value")),
-            time=self._segments(r.time, (*at, "time")) if r.time else None,
-            where=where,
-            rename=dict(r.rename or {}),
-            prefix=r.prefix,
-            transform=self._transform(r, at),
-        )
-        return rule, TimestampRule(fmt=r.time_format, pattern=r.pattern, tz=tz)
-
-    def _segments(self, text: str, key: tuple[str, ...]) -> tuple[str, ...]:
+    def segments(self, text: str, key: tuple[str, ...]) -> tuple[str, ...]:
         if text in ("", "."):
             return ()
-        return self._field_path(text, key).segments
+        return self.field_path(text, key).segments
 
-    def _fixed_text(
+    def fixed_text(
         self, parts: list[str], key: str | tuple[str, ...], *, device: bool = False
     ) -> None:
         lim = self.limits
@@ -309,7 +292,7 @@ class _Compiler:
         if problem is not None:
             self.fail(key, problem)
 
-    def _prefix_and_names(
+    def prefix_and_names(
         self,
         prefix: str,
         rename: dict[str, str] | None,
@@ -317,11 +300,11 @@ class _Compiler:
         literals: list[str] | None = None,
     ) -> None:
         fixed = [prefix] if literals is None else literals
-        self._fixed_text(fixed, (key, "prefix"))
+        self.fixed_text(fixed, (key, "prefix"))
         for old, new in (rename or {}).items():
-            self._fixed_text([*fixed, new], (key, "rename", old))
+            self.fixed_text([*fixed, new], (key, "rename", old))
 
-    def _zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
+    def zone(self, name: str | None, key: tuple[str, ...]) -> ZoneInfo | None:
         try:
             return None if name is None else ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
@@ -335,14 +318,14 @@ class _Compiler:
         if spec.metric is None:
             self.fail("metric", f"a {spec.payload} rule needs 'metric: <name or {{capture}}>'")
             return None, ()
-        name = self._template(spec.metric, "metric", payload_fields=False)
-        self._fixed_text(name.literals, "metric")
-        transform = self._transform(spec.transform, ("transform",)) if spec.transform else None
+        name = self.template(spec.metric, "metric", payload_fields=False)
+        self.fixed_text(name.literals, "metric")
+        transform = self.transform(spec.transform, ("transform",)) if spec.transform else None
         if spec.payload == "text" and (transform is None or not transform.value_map):
             self.fail("transform", "a text rule needs 'transform: {map: {TEXT: number, ...}}'")
         return name, (transform or Transform(),)
 
-    def _transform(self, t: TransformSpec, key: tuple[str, ...]) -> Transform:
+    def transform(self, t: TransformSpec, key: tuple[str, ...]) -> Transform:
         if t.range is not None and t.range[0] > t.range[1]:
             self.fail((*key, "range"), "range must be [low, high] with low <= high")
         return Transform.build(
@@ -366,12 +349,12 @@ class _Compiler:
         if ts.capture is not None and ts.capture not in self.captures:
             known = ", ".join(sorted(self.captures)) or "none"
             self.fail(("timestamp", "capture"), f"the topic captures: {known}")
-        tz = self._zone(ts.timezone, ("timestamp", "timezone"))
+        tz = self.zone(ts.timezone, ("timestamp", "timezone"))
         if ts.pattern is not None and "%" not in ts.pattern:
             self.fail(("timestamp", "pattern"), "a strptime pattern such as '%d.%m.%Y %H:%M:%S'")
         field = None
         if ts.field is not None:
-            field = self._field_path(ts.field, ("timestamp", "field"))
+            field = self.field_path(ts.field, ("timestamp", "field"))
         return TimestampRule(
             field=field,
             capture=ts.capture,
@@ -383,7 +366,7 @@ class _Compiler:
             fallback_to_receive_time=ts.on_invalid == "receive_time",
         )
 
-    def _field_path(self, text: str, key: tuple[str, ...]) -> FieldPath:
+    def field_path(self, text: str, key: tuple[str, ...]) -> FieldPath:
         try:
             segments = split_path(text)
         except ValueError as exc:

@@ -18,7 +18,15 @@ from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed 
 from bridge.mapping.cover import Cover, cover
 from bridge.mapping.identifiers import IdentifierLimits
 from bridge.mapping.readings import MISSING as _MISSING
-from bridge.mapping.readings import CollectRule, ReadingsRule, get_path
+from bridge.mapping.readings import (
+    CollectRule,
+    Reading,
+    ReadingsRule,
+    Where,
+    get_path,
+    group_readings,
+    matches,
+)
 from bridge.mapping.templates import Template
 from bridge.mapping.timestamps import (
     TimestampFormat,
@@ -84,6 +92,7 @@ class Rule:
     coalesce: Coalesce | None = None
     metric_names: tuple[Template | None, ...] = ()  # per ``metrics`` entry whose name is a template
     readings_time: TimestampRule | None = None  # how element times are read
+    each_where: Where = ()  # conditions an element of ``each`` must meet to be mapped
 
 
 # The rule label of messages a joined subscription let in that no rule's filter matches: they are
@@ -197,7 +206,7 @@ class Mapper:
         root: object = _MISSING,
     ) -> None:
         failures: list[PayloadError] = []
-        readings: list[tuple[str, float, int | None]] = []
+        readings: list[Reading] = []
         try:
             if rule.payload == "json":
                 if not isinstance(doc, dict) and rule.readings is None:
@@ -207,36 +216,58 @@ class Mapper:
                     metrics.update(rule.collect.collect(doc, failures, captures))
                 if rule.readings is not None:
                     readings, skipped = rule.readings.extract(
-                        doc, lambda raw: self._reading_time(rule, raw, received_us), failures
+                        doc,
+                        lambda raw: self._reading_time(rule, raw, received_us),
+                        failures,
+                        captures,
                     )
                     out.skipped_readings += skipped
             else:
                 metrics = self._plain(rule, captures, payload)
             ts_us = self._timestamp(rule, captures, doc, received_us, out, root=root)
-            device_id = rule.device_id.render(captures, doc)
-            if not device_id:
-                raise PayloadError("bad_device_id", "device_id template rendered empty")
-            problem = self._ids.device_id_problem(device_id)
-            if problem is not None:
-                raise PayloadError("bad_device_id", problem)
+            # Readings that name their own device need no rule device (nor its payload fields).
+            own = rule.readings is not None and rule.readings.device is not None
+            device_id = self._device_id(rule, captures, doc) if metrics or not own else ""
         except PayloadError as exc:
             out.failures.append(exc)
             return
-        # A bad metric name drops that metric only: the others are still good data.
+        # A bad metric name or reading device drops that point only: the others are good data.
         metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
-        readings = [r for r in readings if self._name_ok(r[0], failures)]
-        if readings:
-            by_time = self._group(readings, ts_us, metrics, failures)
-        else:
-            by_time = {ts_us: metrics} if metrics else {}
+        readings = [r for r in readings if self._reading_ok(r, failures)]
+        groups = group_readings(readings, device_id, ts_us, metrics, failures)
         out.failures.extend(failures)
         if rule.reject_on_error and failures:
             return
-        for ts, values in by_time.items():
+        for (device, ts), values in groups.items():
             items = list(values.items())
             for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
                 chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
-                out.records.append(Record(device_id, ts, chunk, received_us, rule.coalesce))
+                out.records.append(Record(device, ts, chunk, received_us, rule.coalesce))
+
+    def _device_id(self, rule: Rule, captures: dict[str, str], doc: object) -> str:
+        device_id = rule.device_id.render(captures, doc)
+        if not device_id:
+            raise PayloadError("bad_device_id", "device_id template rendered empty")
+        problem = self._ids.device_id_problem(device_id)
+        if problem is not None:
+            raise PayloadError("bad_device_id", problem)
+        return device_id
+
+    def _reading_ok(self, reading: Reading, failures: list[PayloadError]) -> bool:
+        if reading.device is not None:
+            problem = self._ids.device_id_problem(reading.device)
+            if problem is not None:
+                failures.append(
+                    PayloadError("bad_device_id", f"reading {reading.position}: {problem}")
+                )
+                return False
+        problem = self._ids.metric_name_problem(reading.name)
+        if problem is not None:
+            failures.append(
+                PayloadError("bad_metric_name", f"reading {reading.position}: {problem}")
+            )
+            return False
+        return True
 
     def _name_ok(self, name: str, failures: list[PayloadError]) -> bool:
         problem = self._ids.metric_name_problem(name)
@@ -268,7 +299,12 @@ class Mapper:
             reason = "missing_field" if items is _MISSING else "not_a_list"
             out.failures.append(PayloadError(reason, f"{where!r} holds no list or object"))
             return
+        records, failures = len(out.records), len(out.failures)
         for key, element in pairs:
+            if not matches(element, rule.each_where):
+                out.skipped_readings += 1  # left out on purpose: counted like readings
+                continue
+            before = len(out.failures)
             self._apply(
                 rule,
                 {**captures, "@key": key},
@@ -278,24 +314,13 @@ class Mapper:
                 out=out,
                 root=doc,
             )
-
-    @staticmethod
-    def _group(
-        readings: list[tuple[str, float, int | None]],
-        ts_us: int,
-        metrics: dict[str, float],
-        failures: list[PayloadError],
-    ) -> dict[int, dict[str, float]]:
-        """Readings grouped by time (one API object each); the first of two readings of the
-        same metric at the same time wins, the other is reported."""
-        by_time: dict[int, dict[str, float]] = {ts_us: dict(metrics)} if metrics else {}
-        for name, value, ts in readings:
-            group = by_time.setdefault(ts_us if ts is None else ts, {})
-            if name in group:
-                failures.append(PayloadError("duplicate_reading", f"{name}: twice at one time"))
-                continue
-            group[name] = value
-        return by_time
+            # Name the element in its failures: one bad element among hundreds is findable.
+            out.failures[before:] = [
+                PayloadError(f.reason, f"{rule.each.text}[{key}]: {f.detail}")
+                for f in out.failures[before:]
+            ]
+        if rule.reject_on_error and len(out.failures) > failures:
+            del out.records[records:]  # reject_message: nothing of this message, all elements
 
     def _reading_time(self, rule: Rule, raw: object, received_us: int) -> int:
         spec = rule.readings_time or TimestampRule()

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bridge.errors import PayloadError
 from bridge.mapping.transforms import IDENTITY, Transform
 
-if TYPE_CHECKING:  # templates imports this module; the collect prefix only needs the type
+if TYPE_CHECKING:  # templates imports this module; the rules here only need the type
     from bridge.mapping.templates import Template
 
 MISSING: object = object()  # what get_path returns for an absent path
@@ -146,57 +146,138 @@ def _same(got: object, want: object) -> bool:
     return isinstance(got, bool) == isinstance(want, bool) and got == want
 
 
+Where = tuple[tuple[tuple[str, ...], object], ...]
+
+
+def matches(element: object, where: Where) -> bool:
+    """True if every ``where`` condition holds: the field equals the value (booleans strictly:
+    ``true`` is not ``1``)."""
+    return all(_same(get_path(element, p), want) for p, want in where)
+
+
+class Reading(NamedTuple):
+    """One kept element of a readings list: its position in the list, its device (None: the
+    rule's), metric name, value and time (epoch µs; None: the message's)."""
+
+    position: int
+    device: str | None
+    name: str
+    value: float
+    ts: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class ReadingsRule:
-    """A list of readings at ``path`` (empty: the payload itself is the list)."""
+    """A list of readings at ``path`` (empty: the payload itself is the list).
+
+    The metric name is the element's ``name`` field, or the ``metric`` template rendered over
+    the element (``{$id|segment:.:-1}``); ``device``, when set, names each reading's device the
+    same way, so that one message may carry several devices.
+    """
 
     path: tuple[str, ...]
     name: tuple[str, ...]
     value: tuple[str, ...]
     time: tuple[str, ...] | None = None
-    where: tuple[tuple[tuple[str, ...], object], ...] = ()
+    where: Where = ()
     rename: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
     transform: Transform = IDENTITY
+    metric: Template | None = None
+    device: Template | None = None
 
     def extract(
         self,
         doc: object,
         parse_time: Callable[[object], int],
         failures: list[PayloadError],
-    ) -> tuple[list[tuple[str, float, int | None]], int]:
-        """(name, value, time in epoch µs or None) per kept element, and how many the
-        ``where`` conditions left out."""
+        captures: dict[str, str] | None = None,
+    ) -> tuple[list[Reading], int]:
+        """The kept elements as readings, and how many the ``where`` conditions left out.
+
+        A reading that cannot be used (no name, no value, a device or name template that
+        finds nothing) is a failure naming its index; the others are still kept.
+        """
         items = get_path(doc, self.path)
         if not isinstance(items, list):
             where = ".".join(self.path) or "the payload"
             failures.append(PayloadError("not_a_list", f"{where} is not a list of readings"))
             return [], 0
-        out: list[tuple[str, float, int | None]] = []
+        out: list[Reading] = []
         skipped = 0
         for i, element in enumerate(items):
-            if not all(_same(get_path(element, p), want) for p, want in self.where):
+            if not matches(element, self.where):
                 skipped += 1
                 continue
-            raw_name = get_path(element, self.name)
-            if not isinstance(raw_name, str | int) or isinstance(raw_name, bool) or raw_name == "":
-                failures.append(PayloadError("missing_field", f"reading {i}: no usable name"))
-                continue
-            name = self.prefix + self.rename.get(str(raw_name), str(raw_name))
-            raw_value = get_path(element, self.value)
-            if is_missing(raw_value):
-                failures.append(PayloadError("missing_field", f"reading {i} ({name}): no value"))
-                continue
             try:
-                value = self.transform.apply(name, raw_value)
-                ts = None
-                if self.time is not None:
-                    raw_time = get_path(element, self.time)
-                    if is_missing(raw_time):
-                        raise PayloadError("missing_timestamp", f"reading {i} ({name}): no time")
-                    ts = parse_time(raw_time)
+                out.append(self._reading(i, element, parse_time, captures or {}))
             except PayloadError as exc:
                 failures.append(exc)
-                continue
-            out.append((name, value, ts))
         return out, skipped
+
+    def _reading(
+        self, i: int, element: object, parse_time: Callable[[object], int], captures: dict[str, str]
+    ) -> Reading:
+        if self.metric is None:
+            raw_name = get_path(element, self.name)
+            if not isinstance(raw_name, str | int) or isinstance(raw_name, bool) or raw_name == "":
+                raise PayloadError("missing_field", f"reading {i}: no usable name")
+            raw = str(raw_name)
+        else:
+            raw = _rendered(self.metric, i, element, captures, "bad_metric_name")
+        name = self.prefix + self.rename.get(raw, raw)
+        device = None
+        if self.device is not None:
+            device = _rendered(self.device, i, element, captures, "bad_device_id")
+        raw_value = get_path(element, self.value)
+        if is_missing(raw_value):
+            raise PayloadError("missing_field", f"reading {i} ({name}): no value")
+        value = self.transform.apply(name, raw_value)
+        ts = None
+        if self.time is not None:
+            raw_time = get_path(element, self.time)
+            if is_missing(raw_time):
+                raise PayloadError("missing_timestamp", f"reading {i} ({name}): no time")
+            ts = parse_time(raw_time)
+        return Reading(i, device, name, value, ts)
+
+
+def _rendered(
+    template: Template, i: int, element: object, captures: dict[str, str], empty: str
+) -> str:
+    """``template`` over one reading (``{$field}`` reads the element, ``{capture}`` the
+    topic); a miss or an empty result fails that reading only, naming its index."""
+    try:
+        text = template.render(captures, element)
+    except PayloadError as exc:
+        raise PayloadError(exc.reason, f"reading {i}: {exc.detail}") from None
+    if not text:
+        raise PayloadError(empty, f"reading {i}: {template.text!r} rendered empty")
+    return text
+
+
+def group_readings(
+    readings: list[Reading],
+    device_id: str,
+    ts_us: int,
+    metrics: dict[str, float],
+    failures: list[PayloadError],
+) -> dict[tuple[str, int], dict[str, float]]:
+    """Points grouped by (device, time): one API object each. ``metrics`` and readings without
+    their own device or time take the rule's ``device_id`` and the message's ``ts_us``. The
+    first of two readings of the same metric, device and time wins; the other is reported."""
+    groups: dict[tuple[str, int], dict[str, float]] = (
+        {(device_id, ts_us): dict(metrics)} if metrics else {}
+    )
+    for r in readings:
+        key = (device_id if r.device is None else r.device, ts_us if r.ts is None else r.ts)
+        group = groups.setdefault(key, {})
+        if r.name in group:
+            failures.append(
+                PayloadError(
+                    "duplicate_reading", f"reading {r.position} ({r.name}): twice at one time"
+                )
+            )
+            continue
+        group[r.name] = r.value
+    return groups

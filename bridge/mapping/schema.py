@@ -54,6 +54,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "metrics": "json rules: metric name → field path, or → {path: ..., transform keys}.",
         "collect": "json rules: every numeric field under a path.",
         "readings": "json rules: a list of readings, each with its own name, value and time.",
+        "each": "json rules: map every element of the list or object at this path on its own; "
+        "or {path: ..., where: {field: value}} to keep only matching elements.",
         "metric": "Plain payloads: the metric name template, usually from a capture.",
         "transform": "Plain payloads: value transforms (map, scale, offset, round, range).",
         "number_format": _NUMBER_FORMAT,
@@ -63,6 +65,10 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "ignore": "true: drop matching messages on purpose (counted, not dead-lettered); "
         "takes only name and topic.",
         "continue": "true: after this rule maps a message, the next matching rule maps it too.",
+    },
+    "EachSpec": {
+        "path": "Where the list or object of elements is.",
+        "where": "Field → value: only elements matching all conditions are mapped.",
     },
     "TimestampSpec": {
         "field": "json rules: the payload field path holding the time.",
@@ -102,7 +108,11 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "ReadingsSpec": {
         "path": "Where the list of readings is ('' or '.': the payload itself).",
-        "name": "Field of a reading holding its metric name.",
+        "name": "Field of a reading holding its metric name (or give metric).",
+        "metric": "Metric name template over the reading's fields, e.g. '{$id|segment:.:-1}' "
+        "(instead of name).",
+        "device": "Device id template over the reading's fields, e.g. "
+        "'{$id|segment:.:0:-1}': one message may then carry several devices.",
         "value": "Field of a reading holding its value.",
         "time": "Field of a reading holding its time (else the receive time).",
         "time_format": "auto (default) | iso8601 | epoch_s | epoch_ms | epoch_us | epoch_ns; "

@@ -4,7 +4,7 @@ these classes, so their docstrings and field constraints are what editors show."
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,10 +48,13 @@ class CollectSpec(TransformSpec):
 
 
 class ReadingsSpec(TransformSpec):
-    """A list of readings, each element with its own name, value and time."""
+    """A list of readings, each element with its own name, value and time; ``device`` and
+    ``metric`` are templates over the reading's own fields (``{$id|segment:.:-1}``)."""
 
     path: str = ""
-    name: str = Field(min_length=1)
+    name: str | None = Field(None, min_length=1)
+    metric: str | None = Field(None, min_length=1)
+    device: str | None = Field(None, min_length=1)
     value: str = Field(min_length=1)
     time: str | None = Field(None, min_length=1)
     time_format: TimestampFormat = "auto"
@@ -60,6 +63,13 @@ class ReadingsSpec(TransformSpec):
     where: dict[str, str | bool | int | float] | None = None
     rename: dict[str, str] | None = None
     prefix: str = ""
+
+
+class EachSpec(_Strict):
+    """``each`` with conditions: ``{path: devices, where: {online: true}}``."""
+
+    path: str = Field(min_length=1)
+    where: dict[str, str | bool | int | float] | None = None
 
 
 class TimestampSpec(_Strict):
@@ -92,7 +102,7 @@ class RuleSpec(_Strict):
     metrics: dict[str, str | MetricSpec] | None = None
     collect: CollectSpec | None = None
     readings: ReadingsSpec | None = None
-    each: str | None = Field(None, min_length=1)
+    each: Annotated[str, Field(min_length=1)] | EachSpec | None = None
     coalesce: CoalesceSpec | None = None
     metric: str | None = None
     transform: TransformSpec | None = None

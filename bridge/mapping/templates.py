@@ -104,6 +104,8 @@ def compile_template(text: str, captures: set[str], payload_fields: bool) -> Tem
             if head not in captures:
                 known = ", ".join(sorted(captures)) or "none"
                 hint = did_you_mean(head, captures)
+                if not hint and payload_fields and head and "@" not in head:
+                    hint = f"; a field is written {{${head}}}"
                 raise ValueError(f"template uses {{{head}}} but the topic captures: {known}{hint}")
             parts.append(Part("capture", head, filters))
     return Template(text, tuple(parts))
