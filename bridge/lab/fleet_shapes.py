@@ -26,7 +26,7 @@ from bridge.mapping.transforms import Transform
 # by collect (not numeric), as it is in the plant.
 _COLLECTED = ({"fan": {"rpm": None}, "filter_pct": None, "label": "ok"},)
 _EACH_KEYS = ("unit-1", "unit-2")
-_TAG_NAMES = ("Tag.A", "Tag.B")
+_TAG_NAMES = ("Line1.Press01.Temp", "Line1.Press01.Bar")
 
 # (device, rng, payload time in epoch ms) -> payload. build_payload is the generic one; a rule
 # whose device format it cannot guess (a recipe's) gets its own through SensorFleet(payloads=).
@@ -64,8 +64,6 @@ def unsupported(rule: Rule) -> str:
         return "its timestamp comes from the topic"
     if rule.metric is not None and rule.payload == "json":
         return "a templated metric name"
-    if rule.readings is not None and (rule.readings.metric or rule.readings.device):
-        return "readings named by templates (readings.metric, readings.device)"
     return ""
 
 
@@ -155,11 +153,21 @@ def _metrics_doc(device: Device, rng: random.Random, key: str) -> dict[str, Any]
 def _readings(rule: Rule, rng: random.Random, ts_ms: int) -> object:
     spec = rule.readings
     assert spec is not None
-    names = (*list(spec.rename)[:1], *_TAG_NAMES)
+    # rename's keys are raw names, unless a metric template renders them (then they are its
+    # results, and the tag names below produce them).
+    renamed = list(spec.rename)[:1] if spec.metric is None else []
+    names = (*renamed, *_TAG_NAMES)
     items: list[dict[str, Any]] = []
     for name in names:
         item: dict[str, Any] = {}
-        _put(item, spec.name, name)
+        if spec.name:
+            _put(item, spec.name, name)
+        # Per-reading device and metric templates read the element's fields: each gets the tag
+        # name (dotted, as tag-list gateways send it: segment and re filters find their parts).
+        for template in (spec.metric, spec.device):
+            for part in template.parts if template is not None else ():
+                if part.kind == "field":
+                    _put(item, part.path, name, replace=True)
         _put(item, spec.value, _value(rng, spec.transform))
         if spec.time is not None:
             _put(item, spec.time, _time(rule.readings_time or TimestampRule(), ts_ms))

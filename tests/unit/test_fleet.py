@@ -48,7 +48,9 @@ def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
     assert {p.value for p in by_rule["relay-state"]} <= {0.0, 1.0}
     assert {p.value for p in by_rule["machine-status"]} <= {0.0, 0.5, 1.0}
     assert {p.device_id for p in by_rule["machine-status"]} == {"PRESS-6"}
-    assert {p.metric for p in by_rule["tag-gateway"]} == {"press_temp_c", "Tag.A", "Tag.B"}
+    # Each tag names its device and metric (readings.device, readings.metric; rename after).
+    assert {p.metric for p in by_rule["tag-gateway"]} == {"temp_c", "bar"}
+    assert {p.device_id for p in by_rule["tag-gateway"]} == {"gateway7-line1-press01"}
     assert {p.metric for p in by_rule["hall-climate"]} == {
         "pressure_bar",
         "status_fan.rpm",

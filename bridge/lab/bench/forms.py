@@ -98,6 +98,33 @@ FORMS: tuple[Form, ...] = (
         4,
     ),
     Form(
+        "readings: device and metric per reading (tag list)",
+        """\
+    topic: "tags/{gw}"
+    readings:
+      path: values
+      device: "{$id|segment:.:0:-1}"
+      metric: "{$id|segment:.:-1}"
+      value: v
+      time: t
+      time_format: epoch_ms
+      where: {q: true}""",
+        "tags/g{n}",
+        '{"values": ['
+        + ", ".join(
+            f'{{"id": "Line1.{d}.{m}", "v": 1.5, "t": {_TS}, "q": {q}}}'
+            for d, m, q in (
+                ("Press01", "Temp", "true"),
+                ("Press01", "Bar", "true"),
+                ("Press02", "Temp", "true"),
+                ("Press02", "Bar", "true"),
+                ("Press02", "Rpm", "false"),
+            )
+        )
+        + "]}",
+        4,
+    ),
+    Form(
         "collect with separator and a prefix template",
         """\
     topic: "telegraf/{host}/{measurement}"
