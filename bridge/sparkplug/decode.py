@@ -1,0 +1,228 @@
+"""Decode a Sparkplug B payload into frozen values of our own: ``decode_payload(data)``.
+
+The bytes are parsed by the official protobuf runtime (``sparkplug_b_pb2``, generated from
+``sparkplug_b.proto``), then copied into the dataclasses below, so nothing outside this module
+touches protobuf messages. Values are kept as the wire carries them (:class:`WireValue`: which
+field of the ``value`` oneof is set, and its Python value, integers still unsigned); turning them
+into numbers needs the metric's datatype, which a DATA message often leaves out and only its
+BIRTH certificate gives: that is :func:`bridge.sparkplug.values.numeric_values`.
+
+Malformed bytes raise :class:`~bridge.errors.PayloadError` with reason ``bad_sparkplug`` and
+nothing else (a property test feeds random bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from google.protobuf.message import DecodeError
+
+from bridge.errors import PayloadError
+from bridge.sparkplug import sparkplug_b_pb2 as pb
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+REASON = "bad_sparkplug"
+
+
+@dataclass(frozen=True, slots=True)
+class DataSet:
+    """A table: column names, one datatype per column, rows of wire values."""
+
+    columns: tuple[str, ...]
+    types: tuple[int, ...]
+    rows: tuple[tuple[WireValue, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateParameter:
+    """A Template's parameter (configuration of a UDT instance, not a reading)."""
+
+    name: str | None
+    datatype: int | None
+    value: WireValue
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A Template (UDT) definition or instance: its member metrics and parameters."""
+
+    version: str | None
+    template_ref: str | None
+    is_definition: bool
+    metrics: tuple[SparkplugMetric, ...]
+    parameters: tuple[TemplateParameter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Property:
+    """One entry of a metric's PropertySet (engineering units, quality, ...): metadata."""
+
+    key: str
+    datatype: int | None
+    is_null: bool
+    value: WireValue
+
+
+# What a WireValue holds: scalars as decoded, a DataSet or Template, property sets (a list of
+# them), or None (no value, or a vendor extension).
+Raw: TypeAlias = (
+    "int | float | bool | str | bytes | DataSet | Template"
+    " | tuple[Property, ...] | tuple[tuple[Property, ...], ...] | None"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WireValue:
+    """The value as it travels: ``field`` is the member of the ``value`` oneof that is set
+    (``int_value``, ``long_value``, ``float_value``, ``double_value``, ``boolean_value``,
+    ``string_value``, ``bytes_value``, ``dataset_value``, ``template_value``,
+    ``extension_value``; for properties also ``propertyset_value``, ``propertysets_value``),
+    or ``None`` when none is. Integers are the unsigned field values: see :mod:`.values`."""
+
+    field: str | None
+    raw: Raw = None
+
+
+NO_VALUE = WireValue(None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SparkplugMetric:
+    """One metric. ``name`` is absent in DATA messages that use aliases only; ``datatype`` is
+    required in BIRTHs and optional elsewhere; ``timestamp_ms`` is milliseconds since the
+    epoch (UTC)."""
+
+    name: str | None
+    alias: int | None
+    timestamp_ms: int | None
+    datatype: int | None
+    is_historical: bool
+    is_transient: bool
+    is_null: bool
+    value: WireValue
+    properties: tuple[Property, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SparkplugPayload:
+    """A decoded payload: its timestamp (ms since the epoch, UTC), ``seq`` (0..255 per edge
+    node; absent in NDEATH), ``uuid``, ``body`` and metrics in the order sent."""
+
+    timestamp_ms: int | None
+    seq: int | None
+    uuid: str | None
+    body: bytes | None
+    metrics: tuple[SparkplugMetric, ...]
+
+
+def decode_payload(data: bytes) -> SparkplugPayload:
+    """Parse a Sparkplug B payload; ``PayloadError("bad_sparkplug", ...)`` when it is not one.
+
+    An empty payload is a valid, empty protobuf message (no metrics); whether that is
+    acceptable is the caller's rule (an NDEATH is never empty: it carries bdSeq).
+    """
+    try:
+        message = pb.Payload.FromString(data)
+        return SparkplugPayload(
+            timestamp_ms=message.timestamp if message.HasField("timestamp") else None,
+            seq=message.seq if message.HasField("seq") else None,
+            uuid=message.uuid if message.HasField("uuid") else None,
+            body=message.body if message.HasField("body") else None,
+            metrics=_metrics(message.metrics),
+        )
+    except DecodeError as exc:
+        raise PayloadError("bad_sparkplug", f"not a Sparkplug B payload: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # proto2 strings that are not UTF-8 fail on access, not at parse time.
+        detail = f"not a Sparkplug B payload: {type(exc).__name__}: {str(exc)[:120]}"
+        raise PayloadError("bad_sparkplug", detail) from None
+
+
+def _metrics(messages: Iterable[pb.Payload.Metric]) -> tuple[SparkplugMetric, ...]:
+    return tuple(_metric(m) for m in messages)
+
+
+def _metric(m: pb.Payload.Metric) -> SparkplugMetric:
+    return SparkplugMetric(
+        name=m.name if m.HasField("name") else None,
+        alias=m.alias if m.HasField("alias") else None,
+        timestamp_ms=m.timestamp if m.HasField("timestamp") else None,
+        datatype=m.datatype if m.HasField("datatype") else None,
+        is_historical=m.is_historical,
+        is_transient=m.is_transient,
+        is_null=m.is_null,
+        value=_metric_value(m),
+        properties=_properties(m.properties) if m.HasField("properties") else (),
+    )
+
+
+def _metric_value(m: pb.Payload.Metric) -> WireValue:
+    field = m.WhichOneof("value")
+    if field is None:
+        return NO_VALUE
+    if field == "dataset_value":
+        return WireValue(field, _dataset(m.dataset_value))
+    if field == "template_value":
+        return WireValue(field, _template(m.template_value))
+    if field == "extension_value":
+        return WireValue(field, None)  # vendor extensions: kept as "present", not interpreted
+    raw: int | float | bool | str | bytes = getattr(m, field)
+    return WireValue(field, raw)
+
+
+def _scalar(message: pb.Payload.DataSet.DataSetValue | pb.Payload.Template.Parameter) -> WireValue:
+    """The oneof ``value`` of a DataSetValue or a Template Parameter (scalars only)."""
+    field = message.WhichOneof("value")
+    if field is None:
+        return NO_VALUE
+    if field == "extension_value":
+        return WireValue(field, None)
+    return WireValue(field, getattr(message, field))
+
+
+def _dataset(d: pb.Payload.DataSet) -> DataSet:
+    return DataSet(
+        columns=tuple(d.columns),
+        types=tuple(d.types),
+        rows=tuple(tuple(_scalar(v) for v in row.elements) for row in d.rows),
+    )
+
+
+def _template(t: pb.Payload.Template) -> Template:
+    return Template(
+        version=t.version if t.HasField("version") else None,
+        template_ref=t.template_ref if t.HasField("template_ref") else None,
+        is_definition=t.is_definition,
+        metrics=_metrics(t.metrics),
+        parameters=tuple(
+            TemplateParameter(
+                name=p.name if p.HasField("name") else None,
+                datatype=p.type if p.HasField("type") else None,
+                value=_scalar(p),
+            )
+            for p in t.parameters
+        ),
+    )
+
+
+def _properties(s: pb.Payload.PropertySet) -> tuple[Property, ...]:
+    out: list[Property] = []
+    for key, v in zip(s.keys, s.values, strict=False):  # a key without a value is dropped
+        field = v.WhichOneof("value")
+        value: WireValue
+        if field == "propertyset_value":
+            value = WireValue(field, _properties(v.propertyset_value))
+        elif field == "propertysets_value":
+            sets = tuple(_properties(p) for p in v.propertysets_value.propertyset)
+            value = WireValue(field, sets)
+        elif field == "extension_value":
+            value = WireValue(field, None)
+        elif field is None:
+            value = NO_VALUE
+        else:
+            value = WireValue(field, getattr(v, field))
+        out.append(Property(key, v.type if v.HasField("type") else None, v.is_null, value))
+    return tuple(out)
