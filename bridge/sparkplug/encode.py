@@ -1,9 +1,10 @@
 """Build Sparkplug B payloads: the tests' encoder, and the demo's edge node later.
 
 ``encode_payload`` turns :class:`Metric` descriptions into bytes with the official protobuf
-runtime, storing each value where the specification puts its datatype: Int8 .. UInt32 in the
-32-bit ``int_value`` (negative ones as two's complement), Int64, UInt64 and DateTime in the
-64-bit ``long_value``, arrays packed little-endian into ``bytes_value``. :class:`EdgeNode` keeps
+runtime, storing each value where the Eclipse Tahu reference implementations put its datatype:
+Int8, Int16, Int32, UInt8, UInt16 in the 32-bit ``int_value`` (negative ones as two's
+complement), UInt32, Int64, UInt64 and DateTime in the 64-bit ``long_value``, arrays packed
+little-endian into ``bytes_value``. :class:`EdgeNode` keeps
 what one edge node keeps (its bdSeq, the 0..255 ``seq``, the aliases it gave out) and builds
 its NBIRTH, DBIRTH, NDATA, DDATA, DDEATH and NDEATH messages. Pure: no I/O, and the caller
 passes every timestamp.
@@ -29,10 +30,10 @@ _INT32_TYPES = frozenset(
         DataType.INT32,
         DataType.UINT8,
         DataType.UINT16,
-        DataType.UINT32,
     }
 )
-_INT64_TYPES = frozenset({DataType.INT64, DataType.UINT64, DataType.DATETIME})
+# UInt32 goes in the 64-bit field as Tahu does it (its decoders read it only from there).
+_INT64_TYPES = frozenset({DataType.UINT32, DataType.INT64, DataType.UINT64, DataType.DATETIME})
 
 
 @dataclass(frozen=True, slots=True)
