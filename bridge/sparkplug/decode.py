@@ -129,7 +129,7 @@ def decode_payload(data: bytes) -> SparkplugPayload:
         return SparkplugPayload(
             timestamp_ms=message.timestamp if message.HasField("timestamp") else None,
             seq=message.seq if message.HasField("seq") else None,
-            uuid=message.uuid if message.HasField("uuid") else None,
+            uuid=_str(message.uuid) if message.HasField("uuid") else None,
             body=message.body if message.HasField("body") else None,
             metrics=_metrics(message.metrics),
         )
@@ -141,13 +141,24 @@ def decode_payload(data: bytes) -> SparkplugPayload:
         raise PayloadError("bad_sparkplug", detail) from None
 
 
+def _str(value: object) -> str:
+    """A string field's value: upb hands a proto2 string that is not UTF-8 back as bytes."""
+    if type(value) is not str:
+        raise PayloadError("bad_sparkplug", "not a Sparkplug B payload: a string is not UTF-8")
+    return value
+
+
+def _plain(field: str, raw: int | float | bool | str | bytes) -> WireValue:
+    return WireValue(field, _str(raw) if field == "string_value" else raw)
+
+
 def _metrics(messages: Iterable[pb.Payload.Metric]) -> tuple[SparkplugMetric, ...]:
     return tuple(_metric(m) for m in messages)
 
 
 def _metric(m: pb.Payload.Metric) -> SparkplugMetric:
     return SparkplugMetric(
-        name=m.name if m.HasField("name") else None,
+        name=_str(m.name) if m.HasField("name") else None,
         alias=m.alias if m.HasField("alias") else None,
         timestamp_ms=m.timestamp if m.HasField("timestamp") else None,
         datatype=m.datatype if m.HasField("datatype") else None,
@@ -169,8 +180,7 @@ def _metric_value(m: pb.Payload.Metric) -> WireValue:
         return WireValue(field, _template(m.template_value))
     if field == "extension_value":
         return WireValue(field, None)  # vendor extensions: kept as "present", not interpreted
-    raw: int | float | bool | str | bytes = getattr(m, field)
-    return WireValue(field, raw)
+    return _plain(field, getattr(m, field))
 
 
 def _scalar(message: pb.Payload.DataSet.DataSetValue | pb.Payload.Template.Parameter) -> WireValue:
@@ -180,12 +190,12 @@ def _scalar(message: pb.Payload.DataSet.DataSetValue | pb.Payload.Template.Param
         return NO_VALUE
     if field == "extension_value":
         return WireValue(field, None)
-    return WireValue(field, getattr(message, field))
+    return _plain(field, getattr(message, field))
 
 
 def _dataset(d: pb.Payload.DataSet) -> DataSet:
     return DataSet(
-        columns=tuple(d.columns),
+        columns=tuple(_str(c) for c in d.columns),
         types=tuple(d.types),
         rows=tuple(tuple(_scalar(v) for v in row.elements) for row in d.rows),
     )
@@ -193,13 +203,13 @@ def _dataset(d: pb.Payload.DataSet) -> DataSet:
 
 def _template(t: pb.Payload.Template) -> Template:
     return Template(
-        version=t.version if t.HasField("version") else None,
-        template_ref=t.template_ref if t.HasField("template_ref") else None,
+        version=_str(t.version) if t.HasField("version") else None,
+        template_ref=_str(t.template_ref) if t.HasField("template_ref") else None,
         is_definition=t.is_definition,
         metrics=_metrics(t.metrics),
         parameters=tuple(
             TemplateParameter(
-                name=p.name if p.HasField("name") else None,
+                name=_str(p.name) if p.HasField("name") else None,
                 datatype=p.type if p.HasField("type") else None,
                 value=_scalar(p),
             )
@@ -223,6 +233,6 @@ def _properties(s: pb.Payload.PropertySet) -> tuple[Property, ...]:
         elif field is None:
             value = NO_VALUE
         else:
-            value = WireValue(field, getattr(v, field))
-        out.append(Property(key, v.type if v.HasField("type") else None, v.is_null, value))
+            value = _plain(field, getattr(v, field))
+        out.append(Property(_str(key), v.type if v.HasField("type") else None, v.is_null, value))
     return tuple(out)
