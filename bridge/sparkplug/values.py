@@ -80,6 +80,9 @@ _IMPLIED = {
     "template_value": DataType.TEMPLATE,
 }
 _KNOWN = frozenset(int(t) for t in DataType)
+_SCALAR_FIELDS = frozenset(
+    {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,13 @@ def numeric_values(
 ) -> Numbers:
     """The numbers in ``metric``. ``datatype`` overrides the metric's own (pass the one its
     BIRTH declared for a DATA metric sent by alias without one)."""
+    value = metric.value
+    if not metric.is_null and value.field in _SCALAR_FIELDS:  # most metrics: no walk needed
+        kind = metric.datatype if datatype is None else datatype
+        result = scalar_number(value, kind, value_map)
+        if isinstance(result, str):
+            return Numbers(skipped=(("", result),))
+        return Numbers(values=(("", result),))
     out = _Collector(value_map, max_depth)
     out.metric("", metric, datatype, 0)
     return Numbers(tuple(out.values), tuple(out.skipped))
