@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridge.sparkplug.datatypes import (
     ARRAY_FORMATS,
@@ -80,16 +80,25 @@ _IMPLIED = {
     "template_value": DataType.TEMPLATE,
 }
 _KNOWN = frozenset(int(t) for t in DataType)
+# Datatypes a float field may carry (a float field under an integer datatype is read as is).
+_FLOAT_TYPES = _KNOWN - TEXT_TYPES - {DataType.BOOLEAN}
+# Integer datatypes as (mask of their width, their sign bit or 0 when unsigned).
+_WIDTHS: dict[int | None, tuple[int, int]] = {
+    kind: ((1 << bits) - 1, (1 << (bits - 1)) if signed else 0)
+    for kind, (bits, signed) in INTEGER_WIDTHS.items()
+}
+_F32 = struct.Struct("<f").pack
+_FLOAT32_DIGITS = (".6g", ".7g", ".8g", ".9g")  # 9 significant digits always round-trip
 _SCALAR_FIELDS = frozenset(
     {"int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"}
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Numbers:
+class Numbers(NamedTuple):
     """What a metric gives: ``values`` as (suffix, number) and ``skipped`` as (suffix, reason).
     The suffix is ``""`` for the metric itself, ``/col[row]``, ``/member`` or ``[i]`` for the
-    parts of a DataSet, Template or array."""
+    parts of a DataSet, Template or array. A NamedTuple, like the decoded metric: one is built
+    per metric of every DATA message."""
 
     values: tuple[tuple[str, float], ...] = ()
     skipped: tuple[tuple[str, str], ...] = ()
@@ -109,8 +118,8 @@ def numeric_values(
         kind = metric.datatype if datatype is None else datatype
         result = scalar_number(value, kind, value_map)
         if isinstance(result, str):
-            return Numbers(skipped=(("", result),))
-        return Numbers(values=(("", result),))
+            return Numbers((), (("", result),))
+        return Numbers((("", result),), ())
     out = _Collector(value_map, max_depth)
     out.metric("", metric, datatype, 0)
     return Numbers(tuple(out.values), tuple(out.skipped))
@@ -120,49 +129,50 @@ def scalar_number(
     value: WireValue, datatype: int | None, value_map: Mapping[str, float] | None = None
 ) -> float | str:
     """One scalar (a metric's, a DataSet cell's) as a number, or the reason it is none."""
-    field, raw = value.field, value.raw
-    if field is None:
-        return "no_value"
-    if field == "extension_value":
-        return "extension"
-    if datatype is None:
-        datatype = _IMPLIED.get(field)
-    if field in ("int_value", "long_value"):
-        return _integer(raw, datatype)
-    if datatype is not None and datatype not in _KNOWN:
-        return "unknown_datatype"
-    if field in ("float_value", "double_value"):
-        if not isinstance(raw, float) or datatype in TEXT_TYPES or datatype == DataType.BOOLEAN:
+    field, raw = value
+    # The fields in the order DATA messages use them most: this runs for every metric.
+    if field in {"float_value", "double_value"}:
+        if datatype is not None and datatype not in _FLOAT_TYPES:
+            return "type_mismatch" if datatype in _KNOWN else "unknown_datatype"
+        if type(raw) is not float:
             return "type_mismatch"
         if not math.isfinite(raw):
             return "non_finite"
         return _shortest_float32(raw) if field == "float_value" else raw
+    if field in {"int_value", "long_value"}:
+        return _integer(raw, datatype)
     if field == "boolean_value":
-        if datatype != DataType.BOOLEAN:
-            return "type_mismatch"
+        if datatype is not None and datatype != DataType.BOOLEAN:
+            return "type_mismatch" if datatype in _KNOWN else "unknown_datatype"
         return 1.0 if raw else 0.0
     if field == "string_value":
-        if datatype not in TEXT_TYPES or not isinstance(raw, str):
+        if datatype is not None and datatype not in TEXT_TYPES:
+            return "type_mismatch" if datatype in _KNOWN else "unknown_datatype"
+        if type(raw) is not str:
             return "type_mismatch"
         return _text(raw, value_map)
+    if field is None:
+        return "no_value"
+    if field == "extension_value":
+        return "extension"
     return "type_mismatch"
 
 
 def _integer(raw: object, datatype: int | None) -> float | str:
-    if not isinstance(raw, int) or isinstance(raw, bool):
+    if type(raw) is not int:
         return "type_mismatch"
+    width = _WIDTHS.get(datatype)
+    if width is not None:
+        mask, sign = width
+        value = raw & mask
+        if value & sign:  # sign is 0 for the unsigned types
+            value -= mask + 1
+        return float(value)
     if datatype is None:
         return "no_datatype"  # signed or not? only the BIRTH can say
     if datatype == DataType.DATETIME:
         return float(raw)
-    width = INTEGER_WIDTHS.get(datatype)
-    if width is None:
-        return "unknown_datatype" if datatype not in _KNOWN else "type_mismatch"
-    bits, signed = width
-    value = raw & ((1 << bits) - 1)
-    if signed and value >> (bits - 1):
-        value -= 1 << bits
-    return float(value)
+    return "type_mismatch" if datatype in _KNOWN else "unknown_datatype"
 
 
 def _text(raw: str, value_map: Mapping[str, float] | None) -> float | str:
@@ -175,10 +185,10 @@ def _text(raw: str, value_map: Mapping[str, float] | None) -> float | str:
 def _shortest_float32(value: float) -> float:
     """A Float travels as 32 bits: the shortest decimal that is the same 32-bit float is what
     the sender wrote (21.1, not 21.100000381469727)."""
-    bits = struct.pack("<f", value)
-    for digits in range(6, 10):
-        candidate = float(f"{value:.{digits}g}")
-        if struct.pack("<f", candidate) == bits:
+    bits = _F32(value)
+    for digits in _FLOAT32_DIGITS:
+        candidate = float(format(value, digits))
+        if _F32(candidate) == bits:
             return candidate
     return value
 
