@@ -18,8 +18,9 @@ def add_parser(sub: Subparsers) -> None:
         "a bare paho client and mosquitto_sub), memory with millions of points waiting, a long "
         "mapping file, a backlog drained by several bridges, `check` on long mapping files, or "
         "decoding Sparkplug B messages. See docs/design/performance.md.",
-        epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (a missed "
-        "performance target does not change it), 69 mosquitto is not installed.",
+        epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (sparkplug: a "
+        "message decoded to other numbers than were encoded; a missed performance target does "
+        "not change it), 69 mosquitto is not installed.",
     )
     bench.add_argument(
         "mode",

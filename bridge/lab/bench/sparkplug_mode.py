@@ -216,7 +216,7 @@ def render_sparkplug(report: SparkplugReport) -> str:
         f"{report.payload_bytes} bytes, {report.messages} messages x {report.rounds} rounds "
         f"(best round), protobuf backend {report.protobuf_backend}",
         f"  parse (protobuf runtime)        {report.parse_us:8.2f} µs/message",
-        f"  decode (parse + dataclasses)    {report.decode_us:8.2f} µs/message",
+        f"  decode (parse + our values)     {report.decode_us:8.2f} µs/message",
         f"  decode + numbers                {report.decode_and_numbers_us:8.2f} µs/message",
         f"  python wire walk (a floor for a pure-Python decoder) "
         f"{report.python_wire_walk_us:.2f} µs/message",
