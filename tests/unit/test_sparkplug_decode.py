@@ -403,3 +403,56 @@ def test_mutated_payloads_decode_or_raise_bad_sparkplug(
         return
     for metric in payload.metrics:
         assert all(r in SKIP_REASONS for _, r in numeric_values(metric).skipped)
+
+
+_ARRAY_RANGES = {
+    DataType.INT8_ARRAY: (-(2**7), 2**7 - 1),
+    DataType.INT16_ARRAY: (-(2**15), 2**15 - 1),
+    DataType.INT32_ARRAY: (-(2**31), 2**31 - 1),
+    DataType.INT64_ARRAY: (-(2**63), 2**63 - 1),
+    DataType.UINT8_ARRAY: (0, 2**8 - 1),
+    DataType.UINT16_ARRAY: (0, 2**16 - 1),
+    DataType.UINT32_ARRAY: (0, 2**32 - 1),
+    DataType.UINT64_ARRAY: (0, 2**64 - 1),
+    DataType.DATETIME_ARRAY: (0, 2**63 - 1),
+}
+
+
+@PROPS
+@given(st.sampled_from(sorted(_ARRAY_RANGES)), st.data())
+def test_integer_arrays_round_trip(kind: DataType, data: st.DataObject) -> None:
+    low, high = _ARRAY_RANGES[kind]
+    items = data.draw(st.lists(st.integers(low, high), max_size=40))
+    got = one(Metric("a", kind, items))
+    assert got == Numbers(tuple((f"[{i}]", float(v)) for i, v in enumerate(items)), ())
+
+
+@PROPS
+@given(st.lists(st.booleans(), max_size=70))
+def test_boolean_arrays_round_trip(items: list[bool]) -> None:
+    got = one(Metric("a", DataType.BOOLEAN_ARRAY, items))
+    assert got == Numbers(tuple((f"[{i}]", float(v)) for i, v in enumerate(items)), ())
+
+
+@PROPS
+@given(
+    st.lists(
+        st.sampled_from([DataType.INT16, DataType.UINT32, DataType.DOUBLE]), min_size=1, max_size=4
+    ),
+    st.data(),
+)
+def test_datasets_round_trip_cell_by_cell(types: list[DataType], data: st.DataObject) -> None:
+    values = {
+        DataType.INT16: st.integers(-(2**15), 2**15 - 1),
+        DataType.UINT32: st.integers(0, 2**32 - 1),
+        DataType.DOUBLE: st.floats(allow_nan=False, allow_infinity=False),
+    }
+    rows = data.draw(st.lists(st.tuples(*(values[t] for t in types)), max_size=6))
+    columns = [f"c{i}" for i in range(len(types))]
+    got = one(Metric("t", DataType.DATASET, DataSetValue(columns, types, rows)))
+    expected = tuple(
+        (f"/{columns[c]}[{r}]", float(cell))
+        for r, row in enumerate(rows)
+        for c, cell in enumerate(row)
+    )
+    assert got == Numbers(expected, ())
