@@ -158,18 +158,18 @@ def _metrics(messages: Iterable[pb.Payload.Metric]) -> tuple[SparkplugMetric, ..
     return tuple(_metric(m) for m in messages)
 
 
-# Metric field numbers (sparkplug_b.proto); the value oneof is 10..19.
-_NAME, _ALIAS, _TIMESTAMP, _DATATYPE, _HISTORICAL, _TRANSIENT, _NULL, _PROPERTIES = (
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    9,
-)
-_FIRST_VALUE, _STRING_VALUE = 10, 15
+# Metric field numbers (sparkplug_b.proto); the value oneof is 10..19, 10..14 being the
+# integer, float and boolean fields.
+_NAME = 1
+_ALIAS = 2
+_TIMESTAMP = 3
+_DATATYPE = 4
+_HISTORICAL = 5
+_TRANSIENT = 6
+_NULL = 7
+_PROPERTIES = 9
+_FIRST_VALUE = 10
+_STRING_VALUE = 15
 
 
 def _metric(m: pb.Payload.Metric) -> SparkplugMetric:
@@ -210,13 +210,14 @@ def _metric(m: pb.Payload.Metric) -> SparkplugMetric:
 
 
 def _metric_value(field: str, item: object) -> WireValue:
-    if field == "dataset_value":
-        return WireValue(field, _dataset(item))  # type: ignore[arg-type]
-    if field == "template_value":
-        return WireValue(field, _template(item))  # type: ignore[arg-type]
-    if field == "extension_value":
-        return WireValue(field, None)  # vendor extensions: kept as "present", not interpreted
-    return _plain(field, item)  # type: ignore[arg-type]
+    """A string, bytes, DataSet, Template or extension value (oneof fields 15..19)."""
+    if isinstance(item, str | bytes):
+        return _plain(field, item)
+    if isinstance(item, pb.Payload.DataSet):
+        return WireValue(field, _dataset(item))
+    if isinstance(item, pb.Payload.Template):
+        return WireValue(field, _template(item))
+    return WireValue(field, None)  # a vendor extension: kept as "present", not interpreted
 
 
 def _scalar(message: pb.Payload.DataSet.DataSetValue | pb.Payload.Template.Parameter) -> WireValue:

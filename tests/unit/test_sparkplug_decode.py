@@ -13,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import PayloadError
+from bridge.sparkplug import sparkplug_b_pb2 as pb
 from bridge.sparkplug.datatypes import DataType, type_name
 from bridge.sparkplug.decode import (
+    Property,
     Raw,
     SparkplugMetric,
     SparkplugPayload,
@@ -156,6 +158,30 @@ def test_mismatched_and_unknown_datatypes_are_skipped() -> None:
     )
     assert type_name(DataType.UINT64) == "UInt64"
     assert type_name(99) == "#99"
+
+
+def test_extension_values_and_nested_property_sets_decode() -> None:
+    """What our encoder does not build (vendor extensions, property sets in properties) is
+    still decoded: the extension as present but uninterpreted, the sets as nested properties."""
+    message = pb.Payload()
+    metric = message.metrics.add()
+    metric.name = "vendor"
+    metric.datatype = DataType.INT32
+    metric.extension_value.SetInParent()
+    metric.properties.keys.append("limits")
+    inner = metric.properties.values.add()
+    inner.type = DataType.PROPERTYSET
+    inner.propertyset_value.keys.append("high")
+    inner.propertyset_value.values.add(type=DataType.DOUBLE, double_value=90.5)
+    [decoded] = decode_payload(message.SerializeToString()).metrics
+    assert decoded.value == WireValue("extension_value", None)
+    assert numeric_values(decoded).skipped == (("", "extension"),)
+    [limits] = decoded.properties
+    assert limits.key == "limits"
+    assert limits.value.field == "propertyset_value"
+    assert isinstance(limits.value.raw, tuple)
+    [high] = limits.value.raw
+    assert high == Property("high", DataType.DOUBLE, False, WireValue("double_value", 90.5))
 
 
 def test_a_dataset_gives_one_value_per_cell() -> None:
