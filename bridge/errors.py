@@ -42,7 +42,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         "what it could not store); `test`: a test failed or the file has no tests; `explain`: "
         "the message would be dead-lettered or matches no rule; `health`: not healthy/ready; "
         "`dead-letters requeue`: some dead letters still fail; `bench`, `soak`, `demo`: a point "
-        "was lost or duplicated; `recipes write`: the file exists (without `--force`) or cannot "
+        "was lost or duplicated (`bench sparkplug`: a message decoded to other numbers than "
+        "were encoded); `recipes write`: the file exists (without `--force`) or cannot "
         "be written",
     ),
     (

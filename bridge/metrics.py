@@ -48,6 +48,7 @@ DEAD_LETTER_REASONS = (
     "bad_metric_name",
     "unmatched",
     "api_rejected",
+    "bad_sparkplug",  # a Sparkplug B payload or topic that cannot be decoded (bridge.sparkplug)
 )
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 DROP_REASONS = ("spool_full", "over_share")

@@ -16,16 +16,18 @@ def add_parser(sub: Subparsers) -> None:
         help="measure throughput, latency, CPU and memory locally",
         description="Measure the bridge on this machine: a live rate, a queued backlog (beside "
         "a bare paho client and mosquitto_sub), memory with millions of points waiting, a long "
-        "mapping file, a backlog drained by several bridges, or `check` on long mapping files. "
-        "See docs/design/performance.md.",
-        epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (a missed "
-        "performance target does not change it), 69 mosquitto is not installed.",
+        "mapping file, a backlog drained by several bridges, `check` on long mapping files, or "
+        "decoding Sparkplug B messages. See docs/design/performance.md.",
+        epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (sparkplug: a "
+        "message decoded to other numbers than were encoded; a missed performance target does "
+        "not change it), 69 mosquitto is not installed.",
     )
     bench.add_argument(
         "mode",
-        choices=["rate", "backlog", "spool", "rules", "replicas", "check"],
+        choices=["rate", "backlog", "spool", "rules", "replicas", "check", "sparkplug"],
         help="live rate, queued backlog, memory with a full spool, many mapping rules, a "
-        "backlog drained by several bridges in one share group, or `check` on long mapping files",
+        "backlog drained by several bridges in one share group, `check` on long mapping files, "
+        "or the cost of decoding a Sparkplug B DDATA message",
     )
     bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
     bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
@@ -65,9 +67,17 @@ def add_parser(sub: Subparsers) -> None:
         "sizes to check (default 2000,5000,20000)",
     )
     bench.add_argument(
-        "--iterations", type=int, default=20000, help="rules mode: messages mapped per round"
+        "--iterations",
+        type=int,
+        default=20000,
+        help="rules mode: messages mapped per round; sparkplug mode: messages decoded per round",
     )
-    bench.add_argument("--rounds", type=int, default=5, help="rules mode: rounds (best is kept)")
+    bench.add_argument(
+        "--rounds", type=int, default=5, help="rules, sparkplug modes: rounds (best is kept)"
+    )
+    bench.add_argument(
+        "--metrics", type=int, default=20, help="sparkplug mode: metrics per DDATA message"
+    )
     bench.add_argument(
         "--api-limit", type=int, default=None, help="API requests/min limit (default: none)"
     )

@@ -32,6 +32,7 @@ PACKAGE_DATA = (
     "bridge/lab/examples/mosquitto.conf",
     "bridge/recipes/tasmota.yaml",
     "bridge/recipes/zigbee2mqtt.yaml",
+    "bridge/sparkplug/sparkplug_b.proto",
 )
 
 

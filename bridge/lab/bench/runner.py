@@ -77,6 +77,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.lab.bench.check_mode import run_check_bench
 
         return run_check_bench(args)
+    if args.mode == "sparkplug":  # in this process: decoding alone
+        from bridge.lab.bench.sparkplug_mode import run_sparkplug_bench
+
+        return run_sparkplug_bench(args)
     try:
         with tempfile.TemporaryDirectory(prefix="metriqo-bench-") as tmp, LocalBroker() as broker:
             workdir = Path(tmp)
