@@ -59,6 +59,17 @@ class Point:
 
 
 @dataclass(frozen=True, slots=True)
+class Conversion:
+    """The numeric steps a matched rule takes a metric through (``linear``, ``expr``,
+    ``scale``/``offset``, ``round``, ``range``), with the raw value where one is read."""
+
+    rule: str
+    metric: str  # the metric name (or template), or "collect" / "readings"
+    raw: str | None  # the value in the payload, as written; None if it cannot be shown
+    steps: str
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """The coalescing window a point falls in, and what the window sends."""
 
@@ -92,6 +103,7 @@ class Explanation:
             :data:`~bridge.limits.MAX_POINTS_PER_REQUEST` points, built by the sender's own
             batcher (see :attr:`body`); a coalesced point appears as its window's point.
         windows: the coalescing window of each coalesced point, in order.
+        conversions: the numeric steps of the applied rules' metrics that have any.
     """
 
     topic: str
@@ -106,6 +118,7 @@ class Explanation:
     skipped_readings: int = 0
     requests: tuple[tuple[dict[str, object], ...], ...] = ()
     windows: tuple[Window, ...] = ()
+    conversions: tuple[Conversion, ...] = ()
 
     @property
     def body(self) -> list[dict[str, object]]:
@@ -246,7 +259,40 @@ def explain(
         skipped_readings=mapped.skipped_readings,
         requests=request_bodies(_sent_records(mapped.records, windows)),
         windows=windows,
+        conversions=tuple(
+            c for a in applied for c in _conversions(mapper.rules[a.index], payload) if not a.ignore
+        ),
     )
+
+
+def _conversions(rule: Rule, payload: bytes) -> list[Conversion]:
+    """The numeric steps of each of the rule's metrics, and the raw value each reads."""
+    if rule.payload != "json":
+        steps = rule.transforms[0].steps() if rule.transforms else ""
+        text = payload[:40].decode("utf-8", "replace").strip()
+        name = rule.metric.text if rule.metric is not None else ""
+        return [Conversion(rule.name, name, text, steps)] if steps else []
+    try:
+        doc: object = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        doc = None
+    found = []
+    for (name, path), transform in zip(rule.metrics, rule.transforms, strict=False):
+        if steps := transform.steps():
+            value = path.get(doc) if rule.each is None and isinstance(doc, dict) else None
+            found.append(Conversion(rule.name, name, _raw(value), steps))
+    for label, part in (("collect", rule.collect), ("readings", rule.readings)):
+        if part is not None and (steps := part.transform.steps()):
+            found.append(Conversion(rule.name, label, None, steps))
+    return found
+
+
+def _raw(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return _value(float(value))
+    return repr(value)[:40] if isinstance(value, str) else None
 
 
 def request_bodies(
@@ -335,6 +381,9 @@ def format_explanation(ex: Explanation) -> str:
         for n, (reason, detail) in enumerate(ex.failures):
             text = f"{reason}: {detail}" if detail else reason
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
+    for c in ex.conversions:
+        given = f"x = {c.raw} → " if c.raw is not None else ""
+        lines.append(f"convert {c.metric}: {given}{c.steps}")
     lines.extend(_window_lines(ex.windows))
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
@@ -425,6 +474,10 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
                 "value_if_alone": w.value,
             }
             for w in ex.windows
+        ],
+        "conversions": [
+            {"rule": c.rule, "metric": c.metric, "raw": c.raw, "steps": c.steps}
+            for c in ex.conversions
         ],
         "dead_lettered": ex.dead_lettered,
         "partial": ex.partial,
