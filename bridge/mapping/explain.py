@@ -14,10 +14,12 @@ from typing import Any
 import orjson
 
 from bridge.batcher import take_batch
+from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import mismatch
 from bridge.mapping.timestamps import format_timestamp
+from bridge.mapping.transforms import Transform
 from bridge.models import Record, SpooledRecord
 
 # The default of mapping.coalesce_grace_s: explain reads the mapping file, not the settings.
@@ -266,12 +268,17 @@ def explain(
 
 
 def _conversions(rule: Rule, payload: bytes) -> list[Conversion]:
-    """The numeric steps of each of the rule's metrics, and the raw value each reads."""
+    """The numeric steps of each of the rule's metrics, with the raw value each reads and
+    what the steps make of it."""
     if rule.payload != "json":
-        steps = rule.transforms[0].steps() if rule.transforms else ""
+        transform = rule.transforms[0] if rule.transforms else None
+        if transform is None or not (steps := transform.steps()):
+            return []
         text = payload[:40].decode("utf-8", "replace").strip()
         name = rule.metric.text if rule.metric is not None else ""
-        return [Conversion(rule.name, name, text, steps)] if steps else []
+        plain = transform.number is None and rule.payload == "number"
+        raw = _float(text) if plain else None
+        return [Conversion(rule.name, name, text, steps + _outcome(transform, name, raw))]
     try:
         doc: object = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -280,11 +287,31 @@ def _conversions(rule: Rule, payload: bytes) -> list[Conversion]:
     for (name, path), transform in zip(rule.metrics, rule.transforms, strict=False):
         if steps := transform.steps():
             value = path.get(doc) if rule.each is None and isinstance(doc, dict) else None
-            found.append(Conversion(rule.name, name, _raw(value), steps))
+            shown = _raw(value)
+            outcome = _outcome(transform, name, value) if shown is not None else ""
+            found.append(Conversion(rule.name, name, shown, steps + outcome))
     for label, part in (("collect", rule.collect), ("readings", rule.readings)):
         if part is not None and (steps := part.transform.steps()):
             found.append(Conversion(rule.name, label, None, steps))
     return found
+
+
+def _outcome(transform: Transform, name: str, raw: object) -> str:
+    """`` = 5`` or `` → out_of_range``: the transform run on the raw value, as the mapper
+    runs it (nothing for a value explain cannot read on its own)."""
+    if raw is None:
+        return ""
+    try:
+        return f" = {_value(transform.apply(name, raw))}"
+    except PayloadError as exc:
+        return f" → {exc.reason}"
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # not a number: the failure line says why
+        return None
 
 
 def _raw(value: object) -> str | None:
