@@ -84,7 +84,9 @@ class Transform:
             raise PayloadError("non_finite", f"{name}: value is not finite")
         if self.converts:
             if self.convert is not None:
-                value = self._converted(name, self.convert, value)
+                value = self.convert.run(name, value)
+                if not math.isfinite(value):
+                    raise PayloadError("non_finite", f"{name}: {self.convert.text} gives {value}")
             else:
                 value = value * self.scale + self.offset
                 if not math.isfinite(value):  # checked before the range, or clamp hides it
@@ -114,13 +116,6 @@ class Transform:
             action = "clamp" if self.clamp else "reject"
             parts.append(f"range {pair_text((self.low, self.high))} ({action} outside)")
         return ", then ".join(parts)
-
-    @staticmethod
-    def _converted(name: str, convert: Conversion, value: float) -> float:
-        value = convert.run(name, value)
-        if not math.isfinite(value):
-            raise PayloadError("non_finite", f"{name}: {convert.text} gives {value}")
-        return value
 
     def _text(self, name: str, text: str) -> float:
         """A value map entry if there is one, else the number the text holds in the format."""
