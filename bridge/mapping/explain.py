@@ -14,12 +14,11 @@ from typing import Any
 import orjson
 
 from bridge.batcher import take_batch
-from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST
+from bridge.mapping.explain_steps import ConversionStep, conversions, number_text
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import mismatch
 from bridge.mapping.timestamps import format_timestamp
-from bridge.mapping.transforms import Transform
 from bridge.models import Record, SpooledRecord
 
 # The default of mapping.coalesce_grace_s: explain reads the mapping file, not the settings.
@@ -58,17 +57,6 @@ class Point:
     ts_us: int
     metric: str
     value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Conversion:
-    """The numeric steps a matched rule takes a metric through (``linear``, ``expr``,
-    ``scale``/``offset``, ``round``, ``range``), with the raw value where one is read."""
-
-    rule: str
-    metric: str  # the metric name (or template), or "collect" / "readings"
-    raw: str | None  # the value in the payload, as written; None if it cannot be shown
-    steps: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +108,7 @@ class Explanation:
     skipped_readings: int = 0
     requests: tuple[tuple[dict[str, object], ...], ...] = ()
     windows: tuple[Window, ...] = ()
-    conversions: tuple[Conversion, ...] = ()
+    conversions: tuple[ConversionStep, ...] = ()
 
     @property
     def body(self) -> list[dict[str, object]]:
@@ -262,64 +250,9 @@ def explain(
         requests=request_bodies(_sent_records(mapped.records, windows)),
         windows=windows,
         conversions=tuple(
-            c for a in applied for c in _conversions(mapper.rules[a.index], payload) if not a.ignore
+            c for a in applied for c in conversions(mapper.rules[a.index], payload) if not a.ignore
         ),
     )
-
-
-def _conversions(rule: Rule, payload: bytes) -> list[Conversion]:
-    """The numeric steps of each of the rule's metrics, with the raw value each reads and
-    what the steps make of it."""
-    if rule.payload != "json":
-        transform = rule.transforms[0] if rule.transforms else None
-        if transform is None or not (steps := transform.steps()):
-            return []
-        text = payload[:40].decode("utf-8", "replace").strip()
-        name = rule.metric.text if rule.metric is not None else ""
-        plain = transform.number is None and rule.payload == "number"
-        raw = _float(text) if plain else None
-        return [Conversion(rule.name, name, text, steps + _outcome(transform, name, raw))]
-    try:
-        doc: object = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        doc = None
-    found = []
-    for (name, path), transform in zip(rule.metrics, rule.transforms, strict=False):
-        if steps := transform.steps():
-            value = path.get(doc) if rule.each is None and isinstance(doc, dict) else None
-            shown = _raw(value)
-            outcome = _outcome(transform, name, value) if shown is not None else ""
-            found.append(Conversion(rule.name, name, shown, steps + outcome))
-    for label, part in (("collect", rule.collect), ("readings", rule.readings)):
-        if part is not None and (steps := part.transform.steps()):
-            found.append(Conversion(rule.name, label, None, steps))
-    return found
-
-
-def _outcome(transform: Transform, name: str, raw: object) -> str:
-    """`` = 5`` or `` → out_of_range``: the transform run on the raw value, as the mapper
-    runs it (nothing for a value explain cannot read on its own)."""
-    if raw is None:
-        return ""
-    try:
-        return f" = {_value(transform.apply(name, raw))}"
-    except PayloadError as exc:
-        return f" → {exc.reason}"
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:  # not a number: the failure line says why
-        return None
-
-
-def _raw(value: object) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return _value(float(value))
-    return repr(value)[:40] if isinstance(value, str) else None
 
 
 def request_bodies(
@@ -342,11 +275,6 @@ def request_bodies(
         requests.append(tuple(batch.body_objects()))
         rows = rows[len(batch.records) :]
     return tuple(requests)
-
-
-def _value(value: float) -> str:
-    # Whole numbers print as integers (counters: "10422", not "10422.0"); the rest in full.
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def _count(n: int, what: str) -> str:
@@ -401,7 +329,7 @@ def format_explanation(ex: Explanation) -> str:
         lines.append(f"device  {device_id}")
         lines.append(f"time    {_time_line(ex, ts_us)}")
         lines.extend(
-            f"{'points' if n == 0 else '':8}{p.metric} = {_value(p.value)}"
+            f"{'points' if n == 0 else '':8}{p.metric} = {number_text(p.value)}"
             for n, p in enumerate(points)
         )
     if ex.applied:
@@ -410,7 +338,7 @@ def format_explanation(ex: Explanation) -> str:
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
     for c in ex.conversions:
         given = f"x = {c.raw} → " if c.raw is not None else ""
-        lines.append(f"convert {c.metric}: {given}{c.steps}")
+        lines.append(f"convert {c.metric}: {given}{c.steps} {c.outcome}".rstrip())
     lines.extend(_window_lines(ex.windows))
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
@@ -433,7 +361,7 @@ def _window_lines(windows: Sequence[Window]) -> list[str]:
             lines.append(f"{'':8}  folded in; sent at about {format_timestamp(w.send_us)}")
         lines.append(
             f"{'':8}  stamped {format_timestamp(w.start_us)}, {w.function} = "
-            f"{_value(w.value)} if no other message falls in the window"
+            f"{number_text(w.value)} if no other message falls in the window"
         )
     return lines
 
@@ -503,7 +431,13 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
             for w in ex.windows
         ],
         "conversions": [
-            {"rule": c.rule, "metric": c.metric, "raw": c.raw, "steps": c.steps}
+            {
+                "rule": c.rule,
+                "metric": c.metric,
+                "raw": c.raw,
+                "steps": c.steps,
+                "outcome": c.outcome,
+            }
             for c in ex.conversions
         ],
         "dead_lettered": ex.dead_lettered,
