@@ -13,6 +13,7 @@ from bridge.errors import ConfigError, PayloadError
 from bridge.mapping.explain import explain, explanation_json, format_explanation
 from bridge.mapping.loader import compile_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapped, Mapper
+from bridge.mapping.overlap import rule_warnings
 from bridge.mapping.selftest import run_mapping_tests
 from bridge.mapping.spec import MappingFile
 from bridge.mapping.transforms import IDENTITY, Transform
@@ -308,6 +309,22 @@ def test_the_guides_example_passes_its_tests() -> None:
     rules = compile_mappings(data, index)
     tests = MappingFile.model_validate(data).tests or []
     assert len(tests) >= 4
+    assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]] * len(tests)
+
+
+def test_the_cookbooks_analog_inputs_recipe_passes_check_strict_and_its_tests() -> None:
+    """The analog-inputs example of docs/guide/recipes.md (4-20 mA, 0-10 V, an NTC)."""
+    page = (REPO / "docs" / "guide" / "recipes.md").read_text(encoding="utf-8")
+    blocks = [b.split("```")[0] for b in page.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if "io-pressure" in b]
+    data, index = load_yaml_text(block, "recipes.md")
+    rules = compile_mappings(data, index)
+    assert rule_warnings(rules) == []
+    tests = MappingFile.model_validate(data).tests or []
+    assert {r for t in tests for r in t.expect_failures or []} == {
+        "out_of_range",
+        "conversion_failed",
+    }
     assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]] * len(tests)
 
 
