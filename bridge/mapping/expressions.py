@@ -7,8 +7,8 @@ or ``compile``: only the node kinds listed here are accepted — numbers, the na
 operators ``+ - * / % **`` (unary ``-`` and ``+``) and the functions of :data:`FUNCTIONS`.
 Everything is computed in floats (``**`` with :func:`math.pow`), so an evaluation costs a few
 float operations however the expression is written: no big integers, no complex numbers, no
-loops. The text is at most :data:`MAX_LENGTH` characters and :data:`MAX_NODES` nodes deep at
-most :data:`MAX_DEPTH`. Pure code.
+loops. The text is at most :data:`MAX_LENGTH` characters, :data:`MAX_NODES` nodes and
+:data:`MAX_DEPTH` levels deep. Pure code.
 """
 
 from __future__ import annotations
