@@ -39,6 +39,7 @@ DEAD_LETTER_REASONS = (
     "not_text",
     "unmapped_value",
     "non_finite",
+    "conversion_failed",
     "out_of_range",
     "too_large",
     "no_metrics",

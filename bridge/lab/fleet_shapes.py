@@ -59,6 +59,8 @@ def unsupported(rule: Rule) -> str:
         return "payload: text without a value map"
     if rule.collect is not None and rule.collect.include:
         return "collect with include"
+    if any(_uninvertible(t) for t in rule.transforms):
+        return "an expr with a range (no raw value can be picked inside it)"
     ts = rule.timestamp
     if ts is not None and ts.capture is not None:
         return "its timestamp comes from the topic"
@@ -191,10 +193,20 @@ def _value(rng: random.Random, transform: Transform | None) -> float:
     low, high = 0.0, 100.0
     if transform is not None and transform.low is not None and transform.high is not None:
         span = transform.high - transform.low
-        a = (transform.low + span * 0.05 - transform.offset) / transform.scale
-        b = (transform.high - span * 0.05 - transform.offset) / transform.scale
+        inside = (transform.low + span * 0.05, transform.high - span * 0.05)
+        convert = transform.convert
+        if convert is not None and convert.inverse is not None:
+            a, b = (convert.inverse(v) for v in inside)
+        else:
+            a, b = ((v - transform.offset) / transform.scale for v in inside)
         low, high = min(a, b), max(a, b)
     return round(rng.uniform(low, high) * 4) / 4
+
+
+def _uninvertible(transform: Transform) -> bool:
+    """A range after a conversion the fleet cannot run backwards (an expr)."""
+    ranged = transform.low is not None or transform.high is not None
+    return ranged and transform.convert is not None and transform.convert.inverse is None
 
 
 def _printed(value: float, transform: Transform) -> str:

@@ -15,6 +15,7 @@ import orjson
 
 from bridge.batcher import take_batch
 from bridge.limits import MAX_POINTS_PER_REQUEST
+from bridge.mapping.explain_steps import ConversionStep, conversions, number_text
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import mismatch
 from bridge.mapping.timestamps import format_timestamp
@@ -92,6 +93,7 @@ class Explanation:
             :data:`~bridge.limits.MAX_POINTS_PER_REQUEST` points, built by the sender's own
             batcher (see :attr:`body`); a coalesced point appears as its window's point.
         windows: the coalescing window of each coalesced point, in order.
+        conversions: the numeric steps of the applied rules' metrics that have any.
     """
 
     topic: str
@@ -106,6 +108,7 @@ class Explanation:
     skipped_readings: int = 0
     requests: tuple[tuple[dict[str, object], ...], ...] = ()
     windows: tuple[Window, ...] = ()
+    conversions: tuple[ConversionStep, ...] = ()
 
     @property
     def body(self) -> list[dict[str, object]]:
@@ -246,6 +249,9 @@ def explain(
         skipped_readings=mapped.skipped_readings,
         requests=request_bodies(_sent_records(mapped.records, windows)),
         windows=windows,
+        conversions=tuple(
+            c for a in applied for c in conversions(mapper.rules[a.index], payload) if not a.ignore
+        ),
     )
 
 
@@ -269,11 +275,6 @@ def request_bodies(
         requests.append(tuple(batch.body_objects()))
         rows = rows[len(batch.records) :]
     return tuple(requests)
-
-
-def _value(value: float) -> str:
-    # Whole numbers print as integers (counters: "10422", not "10422.0"); the rest in full.
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def _count(n: int, what: str) -> str:
@@ -328,13 +329,16 @@ def format_explanation(ex: Explanation) -> str:
         lines.append(f"device  {device_id}")
         lines.append(f"time    {_time_line(ex, ts_us)}")
         lines.extend(
-            f"{'points' if n == 0 else '':8}{p.metric} = {_value(p.value)}"
+            f"{'points' if n == 0 else '':8}{p.metric} = {number_text(p.value)}"
             for n, p in enumerate(points)
         )
     if ex.applied:
         for n, (reason, detail) in enumerate(ex.failures):
             text = f"{reason}: {detail}" if detail else reason
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
+    for c in ex.conversions:
+        given = f"x = {c.raw} → " if c.raw is not None else ""
+        lines.append(f"convert {c.metric}: {given}{c.steps} {c.outcome}".rstrip())
     lines.extend(_window_lines(ex.windows))
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
@@ -357,7 +361,7 @@ def _window_lines(windows: Sequence[Window]) -> list[str]:
             lines.append(f"{'':8}  folded in; sent at about {format_timestamp(w.send_us)}")
         lines.append(
             f"{'':8}  stamped {format_timestamp(w.start_us)}, {w.function} = "
-            f"{_value(w.value)} if no other message falls in the window"
+            f"{number_text(w.value)} if no other message falls in the window"
         )
     return lines
 
@@ -425,6 +429,16 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
                 "value_if_alone": w.value,
             }
             for w in ex.windows
+        ],
+        "conversions": [
+            {
+                "rule": c.rule,
+                "metric": c.metric,
+                "raw": c.raw,
+                "steps": c.steps,
+                "outcome": c.outcome,
+            }
+            for c in ex.conversions
         ],
         "dead_lettered": ex.dead_lettered,
         "partial": ex.partial,

@@ -8,6 +8,7 @@ file in one pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.mapping.conversions import Conversion, expression, linear
 from bridge.mapping.element_forms import compile_each, compile_readings, devices_per_reading
 from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
@@ -335,6 +337,7 @@ class _Compiler:
             valid_range=t.range,
             clamp=t.out_of_range == "clamp",
             value_map=t.map,
+            convert=conversion(t, key, self.fail),
         )
 
     def _timestamp(self, json_payload: bool) -> TimestampRule | None:
@@ -373,6 +376,33 @@ class _Compiler:
             self.fail(key, str(exc))
             segments = ()
         return FieldPath(text=text, segments=segments)
+
+
+def conversion(
+    t: TransformSpec, key: tuple[str, ...], fail: Callable[..., None]
+) -> Conversion | None:
+    """``linear`` or ``expr``: one conversion step per metric, so neither goes with the
+    other nor with scale/offset (which would leave the order of the steps to guess)."""
+    given = [k for k in ("linear", "expr") if getattr(t, k) is not None]
+    if not given:
+        return None
+    step = given[-1]
+    if len(given) == 2:
+        fail((*key, step), "give 'linear' or 'expr', not both: a metric has one conversion step")
+        return None
+    clash = " and ".join(k for k in ("scale", "offset") if getattr(t, k) is not None)
+    if clash:
+        fail((*key, step), f"'{step}' replaces {clash}: write the whole conversion in it")
+    try:
+        if t.linear is not None:
+            return linear(t.linear.from_, t.linear.to)
+        assert t.expr is not None
+        return expression(t.expr)
+    except ValueError as exc:
+        at = (*key, "expr") if t.linear is None else (*key, "linear")
+        at = (*at, "from") if "'from'" in str(exc) else at
+        fail(at, str(exc))
+        return None
 
 
 def make_mapper(rules: list[Rule], settings: MappingSettings) -> Mapper:

@@ -29,8 +29,14 @@ _NUMBER_FORMAT = (
 _TRANSFORM = {
     "scale": "Multiply the value by this (value * scale + offset).",
     "offset": "Add this after scaling (value * scale + offset).",
+    "linear": "A linear map between two datasheet points, e.g. {from: [4, 20], to: [0, 10]} "
+    "(4-20 mA to 0-10 bar); instead of scale/offset. Values outside 'from' convert too: use "
+    "range to reject or clamp them.",
+    "expr": "An arithmetic expression over the value x, e.g. '(x - 32) * 5 / 9': numbers, "
+    "+ - * / % **, abs min max round sqrt exp log log10; instead of scale/offset.",
     "round": "Round the value to this many decimal digits (0-12).",
-    "range": "[low, high]: values outside are rejected or clamped (see out_of_range).",
+    "range": "[low, high] of the converted value: values outside are rejected or clamped "
+    "(see out_of_range).",
     "out_of_range": "reject (default: the point is dropped and counted) or clamp.",
     "map": "Text value → number, e.g. {RUNNING: 1, STOPPED: 0}; matched exactly, then "
     "ignoring case.",
@@ -57,7 +63,8 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "each": "json rules: map every element of the list or object at this path on its own; "
         "or {path: ..., where: {field: value}} to keep only matching elements.",
         "metric": "Plain payloads: the metric name template, usually from a capture.",
-        "transform": "Plain payloads: value transforms (map, scale, offset, round, range).",
+        "transform": "Plain payloads: value transforms (map, scale/offset or linear or expr, "
+        "round, range).",
         "number_format": _NUMBER_FORMAT,
         "timestamp": "Where the measurement time comes from; without it, the receive time.",
         "on_error": "drop_metric (default): keep the message's other metrics; "
@@ -86,6 +93,10 @@ _DESCRIPTIONS: dict[str, dict[str, str]] = {
         "path": "Field path in the payload; dots walk into objects.",
         "number_format": "This metric's own number_format (replaces the rule's).",
         **_TRANSFORM,
+    },
+    "LinearSpec": {
+        "from": "[a, b]: two raw values of the signal, e.g. [4, 20] (mA); a != b.",
+        "to": "[c, d]: the engineering values they stand for, e.g. [0, 10] (bar).",
     },
     "NumberFormatSpec": {
         "decimal": "The decimal mark: '.' (default) or ','.",

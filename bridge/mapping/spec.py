@@ -18,11 +18,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
 
+class LinearSpec(_Strict):
+    """A linear map between two points of a datasheet: ``{from: [4, 20], to: [0, 10]}``."""
+
+    from_: list[float] = Field(alias="from", min_length=2, max_length=2)
+    to: list[float] = Field(min_length=2, max_length=2)
+
+
 class TransformSpec(_Strict):
     """Value transforms: for a plain payload (``transform:``) or one JSON metric."""
 
     scale: float | None = None
     offset: float | None = None
+    linear: LinearSpec | None = None
+    expr: str | None = Field(None, min_length=1)
     round: int | None = Field(None, ge=0, le=12)
     range: list[float] | None = Field(None, min_length=2, max_length=2)
     out_of_range: Literal["reject", "clamp"] = "reject"

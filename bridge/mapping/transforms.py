@@ -1,5 +1,6 @@
-"""Value transforms of the mapping language: value maps, scale and offset, rounding, and a valid
-range with a chosen action. Pure code; compiled once per metric."""
+"""Value transforms of the mapping language: value maps, one conversion step (scale and offset, a
+linear map or an expression), rounding, and a valid range with a chosen action. Pure code;
+compiled once per metric."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from bridge.errors import PayloadError
+from bridge.mapping.conversions import Conversion, pair_text
 from bridge.mapping.numbers import NumberFormat
 
 _TRUE = frozenset({"true", "on", "yes", "1"})
@@ -17,8 +19,9 @@ _FALSE = frozenset({"false", "off", "no", "0"})
 class Transform:
     """Turns a raw payload value into the number sent to the API.
 
-    Order: value map (for text and booleans) → finite check → ``value * scale + offset`` →
-    rounding → range check (reject the point, or clamp it into the range).
+    Order: value map (for text and booleans) → finite check → one conversion step
+    (``value * scale + offset``, or ``convert``: a linear map or an expression) → finite check →
+    rounding → range check on the result (reject the point, or clamp it into the range).
     """
 
     scale: float = 1.0
@@ -30,6 +33,14 @@ class Transform:
     value_map: dict[str, float] = field(default_factory=dict)
     folded_map: dict[str, float] = field(default_factory=dict)
     number: NumberFormat | None = None  # reads numbers written as text (number_format)
+    convert: Conversion | None = None  # linear or expr; replaces scale and offset
+    # Whether there is a conversion step at all, worked out once: the hot path of a metric
+    # without one tests this one flag (it used to compare scale and offset).
+    converts: bool = field(init=False, default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        step = self.convert is not None or self.scale != 1.0 or self.offset != 0.0
+        object.__setattr__(self, "converts", step)
 
     @staticmethod
     def build(
@@ -40,6 +51,7 @@ class Transform:
         valid_range: list[float] | None = None,
         clamp: bool = False,
         value_map: dict[str, float] | None = None,
+        convert: Conversion | None = None,
     ) -> Transform:
         """A transform from the mapping file's keys (all optional)."""
         vmap = dict(value_map or {})
@@ -53,6 +65,7 @@ class Transform:
             clamp=clamp,
             value_map=vmap,
             folded_map={k.casefold(): v for k, v in vmap.items()},
+            convert=convert,
         )
 
     def apply(self, name: str, raw: object) -> float:
@@ -69,10 +82,15 @@ class Transform:
             raise PayloadError("not_numeric", f"{name}: {type(raw).__name__}, not a number")
         if not math.isfinite(value):
             raise PayloadError("non_finite", f"{name}: value is not finite")
-        if self.scale != 1.0 or self.offset != 0.0:
-            value = value * self.scale + self.offset
-            if not math.isfinite(value):  # checked before the range, or clamp would hide it
-                raise PayloadError("non_finite", f"{name}: value overflows after scale/offset")
+        if self.converts:
+            if self.convert is not None:
+                value = self.convert.run(name, value)
+                if not math.isfinite(value):
+                    raise PayloadError("non_finite", f"{name}: {self.convert.text} gives {value}")
+            else:
+                value = value * self.scale + self.offset
+                if not math.isfinite(value):  # checked before the range, or clamp hides it
+                    raise PayloadError("non_finite", f"{name}: value overflows after scale/offset")
         if self.digits is not None:
             value = round(value, self.digits)
         if self.low is not None and value < self.low:
@@ -84,6 +102,20 @@ class Transform:
                 raise PayloadError("out_of_range", f"{name}: {value} > {self.high}")
             value = self.high
         return value
+
+    def steps(self) -> str:
+        """The numeric steps in order, as ``explain`` shows them ('' when there are none)."""
+        parts = []
+        if self.convert is not None:
+            parts.append(self.convert.text)
+        elif self.converts:
+            parts.append(f"scale {self.scale!r}, offset {self.offset!r}")
+        if self.digits is not None:
+            parts.append(f"round {self.digits}")
+        if self.low is not None or self.high is not None:
+            action = "clamp" if self.clamp else "reject"
+            parts.append(f"range {pair_text((self.low, self.high))} ({action} outside)")
+        return ", then ".join(parts)
 
     def _text(self, name: str, text: str) -> float:
         """A value map entry if there is one, else the number the text holds in the format."""

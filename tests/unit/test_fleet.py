@@ -153,3 +153,25 @@ def test_a_rule_collecting_the_whole_message_is_simulated() -> None:
     assert fleet.skipped_rules == {}
     message = fleet._next_message()
     assert {p.metric for p in message.points} == {"fan.rpm", "filter_pct"}
+
+
+def test_a_linear_map_with_a_range_is_simulated_inside_it() -> None:
+    """The fleet runs a linear map backwards to pick raw values whose result stays in range;
+    an expr with a range cannot be run backwards, so its rule is skipped with the reason."""
+    rules = load_mappings_text(
+        "version: 1\nrules:\n"
+        "  - {name: tx, topic: 'tx/{d}', device_id: '{d}', metrics: {p: {path: ma,"
+        " linear: {from: [4, 20], to: [0, 10]}, range: [0, 10]}}}\n"
+        "  - {name: gauge, topic: 'g/{d}', device_id: '{d}', payload: number, metric: lvl,"
+        " transform: {linear: {from: [20, 4], to: [0, 100]}, range: [0, 100]}}\n"
+        "  - {name: ex, topic: 'ex/{d}', device_id: '{d}', metrics: {t: {path: f,"
+        " expr: '(x - 32) * 5 / 9', range: [0, 100]}}}\n"
+    )
+    fleet = SensorFleet("127.0.0.1", 1883, 2, 1.0, rules=rules, clock=lambda: NOW_S)
+    assert fleet.skipped_rules == {
+        "ex": "an expr with a range (no raw value can be picked inside it)"
+    }
+    points = [p for _ in range(200) for p in fleet._next_message().points]
+    assert {p.metric for p in points} == {"p", "lvl"}
+    assert all(0 <= p.value <= 10 for p in points if p.metric == "p")
+    assert all(0 <= p.value <= 100 for p in points if p.metric == "lvl")
