@@ -125,6 +125,21 @@ FORMS: tuple[Form, ...] = (
         4,
     ),
     Form(
+        "linear (4-20 mA) and expr (°F) on JSON metrics",
+        """\
+    topic: "plc/{device}/analog"
+    device_id: "{device}"
+    metrics:
+      temp: {path: temp, expr: "(x - 32) * 5 / 9", round: 1}
+      rh: rh
+      kw: {path: power.kw, linear: {from: [4, 20], to: [0, 10]}, range: [-10, 10]}
+      hz: power.hz
+    timestamp: {field: ts, format: epoch_ms}""",
+        "plc/d{n}/analog",
+        _ENV.format(ts=_TS),
+        4,
+    ),
+    Form(
         "collect with separator and a prefix template",
         """\
     topic: "telegraf/{host}/{measurement}"
