@@ -51,9 +51,17 @@ def changelog_problems(text: str, version: str) -> list[str]:
     for line in level2[1:]:
         if not _RELEASE.match(line):
             problems.append(f"not a release heading ('## [X.Y.Z] - YYYY-MM-DD'): {line!r}")
+    subsection = None
     for line in lines:
-        if line.startswith("### ") and line.removeprefix("### ") not in SUBSECTIONS:
-            problems.append(f"unknown subsection {line!r} (Keep a Changelog: {SUBSECTIONS})")
+        if line.startswith("## "):
+            subsection = None
+        elif line.startswith("### "):
+            subsection = line.removeprefix("### ")
+            if subsection not in SUBSECTIONS:
+                problems.append(f"unknown subsection {line!r} (Keep a Changelog: {SUBSECTIONS})")
+        elif line.startswith("- ") and subsection is None:
+            # Typically a merge that kept an entry right under "## [Unreleased]".
+            problems.append(f"entry outside a ### subsection (Added, Fixed, ...): {line[:60]!r}")
     try:
         listed = releases(text)
     except InvalidVersion as exc:

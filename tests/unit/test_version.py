@@ -108,6 +108,10 @@ def test_changelog_check_refuses_a_version_it_does_not_describe(
         (lambda t: t.replace("## [Unreleased]\n", ""), "first section must be '## [Unreleased]'"),
         (lambda t: t.replace("## [0.1.0] - 2026-12-03", "## 0.1.0"), "not a release heading"),
         (lambda t: t.replace("### Fixed", "### Bugs"), "unknown subsection"),
+        (
+            lambda t: t.replace("## [Unreleased]\n", "## [Unreleased]\n\n- Merged here.\n"),
+            "entry outside a ### subsection",
+        ),
         (lambda t: t.replace("[0.1.0]: https", "[0.1]: https"), "no link reference '[0.1.0]"),
         (
             lambda t: t.replace("## [0.1.0] - 2026-12-03", "## [0.3.0] - 2026-12-03"),
