@@ -37,5 +37,10 @@ if [ ! -x .venv/bin/python ] && ! "$python" -m venv .venv; then
     fi
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# Exactly the locked versions, each checked against its recorded sha256 (requirements-dev.lock:
+# the runtime dependencies and the dev extras; refresh it with 'bash deploy/lock.sh'). Then the
+# bridge itself, editable, with no dependency resolution of its own, built by the locked
+# setuptools and setuptools-scm in the venv (no build environment downloaded).
+.venv/bin/python -m pip install -q --require-hashes -r requirements-dev.lock
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 echo "setup: done — .venv/bin/metriqo-bridge is ready"

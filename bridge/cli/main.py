@@ -48,6 +48,7 @@ from bridge.errors import (
     SpoolTooNew,
 )
 from bridge.logs import json_line, requested_format
+from bridge.spool.schema import SCHEMA_VERSION
 
 # In the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
@@ -76,11 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metriqo-bridge",
         description="Bridge MQTT sensor topics to the Metriqo telemetry API without data loss.",
     )
-    parser.add_argument("--version", action="version", version=f"metriqo-bridge {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_line(),
+        help="show the version and the spool layout version it reads and writes, then exit",
+    )
     sub = parser.add_subparsers(dest="command")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
+
+
+def version_line() -> str:
+    """``metriqo-bridge 0.1.0 (spool layout 3)``: the installed version (from the git tag it was
+    built at) and the spool layout it writes. A spool of a lower layout is migrated when opened;
+    one of a higher layout is refused, untouched (docs/operations/upgrades-and-backups.md)."""
+    return f"metriqo-bridge {__version__} (spool layout {SCHEMA_VERSION})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

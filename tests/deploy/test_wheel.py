@@ -21,7 +21,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
+from bridge.spool.schema import SCHEMA_VERSION
 from tests.support import REPO
 from tests.support.tools import require_tool
 
@@ -93,6 +95,44 @@ def test_sdist_and_wheel_carry_license_data_and_type_marker(dist: Path) -> None:
     with tarfile.open(next(dist.glob("*.tar.gz"))) as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
     assert {"LICENSE", "topic-mappings.yaml", *PACKAGE_DATA} <= members
+
+
+def test_sdist_wheel_and_installed_command_carry_the_version_from_git(
+    dist: Path, installed: Path
+) -> None:
+    """setuptools-scm gave the sdist the version of this commit (the tag, or a dev version
+    naming the commit), the wheel built from the sdist (no .git there) the same through
+    PKG-INFO, and the installed command reports it with the spool layout."""
+    with tarfile.open(next(dist.glob("*.tar.gz"))) as sdist:
+        pkg_info = next(
+            m for m in sdist.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")
+        )
+        extracted = sdist.extractfile(pkg_info)
+        assert extracted is not None
+        sdist_version = _metadata_version(extracted.read().decode())
+    with zipfile.ZipFile(next(dist.glob("*.whl"))) as whl:
+        metadata = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        wheel_version = _metadata_version(whl.read(metadata).decode())
+    assert wheel_version == sdist_version
+    version = Version(wheel_version)
+    assert version != Version("0.0"), "the fallback: setuptools-scm did not read git"
+    if version.local:  # not built at a tag: the local part names the commit
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert any(p[0] == "g" and head.startswith(p[1:]) for p in version.local.split("."))
+    result = subprocess.run(
+        [str(installed / "metriqo-bridge"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout == f"metriqo-bridge {wheel_version} (spool layout {SCHEMA_VERSION})\n"
+
+
+def _metadata_version(metadata: str) -> str:
+    return next(line for line in metadata.splitlines() if line.startswith("Version: ")).split()[1]
 
 
 def test_installed_demo_runs_from_an_empty_directory(installed: Path, tmp_path: Path) -> None:
