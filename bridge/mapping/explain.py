@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 
 from bridge.batcher import take_batch
+from bridge.deadband import describe, label
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import mismatch
 from bridge.mapping.timestamps import format_timestamp
-from bridge.models import Record, SpooledRecord
+from bridge.models import Deadband, Record, SpooledRecord
 
 # The default of mapping.coalesce_grace_s: explain reads the mapping file, not the settings.
 DEFAULT_GRACE_US = 2_000_000
@@ -92,6 +93,9 @@ class Explanation:
             :data:`~bridge.limits.MAX_POINTS_PER_REQUEST` points, built by the sender's own
             batcher (see :attr:`body`); a coalesced point appears as its window's point.
         windows: the coalescing window of each coalesced point, in order.
+        bands: the deadbands of the applied rules, as (rule, metric or None for the rule's
+            own, band); the points above are what the message maps to, the spool may hold
+            them back (one message cannot show that: it depends on the last sent values).
     """
 
     topic: str
@@ -106,6 +110,7 @@ class Explanation:
     skipped_readings: int = 0
     requests: tuple[tuple[dict[str, object], ...], ...] = ()
     windows: tuple[Window, ...] = ()
+    bands: tuple[tuple[str, str | None, Deadband], ...] = ()
 
     @property
     def body(self) -> list[dict[str, object]]:
@@ -246,6 +251,15 @@ def explain(
         skipped_readings=mapped.skipped_readings,
         requests=request_bodies(_sent_records(mapped.records, windows)),
         windows=windows,
+        bands=tuple(
+            band
+            for a in applied
+            if (d := mapper.rules[a.index].deadband) is not None
+            for band in (
+                *(((d.rule, None, d.default),) if d.default is not None else ()),
+                *((d.rule, name, b) for name, b in d.metrics),
+            )
+        ),
     )
 
 
@@ -336,6 +350,7 @@ def format_explanation(ex: Explanation) -> str:
             text = f"{reason}: {detail}" if detail else reason
             lines.append(f"{'failed' if n == 0 else '':8}{text}")
     lines.extend(_window_lines(ex.windows))
+    lines.extend(_band_lines(ex.bands))
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
     for n, request in enumerate(ex.requests):
@@ -358,6 +373,33 @@ def _window_lines(windows: Sequence[Window]) -> list[str]:
         lines.append(
             f"{'':8}  stamped {format_timestamp(w.start_us)}, {w.function} = "
             f"{_value(w.value)} if no other message falls in the window"
+        )
+    return lines
+
+
+def _band_lines(bands: Sequence[tuple[str, str | None, Deadband]]) -> list[str]:
+    lines = []
+    several_rules = len({rule for rule, _m, _b in bands}) > 1
+    for n, (rule, metric, band) in enumerate(bands):
+        if metric is None:
+            others = any(r == rule and m is not None for r, m, _b in bands)
+            what = "every metric without its own" if others else "every metric"
+        else:
+            what = metric
+        heartbeat = f"heartbeat {band.heartbeat_us / 1_000_000:g} s"
+        of_rule = f" (rule {rule})" if several_rules else ""
+        lines.append(
+            f"{'deadband' if n == 0 else '':9}{label(band)} on {what}, {heartbeat}{of_rule}"
+        )
+        lines.append(f"{'':9}  {describe(band)}")
+    if bands:
+        lines.append(
+            f"{'':9}  the points above go out if they are the first of their series or left "
+            "their band:"
+        )
+        lines.append(
+            f"{'':9}  the spool decides against the last sent values (one message cannot "
+            "show holding back)"
         )
     return lines
 
@@ -425,6 +467,17 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
                 "value_if_alone": w.value,
             }
             for w in ex.windows
+        ],
+        "deadbands": [
+            {
+                "rule": rule,
+                "metric": metric,
+                "kind": band.kind,
+                "band": band.band,
+                "heartbeat_s": band.heartbeat_us / 1_000_000,
+                "means": describe(band),
+            }
+            for rule, metric, band in ex.bands
         ],
         "dead_lettered": ex.dead_lettered,
         "partial": ex.partial,

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.mapping.deadband_spec import compile_deadbands
 from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
 from bridge.mapping.number_spec import with_number_formats
@@ -179,6 +180,7 @@ class _Compiler:
                 else None
             ),
             metric_names=tuple(self.metric_names) if any(self.metric_names) else (),
+            deadband=compile_deadbands(spec, self.fail),  # its errors fail the file too
         )
 
     def _ignore_rule(self, topic: object, before: int) -> Rule | None:
@@ -191,6 +193,7 @@ class _Compiler:
             "timestamp",
             "collect",
             "readings",
+            "deadband",
         ):
             if getattr(spec, key) is not None:
                 self.fail(key, "an ignore rule takes only name and topic")
