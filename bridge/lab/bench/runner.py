@@ -75,6 +75,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.lab.bench.check_mode import run_check_bench
 
         return run_check_bench(args)
+    if args.mode == "deadband":  # no broker either: the spool's decision on a simulated fleet
+        from bridge.lab.bench.deadband_mode import run_deadband_bench
+
+        return run_deadband_bench(args)
     try:
         with tempfile.TemporaryDirectory(prefix="metriqo-bench-") as tmp, LocalBroker() as broker:
             workdir = Path(tmp)
