@@ -108,6 +108,9 @@ class Record:
         coalesce: the rule's coalescing window, if any (the spool folds the points).
         deadband: the rule's deadbands, if any (the spool holds back values that stayed
             within them).
+        rid: the record id, when it is not that of these metrics: a record the deadband
+            trimmed keeps the id of the whole message, so a redelivery of it is recognised
+            whatever the second decision keeps (:mod:`bridge.spool.deadband`).
     """
 
     device_id: str
@@ -116,6 +119,7 @@ class Record:
     received_us: int
     coalesce: Coalesce | None = None
     deadband: Deadbands | None = None
+    rid: bytes | None = None
 
     @property
     def record_id(self) -> bytes:
@@ -124,6 +128,8 @@ class Record:
         Built from what identifies the points (device, timestamp, metric names) so that the
         point id of each value, ``device_id/metric@timestamp``, is implied by it.
         """
+        if self.rid is not None:
+            return self.rid
         return record_id(self.device_id, self.ts_us, self.metrics)
 
 

@@ -7,6 +7,13 @@ records it let through, before their MQTT acknowledgement (the intake writer cal
 a crash keeps both or neither, so a restart neither resends every value nor loses a change.
 The decisions themselves are :func:`bridge.deadband.decide`'s.
 
+A record of which some points were held back keeps the id of the whole message. After a crash
+between the commit and the PUBACKs, a redelivered message is decided again; a point the first
+decision held back may now be older than a value sent after it in the same commit, and pass.
+With the whole message's id the redelivery still meets its stored (or delivered) record and is
+ignored as a whole: no point is sent twice. (A message of which every point was held back left
+no record, so such a point can then go out as an extra one; never a lost one.)
+
 Only this connection writes the table and the spool runs one operation at a time, so reading
 the state before the transaction and writing it inside is consistent.
 
@@ -95,7 +102,9 @@ class DeadbandGate:
             if len(kept) == len(r.metrics):
                 out.append(r)
             elif kept:
-                out.append(dataclasses.replace(r, metrics=kept))
+                # The id of the whole message: its redelivery is stored once (or recognised as
+                # delivered) even if the points decided differently the second time.
+                out.append(dataclasses.replace(r, metrics=kept, rid=r.record_id))
         return Screened(out, held, rows)
 
     def store(self, rows: Sequence[StateRow]) -> None:

@@ -143,6 +143,22 @@ def test_a_redelivered_message_is_decided_as_before(spool: Spool) -> None:
     assert stored(spool) == [(0.0, {"temp": 20.0}), (1.0, {"temp": 21.0})]
 
 
+def test_a_redelivery_decided_differently_is_still_stored_once(spool: Spool) -> None:
+    """A message whose temperature went out and whose mode was held back, redelivered after a
+    later change of mode committed with it: the mode now passes as an older point, but the
+    trimmed record kept the whole message's id, so the redelivery is recognised as a whole
+    and its temperature is not stored twice."""
+    spool.writer.commit([rec(0, temp=20.0, mode=1.0)], [])
+    spool.writer.commit([rec(1, temp=21.0, mode=1.0), rec(2, temp=21.1, mode=2.0)], [])
+    assert stored(spool)[1:] == [(1.0, {"temp": 21.0}), (2.0, {"mode": 2.0})]
+    again = spool.writer.commit([rec(1, temp=21.0, mode=1.0)], [])
+    assert (again.points_inserted, again.held_back) == (0, ())
+    assert len(stored(spool)) == 3
+    spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 10)])
+    after_delivery = spool.writer.commit([rec(1, temp=21.0, mode=1.0)], [])
+    assert after_delivery.points_inserted == 0
+
+
 def test_a_redelivery_after_delivery_is_not_sent_again(spool: Spool) -> None:
     """Once the sent point was delivered, its redelivery meets the delivered-id memory."""
     spool.writer.commit([rec(0, temp=20.0)], [])

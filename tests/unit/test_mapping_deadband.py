@@ -3,14 +3,20 @@ over the rule's), its check errors, and what ``explain`` says about it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import ConfigError
 from bridge.mapping.explain import explain, explanation_json, format_explanation
-from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.loader import compile_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapper
+from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.spec import MappingFile
 from bridge.models import Deadband, Deadbands
 
+REPO = Path(__file__).resolve().parents[2]
 S = 1_000_000
 RECV_US = 1_795_680_000_000_000
 
@@ -179,3 +185,16 @@ def test_explain_of_a_rule_without_band_says_nothing_of_bands() -> None:
     ex = explain(mapper, "plant/a1/env", b'{"t": 21.5, "s": 1}', RECV_US)
     assert "deadband" not in format_explanation(ex)
     assert explanation_json(ex)["deadbands"] == []
+
+
+def test_the_guides_example_passes_its_tests() -> None:
+    """The deadband example of docs/guide/mapping-file.md is a whole file whose tests pass."""
+    page = (REPO / "docs" / "guide" / "mapping-file.md").read_text(encoding="utf-8")
+    blocks = [b.split("```")[0] for b in page.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if "deadband" in b and "version: 1" in b]
+    data, index = load_yaml_text(block, "mapping-file.md")
+    rules = compile_mappings(data, index)
+    assert all(r.deadband is not None for r in rules)
+    tests = MappingFile.model_validate(data).tests or []
+    assert len(tests) == 2
+    assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]] * len(tests)
