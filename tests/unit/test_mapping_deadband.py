@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import ConfigError
@@ -15,6 +16,7 @@ from bridge.mapping.mapper import Mapper
 from bridge.mapping.selftest import run_mapping_tests
 from bridge.mapping.spec import MappingFile
 from bridge.models import Deadband, Deadbands
+from bridge.recipes import recipe
 
 REPO = Path(__file__).resolve().parents[2]
 S = 1_000_000
@@ -197,4 +199,28 @@ def test_the_guides_example_passes_its_tests() -> None:
     assert all(r.deadband is not None for r in rules)
     tests = MappingFile.model_validate(data).tests or []
     assert len(tests) == 2
+    assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]] * len(tests)
+
+
+def test_the_recipe_guides_deadband_lines_fit_the_tasmota_recipe() -> None:
+    """The rules of docs/guide/recipes.md's deadband example are the Tasmota recipe's rules
+    with one deadband line each; with them the recipe compiles and its tests still pass."""
+    page = (REPO / "docs" / "guide" / "recipes.md").read_text(encoding="utf-8")
+    (block,) = [
+        b.split("```")[0] for b in page.split("```yaml\n")[1:] if "deadband" in b.split("```")[0]
+    ]
+    shown, _ = load_yaml_text("rules:\n" + block, "recipes.md")
+    assert isinstance(shown, dict)
+    data, _ = load_yaml_text(recipe("tasmota").text, "tasmota.yaml")
+    assert isinstance(data, dict)
+    by_name = {r["name"]: r for r in data["rules"]}
+    for rule in shown["rules"]:
+        assert {k: v for k, v in rule.items() if k != "deadband"} == by_name[rule["name"]]
+        by_name[rule["name"]]["deadband"] = rule["deadband"]
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    data, index = load_yaml_text(text, "tasmota+deadband.yaml")
+    rules = compile_mappings(data, index)
+    assert {r.name for r in rules if r.deadband is not None} == {"tasmota-sensor", "tasmota-power"}
+    tests = MappingFile.model_validate(data).tests or []
+    assert tests
     assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]] * len(tests)
