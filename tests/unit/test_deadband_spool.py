@@ -3,13 +3,18 @@ reopened spool neither resends nor loses a change, and a redelivery is decided c
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bridge.deadband import Sent, decide
 from bridge.errors import SpoolError
 from bridge.models import Deadband, Deadbands, Record
 from bridge.settings import SpoolSettings
@@ -230,3 +235,63 @@ def test_a_spool_from_before_deadbands_opens_and_gains_the_table(tmp_path: Path)
         assert stored(spool) == [(0.0, {"x": 1.0}), (0.0, {"temp": 20.0})]
     finally:
         spool.close()
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(1, 40),  # seconds since the message before
+            st.sampled_from([20.0, 20.3, 20.6, 21.5, 19.0]),  # temp
+            st.sampled_from([0.0, 1.0]),  # state
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    cuts=st.lists(st.integers(0, 30), max_size=6),
+    crashes=st.lists(st.integers(0, 6), max_size=3),
+    reopen=st.integers(0, 6),
+)
+def test_any_commits_redeliveries_and_reopen_keep_every_change_once(
+    steps: list[tuple[int, float, float]], cuts: list[int], crashes: list[int], reopen: int
+) -> None:
+    """However the messages are grouped into commits, whichever commits are redelivered whole
+    (a crash before their PUBACKs) and wherever the spool is reopened: every point the pure
+    decision picks from the stream is stored, each point at most once, and nothing that was not
+    published; without redeliveries, exactly the picked points."""
+    t, messages = 0.0, []
+    for gap, temp, state_ in steps:
+        t += gap
+        messages.append(rec(t, temp=temp, state=state_))
+    bounds = sorted({0, len(messages), *(c for c in cuts if c < len(messages))})
+    commits = [messages[a:b] for a, b in itertools.pairwise(bounds)]
+    want = set()
+    last: dict[str, Sent | None] = {}
+    for r in messages:
+        for name, value in r.metrics.items():
+            band = BANDS.of(name)
+            assert band is not None
+            send, last[name] = decide(last.get(name), value, r.ts_us, band)
+            if send:
+                want.add((r.ts_us, name, value))
+    published = {(r.ts_us, n, v) for r in messages for n, v in r.metrics.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.db"
+        spool = open_spool(path)
+        try:
+            for i, commit in enumerate(commits):
+                if i == reopen:
+                    spool.close()
+                    spool = open_spool(path)
+                spool.writer.commit(commit, [])
+                if i in crashes:
+                    spool.writer.commit(commit, [])  # the broker redelivers the whole commit
+            got = [
+                (r.ts_us, n, v) for r in spool.outbox.fetch(0, 10_000) for n, v in r.metrics.items()
+            ]
+        finally:
+            spool.close()
+    assert want <= set(got) <= published
+    assert len(got) == len(set(got))
+    if not any(i < len(commits) for i in crashes):
+        assert set(got) == want
