@@ -139,9 +139,13 @@ class DeadbandGate:
             chunk = pairs[start : start + _CHUNK]
             marks = ",".join(["(?, ?)"] * len(chunk))
             flat = [x for pair in chunk for x in pair]
+            # A join from the keys, not "(device_id, metric) IN (VALUES …)": SQLite 3.40 scans
+            # the whole table for that form (27x slower at 100,000 series), and looks each key
+            # up by the primary key for this one (CROSS JOIN fixes the order).
             rows = self._db.execute(
-                "SELECT device_id, metric, value, ts_us FROM deadband_state "  # noqa: S608
-                f"WHERE (device_id, metric) IN (VALUES {marks})",
+                "SELECT s.device_id, s.metric, s.value, s.ts_us "  # noqa: S608
+                f"FROM (VALUES {marks}) AS k CROSS JOIN deadband_state AS s "
+                "ON s.device_id = k.column1 AND s.metric = k.column2",
                 flat,
             ).fetchall()
             for device, metric, value, ts_us in rows:
