@@ -3,9 +3,11 @@ reopened spool neither resends nor loses a change, and a redelivery is decided c
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -14,12 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.dead_letter_log import DeadLetterReporter
 from bridge.deadband import Sent, decide
 from bridge.errors import SpoolError
+from bridge.housekeeping import housekeeping_loop
+from bridge.metrics import BridgeMetrics
 from bridge.models import Deadband, Deadbands, Record
-from bridge.settings import SpoolSettings, Synchronous
+from bridge.settings import DeadLetterSettings, SpoolSettings, Synchronous
+from bridge.spool.facade import AsyncSpool
 from bridge.spool.schema import SCHEMA_VERSION
 from bridge.spool.store import Spool
+from tests.support.waiting import running, until
 
 S = 1_000_000
 T0 = 1_795_680_000_000_000
@@ -297,3 +304,28 @@ def test_any_commits_redeliveries_and_reopen_keep_every_change_once(
     assert len(got) == len(set(got))
     if not any(i < len(commits) for i in crashes):
         assert set(got) == want
+
+
+async def test_housekeeping_forgets_quiet_series(tmp_path: Path) -> None:
+    """The housekeeping loop prunes state rows kept past two heartbeats (here: received long
+    ago) and leaves the others."""
+    path = tmp_path / "s.db"
+    raw = open_spool(path)
+    old = rec(0, temp=20.0)  # received at T0: its row is kept until T0 + 600 s, long past
+    now_us = int(time.time() * 1_000_000)
+    fresh = Record("e", now_us, {"temp": 1.0}, now_us, None, BANDS)
+    raw.writer.commit([old, fresh], [])
+    raw.close()
+
+    def series() -> set[tuple[str, str]]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return set(db.execute("SELECT device_id, metric FROM deadband_state").fetchall())
+
+    reporter = DeadLetterReporter(BridgeMetrics(), DeadLetterSettings())
+    async with AsyncSpool(raw) as spool:
+        loop = housekeeping_loop(
+            spool, lambda _n: None, reporter, grace_s=0, coalescing=False, interval=0.01
+        )
+        async with running(loop):
+            await until(lambda: ("d", "temp") not in series(), "the quiet series forgotten")
+    assert series() == {("e", "temp")}
