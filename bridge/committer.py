@@ -181,6 +181,8 @@ class Committer:
             self._dead_letters.pruned(result.pruned)
         if result.points_held:
             m.points_held.inc(result.points_held)
+        for rule, n in result.held_back:
+            m.points_held_back.labels(rule, "deadband").inc(n)
         if result.points_dropped:
             self._dropped(result.points_dropped, result.points_dropped_over_share)
         self._delivery.notify(result.points_inserted)

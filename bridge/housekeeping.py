@@ -1,7 +1,8 @@
 """Once a second: close the coalescing windows that ended, keep the dead letters within their
 budget (age pruning needs no new dead letter to run), release points the fair share held back
 once there is room for them, and pick up points that a ``dead-letters requeue`` wrote into the
-spool from another process."""
+spool from another process, and forget the deadbands' last sent values of series that went
+quiet (twice their heartbeat ago)."""
 
 from __future__ import annotations
 
@@ -47,4 +48,6 @@ async def housekeeping_loop(
             log.info("%d requeued point(s) found in the spool; delivering them", requeued)
             notify(requeued)
         dead_letters.pruned(await spool.keep_dead_letters())
+        with contextlib.suppress(SpoolFull):  # a full disk: the rows go on the next round
+            await spool.prune_deadbands(now_us)
         await asyncio.sleep(interval)

@@ -70,6 +70,8 @@ OPERATOR_NOTES: dict[str, str] = {
     "points_dropped": "only with `spool.when_full: drop-oldest`; anything above 0 is lost data: "
     "raise `spool.max_bytes` or fix delivery; `over_share`: from a device over its fair share "
     "(`GET /debug/top-devices` names it)",
+    "points_held_back": "the saving of `deadband` rules: values that did not move; a rule "
+    "that holds back nearly everything may have too wide a band",
     "spool_points_held": "a device over its fair share near the cap; released as delivery "
     "frees room (`GET /debug/top-devices` names it)",
     "spool_devices_over_share": "above 0: one device sends far more than the others while the "
@@ -201,6 +203,14 @@ class BridgeMetrics:
             p + "points_held_total",
             "Points committed and acknowledged but held back: their device was over its fair "
             "share of a spool near its cap",
+            registry=r,
+        )
+        self.points_held_back = Counter(
+            p + "points_held_back_total",
+            "Points not sent on purpose, by rule and reason (deadband: the value stayed within "
+            "the rule's deadband since the last sent one; acknowledged, not stored, not "
+            "dead-lettered)",
+            ["rule", "reason"],
             registry=r,
         )
         self.spool_points_held = Gauge(

@@ -58,6 +58,45 @@ class Coalesce:
 
 
 @dataclass(frozen=True, slots=True)
+class Deadband:
+    """When a metric's new value is worth a data point (:mod:`bridge.deadband` decides).
+
+    Attributes:
+        kind: ``absolute`` (moved by more than ``band``), ``relative`` (by more than
+            ``band`` times the last sent value's magnitude) or ``on_change`` (changed at all).
+        band: the band (0 for ``on_change``).
+        heartbeat_us: a value is sent anyway once this much measurement time has passed
+            since the last sent one.
+    """
+
+    kind: str
+    band: float
+    heartbeat_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deadbands:
+    """The deadbands of one rule: a rule-wide one and per-metric overrides.
+
+    Attributes:
+        rule: the rule's name (the label of the held-back counter).
+        default: the band of every metric without its own (None: those are always sent).
+        metrics: metric name → its own band.
+    """
+
+    rule: str
+    default: Deadband | None
+    metrics: tuple[tuple[str, Deadband], ...] = ()
+
+    def of(self, metric: str) -> Deadband | None:
+        """The band that decides ``metric`` (None: always sent)."""
+        for name, band in self.metrics:
+            if name == metric:
+                return band
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """Metric values of one device at one timestamp: one object of an API request.
 
@@ -66,6 +105,12 @@ class Record:
         ts_us: measurement time, epoch microseconds UTC.
         metrics: metric name → finite float; each entry is one data point.
         received_us: when the bridge received the message (epoch µs), for delivery lag.
+        coalesce: the rule's coalescing window, if any (the spool folds the points).
+        deadband: the rule's deadbands, if any (the spool holds back values that stayed
+            within them).
+        rid: the record id, when it is not that of these metrics: a record the deadband
+            trimmed keeps the id of the whole message, so a redelivery of it is recognised
+            whatever the second decision keeps (:mod:`bridge.spool.deadband`).
     """
 
     device_id: str
@@ -73,6 +118,8 @@ class Record:
     metrics: dict[str, float]
     received_us: int
     coalesce: Coalesce | None = None
+    deadband: Deadbands | None = None
+    rid: bytes | None = None
 
     @property
     def record_id(self) -> bytes:
@@ -81,6 +128,8 @@ class Record:
         Built from what identifies the points (device, timestamp, metric names) so that the
         point id of each value, ``device_id/metric@timestamp``, is implied by it.
         """
+        if self.rid is not None:
+            return self.rid
         return record_id(self.device_id, self.ts_us, self.metrics)
 
 
@@ -187,7 +236,9 @@ class CommitResult:
     room for this commit; they are counted in the spool's meta table too.
     ``points_dropped_over_share`` is the part of them taken from a device over its fair share,
     and ``points_held`` the points of this commit held back for being over it (stored, not
-    yet handed to delivery; not in ``points_inserted``). ``pruned`` are the dead letters
+    yet handed to delivery; not in ``points_inserted``). ``held_back`` are the points of this
+    commit that stayed within their rule's deadband, per rule: not stored, on purpose
+    (:mod:`bridge.deadband`). ``pruned`` are the dead letters
     pruned to make room for this commit or to keep their budget after it, counted at once.
     """
 
@@ -200,6 +251,7 @@ class CommitResult:
     points_held: int = 0
     points_dropped_over_share: int = 0
     pruned: Pruned = field(default_factory=Pruned)
+    held_back: tuple[tuple[str, int], ...] = ()  # (rule, points) within their deadband
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,17 +17,19 @@ def add_parser(sub: Subparsers) -> None:
         description="Measure the bridge on this machine: a live rate, a queued backlog (beside "
         "a bare paho client and mosquitto_sub), memory with millions of points waiting, a long "
         "mapping file, a backlog drained by several bridges, `check` on long mapping files, or "
-        "decoding Sparkplug B messages. See docs/design/performance.md.",
+        "decoding Sparkplug B messages, or what deadbands save on a simulated fleet. "
+        "See docs/design/performance.md.",
         epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (sparkplug: a "
         "message decoded to other numbers than were encoded; a missed performance target does "
         "not change it), 69 mosquitto is not installed.",
     )
     bench.add_argument(
         "mode",
-        choices=["rate", "backlog", "spool", "rules", "replicas", "check", "sparkplug"],
+        choices=["rate", "backlog", "spool", "rules", "replicas", "check", "sparkplug", "deadband"],
         help="live rate, queued backlog, memory with a full spool, many mapping rules, a "
         "backlog drained by several bridges in one share group, `check` on long mapping files, "
-        "or the cost of decoding a Sparkplug B DDATA message",
+        "the cost of decoding a Sparkplug B DDATA message, or what deadbands save on a "
+        "simulated fleet (points/s against the API budget)",
     )
     bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
     bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
@@ -84,6 +86,16 @@ def add_parser(sub: Subparsers) -> None:
     bench.add_argument(
         "--requests-per-minute", type=float, default=None, help="bridge pacing (api.*)"
     )
+    bench.add_argument(
+        "--sensors", type=int, default=2000, help="deadband mode: sensors in the fleet"
+    )
+    bench.add_argument(
+        "--fleet-seconds",
+        type=int,
+        default=3600,
+        help="deadband mode: measurement time simulated (default 3600)",
+    )
+    bench.add_argument("--seed", type=int, default=1, help="deadband mode: random seed")
     bench.add_argument("--protocol", choices=["v5", "v311"], default="v5")
     bench.add_argument("--timeout", type=float, default=900.0, help="max wait for delivery")
     bench.add_argument("--json", dest="json_out", type=Path, help="also write the report here")

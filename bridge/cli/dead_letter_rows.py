@@ -214,7 +214,8 @@ def format_counts(counts: dict[str, int], shown: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """The dead letter now yields these records (never coalesced: they go out as they are)."""
+    """The dead letter now yields these records (never coalesced nor screened by a deadband:
+    they go out as they are)."""
 
     records: tuple[Record, ...]
 
@@ -268,7 +269,9 @@ def plan_requeue(row: DeadLetterRow, mapper: Mapper) -> Outcome:
         return StillFailing("no_metrics", "the current mapping skips every reading of it")
     # A requeued point is sent as it is: folding it into a coalescing window that may have
     # been sent long ago would change a value the API already holds.
-    return Requeue(tuple(dataclasses.replace(r, coalesce=None) for r in mapped.records))
+    return Requeue(
+        tuple(dataclasses.replace(r, coalesce=None, deadband=None) for r in mapped.records)
+    )
 
 
 def _rebuild(row: DeadLetterRow) -> Outcome:

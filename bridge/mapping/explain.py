@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 
 from bridge.batcher import take_batch
+from bridge.deadband import describe, label
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.explain_steps import ConversionStep, conversions, number_text
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import mismatch
 from bridge.mapping.timestamps import format_timestamp
-from bridge.models import Record, SpooledRecord
+from bridge.models import Deadband, Record, SpooledRecord
 
 # The default of mapping.coalesce_grace_s: explain reads the mapping file, not the settings.
 DEFAULT_GRACE_US = 2_000_000
@@ -94,6 +95,9 @@ class Explanation:
             batcher (see :attr:`body`); a coalesced point appears as its window's point.
         windows: the coalescing window of each coalesced point, in order.
         conversions: the numeric steps of the applied rules' metrics that have any.
+        bands: the deadbands of the applied rules, as (rule, metric or None for the rule's
+            own, band); the points above are what the message maps to, the spool may hold
+            them back (one message cannot show that: it depends on the last sent values).
     """
 
     topic: str
@@ -109,6 +113,7 @@ class Explanation:
     requests: tuple[tuple[dict[str, object], ...], ...] = ()
     windows: tuple[Window, ...] = ()
     conversions: tuple[ConversionStep, ...] = ()
+    bands: tuple[tuple[str, str | None, Deadband], ...] = ()
 
     @property
     def body(self) -> list[dict[str, object]]:
@@ -252,6 +257,15 @@ def explain(
         conversions=tuple(
             c for a in applied for c in conversions(mapper.rules[a.index], payload) if not a.ignore
         ),
+        bands=tuple(
+            band
+            for a in applied
+            if (d := mapper.rules[a.index].deadband) is not None
+            for band in (
+                *(((d.rule, None, d.default),) if d.default is not None else ()),
+                *((d.rule, name, b) for name, b in d.metrics),
+            )
+        ),
     )
 
 
@@ -340,6 +354,7 @@ def format_explanation(ex: Explanation) -> str:
         given = f"x = {c.raw} → " if c.raw is not None else ""
         lines.append(f"convert {c.metric}: {given}{c.steps} {c.outcome}".rstrip())
     lines.extend(_window_lines(ex.windows))
+    lines.extend(_band_lines(ex.bands))
     if ex.skipped_readings:
         lines.append(f"skipped {ex.skipped_readings} reading(s) left out by 'where'")
     for n, request in enumerate(ex.requests):
@@ -362,6 +377,33 @@ def _window_lines(windows: Sequence[Window]) -> list[str]:
         lines.append(
             f"{'':8}  stamped {format_timestamp(w.start_us)}, {w.function} = "
             f"{number_text(w.value)} if no other message falls in the window"
+        )
+    return lines
+
+
+def _band_lines(bands: Sequence[tuple[str, str | None, Deadband]]) -> list[str]:
+    lines = []
+    several_rules = len({rule for rule, _m, _b in bands}) > 1
+    for n, (rule, metric, band) in enumerate(bands):
+        if metric is None:
+            others = any(r == rule and m is not None for r, m, _b in bands)
+            what = "every metric without its own" if others else "every metric"
+        else:
+            what = metric
+        heartbeat = f"heartbeat {band.heartbeat_us / 1_000_000:g} s"
+        of_rule = f" (rule {rule})" if several_rules else ""
+        lines.append(
+            f"{'deadband' if n == 0 else '':9}{label(band)} on {what}, {heartbeat}{of_rule}"
+        )
+        lines.append(f"{'':9}  {describe(band)}")
+    if bands:
+        lines.append(
+            f"{'':9}  the points above go out if they are the first of their series or left "
+            "their band:"
+        )
+        lines.append(
+            f"{'':9}  the spool decides against the last sent values (one message cannot "
+            "show holding back)"
         )
     return lines
 
@@ -439,6 +481,17 @@ def explanation_json(ex: Explanation) -> dict[str, Any]:
                 "outcome": c.outcome,
             }
             for c in ex.conversions
+        ],
+        "deadbands": [
+            {
+                "rule": rule,
+                "metric": metric,
+                "kind": band.kind,
+                "band": band.band,
+                "heartbeat_s": band.heartbeat_us / 1_000_000,
+                "means": describe(band),
+            }
+            for rule, metric, band in ex.bands
         ],
         "dead_lettered": ex.dead_lettered,
         "partial": ex.partial,

@@ -18,6 +18,7 @@ from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.mapping.conversions import Conversion, expression, linear
+from bridge.mapping.deadband_spec import compile_deadbands
 from bridge.mapping.element_forms import compile_each, compile_readings, devices_per_reading
 from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
@@ -186,6 +187,7 @@ class _Compiler:
                 else None
             ),
             metric_names=tuple(self.metric_names) if any(self.metric_names) else (),
+            deadband=compile_deadbands(spec, self.fail),  # its errors fail the file too
         )
 
     def _ignore_rule(self, topic: object, before: int) -> Rule | None:
@@ -198,6 +200,7 @@ class _Compiler:
             "timestamp",
             "collect",
             "readings",
+            "deadband",
         ):
             if getattr(spec, key) is not None:
                 self.fail(key, "an ignore rule takes only name and topic")

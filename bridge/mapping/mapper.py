@@ -36,7 +36,7 @@ from bridge.mapping.timestamps import (
 )
 from bridge.mapping.topics import TopicFilter, TopicRouter, parse_filter
 from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
-from bridge.models import Coalesce, Record, payload_size
+from bridge.models import Coalesce, Deadbands, Record, payload_size
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
@@ -90,6 +90,7 @@ class Rule:
     readings: ReadingsRule | None = None
     each: FieldPath | None = None  # several devices in one payload: map each element
     coalesce: Coalesce | None = None
+    deadband: Deadbands | None = None  # the spool holds back values within it
     metric_names: tuple[Template | None, ...] = ()  # per ``metrics`` entry whose name is a template
     readings_time: TimestampRule | None = None  # how element times are read
     each_where: Where = ()  # conditions an element of ``each`` must meet to be mapped
@@ -242,7 +243,9 @@ class Mapper:
             items = list(values.items())
             for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
                 chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
-                out.records.append(Record(device, ts, chunk, received_us, rule.coalesce))
+                out.records.append(
+                    Record(device, ts, chunk, received_us, rule.coalesce, rule.deadband)
+                )
 
     def _device_id(self, rule: Rule, captures: dict[str, str], doc: object) -> str:
         device_id = rule.device_id.render(captures, doc)

@@ -38,11 +38,23 @@ class TransformSpec(_Strict):
     map: dict[str, float] | None = None
 
 
+class DeadbandSpec(_Strict):
+    """Send a value only when it moved, and at least every ``heartbeat_s`` anyway: one of
+    ``{absolute: 0.5}`` (moved by more than 0.5 from the last sent value), ``{relative: 0.02}``
+    (by more than 2 % of it) or ``{on_change: true}`` (changed at all)."""
+
+    absolute: float | None = Field(None, gt=0)
+    relative: float | None = Field(None, gt=0)
+    on_change: bool | None = None
+    heartbeat_s: float = Field(3600, gt=0, le=604800)
+
+
 class MetricSpec(TransformSpec):
     """A JSON metric with transforms: ``{path: p, scale: 0.001, range: [0, 16]}``."""
 
     path: str = Field(min_length=1)
     number_format: NumberFormatSpec | None = None
+    deadband: DeadbandSpec | None = None
 
 
 class CollectSpec(TransformSpec):
@@ -113,6 +125,7 @@ class RuleSpec(_Strict):
     readings: ReadingsSpec | None = None
     each: Annotated[str, Field(min_length=1)] | EachSpec | None = None
     coalesce: CoalesceSpec | None = None
+    deadband: DeadbandSpec | None = None
     metric: str | None = None
     transform: TransformSpec | None = None
     number_format: NumberFormatSpec | None = None

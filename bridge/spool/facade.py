@@ -71,6 +71,10 @@ class AsyncSpool:
             lambda: spool.making_room(lambda: spool.coalescer.flush(now_us, grace_us))
         )
 
+    async def prune_deadbands(self, now_us: int) -> int:
+        """Forget the last sent values kept past their time; returns how many."""
+        return await self._run(lambda: self._spool.deadbands.prune_stale(now_us))
+
     async def keep_dead_letters(self) -> Pruned:
         """Prune dead letters beyond their budget; returns every prune since the last call
         (those made for a commit too)."""

@@ -6,6 +6,9 @@ misreading it. 0 means a new file or one from before versions were recorded (lay
 Layout 2: record ids begin with the timestamp (see :func:`bridge.models.record_id`).
 Layout 3: the ``held`` records and the ``devices`` totals of the fair share
 (:mod:`bridge.spool.fairshare`); an older bridge would not see held points, so it refuses.
+Tables that an older bridge may safely ignore are added without a new version: every open
+creates the missing ones (``coalesce_state``; ``deadband_state``, whose loss only means the
+next value of each metric is sent).
 """
 
 from __future__ import annotations
@@ -71,6 +74,18 @@ CREATE TABLE IF NOT EXISTS coalesce_state (
     PRIMARY KEY (device_id, metric, bucket_us, fn)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS coalesce_state_end ON coalesce_state (bucket_us);
+-- The last value sent of every device and metric under a deadband (spool/deadband.py),
+-- written in the transaction of the records it let through. A row is kept until
+-- ``keep_until_us`` (receive time + 2 heartbeats), then pruned: losing it costs one point.
+CREATE TABLE IF NOT EXISTS deadband_state (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    ts_us INTEGER NOT NULL,
+    keep_until_us INTEGER NOT NULL,
+    PRIMARY KEY (device_id, metric)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deadband_state_keep ON deadband_state (keep_until_us);
 -- Receive times of committed messages stamped with them (no timestamp in the payload), by
 -- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
 -- time, so the same record id, and is stored once. At most one row per packet id.

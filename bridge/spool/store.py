@@ -12,6 +12,7 @@ this package.
 - :attr:`Spool.outbox` (:mod:`~bridge.spool.outbox`): batches handed out, then settled;
 - :attr:`Spool.fair` (:mod:`~bridge.spool.fairshare`): each device's share, held records;
 - :attr:`Spool.coalescer` (:mod:`~bridge.spool.coalesce`): closing coalescing windows;
+- :attr:`Spool.deadbands` (:mod:`~bridge.spool.deadband`): the last sent values of deadbands;
 - :attr:`Spool.dead_letters` (:mod:`~bridge.spool.deadletters`): their budget, queries, purge
   and requeue.
 
@@ -31,6 +32,7 @@ from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.settings import DeadLetterSettings, SpoolSettings
 from bridge.spool.coalesce import Coalescer
+from bridge.spool.deadband import DeadbandGate
 from bridge.spool.deadletters import DeadLetters
 from bridge.spool.dlbudget import columns_size, row_cost
 from bridge.spool.fairshare import FairShare
@@ -59,7 +61,8 @@ class Spool:
         self.file = SpoolFile(settings, clock)
         self.outbox = Outbox(self.file)
         self.fair = FairShare(self.file)
-        self.writer = IntakeWriter(self.file, self.outbox, self.fair)
+        self.deadbands = DeadbandGate(self.file)
+        self.writer = IntakeWriter(self.file, self.outbox, self.fair, self.deadbands)
         self.coalescer = Coalescer(self.file)
         self.dead_letters = DeadLetters(self.file, dead_letters)
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from bridge.errors import SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record, payload_size
 from bridge.spool.coalesce import fold
+from bridge.spool.deadband import DeadbandGate, Screened
 from bridge.spool.fairshare import FairShare
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.outbox import Outbox
@@ -35,10 +36,13 @@ Stamped = tuple[int, str, bytes, int]
 class IntakeWriter:
     """Group commits into a spool file."""
 
-    def __init__(self, file: SpoolFile, outbox: Outbox, fair: FairShare) -> None:
+    def __init__(
+        self, file: SpoolFile, outbox: Outbox, fair: FairShare, deadbands: DeadbandGate
+    ) -> None:
         self._file = file
         self._outbox = outbox
         self._fair = fair
+        self._deadbands = deadbands
 
     def commit(
         self,
@@ -78,15 +82,14 @@ class IntakeWriter:
                 )
         db = file.conn
         before = file.depth_points
-        folded: Sequence[Record] = ()
-        if any(r.coalesce is not None for r in records):
-            folded = [r for r in records if r.coalesce is not None]
-            records = [r for r in records if r.coalesce is None]
+        records, folded, screened = self._split(records)
         fair = self._fair
         main, held = fair.route(records)  # SpoolFull: the held points' budget is used up
         with file.transaction("write"):
             if folded:
                 fold(db, folded)
+            if screened is not None and screened.state:
+                self._deadbands.store(list(screened.state.values()))
             inserted, points, offered = self._insert(db, main)
             held_records, held_points = fair.insert_held(db, [record_row(r) for r in held])
             if forget_unacked:
@@ -117,7 +120,22 @@ class IntakeWriter:
             points_dropped=dropped,
             points_held=held_points,
             points_dropped_over_share=fair_dropped,
+            held_back=tuple(sorted(screened.held_back.items())) if screened else (),
         )
+
+    def _split(
+        self, records: Sequence[Record]
+    ) -> tuple[Sequence[Record], Sequence[Record], Screened | None]:
+        """(records to store, coalescing records to fold, the deadband screening if any)."""
+        folded: Sequence[Record] = ()
+        if any(r.coalesce is not None for r in records):
+            folded = [r for r in records if r.coalesce is not None]
+            records = [r for r in records if r.coalesce is None]
+        if not any(r.deadband is not None for r in records):
+            return records, folded, None
+        # Decided before the transaction and stored inside it: nothing else writes the state.
+        screened = self._deadbands.screen(records)
+        return screened.records, folded, screened
 
     @staticmethod
     def _insert(db: sqlite3.Connection, records: Sequence[Record]) -> tuple[int, int, int]:

@@ -81,6 +81,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.lab.bench.sparkplug_mode import run_sparkplug_bench
 
         return run_sparkplug_bench(args)
+    if args.mode == "deadband":  # no broker either: the spool's decision on a simulated fleet
+        from bridge.lab.bench.deadband_mode import run_deadband_bench
+
+        return run_deadband_bench(args)
     try:
         with tempfile.TemporaryDirectory(prefix="metriqo-bench-") as tmp, LocalBroker() as broker:
             workdir = Path(tmp)
