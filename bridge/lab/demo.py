@@ -37,6 +37,7 @@ from bridge.lab.demo_check import (
     Verification,
     by_series,
     compare_series,
+    held_back,
     list_devices,
     lowest_count,
     series,
@@ -358,6 +359,13 @@ class _Demo:
             print(f"{'':26}({v.coalesced_series} series coalesced: one point per window)")
         ignored = int(_sum_samples(bridge, "metriqo_bridge_messages_ignored_total"))
         print(f"  ignored on purpose      {ignored:>7}  (of {fleet.ignored} sent to ignore rules)")
+        # The deadbands' decisions, predicted from what was published, against the counter.
+        held = int(_sum_samples(bridge, "metriqo_bridge_points_held_back_total"))
+        want_held = held_back(fleet.expected)
+        if held or want_held:
+            print(
+                f"  held back by deadbands  {held:>7}  (of {want_held} expected: unchanged values)"
+            )
         print(f"  elapsed                 {time.monotonic() - self.started:>7.1f}  s")
         problems = v.problems()
         simulated = {self.mapping.recipe_rules.get(d.rule.name) for d in fleet.devices}
@@ -378,6 +386,8 @@ class _Demo:
             problems.append(f"{int(dead)} dead letter(s)")
         if ignored != fleet.ignored:
             problems.append(f"{ignored} of {fleet.ignored} messages to ignore rules ignored")
+        if held != want_held:
+            problems.append(f"{held} point(s) held back by deadbands, {want_held} expected")
         if not delivered_in_time and not problems:
             problems.append(f"delivery did not finish within {self.args.timeout:g} s")
         if problems:

@@ -11,6 +11,10 @@ Expectations per series:
 - coalesced points stamped on receipt: the fleet publishes one constant value per series, so
   every window's last/avg/min/max is that value (a sum or count adds up to the published total),
   whichever windows the receive times fell into;
+- points under a deadband: the spool's own decision (:func:`bridge.deadband.decide`) run over
+  the series in publishing order gives the points that must arrive; the others are held back.
+  Receive-stamped ones are decided in order with the heartbeat never reached (the demo is far
+  shorter than any heartbeat), and then matched by value and count;
 - ignore rules: nothing arrives, so the API lists no device the fleet did not expect (and the
   demo checks the bridge's ignored counter).
 """
@@ -24,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from bridge.deadband import Sent, decide
 from bridge.lab.fleet_devices import ExpectedPoint
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,10 +98,32 @@ def windows(points: list[ExpectedPoint]) -> list[ExpectedPoint]:
     return out
 
 
+def sent_points(points: list[ExpectedPoint]) -> list[ExpectedPoint]:
+    """The points of one series the spool sends: all of them without a deadband, else those
+    its decision lets through, in publishing order."""
+    if points[0].deadband is None:
+        return points
+    out: list[ExpectedPoint] = []
+    last: Sent | None = None
+    for i, p in enumerate(points):
+        assert p.deadband is not None
+        ts_us = p.timestamp_us if p.timestamp_us is not None else i
+        send, last = decide(last, p.value, ts_us, p.deadband)
+        if send:
+            out.append(p)
+    return out
+
+
+def held_back(expected: list[ExpectedPoint]) -> int:
+    """How many published points the spool's deadbands keep from the API."""
+    return sum(len(s) - len(sent_points(s)) for s in by_series(expected).values())
+
+
 def lowest_count(expected: list[ExpectedPoint]) -> int:
     """How many points the API holds at least once everything is delivered."""
     total = 0
-    for points in by_series(expected).values():
+    for series in by_series(expected).values():
+        points = sent_points(series)
         if points[0].coalesce is None:
             total += len(points)
         elif points[0].timestamp_us is not None:
@@ -110,6 +137,7 @@ def compare_series(
     points: list[ExpectedPoint], rows: list[dict[str, Any]], v: Verification
 ) -> None:
     """Count missing, duplicated and unexpected points of one series (see the module doc)."""
+    points = sent_points(points)
     if points[0].coalesce is None:
         v.points_expected += len(points)
         _compare(points, rows, v)

@@ -30,6 +30,7 @@ from bridge.lab.fleet_devices import (
     Device,
     ExpectedPoint,
     Message,
+    band_of,
     captures_for,
     format_ts,
     put,
@@ -214,7 +215,9 @@ class SensorFleet:
         rule = device.rule
         if stream.signal is not None:
             value = stream.signal.next(self._rng)
-            point = ExpectedPoint(device.device_id, stream.metric, None, value)
+            point = ExpectedPoint(
+                device.device_id, stream.metric, None, value, None, band_of(rule, stream.metric)
+            )
             return Message(stream.topic, repr(value).encode(), (point,))
         doc: dict[str, Any] = {}
         ts_us: int | None = None
@@ -226,7 +229,9 @@ class SensorFleet:
         for name, path in rule.metrics:
             value = device.signals[name].next(self._rng)
             put(doc, path, int(value) if value.is_integer() else value)
-            points.append(ExpectedPoint(device.device_id, name, ts_us, value))
+            points.append(
+                ExpectedPoint(device.device_id, name, ts_us, value, None, band_of(rule, name))
+            )
         return Message(stream.topic, orjson.dumps(doc), tuple(points))
 
     def _shaped_message(self, device: Device, rng: random.Random, now_s: float) -> Message:

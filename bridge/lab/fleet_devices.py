@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.mapping.mapper import FieldPath, Rule, Template
-from bridge.models import Coalesce
+from bridge.models import Coalesce, Deadband
 
 SITES = ("berlin", "lyon", "turin", "gdansk", "porto", "brno")
 NUMBER_METRICS = ("voltage", "current")
@@ -29,6 +29,8 @@ class ExpectedPoint:
         value: the published value (exactly representable after a JSON round trip).
         coalesce: how the spool folds the rule's points (then this is one raw point of a
             window, and the API gets the window's one point instead).
+        deadband: the band the spool decides this point by (then the API gets it only when
+            it moved out of the band around the last sent value of its series).
     """
 
     device_id: str
@@ -36,6 +38,12 @@ class ExpectedPoint:
     timestamp_us: int | None
     value: float
     coalesce: Coalesce | None = None
+    deadband: Deadband | None = None
+
+
+def band_of(rule: Rule, metric: str) -> Deadband | None:
+    """The deadband the spool decides this rule's ``metric`` by (None: always sent)."""
+    return rule.deadband.of(metric) if rule.deadband is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from bridge.lab.fleet_devices import Device, ExpectedPoint, format_ts
+from bridge.lab.fleet_devices import Device, ExpectedPoint, band_of, format_ts
 from bridge.mapping.mapper import Mapper, Rule, TimestampRule
 from bridge.mapping.transforms import Transform
 
@@ -133,7 +133,14 @@ def expected(
         raise ValueError(f"rule {rule.name}: simulated payload fails: {mapped.failures[0]}")
     stamped = not receive_stamped(rule)
     return tuple(
-        ExpectedPoint(r.device_id, metric, r.ts_us if stamped else None, value, rule.coalesce)
+        ExpectedPoint(
+            r.device_id,
+            metric,
+            r.ts_us if stamped else None,
+            value,
+            rule.coalesce,
+            band_of(rule, metric),
+        )
         for r in mapped.records
         for metric, value in r.metrics.items()
     )

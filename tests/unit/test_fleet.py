@@ -7,12 +7,19 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from bridge.lab.demo_check import Verification, compare_series, lowest_count, windows
+from bridge.lab.demo_check import (
+    Verification,
+    compare_series,
+    held_back,
+    lowest_count,
+    sent_points,
+    windows,
+)
 from bridge.lab.examples import EXAMPLE_MAPPING
 from bridge.lab.fleet import SensorFleet
 from bridge.lab.fleet_devices import Device, ExpectedPoint
 from bridge.mapping.loader import load_mappings, load_mappings_text
-from bridge.models import Coalesce
+from bridge.models import Coalesce, Deadband
 
 NOW_S = 1_795_681_920.0  # 2026-11-26T08:32:00Z
 
@@ -140,6 +147,37 @@ def test_receive_stamped_coalesced_series_are_checked_by_their_constant() -> Non
     none = Verification()
     compare_series(points, [], none)
     assert none.missing == 1
+
+
+def test_deadband_series_expect_only_the_points_the_spool_sends() -> None:
+    """The demo predicts the deadband's decisions: a value within the band of the last sent
+    one is held back (and must not arrive), a heartbeat's worth of time later it is sent."""
+    band = Deadband("absolute", 5.0, 600_000_000)
+    base = 1_795_681_920_000_000
+    values = [100.0, 102.0, 106.0, 104.0, 101.0, 101.0]
+    points = [
+        ExpectedPoint("d", "rpm", base + i * 1_000_000, v, None, band) for i, v in enumerate(values)
+    ]
+    points.append(ExpectedPoint("d", "rpm", base + 700_000_000, 101.0, None, band))  # heartbeat
+    sent = [(p.timestamp_us, p.value) for p in sent_points(points)]
+    # 102 and 104 are within 5 of the value sent before them, 101 exactly 5 from 106.
+    assert sent == [(base, 100.0), (base + 2_000_000, 106.0), (base + 700_000_000, 101.0)]
+    assert held_back(points) == 4
+    assert lowest_count(points) == 3
+    good = Verification()
+    compare_series(points, [_row(t, v) for t, v in sent], good)
+    assert good.problems() == []
+    every = Verification()  # a bridge that ignored the deadband
+    compare_series(points, [_row(p.timestamp_us or 0, p.value) for p in points], every)
+    assert every.problems() != []
+
+
+def test_the_shipped_deadband_rules_are_simulated_with_their_bands() -> None:
+    fleet = _fleet()
+    points = [p for _ in range(40 * len(fleet.devices)) for p in fleet._next_message().points]
+    banded = {(p.device_id, p.metric) for p in points if p.deadband is not None}
+    assert {m for _d, m in banded} == {"spindle_rpm", "power_on"}
+    assert held_back(points) > 0
 
 
 def test_a_rule_collecting_the_whole_message_is_simulated() -> None:
