@@ -127,7 +127,18 @@ def test_rules_mode_times_both_rule_sets_and_drains_with_each(
     e2e = report["end_to_end"]
     assert (e2e["rules_10"]["points_lost"], e2e["rules_1000"]["points_lost"]) == (0, 0)
     assert math.isfinite(e2e["time_per_message_ratio"])
-    assert len(report["targets"]) == 3
+    # Each form of the mapping language mapped its message and was timed; the common path's
+    # cost with every form in the file is a target of its own.
+    assert report["forms"][0]["form"] == "json metrics (common path)"
+    assert len(report["forms"]) >= 7
+    assert all(f["us_per_message"] > 0 for f in report["forms"])
+    assert math.isfinite(report["common_path_with_every_form_ratio"])
+    assert [t["name"].split(":")[0] for t in report["targets"]] == [
+        "mapping, repeated topic",
+        "mapping, first-seen topic",
+        "mapping, common path",
+        "backlog drain end to end",
+    ]
 
 
 def test_replicas_mode_drains_one_backlog_with_each_group_size(
