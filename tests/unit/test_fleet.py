@@ -165,7 +165,7 @@ def test_deadband_series_expect_only_the_points_the_spool_sends() -> None:
     assert held_back(points) == 4
     assert lowest_count(points) == 3
     good = Verification()
-    compare_series(points, [_row(t, v) for t, v in sent], good)
+    compare_series(points, [_row(t, v) for t, v in sent if t is not None], good)
     assert good.problems() == []
     every = Verification()  # a bridge that ignored the deadband
     compare_series(points, [_row(t, p.value) for p in points if (t := p.timestamp_us)], every)
