@@ -377,4 +377,3 @@ def _parsed(endpoint: Endpoint, parse: Callable[[Any], Any], doc: Any) -> Any:
         return parse(doc)
     except ValueError as exc:
         raise ApiBadResponse(str(exc), endpoint=f"{method} {path}", status=200) from None
-
