@@ -77,6 +77,7 @@ class Resources:
                 response.status,
                 retry_after,
                 request.headers.get("Authorization"),
+                request.query_string,
             )
         )
         return response

@@ -73,6 +73,7 @@ class CallRecord:
         status: HTTP status the server answered with.
         retry_after: The ``Retry-After`` of a 429, in seconds.
         authorization: The Authorization header as sent (kept out of repr: it holds a token).
+        query: The query string as sent (``page=2&per_page=100``).
     """
 
     endpoint: str
@@ -80,6 +81,7 @@ class CallRecord:
     status: int
     retry_after: int | None = None
     authorization: str | None = field(default=None, repr=False)
+    query: str = ""
 
 
 @dataclass(frozen=True, slots=True)
