@@ -86,6 +86,11 @@ def run_demo(args: argparse.Namespace) -> int:
         return EX_INTERRUPTED
 
 
+# The read-back is the demo's oracle (one GET /metrics per series), not a client under the
+# budget: its GETs are not rate-limited; telemetry and alerts keep the contract's limits.
+_API_LIMITS = EndpointLimits(devices=None, metrics=None)
+
+
 class _Demo:
     """One demo run against an already started broker."""
 
@@ -117,10 +122,7 @@ class _Demo:
         self.recipe_points: Counter[str] = Counter()  # points read back, per recipe
 
     async def run(self) -> int:
-        # The read-back below is the demo's oracle (one GET /metrics per series), not a client
-        # under the budget: its GETs are not rate-limited; telemetry and alerts are.
-        limits = EndpointLimits(devices=None, metrics=None)
-        async with LocalApi(token=self.token, limits=limits) as api:
+        async with LocalApi(token=self.token, limits=_API_LIMITS) as api:
             settings = load_settings(
                 environ={},
                 overrides={

@@ -68,7 +68,11 @@ async def post_values(api: LocalApi, device: str, metric_name: str, values: list
     async with Sender(SenderSettings(base_url=api.url), lambda: TOKEN) as sender:
         for i, value in enumerate(values):
             stamp = (T0 + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
-            obj = {"device_id": device, "timestamp": stamp, "metrics": {metric_name: value}}
+            obj: dict[str, object] = {
+                "device_id": device,
+                "timestamp": stamp,
+                "metrics": {metric_name: value},
+            }
             assert await sender.post([obj], f"k-{device}-{metric_name}-{i}") == 1
 
 
@@ -139,7 +143,7 @@ async def test_each_endpoint_is_limited_on_its_own_and_retry_after_is_honoured(
             for _ in range(3):
                 await call(api, endpoint)
         calls = [c for c in server.store.calls if c.endpoint == endpoint]
-        assert [c for c in server.store.calls if c.endpoint == other][0].status == 200
+        assert next(c for c in server.store.calls if c.endpoint == other).status == 200
     refused = [i for i, c in enumerate(calls) if c.status == 429]
     assert refused, "the limit was never reached"
     assert sum(c.status in (200, 201) for c in calls) == 5
