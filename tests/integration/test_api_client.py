@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bridge.api.client import ApiClient, Budgets, Endpoint, RetryPolicy
 from bridge.api.models import AlertRule
@@ -374,3 +377,44 @@ async def test_a_saturated_alerts_budget_does_not_hold_up_telemetry(
     assert [c.endpoint for c in server.store.calls] == ["alerts"]
     assert still_waiting == 99
     assert all(r.status == 201 for r in server.store.requests)
+
+
+async def test_a_retry_after_http_date_is_honoured() -> None:
+    """A server that answers its first request 429 with ``Retry-After`` as an HTTP-date two
+    seconds after the client's (injected) wall clock: the retry comes no sooner than that."""
+    wall = 1_731_657_600.0  # 2024-11-15T08:00:00Z
+    arrivals: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            retry_at = format_datetime(datetime.fromtimestamp(wall + 2, UTC), usegmt=True)
+            return web.json_response(
+                {"error": "rate_limited", "message": "slow down"},
+                status=429,
+                headers={"Retry-After": retry_at},
+            )
+        return web.json_response(
+            {"data": [], "pagination": {"page": 1, "per_page": 100, "total": 0}}
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/v2/devices", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        settings = SenderSettings(base_url=f"http://127.0.0.1:{port}/api/v2")
+        async with (
+            asyncio.timeout(WAIT),
+            ApiClient(settings, lambda: TOKEN, wall_clock=lambda: wall, retry=QUICK_RETRY) as api,
+        ):
+            page = await api.devices_page()
+    finally:
+        await runner.cleanup()
+    assert page.total == 0
+    assert len(arrivals) == 2
+    assert arrivals[1] >= arrivals[0] + 2
+    assert api.stats["devices"].rate_limited == 1
