@@ -262,8 +262,15 @@ class ApiClient:
                 stats.rate_limited += 1
                 # Never sooner than asked: the pacer holds every request to this endpoint
                 # until then (and halves its pace); other endpoints keep their own pace.
-                stats.waited_s += pacer.rate_limited(
+                added = pacer.rate_limited(
                     self._clock(), answer.retry_after, fallback=backoff.next_delay()
+                )
+                stats.waited_s += added
+                log.info(
+                    "%s: rate limited (429); requests to it wait %.1f s more (%.2f requests/s)",
+                    what,
+                    added,
+                    pacer.rate,
                 )
                 last = ApiRateLimited(
                     f"rate limit (429): {message}", endpoint=what, status=429, code=code

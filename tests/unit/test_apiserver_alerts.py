@@ -13,6 +13,7 @@ import pytest
 
 from bridge.lab.apiserver.alerts import AlertBook
 from bridge.lab.apiserver.devices import StatusThresholds
+from bridge.lab.apiserver.notifier import Notifier
 from bridge.lab.apiserver.ratelimits import EndpointLimits, Limiters
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.apiserver.validation import AlertSpec
@@ -161,3 +162,17 @@ def test_each_endpoint_counts_its_own_window() -> None:
     assert limiters.refuse("metrics", 1.0) is None
     assert all(limiters.refuse("telemetry", 1.0) is None for _ in range(100))
     assert limiters.refuse("alerts", 60.0) is None  # the window moved on
+
+
+async def test_a_full_webhook_queue_drops_and_counts() -> None:
+    """Firings beyond the queue's bound are dropped and counted, never awaited; what is still
+    queued at stop counts as dropped too."""
+    book = AlertBook()
+    book.create(_spec("gt", 5), T0)
+    notifier = Notifier(queue_size=1)  # not started: nothing drains the queue
+    for value in (6.0, 1.0, 7.0, 1.0, 8.0):
+        for firing in book.evaluate([("d1", "temp", value, T0)]):
+            notifier.submit(firing)
+    assert (notifier.fired, notifier.dropped) == (3, 2)
+    await notifier.stop()
+    assert (notifier.fired, notifier.dropped, notifier.sent) == (3, 3, 0)

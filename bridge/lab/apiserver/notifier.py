@@ -3,8 +3,9 @@
 The telemetry handler only queues a firing (:meth:`Notifier.submit`, never awaits); one
 background task POSTs them, one at a time, with a short timeout. The queue is bounded: a firing
 that finds it full is dropped and counted (``dropped``), as is a call that fails (``failed``:
-a connection error, a timeout or a non-2xx answer); both are logged. Nothing here can raise into
-the request that caused the firing.
+a connection error, a timeout or a non-2xx answer); both are logged. Firings still queued when
+the server stops count as dropped. Nothing here can raise into the request that caused the
+firing.
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ class Notifier:
             self._task = asyncio.create_task(self._run(), name="alert-webhooks")
 
     async def stop(self) -> None:
+        """Stops the calls; firings still queued are counted as dropped."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self.dropped += 1
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
