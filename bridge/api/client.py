@@ -29,7 +29,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from bridge.api.http import answer_kind, client_timeout, parse_retry_after, ssl_option
+from bridge.api.http import AnswerKind, answer_kind, client_timeout, parse_retry_after, ssl_option
 from bridge.api.models import (
     AlertCreated,
     AlertRule,
@@ -235,7 +235,8 @@ class ApiClient:
         stats, pacer = self.stats[endpoint], self._pacers[endpoint]
         backoff = Backoff(self._retry.backoff_min_s, self._retry.backoff_max_s, rng=self._rng)
         last: ApiError | None = None
-        for _ in range(max(1, self._retry.attempts)):
+        attempts = max(1, self._retry.attempts)
+        for attempt in range(1, attempts + 1):
             await self._pace(pacer)
             token = self._token()
             if secret_text_problem(token, header=True) is not None:
@@ -246,78 +247,76 @@ class ApiClient:
             except ApiUnavailable as exc:
                 stats.failed += 1
                 last = exc
-                await self._sleep(backoff.next_delay())
-                continue
-            kind = answer_kind(answer.status)
-            if kind == "ok":
-                pacer.accepted(self._clock())
-                try:
-                    return orjson.loads(answer.body)
-                except orjson.JSONDecodeError:
-                    raise ApiBadResponse(
-                        f"answer {answer.status} is not JSON", endpoint=what, status=answer.status
-                    ) from None
-            code, message = _error_body(answer.body, token)
-            if kind == "rate_limited":
-                stats.rate_limited += 1
-                # Never sooner than asked: the pacer holds every request to this endpoint
-                # until then (and halves its pace); other endpoints keep their own pace.
-                added = pacer.rate_limited(
-                    self._clock(), answer.retry_after, fallback=backoff.next_delay()
-                )
-                stats.waited_s += added
-                log.info(
-                    "%s: rate limited (429); requests to it wait %.1f s more (%.2f requests/s)",
-                    what,
-                    added,
-                    pacer.rate,
-                )
-                last = ApiRateLimited(
-                    f"rate limit (429): {message}", endpoint=what, status=429, code=code
-                )
-                continue
-            if kind == "server":
-                stats.failed += 1
-                last = ApiUnavailable(
-                    f"server error {answer.status}", endpoint=what, status=answer.status, code=code
-                )
-                await self._sleep(backoff.next_delay())
-                continue
-            if kind == "auth":
-                # As delivery does: pause, then the next attempt reads the token again (a
-                # rotated token file is picked up by the TokenSource).
-                stats.auth_refused += 1
+            else:
+                kind = answer_kind(answer.status)
+                if kind == "ok":
+                    pacer.accepted(self._clock())
+                    return _json_body(answer, what)
+                last = self._failure(kind, answer, what, token)
+                if kind == "rate_limited":
+                    # Never sooner than asked: the pacer holds every request to this endpoint
+                    # until then (and halves its pace); other endpoints keep their own pace.
+                    stats.rate_limited += 1
+                    added = pacer.rate_limited(
+                        self._clock(), answer.retry_after, fallback=backoff.next_delay()
+                    )
+                    stats.waited_s += added
+                    log.info(
+                        "%s: rate limited (429); requests to it wait %.1f s more (%.2f/s)",
+                        what,
+                        added,
+                        pacer.rate,
+                    )
+                    continue
+                if kind == "auth":
+                    stats.auth_refused += 1
+                elif kind == "server":
+                    stats.failed += 1
+                else:  # not found, a redirect, a refusal: trying again cannot help
+                    raise last
+            if attempt < attempts:  # after the last one the error is raised at once
                 delay = backoff.next_delay()
-                log.warning(
-                    "%s: the API refused the token (%d); reading it again in %.1f s",
-                    what,
-                    answer.status,
-                    delay,
-                )
-                last = ApiUnauthorized(
-                    f"the API refused the token ({answer.status}): {message}",
-                    endpoint=what,
-                    status=answer.status,
-                    code=code,
-                )
+                if isinstance(last, ApiUnauthorized):
+                    # As delivery does: pause, then the next attempt reads the token again (a
+                    # rotated token file is picked up by the TokenSource).
+                    log.warning(
+                        "%s: the API refused the token (%s); reading it again in %.1f s",
+                        what,
+                        last.status,
+                        delay,
+                    )
                 await self._sleep(delay)
-                continue
-            if kind in ("not_found", "redirect"):
-                raise ApiNotFound(
-                    f"answered {answer.status}: {message or 'check api.base_url'} "
-                    f"(api.base_url is {self._base})",
-                    endpoint=what,
-                    status=answer.status,
-                    code=code,
-                )
-            raise ApiRejected(
-                f"refused ({answer.status} {code}): {message}",
-                endpoint=what,
-                status=answer.status,
-                code=code,
-            )
         assert last is not None
         raise last
+
+    def _failure(self, kind: AnswerKind, answer: _Answer, what: str, token: str) -> ApiError:
+        """The error an answer other than 2xx stands for."""
+        code, message = _error_body(answer.body, token)
+        status = answer.status
+        if kind == "rate_limited":
+            return ApiRateLimited(
+                f"rate limit (429): {message}", endpoint=what, status=429, code=code
+            )
+        if kind == "server":
+            return ApiUnavailable(f"server error {status}", endpoint=what, status=status, code=code)
+        if kind == "auth":
+            return ApiUnauthorized(
+                f"the API refused the token ({status}): {message}",
+                endpoint=what,
+                status=status,
+                code=code,
+            )
+        if kind in ("not_found", "redirect"):
+            return ApiNotFound(
+                f"answered {status}: {message or 'check api.base_url'} "
+                f"(api.base_url is {self._base})",
+                endpoint=what,
+                status=status,
+                code=code,
+            )
+        return ApiRejected(
+            f"refused ({status} {code}): {message}", endpoint=what, status=status, code=code
+        )
 
     async def _pace(self, pacer: Pacer) -> None:
         while True:
@@ -376,6 +375,15 @@ def _error_body(raw: bytes, token: str) -> tuple[str, str]:
     if token:
         code, message = code.replace(token, "<token>"), message.replace(token, "<token>")
     return code, message
+
+
+def _json_body(answer: _Answer, what: str) -> Any:
+    try:
+        return orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        raise ApiBadResponse(
+            f"answer {answer.status} is not JSON", endpoint=what, status=answer.status
+        ) from None
 
 
 def _parsed(endpoint: Endpoint, parse: Callable[[Any], Any], doc: Any) -> Any:

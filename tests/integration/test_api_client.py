@@ -6,6 +6,7 @@ that a saturated alerts budget does not hold up telemetry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,14 @@ from aiohttp import web
 from bridge.api.client import ApiClient, Budgets, Endpoint, RetryPolicy
 from bridge.api.models import AlertRule
 from bridge.config.secrets import TokenSource
-from bridge.errors import ApiNotFound, ApiRateLimited, ApiRejected, ApiUnauthorized
+from bridge.errors import (
+    ApiBadResponse,
+    ApiNotFound,
+    ApiRateLimited,
+    ApiRejected,
+    ApiUnauthorized,
+    ApiUnavailable,
+)
 from bridge.lab.apiserver.devices import StatusThresholds
 from bridge.lab.apiserver.faults import Faults
 from bridge.lab.apiserver.ratelimits import EndpointLimits
@@ -52,6 +60,17 @@ def client(api: LocalApi, token: Callable[[], str] = lambda: TOKEN, **kw: Any) -
     kw.setdefault("budgets", FAST)
     kw.setdefault("retry", QUICK_RETRY)
     return ApiClient(SenderSettings(base_url=api.url), token, **kw)
+
+
+@contextlib.asynccontextmanager
+async def client_at(url: str, **kw: Any) -> AsyncIterator[ApiClient]:
+    kw.setdefault("budgets", FAST)
+    kw.setdefault("retry", QUICK_RETRY)
+    async with (
+        asyncio.timeout(WAIT),
+        ApiClient(SenderSettings(base_url=url), lambda: TOKEN, **kw) as api,
+    ):
+        yield api
 
 
 def rule(url: str, **changes: Any) -> AlertRule:
@@ -399,41 +418,89 @@ async def test_a_saturated_alerts_budget_does_not_hold_up_telemetry(
     assert all(r.status == 201 for r in server.store.requests)
 
 
-async def test_a_retry_after_http_date_is_honoured() -> None:
-    """A server that answers its first request 429 with ``Retry-After`` as an HTTP-date two
-    seconds after the client's (injected) wall clock: the retry comes no sooner than that."""
-    wall = 1_731_657_600.0  # 2024-11-15T08:00:00Z
+Answer = tuple[int, dict[str, str], bytes]
+Script = list[Answer]
+EMPTY_PAGE = b'{"data": [], "pagination": {"page": 1, "per_page": 100, "total": 0}}'
+
+
+@contextlib.asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[tuple[str, list[float], list[str]]]:
+    """A server answering GET /api/v2/devices from ``script`` in turn (the last answer
+    repeats); yields its base URL, the monotonic arrival times, and every path requested."""
     arrivals: list[float] = []
+    paths: list[str] = []
 
     async def handle(request: web.Request) -> web.Response:
+        paths.append(request.path)
         arrivals.append(time.monotonic())
-        if len(arrivals) == 1:
-            retry_at = format_datetime(datetime.fromtimestamp(wall + 2, UTC), usegmt=True)
-            return web.json_response(
-                {"error": "rate_limited", "message": "slow down"},
-                status=429,
-                headers={"Retry-After": retry_at},
-            )
-        return web.json_response(
-            {"data": [], "pagination": {"page": 1, "per_page": 100, "total": 0}}
-        )
+        status, headers, body = script[min(len(arrivals), len(script)) - 1]
+        return web.Response(status=status, headers=headers, body=body)
 
     app = web.Application()
-    app.router.add_get("/api/v2/devices", handle)
+    app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = runner.addresses[0][1]
-        settings = SenderSettings(base_url=f"http://127.0.0.1:{port}/api/v2")
-        async with (
-            asyncio.timeout(WAIT),
-            ApiClient(settings, lambda: TOKEN, wall_clock=lambda: wall, retry=QUICK_RETRY) as api,
-        ):
-            page = await api.devices_page()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v2", arrivals, paths
     finally:
         await runner.cleanup()
+
+
+async def test_server_errors_are_retried_then_given_up_on() -> None:
+    busy: Answer = (503, {}, b'{"error": "unavailable", "message": "busy"}')
+    async with scripted([busy, (200, {}, EMPTY_PAGE)]) as (url, _, paths), client_at(url) as api:
+        page = await api.devices_page()
+    assert page.total == 0
+    assert len(paths) == 2
+    assert api.stats["devices"].failed == 1
+    async with scripted([busy]) as (url, _, paths), client_at(url) as api:
+        with pytest.raises(ApiUnavailable, match="server error 503") as caught:
+            await api.devices_page()
+    assert caught.value.code == "unavailable"
+    assert len(paths) == QUICK_RETRY.attempts
+
+
+async def test_a_redirect_is_not_followed_and_a_bad_body_is_a_bad_response() -> None:
+    moved = (302, {"Location": "/elsewhere"}, b"")
+    async with scripted([moved]) as (url, _, paths), client_at(url) as api:
+        with pytest.raises(ApiNotFound, match="302"):
+            await api.devices_page()
+    assert paths == ["/api/v2/devices"]  # once, and never /elsewhere
+    async with scripted([(200, {}, b"<html>")]) as (url, _, _paths), client_at(url) as api:
+        with pytest.raises(ApiBadResponse, match="not JSON"):
+            await api.devices_page()
+    async with scripted([(200, {}, b'{"data": 5}')]) as (url, _, _paths), client_at(url) as api:
+        with pytest.raises(ApiBadResponse, match=r"body\.data"):
+            await api.devices_page()
+
+
+async def test_a_token_echoed_by_the_server_is_cut_out_of_the_error() -> None:
+    echo: Answer = (
+        400,
+        {},
+        b'{"error": "bad_request", "message": "token ' + TOKEN.encode() + b' bad"}',
+    )
+    async with scripted([echo]) as (url, _, _paths), client_at(url) as api:
+        with pytest.raises(ApiRejected) as caught:
+            await api.devices_page()
+    assert TOKEN not in str(caught.value)
+    assert "<token>" in str(caught.value)
+
+
+async def test_a_retry_after_http_date_is_honoured() -> None:
+    """The first answer is a 429 whose ``Retry-After`` is an HTTP-date two seconds after the
+    client's (injected) wall clock: the retry comes no sooner than that."""
+    wall = 1_731_657_600.0  # 2024-11-15T08:00:00Z
+    retry_at = format_datetime(datetime.fromtimestamp(wall + 2, UTC), usegmt=True)
+    limited = (429, {"Retry-After": retry_at}, b'{"error": "rate_limited", "message": "wait"}')
+    script: Script = [limited, (200, {}, EMPTY_PAGE)]
+    async with (
+        scripted(script) as (url, arrivals, _paths),
+        client_at(url, wall_clock=lambda: wall) as api,
+    ):
+        page = await api.devices_page()
     assert page.total == 0
     assert len(arrivals) == 2
     assert arrivals[1] >= arrivals[0] + 2
