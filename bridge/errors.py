@@ -10,6 +10,13 @@
     │   ├── RetryableDelivery    network errors, timeouts, 5xx, 429: try again later
     │   │   └── UnsendableRequest    nothing sent: the token cannot go into a header
     │   └── PermanentDelivery    the API refused the batch for what it contains (400, 413, 422)
+    ├── ApiError             a request to GET /devices, GET /metrics or POST /alerts failed
+    │   ├── ApiUnavailable       network error, timeout or 5xx, after the client's retries
+    │   ├── ApiRateLimited       still 429 after the client's retries (it waited each time)
+    │   ├── ApiUnauthorized      401/403 after pausing and re-reading the token; or unsendable
+    │   ├── ApiNotFound          404 (a wrong api.base_url, or no such device) or a redirect
+    │   ├── ApiRejected          400/422: the API refused the request (its error code kept)
+    │   └── ApiBadResponse       a 2xx whose body is not what the contract documents
     └── SpoolError           the durable spool cannot be opened or written
         ├── SpoolFull            at its cap, or the disk is full: back-pressure, not a failure
         ├── SpoolLocked          another instance holds the spool's lock
@@ -163,6 +170,44 @@ class UnsendableRequest(RetryableDelivery):
 
 class PermanentDelivery(DeliveryError):
     """The API rejected the batch for its content; retrying it unchanged cannot succeed."""
+
+
+class ApiError(BridgeError):
+    """A request of :class:`bridge.api.client.ApiClient` failed. ``endpoint`` is the request
+    (``GET /devices``), ``status`` the last HTTP status (None: no answer), ``code`` the API's
+    machine-readable ``error``. The message never holds the token."""
+
+    def __init__(
+        self, message: str, *, endpoint: str, status: int | None = None, code: str = ""
+    ) -> None:
+        self.endpoint = endpoint
+        self.status = status
+        self.code = code
+        super().__init__(f"{endpoint}: {message}")
+
+
+class ApiUnavailable(ApiError):
+    """No usable answer after the client's retries: network error, timeout, 5xx."""
+
+
+class ApiRateLimited(ApiError):
+    """Still 429 after the client's retries, each after waiting the ``Retry-After`` asked."""
+
+
+class ApiUnauthorized(ApiError):
+    """401/403 after pausing and re-reading the token file, or a token that cannot be sent."""
+
+
+class ApiNotFound(ApiError):
+    """404 or a redirect: ``api.base_url`` is wrong, or the resource does not exist."""
+
+
+class ApiRejected(ApiError):
+    """The API refused the request for its content (400, 422, ...); ``code``/message say why."""
+
+
+class ApiBadResponse(ApiError):
+    """A 2xx whose body is not the documented JSON."""
 
 
 class SpoolError(BridgeError):

@@ -8,7 +8,6 @@ the error hierarchy; the delivery loop decides what to do with each class.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import ssl
 import time
 from collections.abc import Callable
@@ -18,28 +17,12 @@ from types import TracebackType
 import aiohttp
 import orjson
 
+from bridge.api.http import answer_kind, client_timeout, parse_retry_after, ssl_option
 from bridge.config.secrets import secret_text_problem
 from bridge.errors import PermanentDelivery, RetryableDelivery, UnsendableRequest
 from bridge.settings import SenderSettings
 
 _BODY_EXCERPT = 500
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or HTTP-date); None if absent
-    or unreadable. A date in the past means 0."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +63,8 @@ class Sender:
         self.devices_url = settings.base_url.rstrip("/") + "/devices"
         self._token = token
         self._body = settings.body
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.total_timeout_s,
-            sock_connect=settings.connect_timeout_s,
-            sock_read=settings.read_timeout_s,
-        )
-        self._ssl: ssl.SSLContext | bool = True
-        if settings.ca_file is not None:
-            self._ssl = ssl.create_default_context(cafile=str(settings.ca_file))
+        self._timeout = client_timeout(settings)
+        self._ssl: ssl.SSLContext | bool = ssl_option(settings)
         self._wall = wall_clock
         self._session: aiohttp.ClientSession | None = None
 
@@ -149,28 +126,29 @@ class Sender:
                 "data kept in the spool"
             ) from None
         excerpt = raw[:_BODY_EXCERPT].decode("utf-8", "replace")
-        if 200 <= status < 300:
+        kind = answer_kind(status)
+        if kind == "ok":
             try:
                 written = orjson.loads(raw).get("points_written")
             except (orjson.JSONDecodeError, AttributeError):
                 return None
             return written if isinstance(written, int) and not isinstance(written, bool) else None
-        if status == 429:
+        if kind == "rate_limited":
             raise RetryableDelivery(
                 "API rate limit (429)",
                 status=status,
                 body=excerpt,
                 retry_after=parse_retry_after(retry_after, self._wall()),
             )
-        if status >= 500:
+        if kind == "server":
             raise RetryableDelivery(f"API server error {status}", status=status, body=excerpt)
-        if status in (401, 403):
+        if kind == "auth":
             raise RetryableDelivery(
                 f"API refused the token ({status}); delivery paused, data kept in the spool",
                 status=status,
                 body=excerpt,
             )
-        if status == 404 or 300 <= status < 400:
+        if kind in ("not_found", "redirect"):
             raise RetryableDelivery(
                 f"API answered {status}: check api.base_url (now {self.url}); data kept",
                 status=status,

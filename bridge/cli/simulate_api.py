@@ -8,11 +8,17 @@ import asyncio
 import contextlib
 import os
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 from bridge.cli.command import Subparsers
 from bridge.errors import EX_OK, ConfigError
-from bridge.limits import TELEMETRY_REQUESTS_PER_MINUTE
+from bridge.limits import (
+    ALERTS_REQUESTS_PER_MINUTE,
+    DEVICES_REQUESTS_PER_MINUTE,
+    METRICS_REQUESTS_PER_MINUTE,
+    TELEMETRY_REQUESTS_PER_MINUTE,
+)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -20,7 +26,8 @@ def add_parser(sub: Subparsers) -> None:
         "simulate-api",
         help="run a local Metriqo-compatible API server",
         description="Run the local Metriqo-compatible API server (POST /telemetry, GET /devices, "
-        "GET /metrics), with fault modes for rehearsing an outage. See docs/guide/local-api.md.",
+        "GET /metrics, POST /alerts with webhook calls), each endpoint under its own rate limit, "
+        "with fault modes for rehearsing an outage. See docs/guide/local-api.md.",
     )
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
@@ -35,6 +42,32 @@ def add_parser(sub: Subparsers) -> None:
         type=int,
         default=TELEMETRY_REQUESTS_PER_MINUTE,
         help="telemetry requests per minute, 0 = none",
+    )
+    for name, default in (
+        ("devices", DEVICES_REQUESTS_PER_MINUTE),
+        ("metrics", METRICS_REQUESTS_PER_MINUTE),
+        ("alerts", ALERTS_REQUESTS_PER_MINUTE),
+    ):
+        api.add_argument(
+            f"--{name}-rate-limit",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"{'POST' if name == 'alerts' else 'GET'} /{name} requests per minute, 0 = none",
+        )
+    api.add_argument(
+        "--online-within",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a device is online if seen within this long (GET /devices status)",
+    )
+    api.add_argument(
+        "--offline-within",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="a device not online is offline if seen within this long, else inactive",
     )
     faults = api.add_argument_group("fault injection (POST /telemetry; all off by default)")
     faults.add_argument(
@@ -100,7 +133,9 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bridge.config.secrets import read_secret_file
+    from bridge.lab.apiserver.devices import StatusThresholds
     from bridge.lab.apiserver.faults import Faults
+    from bridge.lab.apiserver.ratelimits import EndpointLimits
     from bridge.lab.apiserver.server import serve_forever
 
     token_file, origin = args.token_file, "command-line flag --token-file"
@@ -116,7 +151,22 @@ def run(args: argparse.Namespace) -> int:
             "the API server needs a token: --token-file FILE or METRIQO_BRIDGE_TOKEN",
             key="simulate-api",
         )
-    limit = args.rate_limit if args.rate_limit > 0 else None
+
+    def limit(n: int) -> int | None:
+        return n if n > 0 else None
+
+    try:
+        limits = EndpointLimits(
+            telemetry=limit(args.rate_limit),
+            devices=limit(args.devices_rate_limit),
+            metrics=limit(args.metrics_rate_limit),
+            alerts=limit(args.alerts_rate_limit),
+        )
+        thresholds = StatusThresholds(
+            timedelta(seconds=args.online_within), timedelta(seconds=args.offline_within)
+        )
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(str(exc), key="simulate-api") from None
     rotated = (
         None
         if args.unauthorized_until_token_file is None
@@ -149,7 +199,15 @@ def run(args: argparse.Namespace) -> int:
         assert main is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve_forever(args.host, args.port, token, limit, faults)
+            await serve_forever(
+                args.host,
+                args.port,
+                token,
+                limits.telemetry,
+                faults,
+                limits=limits,
+                thresholds=thresholds,
+            )
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())

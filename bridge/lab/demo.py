@@ -31,6 +31,7 @@ import aiohttp
 from bridge.app import Bridge
 from bridge.config.loader import load_settings
 from bridge.errors import EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE
+from bridge.lab.apiserver.ratelimits import EndpointLimits
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
 from bridge.lab.demo_check import (
@@ -86,6 +87,11 @@ def run_demo(args: argparse.Namespace) -> int:
         return EX_INTERRUPTED
 
 
+# The read-back is the demo's oracle (one GET /metrics per series), not a client under the
+# budget: its GETs are not rate-limited; telemetry and alerts keep the contract's limits.
+_API_LIMITS = EndpointLimits(devices=None, metrics=None)
+
+
 class _Demo:
     """One demo run against an already started broker."""
 
@@ -117,7 +123,7 @@ class _Demo:
         self.recipe_points: Counter[str] = Counter()  # points read back, per recipe
 
     async def run(self) -> int:
-        async with LocalApi(token=self.token, rate_limit_per_minute=1000) as api:
+        async with LocalApi(token=self.token, limits=_API_LIMITS) as api:
             settings = load_settings(
                 environ={},
                 overrides={

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from bridge.api.http import parse_retry_after
 from bridge.backoff import Backoff
 from bridge.logs import LogThrottle
 from bridge.ratelimit import TokenBucket, pacing
-from bridge.sender import parse_retry_after
 from tests.support.clock import FakeClock
 
 NOW = 1_731_657_600.0  # 2024-11-15T08:00:00Z as a wall-clock time

@@ -1,10 +1,14 @@
 """A local Metriqo-compatible API server for tests, the demo and dry runs.
 
-Serves ``POST /telemetry``, ``GET /devices`` and ``GET /metrics`` of the v2 contract
-(``shared/metriqo-api-v2.md``) from memory, and records every telemetry request in an `ApiStore`
-so tests can assert on what the bridge actually sent. Request parsing lives in
-`bridge.lab.apiserver.validation`, the in-memory store in `bridge.lab.apiserver.store`, the fault
-decisions in `bridge.lab.apiserver.faults`; this module is the aiohttp shell and the rate limiter.
+Serves the four endpoints of the v2 contract (``shared/metriqo-api-v2.md``) from memory:
+``POST /telemetry``, ``GET /devices``, ``GET /metrics`` and ``POST /alerts``, each under its own
+rate limit, and records every request in an `ApiStore` so tests can assert on what the bridge
+actually sent. Accepted telemetry is evaluated against the stored alert rules; a crossing calls
+the rule's webhook from a background task (`bridge.lab.apiserver.notifier`), never from the
+request. Request parsing lives in `bridge.lab.apiserver.validation`, the in-memory store in
+`bridge.lab.apiserver.store`, the other endpoints in `bridge.lab.apiserver.resources`, the
+limits in `bridge.lab.apiserver.ratelimits`, the fault decisions in
+`bridge.lab.apiserver.faults`; this module is the aiohttp shell and ``POST /telemetry``.
 
 Example:
     async with LocalApi(token="t") as api:
@@ -21,22 +25,21 @@ import contextlib
 import math
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Self
 
-import orjson
 from aiohttp import web
 
+from bridge.lab.apiserver.devices import StatusThresholds
 from bridge.lab.apiserver.faults import FaultName, Faults, FaultState, StormReply, find_poison
-from bridge.lab.apiserver.store import (
-    ApiStore,
-    RequestRecord,
-    StoredPoint,
-    aggregate,
-    row,
-)
+from bridge.lab.apiserver.notifier import Notifier
+from bridge.lab.apiserver.ratelimits import EndpointLimits, Limiters
+from bridge.lab.apiserver.resources import Resources
+from bridge.lab.apiserver.responses import error_response as _error
+from bridge.lab.apiserver.responses import json_response as _json
+from bridge.lab.apiserver.responses import rate_limited_response
+from bridge.lab.apiserver.store import ApiStore, RequestRecord, StoredPoint
 from bridge.lab.apiserver.validation import (
     JsonValue,
     ParsedTimestamp,
@@ -44,46 +47,12 @@ from bridge.lab.apiserver.validation import (
     TelemetryItem,
     check_bearer,
     decode_json,
-    format_timestamp,
-    parse_devices_query,
-    parse_metrics_query,
     validate_telemetry,
 )
 from bridge.limits import TELEMETRY_REQUESTS_PER_MINUTE
 
 API_PREFIX = "/api/v2"
-RATE_WINDOW_SECONDS = 60.0
-
-
-class _WindowLimiter:
-    """Sliding 60 s window log: at most `limit` admitted requests in any 60 s span."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._admitted: deque[float] = deque()
-
-    def admit(self, now: float) -> float | None:
-        """Admits a request at `now`, or returns the seconds until one would be admitted."""
-        while self._admitted and self._admitted[0] <= now - RATE_WINDOW_SECONDS:
-            self._admitted.popleft()
-        if len(self._admitted) < self._limit:
-            self._admitted.append(now)
-            return None
-        if not self._admitted:  # limit 0: nothing ever gets in
-            return RATE_WINDOW_SECONDS
-        return self._admitted[0] + RATE_WINDOW_SECONDS - now
-
-
-def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
-    )
-
-
-def _error(exc: RequestError) -> web.Response:
-    # RFC 6750: a 401 names the scheme the client should use.
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return _json(exc.status, {"error": exc.code, "message": exc.message}, headers)
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 
 class _RotationRefused(RequestError):
@@ -161,23 +130,23 @@ class _Handlers:
         self,
         store: ApiStore,
         token: str,
-        rate_limit_per_minute: int | None,
+        limits: EndpointLimits,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         *,
         faults: Faults | None = None,
+        notifier: Notifier,
     ) -> None:
         self._store = store
         self._faults = None if faults is None else FaultState(faults)
         self._stopping = asyncio.Event()
         self._token = token
-        self._limit = rate_limit_per_minute
-        # Only one token is valid, so a single window is the per-token window.
-        self._limiter = (
-            None if rate_limit_per_minute is None else _WindowLimiter(rate_limit_per_minute)
-        )
+        # Only one token is valid, so one window per endpoint is the per-token window.
+        self._limiters = Limiters(limits)
+        self._notifier = notifier
         self._clock = clock
         self._wall_clock = wall_clock
+        self.resources = Resources(store, self._limiters, self._check_auth, clock, self._now_wall)
 
     def _now_wall(self) -> datetime:
         return datetime.fromtimestamp(self._wall_clock(), UTC)
@@ -185,9 +154,13 @@ class _Handlers:
     async def on_startup(self, _app: web.Application) -> None:
         if self._faults is not None:
             self._faults.start()
+        await self._notifier.start()
 
     async def on_shutdown(self, _app: web.Application) -> None:
         self._stopping.set()
+
+    async def on_cleanup(self, _app: web.Application) -> None:
+        await self._notifier.stop()
 
     def _check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization")
@@ -264,16 +237,9 @@ class _Handlers:
         self._check_auth(request)
         if faults is not None and (storm := faults.storm()) is not None:
             return _storm_reply(storm), 0, "storm_429"
-        if self._limiter is not None:
-            wait = self._limiter.admit(received_at)
-            if wait is not None:
-                retry_after = max(1, math.ceil(wait))
-                message = (
-                    f"Rate limit of {self._limit} requests per minute exceeded; "
-                    f"retry after {retry_after} s."
-                )
-                payload: dict[str, object] = {"error": "rate_limited", "message": message}
-                return _json(429, payload, {"Retry-After": str(retry_after)}), 0, None
+        limited = self._limiters.refuse("telemetry", received_at)
+        if limited is not None:
+            return rate_limited_response(*limited), 0, None
         if isinstance(parsed, RequestError):
             raise parsed
         items = validate_telemetry(parsed)
@@ -292,6 +258,11 @@ class _Handlers:
             for name, value in item.metrics
         ]
         self._store.add_points(points, received_wall)
+        # Alerts are evaluated on what was stored; the webhooks are called in the background.
+        for firing in self._store.alerts.evaluate(
+            (p.device_id, p.metric, p.value, p.timestamp) for p, _ in points
+        ):
+            self._notifier.submit(firing)
         if faults is not None and faults.record_then_fail():
             payload = {"error": "server_error", "message": "Injected fault: HTTP 500."}
             return _json(500, payload), len(points), "record_then_500"
@@ -303,35 +274,6 @@ class _Handlers:
         }
         return _json(201, accepted), len(points), None
 
-    async def devices(self, request: web.Request) -> web.Response:
-        try:
-            self._check_auth(request)
-            query = parse_devices_query(list(request.query.items()))
-        except RequestError as exc:
-            return _error(exc)
-        rows = self._store.device_rows(self._now_wall())
-        if query.status is not None:
-            rows = [row for row in rows if row["status"] == query.status]
-        first = (query.page - 1) * query.per_page
-        pagination = {"page": query.page, "per_page": query.per_page, "total": len(rows)}
-        return _json(200, {"data": rows[first : first + query.per_page], "pagination": pagination})
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        try:
-            self._check_auth(request)
-            query = parse_metrics_query(list(request.query.items()))
-            if not self._store.has_device(query.device_id):
-                raise RequestError("No device with that device_id.", code="not_found", status=404)
-        except RequestError as exc:
-            return _error(exc)
-        series = self._store.series(query.device_id, query.metric, query.start, query.end)
-        if query.interval is None:
-            data = [row(format_timestamp(p.timestamp, d), [p.value]) for p, d in series]
-        else:
-            data = aggregate(series, query.interval)
-        payload = {"device_id": query.device_id, "metric": query.metric}
-        return _json(200, {**payload, "interval": query.interval_name, "data": data})
-
 
 def create_app(
     store: ApiStore,
@@ -341,33 +283,44 @@ def create_app(
     *,
     wall_clock: Callable[[], float] = time.time,
     faults: Faults | None = None,
+    limits: EndpointLimits | None = None,
 ) -> web.Application:
     """Builds the aiohttp application serving the v2 endpoints under ``/api/v2``.
 
     Args:
-        store: Where requests, points and devices are recorded.
+        store: Where requests, points, devices and alert rules are recorded.
         token: The only Bearer token accepted.
         rate_limit_per_minute: Admitted ``POST /telemetry`` requests per sliding 60 s window;
-            None for no limit. The GET endpoints are not limited.
-        clock: Monotonic seconds for the rate-limit window; inject a fake one in tests.
+            None for no limit. Ignored when `limits` is given.
+        clock: Monotonic seconds for the rate-limit windows; inject a fake one in tests.
         wall_clock: Epoch seconds for receipt times, server stamps and device status.
         faults: Faults to inject into ``POST /telemetry`` (see `bridge.lab.apiserver.faults`);
             a rotated token (``unauthorized_until_token``) applies to every endpoint.
+        limits: Every endpoint's limit and the window (`EndpointLimits`); by default the
+            contract's limits, with `rate_limit_per_minute` for telemetry.
+
+    The app's `Notifier` (webhook calls of alert rules, with its counters) is ``app[NOTIFIER]``.
 
     Raises:
         ValueError: An empty token or a negative rate limit.
     """
     if not token:
         raise ValueError("token must be non-empty")
-    if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
-        raise ValueError("rate_limit_per_minute must be >= 0 or None")
-    handlers = _Handlers(store, token, rate_limit_per_minute, clock, wall_clock, faults=faults)
+    if limits is None:
+        if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
+            raise ValueError("rate_limit_per_minute must be >= 0 or None")
+        limits = EndpointLimits(telemetry=rate_limit_per_minute)
+    notifier = Notifier()
+    handlers = _Handlers(store, token, limits, clock, wall_clock, faults=faults, notifier=notifier)
     app = web.Application()
+    app[NOTIFIER] = notifier
     app.on_startup.append(handlers.on_startup)
     app.on_shutdown.append(handlers.on_shutdown)
+    app.on_cleanup.append(handlers.on_cleanup)
     app.router.add_post(f"{API_PREFIX}/telemetry", handlers.telemetry)
-    app.router.add_get(f"{API_PREFIX}/devices", handlers.devices)
-    app.router.add_get(f"{API_PREFIX}/metrics", handlers.metrics)
+    app.router.add_get(f"{API_PREFIX}/devices", handlers.resources.devices)
+    app.router.add_get(f"{API_PREFIX}/metrics", handlers.resources.metrics)
+    app.router.add_post(f"{API_PREFIX}/alerts", handlers.resources.alerts)
     return app
 
 
@@ -376,6 +329,8 @@ class LocalApi:
 
     Attributes:
         store: The `ApiStore` the server records into.
+        notifier: The webhook caller of the alert rules (counters ``fired``, ``sent``,
+            ``failed``, ``dropped``).
     """
 
     def __init__(
@@ -390,6 +345,8 @@ class LocalApi:
         store: ApiStore | None = None,
         faults: Faults | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        limits: EndpointLimits | None = None,
+        thresholds: StatusThresholds | None = None,
     ) -> None:
         """Prepares the server; nothing listens until the block is entered.
 
@@ -404,11 +361,20 @@ class LocalApi:
             store: A store to record into; a fresh one by default.
             faults: See `create_app`.
             ssl_context: Serve HTTPS with this server context (tests of TLS to the API).
+            limits: See `create_app`.
+            thresholds: Device status thresholds of a fresh store (ignored with `store`).
         """
-        self.store = ApiStore() if store is None else store
+        self.store = ApiStore(thresholds) if store is None else store
         self._app = create_app(
-            self.store, token, rate_limit_per_minute, clock, wall_clock=wall_clock, faults=faults
+            self.store,
+            token,
+            rate_limit_per_minute,
+            clock,
+            wall_clock=wall_clock,
+            faults=faults,
+            limits=limits,
         )
+        self.notifier = self._app[NOTIFIER]
         self._host = host
         self._requested_port = port
         self._ssl_context = ssl_context
@@ -460,14 +426,27 @@ async def serve_forever(
     token: str,
     rate_limit_per_minute: int | None,
     faults: Faults | None = None,
+    *,
+    limits: EndpointLimits | None = None,
+    thresholds: StatusThresholds | None = None,
 ) -> None:
     """Serves the fake API until cancelled, printing its URL (never the token) once.
 
     Backs ``metriqo-bridge simulate-api``. With `faults`, prints their one-line summary too.
     """
-    async with LocalApi(token, host, port, rate_limit_per_minute, faults=faults) as api:
-        limit = "none" if rate_limit_per_minute is None else f"{rate_limit_per_minute}/min"
-        print(f"Metriqo-compatible API listening on {api.url} (telemetry rate limit: {limit})")
+    async with LocalApi(
+        token,
+        host,
+        port,
+        rate_limit_per_minute,
+        faults=faults,
+        limits=limits,
+        thresholds=thresholds,
+    ) as api:
+        effective = limits or EndpointLimits(telemetry=rate_limit_per_minute)
+        print(
+            f"Metriqo-compatible API listening on {api.url} (rate limits: {effective.describe()})"
+        )
         if faults is not None:
             print(faults.summary())
         await asyncio.get_running_loop().create_future()

@@ -1,6 +1,11 @@
-"""What the local API server keeps in memory: every telemetry request as it arrived (for tests
-to assert on), the points it stored, the devices it has seen, and the aggregation of GET
-/metrics. No aiohttp: the server in :mod:`bridge.lab.apiserver.server` is the shell around it."""
+"""What the local API server keeps in memory: every request as it arrived (for tests to assert
+on), the points it stored, the device registry (:mod:`bridge.lab.apiserver.devices`), the alert
+rules (:mod:`bridge.lab.apiserver.alerts`), and the aggregation of GET /metrics. No aiohttp: the
+server in :mod:`bridge.lab.apiserver.server` is the shell around it.
+
+Tests change it "behind the bridge's back" as a user of the dashboard or a data loss would:
+:meth:`ApiStore.register_device` (a device with a label, perhaps silent) and
+:meth:`ApiStore.delete_points`."""
 
 from __future__ import annotations
 
@@ -9,14 +14,13 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bridge.lab.apiserver.alerts import AlertBook
+from bridge.lab.apiserver.devices import DeviceRegistry, StatusThresholds
 from bridge.lab.apiserver.faults import FaultName
 from bridge.lab.apiserver.validation import (
     JsonValue,
     format_timestamp,
 )
-
-ONLINE_WITHIN = timedelta(minutes=5)
-OFFLINE_WITHIN = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +63,25 @@ class RequestRecord:
     fault: FaultName | None = None
 
 
-@dataclass(slots=True)
-class _Device:
-    created_at: datetime
-    last_seen: datetime
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One request to ``GET /devices``, ``GET /metrics`` or ``POST /alerts``.
+
+    Attributes:
+        endpoint: ``devices``, ``metrics`` or ``alerts``.
+        received_at: The server clock at receipt (the rate limiter's clock).
+        status: HTTP status the server answered with.
+        retry_after: The ``Retry-After`` of a 429, in seconds.
+        authorization: The Authorization header as sent (kept out of repr: it holds a token).
+        query: The query string as sent (``page=2&per_page=100``).
+    """
+
+    endpoint: str
+    received_at: float
+    status: int
+    retry_after: int | None = None
+    authorization: str | None = field(default=None, repr=False)
+    query: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +93,60 @@ class _Sample:
 class ApiStore:
     """In-memory state of the fake API: devices, accepted points and a log of requests."""
 
-    def __init__(self) -> None:
-        """Creates an empty store."""
+    def __init__(self, thresholds: StatusThresholds | None = None) -> None:
+        """Creates an empty store; ``thresholds`` derive the devices' status."""
         self._requests: list[RequestRecord] = []
+        self._calls: list[CallRecord] = []
         self._samples: list[_Sample] = []
-        self._devices: dict[str, _Device] = {}
+        self.registry = DeviceRegistry(thresholds)
+        self.alerts = AlertBook()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        """Every request to the other endpoints, in arrival order (a copy)."""
+        return list(self._calls)
+
+    def record_call(self, record: CallRecord) -> None:
+        """Appends a request to the log of the other endpoints (called by the server)."""
+        self._calls.append(record)
+
+    def register_device(
+        self,
+        device_id: str,
+        label: str | None = None,
+        *,
+        created_at: datetime | None = None,
+        last_seen: datetime | None = None,
+    ) -> None:
+        """Registers a device as a user of the dashboard would: with a label, and perhaps
+        never seen (``last_seen`` None: inactive). ``created_at`` defaults to now."""
+        created = created_at or datetime.now(UTC)
+        self.registry.register(device_id, label, created, last_seen)
+
+    def delete_points(
+        self,
+        device_id: str,
+        metric: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> int:
+        """Deletes stored points of a device (one metric, or all; ``start <= t < end`` when
+        given), as a data loss on the API's side would; returns how many. The request log
+        keeps what was sent: only what GET /metrics answers changes."""
+
+        def doomed(p: StoredPoint) -> bool:
+            return (
+                p.device_id == device_id
+                and (metric is None or p.metric == metric)
+                and (start is None or p.timestamp >= start)
+                and (end is None or p.timestamp < end)
+            )
+
+        kept = [sample for sample in self._samples if not doomed(sample.point)]
+        removed = len(self._samples) - len(kept)
+        self._samples = kept
+        return removed
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -129,10 +196,7 @@ class ApiStore:
         """
         for point, digits in points:
             self._samples.append(_Sample(point, digits))
-            device = self._devices.setdefault(
-                point.device_id, _Device(received_wall, received_wall)
-            )
-            device.last_seen = max(device.last_seen, received_wall)
+            self.registry.seen(point.device_id, received_wall)
         count = len(self._samples)
         for n, waiter in self._waiters:
             if count >= n and not waiter.done():
@@ -140,20 +204,12 @@ class ApiStore:
 
     def device_rows(self, now: datetime) -> list[dict[str, JsonValue]]:
         """Returns every device as the API lists it, sorted by device_id."""
-        return [
-            {
-                "device_id": device_id,
-                "label": device_id,
-                "status": device_status(now - device.last_seen),
-                "last_seen": format_timestamp(device.last_seen),
-                "created_at": format_timestamp(device.created_at),
-            }
-            for device_id, device in sorted(self._devices.items())
-        ]
+        return self.registry.rows(now)
 
     def has_device(self, device_id: str) -> bool:
-        """Tells whether any point was ever accepted for `device_id`."""
-        return device_id in self._devices
+        """Tells whether the device is registered (telemetry was accepted, or it was
+        registered in advance)."""
+        return device_id in self.registry
 
     def series(
         self, device_id: str, metric: str, start: datetime, end: datetime
@@ -168,12 +224,6 @@ class ApiStore:
         ]
         # Stable sort: duplicates (e.g. a replayed batch) stay visible in arrival order.
         return sorted(found, key=lambda pair: pair[0].timestamp)
-
-
-def device_status(age: timedelta) -> str:
-    if age <= ONLINE_WITHIN:
-        return "online"
-    return "offline" if age <= OFFLINE_WITHIN else "inactive"
 
 
 def row(t: str, values: list[float]) -> dict[str, object]:

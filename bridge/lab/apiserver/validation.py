@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeAlias
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -30,6 +31,10 @@ INTERVALS: dict[str, int] = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
 """Aggregation intervals of GET /metrics, in seconds."""
 
 _TELEMETRY_FIELDS = frozenset({"device_id", "timestamp", "metrics"})
+_ALERT_FIELDS = frozenset({"name", "device_id", "metric", "condition", "threshold", "notify"})
+ALERT_CONDITIONS = frozenset({"gt", "lt", "gte", "lte"})
+MAX_ALERT_NAME_CHARS = 256
+MAX_URL_CHARS = 2048
 _FRACTION = re.compile(r"\d\d:?\d\d:?\d\d[.,](\d+)")
 # A small positive integer without sign, spaces or leading zeros: int() alone accepts " +1".
 _POSITIVE_INT = re.compile(r"[1-9][0-9]{0,8}")
@@ -101,6 +106,18 @@ class MetricsQuery:
     end: datetime
     interval_name: str | None
     interval: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSpec:
+    """A validated body of ``POST /alerts``; ``device_id`` may be ``*`` (all devices)."""
+
+    name: str
+    device_id: str
+    metric: str
+    condition: str
+    threshold: float
+    url: str
 
 
 def check_bearer(header: str | None, token: str) -> None:
@@ -199,6 +216,74 @@ def _telemetry_item(obj: JsonValue, where: str) -> TelemetryItem:
             raise RequestError(f"{field}: must be a finite number")
         pairs.append((name, number))
     return TelemetryItem(device_id, timestamp, tuple(pairs))
+
+
+def validate_alert(doc: JsonValue) -> AlertSpec:
+    """Validates a ``POST /alerts`` body: every documented field, no other.
+
+    Raises:
+        RequestError: ``bad_request`` naming the first wrong field.
+    """
+    if not isinstance(doc, dict):
+        raise RequestError(f"body: must be an object, got {_json_type(doc)}")
+    unknown = sorted(set(doc) - _ALERT_FIELDS)
+    if unknown:
+        raise RequestError(f"body: unknown field {_quote(unknown[0])}")
+    for key in sorted(_ALERT_FIELDS):
+        if key not in doc:
+            raise RequestError(f"body.{key}: is missing")
+    name = doc["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise RequestError(f"body.name: {_not_a('non-empty string', name)}")
+    if len(name) > MAX_ALERT_NAME_CHARS or not name.isprintable():
+        raise RequestError(f"body.name: at most {MAX_ALERT_NAME_CHARS} printable characters")
+    device_id, metric = doc["device_id"], doc["metric"]
+    if not isinstance(device_id, str) or not device_id:
+        raise RequestError(f"body.device_id: {_not_a('non-empty string', device_id)}")
+    if device_id != "*":
+        bad = identifier_problem(device_id, "device id", MAX_IDENTIFIER_CHARS)
+        if bad is not None:
+            raise RequestError(f"body.device_id: {bad}")
+    if not isinstance(metric, str) or not metric:
+        raise RequestError(f"body.metric: {_not_a('non-empty string', metric)}")
+    bad = identifier_problem(metric, "metric name", MAX_IDENTIFIER_CHARS)
+    if bad is not None:
+        raise RequestError(f"body.metric: {bad}")
+    condition = doc["condition"]
+    if not isinstance(condition, str) or condition not in ALERT_CONDITIONS:
+        shown = _quote(condition) if isinstance(condition, str) else _json_type(condition)
+        raise RequestError(f"body.condition: must be one of gt, gte, lt, lte, got {shown}")
+    threshold = doc["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise RequestError(f"body.threshold: {_not_a('number', threshold)}")
+    if not math.isfinite(float(threshold)):
+        raise RequestError("body.threshold: must be a finite number")
+    return AlertSpec(name, device_id, metric, condition, float(threshold), _webhook(doc["notify"]))
+
+
+def _webhook(notify: JsonValue) -> str:
+    if not isinstance(notify, dict):
+        raise RequestError(f"body.notify: {_not_a('object', notify)}")
+    unknown = sorted(set(notify) - {"type", "url"})
+    if unknown:
+        raise RequestError(f"body.notify: unknown field {_quote(unknown[0])}")
+    kind = notify.get("type")
+    if kind != "webhook":
+        shown = _quote(kind) if isinstance(kind, str) else _json_type(kind)
+        raise RequestError(f'body.notify.type: must be "webhook", got {shown}')
+    url = notify.get("url")
+    if not isinstance(url, str) or not url:
+        raise RequestError(f"body.notify.url: {_not_a('non-empty string', url)}")
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed port or IPv6 literal
+        usable = False
+    if len(url) > MAX_URL_CHARS or not url.isprintable() or " " in url or not usable:
+        raise RequestError(
+            f"body.notify.url: must be an http(s) URL with a host, got {_quote(url)}"
+        )
+    return url
 
 
 def parse_timestamp(text: str, where: str) -> ParsedTimestamp:
