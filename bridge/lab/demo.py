@@ -363,15 +363,7 @@ class _Demo:
             )
         if v.coalesced_series:
             print(f"{'':26}({v.coalesced_series} series coalesced: one point per window)")
-        ignored = int(_sum_samples(bridge, "metriqo_bridge_messages_ignored_total"))
-        print(f"  ignored on purpose      {ignored:>7}  (of {fleet.ignored} sent to ignore rules)")
-        # The deadbands' decisions, predicted from what was published, against the counter.
-        held = int(_sum_samples(bridge, "metriqo_bridge_points_held_back_total"))
-        want_held = held_back(fleet.expected)
-        if held or want_held:
-            print(
-                f"  held back by deadbands  {held:>7}  (of {want_held} expected: unchanged values)"
-            )
+        deliberate = _left_out_on_purpose(bridge, fleet)
         print(f"  elapsed                 {time.monotonic() - self.started:>7.1f}  s")
         problems = v.problems()
         simulated = {self.mapping.recipe_rules.get(d.rule.name) for d in fleet.devices}
@@ -390,10 +382,7 @@ class _Demo:
             )
         if dead:
             problems.append(f"{int(dead)} dead letter(s)")
-        if ignored != fleet.ignored:
-            problems.append(f"{ignored} of {fleet.ignored} messages to ignore rules ignored")
-        if held != want_held:
-            problems.append(f"{held} point(s) held back by deadbands, {want_held} expected")
+        problems.extend(deliberate)
         if not delivered_in_time and not problems:
             problems.append(f"delivery did not finish within {self.args.timeout:g} s")
         if problems:
@@ -427,6 +416,24 @@ def _points_in(body: object) -> int:
         for obj in objects
         if isinstance(obj, dict) and isinstance(obj.get("metrics"), dict)
     )
+
+
+def _left_out_on_purpose(bridge: Bridge, fleet: SensorFleet) -> list[str]:
+    """Print what ignore rules and deadbands kept from the API, against what the fleet
+    published for them; the mismatches, as problems."""
+    problems = []
+    ignored = int(_sum_samples(bridge, "metriqo_bridge_messages_ignored_total"))
+    print(f"  ignored on purpose      {ignored:>7}  (of {fleet.ignored} sent to ignore rules)")
+    if ignored != fleet.ignored:
+        problems.append(f"{ignored} of {fleet.ignored} messages to ignore rules ignored")
+    # The deadbands' decisions, predicted from what was published, against the counter.
+    held = int(_sum_samples(bridge, "metriqo_bridge_points_held_back_total"))
+    want_held = held_back(fleet.expected)
+    if held or want_held:
+        print(f"  held back by deadbands  {held:>7}  (of {want_held} expected: unchanged values)")
+    if held != want_held:
+        problems.append(f"{held} point(s) held back by deadbands, {want_held} expected")
+    return problems
 
 
 def _sum_samples(bridge: Bridge, name: str) -> float:

@@ -215,9 +215,7 @@ class SensorFleet:
         rule = device.rule
         if stream.signal is not None:
             value = stream.signal.next(self._rng)
-            point = ExpectedPoint(
-                device.device_id, stream.metric, None, value, None, band_of(rule, stream.metric)
-            )
+            point = _point(device, stream.metric, None, value)
             return Message(stream.topic, repr(value).encode(), (point,))
         doc: dict[str, Any] = {}
         ts_us: int | None = None
@@ -229,9 +227,7 @@ class SensorFleet:
         for name, path in rule.metrics:
             value = device.signals[name].next(self._rng)
             put(doc, path, int(value) if value.is_integer() else value)
-            points.append(
-                ExpectedPoint(device.device_id, name, ts_us, value, None, band_of(rule, name))
-            )
+            points.append(_point(device, name, ts_us, value))
         return Message(stream.topic, orjson.dumps(doc), tuple(points))
 
     def _shaped_message(self, device: Device, rng: random.Random, now_s: float) -> Message:
@@ -366,3 +362,8 @@ class SensorFleet:
         finally:
             client.disconnect()
             client.loop_stop()
+
+
+def _point(device: Device, metric: str, ts_us: int | None, value: float) -> ExpectedPoint:
+    """A point a plain JSON or number device publishes, with its rule's deadband for it."""
+    return ExpectedPoint(device.device_id, metric, ts_us, value, None, band_of(device.rule, metric))
