@@ -153,6 +153,9 @@ class Bridge:
             # Receive times a crashed run committed before its PUBACKs: a redelivery reuses
             # them (dropped again if the broker turns out to have no session).
             self.intake.restore_unacked(await spool.load_unacked())
+            # Sparkplug aliases committed with their BIRTHs: DATA sent by alias after a restart
+            # still resolves (bridge/spool/sparkplug.py).
+            self.intake.aliases.load(await spool.load_aliases())
             if spool.file.depth_points:
                 log.info(
                     "spool holds %d point(s) from before; delivering them first",

@@ -105,9 +105,12 @@ class Committer:
         records = [r for p in batch for r in p.records]
         dead = [p.dead for p in batch if p.dead is not None]
         stamped = [(p.mid, p.topic, p.digest, p.received_us) for p in batch if p.stamped]
+        births = [b for p in batch if p.births for b in p.births]  # in receive order
         forget, acked = intake.take_acked()
         try:
-            result = await self._spool.commit(records, dead, stamped, acked, forget_unacked=forget)
+            result = await self._spool.commit(
+                records, dead, stamped, acked, forget_unacked=forget, births=births
+            )
         except SpoolFull as exc:
             intake.untake_acked(forget, acked)
             intake.put_back(batch)

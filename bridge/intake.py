@@ -17,6 +17,7 @@ from bridge import failpoints
 from bridge.mapping.mapper import Mapper
 from bridge.metrics import BridgeMetrics
 from bridge.models import DeadLetter, PayloadExcerpt, Record
+from bridge.sparkplug.aliases import AliasTables, Birth
 from bridge.unmatched import UnmatchedTopics
 
 _DETAIL_CAP = 1000
@@ -35,6 +36,7 @@ class Pending:
     records: list[Record]
     dead: DeadLetter | None
     digest: bytes = b""  # of the payload, kept for messages stamped with their receive time
+    births: list[Birth] | None = None  # Sparkplug aliases to store in this message's commit
 
     @property
     def stamped(self) -> bool:
@@ -56,6 +58,11 @@ class Intake:
         *,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        # Sparkplug alias tables: updated at receive time and in receive order, because the
+        # DATA messages that follow a BIRTH are mapped before its commit; stored by the commit
+        # of the BIRTH message itself (bridge/spool/sparkplug.py says why that is safe). Every
+        # mapper the intake is given (a reload makes a new one) works on these.
+        self.aliases = AliasTables()
         self.mapper = mapper
         self._m = metrics
         self._wall = wall_clock
@@ -79,6 +86,8 @@ class Intake:
         self._persisted: dict[int, int] = {}
         self._forget_all = False  # the session was lost: the next commit clears the table
         self.unmatched = UnmatchedTopics()
+        self._sparkplug_skipped: dict[tuple[str, str], int] = {}
+        self._births: dict[tuple[str, str], int] = {}
         self._last_us = 0
         self._received = 0
         self._unmatched = 0
@@ -87,6 +96,16 @@ class Intake:
         self._replaced: dict[str, int] = {}
         self._skipped: dict[str, int] = {}
         self._failures: dict[tuple[str, str], int] = {}
+
+    @property
+    def mapper(self) -> Mapper:
+        """The rules in force; setting new ones (a reload) keeps the Sparkplug aliases."""
+        return self._mapper
+
+    @mapper.setter
+    def mapper(self, mapper: Mapper) -> None:
+        mapper.aliases = self.aliases
+        self._mapper = mapper
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -116,7 +135,7 @@ class Intake:
                     received_us = earlier[2]
                     redelivered = True
             self._unacked[mid] = (topic, digest, received_us)
-        mapped = self.mapper.map(topic, payload, received_us)
+        mapped = self._mapper.map(topic, payload, received_us)
         self._received += 1
         dead = None
         rule = mapped.rule or ""
@@ -145,8 +164,26 @@ class Intake:
                 )
         if mapped.records:
             self._points[rule] = self._points.get(rule, 0) + mapped.points
+        for reason, n in mapped.skipped_values.items():
+            self._sparkplug_skipped[rule, reason] = (
+                self._sparkplug_skipped.get((rule, reason), 0) + n
+            )
+        for birth in mapped.births:
+            kind = "NBIRTH" if birth.device is None else "DBIRTH"
+            self._births[rule, kind] = self._births.get((rule, kind), 0) + 1
         self._pending.append(
-            Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead, digest)
+            Pending(
+                mid,
+                qos,
+                generation,
+                topic,
+                payload,
+                received_us,
+                mapped.records,
+                dead,
+                digest,
+                mapped.births or None,
+            )
         )
         self.most_pending = max(self.most_pending, len(self._pending))
         failpoints.hit("after_receive_before_commit")
@@ -236,3 +273,9 @@ class Intake:
         for rule, n in self._skipped.items():
             m.readings_skipped.labels(rule).inc(n)
         self._skipped.clear()
+        for (rule, reason), n in self._sparkplug_skipped.items():
+            m.sparkplug_values_skipped.labels(rule, reason).inc(n)
+        self._sparkplug_skipped.clear()
+        for (rule, kind), n in self._births.items():
+            m.sparkplug_births.labels(rule, kind).inc(n)
+        self._births.clear()

@@ -137,6 +137,19 @@ class BridgeMetrics:
             ["rule"],
             registry=r,
         )
+        self.sparkplug_values_skipped = Counter(
+            p + "sparkplug_values_skipped_total",
+            "Sparkplug metric values that are no number (is_null, text without a map, bytes ...),"
+            " by the decoder's reason: left out on purpose, not dead-lettered",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.sparkplug_births = Counter(
+            p + "sparkplug_births_total",
+            "Sparkplug NBIRTH and DBIRTH messages whose aliases were taken in",
+            ["rule", "type"],
+            registry=r,
+        )
         self.timestamps_replaced = Counter(
             p + "timestamps_replaced_total",
             "Payload timestamps replaced by the receive time (timestamp.on_invalid: receive_time)",

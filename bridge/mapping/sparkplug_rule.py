@@ -1,0 +1,141 @@
+"""The ``payload: sparkplug`` rule at run time: a Sparkplug B message → points.
+
+Pure: the alias tables (:class:`~bridge.sparkplug.aliases.AliasTables`) are passed in, and a
+BIRTH comes back as a :class:`~bridge.sparkplug.aliases.Birth` for the caller to store with the
+message. What each message type does:
+
+- NBIRTH, DBIRTH: the BIRTH's aliases replace the node's (or device's) table, at once, so the
+  DATA messages received after it resolve against it; its metrics are readings (a BIRTH carries
+  the current value of every metric).
+- NDATA, DDATA: each metric is resolved (alias → name and datatype from its BIRTH) and read with
+  :func:`bridge.sparkplug.values.numeric_values`. A metric whose alias is unknown is a failure,
+  ``sparkplug_unknown_alias``; the message is dead-lettered with it, never dropped.
+- NDEATH, DDEATH, NCMD, DCMD, STATE: no readings; the message is counted as ignored.
+
+Every metric's time is its own timestamp, else the payload's, else the receive time; historical
+metrics (``is_historical``) are delivered with their own time like any other. Values that are no
+number (``is_null``, text without a value map, bytes ...) are counted by the decoder's reason, and
+metrics left out by ``include``/``exclude`` are counted as skipped readings: both on purpose, so
+neither is dead-lettered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from bridge.errors import PayloadError
+from bridge.mapping.templates import Template
+from bridge.mapping.timestamps import check_not_future
+from bridge.sparkplug.aliases import AliasTables, Birth
+from bridge.sparkplug.decode import SparkplugMetric, SparkplugPayload, decode_payload
+from bridge.sparkplug.topic import SparkplugTopic, StateTopic, parse_topic
+from bridge.sparkplug.values import numeric_values
+
+UNKNOWN_ALIAS = "sparkplug_unknown_alias"
+DEFAULT_EXCLUDE = ("bdSeq", "Node Control/*")
+CAPTURES = frozenset({"group", "node", "device"})
+
+
+@dataclass(frozen=True, slots=True)
+class SparkplugRule:
+    """The compiled options of a ``payload: sparkplug`` rule (its ``sparkplug:`` block)."""
+
+    node_device_id: Template  # the device of a node's own metrics (NBIRTH, NDATA)
+    separator: str = "."  # replaces '/' of Sparkplug folder paths in metric names
+    include: tuple[str, ...] = ()  # globs over Sparkplug names; empty: all
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    rename: tuple[tuple[str, str], ...] = ()  # Sparkplug name → metric name
+    value_map: tuple[tuple[str, float], ...] | None = None  # text → number for text metrics
+
+    def metric_name(self, name: str, suffix: str) -> str:
+        """The metric name of a Sparkplug metric (and the suffix of a part of it)."""
+        renamed = dict(self.rename).get(name)
+        base = renamed if renamed is not None else name.replace("/", self.separator)
+        return base + suffix.replace("/", self.separator)
+
+    def wanted(self, name: str) -> bool:
+        """Whether ``include``/``exclude`` keep the Sparkplug metric ``name``."""
+        if self.include and not any(fnmatchcase(name, g) for g in self.include):
+            return False
+        return not any(fnmatchcase(name, g) for g in self.exclude)
+
+
+@dataclass(slots=True)
+class SparkplugMapped:
+    """What one Sparkplug message became, before the mapper's name checks and grouping."""
+
+    points: list[tuple[str, int, str, float]] = field(default_factory=list)  # device, ts, name, v
+    failures: list[PayloadError] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # decoder reasons → values
+    left_out: int = 0  # metrics that include/exclude leave out
+    birth: Birth | None = None
+    control: bool = False  # a DEATH, command or STATE: no readings by design
+
+
+def map_sparkplug(  # noqa: PLR0917  # the mapper's context of one message
+    rule: SparkplugRule,
+    device_id: Template,
+    topic_text: str,
+    payload: bytes,
+    received_us: int,
+    tables: AliasTables,
+    max_future_s: float,
+) -> SparkplugMapped:
+    """Map one message of a Sparkplug topic; bad topics and payloads raise ``PayloadError``
+    (``bad_sparkplug``), everything else comes back in the result."""
+    topic = parse_topic(topic_text)
+    out = SparkplugMapped()
+    if isinstance(topic, StateTopic) or topic.is_death or topic.is_command:
+        out.control = True
+        return out
+    message = decode_payload(payload)
+    if topic.is_birth:
+        out.birth = tables.birth(topic.group, topic.edge_node, topic.device, message.metrics)
+    captures = {"group": topic.group, "node": topic.edge_node, "device": topic.device or ""}
+    template = device_id if topic.device is not None else rule.node_device_id
+    device = template.render(captures)
+    if not device:
+        raise PayloadError("bad_device_id", "device_id template rendered empty")
+    for metric in message.metrics:
+        _metric(rule, topic, message, metric, device, received_us, tables, max_future_s, out)
+    return out
+
+
+def _metric(  # noqa: PLR0917  # one metric of the message, with its context
+    rule: SparkplugRule,
+    topic: SparkplugTopic,
+    message: SparkplugPayload,
+    metric: SparkplugMetric,
+    device: str,
+    received_us: int,
+    tables: AliasTables,
+    max_future_s: float,
+    out: SparkplugMapped,
+) -> None:
+    known = tables.resolve(topic.group, topic.edge_node, topic.device, metric)
+    if known is None:
+        out.failures.append(
+            PayloadError(
+                UNKNOWN_ALIAS,
+                f"alias {metric.alias} of {topic.group}/{topic.edge_node}"
+                f"{'/' + topic.device if topic.device else ''}: no BIRTH defined it",
+            )
+        )
+        return
+    if not rule.wanted(known.name):
+        out.left_out += 1
+        return
+    ms = metric.timestamp_ms if metric.timestamp_ms is not None else message.timestamp_ms
+    ts_us = received_us if ms is None else ms * 1000
+    try:
+        check_not_future(ts_us, received_us, max_future_s)
+    except PayloadError as exc:
+        out.failures.append(PayloadError(exc.reason, f"{known.name}: {exc.detail}"))
+        return
+    value_map = dict(rule.value_map) if rule.value_map is not None else None
+    numbers = numeric_values(metric, known.datatype, value_map=value_map)
+    for suffix, value in numbers.values:
+        out.points.append((device, ts_us, rule.metric_name(known.name, suffix), value))
+    for _suffix, reason in numbers.skipped:
+        out.skipped[reason] = out.skipped.get(reason, 0) + 1
