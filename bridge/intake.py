@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge import failpoints
-from bridge.mapping.mapper import Mapper
+from bridge.mapping.mapper import Mapped, Mapper
 from bridge.metrics import BridgeMetrics
 from bridge.models import DeadLetter, PayloadExcerpt, Record
-from bridge.sparkplug.aliases import AliasTables, Birth
+from bridge.sparkplug.parking import ParkingLimits
+from bridge.sparkplug_flow import SparkplugFlow, SparkplugWork
 from bridge.unmatched import UnmatchedTopics
 
 _DETAIL_CAP = 1000
@@ -36,7 +37,7 @@ class Pending:
     records: list[Record]
     dead: DeadLetter | None
     digest: bytes = b""  # of the payload, kept for messages stamped with their receive time
-    births: list[Birth] | None = None  # Sparkplug aliases to store in this message's commit
+    sparkplug: SparkplugWork | None = None  # Sparkplug changes to commit with this message
 
     @property
     def stamped(self) -> bool:
@@ -44,7 +45,10 @@ class Pending:
         carries its receive time (no payload timestamp), or the message is dead-lettered (its
         dead letter must be stored once)."""
         return bool(self.qos) and (
-            self.dead is not None or any(r.ts_us == self.received_us for r in self.records)
+            self.dead is not None
+            or any(r.ts_us == self.received_us for r in self.records)
+            # a parked message: its receive time is its key among the parked ones
+            or (self.sparkplug is not None and bool(self.sparkplug.changes.park))
         )
 
 
@@ -57,12 +61,13 @@ class Intake:
         metrics: BridgeMetrics,
         *,
         wall_clock: Callable[[], float] = time.time,
+        parking: ParkingLimits = ParkingLimits(),  # noqa: B008  # frozen
     ) -> None:
-        # Sparkplug alias tables: updated at receive time and in receive order, because the
-        # DATA messages that follow a BIRTH are mapped before its commit; stored by the commit
-        # of the BIRTH message itself (bridge/spool/sparkplug.py says why that is safe). Every
-        # mapper the intake is given (a reload makes a new one) works on these.
-        self.aliases = AliasTables()
+        # Sparkplug alias tables and parked DATA: updated at receive time and in receive
+        # order, because the DATA messages that follow a BIRTH are mapped before its commit;
+        # stored by the commit of the message that changed them (bridge/sparkplug_flow.py).
+        # Every mapper the intake is given (a reload makes a new one) works on these tables.
+        self.sparkplug = SparkplugFlow(parking)
         self.mapper = mapper
         self._m = metrics
         self._wall = wall_clock
@@ -104,39 +109,18 @@ class Intake:
 
     @mapper.setter
     def mapper(self, mapper: Mapper) -> None:
-        mapper.aliases = self.aliases
+        mapper.aliases = self.sparkplug.aliases
         self._mapper = mapper
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def receive(  # noqa: PLR0917  # the MessageSink signature, called per message
-        self, topic: str, payload: bytes, mid: int, qos: int, dup: bool, generation: int
-    ) -> None:
-        """The MQTT sink: map one message and queue it."""
-        if not self.accepting:
-            return  # shutting down: left unacknowledged, the broker keeps it for the session
-        # Strictly increasing receive times: two identical plain payloads can never share a
-        # record id (which would store the second as a redelivery of the first).
-        received_us = max(int(self._wall() * 1_000_000), self._last_us + 1)
-        self._last_us = received_us
-        digest = b""
-        redelivered = False
-        if qos:
-            # Stable across restarts (hash() is salted per process): entries are persisted. A
-            # payload streamed past (an excerpt) was hashed whole as it went by.
-            if isinstance(payload, PayloadExcerpt):
-                digest = payload.digest
-            else:
-                digest = hashlib.blake2b(payload, digest_size=8).digest()
-            if dup:
-                earlier = self._unacked.get(mid)
-                if earlier is not None and earlier[0] == topic and earlier[1] == digest:
-                    received_us = earlier[2]
-                    redelivered = True
-            self._unacked[mid] = (topic, digest, received_us)
-        mapped = self._mapper.map(topic, payload, received_us)
-        self._received += 1
+    def _account(
+        self,
+        mapped: Mapped,
+        topic: str,
+        payload: bytes,
+        received_us: int,
+        redelivered: bool = False,
+    ) -> DeadLetter | None:
+        """Count what a message became; its dead letter, if it has one to store."""
         dead = None
         rule = mapped.rule or ""
         if mapped.ignored:
@@ -171,19 +155,52 @@ class Intake:
         for birth in mapped.births:
             kind = "NBIRTH" if birth.device is None else "DBIRTH"
             self._births[rule, kind] = self._births.get((rule, kind), 0) + 1
+        return dead
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def receive(  # noqa: PLR0917  # the MessageSink signature, called per message
+        self, topic: str, payload: bytes, mid: int, qos: int, dup: bool, generation: int
+    ) -> None:
+        """The MQTT sink: map one message and queue it."""
+        if not self.accepting:
+            return  # shutting down: left unacknowledged, the broker keeps it for the session
+        # Strictly increasing receive times: two identical plain payloads can never share a
+        # record id (which would store the second as a redelivery of the first).
+        received_us = max(int(self._wall() * 1_000_000), self._last_us + 1)
+        self._last_us = received_us
+        digest = b""
+        redelivered = False
+        if qos:
+            # Stable across restarts (hash() is salted per process): entries are persisted. A
+            # payload streamed past (an excerpt) was hashed whole as it went by.
+            if isinstance(payload, PayloadExcerpt):
+                digest = payload.digest
+            else:
+                digest = hashlib.blake2b(payload, digest_size=8).digest()
+            if dup:
+                earlier = self._unacked.get(mid)
+                if earlier is not None and earlier[0] == topic and earlier[1] == digest:
+                    received_us = earlier[2]
+                    redelivered = True
+            self._unacked[mid] = (topic, digest, received_us)
+        mapped = self._mapper.map(topic, payload, received_us)
+        self._received += 1
+        dead = self._account(mapped, topic, payload, received_us, redelivered)
+        records = mapped.records
+        work = None
+        flow = self.sparkplug
+        if flow.busy(mapped):
+            work = flow.handle(mapped, topic, payload, received_us, self._mapper)
+        for waiting, again in work.replayed if work is not None else ():
+            # A parked message mapped at last: its records go with this (BIRTH) message.
+            records = records + again.records
+            late = self._account(again, waiting.topic, waiting.payload, waiting.received_us)
+            if late is not None and work is not None:
+                work.dead.append(late)
         self._pending.append(
-            Pending(
-                mid,
-                qos,
-                generation,
-                topic,
-                payload,
-                received_us,
-                mapped.records,
-                dead,
-                digest,
-                mapped.births or None,
-            )
+            Pending(mid, qos, generation, topic, payload, received_us, records, dead, digest, work)
         )
         self.most_pending = max(self.most_pending, len(self._pending))
         failpoints.hit("after_receive_before_commit")
@@ -279,3 +296,7 @@ class Intake:
         for (rule, kind), n in self._births.items():
             m.sparkplug_births.labels(rule, kind).inc(n)
         self._births.clear()
+        for rule, n in self.sparkplug.parked_total.items():
+            m.sparkplug_parked.labels(rule).inc(n)
+        self.sparkplug.parked_total.clear()
+        m.sparkplug_parked_messages.set(self.sparkplug.parking.count)

@@ -150,6 +150,17 @@ class BridgeMetrics:
             ["rule", "type"],
             registry=r,
         )
+        self.sparkplug_parked = Counter(
+            p + "sparkplug_parked_total",
+            "Sparkplug DATA messages parked until the BIRTH that defines their aliases",
+            ["rule"],
+            registry=r,
+        )
+        self.sparkplug_parked_messages = Gauge(
+            p + "sparkplug_parked_messages",
+            "Sparkplug DATA messages waiting for the BIRTH that defines their aliases",
+            registry=r,
+        )
         self.timestamps_replaced = Counter(
             p + "timestamps_replaced_total",
             "Payload timestamps replaced by the receive time (timestamp.on_invalid: receive_time)",

@@ -121,6 +121,7 @@ class Mapped:
     replaced_timestamps: int = 0
     skipped_readings: int = 0
     births: list[Birth] = field(default_factory=list)  # Sparkplug aliases to store with it
+    park: tuple[str, str] | None = None  # Sparkplug (group, node): wait for its BIRTH
     skipped_values: dict[str, int] = field(default_factory=dict)  # Sparkplug: by reason
 
     @property
@@ -201,7 +202,7 @@ class Mapper:
             if not rule.keep_going:
                 break
         assert out is not None
-        if not (out.records or out.failures or out.ignored or out.skipped_readings):
+        if not (out.records or out.failures or out.ignored or out.skipped_readings or out.park):
             out.failures.append(PayloadError("no_metrics", "the payload held no metrics"))
         return out
 
@@ -463,6 +464,9 @@ def _sparkplug_records(
         out.births.append(result.birth)
     if result.control:
         out.ignored = not out.records and not out.failures
+        return
+    if result.park is not None:
+        out.park = result.park
         return
     out.skipped_readings += result.left_out + sum(result.skipped.values())
     for reason, n in result.skipped.items():

@@ -8,8 +8,10 @@ message. What each message type does:
   DATA messages received after it resolve against it; its metrics are readings (a BIRTH carries
   the current value of every metric).
 - NDATA, DDATA: each metric is resolved (alias → name and datatype from its BIRTH) and read with
-  :func:`bridge.sparkplug.values.numeric_values`. A metric whose alias is unknown is a failure,
-  ``sparkplug_unknown_alias``; the message is dead-lettered with it, never dropped.
+  :func:`bridge.sparkplug.values.numeric_values`. When an alias is unknown the whole message
+  is to be **parked** (``park``: its group and edge node) until a BIRTH of that node defines it:
+  the intake keeps it (:mod:`bridge.sparkplug.parking`) and maps it again then. A caller that
+  parks nothing (``explain``) reports it as ``sparkplug_unknown_alias``.
 - NDEATH, DDEATH, NCMD, DCMD, STATE: no readings; the message is counted as ignored.
 
 Every metric's time is its own timestamp, else the payload's, else the receive time; historical
@@ -71,6 +73,7 @@ class SparkplugMapped:
     left_out: int = 0  # metrics that include/exclude leave out
     birth: Birth | None = None
     control: bool = False  # a DEATH, command or STATE: no readings by design
+    park: tuple[str, str] | None = None  # (group, node): an alias is unknown, wait for a BIRTH
 
 
 def map_sparkplug(  # noqa: PLR0917  # the mapper's context of one message
@@ -99,6 +102,9 @@ def map_sparkplug(  # noqa: PLR0917  # the mapper's context of one message
         raise PayloadError("bad_device_id", "device_id template rendered empty")
     for metric in message.metrics:
         _metric(rule, topic, message, metric, device, received_us, tables, max_future_s, out)
+        if out.park is not None:
+            # Nothing of it now, all of it once the BIRTH is known: its values stay in order.
+            return SparkplugMapped(park=out.park)
     return out
 
 
@@ -115,13 +121,7 @@ def _metric(  # noqa: PLR0917  # one metric of the message, with its context
 ) -> None:
     known = tables.resolve(topic.group, topic.edge_node, topic.device, metric)
     if known is None:
-        out.failures.append(
-            PayloadError(
-                UNKNOWN_ALIAS,
-                f"alias {metric.alias} of {topic.group}/{topic.edge_node}"
-                f"{'/' + topic.device if topic.device else ''}: no BIRTH defined it",
-            )
-        )
+        out.park = (topic.group, topic.edge_node)
         return
     if not rule.wanted(known.name):
         out.left_out += 1

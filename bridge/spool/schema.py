@@ -141,6 +141,17 @@ CREATE TABLE IF NOT EXISTS sparkplug_aliases (
     datatype INTEGER,
     PRIMARY KEY (grp, node, device, name)
 ) WITHOUT ROWID;
+-- Sparkplug DATA waiting for the BIRTH that defines its aliases, whole, by edge node and
+-- receive time (spool/sparkplug.py, sparkplug/parking.py).
+CREATE TABLE IF NOT EXISTS sparkplug_parked (
+    grp TEXT NOT NULL,
+    node TEXT NOT NULL,
+    received_us INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    rule TEXT NOT NULL,
+    PRIMARY KEY (grp, node, received_us)
+) WITHOUT ROWID;
 -- Receive times of receive-stamped messages whose PUBACK the broker is not known to have read
 -- (a PINGREQ fence after it has not passed): a redelivery after a crash reuses them.
 CREATE TABLE IF NOT EXISTS unacked (

@@ -18,6 +18,11 @@ Why this keeps every alias through a crash, a restart or a reconnect:
 - A refused commit (spool full) puts the batch back with its changes and writes them when it
   is committed; a redelivered BIRTH is applied again, which changes nothing.
 
+DATA whose aliases no BIRTH defined yet is parked the same way: its row goes in with its own
+commit (before its PUBACK), and goes out in the commit of the message that mapped it at last
+(a BIRTH: its records are in that same transaction) or dead-lettered it (a bound). A crash
+before that commit leaves the row, loaded at start, and the BIRTH is redelivered.
+
 An NBIRTH replaces the edge node's whole table (its devices re-birth after it) and a DBIRTH
 the device's entries, in the same transaction as the new rows: a rebirth with new aliases
 never leaves an old alias behind.
@@ -29,10 +34,25 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.sparkplug.aliases import AliasRow, Birth
+from bridge.sparkplug.parking import Parked, SparkplugChanges
 
 
-def store_births(db: sqlite3.Connection, births: Sequence[Birth]) -> None:
-    """Apply the BIRTHs' changes in order, inside the caller's transaction."""
+def store_changes(db: sqlite3.Connection, changes: Sequence[SparkplugChanges]) -> None:
+    """Apply each message's changes in receive order, inside the caller's transaction."""
+    for change in changes:
+        if change.park:
+            db.executemany(
+                "INSERT OR IGNORE INTO sparkplug_parked VALUES (?, ?, ?, ?, ?, ?)", change.park
+            )
+        _births(db, change.births)
+        if change.unpark:
+            db.executemany(
+                "DELETE FROM sparkplug_parked WHERE grp = ? AND node = ? AND received_us = ?",
+                change.unpark,
+            )
+
+
+def _births(db: sqlite3.Connection, births: Sequence[Birth]) -> None:
     for birth in births:
         if birth.device is None:
             db.execute(
@@ -55,3 +75,12 @@ def load_aliases(db: sqlite3.Connection) -> list[AliasRow]:
         "SELECT grp, node, device, name, alias, datatype FROM sparkplug_aliases"
     ).fetchall()
     return [AliasRow(str(g), str(n), str(d), str(m), a, t) for g, n, d, m, a, t in rows]
+
+
+def load_parked(db: sqlite3.Connection) -> list[Parked]:
+    """Every parked message, in receive order."""
+    rows = db.execute(
+        "SELECT grp, node, received_us, topic, payload, rule FROM sparkplug_parked"
+        " ORDER BY received_us"
+    ).fetchall()
+    return [Parked(str(g), str(n), int(r), str(t), bytes(p), str(u)) for g, n, r, t, p, u in rows]

@@ -31,7 +31,7 @@ from typing import TypeVar
 from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.settings import DeadLetterSettings, SpoolSettings
-from bridge.sparkplug.aliases import Birth
+from bridge.sparkplug.parking import SparkplugChanges
 from bridge.spool.coalesce import Coalescer
 from bridge.spool.deadband import DeadbandGate
 from bridge.spool.deadletters import DeadLetters
@@ -101,7 +101,7 @@ class Spool:
         acked: Sequence[tuple[int, int]] = (),
         *,
         forget_unacked: bool = False,
-        births: Sequence[Birth] = (),
+        sparkplug: Sequence[SparkplugChanges] = (),
     ) -> CommitResult:
         """A group commit (:meth:`IntakeWriter.commit`) that dead letters can never refuse.
 
@@ -118,7 +118,7 @@ class Spool:
         need = _size(records, dead)
         result = self.making_room(
             lambda: writer.commit(
-                records, dead, stamped, acked, forget_unacked=forget_unacked, births=births
+                records, dead, stamped, acked, forget_unacked=forget_unacked, sparkplug=sparkplug
             ),
             need,
         )

@@ -28,7 +28,7 @@ from tests.support.harness import (
     publish,
     running_bridge,
 )
-from tests.support.oracle import Point, assert_exactly, wait_committed, wait_delivered
+from tests.support.oracle import Point, assert_exactly, wait_committed, wait_delivered, wait_for
 
 MAPPINGS = """version: 1
 rules:
@@ -142,4 +142,47 @@ async def test_a_kill_between_birth_and_data_loses_no_alias(
         proc.close()
     with sqlite3.connect(tmp_path / "bridge" / "spool.db") as db:
         assert db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 0
+    assert_exactly(delivered_points(api.store.points()), node.want)
+
+
+async def test_data_before_birth_waits_and_then_delivers_also_across_a_kill(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """The node was up before the bridge: its DATA by alias comes first, is parked (committed
+    and acknowledged), the bridge is killed with -9 and restarted, and the node's (re)BIRTH
+    maps it: every value arrives once, the parked gauge goes back to 0, nothing is
+    dead-lettered."""
+    node = Node("n", start_ms())
+    births = node.birth(20.5, -3)  # given out, but never reaches the bridge
+    del births
+    node.want.clear()
+    early: list[Message] = []
+    for i in range(3):
+        early += node.data(21.0 + i, -4 - i)
+    late_births = node.birth(25.0, 9)  # same aliases, say after a Node Control/Rebirth
+    proc = BridgeProcess(broker.port, api.url, tmp_path / "bridge", MAPPINGS)
+    try:
+        proc.start()
+        await asyncio.to_thread(proc.wait_ready)
+        await publish(broker.port, early)
+        await wait_for(
+            lambda: proc.metric("metriqo_bridge_sparkplug_parked_messages") == len(early),
+            what="DATA parked",
+        )
+        assert delivered_points(api.store.points()) == []
+        proc.kill()
+        proc.start()
+        await asyncio.to_thread(proc.wait_ready)
+        assert proc.metric("metriqo_bridge_sparkplug_parked_messages") == len(early)
+        await publish(broker.port, late_births, client_id="pub-2")
+        await wait_delivered(api, node.want)
+        await wait_for(
+            lambda: proc.metric("metriqo_bridge_sparkplug_parked_messages") == 0,
+            what="parked messages mapped",
+        )
+    finally:
+        proc.close()
+    with sqlite3.connect(tmp_path / "bridge" / "spool.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM sparkplug_parked").fetchone()[0] == 0
     assert_exactly(delivered_points(api.store.points()), node.want)

@@ -25,7 +25,7 @@ from bridge.models import CommitResult, DeadLetter, Record
 from bridge.mqtt.source import MqttSource
 from bridge.mqtt.state import SourceState
 from bridge.settings import CommitSettings, DeadLetterSettings, MappingSettings, SpoolSettings
-from bridge.sparkplug.aliases import Birth
+from bridge.sparkplug.parking import SparkplugChanges
 from bridge.spool.dlbudget import PRUNE_REASONS
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
@@ -88,12 +88,12 @@ class GatedSpool(AsyncSpool):
         acked: Sequence[tuple[int, int]],
         *,
         forget_unacked: bool,
-        births: Sequence[Birth] = (),
+        sparkplug: Sequence[SparkplugChanges] = (),
     ) -> CommitResult:
         self.commits += 1
         await self.gate.wait()
         return await super().commit(
-            records, dead, stamped, acked, forget_unacked=forget_unacked, births=births
+            records, dead, stamped, acked, forget_unacked=forget_unacked, sparkplug=sparkplug
         )
 
 

@@ -56,12 +56,17 @@ def test_birth_then_data_by_alias_only_becomes_named_points() -> None:
     assert got == {("G-E", "Inside.Temp"): (T0_MS + 2000, 22.25)}
 
 
-def test_an_unknown_alias_is_a_failure_with_its_own_reason_not_a_silent_drop() -> None:
+def test_data_with_an_unknown_alias_is_to_be_parked_whole() -> None:
+    """Nothing of it now (not even its known aliases), no failure: the intake keeps it."""
+    m = mapper()
     node = EdgeNode("G", "E")
-    node.nbirth([Metric("a", DataType.DOUBLE, 1.0)], T0_MS)  # the bridge never sees it
-    out = mapper().map(*node.ndata({"a": 2.0}, T0_MS), RECEIVED_US)
-    assert [f.reason for f in out.failures] == ["sparkplug_unknown_alias"]
-    assert out.records == []
+    m.map(*node.nbirth([Metric("a", DataType.DOUBLE, 1.0)], T0_MS), RECEIVED_US)
+    node.dbirth("d", [Metric("b", DataType.DOUBLE, 1.0)], T0_MS)  # the bridge never sees it
+    out = m.map(*node.ndata({"a": 2.0}, T0_MS), RECEIVED_US)
+    assert [r.metrics for r in out.records] == [{"a": 2.0}]
+    topic, payload = node.ddata("d", {"b": 2.0}, T0_MS)
+    out = m.map(topic, payload, RECEIVED_US)
+    assert (out.park, out.records, out.failures) == (("G", "E"), [], [])
 
 
 def test_a_rebirth_with_new_aliases_replaces_the_old_ones() -> None:
@@ -88,7 +93,7 @@ def test_a_rebirth_with_new_aliases_replaces_the_old_ones() -> None:
     got = points(m, *second.ndata({"a": 10.0, "b": 20.0}, T0_MS + 1))
     assert got == {("G-E", "a"): (T0_MS + 1, 10.0), ("G-E", "b"): (T0_MS + 1, 20.0)}
     out = m.map(*first.ddata("d", {"c": 4.0}, T0_MS + 2), RECEIVED_US)
-    assert [f.reason for f in out.failures] == ["sparkplug_unknown_alias"]
+    assert (out.park, out.records) == (("G", "E"), [])  # until d re-births
 
 
 def test_names_globs_rename_and_value_map() -> None:

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from bridge.intake import Intake, Pending
 from bridge.mapping.loader import load_mappings_text
 from bridge.mapping.mapper import Mapper
+from bridge.metrics import BridgeMetrics
 from bridge.models import Record
 from bridge.settings import SpoolSettings
 from bridge.sparkplug.aliases import AliasTables, Birth
 from bridge.sparkplug.datatypes import DataType
 from bridge.sparkplug.encode import EdgeNode, Metric
+from bridge.sparkplug.parking import ParkingLimits, SparkplugChanges
 from bridge.spool.store import Spool
 
 T0_MS = 1_795_680_000_000
@@ -53,7 +56,7 @@ def receive(m: Mapper, message: tuple[str, bytes]) -> tuple[list[Record], list[B
 
 
 def commit(spool: Spool, records: list[Record], births: list[Birth]) -> None:
-    spool.commit(records, [], births=births)
+    spool.commit(records, [], sparkplug=[SparkplugChanges(births=births)])
 
 
 def test_the_table_is_committed_with_its_birth_and_loaded_after_a_reopen(path: Path) -> None:
@@ -110,3 +113,66 @@ def test_a_refused_commit_stores_no_alias(spool: Spool) -> None:
     assert spool.writer.load_aliases() == []
     commit(spool, records, births)  # the batch put back and committed again
     assert {r.name for r in spool.writer.load_aliases()} == {"bdSeq", "Node Control/Rebirth", "a"}
+
+
+# -- parked DATA ------------------------------------------------------------------------------
+
+
+def parked_rows(spool: Spool) -> list[tuple[str, str, int]]:
+    return [(p.group, p.node, p.received_us) for p in spool.writer.load_parked()]
+
+
+def commit_pending(spool: Spool, p: Pending) -> None:
+    work = p.sparkplug
+    dead = [p.dead] if p.dead else []
+    dead += work.dead if work else []
+    changes = [work.changes] if work and work.changes else []
+    spool.commit(p.records, dead, sparkplug=changes)
+
+
+def test_parked_data_is_stored_kept_over_a_reopen_and_replayed_in_the_birth_commit(
+    path: Path,
+) -> None:
+    """DATA before its BIRTH: committed into the parked table with its own commit; a restart
+    (new intake, tables and parked messages loaded from the spool) maps it when the BIRTH
+    comes, in order, and the BIRTH's commit stores its records and removes its rows."""
+    node = EdgeNode("G", "E")
+    birth = node.nbirth([Metric("a", DataType.INT8, 1)], T0_MS)
+    spool = open_spool(path)
+    first = Intake(Mapper(load_mappings_text(RULES, "m.yaml")), BridgeMetrics())
+    for mid, k in enumerate((-1, -2), start=1):
+        topic, payload = node.ndata({"a": k}, T0_MS - k)
+        first.receive(topic, payload, mid, 1, False, 1)
+        commit_pending(spool, first.take(1)[0])
+    assert len(parked_rows(spool)) == 2
+    assert spool.file.depth_points == 0
+    spool.close()
+    spool = open_spool(path)
+    try:
+        second = Intake(Mapper(load_mappings_text(RULES, "m.yaml")), BridgeMetrics())
+        second.sparkplug.aliases.load(spool.writer.load_aliases())
+        second.sparkplug.parking.load(spool.writer.load_parked())
+        second.receive(birth[0], birth[1], 9, 1, False, 1)
+        commit_pending(spool, second.take(1)[0])
+        got = [(r.ts_us // 1000, r.metrics) for r in spool.outbox.fetch(0, 10)]
+        assert got == [(T0_MS, {"a": 1.0}), (T0_MS + 1, {"a": -1.0}), (T0_MS + 2, {"a": -2.0})]
+        assert parked_rows(spool) == []
+    finally:
+        spool.close()
+
+
+def test_a_bound_dead_letters_the_parked_message_and_removes_its_row(spool: Spool) -> None:
+    node = EdgeNode("G", "E")
+    node.nbirth([Metric("a", DataType.DOUBLE, 1.0)], T0_MS)
+    i = Intake(
+        Mapper(load_mappings_text(RULES, "m.yaml")),
+        BridgeMetrics(),
+        parking=ParkingLimits(max_messages=1),
+    )
+    for mid in (1, 2):
+        topic, payload = node.ndata({"a": float(mid)}, T0_MS + mid)
+        i.receive(topic, payload, mid, 1, False, 1)
+        commit_pending(spool, i.take(1)[0])
+    assert len(parked_rows(spool)) == 1
+    [(reason, rule)] = spool.file.conn.execute("SELECT reason, rule FROM dead_letters").fetchall()
+    assert (reason, rule) == ("sparkplug_unknown_alias", "sp")
