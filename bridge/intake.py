@@ -296,6 +296,9 @@ class Intake:
         for (rule, kind), n in self._births.items():
             m.sparkplug_births.labels(rule, kind).inc(n)
         self._births.clear()
+        for (rule, event), n in self.sparkplug.events.items():
+            m.sparkplug_session_events.labels(rule, event).inc(n)
+        self.sparkplug.events.clear()
         for rule, n in self.sparkplug.parked_total.items():
             m.sparkplug_parked.labels(rule).inc(n)
         self.sparkplug.parked_total.clear()

@@ -150,6 +150,14 @@ class BridgeMetrics:
             ["rule", "type"],
             registry=r,
         )
+        self.sparkplug_session_events = Counter(
+            p + "sparkplug_session_events_total",
+            "Sparkplug session events by rule: seq_gap (messages of an edge node lost or out of "
+            "order), node_death, device_death, stale_death (an NDEATH of an earlier session), "
+            "birth_after_death",
+            ["rule", "event"],
+            registry=r,
+        )
         self.sparkplug_parked = Counter(
             p + "sparkplug_parked_total",
             "Sparkplug DATA messages parked until the BIRTH that defines their aliases",

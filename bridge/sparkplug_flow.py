@@ -14,9 +14,13 @@ its PUBACK (:mod:`bridge.spool.sparkplug` argues why nothing is lost by a crash 
   with reason ``sparkplug_unknown_alias`` in the commit of the message that found it, never
   dropped. Ages are checked as messages arrive.
 
-A seam for the host mode (issue 17, item 4): :attr:`SparkplugFlow.on_unknown_alias` is called
-with (group, node) whenever a message is parked: that is where a host would ask the edge node
-for a rebirth (NCMD ``Node Control/Rebirth``), rate-limited.
+- Each live message's ``seq`` and ``bdSeq`` go through :class:`~bridge.sparkplug.sessions.
+  SessionTracker` (gaps, deaths, stale deaths, births after a death), counted by rule.
+
+Seams for the host mode (issue 17, item 4): :attr:`SparkplugFlow.on_unknown_alias` is called
+with (group, node) whenever a message is parked, :attr:`SparkplugFlow.on_seq_gap` at a gap:
+that is where a host would ask the edge node for a rebirth (NCMD ``Node Control/Rebirth``),
+rate-limited.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bridge.models import DeadLetter
 from bridge.settings import MappingSettings
 from bridge.sparkplug.aliases import AliasTables
 from bridge.sparkplug.parking import Parked, Parking, ParkingLimits, SparkplugChanges
+from bridge.sparkplug.sessions import SessionTracker
 
 
 def parking_limits(settings: MappingSettings) -> ParkingLimits:
@@ -60,12 +65,15 @@ class SparkplugFlow:
     def __init__(self, limits: ParkingLimits = ParkingLimits()) -> None:  # noqa: B008  # frozen
         self.aliases = AliasTables()
         self.parking = Parking(limits)
+        self.sessions = SessionTracker()
         self.on_unknown_alias: Callable[[str, str], None] | None = None
+        self.on_seq_gap: Callable[[str, str], None] | None = None
+        self.events: dict[tuple[str, str], int] = {}  # session events by (rule, event)
         self.parked_total: dict[str, int] = {}  # messages parked, by rule (to count)
 
     def busy(self, mapped: Mapped) -> bool:
         """Whether :meth:`handle` has anything to do for this message (cheap)."""
-        return bool(mapped.births or mapped.park or self.parking.count)
+        return bool(mapped.births or mapped.park or mapped.seen or self.parking.count)
 
     def handle(
         self, mapped: Mapped, topic: str, payload: bytes, received_us: int, mapper: Mapper
@@ -73,6 +81,12 @@ class SparkplugFlow:
         """Park, replay and expire around one mapped message; None when nothing changed."""
         work = SparkplugWork()
         parking = self.parking
+        if mapped.seen is not None:  # the live message only: replays are out of order
+            for event in self.sessions.observe(mapped.seen):
+                key = (mapped.rule or "", event)
+                self.events[key] = self.events.get(key, 0) + 1
+                if event == "seq_gap" and self.on_seq_gap is not None:
+                    self.on_seq_gap(mapped.seen.group, mapped.seen.node)
         if mapped.park is not None:
             group, node = mapped.park
             message = Parked(group, node, received_us, topic, bytes(payload), mapped.rule or "")

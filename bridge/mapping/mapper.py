@@ -39,6 +39,7 @@ from bridge.mapping.topics import TopicFilter, TopicRouter, parse_filter
 from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
 from bridge.models import Coalesce, Deadbands, Record, payload_size
 from bridge.sparkplug.aliases import AliasTables, Birth
+from bridge.sparkplug.sessions import Seen
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
@@ -122,6 +123,7 @@ class Mapped:
     skipped_readings: int = 0
     births: list[Birth] = field(default_factory=list)  # Sparkplug aliases to store with it
     park: tuple[str, str] | None = None  # Sparkplug (group, node): wait for its BIRTH
+    seen: Seen | None = None  # Sparkplug: the facts for seq / bdSeq tracking
     skipped_values: dict[str, int] = field(default_factory=dict)  # Sparkplug: by reason
 
     @property
@@ -460,6 +462,7 @@ def _sparkplug_records(
     out: Mapped,
 ) -> None:
     """Records of a mapped Sparkplug message, grouped by device and time."""
+    out.seen = result.seen
     if result.birth is not None:
         out.births.append(result.birth)
     if result.control:

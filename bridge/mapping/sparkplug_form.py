@@ -78,6 +78,8 @@ def compile_sparkplug(compiling: Compiling) -> SparkplugRule | None:
     compiling.fixed_text(node.literals, ("sparkplug", "node_device_id"), device=True)
     if block is None:
         return SparkplugRule(node_device_id=node)
+    if block.online_metric is not None:
+        compiling.fixed_text([block.online_metric], ("sparkplug", "online_metric"))
     for old, new in (block.rename or {}).items():
         compiling.fixed_text([new], ("sparkplug", "rename", old))
     if "/" in block.separator:
@@ -89,6 +91,7 @@ def compile_sparkplug(compiling: Compiling) -> SparkplugRule | None:
         exclude=DEFAULT_EXCLUDE if block.exclude is None else tuple(block.exclude),
         rename=tuple((block.rename or {}).items()),
         value_map=tuple(block.map.items()) if block.map is not None else None,
+        online_metric=block.online_metric,
     )
 
 

@@ -12,7 +12,14 @@ message. What each message type does:
   is to be **parked** (``park``: its group and edge node) until a BIRTH of that node defines it:
   the intake keeps it (:mod:`bridge.sparkplug.parking`) and maps it again then. A caller that
   parks nothing (``explain``) reports it as ``sparkplug_unknown_alias``.
-- NDEATH, DDEATH, NCMD, DCMD, STATE: no readings; the message is counted as ignored.
+- NDEATH, DDEATH: no readings, but with ``online_metric`` a 0 for the device (an NDEATH: for
+  the node and every device a BIRTH of it defined), stamped with the payload's time, else the
+  receive time; a BIRTH gives a 1. An NDEATH whose bdSeq is not that of the node's NBIRTH
+  (a late Will of an earlier session) changes nothing.
+- NCMD, DCMD, STATE: no readings; counted as ignored (so is a DEATH without ``online_metric``).
+
+Each message of a node's session also comes back as :class:`~bridge.sparkplug.sessions.Seen`
+(``seen``), for the caller to track ``seq`` and ``bdSeq`` in receive order.
 
 Every metric's time is its own timestamp, else the payload's, else the receive time; historical
 metrics (``is_historical``) are delivered with their own time like any other. Values that are no
@@ -29,8 +36,9 @@ from fnmatch import fnmatchcase
 from bridge.errors import PayloadError
 from bridge.mapping.templates import Template
 from bridge.mapping.timestamps import check_not_future
-from bridge.sparkplug.aliases import AliasTables, Birth
+from bridge.sparkplug.aliases import AliasTables, Birth, bd_seq
 from bridge.sparkplug.decode import SparkplugMetric, SparkplugPayload, decode_payload
+from bridge.sparkplug.sessions import Seen
 from bridge.sparkplug.topic import SparkplugTopic, StateTopic, parse_topic
 from bridge.sparkplug.values import numeric_values
 
@@ -49,6 +57,7 @@ class SparkplugRule:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     rename: tuple[tuple[str, str], ...] = ()  # Sparkplug name → metric name
     value_map: tuple[tuple[str, float], ...] | None = None  # text → number for text metrics
+    online_metric: str | None = None  # 1 at BIRTH, 0 at DEATH, per device
 
     def metric_name(self, name: str, suffix: str) -> str:
         """The metric name of a Sparkplug metric (and the suffix of a part of it)."""
@@ -74,6 +83,7 @@ class SparkplugMapped:
     birth: Birth | None = None
     control: bool = False  # a DEATH, command or STATE: no readings by design
     park: tuple[str, str] | None = None  # (group, node): an alias is unknown, wait for a BIRTH
+    seen: Seen | None = None  # for seq / bdSeq tracking
 
 
 def map_sparkplug(  # noqa: PLR0917  # the mapper's context of one message
@@ -89,23 +99,69 @@ def map_sparkplug(  # noqa: PLR0917  # the mapper's context of one message
     (``bad_sparkplug``), everything else comes back in the result."""
     topic = parse_topic(topic_text)
     out = SparkplugMapped()
-    if isinstance(topic, StateTopic) or topic.is_death or topic.is_command:
+    if isinstance(topic, StateTopic) or topic.is_command:
         out.control = True
         return out
     message = decode_payload(payload)
+    group, node = topic.group, topic.edge_node
+    is_node = topic.device is None
+    out.seen = Seen(
+        group,
+        node,
+        topic.device,
+        topic.message_type,
+        message.seq,
+        bd_seq(message.metrics) if is_node and not topic.is_data else None,
+    )
+    device = _device(device_id if not is_node else rule.node_device_id, group, node, topic.device)
+    ts_us = received_us if message.timestamp_ms is None else message.timestamp_ms * 1000
+    if topic.is_death:
+        out.control = True
+        if rule.online_metric is not None:
+            _offline(rule, device_id, topic, out.seen, tables, device, ts_us, out)
+        return out
     if topic.is_birth:
-        out.birth = tables.birth(topic.group, topic.edge_node, topic.device, message.metrics)
-    captures = {"group": topic.group, "node": topic.edge_node, "device": topic.device or ""}
-    template = device_id if topic.device is not None else rule.node_device_id
-    device = template.render(captures)
-    if not device:
-        raise PayloadError("bad_device_id", "device_id template rendered empty")
+        out.birth = tables.birth(group, node, topic.device, message.metrics)
+        if rule.online_metric is not None:
+            out.points.append((device, ts_us, rule.online_metric, 1.0))
     for metric in message.metrics:
         _metric(rule, topic, message, metric, device, received_us, tables, max_future_s, out)
         if out.park is not None:
             # Nothing of it now, all of it once the BIRTH is known: its values stay in order.
-            return SparkplugMapped(park=out.park)
+            return SparkplugMapped(park=out.park, seen=out.seen)
     return out
+
+
+def _device(template: Template, group: str, node: str, device: str | None) -> str:
+    rendered = template.render({"group": group, "node": node, "device": device or ""})
+    if not rendered:
+        raise PayloadError("bad_device_id", "device_id template rendered empty")
+    return rendered
+
+
+def _offline(  # noqa: PLR0917  # one DEATH message, with its context
+    rule: SparkplugRule,
+    device_id: Template,
+    topic: SparkplugTopic,
+    seen: Seen,
+    tables: AliasTables,
+    device: str,
+    ts_us: int,
+    out: SparkplugMapped,
+) -> None:
+    """The ``online_metric`` 0 points of a DEATH."""
+    assert rule.online_metric is not None
+    devices = [device]
+    if topic.device is None:
+        current = tables.session(topic.group, topic.edge_node)
+        if None not in (current, seen.bd_seq) and current != seen.bd_seq:
+            return  # the Will of an earlier session: the current one goes on
+        devices += [
+            _device(device_id, topic.group, topic.edge_node, d)
+            for d in tables.devices(topic.group, topic.edge_node)
+        ]
+    out.points += [(d, ts_us, rule.online_metric, 0.0) for d in devices]
+    out.control = False
 
 
 def _metric(  # noqa: PLR0917  # one metric of the message, with its context

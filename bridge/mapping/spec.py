@@ -119,7 +119,8 @@ class SparkplugSpec(_Strict):
     ``include``/``exclude`` are globs over the Sparkplug names (default exclude: ``bdSeq`` and
     ``Node Control/*``); ``rename`` maps a Sparkplug name to a metric name; ``map`` turns the
     texts of String metrics into numbers; ``node_device_id`` is the device id template of an
-    edge node's own metrics (NBIRTH, NDATA), default ``{group}-{node}``."""
+    edge node's own metrics (NBIRTH, NDATA), default ``{group}-{node}``; ``online_metric``
+    names a metric sent as 1 at each BIRTH and 0 at each DEATH of a device or node."""
 
     node_device_id: str | None = Field(None, min_length=1)
     separator: str = Field(".", min_length=1, max_length=3)
@@ -127,6 +128,7 @@ class SparkplugSpec(_Strict):
     exclude: list[str] | None = None
     rename: dict[str, str] | None = None
     map: dict[str, float] | None = None
+    online_metric: str | None = Field(None, min_length=1)
 
 
 class RuleSpec(_Strict):

@@ -63,6 +63,7 @@ class Birth:
 class _Node:
     by_alias: dict[int, Known] = field(default_factory=dict)
     by_name: dict[tuple[str | None, str], Known] = field(default_factory=dict)
+    bd_seq: int | None = None  # of the NBIRTH seen since the start (not stored)
 
     def drop_device(self, device: str) -> None:
         self.by_alias = {a: k for a, k in self.by_alias.items() if k.device != device}
@@ -89,13 +90,16 @@ class AliasTables:
         self, group: str, node: str, device: str | None, metrics: Iterable[SparkplugMetric]
     ) -> Birth:
         """Take in a BIRTH's metrics (``device`` None for an NBIRTH); returns the change."""
+        born = tuple(metrics)
         rows = tuple(
             AliasRow(group, node, device or NODE, m.name, m.alias, m.datatype)
-            for m in metrics
+            for m in born
             if m.name is not None  # a BIRTH names every metric; one that does not defines nothing
         )
         change = Birth(group, node, device, rows)
         self.apply(change)
+        if device is None:
+            self._nodes[group, node].bd_seq = bd_seq(born)
         return change
 
     def apply(self, change: Birth) -> None:
@@ -113,6 +117,16 @@ class AliasTables:
         """The stored rows (at start): they replace nothing, they are the state."""
         for row in rows:
             self._nodes.setdefault((row.group, row.node), _Node()).add(row)
+
+    def session(self, group: str, node: str) -> int | None:
+        """The bdSeq of the node's NBIRTH, when one was seen since the start."""
+        table = self._nodes.get((group, node))
+        return table.bd_seq if table else None
+
+    def devices(self, group: str, node: str) -> list[str]:
+        """The devices of the node that a BIRTH defined, sorted."""
+        table = self._nodes.get((group, node))
+        return sorted({d for d, _ in table.by_name if d is not None}) if table else []
 
     def knows(self, group: str, node: str) -> bool:
         """Whether the edge node has a table (a BIRTH was seen, now or before a restart)."""
@@ -149,3 +163,11 @@ class AliasTables:
                 alias = named.get((device, name))
                 out.append(AliasRow(group, node, device or NODE, name, alias, known.datatype))
         return out
+
+
+def bd_seq(metrics: Iterable[SparkplugMetric]) -> int | None:
+    """The ``bdSeq`` metric's value of an NBIRTH or NDEATH, if it has one."""
+    for m in metrics:
+        if m.name == "bdSeq" and type(m.value.raw) is int:
+            return m.value.raw
+    return None

@@ -78,12 +78,14 @@ def start_ms() -> int:
 async def test_births_then_data_by_alias_and_a_rebirth_with_new_aliases(
     broker: LocalBroker, api: LocalApi, tmp_path: Path
 ) -> None:
-    """Two nodes; DATA by alias only (a negative Int16 read as the BIRTH says); then node a
-    re-births with its aliases given out in another order: every value arrives once, under
-    its own name."""
+    """Two nodes; DATA by alias only (a negative Int16 read as the BIRTH says), with a seq gap
+    of node b counted; then node a re-births with its aliases given out in another order:
+    every value arrives once, under its own name."""
     a, b = Node("a", start_ms()), Node("b", start_ms())
     messages = a.birth(20.5, -3) + b.birth(30.0, 7)
     for i in range(5):
+        if i == 3:
+            b.edge.seq += 2  # two of b's messages lost on the way: one gap
         messages += a.data(21.0 + i, -4 - i) + b.data(31.0 + i, 8 + i)
     a.edge.new_session()
     a.edge.aliases[(None, "Other")] = (1, DataType.DOUBLE)  # alias 1 taken: Env/Temp gets another
@@ -100,6 +102,10 @@ async def test_births_then_data_by_alias_and_a_rebirth_with_new_aliases(
             == 3
         )
         assert bridge.spool.file.dead_letters.count == 0
+        gaps = metric(
+            bridge, "metriqo_bridge_sparkplug_session_events_total", rule="plant", event="seq_gap"
+        )
+        assert gaps == 1
     assert_exactly(delivered_points(api.store.points()), a.want | b.want)
 
 
