@@ -169,6 +169,7 @@ class MappingTest(_Strict):
     topic: str = Field(min_length=1)
     payload: str | None = None
     payload_json: object = None
+    payload_hex: str | None = None  # binary payloads (Sparkplug B) as hex digits
     received_at: str | None = None  # ISO 8601 receive time; default: when the test runs
     expect: list[ExpectedPoints] | None = None
     expect_failures: list[str] | None = None  # reasons, in order

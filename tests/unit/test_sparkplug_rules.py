@@ -3,13 +3,19 @@ timestamps and the counted skips, through the real loader and mapper and our enc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.config.yamlfile import load_yaml_text
 from bridge.errors import ConfigErrors
-from bridge.mapping.loader import load_mappings_text
+from bridge.mapping.loader import compile_mappings, load_mappings_text
 from bridge.mapping.mapper import Mapper
+from bridge.mapping.overlap import rule_warnings
+from bridge.mapping.selftest import run_mapping_tests
+from bridge.mapping.spec import MappingFile
 from bridge.sparkplug.aliases import AliasTables
 from bridge.sparkplug.datatypes import DataType
 from bridge.sparkplug.decode import decode_payload
@@ -248,3 +254,59 @@ def test_tables_resolve_what_the_last_births_defined_and_survive_a_reload(
             for t in (tables, reloaded):
                 got = t.resolve("G", "E", device, probe)  # type: ignore[arg-type]
                 assert (got.name if got else None) == want
+
+
+# -- the docs' examples ------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _yaml_blocks(page: str) -> list[str]:
+    text = (REPO / "docs" / "guide" / page).read_text(encoding="utf-8")
+    return [b.split("```")[0] for b in text.split("```yaml\n")[1:]]
+
+
+def test_the_cookbooks_sparkplug_recipe_passes_check_strict_and_its_tests() -> None:
+    """BIRTH tests first, DATA by alias after them, with payload_hex: all pass."""
+    (block,) = [b for b in _yaml_blocks("recipes.md") if "plant1-sparkplug" in b]
+    data, index = load_yaml_text(block, "recipes.md")
+    rules = compile_mappings(data, index)
+    assert rule_warnings(rules) == []
+    tests = MappingFile.model_validate(data).tests or []
+    assert len(tests) == 4
+    assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]] * 4
+
+
+def test_the_guides_example_compiles_and_maps_a_birth() -> None:
+    (block,) = [b for b in _yaml_blocks("sparkplug.md") if "version: 1" in b]
+    m = Mapper(load_mappings_text(block, "sparkplug.md"))
+    node = EdgeNode("plant1", "press-7")
+    born = [
+        Metric("Line/Speed", DataType.INT32, 1480),
+        Metric("Debug/x", DataType.INT32, 1),
+        Metric("State", DataType.STRING, "RUNNING"),
+    ]
+    out = m.map(*node.nbirth(born, T0_MS), RECEIVED_US)
+    assert out.failures == []
+    assert [r.metrics for r in out.records] == [{"online": 1.0, "speed_rpm": 1480.0, "State": 1.0}]
+
+
+def test_a_mapping_test_with_bad_hex_says_so() -> None:
+    text = """version: 1
+rules:
+  - name: sp
+    topic: "spBv1.0/#"
+    payload: sparkplug
+tests:
+  - topic: spBv1.0/G/NDATA/E
+    payload_hex: "zz"
+  - topic: spBv1.0/G/NDATA/E
+    payload: x
+    payload_hex: "00"
+"""
+    data, index = load_yaml_text(text, "m.yaml")
+    rules = compile_mappings(data, index)
+    tests = MappingFile.model_validate(data).tests or []
+    first, second = run_mapping_tests(rules, tests, index)
+    assert "payload_hex" in first.problems[0]
+    assert "exactly one of" in second.problems[0]
