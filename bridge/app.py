@@ -272,6 +272,7 @@ class Bridge:
                 tg.create_task(
                     self.intake.unmatched.report_loop(), name="bridge.intake.unmatched_report"
                 ),
+                tg.create_task(self.intake.expiry_loop(), name="bridge.intake.sparkplug_expiry"),
             ]
             if self.talkers is not None:
                 helpers.append(

@@ -180,7 +180,7 @@ class Committer:
     def _count(self, batch: list[Pending], result: CommitResult) -> None:
         m = self._m
         self._intake.flush_counters()
-        m.messages_committed.inc(len(batch))
+        m.messages_committed.inc(sum(not p.synthetic for p in batch))
         if result.points_duplicate:
             m.duplicates_suppressed.inc(result.points_duplicate)
         for p in batch:

@@ -38,6 +38,7 @@ class Pending:
     dead: DeadLetter | None
     digest: bytes = b""  # of the payload, kept for messages stamped with their receive time
     sparkplug: SparkplugWork | None = None  # Sparkplug changes to commit with this message
+    synthetic: bool = False  # no MQTT message: parked Sparkplug messages dead-lettered by age
 
     @property
     def stamped(self) -> bool:
@@ -204,6 +205,25 @@ class Intake:
         )
         self.most_pending = max(self.most_pending, len(self._pending))
         failpoints.hit("after_receive_before_commit")
+        self._ready.set()
+
+    async def expiry_loop(self, interval: float = 1.0) -> None:
+        """Dead-letter parked Sparkplug messages past their age, also while no message comes
+        in to find them: a commit of their dead letters (no MQTT message, nothing to ack)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.expire_parked()
+
+    def expire_parked(self) -> None:
+        """One round of :meth:`expiry_loop`."""
+        if not self.accepting or not self.sparkplug.parking.count:
+            return
+        work = self.sparkplug.expire(int(self._wall() * 1_000_000))
+        if work is None:
+            return
+        self._pending.append(
+            Pending(0, 0, -1, "", b"", 0, [], None, sparkplug=work, synthetic=True)
+        )
         self._ready.set()
 
     async def wait(self) -> None:

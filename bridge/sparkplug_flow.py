@@ -12,7 +12,7 @@ its PUBACK (:mod:`bridge.spool.sparkplug` argues why nothing is lost by a crash 
   unknown after it stay parked.
 - A parked message pushed out by a bound (count, bytes or age per edge node) is dead-lettered
   with reason ``sparkplug_unknown_alias`` in the commit of the message that found it, never
-  dropped. Ages are checked as messages arrive.
+  dropped. Ages are checked as messages arrive, and every second without them.
 
 - Each live message's ``seq`` and ``bdSeq`` go through :class:`~bridge.sparkplug.sessions.
   SessionTracker` (gaps, deaths, stale deaths, births after a death), counted by rule.
@@ -108,9 +108,18 @@ class SparkplugFlow:
                     continue
                 work.changes.unpark.append((waiting.group, waiting.node, waiting.received_us))
                 work.replayed.append((waiting, again))
-        for old in parking.expire(received_us):
-            self._dead(work, old, "no BIRTH defined its aliases within the parking time")
+        self._expire(work, received_us)
         return work or None
+
+    def expire(self, now_us: int) -> SparkplugWork | None:
+        """Dead-letter the parked messages past their age (when no message comes to do it)."""
+        work = SparkplugWork()
+        self._expire(work, now_us)
+        return work or None
+
+    def _expire(self, work: SparkplugWork, now_us: int) -> None:
+        for old in self.parking.expire(now_us):
+            self._dead(work, old, "no BIRTH defined its aliases within the parking time")
 
     @staticmethod
     def _dead(work: SparkplugWork, message: Parked, why: str) -> None:

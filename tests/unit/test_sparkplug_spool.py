@@ -176,3 +176,35 @@ def test_a_bound_dead_letters_the_parked_message_and_removes_its_row(spool: Spoo
     assert len(parked_rows(spool)) == 1
     [(reason, rule)] = spool.file.conn.execute("SELECT reason, rule FROM dead_letters").fetchall()
     assert (reason, rule) == ("sparkplug_unknown_alias", "sp")
+
+
+def test_parked_messages_past_their_age_are_dead_lettered_without_a_new_message(
+    spool: Spool,
+) -> None:
+    """The expiry round needs no message to arrive: a commit of its own (nothing to
+    acknowledge) stores the dead letter and removes the row."""
+    now = [T0_MS / 1000 + 60]
+    i = Intake(
+        Mapper(load_mappings_text(RULES, "m.yaml")),
+        BridgeMetrics(),
+        wall_clock=lambda: now[0],
+        parking=ParkingLimits(max_age_us=30_000_000),
+    )
+    node = EdgeNode("G", "E")
+    node.nbirth([Metric("a", DataType.DOUBLE, 1.0)], T0_MS)
+    topic, payload = node.ndata({"a": 2.0}, T0_MS + 1)
+    i.receive(topic, payload, 1, 1, False, 1)
+    commit_pending(spool, i.take(1)[0])
+    i.expire_parked()
+    assert len(i) == 0  # not yet
+    now[0] += 31
+    i.expire_parked()
+    [expired] = i.take(1)
+    assert expired.synthetic
+    assert expired.qos == 0
+    commit_pending(spool, expired)
+    assert parked_rows(spool) == []
+    [(reason, topic_stored)] = spool.file.conn.execute(
+        "SELECT reason, topic FROM dead_letters"
+    ).fetchall()
+    assert (reason, topic_stored) == ("sparkplug_unknown_alias", topic)
