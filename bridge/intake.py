@@ -193,7 +193,9 @@ class Intake:
         work = None
         flow = self.sparkplug
         if flow.busy(mapped):
-            work = flow.handle(mapped, topic, payload, received_us, self._mapper)
+            work = flow.handle(
+                mapped, topic, payload, received_us, self._mapper, redelivered=redelivered
+            )
         for waiting, again in work.replayed if work is not None else ():
             # A parked message mapped at last: its records go with this (BIRTH) message.
             records = records + again.records

@@ -75,13 +75,21 @@ class SparkplugFlow:
         """Whether :meth:`handle` has anything to do for this message (cheap)."""
         return bool(mapped.births or mapped.park or mapped.seen or self.parking.count)
 
-    def handle(
-        self, mapped: Mapped, topic: str, payload: bytes, received_us: int, mapper: Mapper
+    def handle(  # one message and what the intake knows of it
+        self,
+        mapped: Mapped,
+        topic: str,
+        payload: bytes,
+        received_us: int,
+        mapper: Mapper,
+        *,
+        redelivered: bool = False,
     ) -> SparkplugWork | None:
-        """Park, replay and expire around one mapped message; None when nothing changed."""
+        """Park, replay and expire around one mapped message; None when nothing changed.
+        A recognised redelivery (DUP) is not tracked again: its seq was seen already."""
         work = SparkplugWork()
         parking = self.parking
-        if mapped.seen is not None:  # the live message only: replays are out of order
+        if mapped.seen is not None and not redelivered:  # replays are out of order
             for event in self.sessions.observe(mapped.seen):
                 key = (mapped.rule or "", event)
                 self.events[key] = self.events.get(key, 0) + 1

@@ -98,3 +98,22 @@ def test_the_online_metric_is_1_at_birth_and_0_at_death_for_the_node_and_its_dev
         ("G-E", RECEIVED_US, 0.0),  # an NDEATH has no timestamp: the receive time
         ("G-E-d", RECEIVED_US, 0.0),
     ]
+
+
+def test_a_recognised_redelivery_is_not_a_gap() -> None:
+    metrics = BridgeMetrics()
+    i = Intake(Mapper(load_mappings_text(RULES, "m.yaml")), metrics)
+    node = EdgeNode("G", "E")
+    birth = node.nbirth([Metric("a", DataType.DOUBLE, 1.0)], T0_MS)
+    first = node.ndata({"a": 2.0}, T0_MS + 1)
+    second = node.ndata({"a": 3.0}, T0_MS + 2)
+    i.receive(*birth, 1, 1, False, 1)
+    i.receive(*first, 2, 1, False, 1)
+    i.receive(*second, 3, 1, False, 1)
+    i.receive(*first, 2, 1, True, 1)  # DUP after a reconnect: not acknowledged yet
+    i.receive(*second, 3, 1, True, 1)
+    i.flush_counters()
+    gaps = metrics.registry.get_sample_value(
+        "metriqo_bridge_sparkplug_session_events_total", {"rule": "sp", "event": "seq_gap"}
+    )
+    assert gaps is None
