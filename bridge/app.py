@@ -34,6 +34,7 @@ from bridge.reload import MappingReloader
 from bridge.sender import Sender
 from bridge.session import SessionMemory
 from bridge.settings import Settings
+from bridge.sparkplug_flow import parking_limits
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.file import SpoolFile
 from bridge.spool.store import Spool
@@ -70,7 +71,7 @@ class Bridge:
         self.metrics = metrics or BridgeMetrics()
         self.mapper = make_mapper(rules, settings.mapping)
         self.metrics.config_last_reload_time.set(time.time())
-        self.intake = Intake(self.mapper, self.metrics)
+        self.intake = Intake(self.mapper, self.metrics, parking=parking_limits(settings.mapping))
         self.spool = Spool(settings.spool, dead_letters=settings.dead_letters)
         self.dead_letters = DeadLetterReporter(self.metrics, settings.dead_letters)
         self._token = token
@@ -153,6 +154,11 @@ class Bridge:
             # Receive times a crashed run committed before its PUBACKs: a redelivery reuses
             # them (dropped again if the broker turns out to have no session).
             self.intake.restore_unacked(await spool.load_unacked())
+            # Sparkplug aliases committed with their BIRTHs: DATA sent by alias after a restart
+            # still resolves (bridge/spool/sparkplug.py).
+            self.intake.sparkplug.aliases.load(await spool.load_aliases())
+            self.intake.sparkplug.parking.load(await spool.load_parked())
+            self.metrics.sparkplug_parked_messages.set(self.intake.sparkplug.parking.count)
             if spool.file.depth_points:
                 log.info(
                     "spool holds %d point(s) from before; delivering them first",
@@ -266,6 +272,7 @@ class Bridge:
                 tg.create_task(
                     self.intake.unmatched.report_loop(), name="bridge.intake.unmatched_report"
                 ),
+                tg.create_task(self.intake.expiry_loop(), name="bridge.intake.sparkplug_expiry"),
             ]
             if self.talkers is not None:
                 helpers.append(

@@ -104,10 +104,19 @@ class Committer:
         intake = self._intake
         records = [r for p in batch for r in p.records]
         dead = [p.dead for p in batch if p.dead is not None]
+        sparkplug = [p.sparkplug for p in batch if p.sparkplug is not None]  # in receive order
+        dead += [d for work in sparkplug for d in work.dead]
         stamped = [(p.mid, p.topic, p.digest, p.received_us) for p in batch if p.stamped]
         forget, acked = intake.take_acked()
         try:
-            result = await self._spool.commit(records, dead, stamped, acked, forget_unacked=forget)
+            result = await self._spool.commit(
+                records,
+                dead,
+                stamped,
+                acked,
+                forget_unacked=forget,
+                sparkplug=[work.changes for work in sparkplug if work.changes],
+            )
         except SpoolFull as exc:
             intake.untake_acked(forget, acked)
             intake.put_back(batch)
@@ -171,12 +180,14 @@ class Committer:
     def _count(self, batch: list[Pending], result: CommitResult) -> None:
         m = self._m
         self._intake.flush_counters()
-        m.messages_committed.inc(len(batch))
+        m.messages_committed.inc(sum(not p.synthetic for p in batch))
         if result.points_duplicate:
             m.duplicates_suppressed.inc(result.points_duplicate)
         for p in batch:
             if p.dead is not None:
                 self._dead_letters.written(p.dead)
+            for dead in p.sparkplug.dead if p.sparkplug else ():
+                self._dead_letters.written(dead)
         if result.pruned.total:
             self._dead_letters.pruned(result.pruned)
         if result.points_held:

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge import failpoints
-from bridge.mapping.mapper import Mapper
+from bridge.mapping.mapper import Mapped, Mapper
 from bridge.metrics import BridgeMetrics
 from bridge.models import DeadLetter, PayloadExcerpt, Record
+from bridge.sparkplug.parking import ParkingLimits
+from bridge.sparkplug_flow import SparkplugFlow, SparkplugWork
 from bridge.unmatched import UnmatchedTopics
 
 _DETAIL_CAP = 1000
@@ -35,6 +37,8 @@ class Pending:
     records: list[Record]
     dead: DeadLetter | None
     digest: bytes = b""  # of the payload, kept for messages stamped with their receive time
+    sparkplug: SparkplugWork | None = None  # Sparkplug changes to commit with this message
+    synthetic: bool = False  # no MQTT message: parked Sparkplug messages dead-lettered by age
 
     @property
     def stamped(self) -> bool:
@@ -42,7 +46,10 @@ class Pending:
         carries its receive time (no payload timestamp), or the message is dead-lettered (its
         dead letter must be stored once)."""
         return bool(self.qos) and (
-            self.dead is not None or any(r.ts_us == self.received_us for r in self.records)
+            self.dead is not None
+            or any(r.ts_us == self.received_us for r in self.records)
+            # a parked message: its receive time is its key among the parked ones
+            or (self.sparkplug is not None and bool(self.sparkplug.changes.park))
         )
 
 
@@ -55,7 +62,13 @@ class Intake:
         metrics: BridgeMetrics,
         *,
         wall_clock: Callable[[], float] = time.time,
+        parking: ParkingLimits = ParkingLimits(),  # noqa: B008  # frozen
     ) -> None:
+        # Sparkplug alias tables and parked DATA: updated at receive time and in receive
+        # order, because the DATA messages that follow a BIRTH are mapped before its commit;
+        # stored by the commit of the message that changed them (bridge/sparkplug_flow.py).
+        # Every mapper the intake is given (a reload makes a new one) works on these tables.
+        self.sparkplug = SparkplugFlow(parking)
         self.mapper = mapper
         self._m = metrics
         self._wall = wall_clock
@@ -79,6 +92,8 @@ class Intake:
         self._persisted: dict[int, int] = {}
         self._forget_all = False  # the session was lost: the next commit clears the table
         self.unmatched = UnmatchedTopics()
+        self._sparkplug_skipped: dict[tuple[str, str], int] = {}
+        self._births: dict[tuple[str, str], int] = {}
         self._last_us = 0
         self._received = 0
         self._unmatched = 0
@@ -87,6 +102,61 @@ class Intake:
         self._replaced: dict[str, int] = {}
         self._skipped: dict[str, int] = {}
         self._failures: dict[tuple[str, str], int] = {}
+
+    @property
+    def mapper(self) -> Mapper:
+        """The rules in force; setting new ones (a reload) keeps the Sparkplug aliases."""
+        return self._mapper
+
+    @mapper.setter
+    def mapper(self, mapper: Mapper) -> None:
+        mapper.aliases = self.sparkplug.aliases
+        self._mapper = mapper
+
+    def _account(
+        self,
+        mapped: Mapped,
+        topic: str,
+        payload: bytes,
+        received_us: int,
+        redelivered: bool = False,
+    ) -> DeadLetter | None:
+        """Count what a message became; its dead letter, if it has one to store."""
+        dead = None
+        rule = mapped.rule or ""
+        if mapped.ignored:
+            self._ignored[rule] = self._ignored.get(rule, 0) + 1
+        if mapped.skipped_readings:
+            self._skipped[rule] = self._skipped.get(rule, 0) + mapped.skipped_readings
+        if mapped.replaced_timestamps:
+            self._replaced[rule] = self._replaced.get(rule, 0) + mapped.replaced_timestamps
+        if mapped.failures:
+            first = mapped.failures[0]
+            if first.reason == "unmatched":
+                self._unmatched += 1
+                self.unmatched.add(topic, received_us)
+            for f in mapped.failures:
+                key = (rule, f.reason)
+                self._failures[key] = self._failures.get(key, 0) + 1
+            detail = "; ".join(str(f) for f in mapped.failures)
+            if mapped.records:
+                detail = f"partially mapped ({mapped.points} point(s) kept): {detail}"
+            if not redelivered:
+                # A redelivery's first copy is committed (or waits ahead of it, in order), and
+                # its dead letter with it: store it once.
+                dead = DeadLetter(
+                    first.reason, detail[:_DETAIL_CAP], topic, payload, rule, received_us
+                )
+        if mapped.records:
+            self._points[rule] = self._points.get(rule, 0) + mapped.points
+        for reason, n in mapped.skipped_values.items():
+            self._sparkplug_skipped[rule, reason] = (
+                self._sparkplug_skipped.get((rule, reason), 0) + n
+            )
+        for birth in mapped.births:
+            kind = "NBIRTH" if birth.device is None else "DBIRTH"
+            self._births[rule, kind] = self._births.get((rule, kind), 0) + 1
+        return dead
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -116,40 +186,46 @@ class Intake:
                     received_us = earlier[2]
                     redelivered = True
             self._unacked[mid] = (topic, digest, received_us)
-        mapped = self.mapper.map(topic, payload, received_us)
+        mapped = self._mapper.map(topic, payload, received_us)
         self._received += 1
-        dead = None
-        rule = mapped.rule or ""
-        if mapped.ignored:
-            self._ignored[rule] = self._ignored.get(rule, 0) + 1
-        if mapped.skipped_readings:
-            self._skipped[rule] = self._skipped.get(rule, 0) + mapped.skipped_readings
-        if mapped.replaced_timestamps:
-            self._replaced[rule] = self._replaced.get(rule, 0) + mapped.replaced_timestamps
-        if mapped.failures:
-            first = mapped.failures[0]
-            if first.reason == "unmatched":
-                self._unmatched += 1
-                self.unmatched.add(topic, received_us)
-            for f in mapped.failures:
-                key = (rule, f.reason)
-                self._failures[key] = self._failures.get(key, 0) + 1
-            detail = "; ".join(str(f) for f in mapped.failures)
-            if mapped.records:
-                detail = f"partially mapped ({mapped.points} point(s) kept): {detail}"
-            if not redelivered:
-                # A redelivery's first copy is committed (or waits ahead of it, in order), and
-                # its dead letter with it: store it once.
-                dead = DeadLetter(
-                    first.reason, detail[:_DETAIL_CAP], topic, payload, rule, received_us
-                )
-        if mapped.records:
-            self._points[rule] = self._points.get(rule, 0) + mapped.points
+        dead = self._account(mapped, topic, payload, received_us, redelivered)
+        records = mapped.records
+        work = None
+        flow = self.sparkplug
+        if flow.busy(mapped):
+            work = flow.handle(
+                mapped, topic, payload, received_us, self._mapper, redelivered=redelivered
+            )
+        for waiting, again in work.replayed if work is not None else ():
+            # A parked message mapped at last: its records go with this (BIRTH) message.
+            records = records + again.records
+            late = self._account(again, waiting.topic, waiting.payload, waiting.received_us)
+            if late is not None and work is not None:
+                work.dead.append(late)
         self._pending.append(
-            Pending(mid, qos, generation, topic, payload, received_us, mapped.records, dead, digest)
+            Pending(mid, qos, generation, topic, payload, received_us, records, dead, digest, work)
         )
         self.most_pending = max(self.most_pending, len(self._pending))
         failpoints.hit("after_receive_before_commit")
+        self._ready.set()
+
+    async def expiry_loop(self, interval: float = 1.0) -> None:
+        """Dead-letter parked Sparkplug messages past their age, also while no message comes
+        in to find them: a commit of their dead letters (no MQTT message, nothing to ack)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.expire_parked()
+
+    def expire_parked(self) -> None:
+        """One round of :meth:`expiry_loop`."""
+        if not self.accepting or not self.sparkplug.parking.count:
+            return
+        work = self.sparkplug.expire(int(self._wall() * 1_000_000))
+        if work is None:
+            return
+        self._pending.append(
+            Pending(0, 0, -1, "", b"", 0, [], None, sparkplug=work, synthetic=True)
+        )
         self._ready.set()
 
     async def wait(self) -> None:
@@ -236,3 +312,16 @@ class Intake:
         for rule, n in self._skipped.items():
             m.readings_skipped.labels(rule).inc(n)
         self._skipped.clear()
+        for (rule, reason), n in self._sparkplug_skipped.items():
+            m.sparkplug_values_skipped.labels(rule, reason).inc(n)
+        self._sparkplug_skipped.clear()
+        for (rule, kind), n in self._births.items():
+            m.sparkplug_births.labels(rule, kind).inc(n)
+        self._births.clear()
+        for (rule, event), n in self.sparkplug.events.items():
+            m.sparkplug_session_events.labels(rule, event).inc(n)
+        self.sparkplug.events.clear()
+        for rule, n in self.sparkplug.parked_total.items():
+            m.sparkplug_parked.labels(rule).inc(n)
+        self.sparkplug.parked_total.clear()
+        m.sparkplug_parked_messages.set(self.sparkplug.parking.count)

@@ -137,6 +137,38 @@ class BridgeMetrics:
             ["rule"],
             registry=r,
         )
+        self.sparkplug_values_skipped = Counter(
+            p + "sparkplug_values_skipped_total",
+            "Sparkplug metric values that are no number (is_null, text without a map, bytes ...),"
+            " by the decoder's reason: left out on purpose, not dead-lettered",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.sparkplug_births = Counter(
+            p + "sparkplug_births_total",
+            "Sparkplug NBIRTH and DBIRTH messages whose aliases were taken in",
+            ["rule", "type"],
+            registry=r,
+        )
+        self.sparkplug_session_events = Counter(
+            p + "sparkplug_session_events_total",
+            "Sparkplug session events by rule: seq_gap (messages of an edge node lost or out of "
+            "order), node_death, device_death, stale_death (an NDEATH of an earlier session), "
+            "birth_after_death",
+            ["rule", "event"],
+            registry=r,
+        )
+        self.sparkplug_parked = Counter(
+            p + "sparkplug_parked_total",
+            "Sparkplug DATA messages parked until the BIRTH that defines their aliases",
+            ["rule"],
+            registry=r,
+        )
+        self.sparkplug_parked_messages = Gauge(
+            p + "sparkplug_parked_messages",
+            "Sparkplug DATA messages waiting for the BIRTH that defines their aliases",
+            registry=r,
+        )
         self.timestamps_replaced = Counter(
             p + "timestamps_replaced_total",
             "Payload timestamps replaced by the receive time (timestamp.on_invalid: receive_time)",

@@ -173,6 +173,9 @@ class MappingSettings:
     coalesce_grace_s: float = 2.0
     max_device_id_length: int = 128  # characters; bridge/mapping/identifiers.py
     max_metric_name_length: int = 128
+    sparkplug_park_max_age_s: float = 600.0  # bridge/sparkplug/parking.py
+    sparkplug_park_max_messages: int = 10_000  # per edge node
+    sparkplug_park_max_bytes: int = 16 * 1024 * 1024  # per edge node
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,19 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--payload-file", type=Path, metavar="PATH", help="read the payload bytes from a file"
     )
+    p.add_argument(
+        "--payload-hex", metavar="HEX", help="the payload as hex digits (a Sparkplug B payload)"
+    )
+    p.add_argument("--payload-base64", metavar="B64", help="the payload as base64")
+    p.add_argument(
+        "--birth",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("TOPIC", "PAYLOAD"),
+        help="a Sparkplug NBIRTH or DBIRTH to take in first, so that the aliases of a DATA "
+        "message resolve; PAYLOAD is @PATH, hex:DIGITS or base64:TEXT (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object instead")
     p.set_defaults(handler=run)
 
@@ -50,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.mapping.explain import explain, explanation_json, format_explanation, topic_problem
     from bridge.mapping.loader import load_mappings
     from bridge.mapping.mapper import Mapper
+    from bridge.mapping.sparkplug_explain import describe, describe_lines
 
     message = message_of(args)
     if isinstance(message, str):
@@ -62,13 +76,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"metriqo-bridge: explain: {problem}", file=sys.stderr)
         return EX_USAGE
     mapper = Mapper(load_mappings(mapping_file(args)))
-    result = explain(mapper, topic, payload, int(time.time() * 1_000_000))
+    now_us = int(time.time() * 1_000_000)
+    for birth_topic, birth_text in args.birth:
+        birth = payload_bytes(birth_text)
+        if isinstance(birth, str):
+            print(f"metriqo-bridge: explain: --birth {birth_topic}: {birth}", file=sys.stderr)
+            return EX_USAGE
+        mapper.map(birth_topic, birth, now_us)  # its aliases go into the mapper's tables
+    sparkplug = describe(topic, payload, mapper.aliases)
+    result = explain(mapper, topic, payload, now_us)
     if args.json:
-        sys.stdout.write(
-            orjson.dumps(explanation_json(result), option=orjson.OPT_INDENT_2).decode()
-        )
+        doc = explanation_json(result)
+        if sparkplug is not None:
+            doc["sparkplug"] = sparkplug
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
     else:
+        if sparkplug is not None:
+            print("\n".join(describe_lines(sparkplug)))
         print(format_explanation(result))
     return EX_OK if result.ok else EX_FAILURE
 
@@ -88,8 +113,19 @@ def message_of(args: argparse.Namespace) -> tuple[str, bytes] | str:
         return "give TOPIC or --topic, not both"
     # With --topic, a single positional is the payload: "explain --topic T PAYLOAD".
     texts = [t for t in (*positional, args.payload_option) if t is not None]
-    if len(texts) + (args.payload_file is not None) > 1:
-        return "give one payload: PAYLOAD, --payload or --payload-file"
+    encoded = [
+        f"{kind}:{text}"
+        for kind, text in (("hex", args.payload_hex), ("base64", args.payload_base64))
+        if text is not None
+    ]
+    if len(texts) + len(encoded) + (args.payload_file is not None) > 1:
+        return (
+            "give one payload: PAYLOAD, --payload, --payload-hex, --payload-base64 or "
+            "--payload-file"
+        )
+    if encoded:
+        data = payload_bytes(encoded[0])
+        return data if isinstance(data, str) else (topic, data)
     if args.payload_file is not None:
         try:
             return topic, args.payload_file.read_bytes()
@@ -99,3 +135,24 @@ def message_of(args: argparse.Namespace) -> tuple[str, bytes] | str:
         return topic, sys.stdin.buffer.read()
     # fsencode: argv bytes that are not UTF-8 come back exactly as given.
     return topic, os.fsencode(texts[0] if texts else "")
+
+
+def payload_bytes(text: str) -> bytes | str:
+    """The bytes of ``@PATH``, ``hex:DIGITS`` or ``base64:TEXT``; a usage error message when
+    they cannot be read."""
+    import base64
+    import binascii
+
+    kind, _, rest = text.partition(":")
+    try:
+        if text.startswith("@"):
+            return Path(text[1:]).read_bytes()
+        if kind == "hex":
+            return bytes.fromhex(rest)
+        if kind == "base64":
+            return base64.b64decode(rest, validate=True)
+    except OSError as exc:
+        return f"{text[1:]}: {exc.strerror}"
+    except (ValueError, binascii.Error) as exc:
+        return f"not {kind}: {exc}"
+    return f"{text[:40]!r}: expected @PATH, hex:DIGITS or base64:TEXT"

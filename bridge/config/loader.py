@@ -199,6 +199,9 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             coalesce_grace_s=m.mapping.coalesce_grace_s,
             max_device_id_length=m.mapping.max_device_id_length,
             max_metric_name_length=m.mapping.max_metric_name_length,
+            sparkplug_park_max_age_s=m.mapping.sparkplug_park_max_age_s,
+            sparkplug_park_max_messages=m.mapping.sparkplug_park_max_messages,
+            sparkplug_park_max_bytes=m.mapping.sparkplug_park_max_bytes,
         ),
         http=rt.HttpSettings(**m.http.model_dump()),
         credentials=rt.Credentials(

@@ -341,6 +341,24 @@ class MappingModel(_Section):
         "with control or bidi characters) is dropped as `bad_metric_name`, the message's other "
         "metrics are kept",
     )
+    sparkplug_park_max_age_s: float = Field(
+        _MAPPING.sparkplug_park_max_age_s,
+        gt=0,
+        description="how long a Sparkplug DATA message whose aliases no BIRTH defined yet waits "
+        "for that BIRTH; then it is dead-lettered as `sparkplug_unknown_alias`",
+    )
+    sparkplug_park_max_messages: int = Field(
+        _MAPPING.sparkplug_park_max_messages,
+        ge=1,
+        description="most Sparkplug DATA messages waiting for a BIRTH per edge node; beyond it "
+        "the oldest is dead-lettered as `sparkplug_unknown_alias`",
+    )
+    sparkplug_park_max_bytes: int = Field(
+        _MAPPING.sparkplug_park_max_bytes,
+        ge=1024,
+        description="most payload bytes of Sparkplug DATA messages waiting for a BIRTH per edge "
+        "node; beyond it the oldest is dead-lettered as `sparkplug_unknown_alias`",
+    )
 
 
 class HttpModel(_Section):

@@ -28,6 +28,7 @@ Exit codes: 0 no finding, 1 finding, 2 usage error, 78 mapping file invalid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -53,6 +54,7 @@ from bridge.lab.fuzz_inputs import DEFAULT_CAP, Case, Mutator, read_corpus, save
 from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.loader import load_mapping_tests
 from bridge.mapping.mapper import Mapped, Mapper
+from bridge.mapping.selftest import payload_of
 from bridge.mapping.timestamps import format_timestamp
 from bridge.models import Record
 
@@ -277,10 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mapper = Mapper(rules, max_payload_bytes=args.max_payload_bytes)
     if args.replay:
         return _replay(mapper, args.replay, args.max_case_seconds)
-    test_msgs = [
-        (t.topic, t.payload.encode() if t.payload is not None else orjson.dumps(t.payload_json))
-        for t in tests
-    ]
+    test_msgs = []
+    for t in tests:
+        with contextlib.suppress(ValueError):  # bad hex: the test itself reports it
+            test_msgs.append((t.topic, payload_of(t)))
     seeds = seed_cases(mapper, test_msgs, args.max_payload_bytes)
     if args.corpus is not None and args.corpus.is_dir():
         seeds.extend(read_corpus(args.corpus))

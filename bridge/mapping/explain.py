@@ -19,6 +19,8 @@ from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.explain_steps import ConversionStep, conversions, number_text
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.overlap import mismatch
+from bridge.mapping.sparkplug_explain import parked_failure
+from bridge.mapping.sparkplug_rule import UNKNOWN_ALIAS
 from bridge.mapping.timestamps import format_timestamp
 from bridge.models import Deadband, Record, SpooledRecord
 
@@ -248,7 +250,7 @@ def explain(
             for rec in mapped.records
             for name, value in rec.metrics.items()
         ),
-        failures=tuple((f.reason, f.detail) for f in mapped.failures),
+        failures=tuple((f.reason, f.detail) for f in mapped.failures) + parked_failure(mapped),
         ignored=mapped.ignored,
         fallback_times=mapped.replaced_timestamps,
         skipped_readings=mapped.skipped_readings,
@@ -303,6 +305,8 @@ def _result(ex: Explanation) -> str:
         return "ignored: counted, neither delivered nor dead-lettered"
     if not ex.failures:
         return f"{_count(len(ex.points), 'point')}, nothing dead-lettered"
+    if ex.failures[0][0] == UNKNOWN_ALIAS:
+        return "no points now: parked until a BIRTH defines its aliases (Sparkplug)"
     failures = _count(len(ex.failures), "failure")
     if ex.points:
         points = _count(len(ex.points), "point")

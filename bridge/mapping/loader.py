@@ -24,6 +24,7 @@ from bridge.mapping.identifiers import IdentifierLimits, literal_problem
 from bridge.mapping.mapper import FieldPath, Mapper, Rule, TimestampRule
 from bridge.mapping.number_spec import with_number_formats
 from bridge.mapping.readings import CollectRule, split_path
+from bridge.mapping.sparkplug_form import not_sparkplug, sparkplug_rule
 from bridge.mapping.spec import (
     MappingFile,
     MappingTest,
@@ -130,6 +131,10 @@ class _Compiler:
         self.captures = set(topic.capture_names)
         if spec.ignore:
             return self._ignore_rule(topic, before)
+        if spec.payload == "sparkplug":
+            compiled = sparkplug_rule(self, topic)
+            return compiled if len(self.errors) == before else None
+        not_sparkplug(self)
         json_payload = spec.payload == "json"
         if spec.device_id is None and not devices_per_reading(spec):
             per_reading = spec.readings is not None and spec.readings.device is not None
@@ -201,6 +206,7 @@ class _Compiler:
             "collect",
             "readings",
             "deadband",
+            "sparkplug",
         ):
             if getattr(spec, key) is not None:
                 self.fail(key, "an ignore rule takes only name and topic")

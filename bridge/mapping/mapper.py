@@ -27,6 +27,7 @@ from bridge.mapping.readings import (
     group_readings,
     matches,
 )
+from bridge.mapping.sparkplug_rule import SparkplugMapped, SparkplugRule, map_sparkplug
 from bridge.mapping.templates import Template
 from bridge.mapping.timestamps import (
     TimestampFormat,
@@ -37,6 +38,8 @@ from bridge.mapping.timestamps import (
 from bridge.mapping.topics import TopicFilter, TopicRouter, parse_filter
 from bridge.mapping.transforms import IDENTITY, Transform, parse_boolean
 from bridge.models import Coalesce, Deadbands, Record, payload_size
+from bridge.sparkplug.aliases import AliasTables, Birth
+from bridge.sparkplug.sessions import Seen
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
@@ -76,7 +79,7 @@ class Rule:
     name: str
     topic: TopicFilter
     device_id: Template
-    payload: str  # "json" | "number" | "boolean" | "text"
+    payload: str  # "json" | "number" | "boolean" | "text" | "sparkplug"
     metrics: tuple[tuple[str, FieldPath], ...]
     metric: Template | None
     ts_field: FieldPath | None
@@ -94,6 +97,7 @@ class Rule:
     metric_names: tuple[Template | None, ...] = ()  # per ``metrics`` entry whose name is a template
     readings_time: TimestampRule | None = None  # how element times are read
     each_where: Where = ()  # conditions an element of ``each`` must meet to be mapped
+    sparkplug: SparkplugRule | None = None  # the options of a ``payload: sparkplug`` rule
 
 
 # The rule label of messages a joined subscription let in that no rule's filter matches: they are
@@ -117,6 +121,10 @@ class Mapped:
     ignored: bool = False
     replaced_timestamps: int = 0
     skipped_readings: int = 0
+    births: list[Birth] = field(default_factory=list)  # Sparkplug aliases to store with it
+    park: tuple[str, str] | None = None  # Sparkplug (group, node): wait for its BIRTH
+    seen: Seen | None = None  # Sparkplug: the facts for seq / bdSeq tracking
+    skipped_values: dict[str, int] = field(default_factory=dict)  # Sparkplug: by reason
 
     @property
     def points(self) -> int:
@@ -146,8 +154,11 @@ class Mapper:
             else None
         )
         self._max_payload = max_payload_bytes
-        self._max_future_s = max_future_s
-        self._ids = identifiers
+        self.max_future_s = max_future_s
+        self.identifiers = identifiers
+        # Sparkplug aliases, resolved against and updated by every message of a sparkplug rule;
+        # the intake gives the mapper its own, which outlive a reload and live in the spool.
+        self.aliases = AliasTables()
 
     @property
     def subscriptions(self) -> list[str]:
@@ -184,14 +195,16 @@ class Mapper:
                 except orjson.JSONDecodeError as exc:
                     out.failures.append(PayloadError("invalid_json", str(exc)[:200]))
                     break
-            if rule.each is None:
+            if rule.sparkplug is not None:
+                _apply_sparkplug(self, rule, topic, payload, received_us, out)
+            elif rule.each is None:
                 self._apply(rule, captures, payload, doc, received_us=received_us, out=out)
             else:
                 self._apply_each(rule, captures, payload, doc, received_us=received_us, out=out)
             if not rule.keep_going:
                 break
         assert out is not None
-        if not (out.records or out.failures or out.ignored or out.skipped_readings):
+        if not (out.records or out.failures or out.ignored or out.skipped_readings or out.park):
             out.failures.append(PayloadError("no_metrics", "the payload held no metrics"))
         return out
 
@@ -212,7 +225,7 @@ class Mapper:
             if rule.payload == "json":
                 if not isinstance(doc, dict) and rule.readings is None:
                     raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
-                metrics = self._json_metrics(rule, doc, failures, captures) if rule.metrics else {}
+                metrics = _json_metrics(rule, doc, failures, captures) if rule.metrics else {}
                 if rule.collect is not None:
                     metrics.update(rule.collect.collect(doc, failures, captures))
                 if rule.readings is not None:
@@ -251,20 +264,20 @@ class Mapper:
         device_id = rule.device_id.render(captures, doc)
         if not device_id:
             raise PayloadError("bad_device_id", "device_id template rendered empty")
-        problem = self._ids.device_id_problem(device_id)
+        problem = self.identifiers.device_id_problem(device_id)
         if problem is not None:
             raise PayloadError("bad_device_id", problem)
         return device_id
 
     def _reading_ok(self, reading: Reading, failures: list[PayloadError]) -> bool:
         if reading.device is not None:
-            problem = self._ids.device_id_problem(reading.device)
+            problem = self.identifiers.device_id_problem(reading.device)
             if problem is not None:
                 failures.append(
                     PayloadError("bad_device_id", f"reading {reading.position}: {problem}")
                 )
                 return False
-        problem = self._ids.metric_name_problem(reading.name)
+        problem = self.identifiers.metric_name_problem(reading.name)
         if problem is not None:
             failures.append(
                 PayloadError("bad_metric_name", f"reading {reading.position}: {problem}")
@@ -273,7 +286,7 @@ class Mapper:
         return True
 
     def _name_ok(self, name: str, failures: list[PayloadError]) -> bool:
-        problem = self._ids.metric_name_problem(name)
+        problem = self.identifiers.metric_name_problem(name)
         if problem is None:
             return True
         failures.append(PayloadError("bad_metric_name", problem))
@@ -328,7 +341,7 @@ class Mapper:
     def _reading_time(self, rule: Rule, raw: object, received_us: int) -> int:
         spec = rule.readings_time or TimestampRule()
         ts_us = parse_timestamp(raw, spec.fmt, spec.tz, spec.pattern)
-        future = self._max_future_s if spec.max_future_s is None else spec.max_future_s
+        future = self.max_future_s if spec.max_future_s is None else spec.max_future_s
         check_not_future(ts_us, received_us, future)
         check_not_past(ts_us, received_us, spec.max_past_s)
         return ts_us
@@ -355,33 +368,6 @@ class Mapper:
         except UnicodeDecodeError:
             raise PayloadError("not_text", "payload is not UTF-8 text") from None
         return {name: transform.apply(name, text)}
-
-    @staticmethod
-    def _json_metrics(
-        rule: Rule, doc: object, failures: list[PayloadError], captures: dict[str, str]
-    ) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
-        names = rule.metric_names or (None,) * len(rule.metrics)
-        for (name, path), transform, template in zip(rule.metrics, transforms, names, strict=True):
-            if template is not None:
-                try:
-                    name = template.render(captures, doc)  # noqa: PLW2901  # the rendered name
-                except PayloadError as exc:
-                    failures.append(exc)
-                    continue
-                if not name:
-                    failures.append(PayloadError("bad_metric_name", f"{template.text!r} is empty"))
-                    continue
-            value = path.get(doc)
-            if value is _MISSING:
-                failures.append(PayloadError("missing_field", f"{name}: no field {path.text!r}"))
-                continue
-            try:
-                metrics[name] = transform.apply(name, value)
-            except PayloadError as exc:
-                failures.append(exc)
-        return metrics
 
     def _timestamp(
         self,
@@ -410,7 +396,7 @@ class Mapper:
                 raise PayloadError("missing_timestamp", f"no field {ts.field.text!r}")
         try:
             ts_us = parse_timestamp(raw, ts.fmt, ts.tz, ts.pattern)
-            future = self._max_future_s if ts.max_future_s is None else ts.max_future_s
+            future = self.max_future_s if ts.max_future_s is None else ts.max_future_s
             check_not_future(ts_us, received_us, future)
             check_not_past(ts_us, received_us, ts.max_past_s)
         except PayloadError:
@@ -419,6 +405,97 @@ class Mapper:
                 return received_us
             raise
         return ts_us
+
+
+def _json_metrics(
+    rule: Rule, doc: object, failures: list[PayloadError], captures: dict[str, str]
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
+    names = rule.metric_names or (None,) * len(rule.metrics)
+    for (name, path), transform, template in zip(rule.metrics, transforms, names, strict=True):
+        if template is not None:
+            try:
+                name = template.render(captures, doc)  # noqa: PLW2901  # the rendered name
+            except PayloadError as exc:
+                failures.append(exc)
+                continue
+            if not name:
+                failures.append(PayloadError("bad_metric_name", f"{template.text!r} is empty"))
+                continue
+        value = path.get(doc)
+        if value is _MISSING:
+            failures.append(PayloadError("missing_field", f"{name}: no field {path.text!r}"))
+            continue
+        try:
+            metrics[name] = transform.apply(name, value)
+        except PayloadError as exc:
+            failures.append(exc)
+    return metrics
+
+
+def _apply_sparkplug(  # noqa: PLR0917  # one message through one rule of the mapper
+    mapper: Mapper, rule: Rule, topic: str, payload: bytes, received_us: int, out: Mapped
+) -> None:
+    assert rule.sparkplug is not None
+    try:
+        result = map_sparkplug(
+            rule.sparkplug,
+            rule.device_id,
+            topic,
+            payload,
+            received_us,
+            mapper.aliases,
+            mapper.max_future_s,
+        )
+    except PayloadError as exc:
+        out.failures.append(exc)
+        return
+    _sparkplug_records(rule, result, received_us, mapper.identifiers, out)
+
+
+def _sparkplug_records(
+    rule: Rule,
+    result: SparkplugMapped,
+    received_us: int,
+    ids: IdentifierLimits,
+    out: Mapped,
+) -> None:
+    """Records of a mapped Sparkplug message, grouped by device and time."""
+    out.seen = result.seen
+    if result.birth is not None:
+        out.births.append(result.birth)
+    if result.control:
+        out.ignored = not out.records and not out.failures
+        return
+    if result.park is not None:
+        out.park = result.park
+        return
+    out.skipped_readings += result.left_out + sum(result.skipped.values())
+    for reason, n in result.skipped.items():
+        out.skipped_values[reason] = out.skipped_values.get(reason, 0) + n
+    failures = result.failures
+    groups: dict[tuple[str, int], dict[str, float]] = {}
+    for device, ts_us, name, value in result.points:
+        problem = ids.device_id_problem(device)
+        if problem is not None:
+            failures.append(PayloadError("bad_device_id", problem))
+            continue
+        problem = ids.metric_name_problem(name)
+        if problem is not None:
+            failures.append(PayloadError("bad_metric_name", problem))
+            continue
+        groups.setdefault((device, ts_us), {})[name] = value
+    out.failures.extend(failures)
+    if rule.reject_on_error and failures:
+        return
+    for (device, ts_us), values in groups.items():
+        items = list(values.items())
+        for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
+            chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
+            out.records.append(
+                Record(device, ts_us, chunk, received_us, rule.coalesce, rule.deadband)
+            )
 
 
 def _text(payload: bytes) -> str:

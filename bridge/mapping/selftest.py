@@ -45,17 +45,29 @@ def run_mapping_tests(
     return [_run_one(mapper, i, t, index) for i, t in enumerate(tests)]
 
 
+def payload_of(test: MappingTest) -> bytes:
+    """A test's payload bytes (``ValueError`` for hex that is not)."""
+    if test.payload_hex is not None:
+        return bytes.fromhex(test.payload_hex)
+    if test.payload is not None:
+        return test.payload.encode("utf-8")
+    return orjson.dumps(test.payload_json)
+
+
 def _run_one(mapper: Mapper, i: int, test: MappingTest, index: LineIndex | None) -> TestOutcome:
     name = test.name or test.topic
     outcome = TestOutcome(i, name, index.line_of(("tests", i)) if index else None)
-    if (test.payload is None) == (test.payload_json is None):
-        outcome.problems.append("give exactly one of 'payload' (text) or 'payload_json'")
+    given = [test.payload, test.payload_json, test.payload_hex]
+    if sum(g is not None for g in given) != 1:
+        outcome.problems.append(
+            "give exactly one of 'payload' (text), 'payload_json' or 'payload_hex'"
+        )
         return outcome
-    payload = (
-        test.payload.encode("utf-8")
-        if test.payload is not None
-        else orjson.dumps(test.payload_json)
-    )
+    try:
+        payload = payload_of(test)
+    except ValueError as exc:
+        outcome.problems.append(f"payload_hex: {exc}")
+        return outcome
     received_us = int(time.time() * 1_000_000)
     if test.received_at is not None:
         try:

@@ -113,16 +113,35 @@ class CoalesceSpec(_Strict):
     function: Literal["last", "avg", "min", "max", "sum", "count"] = "last"
 
 
+class SparkplugSpec(_Strict):
+    """Options of a ``payload: sparkplug`` rule: ``{separator: _, exclude: ['Debug/*']}``.
+    Metric names are the Sparkplug names with their folder ``/`` replaced by ``separator``;
+    ``include``/``exclude`` are globs over the Sparkplug names (default exclude: ``bdSeq`` and
+    ``Node Control/*``); ``rename`` maps a Sparkplug name to a metric name; ``map`` turns the
+    texts of String metrics into numbers; ``node_device_id`` is the device id template of an
+    edge node's own metrics (NBIRTH, NDATA), default ``{group}-{node}``; ``online_metric``
+    names a metric sent as 1 at each BIRTH and 0 at each DEATH of a device or node."""
+
+    node_device_id: str | None = Field(None, min_length=1)
+    separator: str = Field(".", min_length=1, max_length=3)
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    rename: dict[str, str] | None = None
+    map: dict[str, float] | None = None
+    online_metric: str | None = Field(None, min_length=1)
+
+
 class RuleSpec(_Strict):
     """One mapping rule as written in the file."""
 
     name: str = Field(pattern=_NAME)
     topic: str = Field(min_length=1)
     device_id: str | None = Field(None, min_length=1)
-    payload: Literal["json", "number", "boolean", "text"] = "json"
+    payload: Literal["json", "number", "boolean", "text", "sparkplug"] = "json"
     metrics: dict[str, str | MetricSpec] | None = None
     collect: CollectSpec | None = None
     readings: ReadingsSpec | None = None
+    sparkplug: SparkplugSpec | None = None
     each: Annotated[str, Field(min_length=1)] | EachSpec | None = None
     coalesce: CoalesceSpec | None = None
     deadband: DeadbandSpec | None = None
@@ -150,6 +169,7 @@ class MappingTest(_Strict):
     topic: str = Field(min_length=1)
     payload: str | None = None
     payload_json: object = None
+    payload_hex: str | None = None  # binary payloads (Sparkplug B) as hex digits
     received_at: str | None = None  # ISO 8601 receive time; default: when the test runs
     expect: list[ExpectedPoints] | None = None
     expect_failures: list[str] | None = None  # reasons, in order

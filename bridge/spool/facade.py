@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from bridge.batcher import Batch
 from bridge.models import CommitResult, DeadLetter, Record
+from bridge.sparkplug.aliases import AliasRow
+from bridge.sparkplug.parking import Parked, SparkplugChanges
 from bridge.spool.dlbudget import Pruned
 from bridge.spool.fairshare import FairStatus
 from bridge.spool.file import SpoolFile
@@ -53,12 +55,23 @@ class AsyncSpool:
         acked: Sequence[tuple[int, int]],
         *,
         forget_unacked: bool,
+        sparkplug: Sequence[SparkplugChanges] = (),
     ) -> CommitResult:
         """One group commit (see :meth:`Spool.commit`)."""
         spool = self._spool
         return await self._run(
-            lambda: spool.commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
+            lambda: spool.commit(
+                records, dead, stamped, acked, forget_unacked=forget_unacked, sparkplug=sparkplug
+            )
         )
+
+    async def load_aliases(self) -> list[AliasRow]:
+        """The Sparkplug alias tables committed with their BIRTH messages."""
+        return await self._run(self._spool.writer.load_aliases)
+
+    async def load_parked(self) -> list[Parked]:
+        """The Sparkplug messages parked until their BIRTH."""
+        return await self._run(self._spool.writer.load_parked)
 
     async def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
         """Receive times a crashed run committed before its PUBACKs."""

@@ -8,7 +8,8 @@ Layout 3: the ``held`` records and the ``devices`` totals of the fair share
 (:mod:`bridge.spool.fairshare`); an older bridge would not see held points, so it refuses.
 Tables that an older bridge may safely ignore are added without a new version: every open
 creates the missing ones (``coalesce_state``; ``deadband_state``, whose loss only means the
-next value of each metric is sent).
+next value of each metric is sent; ``sparkplug_aliases``, which an older bridge without
+Sparkplug rules never reads).
 """
 
 from __future__ import annotations
@@ -128,6 +129,29 @@ CREATE TRIGGER IF NOT EXISTS held_devices_out AFTER DELETE ON held BEGIN
     UPDATE devices SET held = held - OLD.n WHERE device_id = OLD.device_id;
     DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
 END;
+-- The alias tables of Sparkplug B edge nodes, written in the commit of the BIRTH that defines
+-- them (spool/sparkplug.py). device is '' for a node's own metrics; alias NULL for a metric
+-- born without one.
+CREATE TABLE IF NOT EXISTS sparkplug_aliases (
+    grp TEXT NOT NULL,
+    node TEXT NOT NULL,
+    device TEXT NOT NULL,
+    name TEXT NOT NULL,
+    alias INTEGER,
+    datatype INTEGER,
+    PRIMARY KEY (grp, node, device, name)
+) WITHOUT ROWID;
+-- Sparkplug DATA waiting for the BIRTH that defines its aliases, whole, by edge node and
+-- receive time (spool/sparkplug.py, sparkplug/parking.py).
+CREATE TABLE IF NOT EXISTS sparkplug_parked (
+    grp TEXT NOT NULL,
+    node TEXT NOT NULL,
+    received_us INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    rule TEXT NOT NULL,
+    PRIMARY KEY (grp, node, received_us)
+) WITHOUT ROWID;
 -- Receive times of receive-stamped messages whose PUBACK the broker is not known to have read
 -- (a PINGREQ fence after it has not passed): a redelivery after a crash reuses them.
 CREATE TABLE IF NOT EXISTS unacked (

@@ -31,6 +31,7 @@ from typing import TypeVar
 from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.settings import DeadLetterSettings, SpoolSettings
+from bridge.sparkplug.parking import SparkplugChanges
 from bridge.spool.coalesce import Coalescer
 from bridge.spool.deadband import DeadbandGate
 from bridge.spool.deadletters import DeadLetters
@@ -100,6 +101,7 @@ class Spool:
         acked: Sequence[tuple[int, int]] = (),
         *,
         forget_unacked: bool = False,
+        sparkplug: Sequence[SparkplugChanges] = (),
     ) -> CommitResult:
         """A group commit (:meth:`IntakeWriter.commit`) that dead letters can never refuse.
 
@@ -115,7 +117,9 @@ class Spool:
         writer = self.writer
         need = _size(records, dead)
         result = self.making_room(
-            lambda: writer.commit(records, dead, stamped, acked, forget_unacked=forget_unacked),
+            lambda: writer.commit(
+                records, dead, stamped, acked, forget_unacked=forget_unacked, sparkplug=sparkplug
+            ),
             need,
         )
         try:

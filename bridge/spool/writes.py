@@ -18,12 +18,15 @@ from collections.abc import Sequence
 
 from bridge.errors import SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record, payload_size
+from bridge.sparkplug.aliases import AliasRow
+from bridge.sparkplug.parking import Parked, SparkplugChanges
 from bridge.spool.coalesce import fold
 from bridge.spool.deadband import DeadbandGate, Screened
 from bridge.spool.fairshare import FairShare
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.outbox import Outbox
 from bridge.spool.schema import record_row
+from bridge.spool.sparkplug import load_aliases, load_parked, store_changes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class IntakeWriter:
         acked: Sequence[tuple[int, int]] = (),
         *,
         forget_unacked: bool = False,
+        sparkplug: Sequence[SparkplugChanges] = (),
     ) -> CommitResult:
         """Store records and dead letters in one durable transaction.
 
@@ -59,7 +63,9 @@ class IntakeWriter:
         ``acked`` the (packet id, receive time) whose PUBACK the broker has read since the last
         commit (their entries are dropped, and older ones of the same id: the broker has reused
         it since; a newer one is another message's and stays); ``forget_unacked`` drops them
-        all first (the broker lost the session). See the ``unacked`` table.
+        all first (the broker lost the session). See the ``unacked`` table. ``sparkplug``:
+        what the messages of this commit change in the Sparkplug alias tables and parked
+        messages, in receive order (:mod:`bridge.spool.sparkplug`).
 
         Raises:
             SpoolFull: the cap is reached or the disk is full; nothing was written.
@@ -100,6 +106,8 @@ class IntakeWriter:
                 db.executemany("INSERT OR REPLACE INTO unacked VALUES (?, ?, ?, ?)", stamped)
             if dead:
                 self._insert_dead(db, dead)
+            if sparkplug:
+                store_changes(db, sparkplug)
         fair.count_received(records)
         file.depth_records += inserted
         file.depth_points += points
@@ -175,6 +183,14 @@ class IntakeWriter:
                 for d in dead
             ],
         )
+
+    def load_aliases(self) -> list[AliasRow]:
+        """The Sparkplug alias tables as committed (at start)."""
+        return load_aliases(self._file.conn)
+
+    def load_parked(self) -> list[Parked]:
+        """The Sparkplug messages parked until their BIRTH (at start)."""
+        return load_parked(self._file.conn)
 
     def load_unacked(self) -> dict[int, tuple[str, bytes, int]]:
         """Packet id → (topic, digest, receive time) of stamped messages whose PUBACK the

@@ -33,6 +33,7 @@ from bridge.mapping.timestamps import format_timestamp
 from bridge.mapping.topics import TopicFilter, parse_filter
 from bridge.recipes import Recipe, catalogue
 from bridge.survey.patterns import PLAIN_KINDS, Pattern, group_topics
+from bridge.survey.sparkplug import sparkplug_rules, split_sparkplug
 from bridge.survey.topics import Sample, Survey, TopicStats
 
 TIME_FIELDS = ("ts", "timestamp", "time", "t")  # a top-level field tried as the reading's time
@@ -144,7 +145,7 @@ def _still_applies(topic: str, rules: Sequence[Rule], narrowed: Sequence[Rule]) 
 def draft_mapping(survey: Survey, header: Sequence[str] = ()) -> Draft:
     """The draft mapping file for what ``survey`` saw."""
     uses = recipe_uses(survey)
-    generic = [t for t in survey.topics.values() if t.recipe is None]
+    sparkplug, generic = split_sparkplug(t for t in survey.topics.values() if t.recipe is None)
     patterns = group_topics(generic, recipe_filters(uses))
     draft = Draft("", [u.recipe for u in uses], patterns)
     rules: list[tuple[list[str], Rule]] = []
@@ -157,6 +158,7 @@ def draft_mapping(survey: Survey, header: Sequence[str] = ()) -> Draft:
         if use.firsts:
             draft.narrowed[r.name] = use.firsts
     names = {rule["name"] for _, rule in rules}
+    rules.extend(sparkplug_rules(sparkplug, names))
     own: list[tuple[Pattern, Rule]] = []
     for p in patterns:
         if p.recipe is not None:

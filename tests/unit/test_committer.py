@@ -25,6 +25,7 @@ from bridge.models import CommitResult, DeadLetter, Record
 from bridge.mqtt.source import MqttSource
 from bridge.mqtt.state import SourceState
 from bridge.settings import CommitSettings, DeadLetterSettings, MappingSettings, SpoolSettings
+from bridge.sparkplug.parking import SparkplugChanges
 from bridge.spool.dlbudget import PRUNE_REASONS
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
@@ -87,10 +88,13 @@ class GatedSpool(AsyncSpool):
         acked: Sequence[tuple[int, int]],
         *,
         forget_unacked: bool,
+        sparkplug: Sequence[SparkplugChanges] = (),
     ) -> CommitResult:
         self.commits += 1
         await self.gate.wait()
-        return await super().commit(records, dead, stamped, acked, forget_unacked=forget_unacked)
+        return await super().commit(
+            records, dead, stamped, acked, forget_unacked=forget_unacked, sparkplug=sparkplug
+        )
 
 
 class Rig:

@@ -293,3 +293,32 @@ def test_topic_tree_is_bounded_and_says_what_it_left_out() -> None:
     assert len(lines) == TREE_LINES + 1
     assert lines[-1].endswith("more line(s); --json lists every topic")
     assert any(line.strip().startswith("… 1 more, ") for line in lines)
+
+
+def test_discover_drafts_one_sparkplug_rule_per_group_that_maps_the_nodes() -> None:
+    """Sparkplug topics become a payload: sparkplug rule per group (not generic patterns of
+    binary payloads); the draft compiles and maps a BIRTH and DATA by alias of those nodes."""
+    from bridge.sparkplug.datatypes import DataType
+    from bridge.sparkplug.encode import EdgeNode, Metric
+
+    nodes = [EdgeNode("plant", "press-1"), EdgeNode("plant", "press-2"), EdgeNode("lab", "l1")]
+    messages: list[tuple[str, bytes]] = []
+    for node in nodes:
+        messages.append(node.nbirth([Metric("rpm", DataType.INT32, 100)], T0 // 1000))
+        messages.append(node.ndata({"rpm": 120}, T0 // 1000 + 1000))
+    messages.append(("spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1}'))
+    survey = _survey(_plant() + messages)
+    draft = draft_mapping(survey, ["a header"])
+    assert draft.problems == []
+    assert "Sparkplug B group plant: 4 message(s) of 2 edge node(s)" in draft.text
+    data, index = load_yaml_text(draft.text, "draft.yaml")
+    rules = compile_mappings(data, index)
+    spb = [r for r in rules if r.payload == "sparkplug"]
+    assert [r.name for r in spb] == ["sparkplug-lab", "sparkplug-plant"]
+    assert not any(r.topic.subscription.startswith("spBv1.0") for r in rules if r not in spb)
+    mapper = Mapper(rules)
+    mapper.map(*messages[0], T0)
+    mapped = mapper.map(*messages[1], T0)
+    assert mapped.rule == "sparkplug-plant"
+    assert mapped.failures == []
+    assert [(r.device_id, r.metrics) for r in mapped.records] == [("press-1", {"rpm": 120.0})]
