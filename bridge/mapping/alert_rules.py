@@ -74,7 +74,7 @@ def compile_alerts(
             dupes = sorted({d for d in devices if devices.count(d) > 1})
             if dupes:
                 errors.append(index.error((*at, "device"), f"listed twice: {', '.join(dupes)}"))
-        for device in devices:
+        for device in dict.fromkeys(devices):  # a repeated id is reported once, above
             if not device.strip():
                 errors.append(index.error((*at, "device"), "a device id cannot be empty"))
                 continue
