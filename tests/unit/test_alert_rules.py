@@ -227,3 +227,21 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 def test_the_hash_changes_exactly_when_the_threshold_does(a: float, b: float) -> None:
     same = body_hash(rule(threshold=a).body()) == body_hash(rule(threshold=b).body())
     assert same is (repr(a) == repr(b))
+
+
+def test_the_guides_example_compiles_to_its_alerts_and_its_tests_pass() -> None:
+    """The first example of docs/guide/alerts.md is a whole mapping file: its rules' tests
+    pass, its alerts are the four the guide's plan shows, and check has no warning for them."""
+    from bridge.mapping.selftest import run_mapping_tests
+
+    page = (Path(__file__).parents[2] / "docs" / "guide" / "alerts.md").read_text("utf-8")
+    block = page.split("```yaml\n")[1].split("```")[0]
+    data, index = load_yaml_text(block, "alerts.md")
+    rules = compile_mappings(data, index)
+    spec = MappingFile.model_validate(data)
+    alerts = compile_alerts(spec.alerts or [], index, [])
+    assert [a.key for a in alerts] == ["Hot line", "Damp (line-1)", "Damp (line-2)", "Any line hot"]
+    assert unproduced_metric_warnings(alerts, rules, "alerts.md") == []
+    tests = spec.tests or []
+    assert len(tests) == 1
+    assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]]
