@@ -8,6 +8,12 @@ have reached Metriqo (a timeout, a 5xx, an unreadable answer, or a network error
 client may have retried after a timeout) keeps it, so the next run says
 "possibly created" rather than create a second alert silently. The first failure stops the
 run: the remaining alerts are left for the next one.
+
+Give it a client whose :class:`~bridge.api.client.RetryPolicy` makes one attempt
+(:data:`ONE_ATTEMPT`): the client would otherwise send a ``POST`` again after a timeout or a
+5xx that Metriqo may have processed, creating the alert twice without anyone knowing. Only a
+429 (refused, so nothing was created) is sent again here, after the pause the client's pacer
+took from its ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from dataclasses import dataclass, field
 
 from bridge import failpoints
 from bridge.api.alert_ledger import Ledger, LedgerEntry, PlanItem, body_hash, now_iso
-from bridge.api.client import ApiClient
-from bridge.api.models import format_time
-from bridge.errors import ApiBadResponse, ApiError, ApiUnavailable
+from bridge.api.client import ApiClient, RetryPolicy
+from bridge.api.models import AlertCreated, AlertRule, format_time
+from bridge.errors import ApiBadResponse, ApiError, ApiRateLimited, ApiUnavailable
+
+ONE_ATTEMPT = RetryPolicy(attempts=1)
+RATE_LIMITED_ATTEMPTS = 5  # 429s in a row for one alert before apply gives up (exit 75)
 
 
 @dataclass(slots=True)
@@ -45,7 +54,7 @@ async def apply(
         digest = body_hash(body)
         ledger.put(LedgerEntry(rule.name, "intent", digest, body, now_iso()))
         try:
-            created = await api.create_alert(rule)
+            created = await _create(api, rule)
         except ApiError as exc:
             result.error = exc
             if isinstance(exc, ApiUnavailable | ApiBadResponse):
@@ -62,3 +71,14 @@ async def apply(
         result.created.append(entry)
         progress(f"[{n}/{len(todo)}] created {created.id} {rule.name!r}")
     return result
+
+
+async def _create(api: ApiClient, rule: AlertRule) -> AlertCreated:
+    """One alert; a 429 is sent again (the pacer holds it for the ``Retry-After``)."""
+    for attempt in range(1, RATE_LIMITED_ATTEMPTS + 1):
+        try:
+            return await api.create_alert(rule)
+        except ApiRateLimited:
+            if attempt == RATE_LIMITED_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

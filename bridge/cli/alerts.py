@@ -131,7 +131,7 @@ def _plan_or_apply(
 
 
 def _apply(settings: Settings, items: list[PlanItem], ledger: Ledger, creates: int) -> int:
-    from bridge.api.alert_apply import apply
+    from bridge.api.alert_apply import ONE_ATTEMPT, apply
     from bridge.api.client import ApiClient
     from bridge.config.secrets import TokenSource
     from bridge.limits import ALERTS_REQUESTS_PER_MINUTE
@@ -147,7 +147,7 @@ def _apply(settings: Settings, items: list[PlanItem], ledger: Ledger, creates: i
     token = TokenSource(settings.credentials)
 
     async def go() -> tuple[int, ApiError | None, str | None]:
-        async with ApiClient(settings.sender, token) as api:
+        async with ApiClient(settings.sender, token, retry=ONE_ATTEMPT) as api:
             result = await apply(items, api, ledger, progress=lambda s: print(s, flush=True))
         return len(result.created), result.error, result.possibly_created
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
-from bridge.api.alert_apply import apply
+from bridge.api.alert_apply import ONE_ATTEMPT, apply
 from bridge.api.alert_ledger import Ledger, plan
-from bridge.api.client import ApiClient, Budgets, RetryPolicy
+from bridge.api.client import ApiClient, Budgets
 from bridge.cli.main import main
 from bridge.lab.apiserver.ratelimits import EndpointLimits
 from bridge.lab.apiserver.server import LocalApi
@@ -204,7 +205,7 @@ async def test_a_429_at_the_alerts_limit_is_waited_out_and_nothing_is_duplicated
     ledger = Ledger(tmp_path / "alerts-ledger.json")
     async with LocalApi(TOKEN, clock=clock, limits=limits) as server:
         budgets = Budgets(alerts=6000)  # faster than the server allows: provokes the 429
-        retry = RetryPolicy(attempts=4, backoff_min_s=0.01, backoff_max_s=0.05)
+        retry = ONE_ATTEMPT  # as the command does: apply itself sends a 429'd alert again
         settings = SenderSettings(base_url=server.url)
         async with (
             asyncio.timeout(WAIT),
@@ -312,3 +313,34 @@ async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT):
         while not condition():
             await asyncio.sleep(0.02)
+
+
+async def test_a_500_is_not_sent_again_and_is_reported_as_possibly_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 500 may come after Metriqo stored the alert (a proxy timing out, a crash after the
+    commit): the command sends that alert once only, keeps its intent, exits 69, and the next
+    plan says it may exist. A server that answers every POST with 500 counts the attempts."""
+    posts: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        posts.append(request.path)
+        return web.json_response({"error": "internal", "message": "oops"}, status=500)
+
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        cli = Cli(tmp_path, f"http://127.0.0.1:{runner.addresses[0][1]}/api/v2")
+        cli.file.write_text(alerts_yaml("http://127.0.0.1:9/hook"), encoding="utf-8")
+        assert await cli("apply") == 69
+        assert posts == ["/api/v2/alerts"]  # once: a second POST could make a duplicate
+        assert {n: e["state"] for n, e in cli.ledger().items()} == {"Hot line": "intent"}
+        capsys.readouterr()
+        assert await cli("plan") == 1
+        assert "? 'Hot line' was sent at" in capsys.readouterr().out
+    finally:
+        await runner.cleanup()
