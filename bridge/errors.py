@@ -70,7 +70,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (
         EX_TEMPFAIL,
         "the spool is locked by another running bridge; `alerts apply`: still rate limited "
-        "(429) after the retries",
+        "(429) after the retries, or another `alerts` command is using the ledger",
     ),
     (
         EX_CONFIG,

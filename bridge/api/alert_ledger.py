@@ -19,6 +19,7 @@ the previous ledger or the next one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from collections.abc import Sequence
@@ -39,6 +40,31 @@ _SYMBOL = {"gt": ">", "lt": "<", "gte": ">=", "lte": "<="}
 
 class LedgerError(Exception):
     """The ledger file cannot be read or written (the CLI reports it with its path)."""
+
+
+class LedgerBusy(LedgerError):
+    """Another ``alerts`` command holds the ledger's lock."""
+
+
+def lock_ledger(path: Path) -> int:
+    """Takes the ledger's lock (``alerts-ledger.json.lock``, an flock released when the
+    returned descriptor is closed, or the process ends): two applies at once could each
+    create the same alert."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LedgerError(f"{lock}: cannot open the alerts ledger's lock: {exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise LedgerBusy(
+            f"{path}: another `metriqo-bridge alerts` command is using this ledger; "
+            "run again when it has finished"
+        ) from None
+    return fd
 
 
 def body_hash(body: dict[str, object]) -> str:
@@ -71,9 +97,25 @@ class Ledger:
     """The ledger file: :meth:`load`, look at :attr:`entries`, and :meth:`put` / :meth:`drop`
     (each writes the whole file atomically)."""
 
-    def __init__(self, path: Path, entries: dict[str, LedgerEntry] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        entries: dict[str, LedgerEntry] | None = None,
+        api: str | None = None,
+    ) -> None:
         self.path = path
         self.entries: dict[str, LedgerEntry] = dict(entries or {})
+        self.api = api  # the api.base_url the alerts were created at
+
+    def claim(self, base_url: str) -> None:
+        """Refuses a ledger of another API (say, staging's state directory used against
+        production): its entries say nothing about what exists there."""
+        if self.entries and self.api is not None and self.api != base_url:
+            raise LedgerError(
+                f"{self.path}: the alerts ledger records alerts created at {self.api}, not at "
+                f"api.base_url {base_url}; use the state directory (--state-dir) of that API"
+            )
+        self.api = base_url
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -94,11 +136,12 @@ class Ledger:
                 )
                 for name, e in doc["alerts"].items()
             }
+            api = doc.get("api")
         except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerError(
                 f"{path}: the alerts ledger is unreadable ({exc}); it is left as it is"
             ) from None
-        return cls(path, entries)
+        return cls(path, entries, api if isinstance(api, str) else None)
 
     def put(self, entry: LedgerEntry) -> None:
         self.entries[entry.name] = entry
@@ -111,6 +154,7 @@ class Ledger:
     def _write(self) -> None:
         doc = {
             "version": _VERSION,
+            "api": self.api,
             "alerts": {name: e.to_json() for name, e in sorted(self.entries.items())},
         }
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,9 +37,10 @@ KEYS = ("state_dir", "mapping.file", "api.base_url", "api.token_file", "log_leve
 EPILOG = (
     "exit codes: 0 nothing to do or everything done; 1 drift that needs action in the Metriqo "
     "dashboard (a changed or removed alert, or one that may have been created: each is printed "
-    "with what to do), or the API refused an alert (400); 69 the API is unavailable; 75 still "
-    "rate limited (429) after the retries, run again later; 78 the mapping file or the settings "
-    "are invalid, the API refused the token, or api.base_url is wrong."
+    "with what to do), the API refused an alert (400), or the ledger is unreadable or belongs "
+    "to another api.base_url; 69 the API is unavailable; 75 still rate limited (429) after the "
+    "retries, or another alerts command is using the ledger: run again later; 78 the mapping "
+    "file or the settings are invalid, the API refused the token, or api.base_url is wrong."
 )
 
 
@@ -82,7 +84,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bridge import failpoints
-    from bridge.api.alert_ledger import LEDGER_NAME, Ledger, LedgerError
+    from bridge.api.alert_ledger import LEDGER_NAME, Ledger, LedgerBusy, LedgerError, lock_ledger
     from bridge.config.pathnames import NamedBy
     from bridge.logs import setup_logging
     from bridge.mapping.loader import load_mapping_alerts
@@ -92,16 +94,27 @@ def run(args: argparse.Namespace) -> int:
     failpoints.arm_from_env()
     named_by = NamedBy.setting(settings.origins, "mapping.file")
     _rules, desired, _index = load_mapping_alerts(settings.mapping.file, named_by)
+    path = settings.state_dir / LEDGER_NAME
+    lock = None
     try:
-        ledger = Ledger.load(settings.state_dir / LEDGER_NAME)
+        if args.verb != "plan":  # plan only reads
+            lock = lock_ledger(path)
+        ledger = Ledger.load(path)
+        ledger.claim(settings.sender.base_url)
         if args.verb == "forget":
             return _forget(ledger, args.names)
         if args.verb == "adopt":
             return _adopt(ledger, args.name, args.alert_id, [d.rule for d in desired])
         return _plan_or_apply(args.verb == "apply", settings, desired, ledger)
+    except LedgerBusy as exc:
+        print(f"metriqo-bridge: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except LedgerError as exc:
         print(f"metriqo-bridge: {exc}", file=sys.stderr)
         return EX_FAILURE
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _plan_or_apply(

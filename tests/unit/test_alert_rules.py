@@ -245,3 +245,28 @@ def test_the_guides_example_compiles_to_its_alerts_and_its_tests_pass() -> None:
     tests = spec.tests or []
     assert len(tests) == 1
     assert [o.problems for o in run_mapping_tests(rules, tests, index)] == [[]]
+
+
+def test_a_second_alerts_command_is_refused_while_one_holds_the_ledger(tmp_path: Path) -> None:
+    import os
+
+    from bridge.api.alert_ledger import LedgerBusy, lock_ledger
+
+    path = tmp_path / "state" / "alerts-ledger.json"
+    fd = lock_ledger(path)
+    try:
+        with pytest.raises(LedgerBusy, match="another `metriqo-bridge alerts` command"):
+            lock_ledger(path)
+    finally:
+        os.close(fd)
+    os.close(lock_ledger(path))  # released with its descriptor
+
+
+def test_a_ledger_of_another_api_is_refused(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.json")
+    ledger.claim("https://staging.example.com/api/v2")
+    ledger.put(created(rule()))
+    again = Ledger.load(ledger.path)
+    again.claim("https://staging.example.com/api/v2")  # the same API: fine
+    with pytest.raises(LedgerError, match="records alerts created at https://staging"):
+        Ledger.load(ledger.path).claim("https://metriqo.net/api/v2")
