@@ -51,7 +51,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         "`dead-letters requeue`: some dead letters still fail; `bench`, `soak`, `demo`: a point "
         "was lost or duplicated (`bench sparkplug`: a message decoded to other numbers than "
         "were encoded); `recipes write`: the file exists (without `--force`) or cannot "
-        "be written",
+        "be written; `alerts plan`/`apply`: drift that needs action in the Metriqo dashboard "
+        "(printed with what to do), or the API refused an alert (400)",
     ),
     (
         EX_USAGE,
@@ -63,15 +64,20 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         EX_UNAVAILABLE,
         "`check --connect`: a line of the checklist failed (the broker or the API cannot be "
         "used as configured); `discover`, `tap`: the broker cannot be reached or refuses the "
-        "connection or subscription; `demo`, `bench` or `soak` without mosquitto installed",
+        "connection or subscription; `alerts apply`: the API is unavailable; `demo`, "
+        "`bench` or `soak` without mosquitto installed",
     ),
-    (EX_TEMPFAIL, "the spool is locked by another running bridge"),
+    (
+        EX_TEMPFAIL,
+        "the spool is locked by another running bridge; `alerts apply`: still rate limited "
+        "(429) after the retries, or another `alerts` command is using the ledger",
+    ),
     (
         EX_CONFIG,
         "configuration error (nothing started, no spool touched; `check --connect`: a red "
         "line that `run` would refuse to start with, such as an invalid mapping file or no "
         "token), or a spool written by a newer version (left untouched); `recipes`: no recipe "
-        "of that name",
+        "of that name; `alerts apply`: the API refused the token or api.base_url is wrong",
     ),
     (EX_INTERRUPTED, "interrupted (Ctrl-C) in a command other than `run`"),
 )

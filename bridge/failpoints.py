@@ -46,6 +46,10 @@ POINTS: dict[str, str] = {
     "after_2xx_before_delete": (
         "the API accepted a batch, its spool delete transaction not yet run (bridge/delivery.py)"
     ),
+    "alerts_after_create_before_ledger": (
+        "alerts apply: the API created an alert (201), the ledger entry not yet written "
+        "(bridge/api/alert_apply.py)"
+    ),
 }
 
 _ITEM = re.compile(

@@ -14,6 +14,7 @@ from bridge.cli.flags import RUN, add_mapping_file, add_settings_flags, mapping_
 from bridge.errors import EX_CONFIG, EX_OK, EX_USAGE
 
 if TYPE_CHECKING:
+    from bridge.config.yamlfile import LineIndex
     from bridge.mapping.mapper import Rule
 
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [index.line_of(("rules", i, "topic")) for i in range(len(rules))]
     warnings = [format_warning(w, str(file)) for w in rule_warnings(rules, lines)]
     warnings += yaml11_warnings(index)
+    warnings += _alert_warnings(data, index, rules, str(file))
     for warning in warnings:
         print(warning)
     _print_cover(rules)
@@ -93,6 +95,19 @@ def run(args: argparse.Namespace) -> int:
         )
         return EX_CONFIG
     return EX_OK
+
+
+def _alert_warnings(data: object, index: LineIndex, rules: list[Rule], file: str) -> list[str]:
+    """The ``alerts:`` section: listed, and an alert on a metric no rule produces named."""
+    from bridge.mapping.alert_rules import compile_alerts, unproduced_metric_warnings
+    from bridge.mapping.spec import MappingFile
+
+    specs = MappingFile.model_validate(data).alerts or []
+    if not specs:
+        return []
+    alerts = compile_alerts(specs, index, [])  # valid: compile_mappings checked them
+    print(f"  alerts: {len(alerts)} alert rule(s) (metriqo-bridge alerts plan)")
+    return unproduced_metric_warnings(alerts, rules, file)
 
 
 def _print_cover(rules: list[Rule]) -> None:

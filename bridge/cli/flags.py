@@ -44,7 +44,7 @@ class Flag:
 
 # Flag → setting, the single source (each is also reachable as --set KEY=VALUE).
 FLAGS: tuple[Flag, ...] = (
-    Flag("state_dir", "state directory: default spool, lock and runtime file", "DIR"),
+    Flag("state_dir", "state directory: default spool, lock, runtime file, alerts ledger", "DIR"),
     Flag("mapping.file", "mapping file", "FILE", old=("--mappings",)),
     Flag("mqtt.host", "broker host", "HOST"),
     Flag("mqtt.port", "broker port", "PORT"),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from bridge import __version__
 from bridge.cli import (
+    alerts,
     backup,
     bench,
     check,
@@ -57,6 +58,7 @@ COMMANDS: tuple[Command, ...] = (
     check,
     explain,
     recipes,
+    alerts,
     discover,
     tap,
     schema,

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from bridge.config.pathnames import NamedBy
 from bridge.config.yamlfile import KeyPath, LineIndex, load_yaml_file, load_yaml_text
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.mapping.alert_rules import DesiredAlert, compile_alerts
 from bridge.mapping.conversions import Conversion, expression, linear
 from bridge.mapping.deadband_spec import compile_deadbands
 from bridge.mapping.element_forms import compile_each, compile_readings, devices_per_reading
@@ -45,6 +46,16 @@ def load_mapping_tests(path: Path) -> tuple[list[Rule], list[MappingTest], LineI
     rules = compile_mappings(data, index)
     spec = MappingFile.model_validate(data)
     return rules, list(spec.tests or []), index
+
+
+def load_mapping_alerts(
+    path: Path, named_by: NamedBy | None = None
+) -> tuple[list[Rule], list[DesiredAlert], LineIndex]:
+    """The compiled rules and the alert rules of a mapping file's ``alerts:`` section."""
+    data, index = load_yaml_file(path, named_by)
+    rules = compile_mappings(data, index)
+    spec = MappingFile.model_validate(data)
+    return rules, compile_alerts(spec.alerts or [], index, []), index
 
 
 def load_mappings(
@@ -92,6 +103,7 @@ def compile_mappings(
         rule = _Compiler(rule_spec, at, index, errors, limits or IdentifierLimits()).rule()
         if rule is not None:
             rules.append(rule)
+    compile_alerts(spec.alerts or [], index, errors)  # checked here: start-up refuses a bad one
     if errors:
         raise ConfigErrors(errors)
     return rules

@@ -176,9 +176,24 @@ class MappingTest(_Strict):
     expect_ignored: bool = False
 
 
+class AlertSpec(_Strict):
+    """An alert rule that ``metriqo-bridge alerts apply`` creates in Metriqo (``POST /alerts``):
+    ``{name: Hot line, device: line-1, metric: temp, condition: gt, threshold: 80, notify:
+    https://ops.example.com/hooks/thermal}``. ``device`` is one device id, ``*`` (every device)
+    or a list of device ids (one alert each, named ``NAME (DEVICE)``)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    device: str | list[str] = Field(min_length=1)
+    metric: str = Field(min_length=1)
+    condition: Literal["gt", "lt", "gte", "lte", ">", "<", ">=", "<="]
+    threshold: float
+    notify: str = Field(min_length=1, description="webhook URL (https, or http to loopback)")
+
+
 class MappingFile(_Strict):
     """The whole ``topic-mappings.yaml``."""
 
     version: Literal[1]
     rules: list[RuleSpec] = Field(min_length=1)
     tests: list[MappingTest] | None = None
+    alerts: list[AlertSpec] | None = None

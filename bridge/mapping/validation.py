@@ -17,7 +17,9 @@ from bridge.config.yamlfile import KeyPath, LineIndex, format_path
 from bridge.errors import ConfigError
 
 # Union members appear in pydantic's location ("str", "MetricSpec"); they are not keys.
-_UNION = frozenset({"str", "constrained-str", "MetricSpec", "EachSpec", "bool", "int", "float"})
+_UNION = frozenset(
+    {"str", "constrained-str", "MetricSpec", "EachSpec", "list[str]", "bool", "int", "float"}
+)
 _KEY = "[key]"  # pydantic's location of a dict key that failed, after the key itself
 _WANTS_TEXT = frozenset({"string_type"})
 _WANTS_VALUE = frozenset(
