@@ -126,6 +126,8 @@ class SpoolSettings:
     fair_share: bool = True  # spool/fairshare.py
     fair_share_at: float = 0.8  # of max_bytes
     held_max_bytes: int | None = None  # None: a quarter of max_bytes
+    audit_retention_s: float = 86400.0  # spool/audit.py: accepted points kept for verify
+    max_delivered_devices: int = 100_000  # spool/audit.py: devices kept for the devices report
 
     @property
     def held_budget(self) -> int:

@@ -184,6 +184,8 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             fair_share=spool.fair_share,
             fair_share_at=spool.fair_share_at,
             held_max_bytes=spool.held_max_bytes,
+            audit_retention_s=spool.audit_retention_s,
+            max_delivered_devices=spool.max_delivered_devices,
         ),
         dead_letters=rt.DeadLetterSettings(**m.dead_letters.model_dump()),
         commit=rt.CommitSettings(

@@ -273,6 +273,18 @@ class SpoolModel(_Section):
         description="room for held points, on top of `max_bytes` (default: a quarter of "
         "`max_bytes`); when it is used up the spool is full for every device",
     )
+    audit_retention_s: float = Field(
+        _SPOOL.audit_retention_s,
+        ge=60,
+        description="how long the audit of accepted points (count, sum, min, max per device, "
+        "metric and minute) is kept for `verify`, from the last point accepted into a minute",
+    )
+    max_delivered_devices: int = Field(
+        _SPOOL.max_delivered_devices,
+        ge=1,
+        description="devices kept in the spool's table of delivered devices (for `devices`); "
+        "beyond it the least recently delivered are evicted and counted",
+    )
     reserve_bytes: int = Field(
         _SPOOL.reserve_bytes,
         ge=0,

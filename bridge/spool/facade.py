@@ -75,6 +75,14 @@ class AsyncSpool:
         """Forget the last sent values kept past their time; returns how many."""
         return await self._run(lambda: self._spool.deadbands.prune_stale(now_us))
 
+    async def prune_audit(self, now_us: int) -> tuple[int, int]:
+        """About once a minute: drop audit rows past their retention and evict delivered
+        devices over the cap; returns (audit rows, devices) deleted ((0, 0) when not due)."""
+        audit = self._spool.audit
+        if not audit.prune_due(now_us / 1_000_000):
+            return (0, 0)
+        return await self._run(lambda: audit.prune(now_us))
+
     async def keep_dead_letters(self) -> Pruned:
         """Prune dead letters beyond their budget; returns every prune since the last call
         (those made for a commit too)."""
