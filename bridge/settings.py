@@ -127,6 +127,7 @@ class SpoolSettings:
     fair_share_at: float = 0.8  # of max_bytes
     held_max_bytes: int | None = None  # None: a quarter of max_bytes
     audit_retention_s: float = 86400.0  # spool/audit.py: accepted points kept for verify
+    audit_max_rows: int = 500_000  # spool/audit.py: about 100 bytes each
     max_delivered_devices: int = 100_000  # spool/audit.py: devices kept for the devices report
 
     @property

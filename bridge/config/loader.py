@@ -185,6 +185,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             fair_share_at=spool.fair_share_at,
             held_max_bytes=spool.held_max_bytes,
             audit_retention_s=spool.audit_retention_s,
+            audit_max_rows=spool.audit_max_rows,
             max_delivered_devices=spool.max_delivered_devices,
         ),
         dead_letters=rt.DeadLetterSettings(**m.dead_letters.model_dump()),

@@ -277,7 +277,14 @@ class SpoolModel(_Section):
         _SPOOL.audit_retention_s,
         ge=60,
         description="how long the audit of accepted points (count, sum, min, max per device, "
-        "metric and minute) is kept for `verify`, from the last point accepted into a minute",
+        "metric and minute) is kept for `verify`, counted from the minute of the points' "
+        "timestamps",
+    )
+    audit_max_rows: int = Field(
+        _SPOOL.audit_max_rows,
+        ge=1,
+        description="rows of that audit kept at most (about 100 bytes each, within `max_bytes`); "
+        "beyond it the oldest minutes go first",
     )
     max_delivered_devices: int = Field(
         _SPOOL.max_delivered_devices,

@@ -11,7 +11,10 @@ then sent again, and the audit counts a replayed point once more: like the API, 
 it twice).
 
 Both stay bounded (:meth:`DeliveryAudit.prune`, from housekeeping about once a minute): audit
-rows last accepted longer than ``spool.audit_retention_s`` ago are deleted, and beyond
+rows of minutes older than ``spool.audit_retention_s`` (by the points' timestamps, so a
+backlog delivered late is audited only if its points are younger than that) are deleted, and
+the oldest minutes beyond ``spool.audit_max_rows`` (about 100 bytes each, counted in
+``spool.max_bytes`` like everything in the file but dead letters); beyond
 ``spool.max_delivered_devices`` the least recently delivered devices are evicted and counted
 (``meta.delivered_devices_evicted``). Losing either costs only what ``devices`` and
 ``verify`` can show, never a reading.
@@ -123,12 +126,12 @@ class DeliveryAudit:
         if not keys and not devices:
             return
         db.executemany(
-            "INSERT INTO delivery_audit (device_id, metric, minute_us, n, total, lo, hi, at_us) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO delivery_audit (device_id, metric, minute_us, n, total, lo, hi) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, metric, minute_us) DO UPDATE SET "
             "n = n + excluded.n, total = total + excluded.total, lo = min(lo, excluded.lo), "
-            "hi = max(hi, excluded.hi), at_us = excluded.at_us",
-            [(d, m, minute, t.n, t.total, t.lo, t.hi, at_us) for (d, m, minute), t in keys.items()],
+            "hi = max(hi, excluded.hi)",
+            [(d, m, minute, t.n, t.total, t.lo, t.hi) for (d, m, minute), t in keys.items()],
         )
         db.executemany(
             "INSERT INTO delivered_devices (device_id, points, first_us, last_us, last_ts_us) "
@@ -143,15 +146,26 @@ class DeliveryAudit:
         return now >= self._next_prune
 
     def prune(self, now_us: int) -> tuple[int, int]:
-        """Delete audit rows past their retention and evict the least recently delivered
-        devices beyond the cap, in one transaction; returns (audit rows, devices) deleted."""
+        """Delete audit rows past their retention or over their cap and evict the least
+        recently delivered devices beyond theirs, in one transaction; returns (audit rows,
+        devices) deleted."""
         file = self._file
         self._next_prune = now_us / 1_000_000 + _PRUNE_EVERY_S
         settings = file.settings
         cutoff = now_us - int(settings.audit_retention_s * 1_000_000)
         db = file.conn
         with file.transaction("prune", sync=False):
-            pruned = db.execute("DELETE FROM delivery_audit WHERE at_us < ?", (cutoff,)).rowcount
+            pruned = db.execute(
+                "DELETE FROM delivery_audit WHERE minute_us < ?", (cutoff,)
+            ).rowcount
+            rows = int(db.execute("SELECT COUNT(*) FROM delivery_audit").fetchone()[0])
+            if rows > settings.audit_max_rows:
+                pruned += db.execute(
+                    "DELETE FROM delivery_audit WHERE (device_id, metric, minute_us) IN ("
+                    "SELECT device_id, metric, minute_us FROM delivery_audit "
+                    "ORDER BY minute_us LIMIT ?)",
+                    (rows - settings.audit_max_rows,),
+                ).rowcount
             count = int(db.execute("SELECT COUNT(*) FROM delivered_devices").fetchone()[0])
             excess = count - settings.max_delivered_devices
             evicted = 0

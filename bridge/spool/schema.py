@@ -105,10 +105,9 @@ CREATE TABLE IF NOT EXISTS delivery_audit (
     total REAL NOT NULL,
     lo REAL NOT NULL,
     hi REAL NOT NULL,
-    at_us INTEGER NOT NULL,       -- last accepted at: what the retention counts from
     PRIMARY KEY (device_id, metric, minute_us)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS delivery_audit_at ON delivery_audit (at_us);
+CREATE INDEX IF NOT EXISTS delivery_audit_minute ON delivery_audit (minute_us);
 -- Receive times of committed messages stamped with them (no timestamp in the payload), by
 -- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
 -- time, so the same record id, and is stored once. At most one row per packet id.

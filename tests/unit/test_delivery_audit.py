@@ -130,17 +130,14 @@ def test_the_audit_survives_a_reopen(tmp_path: Path, clock: Clock) -> None:
 def test_rows_past_the_retention_are_pruned(tmp_path: Path, clock: Clock) -> None:
     spool = open_spool(tmp_path / "s.db", clock, audit_retention_s=3600.0)
     try:
-        spool.commit([rec(1, temp=20.0)], [])
+        spool.commit([rec(1, temp=20.0), rec(70, temp=21.0)], [])
         deliver_all(spool)
-        clock.now += 1800
-        spool.commit([rec(70, temp=21.0)], [])
-        deliver_all(spool)
-        now_us = int(clock.now * S)
-        assert spool.audit.prune(now_us + 1799 * S) == (0, 0)
+        hour = 3600 * S
+        assert spool.audit.prune(T0 + hour) == (0, 0)  # the first minute is exactly 1 h old
         assert len(spool.audit.rows(0, 2**62)) == 2
-        assert spool.audit.prune(now_us + 1801 * S) == (1, 0)  # the first: accepted 3601 s ago
+        assert spool.audit.prune(T0 + hour + 1) == (1, 0)
         assert [r.minute_us for r in spool.audit.rows(0, 2**62)] == [T0 + MINUTE_US]
-        assert spool.audit.prune(now_us + 3601 * S) == (1, 0)
+        assert spool.audit.prune(T0 + MINUTE_US + hour + 1) == (1, 0)
         assert spool.audit.rows(0, 2**62) == []
     finally:
         spool.close()
@@ -186,3 +183,16 @@ def test_tally_matches_a_direct_computation(points: list[tuple[str, int, float]]
     assert {d: n for d, (n, _) in devices.items()} == {
         d: sum(1 for p in points if p[0] == d) for d in {p[0] for p in points}
     }
+
+
+def test_audit_rows_over_their_cap_go_oldest_minute_first(tmp_path: Path, clock: Clock) -> None:
+    spool = open_spool(tmp_path / "s.db", clock, audit_max_rows=2)
+    try:
+        for minute in range(4):
+            clock.now += 1
+            spool.commit([rec(60 * minute, temp=float(minute))], [])
+            deliver_all(spool)
+        assert spool.audit.prune(int(clock.now * S)) == (2, 0)
+        assert [r.lo for r in spool.audit.rows(0, 2**62)] == [2.0, 3.0]
+    finally:
+        spool.close()
