@@ -20,6 +20,7 @@ from bridge.cli import (
     check,
     dead_letters,
     demo,
+    devices,
     discover,
     explain,
     health,
@@ -31,6 +32,7 @@ from bridge.cli import (
     simulate_sensors,
     soak,
     tap,
+    verify,
 )
 from bridge.cli.command import Command, Handler
 from bridge.errors import (
@@ -62,6 +64,8 @@ COMMANDS: tuple[Command, ...] = (
     schema,
     simulate_api,
     dead_letters,
+    devices,
+    verify,
     health,
     backup,
     simulate_sensors,
