@@ -110,7 +110,11 @@ async def test_verify_agrees_then_finds_what_was_deleted_behind_the_bridges_back
         # A value this bridge never sent, in the minute of s0-l1's temp (its max is 111.25).
         async with Sender(SenderSettings(base_url=api.url), lambda: TOKEN) as sender:
             stamp = ms(start, 30_000).isoformat().replace("+00:00", "Z")
-            body = {"device_id": "s0-l1", "timestamp": stamp, "metrics": {"temp": 1e6}}
+            body: dict[str, object] = {
+                "device_id": "s0-l1",
+                "timestamp": stamp,
+                "metrics": {"temp": 1e6},
+            }
             assert await sender.post([body], "other-writer") == 1
 
         code, report = await cli(tmp_path, api, spool, *verify)
