@@ -44,7 +44,7 @@ def add_parser(sub: Subparsers) -> None:
         "compare it with the spool's table of devices delivered for: delivered but unknown to "
         "the registry, registered but silent, offline or inactive while still delivered, and "
         "online while this bridge did not deliver for it. Safe beside a running bridge. See "
-        "docs/operations/devices.md.",
+        "docs/guide/devices.md.",
         epilog="exit codes: 0 report made (whatever it found), 66 no spool, 69 the API "
         "failed, 78 invalid settings.",
     )

@@ -37,7 +37,7 @@ def add_parser(sub: Subparsers) -> None:
         "answers at interval=1m: gaps (the API lacks the minute), missing (an accepted min or "
         "max is not stored), extra (the API holds values the bridge did not send) and avg (a "
         "point between them differs). One query per device and metric, within the metrics "
-        "budget (300/min). Safe beside a running bridge. See docs/operations/verify.md.",
+        "budget (300/min). Safe beside a running bridge. See docs/guide/verify.md.",
         epilog="exit codes: 0 every checked minute agrees (or there was nothing to check), 1 a "
         "gap or mismatch, 66 no spool, 69 the API failed, 78 invalid settings.",
     )

@@ -27,6 +27,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from bridge.api.models import Aggregate
@@ -54,6 +55,9 @@ class Finding:
         return {
             "device_id": r.device_id,
             "metric": r.metric,
+            "minute": datetime.fromtimestamp(r.minute_us // 1_000_000, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
             "minute_us": r.minute_us,
             "verdict": self.verdict,
             "accepted": {"count": r.n, "min": r.lo, "max": r.hi, "avg": self.accepted_avg},
