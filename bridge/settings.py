@@ -111,6 +111,7 @@ class DeliverySettings:
     retry_min_s: float = 0.5
     retry_max_s: float = 60.0
     single_object: bool = False  # api.body: object
+    audit_queries_per_minute: float = 0.0  # api.audit_queries_per_minute; 0: off (audit.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             retry_min_s=api.retry_min_s,
             retry_max_s=api.retry_max_s,
             single_object=api.body == "object",
+            audit_queries_per_minute=api.audit_queries_per_minute,
         ),
         spool=rt.SpoolSettings(
             path=spool.path or Path(SPOOL_NAME),  # never None: _place set it

@@ -184,6 +184,15 @@ class ApiModel(_Section):
         le=1000,
         description="bridges sharing `api.requests_per_minute` (see scaling out)",
     )
+    audit_queries_per_minute: float = Field(
+        _DELIVERY.audit_queries_per_minute,
+        ge=0,
+        le=300,
+        description="background `verify`: GET /metrics queries a minute that check one random "
+        "minute of the audit of accepted points each, counted in "
+        "`verify_checks_total{verdict}`; 0 (the default) turns it off. Within the metrics "
+        "budget (300/min) shared with the `verify` command",
+    )
     budget_split: Literal["static", "adaptive"] = Field(
         "adaptive" if _DELIVERY.adaptive else "static",
         description="`static`: each bridge paces at `requests_per_minute / replicas`; "

@@ -208,3 +208,28 @@ class DeliveryAudit:
             AuditRow(str(d), str(m), int(mi), int(n), float(t), float(lo), float(hi))
             for d, m, mi, n, t, lo, hi in rows.fetchall()
         ]
+
+    def pick(self, since_us: int, until_us: int, r: float) -> AuditRow | None:
+        """One row with ``since_us <= minute < until_us``: a minute at random (position ``r``
+        in [0, 1) between the first and the last audited), then a random row of it. Uses the
+        minute index only: cheap at any table size."""
+        db = self._file.conn
+        lo, hi = db.execute(
+            "SELECT MIN(minute_us), MAX(minute_us) FROM delivery_audit "
+            "WHERE minute_us >= ? AND minute_us < ?",
+            (since_us, until_us),
+        ).fetchone()
+        if lo is None:
+            return None
+        target = int(lo) + int(r * (int(hi) - int(lo) + 1))
+        (minute,) = db.execute(
+            "SELECT minute_us FROM delivery_audit WHERE minute_us >= ? ORDER BY minute_us LIMIT 1",
+            (min(target, int(hi)),),
+        ).fetchone()
+        found = db.execute(
+            "SELECT device_id, metric, minute_us, n, total, lo, hi FROM delivery_audit "
+            "WHERE minute_us = ? ORDER BY random() LIMIT 1",
+            (minute,),
+        ).fetchone()
+        d, m, mi, n, t, low, high = found
+        return AuditRow(str(d), str(m), int(mi), int(n), float(t), float(low), float(high))

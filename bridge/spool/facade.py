@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from bridge.batcher import Batch
 from bridge.models import CommitResult, DeadLetter, Record
+from bridge.spool.audit import AuditRow
 from bridge.spool.dlbudget import Pruned
 from bridge.spool.fairshare import FairStatus
 from bridge.spool.file import SpoolFile
@@ -82,6 +83,11 @@ class AsyncSpool:
         if not audit.prune_due(now_us / 1_000_000):
             return (0, 0)
         return await self._run(lambda: audit.prune(now_us))
+
+    async def audit_pick(self, since_us: int, until_us: int, r: float) -> AuditRow | None:
+        """One random audited minute of one series (see :meth:`DeliveryAudit.pick`)."""
+        audit = self._spool.audit
+        return await self._run(lambda: audit.pick(since_us, until_us, r))
 
     async def keep_dead_letters(self) -> Pruned:
         """Prune dead letters beyond their budget; returns every prune since the last call

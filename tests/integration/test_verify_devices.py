@@ -30,11 +30,12 @@ from tests.support.harness import (
     env_messages,
     expected_env_points,
     make_settings,
+    metric,
     publish,
     run_cli,
     running_bridge,
 )
-from tests.support.oracle import wait_delivered
+from tests.support.oracle import wait_delivered, wait_for
 
 UNLIMITED = EndpointLimits(telemetry=None, devices=None, metrics=None, alerts=None)
 COUNT = 120  # 12 devices (s0-l0 … s2-l3), 10 messages each, 4 metrics: 48 audited minutes
@@ -230,3 +231,34 @@ async def test_verify_and_devices_honour_their_endpoints_429() -> None:
         assert retry_after is not None
         assert calls[3].received_at >= calls[2].received_at + retry_after
     assert MINUTE_US == 60_000_000
+
+
+async def test_the_background_audit_counts_a_deleted_minimum(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """api.audit_queries_per_minute: the running bridge checks random audited minutes of one
+    device (4 metrics); they agree until its minimum temperature is deleted from the API."""
+    name = "metriqo_bridge_verify_checks_total"
+    start = minute_ago(5)
+    async with LocalApi(TOKEN, limits=UNLIMITED) as api:
+        settings = make_settings(
+            broker.port, api.url, tmp_path / "spool.db", **{"api.audit_queries_per_minute": "300"}
+        )
+        async with running_bridge(settings) as bridge:
+            assert await publish(broker.port, env_messages(10, start, 1, 1)) == 10
+            await wait_delivered(api, expected_env_points(10, start, 1, 1))
+            await wait_for(lambda: metric(bridge, name, verdict="agree") >= 4, 30)
+            assert metric(bridge, name, verdict="missing") == 0
+            assert api.store.delete_points("s0-l0", "temp", ms(start, 0), ms(start, 1)) == 1
+            await wait_for(lambda: metric(bridge, name, verdict="missing") >= 1, 60)
+            assert metric(bridge, name, verdict="error") == 0
+            assert metric(bridge, name, verdict="gap") == 0
+
+
+async def test_the_background_audit_is_off_by_default(broker: LocalBroker, tmp_path: Path) -> None:
+    async with LocalApi(TOKEN, limits=UNLIMITED) as api:
+        settings = make_settings(broker.port, api.url, tmp_path / "spool.db")
+        async with running_bridge(settings):
+            names = {t.get_name() for t in asyncio.all_tasks()}
+    assert "bridge.spool.housekeeping" in names
+    assert "bridge.verify.background" not in names

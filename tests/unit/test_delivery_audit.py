@@ -196,3 +196,17 @@ def test_audit_rows_over_their_cap_go_oldest_minute_first(tmp_path: Path, clock:
         assert [r.lo for r in spool.audit.rows(0, 2**62)] == [2.0, 3.0]
     finally:
         spool.close()
+
+
+def test_pick_finds_a_row_of_a_random_minute_within_the_window(spool: Spool) -> None:
+    spool.commit([rec(60 * m, temp=float(m), hum=1.0) for m in (0, 1, 5)], [])
+    deliver_all(spool)
+    end = T0 + 6 * MINUTE_US
+    first = spool.audit.pick(T0, end, 0.0)
+    last = spool.audit.pick(T0, end, 0.999)
+    middle = spool.audit.pick(T0, end, 0.3)  # minute 1.5 of 0..5: the next audited is 5
+    picked = [r.minute_us if r is not None else None for r in (first, last, middle)]
+    assert picked == [T0, T0 + 5 * MINUTE_US, T0 + 5 * MINUTE_US]
+    assert spool.audit.pick(T0 + 2 * MINUTE_US, T0 + 5 * MINUTE_US, 0.5) is None
+    one = spool.audit.pick(T0 + MINUTE_US, T0 + 2 * MINUTE_US, 0.9)
+    assert one in spool.audit.rows(T0 + MINUTE_US, T0 + 2 * MINUTE_US)
