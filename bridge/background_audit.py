@@ -1,6 +1,6 @@
 """The background ``verify`` (``api.audit_queries_per_minute``, off by default): one random
 minute of the audit of accepted points at a time, checked against ``GET /metrics`` with the
-verdicts of :mod:`bridge.reconcile.landed`, counted in ``verify_checks_total{verdict}``.
+verdicts of :mod:`bridge.reconcile.landed`, counted in ``verify_checks_total{result}``.
 
 Its own :class:`~bridge.api.client.ApiClient` paces the queries at the configured rate (the
 metrics endpoint's budget is separate from telemetry's, so nothing here can delay delivery).

@@ -115,9 +115,9 @@ class BridgeMetrics:
         self.verify_checks = Counter(
             p + "verify_checks_total",
             "Minutes of accepted points checked against GET /metrics by the background audit "
-            "(api.audit_queries_per_minute), by verdict: agree, gap, missing, extra, avg, or "
-            "error (the query failed)",
-            ["verdict"],
+            "(api.audit_queries_per_minute), by result (the verdict): agree, gap, missing, "
+            "extra, avg, or error (the query failed)",
+            ["result"],
             registry=r,
         )
         for verdict in ("agree", "gap", "missing", "extra", "avg", "error"):

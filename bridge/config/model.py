@@ -190,7 +190,7 @@ class ApiModel(_Section):
         le=300,
         description="background `verify`: GET /metrics queries a minute that check one random "
         "minute of the audit of accepted points each, counted in "
-        "`verify_checks_total{verdict}`; 0 (the default) turns it off. Within the metrics "
+        "`verify_checks_total{result}`; 0 (the default) turns it off. Within the metrics "
         "budget (300/min) shared with the `verify` command",
     )
     budget_split: Literal["static", "adaptive"] = Field(

@@ -247,12 +247,12 @@ async def test_the_background_audit_counts_a_deleted_minimum(
         async with running_bridge(settings) as bridge:
             assert await publish(broker.port, env_messages(10, start, 1, 1)) == 10
             await wait_delivered(api, expected_env_points(10, start, 1, 1))
-            await wait_for(lambda: metric(bridge, name, verdict="agree") >= 4, 30)
-            assert metric(bridge, name, verdict="missing") == 0
+            await wait_for(lambda: metric(bridge, name, result="agree") >= 4, 30)
+            assert metric(bridge, name, result="missing") == 0
             assert api.store.delete_points("s0-l0", "temp", ms(start, 0), ms(start, 1)) == 1
-            await wait_for(lambda: metric(bridge, name, verdict="missing") >= 1, 60)
-            assert metric(bridge, name, verdict="error") == 0
-            assert metric(bridge, name, verdict="gap") == 0
+            await wait_for(lambda: metric(bridge, name, result="missing") >= 1, 60)
+            assert metric(bridge, name, result="error") == 0
+            assert metric(bridge, name, result="gap") == 0
 
 
 async def test_the_background_audit_is_off_by_default(broker: LocalBroker, tmp_path: Path) -> None:
