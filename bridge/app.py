@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge import __version__, failpoints, readiness, state
+from bridge.background_audit import audit_client, audit_loop
 from bridge.committer import Committer
 from bridge.dead_letter_log import DeadLetterReporter
 from bridge.delivery import Delivery
@@ -282,6 +283,14 @@ class Bridge:
                 helpers.append(
                     tg.create_task(self._reloader.watch_loop(), name="bridge.mapping.watch")
                 )
+            if self.settings.delivery.audit_queries_per_minute > 0:
+                audit = audit_loop(
+                    spool,
+                    audit_client(self.settings, self._token),
+                    self.metrics,
+                    self.settings.spool.audit_retention_s,
+                )
+                helpers.append(tg.create_task(audit, name="bridge.verify.background"))
             if self.settings.log_progress_s > 0:
                 progress = progress_loop(self.metrics.registry, self.settings.log_progress_s)
                 helpers.append(tg.create_task(progress, name="bridge.progress"))

@@ -2,7 +2,8 @@
 budget (age pruning needs no new dead letter to run), release points the fair share held back
 once there is room for them, and pick up points that a ``dead-letters requeue`` wrote into the
 spool from another process, and forget the deadbands' last sent values of series that went
-quiet (twice their heartbeat ago)."""
+quiet (twice their heartbeat ago); about once a minute, prune the audit of accepted points
+and cap the table of delivered devices (spool/audit.py)."""
 
 from __future__ import annotations
 
@@ -50,4 +51,11 @@ async def housekeeping_loop(
         dead_letters.pruned(await spool.keep_dead_letters())
         with contextlib.suppress(SpoolFull):  # a full disk: the rows go on the next round
             await spool.prune_deadbands(now_us)
+            _, evicted = await spool.prune_audit(now_us)
+            if evicted:
+                log.info(
+                    "%d least recently delivered device(s) evicted from the spool's table of "
+                    "delivered devices (spool.max_delivered_devices)",
+                    evicted,
+                )
         await asyncio.sleep(interval)

@@ -112,6 +112,16 @@ class BridgeMetrics:
         p = PREFIX
         self.build_info = Info(p + "build", "Version of the bridge", registry=r)
         self.build_info.info({"version": __version__})
+        self.verify_checks = Counter(
+            p + "verify_checks_total",
+            "Minutes of accepted points checked against GET /metrics by the background audit "
+            "(api.audit_queries_per_minute), by result (the verdict): agree, gap, missing, "
+            "extra, avg, or error (the query failed)",
+            ["result"],
+            registry=r,
+        )
+        for verdict in ("agree", "gap", "missing", "extra", "avg", "error"):
+            self.verify_checks.labels(verdict)
         self.messages_received = Counter(
             p + "messages_received_total", "MQTT messages received", registry=r
         )

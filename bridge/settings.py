@@ -111,6 +111,7 @@ class DeliverySettings:
     retry_min_s: float = 0.5
     retry_max_s: float = 60.0
     single_object: bool = False  # api.body: object
+    audit_queries_per_minute: float = 0.0  # api.audit_queries_per_minute; 0: off (audit.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,9 @@ class SpoolSettings:
     fair_share: bool = True  # spool/fairshare.py
     fair_share_at: float = 0.8  # of max_bytes
     held_max_bytes: int | None = None  # None: a quarter of max_bytes
+    audit_retention_s: float = 86400.0  # spool/audit.py: accepted points kept for verify
+    audit_max_rows: int = 500_000  # spool/audit.py: about 100 bytes each
+    max_delivered_devices: int = 100_000  # spool/audit.py: devices kept for the devices report
 
     @property
     def held_budget(self) -> int:

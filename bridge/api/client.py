@@ -219,6 +219,11 @@ class ApiClient:
         created: AlertCreated = _parsed("alerts", parse_alert_created, doc)
         return created
 
+    async def pace_only(self, endpoint: Endpoint) -> None:
+        """Take one slot of the endpoint's budget without a request (a caller with nothing
+        to ask this time waits as long as a request would have)."""
+        await self._pace(self._pacers[endpoint])
+
     def pacer(self, endpoint: Endpoint) -> Pacer:
         """The endpoint's pacer (its rate after 429s; tests look at it)."""
         return self._pacers[endpoint]

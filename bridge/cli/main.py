@@ -21,6 +21,7 @@ from bridge.cli import (
     check,
     dead_letters,
     demo,
+    devices,
     discover,
     explain,
     health,
@@ -32,6 +33,7 @@ from bridge.cli import (
     simulate_sensors,
     soak,
     tap,
+    verify,
 )
 from bridge.cli.command import Command, Handler
 from bridge.errors import (
@@ -64,6 +66,8 @@ COMMANDS: tuple[Command, ...] = (
     schema,
     simulate_api,
     dead_letters,
+    devices,
+    verify,
     health,
     backup,
     simulate_sensors,

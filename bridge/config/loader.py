@@ -173,6 +173,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             retry_min_s=api.retry_min_s,
             retry_max_s=api.retry_max_s,
             single_object=api.body == "object",
+            audit_queries_per_minute=api.audit_queries_per_minute,
         ),
         spool=rt.SpoolSettings(
             path=spool.path or Path(SPOOL_NAME),  # never None: _place set it
@@ -184,6 +185,9 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             fair_share=spool.fair_share,
             fair_share_at=spool.fair_share_at,
             held_max_bytes=spool.held_max_bytes,
+            audit_retention_s=spool.audit_retention_s,
+            audit_max_rows=spool.audit_max_rows,
+            max_delivered_devices=spool.max_delivered_devices,
         ),
         dead_letters=rt.DeadLetterSettings(**m.dead_letters.model_dump()),
         commit=rt.CommitSettings(

@@ -184,6 +184,15 @@ class ApiModel(_Section):
         le=1000,
         description="bridges sharing `api.requests_per_minute` (see scaling out)",
     )
+    audit_queries_per_minute: float = Field(
+        _DELIVERY.audit_queries_per_minute,
+        ge=0,
+        le=300,
+        description="background `verify`: GET /metrics queries a minute that check one random "
+        "minute of the audit of accepted points each, counted in "
+        "`verify_checks_total{result}`; 0 (the default) turns it off. Within the metrics "
+        "budget (300/min) shared with the `verify` command",
+    )
     budget_split: Literal["static", "adaptive"] = Field(
         "adaptive" if _DELIVERY.adaptive else "static",
         description="`static`: each bridge paces at `requests_per_minute / replicas`; "
@@ -272,6 +281,25 @@ class SpoolModel(_Section):
         ge=0,
         description="room for held points, on top of `max_bytes` (default: a quarter of "
         "`max_bytes`); when it is used up the spool is full for every device",
+    )
+    audit_retention_s: float = Field(
+        _SPOOL.audit_retention_s,
+        ge=60,
+        description="how long the audit of accepted points (count, sum, min, max per device, "
+        "metric and minute) is kept for `verify`, counted from the minute of the points' "
+        "timestamps",
+    )
+    audit_max_rows: int = Field(
+        _SPOOL.audit_max_rows,
+        ge=1,
+        description="rows of that audit kept at most (about 100 bytes each, within `max_bytes`); "
+        "beyond it the oldest minutes go first",
+    )
+    max_delivered_devices: int = Field(
+        _SPOOL.max_delivered_devices,
+        ge=1,
+        description="devices kept in the spool's table of delivered devices (for `devices`); "
+        "beyond it the least recently delivered are evicted and counted",
     )
     reserve_bytes: int = Field(
         _SPOOL.reserve_bytes,

@@ -17,6 +17,7 @@ from bridge.batcher import Batch
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.sparkplug.aliases import AliasRow
 from bridge.sparkplug.parking import Parked, SparkplugChanges
+from bridge.spool.audit import AuditRow
 from bridge.spool.dlbudget import Pruned
 from bridge.spool.fairshare import FairStatus
 from bridge.spool.file import SpoolFile
@@ -87,6 +88,19 @@ class AsyncSpool:
     async def prune_deadbands(self, now_us: int) -> int:
         """Forget the last sent values kept past their time; returns how many."""
         return await self._run(lambda: self._spool.deadbands.prune_stale(now_us))
+
+    async def prune_audit(self, now_us: int) -> tuple[int, int]:
+        """About once a minute: drop audit rows past their retention and evict delivered
+        devices over the cap; returns (audit rows, devices) deleted ((0, 0) when not due)."""
+        audit = self._spool.audit
+        if not audit.prune_due(now_us / 1_000_000):
+            return (0, 0)
+        return await self._run(lambda: audit.prune(now_us))
+
+    async def audit_pick(self, since_us: int, until_us: int, r: float) -> AuditRow | None:
+        """One random audited minute of one series (see :meth:`DeliveryAudit.pick`)."""
+        audit = self._spool.audit
+        return await self._run(lambda: audit.pick(since_us, until_us, r))
 
     async def keep_dead_letters(self) -> Pruned:
         """Prune dead letters beyond their budget; returns every prune since the last call

@@ -24,6 +24,7 @@ import orjson
 
 from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
+from bridge.spool.audit import DeliveryAudit
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.schema import RECORD_COLUMNS, spooled
 
@@ -33,8 +34,9 @@ _PRUNE_EVERY_S = 60.0
 class Outbox:
     """Hands out and settles the records of a spool file."""
 
-    def __init__(self, file: SpoolFile) -> None:
+    def __init__(self, file: SpoolFile, audit: DeliveryAudit | None = None) -> None:
         self._file = file
+        self.audit = audit or DeliveryAudit(file)  # what was accepted (spool/audit.py)
         # Seqs fetched for delivery and not yet settled (see the module docstring).
         self.handed_out: set[int] = set()
         self._cursor = 0  # every record up to this seq is handed out (or gone)
@@ -169,11 +171,13 @@ class Outbox:
             for start in range(0, len(seqs), IN_CHUNK):
                 chunk = tuple(seqs[start : start + IN_CHUNK])
                 marks = ",".join("?" * len(chunk))
-                n_rows, n_points = db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
+                found = db.execute(
+                    f"SELECT device_id, ts_us, metrics, n FROM records "  # noqa: S608
                     f"WHERE seq IN ({marks})",
                     chunk,
-                ).fetchone()
+                ).fetchall()
+                n_rows, n_points = len(found), sum(int(r[3]) for r in found)
+                self.audit.record(db, ((d, t, orjson.loads(m)) for d, t, m, _ in found), at_us)
                 db.execute(
                     f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
                     f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
@@ -243,11 +247,12 @@ class Outbox:
         db = file.conn
         with file.transaction("delete"):
             row = db.execute(
-                "SELECT rid, device_id, ts_us, n, received_us FROM records WHERE seq = ?", (seq,)
+                "SELECT rid, device_id, ts_us, n, received_us, metrics FROM records WHERE seq = ?",
+                (seq,),
             ).fetchone()
             if row is None:
                 return
-            rid, device, ts_us, n, received_us = row
+            rid, device, ts_us, n, received_us, metrics = row
             if refused:
                 payload = orjson.dumps({"device_id": device, "ts_us": ts_us, "metrics": refused})
                 db.execute(
@@ -255,10 +260,12 @@ class Outbox:
                     " detail) VALUES (?, ?, '', '', ?, ?, ?)",
                     (received_us, reason, payload, len(payload), detail),
                 )
+            at_us = int(file.clock() * 1_000_000)
             db.execute(
-                "INSERT OR REPLACE INTO delivered_ids (rid, at_us) VALUES (?, ?)",
-                (rid, int(file.clock() * 1_000_000)),
+                "INSERT OR REPLACE INTO delivered_ids (rid, at_us) VALUES (?, ?)", (rid, at_us)
             )
+            accepted = {k: v for k, v in orjson.loads(metrics).items() if k not in refused}
+            self.audit.record(db, [(device, ts_us, accepted)], at_us)
             db.execute("DELETE FROM records WHERE seq = ?", (seq,))
             delivered = int(n) - len(refused)
             file.add_to_meta(db, "delivered_points", delivered)

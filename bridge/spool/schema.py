@@ -9,7 +9,8 @@ Layout 3: the ``held`` records and the ``devices`` totals of the fair share
 Tables that an older bridge may safely ignore are added without a new version: every open
 creates the missing ones (``coalesce_state``; ``deadband_state``, whose loss only means the
 next value of each metric is sent; ``sparkplug_aliases``, which an older bridge without
-Sparkplug rules never reads).
+Sparkplug rules never reads; ``delivered_devices`` and ``delivery_audit``, whose loss only
+narrows what ``devices`` and ``verify`` can show).
 """
 
 from __future__ import annotations
@@ -87,6 +88,27 @@ CREATE TABLE IF NOT EXISTS deadband_state (
     PRIMARY KEY (device_id, metric)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deadband_state_keep ON deadband_state (keep_until_us);
+-- What the API accepted (spool/audit.py), written in the settlement transaction: the
+-- devices delivered for, and count/sum/min/max per device, metric and minute. Both bounded.
+CREATE TABLE IF NOT EXISTS delivered_devices (
+    device_id TEXT PRIMARY KEY,
+    points INTEGER NOT NULL,
+    first_us INTEGER NOT NULL,    -- first accepted at (bridge clock)
+    last_us INTEGER NOT NULL,     -- last accepted at (bridge clock)
+    last_ts_us INTEGER NOT NULL   -- newest point timestamp accepted
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_devices_last ON delivered_devices (last_us);
+CREATE TABLE IF NOT EXISTS delivery_audit (
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    minute_us INTEGER NOT NULL,   -- start of the point timestamps' minute (UTC)
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    lo REAL NOT NULL,
+    hi REAL NOT NULL,
+    PRIMARY KEY (device_id, metric, minute_us)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivery_audit_minute ON delivery_audit (minute_us);
 -- Receive times of committed messages stamped with them (no timestamp in the payload), by
 -- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
 -- time, so the same record id, and is stored once. At most one row per packet id.

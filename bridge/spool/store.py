@@ -13,6 +13,8 @@ this package.
 - :attr:`Spool.fair` (:mod:`~bridge.spool.fairshare`): each device's share, held records;
 - :attr:`Spool.coalescer` (:mod:`~bridge.spool.coalesce`): closing coalescing windows;
 - :attr:`Spool.deadbands` (:mod:`~bridge.spool.deadband`): the last sent values of deadbands;
+- :attr:`Spool.audit` (:mod:`~bridge.spool.audit`): the devices delivered for and the audit of
+  accepted points (``devices``, ``verify``);
 - :attr:`Spool.dead_letters` (:mod:`~bridge.spool.deadletters`): their budget, queries, purge
   and requeue.
 
@@ -32,6 +34,7 @@ from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record
 from bridge.settings import DeadLetterSettings, SpoolSettings
 from bridge.sparkplug.parking import SparkplugChanges
+from bridge.spool.audit import DeliveryAudit
 from bridge.spool.coalesce import Coalescer
 from bridge.spool.deadband import DeadbandGate
 from bridge.spool.deadletters import DeadLetters
@@ -60,7 +63,8 @@ class Spool:
         dead_letters: DeadLetterSettings | None = None,
     ) -> None:
         self.file = SpoolFile(settings, clock)
-        self.outbox = Outbox(self.file)
+        self.audit = DeliveryAudit(self.file)
+        self.outbox = Outbox(self.file, self.audit)
         self.fair = FairShare(self.file)
         self.deadbands = DeadbandGate(self.file)
         self.writer = IntakeWriter(self.file, self.outbox, self.fair, self.deadbands)

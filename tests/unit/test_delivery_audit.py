@@ -1,0 +1,212 @@
+"""The audit of accepted points and the table of delivered devices in the real SQLite spool:
+written in the settlement transaction (and only for what the API accepted), pruned past their
+retention, capped with the least recently delivered devices evicted and counted."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.models import Record
+from bridge.settings import SpoolSettings
+from bridge.spool.audit import MINUTE_US, AuditRow, minute_of, tally
+from bridge.spool.store import Spool
+
+S = 1_000_000
+T0 = 1_795_680_000_000_000  # a whole minute
+assert T0 % MINUTE_US == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0 / S + 3600
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_spool(path: Path, clock: Clock, **kw: object) -> Spool:
+    spool = Spool(SpoolSettings(path, reserve_bytes=0, **kw), clock)  # type: ignore[arg-type]
+    spool.open()
+    return spool
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def spool(tmp_path: Path, clock: Clock) -> Iterator[Spool]:
+    s = open_spool(tmp_path / "s.db", clock)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def rec(t_s: float, device: str = "d", **metrics: float) -> Record:
+    ts = T0 + round(t_s * S)
+    return Record(device, ts, dict(metrics), ts)
+
+
+def deliver_all(spool: Spool) -> list[int]:
+    batches = spool.outbox.take_batches(10, 100, single_object=False, newest_first=False)
+    seqs = [seq for b in batches for seq in b.seqs]
+    spool.outbox.delivered(seqs)
+    return seqs
+
+
+def test_accepted_points_are_audited_per_device_metric_and_minute(spool: Spool) -> None:
+    spool.commit(
+        [
+            rec(1, temp=20.0, hum=50.0),
+            rec(30, temp=22.0),
+            rec(59.999, temp=19.5),
+            rec(60, temp=30.0),  # the next minute
+            rec(5, "e", temp=7.0),
+        ],
+        [],
+    )
+    assert spool.audit.rows(0, 2**62) == []  # committed is not accepted
+    deliver_all(spool)
+    rows = spool.audit.rows(0, 2**62)
+    assert rows == [
+        AuditRow("d", "hum", T0, 1, 50.0, 50.0, 50.0),
+        AuditRow("d", "temp", T0, 3, 61.5, 19.5, 22.0),
+        AuditRow("d", "temp", T0 + MINUTE_US, 1, 30.0, 30.0, 30.0),
+        AuditRow("e", "temp", T0, 1, 7.0, 7.0, 7.0),
+    ]
+    assert spool.audit.rows(T0 + MINUTE_US, 2**62, ["d"]) == rows[2:3]
+    assert spool.audit.rows(0, 2**62, ["e"]) == rows[3:]
+    devices = {d.device_id: d for d in spool.audit.devices()}
+    assert devices["d"].points == 5
+    assert devices["d"].last_ts_us == T0 + 60 * S
+    assert devices["e"].points == 1
+    assert devices["d"].last_us == int((T0 / S + 3600) * S)
+
+
+def test_a_second_batch_into_the_same_minute_adds_up(spool: Spool, clock: Clock) -> None:
+    spool.commit([rec(1, temp=20.0)], [])
+    deliver_all(spool)
+    clock.now += 10
+    spool.commit([rec(2, temp=25.0), rec(3, temp=-1.0)], [])
+    deliver_all(spool)
+    assert spool.audit.rows(0, 2**62) == [AuditRow("d", "temp", T0, 3, 44.0, -1.0, 25.0)]
+    (device,) = spool.audit.devices()
+    assert device.points == 3
+    assert device.last_us - device.first_us == 10 * S
+
+
+def test_rejected_points_are_not_audited_and_a_partial_settle_audits_the_rest(
+    spool: Spool,
+) -> None:
+    spool.commit([rec(1, temp=20.0, hum=40.0), rec(2, "bad", temp=1.0)], [])
+    batches = spool.outbox.take_batches(10, 100, single_object=False, newest_first=False)
+    first, second = batches[0].seqs
+    spool.outbox.settle_partly(first, {"hum": 40.0}, "api_rejected", "hum refused")
+    spool.outbox.reject([second], "api_rejected", "device refused")
+    assert spool.audit.rows(0, 2**62) == [AuditRow("d", "temp", T0, 1, 20.0, 20.0, 20.0)]
+    assert [d.device_id for d in spool.audit.devices()] == ["d"]
+
+
+def test_the_audit_survives_a_reopen(tmp_path: Path, clock: Clock) -> None:
+    spool = open_spool(tmp_path / "s.db", clock)
+    spool.commit([rec(1, temp=20.0)], [])
+    deliver_all(spool)
+    spool.close()
+    again = open_spool(tmp_path / "s.db", clock)
+    try:
+        assert again.audit.rows(0, 2**62) == [AuditRow("d", "temp", T0, 1, 20.0, 20.0, 20.0)]
+    finally:
+        again.close()
+
+
+def test_rows_past_the_retention_are_pruned(tmp_path: Path, clock: Clock) -> None:
+    spool = open_spool(tmp_path / "s.db", clock, audit_retention_s=3600.0)
+    try:
+        spool.commit([rec(1, temp=20.0), rec(70, temp=21.0)], [])
+        deliver_all(spool)
+        hour = 3600 * S
+        assert spool.audit.prune(T0 + hour) == (0, 0)  # the first minute is exactly 1 h old
+        assert len(spool.audit.rows(0, 2**62)) == 2
+        assert spool.audit.prune(T0 + hour + 1) == (1, 0)
+        assert [r.minute_us for r in spool.audit.rows(0, 2**62)] == [T0 + MINUTE_US]
+        assert spool.audit.prune(T0 + MINUTE_US + hour + 1) == (1, 0)
+        assert spool.audit.rows(0, 2**62) == []
+    finally:
+        spool.close()
+
+
+def test_the_device_table_is_capped_least_recently_delivered_first(
+    tmp_path: Path, clock: Clock
+) -> None:
+    spool = open_spool(tmp_path / "s.db", clock, max_delivered_devices=3)
+    try:
+        for device in ("a", "b", "c", "d", "e"):
+            clock.now += 1
+            spool.commit([rec(1, device, temp=1.0)], [])
+            deliver_all(spool)
+        clock.now += 1
+        spool.commit([rec(2, "a", temp=1.0)], [])  # a is the most recent again
+        deliver_all(spool)
+        assert len(spool.audit.devices()) == 5  # bounded by the prune, not per commit
+        assert spool.audit.prune(int(clock.now * S)) == (0, 2)
+        assert [d.device_id for d in spool.audit.devices()] == ["a", "d", "e"]
+        assert spool.audit.evicted() == 2
+        assert spool.audit.prune(int(clock.now * S)) == (0, 0)
+        assert spool.audit.evicted() == 2
+    finally:
+        spool.close()
+
+
+values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["d1", "d2"]), st.integers(0, 300 * S), values), max_size=40)
+)
+def test_tally_matches_a_direct_computation(points: list[tuple[str, int, float]]) -> None:
+    keys, devices = tally((d, T0 + t, {"m": v}) for d, t, v in points)
+    for (device, metric, minute), t in keys.items():
+        mine = [v for d, ts, v in points if d == device and minute_of(T0 + ts) == minute]
+        assert metric == "m"
+        assert (t.n, t.lo, t.hi) == (len(mine), min(mine), max(mine))
+        assert math.isclose(t.total, math.fsum(mine), rel_tol=1e-9, abs_tol=1e-6)
+    assert sum(t.n for t in keys.values()) == len(points)
+    assert {d: n for d, (n, _) in devices.items()} == {
+        d: sum(1 for p in points if p[0] == d) for d in {p[0] for p in points}
+    }
+
+
+def test_audit_rows_over_their_cap_go_oldest_minute_first(tmp_path: Path, clock: Clock) -> None:
+    spool = open_spool(tmp_path / "s.db", clock, audit_max_rows=2)
+    try:
+        for minute in range(4):
+            clock.now += 1
+            spool.commit([rec(60 * minute, temp=float(minute))], [])
+            deliver_all(spool)
+        assert spool.audit.prune(int(clock.now * S)) == (2, 0)
+        assert [r.lo for r in spool.audit.rows(0, 2**62)] == [2.0, 3.0]
+    finally:
+        spool.close()
+
+
+def test_pick_finds_a_row_of_a_random_minute_within_the_window(spool: Spool) -> None:
+    spool.commit([rec(60 * m, temp=float(m), hum=1.0) for m in (0, 1, 5)], [])
+    deliver_all(spool)
+    end = T0 + 6 * MINUTE_US
+    first = spool.audit.pick(T0, end, 0.0)
+    last = spool.audit.pick(T0, end, 0.999)
+    middle = spool.audit.pick(T0, end, 0.3)  # minute 1.5 of 0..5: the next audited is 5
+    picked = [r.minute_us if r is not None else None for r in (first, last, middle)]
+    assert picked == [T0, T0 + 5 * MINUTE_US, T0 + 5 * MINUTE_US]
+    assert spool.audit.pick(T0 + 2 * MINUTE_US, T0 + 5 * MINUTE_US, 0.5) is None
+    one = spool.audit.pick(T0 + MINUTE_US, T0 + 2 * MINUTE_US, 0.9)
+    assert one in spool.audit.rows(T0 + MINUTE_US, T0 + 2 * MINUTE_US)
