@@ -23,6 +23,7 @@ from bridge.lab.broker import LocalBroker
 from bridge.sparkplug.datatypes import DataType
 from bridge.sparkplug.decode import decode_payload
 from bridge.sparkplug.encode import REBIRTH, EdgeNode, Metric
+from tests.support.guide import guide_block
 from tests.support.harness import (
     BridgeProcess,
     delivered_points,
@@ -246,3 +247,40 @@ async def test_host_mode_without_publish_rights_logs_and_keeps_consuming(
     assert caplog.text.count("refused the Sparkplug host's STATE") == 1
     assert "spBv1.0/+/NCMD/+" in caplog.text
     assert_exactly(delivered_points(api.store.points()), want)
+
+
+async def test_the_guides_acl_lets_host_mode_publish(api: LocalApi, tmp_path: Path) -> None:
+    """The ACL lines the guide gives for host mode (host id metriqo-bridge): the birth goes out
+    retained, and a rebirth request reaches the edge node's command topic."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    pw = password_file(workdir / "pw", {"metriqo-bridge": "bridge-pw", "edge": "edge-pw"})
+    acl = workdir / "acl"
+    acl.write_text(
+        guide_block("sparkplug.md", "text", "topic write spBv1.0/STATE/")
+        + "\nuser edge\ntopic readwrite spBv1.0/#\n"
+    )
+    node = EdgeNode("plant", "n1")
+    _births, datas, _want = node_messages(node, 1, int(time.time() * 1000) - 600_000)
+    login = {"username": "edge", "password": "edge-pw"}
+    with LocalBroker(
+        workdir=workdir, extra_config=f"password_file {pw}\nacl_file {acl}\n"
+    ) as broker:
+        state = "spBv1.0/STATE/metriqo-bridge"
+        watcher = Watcher(broker.port, [state, "spBv1.0/+/NCMD/+"], **login)
+        settings = make_settings(
+            broker.port,
+            api.url,
+            tmp_path / "spool.db",
+            **{"sparkplug.host_id": "metriqo-bridge", "mqtt.username": "metriqo-bridge"},
+        )
+        try:
+            async with running_bridge(settings, MAPPINGS, password="bridge-pw"):
+                await wait_for(lambda: bool(watcher.on(state)), what="the STATE birth")
+                await publish(broker.port, datas, **login)
+                await wait_for(
+                    lambda: bool(watcher.on("spBv1.0/plant/NCMD/n1")), what="the rebirth request"
+                )
+        finally:
+            watcher.close()
+        assert json.loads(watcher.on(state)[0][0])["online"] is True

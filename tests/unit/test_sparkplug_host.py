@@ -4,6 +4,7 @@ rebirth NCMD as our decoder reads it, the rebirth rate limit, and the ``sparkplu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from bridge.sparkplug.decode import decode_payload
 from bridge.sparkplug.encode import REBIRTH
 from bridge.sparkplug.host import RebirthLimiter, rebirth_command, state_payload, state_topic
 from bridge.sparkplug.topic import StateTopic, parse_topic
+from tests.support.guide import guide_block
 
 
 def test_state_topic_and_payloads_are_the_3_0_forms() -> None:
@@ -95,3 +97,10 @@ def test_host_mode_is_off_unless_a_host_id_is_set() -> None:
 def test_a_host_id_must_be_one_topic_level(bad: str) -> None:
     with pytest.raises(ConfigError, match=r"sparkplug\.host_id"):
         load_settings(environ={"METRIQO_BRIDGE_SPARKPLUG__HOST_ID": bad})
+
+
+def test_the_guides_host_mode_settings_load(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(guide_block("sparkplug.md", "yaml", "host_id"), encoding="utf-8")
+    s = load_settings(file=path, environ={}).sparkplug
+    assert (s.host_id, s.rebirth_interval_s, s.rebirth_max_per_minute) == ("metriqo-bridge", 30, 20)
