@@ -284,3 +284,28 @@ async def test_the_guides_acl_lets_host_mode_publish(api: LocalApi, tmp_path: Pa
         finally:
             watcher.close()
         assert json.loads(watcher.on(state)[0][0])["online"] is True
+
+
+async def test_a_seq_gap_asks_the_node_for_a_rebirth(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path
+) -> None:
+    """A node whose BIRTH the bridge has: two of its messages lost on the way (a seq gap) make
+    one rebirth request with reason seq_gap; its values are all delivered."""
+    node = EdgeNode("plant", "n1")
+    births, datas, want = node_messages(node, 3, int(time.time() * 1000) - 600_000)
+    node.seq += 2  # two messages lost between the node and the broker
+    ts = int(time.time() * 1000) - 500_000
+    datas.append(node.ndata({"Temp": 30.0}, ts))
+    want.add(("n1", "Temp", ts, 30.0))
+    commands = Watcher(broker.port, ["spBv1.0/+/NCMD/+"])
+    try:
+        async with running_bridge(host_settings(broker, api, tmp_path), MAPPINGS) as bridge:
+            await publish(broker.port, births + datas)
+            await wait_delivered(api, want)
+            sent = "metriqo_bridge_sparkplug_rebirth_requests_total"
+            assert metric(bridge, sent, reason="seq_gap") == 1
+            assert metric(bridge, sent, reason="unknown_alias") == 0
+            await wait_for(lambda: bool(commands.on("spBv1.0/plant/NCMD/n1")), what="the NCMD")
+    finally:
+        commands.close()
+    assert_exactly(delivered_points(api.store.points()), want)
