@@ -29,6 +29,7 @@ from bridge.intake import Intake
 from bridge.mapping.loader import make_mapper
 from bridge.mapping.mapper import OUTSIDE_FILTERS, Mapper, Rule
 from bridge.metrics import BridgeMetrics
+from bridge.mqtt.host import SparkplugHost
 from bridge.mqtt.source import MqttSource
 from bridge.progress import progress_loop, read, totals
 from bridge.reload import MappingReloader
@@ -169,6 +170,7 @@ class Bridge:
                 spool, sender, self.metrics, s.delivery, on_space_freed=self._space_freed
             )
             _log_cover(self.mapper)
+            host = self._sparkplug_host()
             self.source = MqttSource(
                 s.mqtt,
                 self.mapper.subscriptions,
@@ -179,6 +181,7 @@ class Bridge:
                 session_filters=session_filters,
                 on_filters=session.filters,
                 on_acks_read=self.intake.acks_read,
+                host=host,
             )
             talkers = self.talkers = Talkers(spool, self.metrics)
             self.committer = Committer(
@@ -207,6 +210,28 @@ class Bridge:
                     stack.callback(state.remove_runtime, self._runtime_file, os.getpid())
                     await asyncio.to_thread(self._write_runtime, self._runtime_file)
                 await self._supervise(spool, session)
+
+    def _sparkplug_host(self) -> SparkplugHost | None:
+        """The Sparkplug host mode when ``sparkplug.host_id`` is set: rebirth requests on
+        unknown aliases and seq gaps, counted. None (consumer mode): nothing is published."""
+        if not self.settings.sparkplug.host_mode:
+            return None
+        host = SparkplugHost(self.settings.sparkplug)
+        m = self.metrics
+
+        def asker(reason: str) -> Callable[[str, str], None]:
+            def ask(group: str, node: str) -> None:
+                outcome = host.request_rebirth(group, node, reason)
+                if outcome == "sent":
+                    m.sparkplug_rebirth_requests.labels(reason).inc()
+                else:
+                    m.sparkplug_rebirth_held.labels(outcome).inc()
+
+            return ask
+
+        self.intake.sparkplug.on_unknown_alias = asker("unknown_alias")
+        self.intake.sparkplug.on_seq_gap = asker("seq_gap")
+        return host
 
     def _write_runtime(self, path: Path) -> None:
         s = self.settings

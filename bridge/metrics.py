@@ -179,6 +179,21 @@ class BridgeMetrics:
             "Sparkplug DATA messages waiting for the BIRTH that defines their aliases",
             registry=r,
         )
+        self.sparkplug_rebirth_requests = Counter(
+            p + "sparkplug_rebirth_requests_total",
+            "Sparkplug host mode: Node Control/Rebirth NCMDs sent to edge nodes, by what asked "
+            "for them: unknown_alias (DATA parked) or seq_gap",
+            ["reason"],
+            registry=r,
+        )
+        self.sparkplug_rebirth_held = Counter(
+            p + "sparkplug_rebirth_requests_held_total",
+            "Sparkplug host mode: rebirth requests not sent, by why: limited (the rate limit held "
+            "them back), not_connected (a later message asks again) or off (the broker refused "
+            "the host's STATE)",
+            ["why"],
+            registry=r,
+        )
         self.timestamps_replaced = Counter(
             p + "timestamps_replaced_total",
             "Payload timestamps replaced by the receive time (timestamp.on_invalid: receive_time)",

@@ -183,6 +183,20 @@ class MappingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkplugSettings:
+    """Sparkplug B host mode (:mod:`bridge.mqtt.host`): off (consumer mode, the bridge never
+    publishes) while ``host_id`` is None."""
+
+    host_id: str | None = None
+    rebirth_interval_s: float = 30.0  # per edge node: at most one rebirth request this often
+    rebirth_max_per_minute: int = 20  # across all edge nodes
+
+    @property
+    def host_mode(self) -> bool:
+        return self.host_id is not None
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSettings:
     """The metrics and health endpoints (:class:`bridge.status.StatusServer`)."""
 
@@ -222,6 +236,7 @@ class Settings:
     commit: CommitSettings = field(default_factory=CommitSettings)
     mapping: MappingSettings = field(default_factory=MappingSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    sparkplug: SparkplugSettings = field(default_factory=SparkplugSettings)
     credentials: Credentials = field(default_factory=Credentials)
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"

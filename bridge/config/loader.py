@@ -208,6 +208,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
             sparkplug_park_max_bytes=m.mapping.sparkplug_park_max_bytes,
         ),
         http=rt.HttpSettings(**m.http.model_dump()),
+        sparkplug=rt.SparkplugSettings(**m.sparkplug.model_dump()),
         credentials=rt.Credentials(
             api_token=_secret(api.token),
             api_token_file=api.token_file,

@@ -25,6 +25,7 @@ _DEAD = rt.DeadLetterSettings()
 _COMMIT = rt.CommitSettings()
 _MAPPING = rt.MappingSettings()
 _HTTP = rt.HttpSettings()
+_SPARKPLUG = rt.SparkplugSettings()
 _TOP = rt.Settings()
 
 
@@ -401,6 +402,33 @@ class HttpModel(_Section):
     port: int = Field(_HTTP.port, ge=0, le=65535, description="port; 0 takes any free port")
 
 
+class SparkplugModel(_Section):
+    """Sparkplug B host mode: off by default (consumer mode: the bridge never publishes)."""
+
+    host_id: str | None = Field(
+        _SPARKPLUG.host_id,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^/+#]+$",
+        description="turns on the Sparkplug 3.0 host mode under this host id: the bridge "
+        "publishes its retained `spBv1.0/STATE/<host_id>` birth after connecting (the death is "
+        "its MQTT Will, and is published on a clean stop) and asks edge nodes for a rebirth "
+        "(`Node Control/Rebirth` NCMD) when it sees an unknown alias or a seq gap. The broker "
+        "must let the bridge publish there (docs/guide/sparkplug.md). Unset: consumer mode",
+    )
+    rebirth_interval_s: float = Field(
+        _SPARKPLUG.rebirth_interval_s,
+        ge=1,
+        description="host mode: at most one rebirth request per edge node this often",
+    )
+    rebirth_max_per_minute: int = Field(
+        _SPARKPLUG.rebirth_max_per_minute,
+        ge=1,
+        description="host mode: at most this many rebirth requests per minute across all edge "
+        "nodes; those held back are counted (`sparkplug_rebirth_requests_held_total`)",
+    )
+
+
 class SettingsModel(_Section):
     """All settings."""
 
@@ -411,6 +439,7 @@ class SettingsModel(_Section):
     dead_letters: DeadLettersModel = DeadLettersModel()
     mapping: MappingModel = MappingModel()
     http: HttpModel = HttpModel()
+    sparkplug: SparkplugModel = SparkplugModel()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         _TOP.log_level, description="`DEBUG`, `INFO`, `WARNING` or `ERROR`"
     )

@@ -29,6 +29,7 @@ from bridge.backoff import Backoff
 from bridge.logs import LogThrottle
 from bridge.mqtt import client as paho
 from bridge.mqtt.driver import AcksRead, MessageSink, WireDriver
+from bridge.mqtt.host import SparkplugHost
 from bridge.mqtt.state import SourceState
 from bridge.mqtt.subscriptions import Subscriptions
 from bridge.settings import MqttSettings
@@ -57,8 +58,10 @@ class MqttSource:
         session_filters: list[str] | None = None,
         on_filters: Callable[[list[str]], None] | None = None,
         on_acks_read: AcksRead | None = None,
+        host: SparkplugHost | None = None,
     ) -> None:
         self._s = settings
+        self._host = host  # Sparkplug host mode; None: consumer mode, nothing is published
         self._subs = Subscriptions(subscriptions, settings.share_group, session_filters, on_filters)
         self._on_connected_cb = on_connected
         self._on_disconnected_cb = on_disconnected
@@ -89,6 +92,8 @@ class MqttSource:
         client.on_socket_close = self._driver.socket_closed
         client.on_socket_register_write = self._driver.register_write
         client.on_socket_unregister_write = self._driver.unregister_write
+        if host is not None:
+            host.attach(client)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -138,6 +143,8 @@ class MqttSource:
         """Disconnect cleanly, keeping the broker session (no Session Expiry 0 is sent)."""
         self._stopping = True
         if self.state.connected:
+            if self._host is not None:
+                self._host.offline()  # a clean DISCONNECT discards the Will: say it first
             self._client.disconnect()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
@@ -170,6 +177,8 @@ class MqttSource:
             s.session_expiry_s,
             s.receive_maximum,
         )
+        if self._host is not None:
+            self._host.arm()  # the Will goes in this CONNECT
         try:
             await self._loop.run_in_executor(None, self._blocking_connect)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -221,6 +230,8 @@ class MqttSource:
 
     def _set_disconnected(self) -> None:
         self.state.subscribed = False
+        if self._host is not None:
+            self._host.disconnected()
         if self.state.connected:
             self.state.connected = False
             if self._on_disconnected_cb:
@@ -274,6 +285,8 @@ class MqttSource:
                 "filters": len(wanted),
             },
         )
+        if self._host is not None:
+            self._host.online()  # after SUBSCRIBE, as Sparkplug 3.0 orders it
         if self._on_connected_cb:
             self._on_connected_cb(present)
         self._connack.set()
