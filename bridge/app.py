@@ -170,7 +170,7 @@ class Bridge:
                 spool, sender, self.metrics, s.delivery, on_space_freed=self._space_freed
             )
             _log_cover(self.mapper)
-            host = self._sparkplug_host()
+            host = _sparkplug_host(s, self.intake, self.metrics)
             self.source = MqttSource(
                 s.mqtt,
                 self.mapper.subscriptions,
@@ -210,28 +210,6 @@ class Bridge:
                     stack.callback(state.remove_runtime, self._runtime_file, os.getpid())
                     await asyncio.to_thread(self._write_runtime, self._runtime_file)
                 await self._supervise(spool, session)
-
-    def _sparkplug_host(self) -> SparkplugHost | None:
-        """The Sparkplug host mode when ``sparkplug.host_id`` is set: rebirth requests on
-        unknown aliases and seq gaps, counted. None (consumer mode): nothing is published."""
-        if not self.settings.sparkplug.host_mode:
-            return None
-        host = SparkplugHost(self.settings.sparkplug)
-        m = self.metrics
-
-        def asker(reason: str) -> Callable[[str, str], None]:
-            def ask(group: str, node: str) -> None:
-                outcome = host.request_rebirth(group, node, reason)
-                if outcome == "sent":
-                    m.sparkplug_rebirth_requests.labels(reason).inc()
-                else:
-                    m.sparkplug_rebirth_held.labels(outcome).inc()
-
-            return ask
-
-        self.intake.sparkplug.on_unknown_alias = asker("unknown_alias")
-        self.intake.sparkplug.on_seq_gap = asker("seq_gap")
-        return host
 
     def _write_runtime(self, path: Path) -> None:
         s = self.settings
@@ -377,3 +355,25 @@ def _log_cover(mapper: Mapper) -> None:
             ", ".join(rule_filters),
             OUTSIDE_FILTERS,
         )
+
+
+def _sparkplug_host(s: Settings, intake: Intake, m: BridgeMetrics) -> SparkplugHost | None:
+    """The Sparkplug host mode when ``sparkplug.host_id`` is set: rebirth requests on unknown
+    aliases and seq gaps, counted. None (consumer mode): nothing is published."""
+    if not s.sparkplug.host_mode:
+        return None
+    host = SparkplugHost(s.sparkplug)
+
+    def asker(reason: str) -> Callable[[str, str], None]:
+        def ask(group: str, node: str) -> None:
+            outcome = host.request_rebirth(group, node, reason)
+            if outcome == "sent":
+                m.sparkplug_rebirth_requests.labels(reason).inc()
+            else:
+                m.sparkplug_rebirth_held.labels(outcome).inc()
+
+        return ask
+
+    intake.sparkplug.on_unknown_alias = asker("unknown_alias")
+    intake.sparkplug.on_seq_gap = asker("seq_gap")
+    return host
