@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +83,8 @@ class SideSession:
         self._queue: queue.Queue[SideMessage] = queue.Queue(queue_limit)
         self._ready = threading.Event()
         self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._old_sigint: Any = None
         self._error = ""
         self._v5 = settings.protocol == "v5"
         client = mqtt.Client(
@@ -123,7 +126,19 @@ class SideSession:
         except BaseException:
             self._close()
             raise
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C ends the reading at the next look instead of raising KeyboardInterrupt
+            # wherever the main thread is: raised inside the queue's lock it could leave that
+            # lock held, and paho's thread, putting the next message, would then block the
+            # disconnect forever (seen once as a tap that did not stop on SIGINT). A second
+            # Ctrl-C interrupts as usual.
+            self._old_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop.is_set():
+            raise KeyboardInterrupt
+        self._stop.set()
 
     def __exit__(
         self,
@@ -131,6 +146,9 @@ class SideSession:
         _exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
+        if self._old_sigint is not None:
+            signal.signal(signal.SIGINT, self._old_sigint)
+            self._old_sigint = None
         self._close()
 
     def messages(self, *, seconds: float, limit: int) -> Iterator[SideMessage]:
@@ -140,7 +158,7 @@ class SideSession:
         taken = 0
         while limit <= 0 or taken < limit:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._stop.is_set():
                 return
             try:
                 message = self._queue.get(timeout=min(left, 0.2))

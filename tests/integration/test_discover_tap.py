@@ -329,6 +329,9 @@ async def test_tap_prints_what_the_bridge_delivers_and_sends_nothing(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdout, proc.stderr):  # a failure here must not leak them
+                if pipe is not None:
+                    pipe.close()
         assert proc.returncode == 0, err
         lines += [orjson.loads(x) for x in out.splitlines()]
         assert idle_api.store.requests == [], "tap sent a request"
