@@ -82,7 +82,7 @@ async def test_birth_then_data_by_alias_only(
     async with running_bridge(settings, RULE) as bridge:
         peer = await asyncio.to_thread(start_peer, peers, broker.port, "e1")
         await run(peer, "birth")
-        await run(peer, "data", count=4)
+        await run(peer, "data", count=4, interval_ms=20)
         await wait_delivered(api, peer.want)
         assert sparkplug_event(bridge, "seq_gap") == 0
         assert bridge.spool.file.dead_letters.count == 0

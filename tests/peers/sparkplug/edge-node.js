@@ -10,7 +10,9 @@
 //    "devices": {"pump": [{"name": "Level", "type": "Int16"}, ...], ...}}
 // stdin: one command a line, run in order; each ends with {"done": <do>} on stdout:
 //   {"do": "birth", "reverse": false}  NBIRTH, then a DBIRTH per device: names, aliases, values
-//   {"do": "data", "count": 3}         count rounds of NDATA + DDATA per device, aliases only
+//   {"do": "data", "count": 3, "interval_ms": 100}
+//                                      count rounds of NDATA + DDATA per device, aliases only,
+//                                      interval_ms apart (default: back to back)
 //   {"do": "skip_seq", "count": 1}     the next message's seq jumps (messages "lost")
 //   {"do": "stop"}                     NDEATH (explicit), MQTT DISCONNECT, exit 0
 //   {"do": "vanish"}                   exit without DISCONNECT: the broker sends the Will NDEATH
@@ -158,7 +160,12 @@ async function drain() {
   while (commands.length) {
     const cmd = commands.shift();
     if (cmd.do === "birth") birth(cmd);
-    else if (cmd.do === "data") for (let i = 0; i < (cmd.count ?? 1); i++) data();
+    else if (cmd.do === "data") {
+      for (let i = 0; i < (cmd.count ?? 1); i++) {
+        if (i > 0 && cmd.interval_ms) await new Promise((r) => setTimeout(r, cmd.interval_ms));
+        data();
+      }
+    }
     else if (cmd.do === "skip_seq") client.seq += cmd.count ?? 1;
     else if (cmd.do === "stop") {
       const ended = new Promise((resolve) => client.client.once("end", resolve));
