@@ -38,6 +38,7 @@ from bridge.lab.fleet_devices import (
 )
 from bridge.lab.fleet_shapes import PayloadBuilder, build_payload, shaped, step_ms, unsupported
 from bridge.lab.fleet_shapes import expected as shaped_points
+from bridge.lab.fleet_sparkplug import sparkplug_device
 from bridge.mapping.mapper import Mapper, Rule
 from bridge.mapping.topics import TopicRouter
 
@@ -155,6 +156,8 @@ class SensorFleet:
     def _device(
         self, rule: Rule, index: int, rng: random.Random | None = None, rank: int = 0
     ) -> Device:
+        if rule.sparkplug is not None:  # an edge node: its BIRTHs go first, on their topics
+            return sparkplug_device(rule, rank, rng or self._rng, int(self._clock() * 1000))
         topic = given[rank % len(given)] if (given := self._topics.get(rule.name)) else None
         captures = captures_for(rule, index, topic)
         device = Device(rule, captures, rng or self._rng, shaped=self._shaped(rule), topic=topic)
@@ -175,7 +178,7 @@ class SensorFleet:
         if reason:
             self.skipped_rules[rule.name] = reason
             return False
-        if rule.topic.tail:
+        if rule.topic.tail and rule.sparkplug is None:
             # A '#' filter matches topics no template can name; only simulate fixed shapes.
             self.skipped_rules[rule.name] = "topic ends in '#'"
             return False
@@ -189,8 +192,8 @@ class SensorFleet:
         else:
             probe = Device(rule, captures_for(rule, 0, None), random.Random(0))
         router = TopicRouter([r.topic for r in rules])
-        for stream in probe.streams:
-            routed = router.route(stream.topic)
+        for topic in probe.topics():
+            routed = router.route(topic)
             if routed is None or rules[routed[0]] is not rule:
                 self.skipped_rules[rule.name] = "an earlier rule matches its topics first"
                 return False
@@ -232,10 +235,8 @@ class SensorFleet:
 
     def _shaped_message(self, device: Device, rng: random.Random, now_s: float) -> Message:
         rule = device.rule
-        topic = device.streams[0].topic
-        ts_ms = self._timestamp_ms(device.device_id or topic, step_ms(rule))
-        build = self._payloads.get(rule.name, build_payload)
-        payload = build(device, rng, ts_ms)
+        ts_ms = self._timestamp_ms(device.device_id or device.streams[0].topic, step_ms(rule))
+        topic, payload = device.message(rng, ts_ms, self._payloads.get(rule.name, build_payload))
         mapper = self._mappers[rule.name]
         points = shaped_points(mapper, rule, topic, payload, int(now_s * 1_000_000))
         return Message(topic, payload, points, ignored=rule.ignore)

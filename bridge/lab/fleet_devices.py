@@ -6,12 +6,16 @@ publishing is :mod:`bridge.lab.fleet`."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.mapping.mapper import FieldPath, Rule, Template
 from bridge.models import Coalesce, Deadband
+
+if TYPE_CHECKING:
+    from bridge.lab.fleet_sparkplug import SparkplugNode
 
 SITES = ("berlin", "lyon", "turin", "gdansk", "porto", "brno")
 NUMBER_METRICS = ("voltage", "current")
@@ -125,6 +129,7 @@ class Device:
         self.device_id = "" if shaped else rule.device_id.render(captures)
         self.serial = "SN-" + "-".join(captures.values()) if captures else "SN-1"
         self.constants: dict[str, float] = {}
+        self.sparkplug: SparkplugNode | None = None  # set by the fleet for a Sparkplug rule
         self.streams: list[Stream] = []
         self.signals = {name: Signal(f"{name} {path.text}", rng) for name, path in rule.metrics}
         self._next_stream = 0
@@ -136,6 +141,19 @@ class Device:
                 self.streams.append(Stream(topic_of(rule, full), name, Signal(name, rng)))
         else:
             self.streams.append(Stream(topic or topic_of(rule, captures), "", None))
+
+    def topics(self) -> list[str]:
+        """Every topic the device publishes on."""
+        return self.sparkplug.topics() if self.sparkplug else [s.topic for s in self.streams]
+
+    def message(
+        self, rng: random.Random, ts_ms: int, build: Callable[[Device, random.Random, int], bytes]
+    ) -> tuple[str, bytes]:
+        """A shaped device's next (topic, payload): its edge node's, else its topic and what
+        ``build`` makes."""
+        if self.sparkplug is not None:
+            return self.sparkplug.next_message(rng, ts_ms)
+        return self.streams[0].topic, build(self, rng, ts_ms)
 
     def next_stream(self) -> Stream:
         stream = self.streams[self._next_stream % len(self.streams)]

@@ -37,7 +37,7 @@ def shaped(rule: Rule) -> bool:
     """True when the rule needs this module (the fleet builds plain JSON and numbers itself)."""
     return (
         rule.ignore
-        or rule.payload in ("boolean", "text")
+        or rule.payload in ("boolean", "text", "sparkplug")
         or rule.topic.patterns != ()
         or rule.device_id.uses_payload
         or rule.coalesce is not None
@@ -55,6 +55,8 @@ def unsupported(rule: Rule) -> str:
     """Why no payload can be built for this rule ('' if one can)."""
     if rule.keep_going:
         return "continue: true"
+    if rule.sparkplug is not None and rule.topic.levels[:1] != ("spBv1.0",):
+        return "its topic does not start with spBv1.0/"
     if rule.payload == "text" and not (rule.transforms and rule.transforms[0].value_map):
         return "payload: text without a value map"
     if rule.collect is not None and rule.collect.include:
@@ -71,6 +73,8 @@ def unsupported(rule: Rule) -> str:
 
 def receive_stamped(rule: Rule) -> bool:
     """True when the bridge stamps this rule's points with its receive time."""
+    if rule.sparkplug is not None:
+        return False  # the payload's time (every payload the fleet publishes has one)
     if rule.readings is not None:
         return rule.readings.time is None
     return rule.timestamp is None

@@ -86,7 +86,13 @@ def check_mapped(mapped: object, received_us: int = RECEIVED_US) -> list[str]:
     if not isinstance(mapped, Mapped):
         return [f"map() returned {type(mapped).__name__}, not Mapped"]
     problems: list[str] = []
-    if not (mapped.records or mapped.failures or mapped.ignored or mapped.skipped_readings):
+    # A Sparkplug message (``seen``) may make no records and lose nothing: a BIRTH or DEATH
+    # whose metrics the rule excludes, DATA parked until its BIRTH (``park``); the session
+    # tracking counts each, and values left out for a reason are counted in skipped_values.
+    sparkplug = mapped.seen is not None or mapped.park is not None
+    if not (
+        mapped.records or mapped.failures or mapped.ignored or mapped.skipped_readings or sparkplug
+    ):
         problems.append("no records, no failures, not ignored: the message would vanish")
     if mapped.ignored and (mapped.records or mapped.failures):
         problems.append("ignored, yet it has records or failures")

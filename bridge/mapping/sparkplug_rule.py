@@ -35,7 +35,7 @@ from fnmatch import fnmatchcase
 
 from bridge.errors import PayloadError
 from bridge.mapping.templates import Template
-from bridge.mapping.timestamps import check_not_future
+from bridge.mapping.timestamps import check_not_before_2000, check_not_future
 from bridge.sparkplug.aliases import AliasTables, Birth, bd_seq
 from bridge.sparkplug.decode import SparkplugMetric, SparkplugPayload, decode_payload
 from bridge.sparkplug.sessions import Seen
@@ -114,7 +114,7 @@ def map_sparkplug(  # noqa: PLR0917  # the mapper's context of one message
         bd_seq(message.metrics) if is_node and not topic.is_data else None,
     )
     device = _device(device_id if not is_node else rule.node_device_id, group, node, topic.device)
-    ts_us = received_us if message.timestamp_ms is None else message.timestamp_ms * 1000
+    ts_us = _state_time(message.timestamp_ms, received_us, max_future_s)
     if topic.is_death:
         out.control = True
         if rule.online_metric is not None:
@@ -137,6 +137,20 @@ def _device(template: Template, group: str, node: str, device: str | None) -> st
     if not rendered:
         raise PayloadError("bad_device_id", "device_id template rendered empty")
     return rendered
+
+
+def _state_time(timestamp_ms: int | None, received_us: int, max_future_s: float) -> int:
+    """The time of a BIRTH's or DEATH's online point: the payload's, or the receive time when
+    it has none or one no reading could have (before 2000, too far ahead): the state changed
+    when the message says, else when it arrived."""
+    if timestamp_ms is None:
+        return received_us
+    try:
+        check_not_before_2000(timestamp_ms * 1000)
+        check_not_future(timestamp_ms * 1000, received_us, max_future_s)
+    except PayloadError:
+        return received_us
+    return timestamp_ms * 1000
 
 
 def _offline(  # noqa: PLR0917  # one DEATH message, with its context
@@ -185,6 +199,7 @@ def _metric(  # noqa: PLR0917  # one metric of the message, with its context
     ms = metric.timestamp_ms if metric.timestamp_ms is not None else message.timestamp_ms
     ts_us = received_us if ms is None else ms * 1000
     try:
+        check_not_before_2000(ts_us)
         check_not_future(ts_us, received_us, max_future_s)
     except PayloadError as exc:
         out.failures.append(PayloadError(exc.reason, f"{known.name}: {exc.detail}"))

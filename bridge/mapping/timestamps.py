@@ -183,6 +183,12 @@ def _checked(us: int) -> int:
     return us
 
 
+def check_not_before_2000(ts_us: int) -> None:
+    """Reject readings stamped before 2000 (a device clock that was never set), as parsed
+    timestamps are; for times that arrive as numbers already (Sparkplug's)."""
+    _checked(ts_us)
+
+
 def check_not_future(ts_us: int, now_us: int, max_future_s: float) -> None:
     """Reject readings stamped too far ahead of the receive time (device clock faults)."""
     if ts_us - now_us > max_future_s * 1_000_000:

@@ -23,12 +23,14 @@ PEER = REPO / "tests" / "peers" / "sparkplug"
 INSTALL = "npm ci --prefix tests/peers/sparkplug --ignore-scripts"
 
 
-def _node() -> str:
+def node_for(package: str = "sparkplug-payload") -> str:
+    """The node binary, once ``package`` is installed in the peer; else skip (locally) or fail
+    (in CI)."""
     node = shutil.which("node") or shutil.which("nodejs")
     problem = ""
     if node is None:
         problem = "node is not installed"
-    elif not (PEER / "node_modules" / "sparkplug-payload").is_dir():
+    elif not (PEER / "node_modules" / package).is_dir():
         problem = f"the Tahu Sparkplug packages are not installed (run: {INSTALL})"
     if problem:
         if os.environ.get("CI") == "true":
@@ -40,7 +42,7 @@ def _node() -> str:
 
 def _run(request: dict[str, Any]) -> dict[str, Any]:
     result = subprocess.run(
-        [_node(), str(PEER / "codec.mjs")],
+        [node_for(), str(PEER / "codec.mjs")],
         input=json.dumps(request),
         capture_output=True,
         text=True,

@@ -47,7 +47,7 @@ def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
     ignored = 0
     for _ in range(30 * len(fleet.devices)):  # 30 per device, all at one instant of the clock
         message = fleet._next_message()
-        rule = next(d.rule for d in fleet.devices if message.topic in {s.topic for s in d.streams})
+        rule = next(d.rule for d in fleet.devices if message.topic in d.topics())
         ignored += message.ignored
         assert not (message.ignored and message.points)
         by_rule[rule.name].extend(message.points)
@@ -82,6 +82,34 @@ def test_messages_of_every_shape_map_to_the_points_the_demo_expects() -> None:
     hall_times = sorted({p.timestamp_us or 0 for p in by_rule["hall-climate"]})
     assert hall_times[0] == 1_795_681_920_000_000
     assert len(hall_times) == 30
+
+
+def test_a_sparkplug_rule_is_an_edge_node_whose_births_go_first() -> None:
+    """The Sparkplug rule's device is an edge node (our encoder): its NBIRTH and DBIRTHs go
+    first, then DATA by alias only, which the fleet's mapper names from those BIRTHs; two
+    devices of the rule are two edge nodes."""
+    rules = [r for r in load_mappings(EXAMPLE_MAPPING) if r.sparkplug is not None]
+    fleet = SensorFleet("127.0.0.1", 1883, 2, 100.0, rules=rules, clock=lambda: NOW_S)
+    assert [d.device_id for d in fleet.devices] == [
+        "edge1, edge1-press, edge1-oven",
+        "edge2, edge2-press, edge2-oven",
+    ]
+    messages = [fleet._next_message() for _ in range(2 * 9)]
+    kinds = [m.topic.split("/")[2] for m in messages if "/edge1" in m.topic]
+    assert kinds == ["NBIRTH", "DBIRTH", "DBIRTH", *(["NDATA", "DDATA", "DDATA"] * 2)]
+    data = [p for m in messages if "DATA" in m.topic for p in m.points]
+    assert {(p.device_id, p.metric) for p in data} == {
+        (node + device, metric)
+        for node in ("edge1", "edge2")
+        for device, metric in [
+            ("", "Supply_Voltage"),
+            ("-press", "Temp"),
+            ("-oven", "Temp"),
+            ("-press", "Motor_Speed"),
+            ("-oven", "Motor_Speed"),
+        ]
+    }
+    assert all(p.timestamp_us is not None for p in data)
 
 
 def test_a_payload_builder_can_be_given_per_rule() -> None:

@@ -310,3 +310,16 @@ tests:
     first, second = run_mapping_tests(rules, tests, index)
     assert "payload_hex" in first.problems[0]
     assert "exactly one of" in second.problems[0]
+
+
+def test_a_time_before_2000_fails_its_metric_and_moves_an_online_point_to_receipt() -> None:
+    """A node whose clock was never set (epoch 0.25 s): its values fail ``bad_timestamp`` as a
+    JSON time before 2000 does (counted and dead-lettered, never stored in 1970); the BIRTH's
+    online point, a state change, takes the receive time instead."""
+    m = mapper("{online_metric: online}")
+    node = EdgeNode("G", "E")
+    out = m.map(*node.nbirth([Metric("a", DataType.DOUBLE, 1.0)], 250), RECEIVED_US)
+    assert [f.reason for f in out.failures] == ["bad_timestamp"]
+    assert [(r.ts_us, r.metrics) for r in out.records] == [(RECEIVED_US, {"online": 1.0})]
+    out = m.map(*node.ndata({"a": 2.0}, T0_MS), RECEIVED_US)
+    assert (out.failures, [r.metrics for r in out.records]) == ([], [{"a": 2.0}])
