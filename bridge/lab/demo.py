@@ -34,6 +34,7 @@ from bridge.errors import EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.ratelimits import EndpointLimits
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
+from bridge.lab.demo_api_tools import ApiChecks, DemoApiTools
 from bridge.lab.demo_check import (
     Verification,
     by_series,
@@ -119,11 +120,13 @@ class _Demo:
             payloads=mapping.payloads,
             topics=mapping.topics,
         )
+        # Alerts applied, an alert firing, the registry view and verify (bridge.lab.demo_api_tools).
+        self.tools = DemoApiTools(args.mappings, tmp, self.token)
         self.failure: str | None = None
         self.recipe_points: Counter[str] = Counter()  # points read back, per recipe
 
     async def run(self) -> int:
-        async with LocalApi(token=self.token, limits=_API_LIMITS) as api:
+        async with LocalApi(token=self.token, limits=_API_LIMITS) as api, self.tools:
             settings = load_settings(
                 environ={},
                 overrides={
@@ -145,7 +148,8 @@ class _Demo:
                 print(f"RESULT: FAILED — {self.failure}")
                 return EX_FAILURE
             verification = await self._verify(api.url)
-            return self._summary(bridge, api, verification, delivered_in_time)
+            checks = await self.tools.check(settings, api, self.fleet.expected)
+            return self._summary(bridge, api, verification, delivered_in_time, checks)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -155,11 +159,13 @@ class _Demo:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(bridge.run(), name="demo.bridge")
             try:
-                if not await self._wait_connected(bridge):
+                if not await _wait_connected(bridge):
                     problems = "; ".join(bridge.problems()) or "not connected"
                     self.failure = f"the bridge did not connect to the broker in 10 s: {problems}"
                     return False
-                self._print_setup(bridge, api)
+                publishing = self._print_setup(bridge, api)
+                await self.tools.apply_alerts(bridge.settings)  # before any telemetry
+                print(publishing, flush=True)
                 publish = tg.create_task(self._publish(), name="demo.fleet")
                 await self._watch(bridge, api, publish.done, deadline=None)
                 if self.failure is None:
@@ -207,17 +213,6 @@ class _Demo:
         except FleetError as exc:
             self.failure = f"the fleet could not publish: {exc}"
 
-    @staticmethod
-    async def _wait_connected(bridge: Bridge) -> bool:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10.0):
-                await bridge.started()
-                # The bridge exposes its connection as state, not as an event: poll it briefly.
-                while bridge.source is None or not bridge.source.state.connected:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-                return True
-        return False
-
     async def _watch(
         self,
         bridge: Bridge,
@@ -253,7 +248,7 @@ class _Demo:
             flush=True,
         )
 
-    def _print_setup(self, bridge: Bridge, api: LocalApi) -> None:
+    def _print_setup(self, bridge: Bridge, api: LocalApi) -> str:
         a = self.args
         status_port = bridge.status.port if bridge.status is not None else None
         print("metriqo-bridge demo — everything runs on 127.0.0.1 and is removed afterwards")
@@ -280,7 +275,7 @@ class _Demo:
         idle = [r.name for r in self.rules if r.name not in simulated | {*self.fleet.skipped_rules}]
         if idle:
             print(f"           no device left for rule(s) {', '.join(idle)}: raise --devices")
-        print(f"Publishing {a.rate:g} msg/s for {a.seconds:g} s (QoS 1)", flush=True)
+        return f"Publishing {a.rate:g} msg/s for {a.seconds:g} s (QoS 1)"
 
     # -- checking ----------------------------------------------------------------------------
 
@@ -323,7 +318,12 @@ class _Demo:
         return result
 
     def _summary(
-        self, bridge: Bridge, api: LocalApi, v: Verification, delivered_in_time: bool
+        self,
+        bridge: Bridge,
+        api: LocalApi,
+        v: Verification,
+        delivered_in_time: bool,
+        checks: ApiChecks,
     ) -> int:
         fleet = self.fleet
         requests = api.store.requests
@@ -364,6 +364,8 @@ class _Demo:
         if v.coalesced_series:
             print(f"{'':26}({v.coalesced_series} series coalesced: one point per window)")
         deliberate = _left_out_on_purpose(bridge, fleet)
+        for line in checks.lines:
+            print(line)
         print(f"  elapsed                 {time.monotonic() - self.started:>7.1f}  s")
         problems = v.problems()
         simulated = {self.mapping.recipe_rules.get(d.rule.name) for d in fleet.devices}
@@ -382,7 +384,7 @@ class _Demo:
             )
         if dead:
             problems.append(f"{int(dead)} dead letter(s)")
-        problems.extend(deliberate)
+        problems.extend(deliberate + checks.problems)
         if not delivered_in_time and not problems:
             problems.append(f"delivery did not finish within {self.args.timeout:g} s")
         if problems:
@@ -390,6 +392,17 @@ class _Demo:
             return EX_FAILURE
         print(f"RESULT: OK — every published point arrived ({v.points_expected} points)")
         return EX_OK
+
+
+async def _wait_connected(bridge: Bridge) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10.0):
+            await bridge.started()
+            # The bridge exposes its connection as state, not as an event: poll it briefly.
+            while bridge.source is None or not bridge.source.state.connected:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            return True
+    return False
 
 
 def _kind(rule: Rule) -> str:
