@@ -175,6 +175,9 @@ def test_installed_demo_runs_from_an_empty_directory(installed: Path, tmp_path: 
         found = re.search(rf"from recipe {name} +(\d+)  points read back", result.stdout)
         assert found is not None, output
         assert int(found[1]) > 0, output
+    # The packaged example's alerts: applied, and the valve alert fired on the local receiver.
+    assert re.search(r"alert webhook calls +[1-9]\d*  for [12] of 2", result.stdout), output
+    assert re.search(r"verify +\d+  accepted minute\(s\) checked .* 0 gaps, 0 mismatch", output)
     assert list(elsewhere.iterdir()) == []
 
 

@@ -65,5 +65,26 @@ def test_demo_delivers_every_point_without_showing_the_token() -> None:
     assert ignored is not None, output
     assert int(ignored[1]) == int(ignored[2]) > 0
     assert "series coalesced" in result.stdout, output
+    # The shipped alerts: applied before the fleet publishes, the valve alert fired on the
+    # demo's webhook receiver, and the registry view and the verify run found nothing wrong.
+    assert re.search(r"\[1/2\] created alert_\w+ 'Valve more than half open'", result.stdout)
+    fired = re.search(r"alert webhook calls +(\d+)  for (\d+) of 2 alert\(s\): (.*)", result.stdout)
+    assert fired is not None, output
+    assert int(fired[1]) >= int(fired[2]) >= 1, output
+    assert "'Valve more than half open'" in fired[3], output
+    registry = re.search(
+        r"registry \(devices\) +(\d+)  registered, (\d+) delivered for: (.*)", result.stdout
+    )
+    assert registry is not None, output
+    assert registry[1] == registry[2] != "0", output
+    assert registry[3] == (
+        "0 unknown, 0 silent, 0 offline yet delivering, 0 online not delivered"
+    ), output
+    verified = re.search(
+        r"verify +(\d+)  accepted minute\(s\) checked .*: (\d+) agree, (.*)", result.stdout
+    )
+    assert verified is not None, output
+    assert verified[1] == verified[2] != "0", output
+    assert verified[3] == "0 gaps, 0 mismatches", output
     # The token is random per run; any line that could carry it would mention the scheme.
     assert not [line for line in output.splitlines() if "Bearer" in line]
