@@ -143,7 +143,11 @@ async def test_a_crash_before_the_pubacks_loses_no_change(
             pytest.fail(f"the failpoint did not fire:\n{proc.output()[-3000:]}")
         assert code == -signal.SIGKILL, proc.output()[-3000:]
         # A batch the API accepted just before the kill, not yet deleted, is sent again (as
-        # without deadbands): the only duplicates allowed.
+        # without deadbands): the only duplicates allowed. The snapshot waits until the server
+        # has finished with the dead process's connections: a request it sent just before the
+        # kill can still be in the server's buffers, stored a moment after the process died.
+        async with asyncio.timeout(30):
+            await api.settle()
         at_crash = set(delivered_points(api.store.points()))
         proc.start()
         await asyncio.to_thread(proc.wait_ready)

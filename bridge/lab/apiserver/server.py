@@ -395,6 +395,34 @@ class LocalApi:
         scheme = "http" if self._ssl_context is None else "https"
         return f"{scheme}://{host}:{self.port}{API_PREFIX}"
 
+    async def settle(self) -> None:
+        """Returns once every connection the server had accepted or had waiting when called is
+        finished with, each request on it stored or discarded: after a client was killed, a
+        snapshot of the store is then final for that client (a request it sent just before it
+        died can otherwise still sit in the server's buffers and be stored a moment later).
+
+        A request of its own goes through first: the kernel hands out waiting connections in
+        the order they were made, so once it is answered every earlier one has been taken in.
+        """
+        if self._runner is None or self._runner.server is None:
+            raise RuntimeError("LocalApi is not running")
+        client_tls = None
+        if self._ssl_context is not None:
+            # Our own server, asked only to answer: its certificate is not what is checked here.
+            client_tls = ssl.create_default_context()
+            client_tls.check_hostname = False
+            client_tls.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(self._host, self.port, ssl=client_tls)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: settle\r\nConnection: close\r\n\r\n")
+            await reader.read()
+        finally:
+            writer.close()
+        server = self._runner.server
+        # aiohttp's Server signals no connection's end, so it is polled.
+        while server.connections:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
     async def __aenter__(self) -> Self:
         """Binds and starts serving."""
         # A short shutdown grace: a fake server should not hold a test for aiohttp's 60 s.
