@@ -118,11 +118,17 @@ class BridgeProcess:
         """True while the process is alive."""
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    # A bridge that fails to start exits, and that ends the wait at once; the limit only
+    # bounds a hang. It is generous because a bridge loading a long mapping file on a machine
+    # busy with other work was seen to take over 30 s to answer at all (1,000 rules beside a
+    # CPU hog and benchmarks on 2 cores).
+    START_TIMEOUT_S = 120.0
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Wait for ``/readyz`` to answer 200 (connected and subscribed)."""
         self._wait_for("/readyz", "ready", timeout)
 
-    def wait_alive(self, timeout: float = 30.0) -> None:
+    def wait_alive(self, timeout: float = START_TIMEOUT_S) -> None:
         """Wait for ``/healthz`` (the bridge is up, whether or not it is connected)."""
         self._wait_for("/healthz", "alive", timeout)
 
