@@ -43,6 +43,8 @@ from bridge.sparkplug.sessions import Seen
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
+_GOOD_NAMES_CAP = 10_000  # names remembered as checked; a new topic per message stays bounded
+
 __all__ = ["FieldPath", "Mapped", "Mapper", "Rule", "Template", "TimestampRule"]
 
 
@@ -156,6 +158,10 @@ class Mapper:
         self._max_payload = max_payload_bytes
         self.max_future_s = max_future_s
         self.identifiers = identifiers
+        # Device ids and metric names found good: plants send the same few again and again,
+        # so each is checked once, not on every message (bounded: cleared when it fills).
+        self._good_devices: set[str] = set()
+        self._good_metrics: set[str] = set()
         # Sparkplug aliases, resolved against and updated by every message of a sparkplug rule;
         # the intake gives the mapper its own, which outlive a reload and live in the spool.
         self.aliases = AliasTables()
@@ -246,7 +252,8 @@ class Mapper:
             out.failures.append(exc)
             return
         # A bad metric name or reading device drops that point only: the others are good data.
-        metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
+        if not self._good_metrics.issuperset(metrics):
+            metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
         readings = [r for r in readings if self._reading_ok(r, failures)]
         groups = group_readings(readings, device_id, ts_us, metrics, failures)
         out.failures.extend(failures)
@@ -264,9 +271,12 @@ class Mapper:
         device_id = rule.device_id.render(captures, doc)
         if not device_id:
             raise PayloadError("bad_device_id", "device_id template rendered empty")
+        if device_id in self._good_devices:
+            return device_id
         problem = self.identifiers.device_id_problem(device_id)
         if problem is not None:
             raise PayloadError("bad_device_id", problem)
+        _remember(self._good_devices, device_id)
         return device_id
 
     def _reading_ok(self, reading: Reading, failures: list[PayloadError]) -> bool:
@@ -288,6 +298,7 @@ class Mapper:
     def _name_ok(self, name: str, failures: list[PayloadError]) -> bool:
         problem = self.identifiers.metric_name_problem(name)
         if problem is None:
+            _remember(self._good_metrics, name)
             return True
         failures.append(PayloadError("bad_metric_name", problem))
         return False
@@ -405,6 +416,13 @@ class Mapper:
                 return received_us
             raise
         return ts_us
+
+
+def _remember(good: set[str], name: str) -> None:
+    """Add a device id or metric name that passed its check to the names known good."""
+    if len(good) >= _GOOD_NAMES_CAP:
+        good.clear()
+    good.add(name)
 
 
 def _json_metrics(
