@@ -16,7 +16,7 @@ import orjson
 from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
 from bridge.mapping.cover import Cover, cover
-from bridge.mapping.identifiers import IdentifierLimits
+from bridge.mapping.identifiers import CheckedIdentifiers, IdentifierLimits
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import (
     CollectRule,
@@ -42,8 +42,6 @@ from bridge.sparkplug.aliases import AliasTables, Birth
 from bridge.sparkplug.sessions import Seen
 
 _NUMBER = re.compile(rb"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
-
-_GOOD_NAMES_CAP = 10_000  # names remembered as checked; a new topic per message stays bounded
 
 __all__ = ["FieldPath", "Mapped", "Mapper", "Rule", "Template", "TimestampRule"]
 
@@ -158,10 +156,7 @@ class Mapper:
         self._max_payload = max_payload_bytes
         self.max_future_s = max_future_s
         self.identifiers = identifiers
-        # Device ids and metric names found good: plants send the same few again and again,
-        # so each is checked once, not on every message (bounded: cleared when it fills).
-        self._good_devices: set[str] = set()
-        self._good_metrics: set[str] = set()
+        self._checked = CheckedIdentifiers(identifiers)  # each good name checked once
         # Sparkplug aliases, resolved against and updated by every message of a sparkplug rule;
         # the intake gives the mapper its own, which outlive a reload and live in the spool.
         self.aliases = AliasTables()
@@ -252,7 +247,7 @@ class Mapper:
             out.failures.append(exc)
             return
         # A bad metric name or reading device drops that point only: the others are good data.
-        if not self._good_metrics.issuperset(metrics):
+        if not self._checked.known_metric_names(metrics):
             metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
         readings = [r for r in readings if self._reading_ok(r, failures)]
         groups = group_readings(readings, device_id, ts_us, metrics, failures)
@@ -271,12 +266,9 @@ class Mapper:
         device_id = rule.device_id.render(captures, doc)
         if not device_id:
             raise PayloadError("bad_device_id", "device_id template rendered empty")
-        if device_id in self._good_devices:
-            return device_id
-        problem = self.identifiers.device_id_problem(device_id)
+        problem = self._checked.device_id_problem(device_id)
         if problem is not None:
             raise PayloadError("bad_device_id", problem)
-        _remember(self._good_devices, device_id)
         return device_id
 
     def _reading_ok(self, reading: Reading, failures: list[PayloadError]) -> bool:
@@ -296,9 +288,8 @@ class Mapper:
         return True
 
     def _name_ok(self, name: str, failures: list[PayloadError]) -> bool:
-        problem = self.identifiers.metric_name_problem(name)
+        problem = self._checked.metric_name_problem(name)
         if problem is None:
-            _remember(self._good_metrics, name)
             return True
         failures.append(PayloadError("bad_metric_name", problem))
         return False
@@ -416,13 +407,6 @@ class Mapper:
                 return received_us
             raise
         return ts_us
-
-
-def _remember(good: set[str], name: str) -> None:
-    """Add a device id or metric name that passed its check to the names known good."""
-    if len(good) >= _GOOD_NAMES_CAP:
-        good.clear()
-    good.add(name)
 
 
 def _json_metrics(
