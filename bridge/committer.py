@@ -91,13 +91,28 @@ class Committer:
             if wait > 0 and len(intake) < self._s.backlog and intake.accepting:
                 await asyncio.sleep(wait)  # let a few more messages join this commit
             began = loop.time()
-            batch = intake.take(self._s.max_messages)
+            batch = intake.take(self._group_limit(len(intake)))
             result = await self._commit(batch)
             if result is not None:
                 self._acknowledge(batch)
                 self._count(batch, result)
                 if log.isEnabledFor(logging.DEBUG):
                     self._debug_commit(len(batch), result, loop.time() - began)
+
+    def _group_limit(self, waiting: int) -> int:
+        """How many waiting messages the next commit takes: at most half the receive window.
+
+        A commit of the whole window leaves the broker nothing to send until its PUBACKs go
+        out, so receiving and committing take turns (the slow mode of a backlog drain: one
+        read of the socket can map the whole window before the commit loop runs, and from
+        then on every commit takes all of it). With half the window committed, the broker
+        refills the other half meanwhile. More than a window waits only with QoS 0 messages
+        (the window does not bound them): those are still committed in large groups.
+        """
+        limit = self._s.max_messages
+        if waiting <= 2 * self._s.backlog:
+            limit = min(limit, self._s.backlog)
+        return limit
 
     async def _commit(self, batch: list[Pending]) -> CommitResult | None:
         """Commit one batch; None (and the batch back in the intake) if the spool is full."""

@@ -110,3 +110,45 @@ class IdentifierLimits:
     def metric_name_problem(self, text: str) -> str | None:
         """Why ``text`` cannot be sent as a metric name, or None."""
         return identifier_problem(text, "metric name", self.max_metric_name)
+
+
+_KNOWN_GOOD_CAP = 10_000  # names remembered per kind; a new topic per message stays bounded
+
+
+class CheckedIdentifiers:
+    """The checks of :class:`IdentifierLimits`, each good name checked once: plants send the
+    same device ids and metric names again and again. A bad one is checked every time (it is
+    dead-lettered every time); the names remembered are cleared when they fill."""
+
+    def __init__(self, limits: IdentifierLimits) -> None:
+        self.limits = limits
+        self._devices: set[str] = set()
+        self._metrics: set[str] = set()
+
+    def device_id_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot be sent as a device id, or None."""
+        if text in self._devices:
+            return None
+        problem = self.limits.device_id_problem(text)
+        if problem is None:
+            _remember(self._devices, text)
+        return problem
+
+    def metric_name_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot be sent as a metric name, or None."""
+        if text in self._metrics:
+            return None
+        problem = self.limits.metric_name_problem(text)
+        if problem is None:
+            _remember(self._metrics, text)
+        return problem
+
+    def known_metric_names(self, names: Iterable[str]) -> bool:
+        """True if every one of ``names`` passed its check before."""
+        return self._metrics.issuperset(names)
+
+
+def _remember(good: set[str], name: str) -> None:
+    if len(good) >= _KNOWN_GOOD_CAP:
+        good.clear()
+    good.add(name)

@@ -16,7 +16,7 @@ import orjson
 from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
 from bridge.mapping.cover import Cover, cover
-from bridge.mapping.identifiers import IdentifierLimits
+from bridge.mapping.identifiers import CheckedIdentifiers, IdentifierLimits
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import (
     CollectRule,
@@ -156,6 +156,7 @@ class Mapper:
         self._max_payload = max_payload_bytes
         self.max_future_s = max_future_s
         self.identifiers = identifiers
+        self._checked = CheckedIdentifiers(identifiers)  # each good name checked once
         # Sparkplug aliases, resolved against and updated by every message of a sparkplug rule;
         # the intake gives the mapper its own, which outlive a reload and live in the spool.
         self.aliases = AliasTables()
@@ -246,7 +247,8 @@ class Mapper:
             out.failures.append(exc)
             return
         # A bad metric name or reading device drops that point only: the others are good data.
-        metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
+        if not self._checked.known_metric_names(metrics):
+            metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
         readings = [r for r in readings if self._reading_ok(r, failures)]
         groups = group_readings(readings, device_id, ts_us, metrics, failures)
         out.failures.extend(failures)
@@ -264,7 +266,7 @@ class Mapper:
         device_id = rule.device_id.render(captures, doc)
         if not device_id:
             raise PayloadError("bad_device_id", "device_id template rendered empty")
-        problem = self.identifiers.device_id_problem(device_id)
+        problem = self._checked.device_id_problem(device_id)
         if problem is not None:
             raise PayloadError("bad_device_id", problem)
         return device_id
@@ -286,7 +288,7 @@ class Mapper:
         return True
 
     def _name_ok(self, name: str, failures: list[PayloadError]) -> bool:
-        problem = self.identifiers.metric_name_problem(name)
+        problem = self._checked.metric_name_problem(name)
         if problem is None:
             return True
         failures.append(PayloadError("bad_metric_name", problem))

@@ -25,7 +25,7 @@ from bridge.spool.deadband import DeadbandGate, Screened
 from bridge.spool.fairshare import FairShare
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.outbox import Outbox
-from bridge.spool.schema import record_row
+from bridge.spool.schema import INSERT_RECORD, record_row
 from bridge.spool.sparkplug import load_aliases, load_parked, store_changes
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,27 @@ class IntakeWriter:
     @staticmethod
     def _insert(db: sqlite3.Connection, records: Sequence[Record]) -> tuple[int, int, int]:
         """Insert records that are neither stored nor recently delivered; returns (records
-        inserted, points inserted, points offered)."""
+        inserted, points inserted, points offered).
+
+        The recently delivered ids are looked up for the whole group in a few ``IN`` lists,
+        not by a subquery per row: the same filter, in the same transaction, at about a
+        third of the statement work per record.
+        """
         top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
-        cur = db.executemany(
-            "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
-            "SELECT ?1, ?2, ?3, ?4, ?5, ?6 "
-            "WHERE NOT EXISTS (SELECT 1 FROM delivered_ids WHERE rid = ?1)",
-            [record_row(r) for r in records],
-        )
-        inserted = cur.rowcount if records else 0
+        rows = [record_row(r) for r in records]
+        delivered: set[bytes] = set()
+        for start in range(0, len(rows), IN_CHUNK):
+            chunk = [row[0] for row in rows[start : start + IN_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            found = db.execute(
+                f"SELECT rid FROM delivered_ids WHERE rid IN ({marks})",  # noqa: S608
+                chunk,
+            ).fetchall()
+            delivered.update(rid for (rid,) in found)
+        if delivered:
+            rows = [row for row in rows if row[0] not in delivered]
+        cur = db.executemany(INSERT_RECORD, rows)
+        inserted = cur.rowcount if rows else 0
         offered = sum(len(r.metrics) for r in records)
         if inserted == len(records):
             return inserted, offered, offered

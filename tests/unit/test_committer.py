@@ -100,7 +100,7 @@ class GatedSpool(AsyncSpool):
 class Rig:
     """A committer wired to a real intake and spool and to the fakes."""
 
-    def __init__(self, raw: Spool, spool: GatedSpool) -> None:
+    def __init__(self, raw: Spool, spool: GatedSpool, commit: CommitSettings | None = None) -> None:
         self.raw, self.spool = raw, spool
         self.metrics = BridgeMetrics()
         mapper = make_mapper(load_mappings_text(MAPPINGS, "t.yaml"), MappingSettings())
@@ -113,7 +113,7 @@ class Rig:
             cast(MqttSource, self.source),
             cast(Delivery, self.delivery),
             metrics=self.metrics,
-            settings=CommitSettings(interval_s=0.0),
+            settings=commit or CommitSettings(interval_s=0.0),
             dead_letters=DeadLetterReporter(self.metrics, DeadLetterSettings()),
         )
 
@@ -127,13 +127,16 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path: Path, dead_letters: DeadLetterSettings | None = None, **spool_settings: object
+    tmp_path: Path,
+    dead_letters: DeadLetterSettings | None = None,
+    commit: CommitSettings | None = None,
+    **spool_settings: object,
 ) -> AsyncIterator[Rig]:
     settings = SpoolSettings(tmp_path / "spool.db", reserve_bytes=0, **spool_settings)  # type: ignore[arg-type]
     raw = Spool(settings, dead_letters=dead_letters)
     gated = GatedSpool(raw)
     async with gated:
-        yield Rig(raw, gated)
+        yield Rig(raw, gated, commit)
 
 
 async def test_acks_follow_the_commit_in_receive_order(tmp_path: Path) -> None:
@@ -151,6 +154,24 @@ async def test_acks_follow_the_commit_in_receive_order(tmp_path: Path) -> None:
         assert r.source.acks == [(30, 3), (4, 3), (17, 3)]
         assert r.delivery.notified == [3]
         assert r.sample(COMMITTED) == 3
+
+
+async def test_a_commit_takes_at_most_half_the_receive_window(tmp_path: Path) -> None:
+    """A full window waiting is committed in two halves (the broker refills one half while
+    the other commits); more than a window waiting (QoS 0 is not bounded by it) goes in one."""
+    commit = CommitSettings(interval_s=0.0, backlog=2)  # a receive window of 4
+    async with rig(tmp_path, commit=commit) as r:
+        for mid in (1, 2, 3, 4):
+            r.receive(mid)
+        async with running(r.committer.run()):
+            await until(lambda: len(r.source.acks) == 4, "four acks")
+        # Each ack carries the records in the spool when it went out: two commits of two.
+        assert r.source.acks == [(1, 2), (2, 2), (3, 4), (4, 4)]
+        for mid in (5, 6, 7, 8, 9):
+            r.receive(mid)
+        async with running(r.committer.run()):
+            await until(lambda: len(r.source.acks) == 9, "nine acks")
+        assert r.source.acks[4:] == [(mid, 9) for mid in (5, 6, 7, 8, 9)]
 
 
 async def test_a_message_of_an_earlier_connection_is_not_acked(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from bridge.config.loader import load_settings
 from bridge.errors import EX_CONFIG, ConfigError
 from bridge.lab.apiserver.validation import JsonValue, RequestError, validate_telemetry
 from bridge.limits import MAX_IDENTIFIER_CHARS
+from bridge.mapping.identifiers import CheckedIdentifiers, IdentifierLimits
 from bridge.mapping.loader import load_mappings_text, make_mapper
 from bridge.mapping.mapper import Mapped, Mapper
 from bridge.settings import MappingSettings
@@ -259,3 +260,18 @@ def test_the_local_api_refuses_what_the_bridge_never_sends() -> None:
         with pytest.raises(RequestError) as caught:
             validate_telemetry([obj])
         assert caught.value.status == 400
+
+
+def test_checked_identifiers_give_the_same_answers_as_the_limits_every_time() -> None:
+    """The remembered checks answer like the plain ones, for good names and bad, on the first
+    call and on every later one (a bad name is never remembered as good)."""
+    limits = IdentifierLimits(max_device_id=8, max_metric_name=5)
+    checked = CheckedIdentifiers(limits)
+    names = ["press-01", "press-012", "t", "temp_c", "a\u202eb", ""]
+    for _ in range(3):
+        for name in names:
+            assert checked.device_id_problem(name) == limits.device_id_problem(name)
+            assert checked.metric_name_problem(name) == limits.metric_name_problem(name)
+    # "press-01" is a good device id but too long for a metric name: the kinds stay apart.
+    assert checked.known_metric_names(["t"])
+    assert not checked.known_metric_names(["t", "press-01"])

@@ -34,7 +34,8 @@ def test_a_crash_with_uncommitted_frames_in_the_wal_leaves_no_trace(tmp_path: Pa
         Record("wide", T0_US + i, {f"m{j:02d}": j + 0.5 for j in range(100)}, T0_US)
         for i in range(50)
     ]
-    before_commit = 3  # BEGIN IMMEDIATE, SELECT MAX(seq), INSERT: killed before COMMIT
+    # BEGIN IMMEDIATE, SELECT MAX(seq), SELECT delivered ids, INSERT: killed before COMMIT
+    before_commit = 4
 
     def commit_big(s: Spool) -> object:
         return s.writer.commit(big, [])
