@@ -18,7 +18,9 @@
 #   ca-certificates  the bridge talks to the Metriqo API over https
 #   netbase, tzdata  /etc/services and /etc/protocols; time zones
 # Only Essential:yes packages besides (mmdebstrap's "essential" variant): no apt, no compilers.
-# Documentation and manual pages are left out, the copyright files are kept.
+# Documentation and manual pages are left out, the copyright files are kept. /etc/mtab is the
+# usual link to /proc/self/mounts (Debian's images have it; without it podman adds it to every
+# container's own layer, and "podman diff" would show /etc changed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=deploy/image/podman.sh
@@ -67,6 +69,7 @@ mmdebstrap --quiet --variant=essential --include="$packages" \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/*' \
+    --customize-hook='ln -sf ../proc/self/mounts "$1"/etc/mtab' \
     bookworm "$rootfs_tar" \
     "deb $mirror bookworm main" \
     "deb $mirror bookworm-updates main" \
