@@ -47,15 +47,24 @@ podman build --pull=never --format docker -f deploy/Dockerfile "${secret[@]}" \
 built=$(date +%s)
 printf '%s\n' "$image" >"$out/image-name"
 
-# The runtime's own view: the distributions the image's interpreter (the venv's) finds. pip is
-# not in the image, so importlib.metadata lists them, in "pip freeze" form.
-podman run --rm --read-only --network none --entrypoint python3 "$image" -c '
-import importlib.metadata as m
-for name, version in sorted({(d.metadata["Name"], d.version) for d in m.distributions()},
-                            key=lambda nv: nv[0].lower()):
-    print(f"{name}=={version}")' >"$out/pip-list.txt"
-podman run --rm --read-only --network none --entrypoint dpkg-query "$image" \
-    -W -f '${Package} ${Version}\n' >"$out/debian-packages.txt"
+# The runtime's own view, in one container: the distributions the image's interpreter (the
+# venv's) finds, in "pip freeze" form (pip is not in the image: importlib.metadata lists them),
+# its Python version, and the base's Debian packages. --no-healthcheck: podman would try to set
+# up a timer for the HEALTHCHECK of this short run (through systemd, which may not be there).
+podman run --rm --read-only --network none --no-healthcheck --entrypoint python3 "$image" -c '
+import importlib.metadata as m, platform, subprocess, sys
+dists = sorted({(d.metadata["Name"], d.version) for d in m.distributions()},
+               key=lambda nv: nv[0].lower())
+print("\n".join(f"{n}=={v}" for n, v in dists))
+print("--python", platform.python_version())
+print("--debian")
+sys.stdout.flush()
+subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n"], check=True)
+' >"$out/contents.txt"
+sed '/^--python /,$d' "$out/contents.txt" >"$out/pip-list.txt"
+sed '1,/^--debian$/d' "$out/contents.txt" >"$out/debian-packages.txt"
+python_in_image=$(sed -n 's/^--python //p' "$out/contents.txt")
+rm "$out/contents.txt"
 
 # SBOM of the image's venv, by cyclonedx-py (a dev extra; never in the image). It reads the
 # distributions on an interpreter's sys.path, so the venv is copied out of the image and a
@@ -81,8 +90,6 @@ ln -s "$image_site" "$site"
 
 size=$(podman image inspect --format '{{.Size}}' "$image")
 base_size=$(podman image inspect --format '{{.Size}}' "$base")
-python_in_image=$(podman run --rm --read-only --network none --entrypoint python3 "$image" \
-    -c 'import platform; print(platform.python_version())')
 {
     echo "image        $image"
     echo "base         $base ($((base_size / 1000000)) MB)"
