@@ -72,13 +72,13 @@ rm "$out/contents.txt"
 work=$(mktemp -d)
 cid=""
 cleanup() {
-    [ -z "$cid" ] || podman rm --force "$cid" >/dev/null 2>&1 || true
+    [ -z "$cid" ] || podman rm --force --volumes "$cid" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 cid=$(podman create "$image")
 podman cp "$cid:/opt/metriqo-bridge" "$work/image-venv"
-podman rm "$cid" >/dev/null
+podman rm --volumes "$cid" >/dev/null  # and its anonymous spool volume
 cid=""
 "$python" -m venv --without-pip "$work/probe"
 site=$("$work/probe/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')

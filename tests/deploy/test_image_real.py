@@ -115,7 +115,7 @@ def _container(podman: Podman, run_args: list[str], env: dict[str, str]) -> Iter
     try:
         yield cid
     finally:
-        podman("rm", "--force", "--time", "0", cid, check=False)
+        podman("rm", "--force", "--volumes", "--time", "0", cid, check=False)
 
 
 def _logs(podman: Podman, cid: str) -> str:
