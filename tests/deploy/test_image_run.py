@@ -1,14 +1,16 @@
-"""deploy/Dockerfile's command run the way the container runs it.
+"""deploy/Dockerfile's command run the way the container runs it, without a container runtime.
 
-No Docker engine runs where these tests run, so the image is emulated as far as this machine
-allows: the final stage's ENV, USER, WORKDIR, ENTRYPOINT + CMD and HEALTHCHECK are read from the
-Dockerfile and run as they are, as the image's UID/GID, with the root filesystem read-only
-except the spool volume (a private mount namespace: ``unshare`` + ``setpriv``). What differs
-from the image: the interpreter and the bridge are this checkout's venv (an editable install,
-not the wheel the builder stage makes), the image's directories are remapped to temporary ones
-(the volume, /etc/metriqo-bridge, /opt/metriqo-bridge → the venv), and the addresses compose
-gives (broker, API, token, metrics port) point at a local mosquitto, the local API and a free
-port. The base image's own files (Debian, /usr/local/bin/python) are not reproduced.
+``test_image_real.py`` runs the built image with podman; this emulation needs neither podman nor a
+built image, so it also checks the contract where there is none (and in every change before the
+image is rebuilt). The image is emulated as far as this machine allows: the final stage's ENV,
+USER, WORKDIR, ENTRYPOINT + CMD and HEALTHCHECK are read from the Dockerfile and run as they are,
+as the image's UID/GID, with the root filesystem read-only except the spool volume (a private mount
+namespace: ``unshare`` + ``setpriv``). What differs from the image: the interpreter and the bridge
+are this checkout's venv (an editable install, not the wheel the builder stage makes), the image's
+directories are remapped to temporary ones (the volume, /etc/metriqo-bridge, /opt/metriqo-bridge →
+the venv), and the addresses compose gives (broker, API, token, metrics port) point at a local
+mosquitto, the local API and a free port. The base image's own files (Debian,
+/usr/local/bin/python) are not reproduced.
 """
 
 from __future__ import annotations

@@ -125,6 +125,7 @@ def load_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
     stages: list[Stage] = []
     current: list[tuple[str, str]] = []
     base, name = "", None
+    defaults = global_args(path)
     for line in logical:
         keyword, _, arguments = line.partition(" ")
         keyword, arguments = keyword.upper(), arguments.strip()
@@ -132,13 +133,27 @@ def load_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
             if base:
                 stages.append(Stage(base, name, tuple(current)))
             words = arguments.split()
-            base = words[0]
+            # FROM ${BASE_IMAGE}: the base a plain build uses, the ARG's default.
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], words[0])
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
             current = []
         else:
             current.append((keyword, arguments))
     stages.append(Stage(base, name, tuple(current)))
     return stages
+
+
+def global_args(path: Path = DOCKERFILE) -> dict[str, str]:
+    """The ``ARG NAME=default`` lines before the first ``FROM`` (what FROM may refer to)."""
+    out: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.upper().startswith("FROM "):
+            break
+        if line.upper().startswith("ARG "):
+            key, _, value = line[4:].strip().partition("=")
+            out[key] = value
+    return out
 
 
 def final_stage(stages: list[Stage]) -> Stage:
