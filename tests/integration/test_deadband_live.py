@@ -84,6 +84,14 @@ def chosen(messages: list[tuple[str, bytes]]) -> set[Point]:
     return want
 
 
+def committed(proc: BridgeProcess) -> float:
+    """Messages the bridge process has committed (0 while it does not answer)."""
+    try:
+        return proc.metric("metriqo_bridge_messages_committed_total")
+    except OSError:
+        return 0.0
+
+
 def held_back(bridge: Bridge) -> float:
     return metric(bridge, "metriqo_bridge_points_held_back_total", rule="env", reason="deadband")
 
@@ -134,9 +142,15 @@ async def test_a_crash_before_the_pubacks_loses_no_change(
     try:
         proc.start({ENV_VAR: "after_commit_before_puback:crash@2"})
         await asyncio.to_thread(proc.wait_ready)
-        await publish(broker.port, messages[:2])  # one commit
-        await publish(broker.port, messages[2:30])  # the second: crash after it
+        await publish(broker.port, messages[:2])  # the first commit
         assert proc.proc is not None
+        # The rest only once those two are committed: published together on a busy machine,
+        # all 30 can go in one commit, and the second one, where the failpoint fires, never
+        # comes.
+        async with asyncio.timeout(60):  # (or the failpoint fired already, were they split)
+            while await asyncio.to_thread(committed, proc) < 2 and proc.proc.poll() is None:
+                await asyncio.sleep(0.05)
+        await publish(broker.port, messages[2:30])  # the second: crash after it
         try:
             code = await asyncio.to_thread(proc.proc.wait, 30)
         except subprocess.TimeoutExpired:
