@@ -168,6 +168,16 @@ class BridgeProcess:
         cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
         return cpu, self._status_kb("VmHWM:") * 1024  # the peak, kept by the kernel
 
+    def write_bytes(self) -> int:
+        """Bytes the process has sent to the storage layer so far (``write_bytes`` of
+        ``/proc/<pid>/io``: pages it dirtied, counted once each until written back; the
+        filesystem's own journal comes on top)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+        return 0
+
     def rss_now(self) -> int:
         """The resident set now (bytes)."""
         return self._status_kb("VmRSS:") * 1024

@@ -100,7 +100,7 @@ class GatedSpool(AsyncSpool):
 class Rig:
     """A committer wired to a real intake and spool and to the fakes."""
 
-    def __init__(self, raw: Spool, spool: GatedSpool) -> None:
+    def __init__(self, raw: Spool, spool: GatedSpool, commit: CommitSettings | None = None) -> None:
         self.raw, self.spool = raw, spool
         self.metrics = BridgeMetrics()
         mapper = make_mapper(load_mappings_text(MAPPINGS, "t.yaml"), MappingSettings())
@@ -113,7 +113,7 @@ class Rig:
             cast(MqttSource, self.source),
             cast(Delivery, self.delivery),
             metrics=self.metrics,
-            settings=CommitSettings(interval_s=0.0),
+            settings=commit or CommitSettings(interval_s=0.0),
             dead_letters=DeadLetterReporter(self.metrics, DeadLetterSettings()),
         )
 
@@ -127,13 +127,16 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path: Path, dead_letters: DeadLetterSettings | None = None, **spool_settings: object
+    tmp_path: Path,
+    dead_letters: DeadLetterSettings | None = None,
+    commit: CommitSettings | None = None,
+    **spool_settings: object,
 ) -> AsyncIterator[Rig]:
     settings = SpoolSettings(tmp_path / "spool.db", reserve_bytes=0, **spool_settings)  # type: ignore[arg-type]
     raw = Spool(settings, dead_letters=dead_letters)
     gated = GatedSpool(raw)
     async with gated:
-        yield Rig(raw, gated)
+        yield Rig(raw, gated, commit)
 
 
 async def test_acks_follow_the_commit_in_receive_order(tmp_path: Path) -> None:
@@ -151,6 +154,25 @@ async def test_acks_follow_the_commit_in_receive_order(tmp_path: Path) -> None:
         assert r.source.acks == [(30, 3), (4, 3), (17, 3)]
         assert r.delivery.notified == [3]
         assert r.sample(COMMITTED) == 3
+
+
+async def test_arrivals_during_a_commit_go_into_the_next_one_together(tmp_path: Path) -> None:
+    """Group commit with the shipped pacing: while a commit runs, the messages that arrive
+    wait and then go into one commit together, in receive order; what the commits took is
+    what spaces them."""
+    async with rig(tmp_path, commit=CommitSettings()) as r, running(r.committer.run()):
+        assert r.committer.pacing.duration_s == 0.0
+        r.spool.gate.clear()
+        r.receive(1)
+        await until(lambda: r.spool.commits == 1, "the first commit started")
+        for mid in range(2, 8):
+            r.receive(mid)
+        r.spool.gate.set()
+        await until(lambda: r.sample(COMMITTED) == 7, "all committed")
+        assert r.spool.commits == 2
+        assert r.delivery.notified == [1, 6]
+        assert [mid for mid, _ in r.source.acks] == list(range(1, 8))
+        assert r.committer.pacing.duration_s > 0.0
 
 
 async def test_a_message_of_an_earlier_connection_is_not_acked(tmp_path: Path) -> None:
