@@ -5,18 +5,20 @@ grouped sets both the latency from publish to the API and what each message pays
 commits (CPU in the kernel's fsync, bytes written: a commit writes a few pages whatever it
 holds). A fixed interval between commits made the interval the latency floor at every rate.
 
-Instead a commit may begin ``spacing`` times the duration of the recent commits after the previous
-one began, and at the latest ``ceiling`` after it:
+Instead the gap between the beginnings of two commits is the longer of
 
-- a quiet flow is committed at once, since the previous commit began long ago;
-- with ``spacing`` 1 a commit begins as soon as the previous one has ended, with every message
-  that arrived meanwhile (classic group commit); larger values keep the disk busy with commits
-  at most about 1/``spacing`` of the time, so each commit carries more messages;
-- a busy flow groups more by itself: a larger group takes longer to commit, which spaces the
-  next commit further, up to ``ceiling``. A slow disk (an SD card) groups more too, for the
-  same reason, which is also what its wear asks for.
+- ``spacing`` times the duration of the recent commits: with ``spacing`` 1 a commit begins as
+  soon as the previous one has ended, with every message that arrived meanwhile (classic group
+  commit); larger values keep the disk busy with commits at most about 1/``spacing`` of the
+  time. A slow disk (an SD card) groups more by itself, which is also what its wear asks for;
+- the time the flow takes to bring ``GROUP`` messages at its recent rate: what a commit costs
+  whatever it holds (about 0.2-0.8 ms of CPU, mostly the kernel's fsync, and a few pages
+  written) is shared by enough messages that the CPU per message does not grow at live rates;
 
-A backlog (``backlog`` messages or more waiting) is committed at once, as before.
+and at most ``ceiling``. So a quiet flow is committed at once (the previous commit began long
+ago), a flow of a few hundred messages/s waits at most ``ceiling``, and a busy one waits less
+(its groups fill sooner) while its groups grow. A backlog (``backlog`` messages or more
+waiting) is committed at once, as before.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import math
 # Weight of the newest commit's duration in the smoothed one: a single slow fsync (another
 # process flushing) does not stretch the next gap by itself.
 _WEIGHT = 0.25
+# Messages a live commit should carry: the fixed cost of a commit over 64 messages is a few
+# µs of CPU and about 300 bytes written per message (docs/design/performance.md, Round 2).
+GROUP = 64
 
 
 class CommitPacing:
@@ -36,6 +41,7 @@ class CommitPacing:
         self.ceiling_s = ceiling_s
         self.backlog = backlog
         self.duration_s = 0.0  # smoothed duration of a commit
+        self.rate = 0.0  # smoothed messages per second taken into commits
         self._began = -math.inf
 
     def delay(self, now: float, waiting: int) -> float:
@@ -43,11 +49,17 @@ class CommitPacing:
         (0: begin now)."""
         if waiting >= self.backlog:
             return 0.0
-        gap = min(self.ceiling_s, self.spacing * self.duration_s)
+        fill = GROUP / self.rate if self.rate > 0 else 0.0
+        gap = min(self.ceiling_s, max(self.spacing * self.duration_s, fill))
         return max(0.0, self._began + gap - now)
 
-    def began(self, now: float) -> None:
-        """A commit begins at ``now``."""
+    def began(self, now: float, messages: int) -> None:
+        """A commit of ``messages`` begins at ``now``."""
+        elapsed = now - self._began
+        if elapsed < 1.0:  # after a pause, the flow's rate is not known yet: count it as quiet
+            self.rate += _WEIGHT * (messages / max(elapsed, 1e-3) - self.rate)
+        else:
+            self.rate = 0.0
         self._began = now
 
     def ended(self, now: float) -> None:

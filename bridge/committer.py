@@ -3,9 +3,9 @@ acknowledged to the broker, in receive order.
 
 This is where "ack after commit" is decided. One durable transaction covers every message
 waiting (up to ``spool.commit_max_messages``). When it begins is adaptive
-(:mod:`bridge.commit_pacing`): a quiet flow is committed at once, a busy one in groups that grow
-with what its commits take (``spool.commit_spacing`` times their duration after the previous
-commit began, at most ``spool.commit_interval_s`` after it), a backlog (half the receive
+(:mod:`bridge.commit_pacing`): a quiet flow is committed at once, a live one in groups of about
+64 messages or ``spool.commit_spacing`` times what its commits take, whichever is longer, at
+most ``spool.commit_interval_s`` after the previous commit began; a backlog (half the receive
 window) at once. A full spool or disk withholds the PUBACKs (back-pressure: the broker keeps
 the messages) until there is room again: delivery frees it when waiting points reach
 ``spool.max_bytes`` (dead letters are not counted there), the operator when the disk is full
@@ -94,8 +94,8 @@ class Committer:
             if wait > 0 and intake.accepting:
                 await asyncio.sleep(wait)  # let more messages join this commit
             began = loop.time()
-            pacing.began(began)
             batch = intake.take(self._s.max_messages)
+            pacing.began(began, len(batch))
             result = await self._commit(batch)
             if result is not None:
                 # Only a commit that went through says what commits take: one that waited for

@@ -248,9 +248,10 @@ class SpoolModel(_Section):
         _COMMIT.interval_s,
         ge=0,
         le=1.0,
-        description="the most time between the beginnings of two commits while messages wait "
-        "(the ceiling of `commit_spacing`); a backlog is committed at once; 0 commits whenever "
-        "anything waits",
+        description="the most time between the beginnings of two commits while messages wait: "
+        "a live flow waits for about 64 messages or `commit_spacing`, whichever is longer, but "
+        "never longer than this; a quiet flow and a backlog are committed at once; 0 commits "
+        "whenever anything waits",
     )
     commit_spacing: float = Field(
         _COMMIT.spacing,

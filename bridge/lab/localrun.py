@@ -95,11 +95,13 @@ class BridgeProcess:
         self._cwd = cwd
         self.outputs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        # A command that runs the bridge and becomes it (exec), e.g. ``taskset -c 0``.
+        self.prefix: list[str] = []
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         """Start it with the current :attr:`settings`; its output goes to a new file in
         :attr:`outputs`."""
-        args = [sys.executable, "-m", "bridge", "run"]
+        args = [*self.prefix, sys.executable, "-m", "bridge", "run"]
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}

@@ -87,6 +87,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.lab.bench.deadband_mode import run_deadband_bench
 
         return run_deadband_bench(args)
+    if args.rate is None:
+        args.rate = 1000.0 if args.mode != "edge" else None  # edge: its own default
     try:
         with tempfile.TemporaryDirectory(prefix="metriqo-bench-") as tmp, LocalBroker() as broker:
             workdir = Path(tmp)
@@ -94,6 +96,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 return asyncio.run(SpoolBench(args, workdir, broker).run())
             if args.mode == "rules":
                 return asyncio.run(_run_rules(args, workdir, broker))
+            if args.mode == "edge":
+                from bridge.lab.bench.edge_mode import EdgeBench
+
+                return asyncio.run(EdgeBench(args, workdir, broker).run())
             if args.mode == "replicas":
                 from bridge.lab.bench.replicas import run_replicas
 
