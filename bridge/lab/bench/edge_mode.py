@@ -113,7 +113,9 @@ class EdgeBench:
                 print(f"bench: {self.backlog} messages queued; starting the confined bridge")
                 self.t0 = t0 = time.time()
                 bridge.start()
-                await asyncio.to_thread(bridge.wait_ready)
+                # Up, not ready: on one busy core, connecting under a backlog can take long,
+                # and the live flow goes on regardless (the broker queues it behind).
+                await asyncio.to_thread(bridge.wait_alive, 120.0)
                 sampler = asyncio.create_task(self._sample(bridge, t0))
                 await asyncio.to_thread(live.run, self.rate)
                 window = (0.0, time.time() - t0)
