@@ -104,7 +104,8 @@ class EdgeBench:
         bridge.prefix = box.prefix
         queued = ProcessPublisher(self.broker.port, self.backlog, self.base_ms, DEVICES)
         live = ProcessPublisher(self.broker.port, self.live, self.base_ms + self.backlog, DEVICES)
-        async with LocalApi(self.token, port=self.api_port) as api:
+        limit = self.args.api_limit  # none by default: the bridge's own speed, as in backlog
+        async with LocalApi(self.token, port=self.api_port, rate_limit_per_minute=limit) as api:
             try:
                 bridge.start()
                 await asyncio.to_thread(bridge.wait_ready)
