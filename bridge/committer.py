@@ -2,13 +2,15 @@
 acknowledged to the broker, in receive order.
 
 This is where "ack after commit" is decided. One durable transaction covers every message
-waiting (up to ``spool.commit_max_messages``); a small batch first waits until
-``spool.commit_interval_s`` after the previous commit began, so a live flow makes fewer, larger
-commits, while a backlog (half the receive window) is committed at once. A full spool or disk
-withholds the PUBACKs (back-pressure: the broker keeps the messages) until there is room again:
-delivery frees it when waiting points reach ``spool.max_bytes`` (dead letters are not counted
-there), the operator when the disk is full (the spool prunes its dead letters first). Any other
-spool failure stops the bridge without acknowledging.
+waiting (up to ``spool.commit_max_messages``). When it begins is adaptive
+(:mod:`bridge.commit_pacing`): a quiet flow is committed at once, a live one in groups of about
+64 messages or ``spool.commit_spacing`` times what its commits take, whichever is longer, at
+most ``spool.commit_interval_s`` after the previous commit began; a backlog (half the receive
+window) at once. A full spool or disk withholds the PUBACKs (back-pressure: the broker keeps
+the messages) until there is room again: delivery frees it when waiting points reach
+``spool.max_bytes`` (dead letters are not counted there), the operator when the disk is full
+(the spool prunes its dead letters first). Any other spool failure stops the bridge without
+acknowledging.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 
 from bridge import failpoints
+from bridge.commit_pacing import CommitPacing
 from bridge.dead_letter_log import DeadLetterReporter
 from bridge.delivery import Delivery
 from bridge.errors import SpoolError, SpoolFull
@@ -60,6 +62,7 @@ class Committer:
         self._disk_full = False  # what the last refused commit ran into
         self._throttle = LogThrottle(30.0)
         self._debug = LogThrottle(1.0)  # DEBUG: one commit line a second, with the count
+        self.pacing = CommitPacing(settings.spacing, settings.interval_s, settings.backlog)
 
     @property
     def waiting_for_space(self) -> bool:
@@ -84,16 +87,20 @@ class Committer:
         """Commit and acknowledge until cancelled; raise on a spool write failure."""
         loop = asyncio.get_running_loop()
         intake = self._intake
-        began = -math.inf
+        pacing = self.pacing
         while True:
             await intake.wait()
-            wait = began + self._s.interval_s - loop.time()
-            if wait > 0 and len(intake) < self._s.backlog and intake.accepting:
-                await asyncio.sleep(wait)  # let a few more messages join this commit
+            wait = pacing.delay(loop.time(), len(intake))
+            if wait > 0 and intake.accepting:
+                await asyncio.sleep(wait)  # let more messages join this commit
             began = loop.time()
             batch = intake.take(self._group_limit(len(intake)))
+            pacing.began(began, len(batch))
             result = await self._commit(batch)
             if result is not None:
+                # Only a commit that went through says what commits take: one that waited for
+                # spool space would stretch the gaps long after.
+                pacing.ended(loop.time())
                 self._acknowledge(batch)
                 self._count(batch, result)
                 if log.isEnabledFor(logging.DEBUG):

@@ -157,12 +157,15 @@ class DeadLetterSettings:
 class CommitSettings:
     """The group commit (:class:`bridge.committer.Committer`).
 
-    ``backlog`` is half the receive window: that many messages waiting are committed at once
-    instead of waiting for ``interval_s``.
+    A commit begins when about 64 messages have come at the flow's rate or ``spacing`` times the
+    recent commits' duration after the previous one began, whichever is later, and at most
+    ``interval_s`` after it (:mod:`bridge.commit_pacing`). ``backlog`` is half the receive
+    window: that many messages waiting are committed at once.
     """
 
     max_messages: int = 5000
     interval_s: float = 0.05
+    spacing: float = 3.0
     backlog: int = 500
 
 

@@ -25,16 +25,37 @@ def add_parser(sub: Subparsers) -> None:
     )
     bench.add_argument(
         "mode",
-        choices=["rate", "backlog", "spool", "rules", "replicas", "check", "sparkplug", "deadband"],
+        choices=[
+            "rate",
+            "backlog",
+            "spool",
+            "rules",
+            "replicas",
+            "check",
+            "sparkplug",
+            "deadband",
+            "edge",
+        ],
         help="live rate, queued backlog, memory with a full spool, many mapping rules, a "
         "backlog drained by several bridges in one share group, `check` on long mapping files, "
         "the cost of decoding a Sparkplug B DDATA message, or what deadbands save on a "
-        "simulated fleet (points/s against the API budget)",
+        "simulated fleet (points/s against the API budget), or an edge gateway: pinned to one "
+        "core and capped in memory, a backlog drained while a live flow goes on",
     )
-    bench.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages/s")
-    bench.add_argument("--seconds", type=float, default=10.0, help="rate mode: how long")
     bench.add_argument(
-        "--messages", type=int, default=20000, help="backlog, rules, replicas: backlog size"
+        "--rate",
+        type=float,
+        default=None,
+        help="rate mode: messages/s (default 1000); edge mode: the live flow (default 500)",
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=10.0, help="rate mode: how long; edge mode: live flow"
+    )
+    bench.add_argument(
+        "--memory-mb", type=int, default=256, help="edge mode: the bridge's memory cap"
+    )
+    bench.add_argument(
+        "--messages", type=int, default=20000, help="backlog, rules, replicas, edge: backlog size"
     )
     bench.add_argument(
         "--replicas", default="1,2,3", help="replicas mode: group sizes to compare (default 1,2,3)"

@@ -193,6 +193,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
         commit=rt.CommitSettings(
             max_messages=spool.commit_max_messages,
             interval_s=spool.commit_interval_s,
+            spacing=spool.commit_spacing,
             backlog=max(1, mq.receive_maximum // 2),
         ),
         mapping=rt.MappingSettings(

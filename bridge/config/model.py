@@ -248,9 +248,19 @@ class SpoolModel(_Section):
         _COMMIT.interval_s,
         ge=0,
         le=1.0,
-        description="a small batch waits until this long after the previous commit began, so "
-        "a live flow makes fewer, larger commits (each costs an fsync); a backlog is committed "
-        "at once; 0 commits whenever anything waits",
+        description="the most time between the beginnings of two commits while messages wait: "
+        "a live flow waits for about 64 messages or `commit_spacing`, whichever is longer, but "
+        "never longer than this; a quiet flow and a backlog are committed at once; 0 commits "
+        "whenever anything waits",
+    )
+    commit_spacing: float = Field(
+        _COMMIT.spacing,
+        ge=1.0,
+        le=100.0,
+        description="a commit begins this many times the recent commits' duration after the "
+        "previous one began (at most `commit_interval_s`): 1 begins it as soon as the previous "
+        "one ended (classic group commit); larger values make fewer, larger commits, each an "
+        "fsync and a few pages written, at some latency",
     )
     dedup_window_s: float = Field(
         _SPOOL.dedup_window_s,

@@ -95,11 +95,13 @@ class BridgeProcess:
         self._cwd = cwd
         self.outputs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        # A command that runs the bridge and becomes it (exec), e.g. ``taskset -c 0``.
+        self.prefix: list[str] = []
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
         """Start it with the current :attr:`settings`; its output goes to a new file in
         :attr:`outputs`."""
-        args = [sys.executable, "-m", "bridge", "run"]
+        args = [*self.prefix, sys.executable, "-m", "bridge", "run"]
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("METRIQO_BRIDGE_")}
@@ -173,6 +175,16 @@ class BridgeProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
         return cpu, self._status_kb("VmHWM:") * 1024  # the peak, kept by the kernel
+
+    def write_bytes(self) -> int:
+        """Bytes the process has sent to the storage layer so far (``write_bytes`` of
+        ``/proc/<pid>/io``: pages it dirtied, counted once each until written back; the
+        filesystem's own journal comes on top)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+        return 0
 
     def rss_now(self) -> int:
         """The resident set now (bytes)."""

@@ -44,12 +44,18 @@ def test_rate_mode_delivers_every_point_and_reports(
     assert names == [
         "points lost",
         "p99 publish-to-API latency (s)",
+        "p99 publish-to-API latency, durable commits (s)",
         "bridge CPU while publishing (% of one core)",
+        "disk writes per point (bytes)",
         "bridge peak RSS (MB)",
     ]
     assert report["targets"][0]["met"] is True  # nothing lost is correctness, not speed
     assert report["targets"][1]["limit"] == 1.25  # the default linger, 1 s, + 250 ms
-    assert printed.count("target ") == 4
+    assert printed.count("target ") == 6
+    # The spool's commits and deletes were written to disk: some bytes for every point.
+    assert report["disk_write_bytes"] > 0
+    assert report["disk_bytes_per_point"] * 2400 == pytest.approx(report["disk_write_bytes"], 1e-3)
+    assert report["payload_bytes_per_message"] > 0
 
 
 def test_backlog_mode_drains_and_so_do_the_baselines(
@@ -158,3 +164,23 @@ def test_replicas_mode_drains_one_backlog_with_each_group_size(
         assert sum(r["share_per_replica"]) == 2400
     assert all(share > 0 for share in runs[1]["share_per_replica"])
     assert "mqk_bench_" not in printed + out.read_text()
+
+
+def test_edge_mode_drains_a_backlog_and_a_live_flow_confined(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Edge mode: the bridge pinned to one core and capped in memory (however this machine
+    allows it) takes a backlog and a live flow, every point once."""
+    require_tool("taskset", "bench edge pins the bridge to one core")
+    args = ["edge", "--messages", "1000", "--rate", "200", "--seconds", "2"]
+    report, printed = _run(args, tmp_path / "e.json", capsys)
+    run = report["run"]
+    assert (run["points_published"], run["points_delivered"]) == (5600, 5600)
+    assert (run["points_lost"], run["points_duplicated"]) == (0, 0)
+    assert report["confinement"].startswith("taskset -c 0, ")
+    assert "256M" in report["confinement"]
+    assert report["backlog_messages"] == 1000
+    assert report["live_messages"] == 400
+    assert report["seconds_to_catch_up"] > 0
+    assert run["disk_write_bytes"] > 0
+    assert printed.count("target ") == 5

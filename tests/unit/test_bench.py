@@ -20,6 +20,7 @@ from bridge.lab.bench.report import (
     Report,
     Sample,
     SpoolReport,
+    add_disk_writes,
     cpu_percent,
     drain_targets,
     linear_fit,
@@ -195,21 +196,36 @@ def test_cpu_percent_is_of_one_core_over_the_window() -> None:
 
 
 def test_rate_targets_check_loss_latency_cpu_and_memory() -> None:
-    """The latency limit is the batch linger plus 250 ms; other conditions, and a publisher that
-    fell behind its rate, are flagged."""
+    """The latency limit is the batch linger plus 250 ms, and 50 ms with durable commits at
+    2,000 msg/s; other conditions, and a publisher that fell behind its rate, are flagged."""
     report = _complete_report(latency_p99_s=1.2, cpu_percent_of_one_core=49.0, peak_rss_mb=101.0)
     report.messages, report.seconds_publishing = 300_000, 60.0  # on pace
+    add_disk_writes(report, 12 * 100.0, 80.0)  # 12 points published in _complete_report
     targets = rate_targets(report, linger_s=1.0, rate=TARGET_RATE, seconds=TARGET_SECONDS)
     by_name = {t.name: t for t in targets}
-    assert [t.met for t in targets] == [True, True, True, False]
+    assert [t.met for t in targets] == [True, True, False, True, True, False]
     assert by_name["p99 publish-to-API latency (s)"].limit == 1.25
-    assert all(t.note == "" for t in targets)
+    durable = by_name["p99 publish-to-API latency, durable commits (s)"]
+    assert (durable.limit, durable.note) == (0.05, "stated for 2,000 msg/s")
+    assert by_name["disk writes per point (bytes)"].measured == 100.0
+    assert all(t.note == "" for t in targets if t is not durable)
     slow = _complete_report(latency_p99_s=0.5, points_lost=4, cpu_percent_of_one_core=80.0)
     targets = rate_targets(slow, linger_s=0.2, rate=300.0, seconds=2.0)
-    assert [t.met for t in targets] == [False, False, False, True]
+    assert [t.met for t in targets] == [False, False, False, False, False, True]
     assert targets[1].limit == 0.45
     assert "this run: 300 msg/s for 2 s" in targets[0].note
     assert "the publisher reached only 3 msg/s" in targets[0].note  # 3 messages in 1 s
+    assert "the publisher reached only 3 msg/s" in targets[2].note
+    assert "disk writes" in targets[4].name
+    assert math.isnan(targets[4].measured)  # not measured: not met
+
+
+def test_disk_writes_are_given_per_message_and_per_point() -> None:
+    report = _complete_report()  # 3 messages of 4 points
+    add_disk_writes(report, 1200.0, 81.25)
+    assert (report.disk_bytes_per_message, report.disk_bytes_per_point) == (400.0, 100.0)
+    assert report.payload_bytes_per_message == 81.2
+    assert "disk bytes per point" in render(report)
 
 
 def test_drain_target_compares_the_bridge_with_the_paho_baseline() -> None:

@@ -174,6 +174,25 @@ async def test_a_commit_takes_at_most_half_the_receive_window(tmp_path: Path) ->
         assert r.source.acks[4:] == [(mid, 9) for mid in (5, 6, 7, 8, 9)]
 
 
+async def test_arrivals_during_a_commit_go_into_the_next_one_together(tmp_path: Path) -> None:
+    """Group commit with the shipped pacing: while a commit runs, the messages that arrive
+    wait and then go into one commit together, in receive order; what the commits took is
+    what spaces them."""
+    async with rig(tmp_path, commit=CommitSettings()) as r, running(r.committer.run()):
+        assert r.committer.pacing.duration_s == 0.0
+        r.spool.gate.clear()
+        r.receive(1)
+        await until(lambda: r.spool.commits == 1, "the first commit started")
+        for mid in range(2, 8):
+            r.receive(mid)
+        r.spool.gate.set()
+        await until(lambda: r.sample(COMMITTED) == 7, "all committed")
+        assert r.spool.commits == 2
+        assert r.delivery.notified == [1, 6]
+        assert [mid for mid, _ in r.source.acks] == list(range(1, 8))
+        assert r.committer.pacing.duration_s > 0.0
+
+
 async def test_a_message_of_an_earlier_connection_is_not_acked(tmp_path: Path) -> None:
     """A message received on connection 1 is committed but not acked on connection 2 (the
     broker redelivers it); nothing is acked while disconnected."""

@@ -43,6 +43,7 @@ from bridge.lab.bench.forms import FORMS_TARGET_RATIO, time_forms
 from bridge.lab.bench.report import (
     Report,
     Sample,
+    add_disk_writes,
     cpu_percent,
     drain_rate,
     drain_targets,
@@ -66,6 +67,7 @@ from bridge.lab.localrun import (
     METRICS_PER_MESSAGE,
     BridgeProcess,
     ProcessPublisher,
+    message_payload,
 )
 
 # -- the shell ------------------------------------------------------------------------------------
@@ -85,6 +87,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.lab.bench.deadband_mode import run_deadband_bench
 
         return run_deadband_bench(args)
+    if args.rate is None:
+        args.rate = 1000.0 if args.mode != "edge" else None  # edge: its own default
     try:
         with tempfile.TemporaryDirectory(prefix="metriqo-bench-") as tmp, LocalBroker() as broker:
             workdir = Path(tmp)
@@ -92,6 +96,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 return asyncio.run(SpoolBench(args, workdir, broker).run())
             if args.mode == "rules":
                 return asyncio.run(_run_rules(args, workdir, broker))
+            if args.mode == "edge":
+                from bridge.lab.bench.edge_mode import EdgeBench
+
+                return asyncio.run(EdgeBench(args, workdir, broker).run())
             if args.mode == "replicas":
                 from bridge.lab.bench.replicas import run_replicas
 
@@ -113,6 +121,7 @@ class _Drive:
     cpu_window: tuple[float, float]
     connected: float
     delivered: bool
+    write_bytes: float
 
 
 class _Bench:
@@ -185,6 +194,8 @@ class _Bench:
             t0_wall=run.t0,
         )
         report.cpu_percent_of_one_core = cpu_percent(*run.cpu_window)
+        payload = sum(len(message_payload(i, self.base_ms)) for i in range(self.messages))
+        add_disk_writes(report, run.write_bytes, payload / max(1, self.messages))
         if not math.isnan(run.connected):
             connected = max(1e-9, report.seconds_to_last_delivery - run.connected)
             report.seconds_connected_to_last_delivery = round(connected, 3)
@@ -214,6 +225,7 @@ class _Bench:
         bridge.start()
         await asyncio.to_thread(bridge.wait_ready)
         connected = math.nan
+        written = 0  # a new process counts its writes from 0 (backlog mode: the drain's)
         if self.mode == "backlog":
             bridge.stop()  # the session stays on the broker and queues the backlog
             if self.baselines is not None:
@@ -231,12 +243,14 @@ class _Bench:
         else:
             sampler = asyncio.create_task(self._sample(bridge, t0))
             cpu_start = bridge.cpu_and_rss()[0]
+            written = bridge.write_bytes()  # what opening the spool wrote is not the flow's
             p_start = time.time() - t0
             await asyncio.to_thread(publisher.run, self.args.rate)
             window = (p_start, time.time() - t0)
             cpu_window = (bridge.cpu_and_rss()[0] - cpu_start, window[1] - window[0])
             print(f"bench: published {self.messages} messages in {cpu_window[1]:.1f} s")
         delivered = await self._await_delivery(api, bridge, t0)
+        written = bridge.write_bytes() - written  # up to the spool's last delete, not its close
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
@@ -246,7 +260,7 @@ class _Bench:
             if len(self.samples) > 1:
                 first, last = self.samples[0], self.samples[-1]
                 cpu_window = (last.cpu_s - first.cpu_s, last.t - first.t)
-        return _Drive(t0, window, cpu_window, connected, delivered)
+        return _Drive(t0, window, cpu_window, connected, delivered, written)
 
     async def _drain_baselines(self) -> list[Baseline]:
         """The baseline clients drain the backlog queued for them, one after the other."""
