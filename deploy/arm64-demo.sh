@@ -47,12 +47,16 @@ fi
 echo "arm64-demo: binfmt_misc qemu-aarch64 is $(head -n 1 "$binfmt/qemu-aarch64")"
 
 started=$(date +%s)
-if [ ! -x "$root/usr/bin/python3" ]; then
+# mmdebstrap fills the directory as it goes: only the marker, written once it has finished,
+# says the root filesystem is complete and may be reused.
+complete="$root/.metriqo-arm64-root-complete"
+if [ ! -e "$complete" ]; then
     echo "arm64-demo: building the arm64 root filesystem in $root"
     rm -rf "$root"
     mmdebstrap --arch=arm64 --variant=apt \
         --include=python3,python3-venv,mosquitto,ca-certificates \
         bookworm "$root" http://deb.debian.org/debian
+    touch "$complete"
 fi
 rootfs_done=$(date +%s)
 
