@@ -69,6 +69,14 @@ rm -rf "$root/opt/metriqo" "$root/tmp/metriqo-install"
 mkdir -p "$root/tmp/metriqo-install"
 cp requirements.lock "$work"/dist/*.whl "$root/tmp/metriqo-install/"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# A machine that reaches PyPI through a TLS-inspecting proxy trusts the proxy's CA through pip's
+# "cert" setting; the arm64 root's own CA bundle does not have it, so pip there gets the same.
+pip_env=()
+host_cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+if [ -n "$host_cert" ] && [ -f "$host_cert" ]; then
+    cp "$host_cert" "$root/tmp/metriqo-install/ca.crt"
+    pip_env=(PIP_CERT=/tmp/metriqo-install/ca.crt)
+fi
 
 # Inside a private mount namespace, so the /proc, /dev and /tmp mounts go away with it.
 run_arm64() {
@@ -83,8 +91,8 @@ run_arm64 uname -m
 run_arm64 python3 -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])'
 run_arm64 python3 -m venv /opt/metriqo
 # --only-binary: an aarch64 wheel for every dependency, never a build from source.
-run_arm64 /opt/metriqo/bin/pip install -q --only-binary=:all: --require-hashes \
-    -r /tmp/metriqo-install/requirements.lock
+run_arm64 env "${pip_env[@]}" /opt/metriqo/bin/pip install -q --only-binary=:all: \
+    --require-hashes -r /tmp/metriqo-install/requirements.lock
 run_arm64 sh -c '/opt/metriqo/bin/pip install -q --no-deps /tmp/metriqo-install/*.whl'
 installed=$(date +%s)
 run_arm64 /opt/metriqo/bin/pip list --format=freeze
