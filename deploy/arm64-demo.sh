@@ -54,7 +54,7 @@ if [ ! -e "$complete" ]; then
     echo "arm64-demo: building the arm64 root filesystem in $root"
     rm -rf "$root"
     mmdebstrap --arch=arm64 --variant=apt \
-        --include=python3,python3-venv,mosquitto,ca-certificates \
+        --include=python3,python3-venv,mosquitto,ca-certificates,tzdata \
         bookworm "$root" http://deb.debian.org/debian
     touch "$complete"
 fi
