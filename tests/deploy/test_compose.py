@@ -4,6 +4,7 @@ images are pinned), and mosquitto/compose.conf run by a real mosquitto."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from bridge.config.loader import load_settings
+from bridge.errors import ConfigError
 from bridge.lab.broker import free_port, mosquitto_binary
 from tests.support import REPO
 from tests.support.deploy import DEPLOY, final_stage, load_dockerfile
@@ -26,6 +29,9 @@ from tests.support.tools import require_tool
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 SERVICES = {"mosquitto", "bridge", "api", "sensors", "prometheus", "grafana"}
+# The services that run the bridge's image, and the one variable that names it.
+IMAGE_SERVICES = {"bridge", "api", "sensors"}
+IMAGE_VARIABLE = "METRIQO_IMAGE"
 # Directives of mosquitto/mosquitto.conf that keep queued messages through outages and restarts.
 NO_LOSS = (
     "persistence",
@@ -57,13 +63,16 @@ def compose_binary() -> Path:
     pytest.skip(message)
 
 
-def run_compose(*args: str, file: Path = COMPOSE) -> subprocess.CompletedProcess[str]:
-    """``docker compose -f FILE ARGS`` with no inherited compose or demo variables."""
+def run_compose(
+    *args: str, file: Path = COMPOSE, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``docker compose -f FILE ARGS`` with no inherited compose or demo variables, and
+    ``extra_env`` on top."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("COMPOSE_", "DOCKER_", "METRIQO_")) and not k.startswith("GF_")
-    }
+    } | (extra_env or {})
     return subprocess.run(
         [str(compose_binary()), "-f", str(file), *args],
         capture_output=True,
@@ -263,6 +272,51 @@ def test_images_are_pinned() -> None:
         assert re.fullmatch(r"[a-z0-9./-]+:v?\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", image), (
             f"{name}: {image} is not pinned to an exact version"
         )
+
+
+def _resolved_images(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Each service's image as Docker Compose resolves it (variables filled in)."""
+    result = run_compose("config", "--format", "json", extra_env=extra_env)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    return {name: str(service["image"]) for name, service in resolved.items()}
+
+
+def test_the_bridge_image_is_one_variable() -> None:
+    """Every service built from deploy/Dockerfile names its image by the same reference,
+    ``${METRIQO_IMAGE:-<default>}``, and no other service uses the variable."""
+    references = {name: s["image"] for name, s in services().items() if "build" in s}
+    assert set(references) == IMAGE_SERVICES
+    assert len(set(references.values())) == 1
+    [reference] = set(references.values())
+    assert re.fullmatch(r"\$\{" + IMAGE_VARIABLE + r":-[a-z0-9./:-]+\}", reference), reference
+    for name, service in services().items():
+        if name not in IMAGE_SERVICES:
+            assert IMAGE_VARIABLE not in str(service), name
+
+
+def test_the_image_variable_resolves_for_every_bridge_service() -> None:
+    """Unset, the three services run the locally built image; set, all three run the image it
+    names, and the pulled images of the other services do not change."""
+    default = _resolved_images()
+    pushed = "registry.example.com/plant/metriqo-bridge:0.1.0"
+    chosen = _resolved_images({IMAGE_VARIABLE: pushed})
+    local = {default[name] for name in IMAGE_SERVICES}
+    assert len(local) == 1
+    assert local != {pushed}
+    assert {chosen[name] for name in IMAGE_SERVICES} == {pushed}
+    for name in SERVICES - IMAGE_SERVICES:
+        assert chosen[name] == default[name], name
+
+
+def test_the_image_variable_is_not_a_bridge_setting() -> None:
+    """The bridge reads every METRIQO_BRIDGE_* variable as a setting and refuses one it does
+    not know, so the variable must not start with that prefix: exported in a shell that also
+    starts a bridge, METRIQO_IMAGE is ignored, where METRIQO_BRIDGE_IMAGE would stop it."""
+    image = "registry.example.com/plant/metriqo-bridge:0.1.0"
+    load_settings(environ={IMAGE_VARIABLE: image})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings(environ={"METRIQO_BRIDGE_IMAGE": image})
 
 
 def test_compose_conf_keeps_the_no_loss_settings_of_mosquitto_conf() -> None:

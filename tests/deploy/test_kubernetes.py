@@ -1,4 +1,5 @@
-"""deploy/kubernetes: schema-valid manifests that run the bridge the way its reliability needs.
+"""deploy/kubernetes: schema-valid manifests that run the bridge the way its reliability needs,
+and an overlay that points them at a plant's registry, broker and token Secret.
 
 Kubernetes kinds are validated with ``kubernetes-validate`` (the Kubernetes OpenAPI schemas, in
 strict mode: an unknown field fails) for the oldest and the newest Kubernetes version we
@@ -7,14 +8,17 @@ prometheus-operator models of ``cloudcoil-models-prometheus-operator``, which ar
 the operator's CRD schemas (types, required fields, patterns such as the interval's); their
 models ignore unknown fields, so the test also requires the validated object to serialise back
 to exactly the manifest. The rest checks what the schemas cannot: probes, ports, mounts, labels
-and environment fit together and fit the bridge.
+and environment fit together and fit the bridge, and that the example overlay changes exactly
+what it says it changes.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,8 @@ from tests.support import REPO
 from tests.support.deploy import DEPLOY
 from tests.support.tools import require_tool
 
-K8S = DEPLOY / "kubernetes"
+K8S = DEPLOY / "kubernetes" / "base"
+OVERLAY = DEPLOY / "kubernetes" / "overlays" / "example"
 # The oldest Kubernetes these manifests need (StatefulSet PVC retention is GA in 1.32) and the
 # newest that kubernetes-validate knows.
 K8S_VERSIONS = ("1.32.0", "1.37.0")
@@ -113,15 +118,30 @@ def _selected(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[Doc]:
-    """What ``kubectl apply -k deploy/kubernetes`` sends, rendered by kubectl's own kustomize."""
+def _render(directory: Path) -> list[Doc]:
+    """What ``kubectl apply -k DIRECTORY`` sends, rendered by kubectl's own kustomize."""
     kubectl = require_tool("kubectl", "renders deploy/kubernetes with kustomize")
     out = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=False, timeout=60
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Doc]:
+    """The base, rendered."""
+    return _render(K8S)
+
+
+@pytest.fixture(scope="module")
+def overlay_rendered() -> list[Doc]:
+    """The example overlay, rendered."""
+    return _render(OVERLAY)
 
 
 # -- kustomization ------------------------------------------------------------------------------
@@ -153,8 +173,12 @@ def test_kustomize_renders_the_configmap_image_and_every_object(rendered: list[D
     assert cm["metadata"]["name"] == _volume("mappings")["configMap"]["name"]
     assert _selected(SELECTOR, cm["metadata"]["labels"])
     assert cm["data"] == {"topic-mappings.yaml": (REPO / "topic-mappings.yaml").read_text("utf-8")}
+    [entry] = _kustomization()["images"]
+    assert entry["name"] == _container()["image"]
     sts = _one("StatefulSet", rendered)
-    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == _container()["image"]
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        f"{entry['name']}:{entry['newTag']}"
+    )
 
 
 # -- schemas ------------------------------------------------------------------------------------
@@ -357,17 +381,21 @@ def test_shipped_mapping_is_the_repository_mapping_and_passes_check() -> None:
     assert f"{shipped}: OK" in out.stdout
 
 
-def test_images_are_pinned() -> None:
-    """No image is ``latest`` or untagged, and kustomization.yaml pins the same tag."""
-    images = [c["image"] for c in _pod()["containers"] + _pod().get("initContainers", [])]
-    for image in images:
-        name, _, tag = image.rpartition(":")
-        assert name, f"{image} has no tag"
-        assert "/" not in tag, f"{image} has no tag"
-        assert tag != "latest", image
-    for entry in _kustomization()["images"]:
-        assert entry["newTag"] != "latest"
-        assert f"{entry['name']}:{entry['newTag']}" in images
+def test_images_are_named_once_and_pinned(rendered: list[Doc], overlay_rendered: list[Doc]) -> None:
+    """statefulset.yaml names the image without a version; kustomization.yaml's ``images:`` is
+    the one place that gives it one. Rendered, base and overlay run a tagged image, never
+    ``latest``."""
+    pod = _pod()
+    images = [c["image"] for c in pod["containers"] + pod.get("initContainers", [])]
+    assert all(":" not in image and "@" not in image for image in images), images
+    assert {e["name"] for e in _kustomization()["images"]} == set(images)
+    for docs in (rendered, overlay_rendered):
+        spec = _one("StatefulSet", docs)["spec"]["template"]["spec"]
+        for container in spec["containers"] + spec.get("initContainers", []):
+            name, _, tag = container["image"].rpartition(":")
+            assert name, f"{container['image']} has no tag"
+            assert "/" not in tag, f"{container['image']} has no tag"
+            assert tag != "latest", container["image"]
 
 
 def test_environment_is_valid_bridge_settings(tmp_path: Path) -> None:
@@ -410,3 +438,158 @@ def test_shutdown_resources_and_disruption_budget() -> None:
     assert resources["limits"]["memory"] == "256Mi"
     assert _container()["args"] == ["run"]
     assert _one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+# -- the example overlay: "my registry, my broker, my token Secret" -----------------------------
+
+
+@dataclass(frozen=True)
+class OverlayEdits:
+    """What an overlay's kustomization.yaml sets, read from the file itself."""
+
+    namespace: str
+    image: str
+    container: str
+    env: dict[str, str]
+    volume: str
+    token_secret: str
+
+
+def _overlay_edits(directory: Path = OVERLAY) -> OverlayEdits:
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    [image] = k["images"]
+    [patch] = k["patches"]
+    assert patch["target"] == {
+        "kind": "StatefulSet",
+        "name": _one("StatefulSet")["metadata"]["name"],
+    }
+    pod = yaml.safe_load(patch["patch"])["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    [volume] = pod["volumes"]
+    return OverlayEdits(
+        namespace=k["namespace"],
+        image=f"{image['newName']}:{image['newTag']}",
+        container=container["name"],
+        env={e["name"]: e["value"] for e in container["env"]},
+        volume=volume["name"],
+        token_secret=volume["secret"]["secretName"],
+    )
+
+
+def _by_name(items: list[Doc]) -> list[Doc]:
+    return sorted(items, key=lambda item: str(item["name"]))
+
+
+def _normalised(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
+    """Objects by kind and name, with the lists a strategic merge reorders sorted by name."""
+    out: dict[tuple[str, str], Doc] = {}
+    for doc in copy.deepcopy(docs):
+        if doc["kind"] == "StatefulSet":
+            pod = doc["spec"]["template"]["spec"]
+            pod["volumes"] = _by_name(pod["volumes"])
+            pod["containers"] = _by_name(pod["containers"])
+            for container in pod["containers"]:
+                container["env"] = _by_name(container.get("env", []))
+        out[(doc["kind"], doc["metadata"]["name"])] = doc
+    return out
+
+
+def _expected_overlay(base: list[Doc], edits: OverlayEdits) -> dict[tuple[str, str], Doc]:
+    """The base with exactly the overlay's edits applied by hand."""
+    expected = _normalised(base)
+    for doc in expected.values():
+        doc["metadata"]["namespace"] = edits.namespace
+        if doc["kind"] != "StatefulSet":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        [container] = [c for c in pod["containers"] if c["name"] == edits.container]
+        container["image"] = edits.image
+        for entry in container["env"]:
+            entry["value"] = edits.env.get(entry["name"], entry.get("value"))
+            if entry["value"] is None:
+                del entry["value"]  # a valueFrom entry
+        [volume] = [v for v in pod["volumes"] if v["name"] == edits.volume]
+        volume["secret"]["secretName"] = edits.token_secret
+    return expected
+
+
+def _unexpected_changes(base: list[Doc], overlay: list[Doc], edits: OverlayEdits) -> list[str]:
+    expected = _expected_overlay(base, edits)
+    actual = _normalised(overlay)
+    problems = [f"{key}: missing" for key in expected.keys() - actual.keys()]
+    problems += [f"{key}: added" for key in actual.keys() - expected.keys()]
+    problems += [
+        f"{key}: differs" for key in expected.keys() & actual.keys() if expected[key] != actual[key]
+    ]
+    return sorted(problems)
+
+
+def test_overlay_is_one_file_on_the_base() -> None:
+    """The example overlay is a single kustomization.yaml over ../../base, and what it patches
+    exists in the base: the image name, the container, each env var and the token volume."""
+    assert sorted(p.name for p in OVERLAY.iterdir()) == ["kustomization.yaml"]
+    k = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert k["resources"] == ["../../base"]
+    assert (OVERLAY / k["resources"][0]).resolve() == K8S.resolve()
+    assert [e["name"] for e in k["images"]] == [_container()["image"]]
+    edits = _overlay_edits()
+    assert edits.container == _container()["name"]
+    assert set(edits.env) <= set(_env())
+    assert "secret" in _volume(edits.volume)
+    assert edits.token_secret != _volume(edits.volume)["secret"]["secretName"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_overlay_renders_valid_kubernetes_objects(
+    version: str, overlay_rendered: list[Doc]
+) -> None:
+    """The overlay's output validates strictly, like the base's."""
+    for doc in overlay_rendered:
+        if doc["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_overlay_edits_land_everywhere(overlay_rendered: list[Doc], tmp_path: Path) -> None:
+    """Rendered, every object is in the overlay's namespace, the StatefulSet runs the overlay's
+    image, connects to its broker and mounts its token Secret (still 0440), and the pod's
+    environment is valid bridge settings with that broker."""
+    edits = _overlay_edits()
+    assert {d["metadata"].get("namespace") for d in overlay_rendered} == {edits.namespace}
+    pod = _one("StatefulSet", overlay_rendered)["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == edits.image
+    env = {e["name"]: e for e in container["env"]}
+    for name, value in edits.env.items():
+        assert env[name] == {"name": name, "value": value}
+    [token] = [v for v in pod["volumes"] if v["name"] == edits.volume]
+    assert token["secret"] == {"secretName": edits.token_secret, "defaultMode": 0o440}
+    environ = {name: e.get("value", POD_NAME) for name, e in env.items()}
+    environ["METRIQO_BRIDGE_SPOOL__PATH"] = str(tmp_path / "spool.db")
+    settings = load_settings(environ=environ)
+    assert settings.mqtt.host == edits.env["METRIQO_BRIDGE_MQTT__HOST"]
+
+
+def test_overlay_changes_nothing_else(rendered: list[Doc], overlay_rendered: list[Doc]) -> None:
+    """The overlay's output is the base's with exactly those edits: no object, env var, volume
+    or field more or less."""
+    assert _unexpected_changes(rendered, overlay_rendered, _overlay_edits()) == []
+
+
+@pytest.mark.parametrize(
+    ("original", "misspelt"),
+    [("- name: bridge\n", "- name: bridg\n"), ("- name: token\n", "- name: tokn\n")],
+    ids=["misspelt-container", "misspelt-volume"],
+)
+def test_a_patch_that_misses_its_target_is_caught(
+    original: str, misspelt: str, rendered: list[Doc], tmp_path: Path
+) -> None:
+    """The comparison above can fail: in a copy of the overlay whose patch names a container or
+    volume the base does not have, kustomize adds one instead of changing the base's."""
+    copy_root = tmp_path / "kubernetes"
+    shutil.copytree(K8S.parent, copy_root)
+    kustomization = copy_root / OVERLAY.relative_to(K8S.parent) / "kustomization.yaml"
+    text = kustomization.read_text(encoding="utf-8")
+    assert text.count(original) == 1
+    kustomization.write_text(text.replace(original, misspelt), encoding="utf-8")
+    broken = _render(kustomization.parent)
+    assert _unexpected_changes(rendered, broken, _overlay_edits()) != []
