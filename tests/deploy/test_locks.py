@@ -19,10 +19,12 @@ from tests.support.locks import (
     DEV_LOCK,
     REFRESH,
     RUNTIME_LOCK,
+    coverage_problems,
     lock_problems,
     parse_lock,
     repository_problems,
     same_versions_problems,
+    supported_pythons,
 )
 
 
@@ -104,6 +106,43 @@ def test_check_catches_a_pin_without_hashes_and_a_version_skew() -> None:
     assert same_versions_problems(runtime, dev) == []
     skewed = re.sub(r"^(aiohttp==)(\S+)", r"\g<1>0.0.1", runtime, flags=re.MULTILINE)
     assert [p for p in same_versions_problems(skewed, dev) if "aiohttp==0.0.1" in p]
+
+
+def test_classifiers_name_the_versions_ci_runs() -> None:
+    """The oldest classified version is requires-python's floor and the one .ci/run's venv and
+    lock.sh use; the newest is the interpreter .ci/newest-python installs."""
+    pyproject = _pyproject()
+    pythons = supported_pythons(pyproject)
+    assert len(pythons) >= 2, pythons
+    assert pyproject["project"]["requires-python"] == f">={pythons[0]}"
+    lock_sh = (REPO / "deploy" / "lock.sh").read_text(encoding="utf-8")
+    assert f"--python-version {pythons[0]}" in lock_sh
+    newest = (REPO / ".ci" / "newest-python").read_text(encoding="utf-8")
+    assert re.search(rf"^python=python{re.escape(pythons[-1])}$", newest, re.MULTILINE)
+    assert "bash .ci/newest-python" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("lock", [RUNTIME_LOCK, DEV_LOCK])
+def test_check_catches_a_lock_that_misses_a_python_version(lock: str) -> None:
+    """A pin limited to older Pythons (what a lock resolved for 3.11 alone can hold) leaves
+    the newest without it; two pins that both apply are as wrong."""
+    pyproject, text = _pyproject(), _lock(lock)
+    newest = supported_pythons(pyproject)[-1]
+    assert coverage_problems(pyproject, lock, text) == []
+
+    pinned = re.search(r"^(orjson==\S+)( \\)$", text, re.MULTILINE)
+    assert pinned is not None
+    narrowed = text.replace(pinned[0], f"{pinned[1]} ; python_full_version < '3.12'{pinned[2]}")
+    assert coverage_problems(pyproject, lock, narrowed) == [
+        f"{lock}: nothing pins orjson>=3.9 for Python {newest}"
+    ]
+
+    doubled = text + (
+        "orjson==3.9.0 \\\n    --hash=sha256:00\n    # via metriqo-bridge (pyproject.toml)\n"
+    )
+    problems = coverage_problems(pyproject, lock, doubled)
+    assert len(problems) == len(supported_pythons(pyproject)), problems
+    assert all("orjson has 2 pins" in p for p in problems)
 
 
 def test_setup_and_image_install_from_the_locks_with_hashes() -> None:
