@@ -13,15 +13,17 @@ What "agree" means:
 * every package the lock names as required by pyproject.toml is still one of its dependencies;
 * every pin carries hashes (pip's --require-hashes needs them all);
 * the runtime lock pins each package at the dev lock's version (the tests run what ships);
-* the lock holds for every Python version the classifiers name (CI runs the oldest and the
-  newest, ``.ci/newest-python``): for each, every dependency has exactly one pin whose
-  environment marker applies, and no package has two.
+* the lock holds for every Python version from the oldest the classifiers name up to the one
+  ``.ci/newest-python`` installs (that one is being brought up and not classified until the
+  whole suite passes on it): for each, every dependency has exactly one pin whose environment
+  marker applies, and no package has two.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -42,6 +44,7 @@ LOCK_EXTRAS: dict[str, tuple[str, ...]] = {RUNTIME_LOCK: (), DEV_LOCK: ("dev",)}
 DIGEST_PREFIX = "# pyproject.toml dependencies sha256: "
 REFRESH = "run 'bash deploy/lock.sh' and commit the locks"
 CLASSIFIER_PREFIX = "Programming Language :: Python :: "
+NEWEST_SCRIPT = ".ci/newest-python"
 # How uv's "# via" annotation names a requirement of pyproject.toml itself.
 _VIA_PROJECT = "metriqo-bridge (pyproject.toml)"
 
@@ -179,6 +182,25 @@ def supported_pythons(pyproject: dict[str, object]) -> list[str]:
     return sorted(found, key=Version)
 
 
+def newest_python(root: Path = REPO) -> str:
+    """The ``3.X`` that ``.ci/newest-python`` installs (its ``python=python3.X`` line)."""
+    text = (root / NEWEST_SCRIPT).read_text(encoding="utf-8")
+    found = re.search(r"^python=python(3\.\d+)$", text, re.MULTILINE)
+    assert found is not None, f"{NEWEST_SCRIPT} names no python=python3.X"
+    return found[1]
+
+
+def checked_pythons(pyproject: dict[str, object], newest: str) -> list[str]:
+    """Every ``3.X`` from the oldest classified version up to the newer of the newest
+    classified one and ``newest``: the versions the locks must hold for."""
+    classified = supported_pythons(pyproject)
+    if not classified:
+        return []
+    low = int(classified[0].split(".")[1])
+    high = max(int(v.split(".")[1]) for v in [*classified, newest])
+    return [f"3.{minor}" for minor in range(low, high + 1)]
+
+
 def marker_environment(python: str) -> dict[str, str]:
     """The marker variables of CPython ``python`` (``3.X``, its first release) on Linux x86_64."""
     return {
@@ -193,11 +215,12 @@ def marker_environment(python: str) -> dict[str, str]:
     }
 
 
-def coverage_problems(pyproject: dict[str, object], lock_name: str, lock_text: str) -> list[str]:
-    """Where the lock does not hold for a Python version the classifiers name: a dependency
-    with no pin for that version (a lock resolved for one version only), or a package with
-    two."""
-    pythons = supported_pythons(pyproject)
+def coverage_problems(
+    pyproject: dict[str, object], lock_name: str, lock_text: str, newest: str
+) -> list[str]:
+    """Where the lock does not hold for one of :func:`checked_pythons`: a dependency with no
+    pin for that version (a lock resolved for one version only), or a package with two."""
+    pythons = checked_pythons(pyproject, newest)
     problems = [] if pythons else ["pyproject.toml: no 'Programming Language :: Python :: 3.X'"]
     pins = parse_lock(lock_text)
     wanted = _requirements(pyproject, LOCK_EXTRAS[lock_name])
@@ -226,6 +249,7 @@ def repository_problems(root: Path = REPO) -> list[str]:
     pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     texts: dict[str, str] = {}
     problems: list[str] = []
+    newest = newest_python(root)
     for name in LOCK_EXTRAS:
         path = root / name
         if not path.is_file():
@@ -233,7 +257,7 @@ def repository_problems(root: Path = REPO) -> list[str]:
             continue
         texts[name] = path.read_text(encoding="utf-8")
         problems += lock_problems(pyproject, name, texts[name])
-        problems += coverage_problems(pyproject, name, texts[name])
+        problems += coverage_problems(pyproject, name, texts[name], newest)
     if len(texts) == len(LOCK_EXTRAS):
         problems += same_versions_problems(texts[RUNTIME_LOCK], texts[DEV_LOCK])
     return problems
