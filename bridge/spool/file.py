@@ -147,15 +147,21 @@ class SpoolFile:
         # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
         new = not self.path.exists() or self.path.stat().st_size == 0
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        if new:
-            # Lets a full disk get back the pages of delivered points (see reclaim). Only
-            # possible on an empty file; older spools keep their pages (a damaged file is never
-            # written to: it is moved aside as it is).
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.settings.synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
+        try:
+            if new:
+                # Lets a full disk get back the pages of delivered points (see reclaim). Only
+                # possible on an empty file; older spools keep their pages (a damaged file is
+                # never written to: it is moved aside as it is).
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.settings.synchronous}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
+        except BaseException:
+            # A file that is not a database fails here, before open() holds the connection
+            # to close it: close it now, or its descriptor stays open until collected.
+            db.close()
+            raise
         return db
 
     def _move_aside(self) -> None:
