@@ -338,7 +338,8 @@ def fetch(url: str) -> tuple[int, str]:
         with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310  # a loopback test URL
             return int(r.status), r.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        with exc:  # a 503 carries a body; Python 3.14+ warns when it is left open
+            return exc.code, exc.read().decode()
 
 
 async def status_pages(bridge: Bridge) -> dict[str, tuple[int, str]]:
