@@ -7,10 +7,17 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
 from tests.support import REPO, TOKEN
+
+# No property test has a deadline: an example's time says how busy the shared machine is, not
+# whether the property holds (a test that fails when the machine is busy is a bug). Loaded here,
+# before the test modules, so every settings(...) they make inherits it.
+settings.register_profile("bridge", deadline=None)
+settings.load_profile("bridge")
 
 
 def _docker_answers() -> bool:

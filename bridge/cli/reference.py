@@ -160,13 +160,51 @@ def _linked(text: str) -> str:
     return re.sub(r"docs/([\w/.-]+\.md)", r"[\1](../\1)", text)
 
 
+def _action_usage(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """One option's or argument's usage part as argparse writes it (``[--json]``, ``[FILE]``,
+    ``{list,show} ...``); empty for a hidden one."""
+    formatter = parser.formatter_class(prog="")
+    formatter.add_usage(None, [action], [], prefix="")
+    return " ".join(formatter.format_help().split())
+
+
+def _usage(name: str, parser: argparse.ArgumentParser) -> str:
+    """The usage line, put together here rather than by ``format_usage``: argparse's layout of
+    a mutually exclusive group that mixes an option with a positional changed in Python 3.13
+    (3.11 splits it, later versions keep it together at the end), and the page must be the same
+    on every supported version. Options come first, then positionals, in the order they were
+    added; a group is written once, ``[a | b]``, where its first member would be."""
+    groups = {
+        id(action): group
+        for group in parser._mutually_exclusive_groups
+        for action in group._group_actions
+    }
+    ordered = [a for a in parser._actions if a.option_strings] + [
+        a for a in parser._actions if not a.option_strings
+    ]
+    parts = [name]
+    done: set[int] = set()
+    for action in ordered:
+        group = groups.get(id(action))
+        if group is None:
+            parts.append(_action_usage(parser, action))
+        elif id(group) not in done:
+            done.add(id(group))
+            inner = [_action_usage(parser, a) for a in group._group_actions]
+            # Each member alone is written optional ("[--x X]"); in a group the brackets are
+            # the group's.
+            bare = [p[1:-1] if p.startswith("[") and p.endswith("]") else p for p in inner if p]
+            left, right = ("(", ")") if group.required else ("[", "]")
+            parts.append(left + " | ".join(bare) + right)
+    return " ".join(p for p in parts if p)
+
+
 def _command_section(
     name: str, parser: argparse.ArgumentParser, help_text: str, level: str = "##"
 ) -> list[str]:
-    usage = " ".join(parser.format_usage().split())
     about = parser.description or help_text
     out = [f"\n{level} `{name}`\n\n", f"{_linked(about)}\n\n" if about else ""]
-    out.append(f"```\n{usage.removeprefix('usage: ')}\n```\n\n")
+    out.append(f"```\n{_usage(name, parser)}\n```\n\n")
     out.extend(_options(parser))
     if parser.epilog:
         out.append(f"\n{parser.epilog[0].upper()}{parser.epilog[1:]}\n")

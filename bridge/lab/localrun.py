@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from array import array
 from collections.abc import Iterable, Iterator
@@ -140,9 +141,15 @@ class BridgeProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError), self._get(path) as r:
-                if r.status == 200:
-                    return
+            try:
+                with self._get(path) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as not_yet:
+                # A 503 (not ready yet) carries a body; Python 3.14+ warns when it is left open.
+                not_yet.close()
+            except OSError:
+                pass
             time.sleep(0.1)
         raise TimeoutError(f"bridge not {what} after {timeout} s:\n{self.log()[-2000:]}")
 

@@ -70,7 +70,7 @@ class SpoolFile:
         self.reserve.ensure()
         with self._closed_on_failure():
             try:
-                self._db = self._connect()
+                self._db = _connect(self.path, self.settings.synchronous)
                 healthy = _healthy(self._db)
             except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
                 log.error("spool %s cannot be read: %s", self.path, exc)
@@ -80,7 +80,7 @@ class SpoolFile:
                     self._db.close()
                     self._db = None
                 self._move_aside()
-                self._db = self._connect()
+                self._db = _connect(self.path, self.settings.synchronous)
             schema.install(self.conn, self.path)
             self.load_counters()
 
@@ -96,7 +96,7 @@ class SpoolFile:
         if not self.path.exists():
             raise SpoolError(f"no spool at {self.path} (check spool.path)")
         with self._closed_on_failure():
-            self._db = self._connect()
+            self._db = _connect(self.path, self.settings.synchronous)
             if not _healthy(self._db):
                 raise SpoolError(f"spool {self.path} failed its integrity check")
             schema.install(self._db, self.path)
@@ -142,21 +142,6 @@ class SpoolFile:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        if new:
-            # Lets a full disk get back the pages of delivered points (see reclaim). Only
-            # possible on an empty file; older spools keep their pages (a damaged file is never
-            # written to: it is moved aside as it is).
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.settings.synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
-        return db
 
     def _move_aside(self) -> None:
         # Never delete a damaged spool: it may hold the only copy of readings worth recovering.
@@ -331,6 +316,28 @@ class SpoolFile:
     def meta_set(self, key: str, value: str) -> None:
         """Write a small persistent value."""
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
+    new = not path.exists() or path.stat().st_size == 0
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        if new:
+            # Lets a full disk get back the pages of delivered points (see reclaim). Only
+            # possible on an empty file; older spools keep their pages (a damaged file is
+            # never written to: it is moved aside as it is).
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
+    except BaseException:
+        # A file that is not a database fails here, before the spool holds the connection to
+        # close it: close it now, or its descriptor stays open until collected.
+        db.close()
+        raise
+    return db
 
 
 def _healthy(db: sqlite3.Connection) -> bool:

@@ -12,6 +12,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 from tests.support import REPO
 from tests.support.deploy import load_dockerfile
@@ -19,10 +20,14 @@ from tests.support.locks import (
     DEV_LOCK,
     REFRESH,
     RUNTIME_LOCK,
+    checked_pythons,
+    coverage_problems,
     lock_problems,
+    newest_python,
     parse_lock,
     repository_problems,
     same_versions_problems,
+    supported_pythons,
 )
 
 
@@ -104,6 +109,47 @@ def test_check_catches_a_pin_without_hashes_and_a_version_skew() -> None:
     assert same_versions_problems(runtime, dev) == []
     skewed = re.sub(r"^(aiohttp==)(\S+)", r"\g<1>0.0.1", runtime, flags=re.MULTILINE)
     assert [p for p in same_versions_problems(skewed, dev) if "aiohttp==0.0.1" in p]
+
+
+def test_classifiers_name_the_versions_ci_runs() -> None:
+    """The classifiers name only versions the whole suite passed on: the oldest is
+    requires-python's floor, the one .ci/run's venv and lock.sh use. .ci/newest-python's
+    version is not classified below it, and the lock check reaches up to it."""
+    pyproject = _pyproject()
+    pythons = supported_pythons(pyproject)
+    assert pythons, pythons
+    assert pyproject["project"]["requires-python"] == f">={pythons[0]}"
+    lock_sh = (REPO / "deploy" / "lock.sh").read_text(encoding="utf-8")
+    assert f"--python-version {pythons[0]}" in lock_sh
+    newest = newest_python()
+    assert Version(newest) >= Version(pythons[-1])
+    checked = checked_pythons(pyproject, newest)
+    assert checked[0] == pythons[0]
+    assert checked[-1] == newest
+    assert len(checked) == int(newest.split(".")[1]) - int(pythons[0].split(".")[1]) + 1
+
+
+@pytest.mark.parametrize("lock", [RUNTIME_LOCK, DEV_LOCK])
+def test_check_catches_a_lock_that_misses_a_python_version(lock: str) -> None:
+    """A pin limited to older Pythons (what a lock resolved for 3.11 alone can hold) leaves
+    the newest without it; two pins that both apply are as wrong."""
+    pyproject, text, newest = _pyproject(), _lock(lock), newest_python()
+    assert coverage_problems(pyproject, lock, text, newest) == []
+
+    pinned = re.search(r"^(orjson==\S+)( \\)$", text, re.MULTILINE)
+    assert pinned is not None
+    narrowed = text.replace(pinned[0], f"{pinned[1]} ; python_full_version < '3.12'{pinned[2]}")
+    assert coverage_problems(pyproject, lock, narrowed, newest) == [
+        f"{lock}: nothing pins orjson>=3.9 for Python {v}"
+        for v in checked_pythons(pyproject, newest)[1:]
+    ]
+
+    doubled = text + (
+        "orjson==3.9.0 \\\n    --hash=sha256:00\n    # via metriqo-bridge (pyproject.toml)\n"
+    )
+    problems = coverage_problems(pyproject, lock, doubled, newest)
+    assert len(problems) == len(checked_pythons(pyproject, newest)), problems
+    assert all("orjson has 2 pins" in p for p in problems)
 
 
 def test_setup_and_image_install_from_the_locks_with_hashes() -> None:

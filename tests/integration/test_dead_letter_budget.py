@@ -58,7 +58,8 @@ def readyz(bridge: Bridge) -> tuple[int, dict[str, object]]:
         with urllib.request.urlopen(url, timeout=5) as r:
             return int(r.status), orjson.loads(r.read())
     except urllib.error.HTTPError as exc:
-        return int(exc.code), orjson.loads(exc.read())
+        with exc:  # a 503 carries a body; Python 3.14+ warns when it is left open
+            return int(exc.code), orjson.loads(exc.read())
 
 
 def stored(bridge: Bridge) -> float:

@@ -12,19 +12,25 @@ What "agree" means:
   pinned in the lock to a version its specifier allows;
 * every package the lock names as required by pyproject.toml is still one of its dependencies;
 * every pin carries hashes (pip's --require-hashes needs them all);
-* the runtime lock pins each package at the dev lock's version (the tests run what ships).
+* the runtime lock pins each package at the dev lock's version (the tests run what ships);
+* the lock holds for every Python version from the oldest the classifiers name up to the one
+  ``.ci/newest-python`` installs (that one is being brought up and not classified until the
+  whole suite passes on it): for each, every dependency has exactly one pin whose environment
+  marker applies, and no package has two.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -37,6 +43,8 @@ DEV_LOCK = "requirements-dev.lock"
 LOCK_EXTRAS: dict[str, tuple[str, ...]] = {RUNTIME_LOCK: (), DEV_LOCK: ("dev",)}
 DIGEST_PREFIX = "# pyproject.toml dependencies sha256: "
 REFRESH = "run 'bash deploy/lock.sh' and commit the locks"
+CLASSIFIER_PREFIX = "Programming Language :: Python :: "
+NEWEST_SCRIPT = ".ci/newest-python"
 # How uv's "# via" annotation names a requirement of pyproject.toml itself.
 _VIA_PROJECT = "metriqo-bridge (pyproject.toml)"
 
@@ -162,11 +170,86 @@ def same_versions_problems(runtime_text: str, dev_text: str) -> list[str]:
     return problems
 
 
+def supported_pythons(pyproject: dict[str, object]) -> list[str]:
+    """The ``3.X`` versions pyproject.toml's classifiers name, oldest first."""
+    project = pyproject["project"]
+    assert isinstance(project, dict)
+    found = [
+        c.removeprefix(CLASSIFIER_PREFIX)
+        for c in project.get("classifiers", [])
+        if c.startswith(CLASSIFIER_PREFIX) and c.removeprefix(CLASSIFIER_PREFIX).count(".") == 1
+    ]
+    return sorted(found, key=Version)
+
+
+def newest_python(root: Path = REPO) -> str:
+    """The ``3.X`` that ``.ci/newest-python`` installs (its ``python=python3.X`` line)."""
+    text = (root / NEWEST_SCRIPT).read_text(encoding="utf-8")
+    found = re.search(r"^python=python(3\.\d+)$", text, re.MULTILINE)
+    assert found is not None, f"{NEWEST_SCRIPT} names no python=python3.X"
+    return found[1]
+
+
+def checked_pythons(pyproject: dict[str, object], newest: str) -> list[str]:
+    """Every ``3.X`` from the oldest classified version up to the newer of the newest
+    classified one and ``newest``: the versions the locks must hold for."""
+    classified = supported_pythons(pyproject)
+    if not classified:
+        return []
+    low = int(classified[0].split(".")[1])
+    high = max(int(v.split(".")[1]) for v in [*classified, newest])
+    return [f"3.{minor}" for minor in range(low, high + 1)]
+
+
+def marker_environment(python: str) -> dict[str, str]:
+    """The marker variables of CPython ``python`` (``3.X``, its first release) on Linux x86_64."""
+    return {
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+    }
+
+
+def coverage_problems(
+    pyproject: dict[str, object], lock_name: str, lock_text: str, newest: str
+) -> list[str]:
+    """Where the lock does not hold for one of :func:`checked_pythons`: a dependency with no
+    pin for that version (a lock resolved for one version only), or a package with two."""
+    pythons = checked_pythons(pyproject, newest)
+    problems = [] if pythons else ["pyproject.toml: no 'Programming Language :: Python :: 3.X'"]
+    pins = parse_lock(lock_text)
+    wanted = _requirements(pyproject, LOCK_EXTRAS[lock_name])
+    for python in pythons:
+        environment = marker_environment(python)
+        applies: dict[str, list[Pin]] = {}
+        for pin in pins:
+            if not pin.marker or Marker(pin.marker).evaluate(environment):
+                applies.setdefault(pin.name, []).append(pin)
+        for name, requirement in wanted.items():
+            if requirement.marker is not None and not requirement.marker.evaluate(environment):
+                continue
+            if name not in applies:
+                problems.append(f"{lock_name}: nothing pins {requirement} for Python {python}")
+        for name, both in applies.items():
+            if len(both) > 1:
+                versions = ", ".join(str(p.version) for p in both)
+                problems.append(
+                    f"{lock_name}: {name} has {len(both)} pins for Python {python}: {versions}"
+                )
+    return problems
+
+
 def repository_problems(root: Path = REPO) -> list[str]:
     """Every disagreement between the repository's pyproject.toml and its two locks."""
     pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     texts: dict[str, str] = {}
     problems: list[str] = []
+    newest = newest_python(root)
     for name in LOCK_EXTRAS:
         path = root / name
         if not path.is_file():
@@ -174,6 +257,7 @@ def repository_problems(root: Path = REPO) -> list[str]:
             continue
         texts[name] = path.read_text(encoding="utf-8")
         problems += lock_problems(pyproject, name, texts[name])
+        problems += coverage_problems(pyproject, name, texts[name], newest)
     if len(texts) == len(LOCK_EXTRAS):
         problems += same_versions_problems(texts[RUNTIME_LOCK], texts[DEV_LOCK])
     return problems

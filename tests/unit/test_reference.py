@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,31 @@ def test_every_command_appears_on_the_cli_page() -> None:
     page = reference.cli_page()
     for name in reference._subcommands(build_parser()):
         assert f"## `metriqo-bridge {name}`" in page
+
+
+def test_a_usage_line_without_groups_is_the_one_argparse_writes() -> None:
+    """Put together part by part, a usage line says what argparse's own says (wrapping aside)."""
+    for name, sub in reference._subcommands(build_parser()).items():
+        if sub._mutually_exclusive_groups:
+            continue
+        own = " ".join(sub.format_usage().split()).removeprefix("usage: ")
+        assert reference._usage(sub.prog, sub) == own, name
+
+
+def test_a_group_of_an_option_and_a_positional_is_written_once_where_it_was_added() -> None:
+    """The layout that differs between Python versions: the group stays whole, in the place of
+    its first member, hidden members left out; a required group is in parentheses."""
+    parser = argparse.ArgumentParser(prog="p")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--file", metavar="FILE")
+    group.add_argument("--old", help=argparse.SUPPRESS)
+    group.add_argument("path", nargs="?", metavar="FILE")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("name")
+    needed = parser.add_mutually_exclusive_group(required=True)
+    needed.add_argument("--a", action="store_true")
+    needed.add_argument("--b", action="store_true")
+    assert reference._usage("p", parser) == "p [-h] [--file FILE | FILE] [--json] (--a | --b) name"
 
 
 def test_every_exported_metric_appears_and_every_note_names_one() -> None:

@@ -136,8 +136,19 @@ def test_garbage_file_is_moved_aside_and_a_new_spool_starts(path: Path) -> None:
         assert s.file.moved_aside.name.startswith("bridge.db.corrupt-")
         assert s.file.moved_aside.read_bytes() == garbage
         assert s.writer.commit([rec(1)], []).records_inserted == 1
+        # The connection that found the garbage is closed, not left for the collector.
+        aside = s.file.moved_aside.resolve()
+        held = [fd for fd in Path("/proc/self/fd").iterdir() if _points_to(fd, aside)]
+        assert held == []
     finally:
         s.close()
+
+
+def _points_to(fd: Path, target: Path) -> bool:
+    try:
+        return Path(os.readlink(fd)) == target
+    except OSError:  # the directory's own descriptor, gone while listing
+        return False
 
 
 def test_two_corrupt_spools_in_the_same_second_are_both_kept(path: Path) -> None:
