@@ -38,7 +38,7 @@ from bridge.lab.bench.report import (
     summarize,
     target,
 )
-from bridge.lab.bench.workspace import DEVICES, bridge_settings
+from bridge.lab.bench.workspace import DEVICES, await_delivery, bridge_settings
 from bridge.lab.broker import LocalBroker, free_port
 from bridge.lab.localrun import (
     BENCH_MAPPINGS,
@@ -120,7 +120,9 @@ class EdgeBench:
                 sampler = asyncio.create_task(self._sample(bridge, t0))
                 await asyncio.to_thread(live.run, self.rate)
                 window = (0.0, time.time() - t0)
-                delivered = await self._await_delivery(api, bridge)
+                delivered = await await_delivery(
+                    api, bridge, (self.backlog + self.live) * METRICS_PER_MESSAGE, self.args.timeout
+                )
                 written = bridge.write_bytes()
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -204,20 +206,6 @@ class EdgeBench:
             points = await asyncio.to_thread(bridge.spool_points)
             cpu, rss = bridge.cpu_and_rss()
             self.samples.append(Sample(round(time.time() - t0, 3), points, cpu, rss))
-
-    async def _await_delivery(self, api: LocalApi, bridge: BridgeProcess) -> bool:
-        try:
-            points = (self.backlog + self.live) * METRICS_PER_MESSAGE
-            await api.store.wait_for_points(points, self.args.timeout)
-        except TimeoutError:
-            return False
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if await asyncio.to_thread(bridge.spool_points) == 0:
-                    return True
-            await asyncio.sleep(0.2)
-        return True
 
 
 def _backlog_delivered(requests: list[RequestRecord], base_ms: int, backlog: int) -> float:

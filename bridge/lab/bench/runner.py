@@ -60,7 +60,7 @@ from bridge.lab.bench.rules import (
     time_rule_sets,
 )
 from bridge.lab.bench.spool_mode import SpoolBench
-from bridge.lab.bench.workspace import BENCH_TOPIC, DEVICES, bridge_settings
+from bridge.lab.bench.workspace import BENCH_TOPIC, DEVICES, await_delivery, bridge_settings
 from bridge.lab.broker import BrokerUnavailable, LocalBroker, free_port
 from bridge.lab.localrun import (
     BENCH_MAPPINGS,
@@ -249,7 +249,9 @@ class _Bench:
             window = (p_start, time.time() - t0)
             cpu_window = (bridge.cpu_and_rss()[0] - cpu_start, window[1] - window[0])
             print(f"bench: published {self.messages} messages in {cpu_window[1]:.1f} s")
-        delivered = await self._await_delivery(api, bridge, t0)
+        delivered = await await_delivery(
+            api, bridge, self.messages * METRICS_PER_MESSAGE, self.args.timeout
+        )
         written = bridge.write_bytes() - written  # up to the spool's last delete, not its close
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -290,20 +292,6 @@ class _Bench:
         if len(self.samples) % 15 == 0:
             s = self.samples[-1]
             print(f"bench: t={s.t:6.1f}s  spool={s.spool_points:9.0f} points  cpu={s.cpu_s:7.1f}s")
-
-    async def _await_delivery(self, api: LocalApi, bridge: BridgeProcess, t0: float) -> bool:
-        try:
-            await api.store.wait_for_points(self.messages * METRICS_PER_MESSAGE, self.args.timeout)
-        except TimeoutError:
-            return False
-        # Wait for the spool to be empty too: the deletes follow the 201s.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if await asyncio.to_thread(bridge.spool_points) == 0:
-                    return True
-            await asyncio.sleep(0.2)
-        return True
 
 
 # -- rules mode -----------------------------------------------------------------------------------

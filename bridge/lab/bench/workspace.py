@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import time
 from pathlib import Path
 
+from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import LocalBroker
+from bridge.lab.localrun import BridgeProcess
 
 DEVICES = 20
 BENCH_TOPIC = "bench/+/env"  # the bridge's subscription for BENCH_MAPPINGS
@@ -30,3 +35,21 @@ def bridge_settings(
         key, _, value = str(item).partition("=")
         settings[key] = value
     return settings
+
+
+async def await_delivery(
+    api: LocalApi, bridge: BridgeProcess, points: int, within_s: float
+) -> bool:
+    """Whether ``points`` reached the API within ``within_s``; then waits (up to 30 s) for the
+    bridge's spool to be empty too, since the deletes follow the 201s."""
+    try:
+        await api.store.wait_for_points(points, within_s)
+    except TimeoutError:
+        return False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if await asyncio.to_thread(bridge.spool_points) == 0:
+                return True
+        await asyncio.sleep(0.2)
+    return True
