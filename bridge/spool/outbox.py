@@ -150,6 +150,15 @@ class Outbox:
         """Mark records as taken by a request until they are settled."""
         self.handed_out.update(seqs)
 
+    def _settled(self, seqs: Sequence[int]) -> None:
+        """Forget records that left the spool, here and in the fair batches' table (which
+        otherwise keeps one entry per record ever delivered while no device dominates)."""
+        self.handed_out.difference_update(seqs)
+        info = self._handed_info
+        if info:
+            for seq in seqs:
+                info.pop(seq, None)
+
     # -- settling --------------------------------------------------------------------------
 
     def delivered(self, seqs: Sequence[int]) -> None:
@@ -191,7 +200,7 @@ class Outbox:
                 cutoff = int((now - file.settings.dedup_window_s) * 1_000_000)
                 db.execute("DELETE FROM delivered_ids WHERE at_us < ?", (cutoff,))
             file.add_to_meta(db, "delivered_points", points)
-        self.handed_out.difference_update(seqs)
+        self._settled(seqs)
         file.depth_records -= rows
         file.depth_points -= points
         file.delivered_points_total += points
@@ -229,7 +238,7 @@ class Outbox:
                 ],
             )
             db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
-        self.handed_out.difference_update(seqs)
+        self._settled(seqs)
         file.depth_records -= len(rows)
         file.depth_points -= sum(int(r[3]) for r in rows)
         file.dead_letters.measure(db)  # they count apart from the cap (see dlbudget.py)
@@ -269,7 +278,7 @@ class Outbox:
             db.execute("DELETE FROM records WHERE seq = ?", (seq,))
             delivered = int(n) - len(refused)
             file.add_to_meta(db, "delivered_points", delivered)
-        self.handed_out.discard(seq)
+        self._settled((seq,))
         file.depth_records -= 1
         file.depth_points -= int(n)
         file.delivered_points_total += delivered

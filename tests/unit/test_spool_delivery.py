@@ -209,3 +209,24 @@ def test_dead_letter_id_window_pages_and_newest_id(spool: Spool) -> None:
     assert spool.dead_letters.newest_id() == ids[-1]
     window = DeadLetterFilter(after_id=ids[1], through_id=ids[3])
     assert [d.id for d in spool.dead_letters.find(window)] == ids[2:4]
+
+
+def test_settled_records_leave_no_trace_in_the_outbox(spool: Spool) -> None:
+    """Every way a record leaves the spool (delivered, rejected, partly settled) forgets it in
+    the outbox too: before, the fair batches' table kept one entry per record ever delivered
+    while no device dominated, so memory grew with every point a long drain sent."""
+    devices = [f"d{k}" for k in range(4)]
+    spool.writer.commit([rec(i, device=devices[i % 4]) for i in range(400)], [])
+    outbox = spool.outbox
+    settle = [outbox.delivered, lambda seqs: outbox.reject(seqs, "invalid", "refused")]
+    turn = 0
+    while batches := outbox.take_batches(2, 50, single_object=False, newest_first=False):
+        for b in batches:
+            seqs = list(b.seqs)
+            outbox.settle_partly(seqs[0], {"m0": 0.0}, "invalid", "refused")
+            settle[turn % 2](seqs[1:])
+            turn += 1
+    assert spool.file.depth_records == 0
+    assert turn == 16  # 400 records of 2 points, 25 to a batch
+    assert outbox.handed_out == set()
+    assert outbox._handed_info == {}  # the table that leaked
