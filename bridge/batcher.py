@@ -83,7 +83,8 @@ def take_batch(
                 break
         taken.append(r)
         points += r.points
-        names.update(r.metrics)
+        if single_object:
+            names.update(r.metrics)
     return Batch(tuple(taken), points)
 
 

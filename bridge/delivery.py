@@ -301,7 +301,7 @@ class Delivery:
             self._m.delivery_paused.set(0)
         # The spool's cursor is already past these records, so they are not sent again while
         # the delete is pending; a crash before it re-sends them (identical points) on restart.
-        self._settlement.accepted(batch.seqs)
+        self._settlement.accepted(batch.records)
         self._m.points_delivered.inc(batch.points)
         self._drain.delivered(batch.points, self._clock())
         self._pacer.accepted(self._clock())

@@ -1,10 +1,14 @@
 """Writing the API's verdicts into the spool.
 
 Accepted records are deleted in shared transactions: one commit for every request that
-completed meanwhile, instead of one per request. Refusals move records to the dead letters.
-Both free space, so after each one the commit loop may try again (``on_freed``). On a full
-disk a write that frees space is retried (a delete in smaller parts, down to one record); the
-records stay handed out meanwhile: neither re-sent nor lost.
+completed meanwhile, instead of one per request. A delete never waits for more records to share
+it: a record accepted and not yet deleted is sent again after a crash, so that window stays as
+short as the spool allows.
+
+Refusals move records to the dead letters. Both free space, so after each one the commit loop
+may try again (``on_freed``). On a full disk a write that frees space is retried (a delete in
+smaller parts, down to one record); the records stay handed out meanwhile: neither re-sent
+nor lost.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from bridge.errors import SpoolFull
 from bridge.logs import LogThrottle
+from bridge.models import SpooledRecord
 from bridge.spool.facade import AsyncSpool
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,9 @@ class Settlement:
         self._spool = spool
         self._throttle = throttle
         self._on_freed = on_freed or (lambda: None)
-        self._done: list[int] = []  # seqs accepted by the API, waiting for the spool delete
+        # Records accepted by the API, waiting for the spool delete. Kept whole: the audit of
+        # what was accepted reads their values from here rather than from the file again.
+        self._done: list[SpooledRecord] = []
         self._done_ready = asyncio.Event()
         self._deleting = False
 
@@ -42,9 +49,9 @@ class Settlement:
         """No accepted record waits for its delete."""
         return not self._done and not self._deleting
 
-    def accepted(self, seqs: Sequence[int]) -> None:
+    def accepted(self, records: Sequence[SpooledRecord]) -> None:
         """The API accepted these records: delete them with the next shared transaction."""
-        self._done.extend(seqs)
+        self._done.extend(records)
         self._done_ready.set()
 
     async def delete_loop(self) -> None:
@@ -53,21 +60,21 @@ class Settlement:
             while not self._done:
                 self._done_ready.clear()
                 await self._done_ready.wait()
-            seqs, self._done = self._done, []
+            records, self._done = self._done, []
             self._deleting = True
             try:
                 # On a full disk a smaller transaction may still fit: split down to one record.
-                size = len(seqs)
-                while seqs:
-                    if not await self.settle(self._deleter(seqs[:size])):
+                size = len(records)
+                while records:
+                    if not await self.settle(self._deleter(records[:size])):
                         size = max(1, size // 4)
                         continue
-                    seqs = seqs[size:]
+                    records = records[size:]
             finally:
                 self._deleting = False
 
-    def _deleter(self, seqs: list[int]) -> Callable[[], Awaitable[None]]:
-        return lambda: self._spool.delivered(seqs)
+    def _deleter(self, records: list[SpooledRecord]) -> Callable[[], Awaitable[None]]:
+        return lambda: self._spool.delivered(records)
 
     async def settle(self, write: Callable[[], Awaitable[None]], *, retry: bool = False) -> bool:
         """Run a spool write that frees space (a delete, a move to the dead letters); False if

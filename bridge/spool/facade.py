@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from bridge.batcher import Batch
-from bridge.models import CommitResult, DeadLetter, Record
+from bridge.models import CommitResult, DeadLetter, Record, SpooledRecord
 from bridge.sparkplug.aliases import AliasRow
 from bridge.sparkplug.parking import Parked, SparkplugChanges
 from bridge.spool.audit import AuditRow
@@ -153,10 +153,13 @@ class AsyncSpool:
             )
         )
 
-    async def delivered(self, seqs: Sequence[int]) -> None:
-        """The API accepted these records: delete and count them."""
+    async def delivered(self, records: Sequence[SpooledRecord]) -> None:
+        """The API accepted these records (as handed out): delete and count them."""
         spool = self._spool
-        await self._run(lambda: spool.making_room(lambda: spool.outbox.delivered(seqs)))
+        seqs = [r.seq for r in records]
+        await self._run(
+            lambda: spool.making_room(lambda: spool.outbox.delivered(seqs, sent=records))
+        )
 
     async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """The API refused these records for good: move them to the dead letters."""

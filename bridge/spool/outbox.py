@@ -161,40 +161,56 @@ class Outbox:
 
     # -- settling --------------------------------------------------------------------------
 
-    def delivered(self, seqs: Sequence[int]) -> None:
+    def delivered(self, seqs: Sequence[int], sent: Sequence[SpooledRecord] = ()) -> None:
         """Delete delivered records, remember their ids and count them, in one transaction.
 
         The delivery loop batches the seqs of several accepted requests into one call, so the
-        commit of this transaction is shared by all of them.
+        commit of this transaction is shared by all of them. ``sent``: the records as handed
+        out, if the caller has them; the audit then takes their values from there instead of
+        decoding them from the file again. Seqs no longer in the spool are skipped.
         """
         if seqs:
-            self._file.freeing(lambda: self._delete_delivered(seqs))
+            self._file.freeing(lambda: self._delete_delivered(seqs, sent))
 
-    def _delete_delivered(self, seqs: Sequence[int]) -> None:
+    def _delete_delivered(self, seqs: Sequence[int], sent: Sequence[SpooledRecord]) -> None:
         file = self._file
         db = file.conn
         now = file.clock()
         at_us = int(now * 1_000_000)
+        known = {r.seq: r for r in sent}
         points = rows = 0
         with file.transaction("delete", sync=False):
             for start in range(0, len(seqs), IN_CHUNK):
                 chunk = tuple(seqs[start : start + IN_CHUNK])
                 marks = ",".join("?" * len(chunk))
-                found = db.execute(
-                    f"SELECT device_id, ts_us, metrics, n FROM records "  # noqa: S608
-                    f"WHERE seq IN ({marks})",
-                    chunk,
-                ).fetchall()
-                n_rows, n_points = len(found), sum(int(r[3]) for r in found)
-                self.audit.record(db, ((d, t, orjson.loads(m)) for d, t, m, _ in found), at_us)
                 db.execute(
                     f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
                     f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
                     (at_us, *chunk),
                 )
-                db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
-                rows += int(n_rows)
-                points += int(n_points)
+                if all(seq in known for seq in chunk):
+                    # The values sent are at hand: the delete reads back only which records
+                    # were still here, and the audit takes the values from what was sent.
+                    gone = db.execute(
+                        f"DELETE FROM records WHERE seq IN ({marks}) RETURNING seq, n",  # noqa: S608
+                        chunk,
+                    ).fetchall()
+                    accepted = [known[seq] for seq, _n in gone]
+                    self.audit.record(
+                        db, ((r.device_id, r.ts_us, r.metrics) for r in accepted), at_us
+                    )
+                    counts = [n for _seq, n in gone]
+                else:
+                    found = db.execute(
+                        f"SELECT device_id, ts_us, metrics, n FROM records "  # noqa: S608
+                        f"WHERE seq IN ({marks})",
+                        chunk,
+                    ).fetchall()
+                    self.audit.record(db, ((d, t, orjson.loads(m)) for d, t, m, _ in found), at_us)
+                    db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
+                    counts = [n for _d, _t, _m, n in found]
+                rows += len(counts)
+                points += sum(int(n) for n in counts)
             if now >= self._next_prune:
                 self._next_prune = now + _PRUNE_EVERY_S
                 cutoff = int((now - file.settings.dedup_window_s) * 1_000_000)

@@ -210,3 +210,27 @@ def test_pick_finds_a_row_of_a_random_minute_within_the_window(spool: Spool) -> 
     assert spool.audit.pick(T0 + 2 * MINUTE_US, T0 + 5 * MINUTE_US, 0.5) is None
     one = spool.audit.pick(T0 + MINUTE_US, T0 + 2 * MINUTE_US, 0.9)
     assert one in spool.audit.rows(T0 + MINUTE_US, T0 + 2 * MINUTE_US)
+
+
+def test_the_audit_of_the_records_sent_is_the_audit_read_from_the_file(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The delivery loop hands the records it sent to the delete, which audits their values
+    from there: the same rows as when they are read back from the file, and a record already
+    gone (delivered before) is not audited again."""
+    records = [rec(t, f"d{t % 3}", temp=float(t), hum=100.0 - t) for t in range(0, 150, 7)]
+    audits = []
+    for sent in (False, True):
+        spool = open_spool(tmp_path / f"{sent}.db", clock)
+        try:
+            spool.commit(records, [])
+            batches = spool.outbox.take_batches(10, 100, single_object=False, newest_first=False)
+            taken = [r for b in batches for r in b.records]
+            seqs = [r.seq for r in taken]
+            spool.outbox.delivered(seqs, sent=taken if sent else ())
+            spool.outbox.delivered(seqs, sent=taken if sent else ())
+            audits.append((spool.audit.rows(0, 2**62), spool.file.delivered_points_total))
+        finally:
+            spool.close()
+    assert audits[0] == audits[1]
+    assert sum(row.n for row in audits[0][0]) == audits[0][1] == 2 * len(records)
