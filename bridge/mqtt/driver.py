@@ -69,8 +69,13 @@ class WireDriver:
         self._reading_paused = False
         self._flush_pending = False
         self._on_acks_read = on_acks_read
-        self._unfenced: list[tuple[int, int]] = []  # acks written since the last fence
-        self._fenced: list[tuple[int, int]] = []  # acks the outstanding fence covers
+        # Acks written since the last fence, and those the outstanding fence covers: packet id
+        # -> key, in ack order. By packet id, because the broker may reuse an id only once it
+        # has read our PUBACK for it, so a newer ack of the same id supersedes the older one.
+        # That bounds both at 65,535 entries even when a fence takes the whole drain to pass
+        # (mosquitto 2.0.11 queues the PINGRESP behind every message it floods past the window).
+        self._unfenced: dict[int, int] = {}
+        self._fenced: dict[int, int] = {}
         self.received = 0
         self.fences_passed = 0
 
@@ -91,7 +96,9 @@ class WireDriver:
         else:
             self._client.ack(mid, qos)
         if wire is not None:
-            self._unfenced.append((mid, key))
+            unfenced = self._unfenced
+            unfenced.pop(mid, None)  # keeps ack order: the id moves to the end
+            unfenced[mid] = key
             self._schedule_flush()
         self._unacked -= 1
         if self._reading_paused and self._unacked < self._window:
@@ -195,7 +202,7 @@ class WireDriver:
     def _fence_passed(self) -> None:
         """The broker answered the outstanding fence: it has read every acknowledgement
         written before it."""
-        covered, self._fenced = self._fenced, []
+        covered, self._fenced = list(self._fenced.items()), {}
         self.fences_passed += 1
         if self._unfenced:
             self._schedule_flush()  # the next fence, for what was written meanwhile
@@ -208,7 +215,7 @@ class WireDriver:
             return
         if self._client.want_write():
             self._client.loop_write()  # acknowledgements paho holds (QoS 2) go first
-        self._fenced, self._unfenced = self._unfenced, []
+        self._fenced, self._unfenced = self._unfenced, {}
         wire.queue_pingreq()
 
     # -- writing ---------------------------------------------------------------------------
@@ -284,8 +291,8 @@ class WireDriver:
 
     def _void_fences(self) -> None:
         """The connection ended: whether the broker read what was not fenced is unknown."""
-        self._unfenced = []
-        self._fenced = []
+        self._unfenced = {}
+        self._fenced = {}
 
     def register_write(self, _c: mqtt.Client, _ud: Any, sock: WireSocket | Any) -> None:
         """paho has bytes to send."""

@@ -477,6 +477,39 @@ async def test_acks_are_settled_only_when_the_broker_answers_the_fence_after_the
         assert source.fences_passed == 2
 
 
+async def test_while_a_fence_is_out_a_reused_packet_id_keeps_only_its_newest_ack() -> None:
+    """A broker may reuse a packet id only once it has read our PUBACK for it, so a newer ack
+    of the same id supersedes the older: while a fence is unanswered (mosquitto 2.0.11 queues
+    its PINGRESP behind a whole flooded backlog), what waits for the next fence is one entry
+    per packet id, not one per message; the next fence settles the newest key, in ack order."""
+    read: list[list[tuple[int, int]]] = []
+    got: list[Message] = []
+    async with (
+        scripted(Peer(v5=True, hold_pings=True)) as peer,
+        running(peer, got, on_acks_read=read.append) as source,
+    ):
+        await until(lambda: source.state.subscribed, "subscribed")
+        peer.send(publish("tele/d1/temp", b"0", 1, v5=True))
+        await until(lambda: len(got) == 1, "the first message")
+        source.ack(1, 1, 10)
+        await until(lambda: peer.held_pings == 1, "a fence after PUBACK 1")
+        for k in range(1, 201):  # 200 messages over packet ids 2 and 3 while the fence is out
+            mid = 2 + k % 2
+            peer.send(publish("tele/d1/temp", b"%d" % k, mid, v5=True))
+
+            def arrived(n: int = k + 1) -> bool:
+                return len(got) == n
+
+            await until(arrived, f"message {k}")
+            source.ack(mid, 1, 100 + k)
+        assert len(source._driver._unfenced) == 2  # the bound under test
+        peer.release_ping()
+        await until(lambda: peer.held_pings == 1, "the next fence")
+        peer.release_ping()
+        await until(lambda: len(read) == 2, "both fences passed")
+    assert read == [[(1, 10)], [(3, 299), (2, 300)]]
+
+
 async def test_paho_keepalive_pings_keep_their_own_answers() -> None:
     """paho's keepalive PINGREQ, ahead of a fence in the stream, gets the first PINGRESP (paho
     stops waiting); the fence passes only with the second one."""
