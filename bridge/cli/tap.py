@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
                 out.outcome(tap.take(m.topic, m.payload, m.received_us, m.retained))
                 for body in tap.full_requests():
                     out.request(body)
+                # Each message as it comes: into a pipe (| jq, a test reading the lines) stdout
+                # is block-buffered, and a quiet topic would show nothing for minutes.
+                sys.stdout.flush()
         except KeyboardInterrupt:
             pass  # Ctrl-C ends the tap; what is held is still shown
         overflow = session.overflow

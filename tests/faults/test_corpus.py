@@ -31,6 +31,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -187,6 +188,15 @@ async def _resubscribe(bridge: Bridge, broker: LocalBroker, ts_ms: int) -> None:
     async with asyncio.timeout(15):
         while not (bridge.source.state.generation > generation and bridge.source.state.subscribed):
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """The project's mosquitto, here taking packets up to the MQTT maximum: since 2.1 it refuses
+    packets over 2,000,000 bytes by default (``max_packet_size``), disconnecting the publisher,
+    so the corpus's 16 MiB probe would never reach the bridge (2.0 had no limit)."""
+    with LocalBroker(workdir=tmp_path / "broker", extra_config="max_packet_size 268435455") as b:
+        yield b
 
 
 # -- the tests -----------------------------------------------------------------------------

@@ -40,6 +40,15 @@ RSS_LIMIT = 100 * MIB
 GROWTH_LIMIT = 16 * MIB
 
 
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """The project's mosquitto, here taking packets up to the MQTT maximum: since 2.1 it refuses
+    packets over 2,000,000 bytes by default (``max_packet_size``), disconnecting the publisher,
+    so the 10 MB payloads would never reach the bridge (2.0 had no limit)."""
+    with LocalBroker(workdir=tmp_path / "broker", extra_config="max_packet_size 268435455") as b:
+        yield b
+
+
 def _big_payload(i: int) -> bytes:
     head = b'{"temp": 21.5, "ts": %d, "firmware_dump": "' % i
     return head + b"A" * (BIG - len(head) - 2) + b'"}'

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -241,15 +242,40 @@ async def test_a_certificate_for_another_name(pki: Pki, api: LocalApi, tmp_path:
 
 
 def expired_server_cert(pki: Pki, d: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1, signed by the plant's CA, that expired a day ago."""
-    key, csr, cert, ext = d / "old.key", d / "old.csr", d / "old.pem", d / "old.ext"
+    """A certificate for 127.0.0.1, signed by the plant's CA, valid from two days ago until one
+    day ago.
+
+    Signed with ``openssl ca``, whose ``-startdate``/``-enddate`` set both dates on OpenSSL 3.0
+    and 3.4+ alike: ``openssl x509 -req -days -1`` (an end before the start) works on 3.0 but
+    is refused from 3.4 on ("end date before start date"), and the ``-not_before``/
+    ``-not_after`` that replace it do not exist on 3.0.
+    """
+    key, csr, cert = d / "old.key", d / "old.csr", d / "old.pem"
     new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run = ["openssl", "req", *new_key, "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out"]
     subprocess.run([*run, str(csr)], check=True, capture_output=True)
-    ext.write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
-    ca = ["-CA", str(pki.ca), "-CAkey", str(pki.dir / "plant-ca.key"), "-CAcreateserial"]
-    sign = ["openssl", "x509", "-req", "-in", str(csr), *ca, "-days", "-1", "-extfile", str(ext)]
-    subprocess.run([*sign, "-out", str(cert)], check=True, capture_output=True)
+    ca_dir = d / "old-ca"  # the bookkeeping files openssl ca insists on
+    ca_dir.mkdir()
+    (ca_dir / "index.txt").write_text("", encoding="utf-8")
+    (ca_dir / "ext").write_text("subjectAltName=IP:127.0.0.1\n", encoding="utf-8")
+    (ca_dir / "ca.cnf").write_text(
+        f"[ca]\ndefault_ca = expired\n[expired]\ndatabase = {ca_dir / 'index.txt'}\n"
+        f"new_certs_dir = {ca_dir}\nserial = {ca_dir / 'serial'}\ndefault_md = sha256\n"
+        "policy = any\n[any]\ncommonName = supplied\n",
+        encoding="utf-8",
+    )
+    now = datetime.now(UTC)
+
+    def stamp(days_ago: int) -> str:
+        return (now - timedelta(days=days_ago)).strftime("%Y%m%d%H%M%SZ")
+
+    sign = [
+        "openssl", "ca", "-batch", "-notext", "-config", str(ca_dir / "ca.cnf"),
+        "-cert", str(pki.ca), "-keyfile", str(pki.dir / "plant-ca.key"), "-create_serial",
+        "-startdate", stamp(2), "-enddate", stamp(1), "-extfile", str(ca_dir / "ext"),
+        "-in", str(csr), "-out", str(cert),
+    ]  # fmt: skip
+    subprocess.run(sign, check=True, capture_output=True)
     key.chmod(0o600)
     return cert, key
 

@@ -7,6 +7,7 @@ nothing and opens no spool."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -305,6 +306,10 @@ async def test_tap_prints_what_the_bridge_delivers_and_sends_nothing(
                 "--json",
             ],
             cwd=REPO,
+            # Without PYTHONUNBUFFERED, whatever the environment running the tests has: tap's
+            # stdout is then a block-buffered pipe, as under '| jq', and each line must still
+            # come as its message does.
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

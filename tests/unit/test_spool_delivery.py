@@ -4,6 +4,8 @@ tools (find, requeue)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import orjson
 import pytest
 
@@ -218,7 +220,12 @@ def test_settled_records_leave_no_trace_in_the_outbox(spool: Spool) -> None:
     devices = [f"d{k}" for k in range(4)]
     spool.writer.commit([rec(i, device=devices[i % 4]) for i in range(400)], [])
     outbox = spool.outbox
-    settle = [outbox.delivered, lambda seqs: outbox.reject(seqs, "invalid", "refused")]
+    # Typed: mypy joins a method and a lambda to an untyped callable, depending on the order it
+    # checks the modules in.
+    settle: list[Callable[[Sequence[int]], None]] = [
+        outbox.delivered,
+        lambda seqs: outbox.reject(seqs, "invalid", "refused"),
+    ]
     turn = 0
     while batches := outbox.take_batches(2, 50, single_object=False, newest_first=False):
         for b in batches:
