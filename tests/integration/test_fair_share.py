@@ -104,7 +104,10 @@ async def test_a_runaway_device_is_held_while_quiet_devices_are_committed_and_de
         assert "spool full" not in bridge.problems()
         held = metric(bridge, "metriqo_bridge_points_held_total")
         assert held > 0
-        assert metric(bridge, "metriqo_bridge_spool_points_held") == held
+        # Housekeeping releases held records whenever the spool's counted bytes dip below the
+        # threshold (page counts move with every commit), so what is still held may already
+        # be less than what was ever held (seen in CI: 25,884 of 25,924).
+        assert 0 < metric(bridge, "metriqo_bridge_spool_points_held") <= held
         await until(
             lambda: metric(bridge, "metriqo_bridge_spool_devices_over_share") == 1,
             "the gauge counts the runaway",
@@ -118,7 +121,7 @@ async def test_a_runaway_device_is_held_while_quiet_devices_are_committed_and_de
         assert len(devices) == 3
         assert devices[0]["device_id"] == RUNAWAY
         assert devices[0]["over_share"] is True
-        assert devices[0]["points_held"] == held
+        assert 0 < devices[0]["points_held"] <= held
         assert devices[1]["device_id"] in QUIET
         assert devices[1]["points_held"] == 0
         for bad in ("0", "101", "ten"):
