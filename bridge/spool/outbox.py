@@ -67,17 +67,32 @@ class Outbox:
             return [batch]
         handed = self.handed_out
         ahead = sum(1 for seq in handed if seq > self._cursor)  # taken by fair batches
-        rows = self.fetch(self._cursor, max_points * count + ahead)
-        if ahead:
-            rows = [r for r in rows if r.seq not in handed]
-        batches: list[Batch] = []
-        start = 0
-        while start < len(rows) and len(batches) < count:
-            batch = take_batch(rows[start:], max_points, single_object=single_object)
-            if batches and batch.points < max_points:
-                break
-            batches.append(batch)
-            start += len(batch.records)
+        # Rows are decoded only as the batches need them, one past a full batch to see that it
+        # is full: the limit counts rows, so for records of several points most rows fetched
+        # would otherwise be decoded for nothing (4 of 5 with four metrics per record).
+        cur = self._file.conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+            (self._cursor, max_points * count + ahead),
+        )
+        try:
+            source = (spooled(row) for row in cur if row[0] not in handed)
+            taken: list[SpooledRecord] = []
+            batches: list[Batch] = []
+            start = waiting = 0  # waiting: points in taken[start:]
+            while len(batches) < count:
+                while waiting <= max_points and (r := next(source, None)) is not None:
+                    taken.append(r)
+                    waiting += r.points
+                if start >= len(taken):
+                    break
+                batch = take_batch(taken[start:], max_points, single_object=single_object)
+                if batches and batch.points < max_points:
+                    break
+                batches.append(batch)
+                start += len(batch.records)
+                waiting -= batch.points
+        finally:
+            cur.close()
         if self.fair and batches and dominant_device(batches) is not None:
             fair = self._fair_batches(count, max_points, single_object=single_object)
             batches = fair or batches
@@ -87,7 +102,7 @@ class Outbox:
                 info = self._handed_info
                 for b in batches:
                     info.update((r.seq, (r.device_id, r.points)) for r in b.records)
-            for r in rows:  # the cursor moves over the prefix now handed out
+            for r in taken:  # the cursor moves over the prefix now handed out
                 if r.seq not in handed:
                     break
                 self._cursor = r.seq
