@@ -92,9 +92,15 @@ class FairShare:
 
     @property
     def active(self) -> bool:
-        """True while a device over its share is held back or loses its own points first."""
-        s = self._file.settings
-        return s.fair_share and self._counted_bytes() >= self.threshold_bytes
+        """True while a device over its share is held back or loses its own points first.
+
+        Held points count as held back even when the estimate of their bytes, taken out of the
+        counted bytes, puts the spool just under the threshold: otherwise the status flaps
+        between commits right at it, and the report of the runaway says nothing."""
+        file = self._file
+        return file.settings.fair_share and (
+            file.held_points > 0 or self._counted_bytes() >= self.threshold_bytes
+        )
 
     def share_limit(self, db: sqlite3.Connection) -> float:
         """Points above which a device is over its share."""
