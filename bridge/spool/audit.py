@@ -4,11 +4,15 @@ accepted points per device, metric and minute of their timestamp (``delivery_aud
 sum, min and max).
 
 Both are written in the settlement transaction that deletes the accepted records
-(:meth:`bridge.spool.outbox.Outbox.delivered`), from the rows it deletes: a batch is aggregated
-in Python and costs one upsert per key, so a batch of 100 points of one device in one minute is
-two small writes. A crash keeps the delete and the audit together, or neither (the records are
-then sent again, and the audit counts a replayed point once more: like the API, which stores
-it twice).
+(:meth:`bridge.spool.outbox.Outbox.delivered`), as one appended row of ``audit_log``: the
+accepted (device, timestamp, metrics), as sent. Every :data:`FOLD_EVERY` log rows (and before a
+prune or a pick) the log is folded into the two tables, in the transaction of the delete that
+reached the count: one upsert per key for all of them. Upserting each delete's keys instead
+(a batch of 25 devices' records is 100 keys) took two thirds of the delete's CPU and rewrote the
+same audit pages in every delete; the log costs one insert. Readers (``devices``, ``verify``)
+fold what is still in the log into what they read, in one read transaction. A crash keeps the
+delete and its log row together, or neither (the records are then sent again, and the audit
+counts a replayed point once more: like the API, which stores it twice).
 
 Both stay bounded (:meth:`DeliveryAudit.prune`, from housekeeping about once a minute): audit
 rows of minutes older than ``spool.audit_retention_s`` (by the points' timestamps, so a
@@ -23,14 +27,21 @@ the oldest minutes beyond ``spool.audit_max_rows`` (about 100 bytes each, counte
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import orjson
 
 from bridge.spool.file import SpoolFile
 
 MINUTE_US = 60_000_000
 _PRUNE_EVERY_S = 60.0
 EVICTED_KEY = "delivered_devices_evicted"
+# The log is folded at this many rows (one per settlement: at 100 messages a settlement,
+# 6,400 messages) or this many bytes, whichever comes first: its bytes count in the cap.
+FOLD_EVERY = 64
+FOLD_BYTES = 128 << 10
 
 
 AuditKey = tuple[str, str, int]  # device, metric, minute_us
@@ -50,6 +61,58 @@ class Tally:
         self.total += value
         self.lo = min(self.lo, value)
         self.hi = max(self.hi, value)
+
+    def merge(self, other: Tally) -> None:
+        self.n += other.n
+        self.total += other.total
+        self.lo = min(self.lo, other.lo)
+        self.hi = max(self.hi, other.hi)
+
+
+@dataclass(slots=True)
+class DeviceTally:
+    """Accepted points of one device: how many, when first and last (bridge clock), the
+    newest point timestamp."""
+
+    points: int
+    first_us: int
+    last_us: int
+    last_ts_us: int
+
+
+@dataclass(slots=True)
+class Folded:
+    """The audit log folded: per key and per device."""
+
+    keys: dict[AuditKey, Tally]
+    devices: dict[str, DeviceTally]
+    last_id: int = 0
+
+
+def fold_log(rows: Iterable[tuple[int, int, bytes]]) -> Folded:
+    """Fold ``audit_log`` rows (id, at_us, body), in id order."""
+    keys: dict[AuditKey, Tally] = {}
+    devices: dict[str, DeviceTally] = {}
+    last_id = 0
+    for log_id, at_us, body in rows:
+        last_id = log_id
+        for device, ts_us, metrics in orjson.loads(body):
+            minute = ts_us - ts_us % MINUTE_US
+            for metric, value in metrics.items():
+                key = (device, metric, minute)
+                found = keys.get(key)
+                if found is None:
+                    keys[key] = Tally(1, value, value, value)
+                else:
+                    found.add(value)
+            dev = devices.get(device)
+            if dev is None:
+                devices[device] = DeviceTally(len(metrics), at_us, at_us, ts_us)
+            else:
+                dev.points += len(metrics)
+                dev.last_us = at_us
+                dev.last_ts_us = max(dev.last_ts_us, ts_us)
+    return Folded(keys, devices, last_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,33 +144,14 @@ def minute_of(ts_us: int) -> int:
     return ts_us - ts_us % MINUTE_US
 
 
-def tally(
-    records: Iterable[tuple[str, int, dict[str, float]]],
-) -> tuple[dict[AuditKey, Tally], dict[str, tuple[int, int]]]:
-    """Per (device, metric, minute) tallies, and per device (points, newest timestamp), of
-    accepted records given as (device, ts_us, metrics)."""
-    keys: dict[AuditKey, Tally] = {}
-    devices: dict[str, tuple[int, int]] = {}
-    for device, ts_us, metrics in records:
-        minute = minute_of(ts_us)
-        for metric, value in metrics.items():
-            key = (device, metric, minute)
-            found = keys.get(key)
-            if found is None:
-                keys[key] = Tally(1, value, value, value)
-            else:
-                found.add(value)
-        points, newest = devices.get(device, (0, ts_us))
-        devices[device] = (points + len(metrics), max(newest, ts_us))
-    return keys, devices
-
-
 class DeliveryAudit:
     """The delivered-devices table and the audit of accepted points (module docstring)."""
 
     def __init__(self, file: SpoolFile) -> None:
         self._file = file
         self._next_prune = 0.0
+        self._logged: int | None = None  # rows in audit_log; counted at the first record
+        self._logged_bytes = 0
 
     def record(
         self,
@@ -122,8 +166,26 @@ class DeliveryAudit:
         does not check them), never from the API."""
         if self._file.reserve.missing:
             return
-        keys, devices = tally(records)
-        if not keys and not devices:
+        body = orjson.dumps(list(records))
+        if body == b"[]":
+            return
+        db.execute("INSERT INTO audit_log (at_us, body) VALUES (?, ?)", (at_us, body))
+        if self._logged is None:
+            rows, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM audit_log"
+            ).fetchone()
+            self._logged, self._logged_bytes = int(rows), int(size)
+        else:
+            self._logged += 1
+            self._logged_bytes += len(body)
+        if self._logged >= FOLD_EVERY or self._logged_bytes >= FOLD_BYTES:
+            self.fold(db)
+
+    def fold(self, db: sqlite3.Connection) -> None:
+        """Fold the log into the two tables, in the caller's write transaction."""
+        folded = fold_log(db.execute("SELECT id, at_us, body FROM audit_log ORDER BY id"))
+        self._logged = self._logged_bytes = 0
+        if not folded.last_id:
             return
         db.executemany(
             "INSERT INTO delivery_audit (device_id, metric, minute_us, n, total, lo, hi) "
@@ -131,15 +193,38 @@ class DeliveryAudit:
             "ON CONFLICT (device_id, metric, minute_us) DO UPDATE SET "
             "n = n + excluded.n, total = total + excluded.total, lo = min(lo, excluded.lo), "
             "hi = max(hi, excluded.hi)",
-            [(d, m, minute, t.n, t.total, t.lo, t.hi) for (d, m, minute), t in keys.items()],
+            [(d, m, mi, t.n, t.total, t.lo, t.hi) for (d, m, mi), t in folded.keys.items()],
         )
         db.executemany(
             "INSERT INTO delivered_devices (device_id, points, first_us, last_us, last_ts_us) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
             "points = points + excluded.points, last_us = excluded.last_us, "
             "last_ts_us = max(last_ts_us, excluded.last_ts_us)",
-            [(d, points, at_us, at_us, newest) for d, (points, newest) in devices.items()],
+            [(d, t.points, t.first_us, t.last_us, t.last_ts_us) for d, t in folded.devices.items()],
         )
+        db.execute("DELETE FROM audit_log WHERE id <= ?", (folded.last_id,))
+
+    def fold_now(self) -> None:
+        """Fold the log in a transaction of its own (before a pick; at the cap, for room)."""
+        file = self._file
+        if file.reserve.missing or self._logged == 0:
+            return  # folding may add rows: not while the disk is full
+        with file.transaction("audit fold", sync=False):
+            self.fold(file.conn)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction, so that the tables and the log are read as of one moment (a
+        fold by the bridge between the two reads would count the log twice, or not at all)."""
+        db = self._file.conn
+        if db.in_transaction:
+            yield db
+            return
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
 
     def prune_due(self, now: float) -> bool:
         """Whether :meth:`prune` is due (about once a minute)."""
@@ -155,6 +240,8 @@ class DeliveryAudit:
         cutoff = now_us - int(settings.audit_retention_s * 1_000_000)
         db = file.conn
         with file.transaction("prune", sync=False):
+            if not file.reserve.missing:
+                self.fold(db)  # the caps count every row
             pruned = db.execute(
                 "DELETE FROM delivery_audit WHERE minute_us < ?", (cutoff,)
             ).rowcount
@@ -180,13 +267,35 @@ class DeliveryAudit:
 
     # -- reading (devices, verify) ---------------------------------------------------------
 
+    def _logged_rows(self, db: sqlite3.Connection) -> Folded:
+        return fold_log(db.execute("SELECT id, at_us, body FROM audit_log ORDER BY id"))
+
     def devices(self) -> list[DeliveredDevice]:
         """Every device in the table, by id."""
-        rows = self._file.conn.execute(
-            "SELECT device_id, points, first_us, last_us, last_ts_us FROM delivered_devices "
-            "ORDER BY device_id"
-        ).fetchall()
-        return [DeliveredDevice(str(d), int(p), int(f), int(la), int(t)) for d, p, f, la, t in rows]
+        with self._snapshot() as db:
+            rows = db.execute(
+                "SELECT device_id, points, first_us, last_us, last_ts_us FROM delivered_devices"
+            ).fetchall()
+            logged = self._logged_rows(db).devices
+        found = {
+            str(d): DeliveredDevice(str(d), int(p), int(f), int(la), int(t))
+            for d, p, f, la, t in rows
+        }
+        for device, t in logged.items():
+            old = found.get(device)
+            if old is None:
+                found[device] = DeliveredDevice(
+                    device, t.points, t.first_us, t.last_us, t.last_ts_us
+                )
+            else:
+                found[device] = DeliveredDevice(
+                    device,
+                    old.points + t.points,
+                    old.first_us,
+                    t.last_us,
+                    max(old.last_ts_us, t.last_ts_us),
+                )
+        return [found[d] for d in sorted(found)]
 
     def evicted(self) -> int:
         """Devices evicted from the table so far (over the cap)."""
@@ -203,16 +312,33 @@ class DeliveryAudit:
         if devices:
             sql += f" AND device_id IN ({','.join('?' * len(devices))})"
             args.extend(devices)
-        rows = self._file.conn.execute(sql + " ORDER BY device_id, metric, minute_us", args)
+        with self._snapshot() as db:
+            rows = db.execute(sql, args).fetchall()
+            logged = self._logged_rows(db).keys
+        found = {
+            (str(d), str(m), int(mi)): Tally(int(n), float(t), float(lo), float(hi))
+            for d, m, mi, n, t, lo, hi in rows
+        }
+        wanted = set(devices)
+        for key, t in logged.items():
+            device, _metric, minute = key
+            if not since_us <= minute < until_us or (wanted and device not in wanted):
+                continue
+            old = found.get(key)
+            if old is None:
+                found[key] = Tally(t.n, float(t.total), float(t.lo), float(t.hi))
+            else:
+                old.merge(t)
         return [
-            AuditRow(str(d), str(m), int(mi), int(n), float(t), float(lo), float(hi))
-            for d, m, mi, n, t, lo, hi in rows.fetchall()
+            AuditRow(d, m, mi, t.n, float(t.total), float(t.lo), float(t.hi))
+            for (d, m, mi), t in sorted(found.items())
         ]
 
     def pick(self, since_us: int, until_us: int, r: float) -> AuditRow | None:
         """One row with ``since_us <= minute < until_us``: a minute at random (position ``r``
         in [0, 1) between the first and the last audited), then a random row of it. Uses the
-        minute index only: cheap at any table size."""
+        minute index only: cheap at any table size. Folds the log first (a write)."""
+        self.fold_now()
         db = self._file.conn
         lo, hi = db.execute(
             "SELECT MIN(minute_us), MAX(minute_us) FROM delivery_audit "

@@ -10,7 +10,7 @@ Tables that an older bridge may safely ignore are added without a new version: e
 creates the missing ones (``coalesce_state``; ``deadband_state``, whose loss only means the
 next value of each metric is sent; ``sparkplug_aliases``, which an older bridge without
 Sparkplug rules never reads; ``delivered_devices`` and ``delivery_audit``, whose loss only
-narrows what ``devices`` and ``verify`` can show).
+narrows what ``devices`` and ``verify`` can show; ``audit_log``, the same).
 """
 
 from __future__ import annotations
@@ -109,6 +109,14 @@ CREATE TABLE IF NOT EXISTS delivery_audit (
     PRIMARY KEY (device_id, metric, minute_us)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivery_audit_minute ON delivery_audit (minute_us);
+-- The accepted (device, timestamp, metrics) of each settlement transaction as JSON, not yet
+-- folded into the two tables above (spool/audit.py): one insert per delete instead of an
+-- upsert per key, folded every few dozen.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY,
+    at_us INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
 -- Receive times of committed messages stamped with them (no timestamp in the payload), by
 -- MQTT packet id, until their PUBACK is known sent: a redelivery after a crash gets the same
 -- time, so the same record id, and is stored once. At most one row per packet id.

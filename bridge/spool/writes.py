@@ -16,7 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 
-from bridge.errors import SpoolFull
+from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record, payload_size
 from bridge.sparkplug.aliases import AliasRow
 from bridge.sparkplug.parking import Parked, SparkplugChanges
@@ -220,6 +220,14 @@ class IntakeWriter:
         """
         file = self._file
         db = file.conn
+        # The audit's log first: folded, it takes less room and nothing is forgotten.
+        try:
+            self._outbox.audit.fold_now()
+        except SpoolError as exc:
+            log.warning("could not fold the delivery audit's log: %s", exc)
+        file.refresh_size()
+        if not file.full:
+            return True
         count = db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]
         if not count:
             return False

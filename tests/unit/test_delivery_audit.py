@@ -8,13 +8,14 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.models import Record
 from bridge.settings import SpoolSettings
-from bridge.spool.audit import MINUTE_US, AuditRow, minute_of, tally
+from bridge.spool.audit import FOLD_EVERY, MINUTE_US, AuditRow, fold_log, minute_of
 from bridge.spool.store import Spool
 
 S = 1_000_000
@@ -170,19 +171,67 @@ values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from(["d1", "d2"]), st.integers(0, 300 * S), values), max_size=40)
+    st.lists(
+        st.tuples(st.sampled_from(["d1", "d2"]), st.integers(0, 300 * S), values), max_size=40
+    ),
+    st.integers(1, 7),
 )
-def test_tally_matches_a_direct_computation(points: list[tuple[str, int, float]]) -> None:
-    keys, devices = tally((d, T0 + t, {"m": v}) for d, t, v in points)
-    for (device, metric, minute), t in keys.items():
+def test_the_folded_log_matches_a_direct_computation(
+    points: list[tuple[str, int, float]], per_row: int
+) -> None:
+    """Log rows of ``per_row`` records each, folded: count, sum, min and max per device and
+    minute, and per device its points, first and last settlement and newest timestamp."""
+    log = [
+        (i + 1, 1000 + i, orjson.dumps([(d, T0 + t, {"m": v}) for d, t, v in chunk]))
+        for i, chunk in enumerate(
+            points[start : start + per_row] for start in range(0, len(points), per_row)
+        )
+    ]
+    folded = fold_log(log)
+    for (device, metric, minute), t in folded.keys.items():
         mine = [v for d, ts, v in points if d == device and minute_of(T0 + ts) == minute]
         assert metric == "m"
         assert (t.n, t.lo, t.hi) == (len(mine), min(mine), max(mine))
         assert math.isclose(t.total, math.fsum(mine), rel_tol=1e-9, abs_tol=1e-6)
-    assert sum(t.n for t in keys.values()) == len(points)
-    assert {d: n for d, (n, _) in devices.items()} == {
-        d: sum(1 for p in points if p[0] == d) for d in {p[0] for p in points}
-    }
+    assert sum(t.n for t in folded.keys.values()) == len(points)
+    for device, dt in folded.devices.items():
+        rows = [i for i, (d, _, _) in enumerate(points) if d == device]
+        assert dt.points == len(rows)
+        assert (dt.first_us, dt.last_us) == (1000 + rows[0] // per_row, 1000 + rows[-1] // per_row)
+        assert dt.last_ts_us == T0 + max(points[i][1] for i in rows)
+    assert set(folded.devices) == {p[0] for p in points}
+    assert folded.last_id == len(log)
+
+
+def test_what_is_read_is_the_same_before_and_after_the_log_is_folded(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Each settlement appends to the log; every FOLD_EVERY the log goes into the tables.
+    ``rows`` and ``devices`` read both, so a fold changes nothing that they show."""
+    spool = open_spool(tmp_path / "s.db", clock)
+    try:
+        reads = []
+        for n in range(FOLD_EVERY + 5):
+            clock.now += 1
+            spool.commit([rec(7 * n, f"d{n % 3}", temp=float(n), hum=-float(n))], [])
+            deliver_all(spool)
+            if n in (FOLD_EVERY - 2, FOLD_EVERY + 4):
+                reads.append((spool.audit.rows(0, 2**62), spool.audit.devices()))
+        logged = spool.file.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0]
+        assert logged == 5  # folded once, at the 64th settlement
+        spool.audit.prune(int(clock.now * S))  # folds the rest first
+        assert spool.file.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 0
+        assert (spool.audit.rows(0, 2**62), spool.audit.devices()) == reads[-1]
+        rows, devices = reads[-1]
+        assert sum(r.n for r in rows) == 2 * (FOLD_EVERY + 5)
+        assert {d.device_id: d.points for d in devices} == {
+            f"d{k}": 2 * sum(1 for n in range(FOLD_EVERY + 5) if n % 3 == k) for k in range(3)
+        }
+        early_rows, early_devices = reads[0]
+        assert sum(r.n for r in early_rows) == 2 * (FOLD_EVERY - 1)
+        assert [d.first_us for d in early_devices] == [d.first_us for d in devices]
+    finally:
+        spool.close()
 
 
 def test_audit_rows_over_their_cap_go_oldest_minute_first(tmp_path: Path, clock: Clock) -> None:
