@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -197,9 +198,28 @@ INSERT_RECORD = (
     "INSERT OR IGNORE INTO records (rid, device_id, ts_us, metrics, n, received_us) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+# Rows per multi-row INSERT: 6 x 128 = 768 variables, below SQLite's historic limit of 999.
+INSERT_ROWS = 128
 
 
-def record_row(r: Record) -> tuple[bytes, str, int, bytes, int, int]:
+def insert_records(db: sqlite3.Connection, rows: Sequence[RecordRow]) -> int:
+    """``INSERT OR IGNORE`` the rows, many to a statement; returns how many were inserted.
+
+    Python's sqlite3 gives the interpreter lock back around every statement step and takes it
+    again after: ``executemany`` steps once per row, and while the event loop thread is busy
+    each retake can wait for it. A statement of 128 rows is one step."""
+    inserted = 0
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
+        sql = INSERT_RECORD + ", (?, ?, ?, ?, ?, ?)" * (len(chunk) - 1)
+        inserted += db.execute(sql, [v for row in chunk for v in row]).rowcount
+    return inserted
+
+
+RecordRow = tuple[bytes, str, int, bytes, int, int]
+
+
+def record_row(r: Record) -> RecordRow:
     """The ``records`` row of a record: (rid, device_id, ts_us, metrics, n, received_us)."""
     return (
         r.record_id,
@@ -209,6 +229,15 @@ def record_row(r: Record) -> tuple[bytes, str, int, bytes, int, int]:
         len(r.metrics),
         r.received_us,
     )
+
+
+def json_available(db: sqlite3.Connection) -> bool:
+    """Whether this SQLite has the JSON functions (built in since 3.38, an option before)."""
+    try:
+        db.execute("SELECT json_quote('x')").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def spooled(row: tuple[int, str, int, bytes, int]) -> SpooledRecord:

@@ -25,7 +25,7 @@ from bridge.spool.deadband import DeadbandGate, Screened
 from bridge.spool.fairshare import FairShare
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.outbox import Outbox
-from bridge.spool.schema import INSERT_RECORD, record_row
+from bridge.spool.schema import insert_records, record_row
 from bridge.spool.sparkplug import load_aliases, load_parked, store_changes
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ class IntakeWriter:
             delivered.update(rid for (rid,) in found)
         if delivered:
             rows = [row for row in rows if row[0] not in delivered]
-        cur = db.executemany(INSERT_RECORD, rows)
-        inserted = cur.rowcount if rows else 0
+        inserted = insert_records(db, rows)
         offered = sum(len(r.metrics) for r in records)
         if inserted == len(records):
             return inserted, offered, offered
