@@ -18,6 +18,7 @@ what waits then: the same points, possibly in other batches.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import orjson
@@ -26,9 +27,49 @@ from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
 from bridge.spool.audit import DeliveryAudit
 from bridge.spool.file import IN_CHUNK, SpoolFile
-from bridge.spool.schema import RECORD_COLUMNS, spooled
+from bridge.spool.schema import RECORD_COLUMNS, json_available, spooled
 
 _PRUNE_EVERY_S = 60.0
+
+# The next ? records after a seq, as one JSON array: Python's sqlite3 gives up and retakes the
+# interpreter lock at every statement step, and while the event loop is busy each retake can
+# wait for it; one step instead of one per row. The stored metrics are JSON already and go in
+# as they are.
+_FETCH_JSON = (
+    "SELECT '[' || group_concat('[' || seq || ',' || json_quote(device_id) || ',' || ts_us "
+    "|| ',' || CAST(metrics AS TEXT) || ',' || received_us || ']') || ']' FROM ("
+    "SELECT seq, device_id, ts_us, metrics, received_us FROM records WHERE seq > ? "
+    "ORDER BY seq LIMIT ?)"
+)
+
+
+def _by_seq(r: SpooledRecord) -> int:
+    return r.seq
+
+
+def fetch_points(
+    db: sqlite3.Connection, after: int, points: int, per_record: int
+) -> tuple[list[SpooledRecord], int]:
+    """The records after seq ``after`` that batches of ``points`` can take, and the one after
+    them (to see that the last batch is full); and the points of the smallest. The rows asked
+    for are estimated from ``per_record`` (the smallest of the last fetch), so one statement is
+    usually enough. Needs the JSON functions (:func:`~bridge.spool.schema.json_available`)."""
+    rows: list[SpooledRecord] = []
+    total = 0
+    while True:
+        limit = (points - total) // per_record + 1
+        (text,) = db.execute(_FETCH_JSON, (after, limit)).fetchone()
+        if text is None:
+            break
+        got = [SpooledRecord(*row) for row in orjson.loads(text)]
+        got.sort(key=_by_seq)  # an aggregate's order is not promised
+        rows += got
+        total += sum(len(r.metrics) for r in got)
+        per_record = max(1, min(len(r.metrics) for r in got))
+        if total > points or len(got) < limit:
+            break
+        after = got[-1].seq
+    return rows, per_record
 
 
 class Outbox:
@@ -46,6 +87,8 @@ class Outbox:
         # resume scanning for each device (every record of it below is handed out or gone).
         self._handed_info: dict[int, tuple[str, int]] = {}
         self._resume: dict[str, int] = {}
+        self._json: bool | None = None  # whether SQLite has the JSON functions
+        self._per_record = 1  # points of the smallest record last fetched
 
     # -- handing out -----------------------------------------------------------------------
 
@@ -67,32 +110,23 @@ class Outbox:
             return [batch]
         handed = self.handed_out
         ahead = sum(1 for seq in handed if seq > self._cursor)  # taken by fair batches
-        # Rows are decoded only as the batches need them, one past a full batch to see that it
-        # is full: the limit counts rows, so for records of several points most rows fetched
-        # would otherwise be decoded for nothing (4 of 5 with four metrics per record).
-        cur = self._file.conn.execute(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
-            (self._cursor, max_points * count + ahead),
-        )
-        try:
-            source = (spooled(row) for row in cur if row[0] not in handed)
-            taken: list[SpooledRecord] = []
-            batches: list[Batch] = []
-            start = waiting = 0  # waiting: points in taken[start:]
-            while len(batches) < count:
-                while waiting <= max_points and (r := next(source, None)) is not None:
-                    taken.append(r)
-                    waiting += r.points
-                if start >= len(taken):
-                    break
-                batch = take_batch(taken[start:], max_points, single_object=single_object)
-                if batches and batch.points < max_points:
-                    break
-                batches.append(batch)
-                start += len(batch.records)
-                waiting -= batch.points
-        finally:
-            cur.close()
+        want = max_points * count
+        if self._json is None:
+            self._json = json_available(self._file.conn)
+        if not ahead and self._json:
+            rows, self._per_record = fetch_points(
+                self._file.conn, self._cursor, want, self._per_record
+            )
+        else:
+            rows = [r for r in self.fetch(self._cursor, want + ahead) if r.seq not in handed]
+        batches: list[Batch] = []
+        start = 0
+        while start < len(rows) and len(batches) < count:
+            batch = take_batch(rows[start:], max_points, single_object=single_object)
+            if batches and batch.points < max_points:
+                break
+            batches.append(batch)
+            start += len(batch.records)
         if self.fair and batches and dominant_device(batches) is not None:
             fair = self._fair_batches(count, max_points, single_object=single_object)
             batches = fair or batches
@@ -102,7 +136,7 @@ class Outbox:
                 info = self._handed_info
                 for b in batches:
                     info.update((r.seq, (r.device_id, r.points)) for r in b.records)
-            for r in taken:  # the cursor moves over the prefix now handed out
+            for r in rows:  # the cursor moves over the prefix now handed out
                 if r.seq not in handed:
                     break
                 self._cursor = r.seq
@@ -203,7 +237,28 @@ class Outbox:
                     f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
                     (at_us, *chunk),
                 )
-                if all(seq in known for seq in chunk):
+                present, stored = (
+                    db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
+                        f"WHERE seq IN ({marks})",
+                        chunk,
+                    ).fetchone()
+                    if all(seq in known for seq in chunk)
+                    else (-1, 0)
+                )
+                if present == len(chunk):
+                    # All still here, and the values sent are at hand: one step each for the
+                    # count and the delete (RETURNING steps, and retakes the interpreter lock,
+                    # once per row); the audit takes the values from what was sent.
+                    db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
+                    accepted = [known[seq] for seq in chunk]
+                    self.audit.record(
+                        db, ((r.device_id, r.ts_us, r.metrics) for r in accepted), at_us
+                    )
+                    rows += present
+                    points += int(stored)
+                    continue
+                if present >= 0:
                     # The values sent are at hand: the delete reads back only which records
                     # were still here, and the audit takes the values from what was sent.
                     gone = db.execute(
