@@ -28,9 +28,12 @@ import math
 # Weight of the newest commit's duration in the smoothed one: a single slow fsync (another
 # process flushing) does not stretch the next gap by itself.
 _WEIGHT = 0.25
-# Messages a live commit should carry: the fixed cost of a commit over 64 messages is a few
-# µs of CPU and about 300 bytes written per message (docs/design/performance.md, Round 2).
-GROUP = 64
+# Messages a live commit should carry: the fixed cost of a commit over 48 messages is a few
+# µs of CPU and a few hundred bytes written per message (docs/design/performance.md, Round 2).
+# 64 kept p99 publish -> API at 2,000 msg/s at 51-53 ms on the peer harness; 48 gives 45 ms
+# (target 50) for 0.16 instead of 0.12-0.15 CPU-s per 1,000 messages; 32 gives 39 ms for
+# 0.19-0.20, as much CPU as Node-RED uses there.
+GROUP = 48
 
 
 class CommitPacing:

@@ -4,7 +4,7 @@ acknowledged to the broker, in receive order.
 This is where "ack after commit" is decided. One durable transaction covers every message
 waiting (up to ``spool.commit_max_messages``). When it begins is adaptive
 (:mod:`bridge.commit_pacing`): a quiet flow is committed at once, a live one in groups of about
-64 messages or ``spool.commit_spacing`` times what its commits take, whichever is longer, at
+48 messages or ``spool.commit_spacing`` times what its commits take, whichever is longer, at
 most ``spool.commit_interval_s`` after the previous commit began; a backlog (half the receive
 window) at once. A full spool or disk withholds the PUBACKs (back-pressure: the broker keeps
 the messages) until there is room again: delivery frees it when waiting points reach

@@ -157,7 +157,7 @@ class DeadLetterSettings:
 class CommitSettings:
     """The group commit (:class:`bridge.committer.Committer`).
 
-    A commit begins when about 64 messages have come at the flow's rate or ``spacing`` times the
+    A commit begins when about 48 messages have come at the flow's rate or ``spacing`` times the
     recent commits' duration after the previous one began, whichever is later, and at most
     ``interval_s`` after it (:mod:`bridge.commit_pacing`). ``backlog`` is half the receive
     window: that many messages waiting are committed at once.

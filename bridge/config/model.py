@@ -249,7 +249,7 @@ class SpoolModel(_Section):
         ge=0,
         le=1.0,
         description="the most time between the beginnings of two commits while messages wait: "
-        "a live flow waits for about 64 messages or `commit_spacing`, whichever is longer, but "
+        "a live flow waits for about 48 messages or `commit_spacing`, whichever is longer, but "
         "never longer than this; a quiet flow and a backlog are committed at once; 0 commits "
         "whenever anything waits",
     )
