@@ -5,9 +5,10 @@ sum, min and max).
 
 Both are written in the settlement transaction that deletes the accepted records
 (:meth:`bridge.spool.outbox.Outbox.delivered`), as one appended row of ``audit_log``: the
-accepted (device, timestamp, metrics), as sent. Every :data:`FOLD_EVERY` log rows (and before a
-prune or a pick) the log is folded into the two tables, in the transaction of the delete that
-reached the count: one upsert per key for all of them. Upserting each delete's keys instead
+accepted (device, timestamp, metrics), as sent, in JSON compressed with zlib. Every
+:data:`FOLD_EVERY` log rows or :data:`FOLD_BYTES` (and before a prune or a pick) the log is
+folded into the two tables, in the transaction of the delete that reached the count: one
+upsert per key for all of them. Upserting each delete's keys instead
 (a batch of 25 devices' records is 100 keys) took two thirds of the delete's CPU and rewrote the
 same audit pages in every delete; the log costs one insert. Readers (``devices``, ``verify``)
 fold what is still in the log into what they read, in one read transaction. A crash keeps the
@@ -27,6 +28,7 @@ the oldest minutes beyond ``spool.audit_max_rows`` (about 100 bytes each, counte
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,7 +98,7 @@ def fold_log(rows: Iterable[tuple[int, int, bytes]]) -> Folded:
     last_id = 0
     for log_id, at_us, body in rows:
         last_id = log_id
-        for device, ts_us, metrics in orjson.loads(body):
+        for device, ts_us, metrics in orjson.loads(zlib.decompress(body)):
             minute = ts_us - ts_us % MINUTE_US
             for metric, value in metrics.items():
                 key = (device, metric, minute)
@@ -166,9 +168,12 @@ class DeliveryAudit:
         does not check them), never from the API."""
         if self._file.reserve.missing:
             return
-        body = orjson.dumps(list(records))
-        if body == b"[]":
+        accepted = list(records)
+        if not accepted:
             return
+        # Compressed (level 1: ~40 us for 100 records): a third of the pages to write, twice
+        # (WAL, then checkpoint): 462 -> 390 bytes written per point in the spool's hot path.
+        body = zlib.compress(orjson.dumps(accepted), 1)
         db.execute("INSERT INTO audit_log (at_us, body) VALUES (?, ?)", (at_us, body))
         if self._logged is None:
             rows, size = db.execute(

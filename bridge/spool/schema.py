@@ -110,9 +110,9 @@ CREATE TABLE IF NOT EXISTS delivery_audit (
     PRIMARY KEY (device_id, metric, minute_us)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivery_audit_minute ON delivery_audit (minute_us);
--- The accepted (device, timestamp, metrics) of each settlement transaction as JSON, not yet
--- folded into the two tables above (spool/audit.py): one insert per delete instead of an
--- upsert per key, folded every few dozen.
+-- The accepted (device, timestamp, metrics) of each settlement transaction as zlib-compressed
+-- JSON, not yet folded into the two tables above (spool/audit.py): one insert per delete
+-- instead of an upsert per key, folded every few dozen.
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY,
     at_us INTEGER NOT NULL,

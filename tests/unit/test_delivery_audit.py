@@ -5,6 +5,7 @@ retention, capped with the least recently delivered devices evicted and counted.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_the_folded_log_matches_a_direct_computation(
     """Log rows of ``per_row`` records each, folded: count, sum, min and max per device and
     minute, and per device its points, first and last settlement and newest timestamp."""
     log = [
-        (i + 1, 1000 + i, orjson.dumps([(d, T0 + t, {"m": v}) for d, t, v in chunk]))
+        (i + 1, 1000 + i, zlib.compress(orjson.dumps([(d, T0 + t, {"m": v}) for d, t, v in chunk])))
         for i, chunk in enumerate(
             points[start : start + per_row] for start in range(0, len(points), per_row)
         )
