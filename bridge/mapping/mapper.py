@@ -17,6 +17,7 @@ from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
 from bridge.mapping.cover import Cover, cover
 from bridge.mapping.identifiers import CheckedIdentifiers, IdentifierLimits
+from bridge.mapping.plain_fields import PlainMetric, plain_json_metrics, plain_metrics
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import (
     CollectRule,
@@ -144,6 +145,8 @@ class Mapper:
         identifiers: IdentifierLimits = IdentifierLimits(),  # noqa: B008  # frozen, shared
     ) -> None:
         self.rules = rules
+        # Rules of plain top-level fields, by id (stable: the mapper keeps the rules).
+        self._plain_fields = {id(r): p for r in rules if (p := plain_metrics(r)) is not None}
         self._router = TopicRouter([r.topic for r in rules])
         self.cover: Cover = cover([r.topic.subscription for r in rules])
         # Only a joined subscription lets in topics outside every rule's filter; then a second
@@ -226,7 +229,10 @@ class Mapper:
             if rule.payload == "json":
                 if not isinstance(doc, dict) and rule.readings is None:
                     raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}")
-                metrics = _json_metrics(rule, doc, failures, captures) if rule.metrics else {}
+                plain = self._plain_fields.get(id(rule))
+                metrics = (
+                    _json_metrics(rule, doc, failures, captures, plain) if rule.metrics else {}
+                )
                 if rule.collect is not None:
                     metrics.update(rule.collect.collect(doc, failures, captures))
                 if rule.readings is not None:
@@ -410,8 +416,14 @@ class Mapper:
 
 
 def _json_metrics(
-    rule: Rule, doc: object, failures: list[PayloadError], captures: dict[str, str]
+    rule: Rule,
+    doc: object,
+    failures: list[PayloadError],
+    captures: dict[str, str],
+    plain: tuple[PlainMetric, ...] | None = None,
 ) -> dict[str, float]:
+    if plain is not None and type(doc) is dict:
+        return plain_json_metrics(plain, doc, failures)
     metrics: dict[str, float] = {}
     transforms = rule.transforms or (IDENTITY,) * len(rule.metrics)
     names = rule.metric_names or (None,) * len(rule.metrics)
