@@ -17,7 +17,12 @@ from bridge.errors import PayloadError
 from bridge.limits import MAX_POINTS_PER_REQUEST  # no single object may exceed a request
 from bridge.mapping.cover import Cover, cover
 from bridge.mapping.identifiers import CheckedIdentifiers, IdentifierLimits
-from bridge.mapping.plain_fields import PlainMetric, plain_json_metrics, plain_metrics
+from bridge.mapping.plain_fields import (
+    PlainMetric,
+    plain_json_metrics,
+    plain_metrics,
+    take_value,
+)
 from bridge.mapping.readings import MISSING as _MISSING
 from bridge.mapping.readings import (
     CollectRule,
@@ -437,14 +442,7 @@ def _json_metrics(
             if not name:
                 failures.append(PayloadError("bad_metric_name", f"{template.text!r} is empty"))
                 continue
-        value = path.get(doc)
-        if value is _MISSING:
-            failures.append(PayloadError("missing_field", f"{name}: no field {path.text!r}"))
-            continue
-        try:
-            metrics[name] = transform.apply(name, value)
-        except PayloadError as exc:
-            failures.append(exc)
+        take_value(metrics, failures, name, path.get(doc), path.text, transform)
     return metrics
 
 

@@ -53,11 +53,24 @@ def plain_json_metrics(
         elif kind is int and -(2**63) <= value < 2**64:  # type: ignore[operator]
             metrics[name] = float(value)  # type: ignore[arg-type]
             continue
-        if value is _MISSING:
-            failures.append(PayloadError("missing_field", f"{name}: no field {text!r}"))
-            continue
-        try:
-            metrics[name] = transform.apply(name, value)
-        except PayloadError as exc:
-            failures.append(exc)
+        take_value(metrics, failures, name, value, text, transform)
     return metrics
+
+
+def take_value(  # noqa: PLR0917  # one metric of the loop of either path
+    metrics: dict[str, float],
+    failures: list[PayloadError],
+    name: str,
+    value: object,
+    text: str,
+    transform: Transform,
+) -> None:
+    """Put metric ``name``'s transformed ``value`` (read from field ``text``) into
+    ``metrics``, or what is wrong with it into ``failures``."""
+    if value is _MISSING:
+        failures.append(PayloadError("missing_field", f"{name}: no field {text!r}"))
+        return
+    try:
+        metrics[name] = transform.apply(name, value)
+    except PayloadError as exc:
+        failures.append(exc)
