@@ -99,7 +99,7 @@ def fold_log(rows: Iterable[tuple[int, int, bytes]]) -> Folded:
     for log_id, at_us, body in rows:
         last_id = log_id
         for device, ts_us, metrics in orjson.loads(zlib.decompress(body)):
-            minute = ts_us - ts_us % MINUTE_US
+            minute = minute_of(ts_us)
             for metric, value in metrics.items():
                 key = (device, metric, minute)
                 found = keys.get(key)
