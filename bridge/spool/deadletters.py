@@ -12,11 +12,9 @@ counted (:meth:`DeadLetters.take_pruned`). The queries, ``purge`` and ``requeue`
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from bridge.errors import SpoolFull
 from bridge.models import DeadLetterRow, Record
@@ -65,23 +63,6 @@ class DeadLetterFilter:
         return (" AND ".join(terms) or "1"), args
 
 
-def _free_bytes(path: Path) -> int:
-    """Bytes free for this user on the filesystem of ``path``."""
-    try:
-        stat = os.statvfs(path.parent)
-    except OSError:
-        return 0
-    return stat.f_bavail * stat.f_frsize
-
-
-def _room(file: SpoolFile, need: int) -> int:
-    """Free disk a write of ``need`` bytes wants: twice that (the WAL, then the database file
-    at the next checkpoint), at least 1 MiB of it, another MiB, and the reserve if it was
-    given back."""
-    reserve = file.reserve
-    return (reserve.size if reserve.missing else 0) + 2 * max(need, 1 << 20) + (1 << 20)
-
-
 class DeadLetters:
     """The dead letters of a spool file, kept within ``budget``."""
 
@@ -128,15 +109,18 @@ class DeadLetters:
         """Prune the oldest dead letters before the disk is full, if it has less room than
         :meth:`prune_for_disk` makes: on a full disk even the deletes need room (in the WAL,
         and in the database file for the checkpoint that makes it small again)."""
-        if self._file.dead_letters.count and _free_bytes(self._file.path) < _room(self._file, need):
+        if self._file.dead_letters.count and self._file.free_disk_bytes() < self._file.disk_room(
+            need
+        ):
             self.prune_for_disk(need)
 
     def prune_for_disk(self, need: int) -> bool:
         """The disk is full: prune the oldest dead letters so that a write of ``need`` bytes
         fits; True if some were pruned.
 
-        Prunes until the filesystem has the room :func:`_room` asks for — and an eighth of the
-        dead letters at least, so a flood does not come back here at every commit. It deletes
+        Prunes until the filesystem has the room :meth:`SpoolFile.disk_room` asks for — and an
+        eighth of the dead letters at least, so a flood does not come back here at every
+        commit. It deletes
         in steps of a quarter of the reserve (at least 256 KiB), each given back to the
         filesystem before the next, because on a full disk even a delete needs room in the WAL
         (smaller steps when one does not fit). Nothing to do when the spool is at
@@ -146,11 +130,11 @@ class DeadLetters:
         held = file.dead_letters
         if not held.count or file.full:
             return False
-        room = _room(file, need)
+        room = file.disk_room(need)
         at_least = held.bytes // 8
         step = max(256 << 10, file.reserve.size // 4)
         freed = 0
-        while held.count and (freed < at_least or _free_bytes(file.path) < room):
+        while held.count and (freed < at_least or file.free_disk_bytes() < room):
             before = held.bytes
             try:
                 self._prune("disk_full", "id <= ?", self._oldest_holding(step))

@@ -230,6 +230,21 @@ class SpoolFile:
             self.conn.executescript("PRAGMA incremental_vacuum;")
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
+    def free_disk_bytes(self) -> int:
+        """Bytes free for this user on the spool's filesystem."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        return stat.f_bavail * stat.f_frsize
+
+    def disk_room(self, need: int) -> int:
+        """Free disk a write of ``need`` bytes wants: twice that (the WAL, then the database
+        file at the next checkpoint), at least 1 MiB of it, another MiB, and the reserve if it
+        was given back."""
+        reserve = self.reserve
+        return (reserve.size if reserve.missing else 0) + 2 * max(need, 1 << 20) + (1 << 20)
+
     def add_to_meta(self, db: sqlite3.Connection, key: str, n: int) -> None:
         """Add ``n`` to a persistent counter, inside the caller's transaction."""
         db.execute(

@@ -85,7 +85,8 @@ class Spool:
 
     def making_room(self, write: Callable[[], _T], need: int = 0) -> _T:
         """Run a spool write; if the disk is full, prune the oldest dead letters to make room
-        for ``need`` bytes and run it once more (the readings matter more than they do).
+        for ``need`` bytes, or else forget the oldest delivered ids, and run it once more (the
+        readings matter more than either).
 
         Raises:
             SpoolFull: the write still does not fit (or met ``spool.max_bytes``).
@@ -93,7 +94,7 @@ class Spool:
         try:
             return write()
         except SpoolFull:
-            if not self.dead_letters.prune_for_disk(need):
+            if not (self.dead_letters.prune_for_disk(need) or self.writer.forget_for_disk(need)):
                 raise
             return write()
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from bridge.errors import SpoolError, SpoolFull
 from bridge.models import CommitResult, DeadLetter, Record, payload_size
@@ -29,6 +30,9 @@ from bridge.spool.schema import insert_records, record_row
 from bridge.spool.sparkplug import load_aliases, load_parked, store_changes
 
 log = logging.getLogger(__name__)
+
+# Delivered ids forgotten per transaction when making room (about 0.5 MB of WAL).
+_FORGET_STEP = 8192
 
 DEAD_LETTER_PAYLOAD_CAP = 65536  # bytes of payload kept per dead letter; the size is kept too
 
@@ -74,12 +78,13 @@ class IntakeWriter:
         file = self._file
         reserve = file.reserve
         if reserve.missing and not reserve.ensure(quiet=True):
-            # Intake must never eat the space the deletes need: it waits for the reserve.
+            # Intake must never eat the space the deletes need: it waits for the reserve. On a
+            # small disk the delivered-id memory alone can keep it out after a drain.
             file.reclaim()
-            if not reserve.ensure(quiet=True):
+            if not reserve.ensure(quiet=True) and not self._forget_when_idle(_reserve_back):
                 raise SpoolFull("disk full: waiting for room to re-create the spool's reserve")
         dropped = fair_dropped = 0
-        if file.full and not self._shrink_dedup_ids():
+        if file.full and not self._shrink_dedup_ids(_below_cap):
             if file.settings.when_full == "drop-oldest":
                 dropped, fair_dropped = self._drop_oldest()
             if file.full:
@@ -211,8 +216,25 @@ class IntakeWriter:
         ).fetchall()
         return {int(m): (str(t), bytes(d), int(r)) for m, t, d, r in rows}
 
-    def _shrink_dedup_ids(self) -> bool:
-        """Make room by forgetting the older half of the delivered ids; True if no longer full.
+    def forget_for_disk(self, need: int) -> bool:
+        """The disk is full: forget delivered ids until a write of ``need`` bytes has room
+        (:meth:`SpoolFile.disk_room`); True once it has. See :meth:`_forget_when_idle`."""
+        return self._forget_when_idle(lambda file: _disk_room(file, need))
+
+    def _forget_when_idle(self, done: Callable[[SpoolFile], bool]) -> bool:
+        """On a full disk, forget delivered ids (:meth:`_shrink_dedup_ids`) only once nothing
+        waits to be delivered: until then the deletes of delivered points make the room, and
+        the ids of what was just sent still guard against redeliveries. After a long drain into
+        a small disk the id memory can be most of the file; it would keep intake out until the
+        dedup window's prune."""
+        file = self._file
+        if file.full or file.depth_records or file.held_points:
+            return False
+        return self._shrink_dedup_ids(done)
+
+    def _shrink_dedup_ids(self, done: Callable[[SpoolFile], bool]) -> bool:
+        """Make room by forgetting the older half of the delivered ids, until ``done`` (the
+        spool below its cap, or the disk reserve back in place); True once it is.
 
         Those ids only guard against a redelivered message being sent twice; waiting readings
         matter more, so they never make the spool refuse new data.
@@ -222,26 +244,29 @@ class IntakeWriter:
         # The audit's log first: folded, it takes less room and nothing is forgotten.
         try:
             self._outbox.audit.fold_now()
+        except SpoolFull:
+            pass  # folding can add rows: on a full disk it waits, the ids are forgotten first
         except SpoolError as exc:
             log.warning("could not fold the delivery audit's log: %s", exc)
-        file.refresh_size()
-        if not file.full:
+        if done(file):
             return True
-        count = db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]
-        if not count:
-            return False
-        try:
-            db.execute(
-                "DELETE FROM delivered_ids WHERE at_us <= "
-                "(SELECT at_us FROM delivered_ids ORDER BY at_us LIMIT 1 OFFSET ?)",
-                (count // 2,),
-            )
-        except sqlite3.Error as exc:
-            log.warning("could not trim the delivered-id memory: %s", exc)
-            return False
-        log.info("spool at its cap: forgot %d of %d delivered ids to make room", count // 2, count)
-        file.refresh_size()
-        return not file.full
+        forgotten, room = 0, False
+        while count := db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0]:
+            half = max(1, count // 2)
+            try:
+                # In steps, each its own transaction, which on a full disk may use the reserve
+                # (SpoolFile.freeing): a delete needs room in the WAL too.
+                for step in range(0, half, _FORGET_STEP):
+                    file.freeing(partial(_forget_oldest, file, min(_FORGET_STEP, half - step)))
+            except SpoolError as exc:
+                log.warning("could not trim the delivered-id memory: %s", exc)
+                return False
+            forgotten += half
+            if room := done(file):
+                break
+        if forgotten:
+            log.info("spool or disk full: forgot %d delivered ids to make room", forgotten)
+        return room
 
     def _drop_oldest(self) -> tuple[int, int]:
         """Delete the oldest waiting records until the spool is below its cap (with 2 %
@@ -289,3 +314,31 @@ class IntakeWriter:
         if dropped:
             file.refresh_oldest()
         return dropped, fair_dropped
+
+
+def _forget_oldest(file: SpoolFile, n: int) -> None:
+    with file.transaction("forget delivered ids"):
+        file.conn.execute(
+            "DELETE FROM delivered_ids WHERE rid IN "
+            "(SELECT rid FROM delivered_ids ORDER BY at_us LIMIT ?)",
+            (n,),
+        )
+
+
+def _below_cap(file: SpoolFile) -> bool:
+    file.refresh_size()
+    return not file.full
+
+
+def _reserve_back(file: SpoolFile) -> bool:
+    """Give the freed pages back to the filesystem, then try the reserve again."""
+    file.reclaim()
+    file.refresh_size()
+    return file.reserve.ensure(quiet=True)
+
+
+def _disk_room(file: SpoolFile, need: int) -> bool:
+    """Give the freed pages back to the filesystem, then see if a write of ``need`` fits."""
+    file.reclaim()
+    file.refresh_size()
+    return file.free_disk_bytes() >= file.disk_room(need)

@@ -13,6 +13,7 @@ oldest first, before intake is refused.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -241,3 +242,33 @@ async def test_dead_letters_filling_the_disk_are_pruned_before_intake_stops(
     assert "to make room for readings on a full disk" in output
     assert "stop timeout reached" not in output
     assert "Traceback" not in output, output[-3000:]
+
+
+def test_delivered_ids_filling_a_small_disk_are_forgotten_rather_than_refuse_intake(
+    tmp_path: Path,
+) -> None:
+    """A long drain into a small disk: the spool is empty but for the ids of delivered
+    messages, kept to recognise redeliveries. When they fill the disk, the oldest are forgotten
+    and intake goes on; while records wait, they are kept (the deletes make the room)."""
+    mount = tmp_path / "spool"
+    mount.mkdir()
+    script = f'mount -t tmpfs -o size=12m tmpfs "{mount}" || exit 97; exec "$@"'
+    scenario = [sys.executable, "-m", "tests.support.ids_fill_disk", str(mount)]
+    run = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", *scenario],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.splitlines()[-1])
+    drained, waiting, after = got["drained"], got["waiting"], got["after"]
+    assert drained["refused"] == 0, got  # the old ids never stopped intake
+    assert drained["forgot_at"] > 0, got  # ... because some were forgotten
+    assert 0 < drained["ids"] < drained["most_ids"], got
+    assert waiting["points"] > 0, got
+    assert waiting["ids"] == waiting["ids_before"], got  # kept while records wait
+    assert after["resumed"], got
+    assert got["check"] == "ok", got
