@@ -120,7 +120,7 @@ async def _until(cond: object, timeout: float, what: str) -> None:
 async def test_a_full_disk_pauses_intake_then_drains_without_loss_or_corruption(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    n = 40000  # about 10 MB of spool: more than the 6 MiB left beside the reserve
+    n = 80000  # about 10 MB of spool in 1 KiB pages: more than the 6 MiB left beside the reserve
     start_ms = int(time.time() * 1000) - n
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
@@ -187,7 +187,7 @@ async def test_dead_letters_filling_the_disk_are_pruned_before_intake_stops(
     """Row 21 on a real full disk: one device floods 16 MB of bad messages into a 12 MiB
     filesystem; the oldest dead letters are pruned to make room (counted as disk_full), good
     readings sent after the flood all arrive once, and the spool stays intact."""
-    n_bad, n_good = 4000, 500  # a 3 KB dead letter takes a 4 KiB page: 16 MB, under their budget
+    n_bad, n_good = 4000, 500  # 3 KB dead letters: 12 MB, under their budget
     start_ms = int(time.time() * 1000) - n_good
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
