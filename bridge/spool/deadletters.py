@@ -109,9 +109,8 @@ class DeadLetters:
         """Prune the oldest dead letters before the disk is full, if it has less room than
         :meth:`prune_for_disk` makes: on a full disk even the deletes need room (in the WAL,
         and in the database file for the checkpoint that makes it small again)."""
-        if self._file.dead_letters.count and self._file.free_disk_bytes() < self._file.disk_room(
-            need
-        ):
+        file = self._file
+        if file.dead_letters.count and file.free_disk_bytes() < file.disk_room(need):
             self.prune_for_disk(need)
 
     def prune_for_disk(self, need: int) -> bool:
@@ -120,10 +119,9 @@ class DeadLetters:
 
         Prunes until the filesystem has the room :meth:`SpoolFile.disk_room` asks for — and an
         eighth of the dead letters at least, so a flood does not come back here at every
-        commit. It deletes
-        in steps of a quarter of the reserve (at least 256 KiB), each given back to the
-        filesystem before the next, because on a full disk even a delete needs room in the WAL
-        (smaller steps when one does not fit). Nothing to do when the spool is at
+        commit. It deletes in steps of a quarter of the reserve (at least 256 KiB), each given
+        back to the filesystem before the next, because on a full disk even a delete needs room
+        in the WAL (smaller steps when one does not fit). Nothing to do when the spool is at
         ``spool.max_bytes`` rather than out of disk (dead letters are not counted there).
         """
         file = self._file
