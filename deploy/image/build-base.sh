@@ -75,8 +75,10 @@ mmdebstrap --quiet --variant=essential --include="$packages" \
     "deb $mirror bookworm-updates main" \
     "deb $security bookworm-security main"
 
+# awk reads to the end: exiting at the match would leave tar writing into a closed pipe, and
+# its SIGPIPE (141) fails the script under pipefail whenever the status file outgrows the pipe.
 python_version=$(tar -xOf "$rootfs_tar" ./var/lib/dpkg/status |
-    awk '/^Package: python3$/{p=1} p && /^Version:/{print $2; exit}')
+    awk '/^Package: python3$/{p=1} p && !v && /^Version:/{v=$2} END{print v}')
 podman import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
