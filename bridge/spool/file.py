@@ -337,6 +337,13 @@ class SpoolFile:
 # group commit or a settled request touches a handful: 1 KiB pages write about 40 % fewer
 # bytes per point than SQLite's 4 KiB (flash wear on an edge gateway), at the same CPU.
 PAGE_SIZE = 1024
+# WAL bytes between automatic checkpoints. SQLite counts this limit in pages (1,000 by
+# default): with 1 KiB pages that checkpointed every MiB, and each checkpoint writes every
+# page the WAL changed since the last one, however often it changed. 4 MiB, SQLite's default
+# with its default 4 KiB pages, lets the hot pages (the ends of the tables, the counters)
+# be checkpointed once for more transactions: 582 -> 493 bytes written per point in a live
+# flow, and the WAL stays within half of the spool's disk reserve.
+WAL_CHECKPOINT_BYTES = 4 << 20
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -351,6 +358,8 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -261,3 +262,29 @@ def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> Non
     spool.file.reclaim()
     after = spool.file.path.stat().st_size + Path(str(spool.file.path) + "-wal").stat().st_size
     assert after < size / 2
+
+
+@pytest.mark.parametrize("page_size", [None, 4096])
+def test_the_wal_is_checkpointed_after_about_4_mib_whatever_the_page_size(
+    path: Path, page_size: int | None
+) -> None:
+    """SQLite's automatic checkpoint counts pages: the spool sets it to 4 MiB of them, for its
+    own 1 KiB pages and for a file an older bridge made with 4 KiB pages. The WAL file keeps
+    the size it reached before the checkpoint that restarts it."""
+    if page_size is not None:
+        path.parent.mkdir(parents=True)
+        old = sqlite3.connect(path)
+        old.execute(f"PRAGMA page_size={page_size}")
+        old.execute("PRAGMA journal_mode=WAL")
+        old.close()
+    s = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        assert s.file.conn.execute("PRAGMA page_size").fetchone()[0] == (page_size or 1024)
+        for start in range(0, 12_000, 200):  # about 12 MiB through the WAL
+            s.writer.commit([rec(i, n=16) for i in range(start, start + 200)], [])
+            s.outbox.delivered([r.seq for r in s.outbox.fetch(0, 500)])
+        wal = Path(f"{path}-wal").stat().st_size
+        assert 3 << 20 < wal < 6 << 20
+    finally:
+        s.close()
