@@ -27,7 +27,7 @@ from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
 from bridge.spool.audit import DeliveryAudit
 from bridge.spool.file import IN_CHUNK, SpoolFile
-from bridge.spool.schema import RECORD_COLUMNS, json_available, spooled
+from bridge.spool.schema import RECORD_COLUMNS, forget_delivered, json_available, spooled
 
 _PRUNE_EVERY_S = 60.0
 
@@ -281,10 +281,9 @@ class Outbox:
                     counts = [n for _d, _t, _m, n in found]
                 rows += len(counts)
                 points += sum(int(n) for n in counts)
-            if now >= self._next_prune:
+            if not now < self._next_prune <= now + _PRUNE_EVERY_S:  # or the clock was set back
                 self._next_prune = now + _PRUNE_EVERY_S
-                cutoff = int((now - file.settings.dedup_window_s) * 1_000_000)
-                db.execute("DELETE FROM delivered_ids WHERE at_us < ?", (cutoff,))
+                forget_delivered(db, at_us, file.settings.dedup_window_s)
             file.add_to_meta(db, "delivered_points", points)
         self._settled(seqs)
         file.depth_records -= rows

@@ -319,8 +319,8 @@ class IntakeWriter:
 def _forget_oldest(file: SpoolFile, n: int) -> None:
     with file.transaction("forget delivered ids"):
         file.conn.execute(
-            "DELETE FROM delivered_ids WHERE rid IN "
-            "(SELECT rid FROM delivered_ids ORDER BY at_us LIMIT ?)",
+            "DELETE FROM delivered_ids WHERE id IN "
+            "(SELECT id FROM delivered_ids ORDER BY id LIMIT ?)",
             (n,),
         )
 

@@ -13,6 +13,7 @@ from bridge.errors import SpoolError
 from bridge.models import Record
 from bridge.spool.deadletters import DeadLetterFilter
 from bridge.spool.store import Spool
+from tests.support.clock import FakeClock
 from tests.support.spool import T0_US, dead, rec, reopen
 
 
@@ -237,3 +238,51 @@ def test_settled_records_leave_no_trace_in_the_outbox(spool: Spool) -> None:
     assert turn == 16  # 400 records of 2 points, 25 to a batch
     assert outbox.handed_out == set()
     assert outbox._handed_info == {}  # the table that leaked
+
+
+def _deliver(spool: Spool, records: Sequence[Record]) -> None:
+    spool.writer.commit(records, [])
+    spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100)])
+
+
+def _redelivered(spool: Spool, records: Sequence[Record]) -> int:
+    """Offer ``records`` again: how many of them the spool stored (the rest it remembered)."""
+    stored = spool.writer.commit(records, []).records_inserted
+    spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100)])
+    return stored
+
+
+def test_delivered_ids_are_forgotten_after_the_dedup_window(spool: Spool) -> None:
+    """An id is remembered for ``dedup_window_s`` (900 s) after its delivery, then forgotten
+    at a later settlement: a redelivery within the window is turned away, after it stored."""
+    clock = spool.file.clock
+    assert isinstance(clock, FakeClock)
+    first, second = [rec(i) for i in range(3)], [rec(i) for i in range(10, 13)]
+    _deliver(spool, first)
+    clock.advance(500)
+    _deliver(spool, second)
+    clock.advance(500)  # first: 1,000 s ago; second: 500 s
+    _deliver(spool, [rec(20)])
+    assert _redelivered(spool, second) == 0
+    assert _redelivered(spool, first) == 3
+
+
+def test_a_clock_set_far_ahead_and_back_does_not_keep_every_id(spool: Spool) -> None:
+    """Ids stamped by a clock set days ahead hold neither the prune's schedule nor the ids
+    delivered after the clock was put right: the prune still forgets what is older than the
+    window, and keeps what is within it."""
+    clock = spool.file.clock
+    assert isinstance(clock, FakeClock)
+    ahead, right = [rec(i) for i in range(3)], [rec(i) for i in range(10, 13)]
+    start = clock.now
+    clock.now = start + 10 * 86400
+    _deliver(spool, ahead)
+    clock.now = start - 2000
+    _deliver(spool, [rec(30)])  # 2,000 s before the others: forgotten below
+    clock.now = start
+    _deliver(spool, right)
+    clock.advance(61)
+    _deliver(spool, [rec(20)])
+    assert _redelivered(spool, right) == 0
+    assert _redelivered(spool, [rec(30)]) == 1
+    assert _redelivered(spool, ahead) == 3

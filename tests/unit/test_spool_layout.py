@@ -21,6 +21,13 @@ def _rec(i: int, device: str = "d1") -> Record:
     return Record(device, T0_US + i * 1_000_000, {"a": float(i), "b": 2.0}, T0_US + i * 1000)
 
 
+_LAYOUT3_DELIVERED_IDS = (
+    "DROP TABLE delivered_ids;"
+    "CREATE TABLE delivered_ids (rid BLOB PRIMARY KEY, at_us INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX delivered_ids_at ON delivered_ids (at_us);"
+)
+
+
 def _layout1_id(r: Record) -> bytes:
     """A record id as layout 1 made it: a 16-byte hash, unrelated to time."""
     h = hashlib.blake2b(digest_size=16)
@@ -53,6 +60,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     spool.writer.commit(records, [])
     spool.close()
     db = sqlite3.connect(path)
+    db.executescript(_LAYOUT3_DELIVERED_IDS)
     for r in records:
         db.execute("UPDATE records SET rid = ? WHERE rid = ?", (_layout1_id(r), r.record_id))
     db.execute("INSERT INTO delivered_ids VALUES (?, ?)", (b"\x01" * 16, T0_US))
@@ -64,7 +72,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     spool.open()
     try:
         db = spool.file.conn
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         stored = dict(db.execute("SELECT ts_us, rid FROM records").fetchall())
         assert stored == {r.ts_us: r.record_id for r in records}
         assert db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0] == 0
@@ -115,5 +123,37 @@ def test_a_layout2_spool_gets_its_device_totals_at_open(tmp_path: Path) -> None:
         spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1"])
         spool.writer.commit([_rec(20, device="d2")], [])
         assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d2": 2}
+    finally:
+        spool.close()
+
+
+def test_a_layout3_spool_keeps_its_delivered_ids_in_the_order_of_delivery(tmp_path: Path) -> None:
+    """Layout 3 kept the delivered ids by id and by time; layout 4 in one table in the order of
+    delivery. The ids survive the upgrade, oldest first, and still turn a redelivery away."""
+    path = tmp_path / "spool.db"
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    spool.close()
+    delivered = [_rec(i) for i in range(5)]
+    db = sqlite3.connect(path)
+    db.executescript(_LAYOUT3_DELIVERED_IDS + "PRAGMA user_version=3;")
+    # Inserted out of time order: the new table takes them by delivery time.
+    for i in (3, 0, 4, 1, 2):
+        db.execute("INSERT INTO delivered_ids VALUES (?, ?)", (delivered[i].record_id, T0_US + i))
+    db.commit()
+    db.close()
+
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        db = spool.file.conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        rows = db.execute("SELECT rid, at_us FROM delivered_ids ORDER BY id").fetchall()
+        assert rows == [(r.record_id, T0_US + i) for i, r in enumerate(delivered)]
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+        assert "delivered_ids_at" not in names
+        assert not any(n.startswith("delivered_ids_layout3") for n in names)
+        result = spool.writer.commit([delivered[2], _rec(9)], [])
+        assert (result.points_duplicate, spool.file.depth_records) == (2, 1)
     finally:
         spool.close()
