@@ -193,12 +193,12 @@ class DeliveryAudit:
         if not folded.last_id:
             return
         db.executemany(
-            "INSERT INTO delivery_audit (device_id, metric, minute_us, n, total, lo, hi) "
+            "INSERT INTO delivery_audit (minute_us, device_id, metric, n, total, lo, hi) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, metric, minute_us) DO UPDATE SET "
+            "ON CONFLICT (minute_us, device_id, metric) DO UPDATE SET "
             "n = n + excluded.n, total = total + excluded.total, lo = min(lo, excluded.lo), "
             "hi = max(hi, excluded.hi)",
-            [(d, m, mi, t.n, t.total, t.lo, t.hi) for (d, m, mi), t in folded.keys.items()],
+            [(mi, d, m, t.n, t.total, t.lo, t.hi) for (d, m, mi), t in folded.keys.items()],
         )
         db.executemany(
             "INSERT INTO delivered_devices (device_id, points, first_us, last_us, last_ts_us) "
@@ -253,8 +253,8 @@ class DeliveryAudit:
             rows = int(db.execute("SELECT COUNT(*) FROM delivery_audit").fetchone()[0])
             if rows > settings.audit_max_rows:
                 pruned += db.execute(
-                    "DELETE FROM delivery_audit WHERE (device_id, metric, minute_us) IN ("
-                    "SELECT device_id, metric, minute_us FROM delivery_audit "
+                    "DELETE FROM delivery_audit WHERE (minute_us, device_id, metric) IN ("
+                    "SELECT minute_us, device_id, metric FROM delivery_audit "
                     "ORDER BY minute_us LIMIT ?)",
                     (rows - settings.audit_max_rows,),
                 ).rowcount

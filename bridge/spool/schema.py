@@ -40,6 +40,33 @@ DELIVERED_IDS = """CREATE TABLE IF NOT EXISTS delivered_ids (
     rid BLOB NOT NULL UNIQUE,
     at_us INTEGER NOT NULL
 );"""
+# By minute first: a fold updates the rows of the last minute or two of every device that
+# sent, which lie together. Layout 3 kept them by device first, so that a fold wrote a page
+# for nearly every device and metric, each in the middle of that series' history, plus an
+# index by minute: with 2,000 devices and 50 minutes of points, 2,479 -> 644 bytes written
+# per point (docs/design/performance.md, round 5). Every reader selects by minute.
+DELIVERY_AUDIT = """CREATE TABLE IF NOT EXISTS delivery_audit (
+    minute_us INTEGER NOT NULL,   -- start of the point timestamps' minute (UTC)
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    total REAL NOT NULL,
+    lo REAL NOT NULL,
+    hi REAL NOT NULL,
+    PRIMARY KEY (minute_us, device_id, metric)
+) WITHOUT ROWID;"""
+# Tables layout 4 made anew: its first column (where layout 3's differs), the statement, the
+# columns copied across, and the order they are copied in.
+_LAYOUT4 = (
+    ("delivered_ids", "id", DELIVERED_IDS, "rid, at_us", "at_us"),
+    (
+        "delivery_audit",
+        "minute_us",
+        DELIVERY_AUDIT,
+        "minute_us, device_id, metric, n, total, lo, hi",
+        "minute_us, device_id, metric",
+    ),
+)
 
 SCHEMA = (
     """
@@ -110,17 +137,9 @@ CREATE TABLE IF NOT EXISTS delivered_devices (
     last_ts_us INTEGER NOT NULL   -- newest point timestamp accepted
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivered_devices_last ON delivered_devices (last_us);
-CREATE TABLE IF NOT EXISTS delivery_audit (
-    device_id TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    minute_us INTEGER NOT NULL,   -- start of the point timestamps' minute (UTC)
-    n INTEGER NOT NULL,
-    total REAL NOT NULL,
-    lo REAL NOT NULL,
-    hi REAL NOT NULL,
-    PRIMARY KEY (device_id, metric, minute_us)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS delivery_audit_minute ON delivery_audit (minute_us);
+"""
+    + DELIVERY_AUDIT
+    + """
 -- The accepted (device, timestamp, metrics) of each settlement transaction as zlib-compressed
 -- JSON, not yet folded into the two tables above (spool/audit.py): one insert per delete
 -- instead of an upsert per key, folded every few dozen.
@@ -292,7 +311,7 @@ def install(db: sqlite3.Connection, path: Path) -> None:
         if found < 3:
             _count_devices(db)
         if found < 4:
-            _delivered_ids_in_order(db)
+            _layout4(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -354,21 +373,25 @@ def _count_devices(db: sqlite3.Connection) -> None:
         raise
 
 
-def _delivered_ids_in_order(db: sqlite3.Connection) -> None:
-    """Layout 3 -> 4: the delivered ids, kept by id and by time, into a table in the order of
-    delivery (:data:`DELIVERED_IDS`), in one transaction with the new layout version."""
-    columns = [row[1] for row in db.execute("PRAGMA table_info(delivered_ids)")]
-    if "id" in columns:  # a new file: created in the new form
-        return
+def _layout4(db: sqlite3.Connection) -> None:
+    """Layout 3 -> 4: the delivered ids in the order of delivery (:data:`DELIVERED_IDS`) and the
+    audit by minute first (:data:`DELIVERY_AUDIT`), their rows copied into the new tables, in
+    one transaction with the new layout version. A table already in its new form (a file
+    created by this layout) is left as it is."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute("ALTER TABLE delivered_ids RENAME TO delivered_ids_layout3")
-        db.execute(DELIVERED_IDS)
-        db.execute(
-            "INSERT INTO delivered_ids (rid, at_us) "
-            "SELECT rid, at_us FROM delivered_ids_layout3 ORDER BY at_us"
-        )
-        db.execute("DROP TABLE delivered_ids_layout3")  # and its index by time
+        for table, first, create, columns, order in _LAYOUT4:
+            found = db.execute(f"PRAGMA table_info({table})").fetchone()
+            if found is not None and found[1] == first:
+                continue
+            old = f"{table}_layout3"
+            db.execute(f"ALTER TABLE {table} RENAME TO {old}")
+            db.execute(create)
+            db.execute(
+                f"INSERT INTO {table} ({columns}) "  # noqa: S608 (constants only)
+                f"SELECT {columns} FROM {old} ORDER BY {order}"
+            )
+            db.execute(f"DROP TABLE {old}")  # and its indexes
         db.execute("PRAGMA user_version=4")
         db.execute("COMMIT")
     except BaseException:

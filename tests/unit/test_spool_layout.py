@@ -21,10 +21,16 @@ def _rec(i: int, device: str = "d1") -> Record:
     return Record(device, T0_US + i * 1_000_000, {"a": float(i), "b": 2.0}, T0_US + i * 1000)
 
 
-_LAYOUT3_DELIVERED_IDS = (
+# The two tables layout 4 changed, as layout 3 made them.
+_LAYOUT3_TABLES = (
     "DROP TABLE delivered_ids;"
     "CREATE TABLE delivered_ids (rid BLOB PRIMARY KEY, at_us INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE INDEX delivered_ids_at ON delivered_ids (at_us);"
+    "DROP TABLE delivery_audit;"
+    "CREATE TABLE delivery_audit (device_id TEXT NOT NULL, metric TEXT NOT NULL,"
+    " minute_us INTEGER NOT NULL, n INTEGER NOT NULL, total REAL NOT NULL, lo REAL NOT NULL,"
+    " hi REAL NOT NULL, PRIMARY KEY (device_id, metric, minute_us)) WITHOUT ROWID;"
+    "CREATE INDEX delivery_audit_minute ON delivery_audit (minute_us);"
 )
 
 
@@ -60,7 +66,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     spool.writer.commit(records, [])
     spool.close()
     db = sqlite3.connect(path)
-    db.executescript(_LAYOUT3_DELIVERED_IDS)
+    db.executescript(_LAYOUT3_TABLES)
     for r in records:
         db.execute("UPDATE records SET rid = ? WHERE rid = ?", (_layout1_id(r), r.record_id))
     db.execute("INSERT INTO delivered_ids VALUES (?, ?)", (b"\x01" * 16, T0_US))
@@ -127,19 +133,27 @@ def test_a_layout2_spool_gets_its_device_totals_at_open(tmp_path: Path) -> None:
         spool.close()
 
 
-def test_a_layout3_spool_keeps_its_delivered_ids_in_the_order_of_delivery(tmp_path: Path) -> None:
-    """Layout 3 kept the delivered ids by id and by time; layout 4 in one table in the order of
-    delivery. The ids survive the upgrade, oldest first, and still turn a redelivery away."""
+def test_a_layout3_spool_keeps_its_delivered_ids_and_audit_in_the_new_order(tmp_path: Path) -> None:
+    """Layout 3 kept the delivered ids by id and by time, and the audit by device first;
+    layout 4 keeps the ids in one table in the order of delivery and the audit by minute
+    first. The ids survive the upgrade, oldest first, and still turn a redelivery away; the
+    audit rows survive and are still added to."""
     path = tmp_path / "spool.db"
     spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     spool.close()
     delivered = [_rec(i) for i in range(5)]
     db = sqlite3.connect(path)
-    db.executescript(_LAYOUT3_DELIVERED_IDS + "PRAGMA user_version=3;")
+    db.executescript(_LAYOUT3_TABLES + "PRAGMA user_version=3;")
     # Inserted out of time order: the new table takes them by delivery time.
     for i in (3, 0, 4, 1, 2):
         db.execute("INSERT INTO delivered_ids VALUES (?, ?)", (delivered[i].record_id, T0_US + i))
+    minute = delivered[0].ts_us // 60_000_000 * 60_000_000
+    for device, metric in (("d2", "a"), ("d1", "b"), ("d1", "a")):
+        db.execute(
+            "INSERT INTO delivery_audit VALUES (?, ?, ?, 1, 5.0, 5.0, 5.0)",
+            (device, metric, minute),
+        )
     db.commit()
     db.close()
 
@@ -151,9 +165,21 @@ def test_a_layout3_spool_keeps_its_delivered_ids_in_the_order_of_delivery(tmp_pa
         rows = db.execute("SELECT rid, at_us FROM delivered_ids ORDER BY id").fetchall()
         assert rows == [(r.record_id, T0_US + i) for i, r in enumerate(delivered)]
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
-        assert "delivered_ids_at" not in names
-        assert not any(n.startswith("delivered_ids_layout3") for n in names)
+        assert not names & {"delivered_ids_at", "delivery_audit_minute"}
+        assert not any(n.endswith("_layout3") for n in names)
+        audit = db.execute("SELECT * FROM delivery_audit").fetchall()
+        assert audit == [
+            (minute, d, m, 1, 5.0, 5.0, 5.0) for d, m in (("d1", "a"), ("d1", "b"), ("d2", "a"))
+        ]
         result = spool.writer.commit([delivered[2], _rec(9)], [])
         assert (result.points_duplicate, spool.file.depth_records) == (2, 1)
+        spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100)])
+        spool.audit.fold_now()
+        added = db.execute(
+            "SELECT n, total FROM delivery_audit "
+            "WHERE minute_us = ? AND device_id = 'd1' AND metric = 'a'",
+            (minute,),
+        ).fetchone()
+        assert added == (2, 5.0 + _rec(9).metrics["a"])
     finally:
         spool.close()
