@@ -151,7 +151,11 @@ class Committer:
         if self._full_since is not None:
             self._m.intake_paused_seconds.inc(time.monotonic() - self._full_since)
             self._m.spool_full.set(0)
-            log.info("spool has space again; acknowledging MQTT messages")
+            # Throttled like the "full" line: a disk that is just full can let every other
+            # commit through, and each would log this.
+            self._throttle.log(
+                log, logging.INFO, "space", "spool has space again; acknowledging MQTT messages"
+            )
             self._full_since = None
         intake.persisted([(mid, received_us) for mid, _t, _d, received_us in stamped])
         failpoints.hit("after_commit_before_puback")

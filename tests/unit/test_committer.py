@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import cast
@@ -233,6 +234,28 @@ async def test_spool_full_withholds_acks_until_space_frees(tmp_path: Path) -> No
         assert not r.committer.waiting_for_space
         assert r.sample("metriqo_bridge_intake_paused_seconds_total") > 0
         assert r.delivery.notified == [3]
+
+
+async def test_a_spool_full_again_and_again_logs_its_recovery_once_a_while(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spool that fills and frees at every other commit (a disk that is just full) logs
+    "has space again" like "full": once, then at most once per 30 s, with the repeats
+    counted; every message is still committed and acked."""
+    caplog.set_level(logging.INFO, logger="bridge.committer")
+    async with rig(tmp_path, max_bytes=1) as r, running(r.committer.run()):
+        file = r.raw.file
+        for mid in (5, 6, 7):
+            file.settings = dataclasses.replace(file.settings, max_bytes=1)
+            r.receive(mid)
+            await until(lambda: r.sample("metriqo_bridge_spool_full") == 1, "spool_full set")
+            file.settings = dataclasses.replace(file.settings, max_bytes=1 << 30)
+            r.committer.space_freed()
+            await until(lambda: r.sample("metriqo_bridge_spool_full") == 0, "space again")
+        await until(lambda: len(r.source.acks) == 3, "all acked")
+    lines = [m.getMessage() for m in caplog.records]
+    assert sum("spool has space again" in m for m in lines) == 1
+    assert sum(m.startswith("spool full") for m in lines) == 1
 
 
 async def test_spool_error_propagates_and_nothing_is_acked(tmp_path: Path) -> None:
