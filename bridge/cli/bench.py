@@ -17,7 +17,8 @@ def add_parser(sub: Subparsers) -> None:
         description="Measure the bridge on this machine: a live rate, a queued backlog (beside "
         "a bare paho client and mosquitto_sub), memory with millions of points waiting, a long "
         "mapping file, a backlog drained by several bridges, `check` on long mapping files, or "
-        "decoding Sparkplug B messages, or what deadbands save on a simulated fleet. "
+        "decoding Sparkplug B messages, what deadbands save on a simulated fleet, or the bytes "
+        "the spool writes per point. "
         "See docs/design/performance.md.",
         epilog="exit codes: 0 nothing lost, 1 a point was lost or duplicated (sparkplug: a "
         "message decoded to other numbers than were encoded; a missed performance target does "
@@ -35,12 +36,14 @@ def add_parser(sub: Subparsers) -> None:
             "sparkplug",
             "deadband",
             "edge",
+            "disk",
         ],
         help="live rate, queued backlog, memory with a full spool, many mapping rules, a "
         "backlog drained by several bridges in one share group, `check` on long mapping files, "
         "the cost of decoding a Sparkplug B DDATA message, or what deadbands save on a "
         "simulated fleet (points/s against the API budget), or an edge gateway: pinned to one "
-        "core and capped in memory, a backlog drained while a live flow goes on",
+        "core and capped in memory, a backlog drained while a live flow goes on, or the bytes the "
+        "spool writes per point in a live flow and the pages of each transaction by table",
     )
     bench.add_argument(
         "--rate",
@@ -55,7 +58,10 @@ def add_parser(sub: Subparsers) -> None:
         "--memory-mb", type=int, default=256, help="edge mode: the bridge's memory cap"
     )
     bench.add_argument(
-        "--messages", type=int, default=20000, help="backlog, rules, replicas, edge: backlog size"
+        "--messages",
+        type=int,
+        default=20000,
+        help="backlog, rules, replicas, edge: backlog size; disk: messages in the flow",
     )
     bench.add_argument(
         "--replicas", default="1,2,3", help="replicas mode: group sizes to compare (default 1,2,3)"
@@ -108,7 +114,7 @@ def add_parser(sub: Subparsers) -> None:
         "--requests-per-minute", type=float, default=None, help="bridge pacing (api.*)"
     )
     bench.add_argument(
-        "--sensors", type=int, default=2000, help="deadband mode: sensors in the fleet"
+        "--sensors", type=int, default=2000, help="deadband, disk modes: sensors in the fleet"
     )
     bench.add_argument(
         "--fleet-seconds",
@@ -117,6 +123,12 @@ def add_parser(sub: Subparsers) -> None:
         help="deadband mode: measurement time simulated (default 3600)",
     )
     bench.add_argument("--seed", type=int, default=1, help="deadband mode: random seed")
+    bench.add_argument(
+        "--span-seconds",
+        type=float,
+        default=3000.0,
+        help="disk mode: seconds of point timestamps the flow spans (the audit grows with it)",
+    )
     bench.add_argument("--protocol", choices=["v5", "v311"], default="v5")
     bench.add_argument("--timeout", type=float, default=900.0, help="max wait for delivery")
     bench.add_argument("--json", dest="json_out", type=Path, help="also write the report here")

@@ -87,6 +87,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.lab.bench.deadband_mode import run_deadband_bench
 
         return run_deadband_bench(args)
+    if args.mode == "disk":  # in this process, on the real spool: no broker, no API
+        from bridge.lab.bench.disk_mode import run_disk_bench
+
+        return run_disk_bench(args)
     if args.rate is None:
         args.rate = 1000.0 if args.mode != "edge" else None  # edge: its own default
     try:
