@@ -286,3 +286,15 @@ def test_a_clock_set_far_ahead_and_back_does_not_keep_every_id(spool: Spool) -> 
     assert _redelivered(spool, right) == 0
     assert _redelivered(spool, [rec(30)]) == 1
     assert _redelivered(spool, ahead) == 3
+
+
+def test_only_ids_up_to_the_newest_delivered_are_looked_up_and_all_are_found(
+    spool: Spool,
+) -> None:
+    """Ids sort by time, so the commit looks up only those up to the newest delivered id: a
+    redelivery of any delivered record is still turned away, and a record never delivered is
+    stored whether it is older or newer than the newest delivered one."""
+    _deliver(spool, [rec(10), rec(20), rec(30)])
+    assert _redelivered(spool, [rec(10), rec(30)]) == 0
+    assert _redelivered(spool, [rec(15), rec(20), rec(40)]) == 2
+    assert _redelivered(spool, [rec(15), rec(40), rec(35)]) == 1
