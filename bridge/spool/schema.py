@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -315,6 +315,21 @@ def install(db: sqlite3.Connection, path: Path) -> None:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
+@contextlib.contextmanager
+def _upgrade(db: sqlite3.Connection, version: int) -> Iterator[None]:
+    """One step of the layout: its changes and the new ``version`` in one transaction, or
+    neither."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute(f"PRAGMA user_version={version}")
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
+
 def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
     """Layout 1 -> 2: recompute every waiting record's id in the new form, in one
     transaction and in chunks (memory stays flat for a spool of millions of records). The
@@ -330,8 +345,7 @@ def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
         SCHEMA_VERSION,
         count,
     )
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _upgrade(db, 2):  # the ids and the version, atomically
         after = 0
         while True:
             rows = db.execute(
@@ -347,30 +361,17 @@ def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
             )
             after = rows[-1][0]
         db.execute("DELETE FROM delivered_ids")
-        db.execute("PRAGMA user_version=2")  # with the ids, atomically
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
 
 
 def _count_devices(db: sqlite3.Connection) -> None:
     """Layout 2 -> 3: the devices' totals of the records already waiting (the triggers keep
     them from now on), in one transaction with the new layout version."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _upgrade(db, 3):
         db.execute("DELETE FROM devices")
         db.execute(
             "INSERT INTO devices (device_id, points, head) "
             "SELECT device_id, SUM(n), MIN(seq) FROM records GROUP BY device_id"
         )
-        db.execute("PRAGMA user_version=3")
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
 
 
 def _layout4(db: sqlite3.Connection) -> None:
@@ -378,8 +379,7 @@ def _layout4(db: sqlite3.Connection) -> None:
     audit by minute first (:data:`DELIVERY_AUDIT`), their rows copied into the new tables, in
     one transaction with the new layout version. A table already in its new form (a file
     created by this layout) is left as it is."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _upgrade(db, 4):
         for table, first, create, columns, order in _LAYOUT4:
             found = db.execute(f"PRAGMA table_info({table})").fetchone()
             if found is not None and found[1] == first:
@@ -392,9 +392,3 @@ def _layout4(db: sqlite3.Connection) -> None:
                 f"SELECT {columns} FROM {old} ORDER BY {order}"
             )
             db.execute(f"DROP TABLE {old}")  # and its indexes
-        db.execute("PRAGMA user_version=4")
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
