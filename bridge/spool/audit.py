@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from bridge.spool.file import SpoolFile
+from bridge.spool.file import SpoolFile, due
 
 MINUTE_US = 60_000_000
 _PRUNE_EVERY_S = 60.0
@@ -232,8 +232,9 @@ class DeliveryAudit:
             db.execute("COMMIT")
 
     def prune_due(self, now: float) -> bool:
-        """Whether :meth:`prune` is due (about once a minute)."""
-        return now >= self._next_prune
+        """Whether :meth:`prune` is due (about once a minute, and at once after the clock was
+        set back)."""
+        return due(now, self._next_prune, _PRUNE_EVERY_S)
 
     def prune(self, now_us: int) -> tuple[int, int]:
         """Delete audit rows past their retention or over their cap and evict the least

@@ -346,6 +346,13 @@ PAGE_SIZE = 1024
 WAL_CHECKPOINT_BYTES = 4 << 20
 
 
+def due(now: float, planned: float, every: float) -> bool:
+    """Whether a job run every ``every`` seconds and next planned at ``planned`` is due at
+    ``now``: also when ``planned`` is further off than ``every`` (the clock was set back since
+    it was planned; waiting for it would put the job off for as long)."""
+    return not now < planned <= now + every
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
     new = not path.exists() or path.stat().st_size == 0

@@ -26,7 +26,7 @@ import orjson
 from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
 from bridge.spool.audit import DeliveryAudit
-from bridge.spool.file import IN_CHUNK, SpoolFile
+from bridge.spool.file import IN_CHUNK, SpoolFile, due
 from bridge.spool.schema import RECORD_COLUMNS, forget_delivered, json_available, spooled
 
 _PRUNE_EVERY_S = 60.0
@@ -281,7 +281,7 @@ class Outbox:
                     counts = [n for _d, _t, _m, n in found]
                 rows += len(counts)
                 points += sum(int(n) for n in counts)
-            if not now < self._next_prune <= now + _PRUNE_EVERY_S:  # or the clock was set back
+            if due(now, self._next_prune, _PRUNE_EVERY_S):
                 self._next_prune = now + _PRUNE_EVERY_S
                 forget_delivered(db, at_us, file.settings.dedup_window_s)
             file.add_to_meta(db, "delivered_points", points)

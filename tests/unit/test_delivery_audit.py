@@ -284,3 +284,17 @@ def test_the_audit_of_the_records_sent_is_the_audit_read_from_the_file(
             spool.close()
     assert audits[0] == audits[1]
     assert sum(row.n for row in audits[0][0]) == audits[0][1] == 2 * len(records)
+
+
+def test_the_prune_is_due_once_a_minute_and_at_once_after_the_clock_was_set_back(
+    spool: Spool,
+) -> None:
+    """A prune plans the next a minute on. A clock set back by a day does not put the prunes
+    off for a day: the next one is due at once."""
+    audit = spool.audit
+    now = T0 / S
+    assert audit.prune_due(now)
+    audit.prune(T0)
+    assert not audit.prune_due(now + 59)
+    assert audit.prune_due(now + 60)
+    assert audit.prune_due(now - 86400)
