@@ -31,6 +31,7 @@ from bridge.mapping.readings import (
     Where,
     get_path,
     group_readings,
+    grouped_records,
     matches,
 )
 from bridge.mapping.sparkplug_rule import SparkplugMapped, SparkplugRule, map_sparkplug
@@ -261,17 +262,16 @@ class Mapper:
         if not self._checked.known_metric_names(metrics):
             metrics = {k: v for k, v in metrics.items() if self._name_ok(k, failures)}
         readings = [r for r in readings if self._reading_ok(r, failures)]
-        groups = group_readings(readings, device_id, ts_us, metrics, failures)
+        # The common message (its own metrics only, one request's worth) is one record as it
+        # is: ``metrics`` is this message's own dict, so it needs no copy nor regrouping.
+        simple = not readings and 0 < len(metrics) <= MAX_POINTS_PER_REQUEST
+        groups = {} if simple else group_readings(readings, device_id, ts_us, metrics, failures)
         out.failures.extend(failures)
         if rule.reject_on_error and failures:
             return
-        for (device, ts), values in groups.items():
-            items = list(values.items())
-            for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
-                chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
-                out.records.append(
-                    Record(device, ts, chunk, received_us, rule.coalesce, rule.deadband)
-                )
+        if simple:
+            groups = {(device_id, ts_us): metrics}
+        out.records.extend(grouped_records(groups, received_us, rule.coalesce, rule.deadband))
 
     def _device_id(self, rule: Rule, captures: dict[str, str], doc: object) -> str:
         device_id = rule.device_id.render(captures, doc)
@@ -501,13 +501,7 @@ def _sparkplug_records(
     out.failures.extend(failures)
     if rule.reject_on_error and failures:
         return
-    for (device, ts_us), values in groups.items():
-        items = list(values.items())
-        for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
-            chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
-            out.records.append(
-                Record(device, ts_us, chunk, received_us, rule.coalesce, rule.deadband)
-            )
+    out.records.extend(grouped_records(groups, received_us, rule.coalesce, rule.deadband))
 
 
 def _text(payload: bytes) -> str:

@@ -9,7 +9,9 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, NamedTuple
 
 from bridge.errors import PayloadError
+from bridge.limits import MAX_POINTS_PER_REQUEST
 from bridge.mapping.transforms import IDENTITY, Transform
+from bridge.models import Coalesce, Deadbands, Record
 
 if TYPE_CHECKING:  # templates imports this module; the rules here only need the type
     from bridge.mapping.templates import Template
@@ -281,3 +283,23 @@ def group_readings(
             continue
         group[r.name] = r.value
     return groups
+
+
+def grouped_records(
+    groups: dict[tuple[str, int], dict[str, float]],
+    received_us: int,
+    coalesce: Coalesce | None,
+    deadband: Deadbands | None,
+) -> list[Record]:
+    """One record per (device, time) group, split where it holds more points than one request
+    may carry. A group of at most that many is the record's metrics as it is, not a copy."""
+    records = []
+    for (device, ts_us), values in groups.items():
+        if len(values) <= MAX_POINTS_PER_REQUEST:
+            records.append(Record(device, ts_us, values, received_us, coalesce, deadband))
+            continue
+        items = list(values.items())
+        for start in range(0, len(items), MAX_POINTS_PER_REQUEST):
+            chunk = dict(items[start : start + MAX_POINTS_PER_REQUEST])
+            records.append(Record(device, ts_us, chunk, received_us, coalesce, deadband))
+    return records

@@ -16,6 +16,7 @@ decimal text (``repr``), which is the digits the device sent whenever the float 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime, tzinfo
@@ -202,11 +203,18 @@ def check_not_past(ts_us: int, now_us: int, max_past_s: float | None) -> None:
         raise PayloadError("bad_timestamp", "timestamp is too far in the past")
 
 
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # time's gmtime and strftime: 0.85 us against datetime's 2.15, once per object sent; the
+    # objects of a request mostly share their seconds (a fleet's readings of one moment), so
+    # the text of the recent seconds is kept: 0.17 us for one seen before.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def format_timestamp(ts_us: int) -> str:
     """Format epoch microseconds as ISO 8601 UTC with 'Z', at the precision the value has."""
     seconds, micros = divmod(ts_us, 1_000_000)
-    # time's gmtime and strftime: 0.85 us against datetime's 2.15, once per point sent.
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    base = _second(seconds)
     if micros == 0:
         return base + "Z"
     if micros % 1000 == 0:
