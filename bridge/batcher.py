@@ -9,20 +9,12 @@ gives each device an equal quantum per request instead, each device's records st
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.mapping.timestamps import format_timestamp
-from bridge.models import SpooledRecord
-
-
-@functools.lru_cache(maxsize=1024)
-def _names(metrics: tuple[str, ...]) -> bytes:
-    # A flow's records carry a handful of metric sets, each in one order: the sorted names of
-    # the recent ones are kept rather than sorted and encoded again for every record.
-    return "\x00".join(sorted(metrics)).encode("utf-8", "surrogatepass") + b"\x01"
+from bridge.models import SpooledRecord, sorted_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +35,7 @@ class Batch:
         metric names, since a refused record is retried as parts holding some of its metrics."""
         h = hashlib.blake2b(digest_size=12)
         for r in self.records:
-            h.update(r.seq.to_bytes(8, "big") + _names(tuple(r.metrics)))
+            h.update(r.seq.to_bytes(8, "big") + sorted_names(tuple(r.metrics)) + b"\x01")
         return h.hexdigest()
 
     def body_objects(self) -> list[dict[str, object]]:
