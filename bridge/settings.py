@@ -25,6 +25,7 @@ BacklogOrder = Literal["oldest-first", "live-first"]
 BodyShape = Literal["array", "object"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
+EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
 class Secret:
@@ -247,6 +248,7 @@ class Settings:
     # Absolute once loaded: the spool's default home and the runtime files (bridge/state.py).
     state_dir: Path = Path("/var/lib/metriqo-bridge")
     log_progress_s: float = 60.0  # 0: no progress lines (bridge/progress.py)
+    event_loop: EventLoop = "auto"  # bridge/event_loop.py
     effective: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # Dotted key -> where the user set it (file:line, variable, flag); absent: the default.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.app import Bridge
     from bridge.config.pathnames import NamedBy
     from bridge.config.secrets import TokenSource, resolve_mqtt_password
+    from bridge.event_loop import loop_factory
     from bridge.logs import setup_logging
     from bridge.mapping.identifiers import IdentifierLimits
     from bridge.mapping.loader import load_mappings
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.state import legacy_spool, legacy_warning, runtime_path
 
     settings = settings_from(args)
+    loop_name, new_loop = loop_factory(settings.event_loop, settings.origins.get("event_loop"))
     # Upgraded in place from the old relative default: keep the spool that holds the readings.
     legacy = legacy_spool(settings.spool.path, "spool.path" in settings.origins, Path.cwd())
     if legacy is not None:
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         await bridge.run()
 
     log.info(
-        "metriqo-bridge %s: %d rule(s), broker %s:%s, API %s, spool %s, state directory %s",
+        "metriqo-bridge %s: %d rule(s), broker %s:%s, API %s, spool %s, state directory %s, "
+        "event loop %s",
         __version__,
         len(rules),
         settings.mqtt.host,
@@ -96,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         settings.sender.base_url,
         settings.spool.path,
         settings.state_dir,
+        loop_name,
     )
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(serve())
     log.info("stopped")
     return EX_OK

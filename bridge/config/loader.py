@@ -222,6 +222,7 @@ def _cut(m: SettingsModel, origins: dict[str, str]) -> rt.Settings:
         stop_timeout_s=m.stop_timeout_s,
         state_dir=m.state_dir or Path(),  # never None: _place set it
         log_progress_s=m.log_progress_s,
+        event_loop=m.event_loop,
         effective=m.model_dump(mode="json"),  # SecretStr dumps as '**********'
         origins=origins,
     )

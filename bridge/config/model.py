@@ -471,6 +471,12 @@ class SettingsModel(_Section):
         description="seconds between progress lines (received, delivered, waiting) at INFO; "
         "0 turns them off",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        _TOP.event_loop,
+        description="`auto`: uvloop where it is installed (a dependency on Linux and macOS), "
+        "else asyncio's own loop; `uvloop` (refused at start when it is not installed) or "
+        "`asyncio` to choose",
+    )
     stop_timeout_s: float = Field(
         _TOP.stop_timeout_s,
         gt=0,
