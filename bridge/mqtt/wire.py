@@ -34,7 +34,7 @@ import hashlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.models import PayloadExcerpt
 
@@ -97,9 +97,10 @@ def _varint(buf: bytearray | bytes, i: int, end: int) -> tuple[int, int] | None:
             raise MalformedPacket("variable byte integer longer than four bytes")
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """One received PUBLISH."""
+class Publish(NamedTuple):
+    """One received PUBLISH. A named tuple, not a frozen dataclass: one is made for every
+    message, and a frozen dataclass sets each field through object.__setattr__ (0.48 against
+    0.18 us)."""
 
     topic: str
     payload: bytes
