@@ -317,5 +317,6 @@ class Delivery:
                 batch.points,
             )
         now_us = int(self._wall() * 1_000_000)
-        for r in batch.records:
-            self._m.delivery_lag.observe(max(0.0, (now_us - r.received_us) / 1e6))
+        self._m.delivery_lag.observe_many(
+            max(0.0, (now_us - r.received_us) / 1e6) for r in batch.records
+        )

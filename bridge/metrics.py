@@ -7,7 +7,8 @@ so tests and embedded uses never share state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +25,32 @@ from bridge import __version__
 from bridge.spool.dlbudget import PRUNE_REASONS
 
 PREFIX = "metriqo_bridge_"
+
+
+class BatchHistogram(Histogram):
+    """A histogram that also takes many values in one call (:meth:`observe_many`).
+
+    ``Histogram.observe`` takes a lock and walks the buckets for every value (about 1.5 us);
+    the delivery lag is observed for every record of every accepted request, 25 of them a
+    request in a backlog. :meth:`observe_many` counts a request's values per bucket first and
+    adds each bucket's count once. It works on ``Histogram``'s own bucket and sum values
+    (not its public API): tests/unit/test_metrics.py checks that the exposition is the one
+    ``observe`` gives, so a prometheus-client that changes them fails there, not in silence.
+    """
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """``observe`` every value, in one pass (unlabelled histograms only)."""
+        bounds = self._upper_bounds  # ascending, +Inf last: every value finds a bucket
+        counts = [0] * len(bounds)
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe
+            total += value
+        self._sum.inc(total)
+        for bucket, n in zip(self._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+
 
 # Every reason a dead letter can carry. Their series exist at 0 from the start, so dashboards
 # and `increase()` alerts see the first dead letter of a kind as a change, not a new series.
@@ -324,7 +351,7 @@ class BridgeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
-        self.delivery_lag = Histogram(
+        self.delivery_lag = BatchHistogram(
             p + "delivery_lag_seconds",
             "Time from MQTT receive to API acceptance",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),

@@ -6,10 +6,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prometheus_client import generate_latest
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import DEAD_LETTER_REASONS, PREFIX, STATUS_CLASSES, BridgeMetrics
+from bridge.metrics import (
+    DEAD_LETTER_REASONS,
+    PREFIX,
+    STATUS_CLASSES,
+    BatchHistogram,
+    BridgeMetrics,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # Labels whose values come from bounded sets: rule names (the mapping file), fixed reason and
@@ -66,3 +73,39 @@ def test_labels_are_bounded_and_names_carry_the_prefix_and_units() -> None:
             assert labels <= PLATFORM_LABELS, (name, labels)
     assert "process_resident_memory_bytes" in families
     assert PREFIX + "build_info" in families
+
+
+def _samples(kind: type[Histogram], feed: object) -> dict[str, float]:
+    registry = CollectorRegistry()
+    histogram = kind("lag_seconds", "lag", buckets=(0.05, 0.1, 1, 60), registry=registry)
+    feed(histogram)  # type: ignore[operator]
+    [family] = text_string_to_metric_families(generate_latest(registry).decode())
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_observe_many_exposes_what_observe_gives_value_by_value() -> None:
+    """BatchHistogram.observe_many adds to prometheus-client's own bucket and sum values: the
+    exposition must be the one observe() gives for the same values, bucket edges included (a
+    value equal to a bound is in that bound's bucket), over several calls."""
+    rounds = [[0.0, 0.05, 0.050001, 0.1, 0.7, 1.0, 59.9, 60.0, 61.0, 3600.0], [], [0.2] * 25]
+
+    def one_by_one(h: Histogram) -> None:
+        for values in rounds:
+            for value in values:
+                h.observe(value)
+
+    def together(h: BatchHistogram) -> None:
+        for values in rounds:
+            h.observe_many(iter(values))
+
+    expected = _samples(Histogram, one_by_one)
+    got = _samples(BatchHistogram, together)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-12), name
+    assert expected["lag_seconds_bucket[('le', '0.05')]"] == 2
+    assert expected["lag_seconds_count[]"] == 35
