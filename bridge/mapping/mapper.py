@@ -270,8 +270,11 @@ class Mapper:
         if rule.reject_on_error and failures:
             return
         if simple:
-            groups = {(device_id, ts_us): metrics}
-        out.records.extend(grouped_records(groups, received_us, rule.coalesce, rule.deadband))
+            out.records.append(
+                Record(device_id, ts_us, metrics, received_us, rule.coalesce, rule.deadband)
+            )
+        else:
+            out.records.extend(grouped_records(groups, received_us, rule.coalesce, rule.deadband))
 
     def _device_id(self, rule: Rule, captures: dict[str, str], doc: object) -> str:
         device_id = rule.device_id.render(captures, doc)
