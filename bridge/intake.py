@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -185,7 +186,10 @@ class Intake:
                 if earlier is not None and earlier[0] == topic and earlier[1] == digest:
                     received_us = earlier[2]
                     redelivered = True
-            self._unacked[mid] = (topic, digest, received_us)
+            # Interned: a drain through mosquitto holds up to 65,535 entries (its PINGRESP
+            # comes behind the whole flood, so no fence passes), and a plant's topics repeat:
+            # one string per topic instead of one per message (-5 MB at 65,535).
+            self._unacked[mid] = (sys.intern(topic), digest, received_us)
         mapped = self._mapper.map(topic, payload, received_us)
         self._received += 1
         dead = self._account(mapped, topic, payload, received_us, redelivered)

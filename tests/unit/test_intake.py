@@ -202,6 +202,23 @@ def test_a_puback_read_for_an_older_message_keeps_a_reused_ids_entry() -> None:
     assert intake.take_acked() == (False, [(5, new.received_us)])
 
 
+def test_unacked_entries_of_one_topic_share_one_string() -> None:
+    """A drain through mosquitto keeps up to 65,535 entries until a fence passes (its PINGRESP
+    comes after the whole flood): messages of one topic, each decoded into a string of its
+    own, hold one string between them, and a DUP still matches its entry."""
+    clock = FakeClock(NOW_S)
+    intake, _ = make_intake(clock)
+    topics = ["/".join(["tele", "d1", "temp"]) for _ in range(3)]  # equal, not identical
+    assert topics[0] is not topics[1]
+    first = receive(intake, topics[0], b"21.5", 1)
+    receive(intake, topics[1], b"21.6", 2)
+    kept = intake._unacked  # what the table holds is the point here
+    assert kept[1][0] == "tele/d1/temp"
+    assert kept[1][0] is kept[2][0]
+    clock.advance(1.0)
+    assert receive(intake, topics[2], b"21.5", 1, dup=True).received_us == first.received_us
+
+
 def test_restored_entries_are_recognised_and_reported_when_acknowledged() -> None:
     """Receive times a crashed run committed are reused, and once the broker has read their
     PUBACK they are handed to the next commit once (handed back by untake_acked when that
