@@ -32,13 +32,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from bridge.mqtt.acks import AckLedger
 from bridge.mqtt.client import install_wire, note_bytes_received
 from bridge.mqtt.state import SourceState
 from bridge.mqtt.wire import PINGRESP, ForPaho, Framer, MalformedPacket, WireSocket
 
 # A sink gets (topic, payload, mid, qos, dup, generation); generation changes on each connection.
 MessageSink = Callable[[str, bytes, int, int, bool, int], None]
-# Acknowledgements the broker has read, as (packet id, the key given to ack()), in ack order.
+# Acknowledgements the broker has read, as (packet id, the newest key given to ack() for it),
+# in the order the ids were first acknowledged.
 AcksRead = Callable[[list[tuple[int, int]]], None]
 _BYTES_PER_WAKEUP = 1 << 20  # read at most this much per readiness callback, then yield
 
@@ -69,13 +71,13 @@ class WireDriver:
         self._reading_paused = False
         self._flush_pending = False
         self._on_acks_read = on_acks_read
-        # Acks written since the last fence, and those the outstanding fence covers: packet id
-        # -> key, in ack order. By packet id, because the broker may reuse an id only once it
-        # has read our PUBACK for it, so a newer ack of the same id supersedes the older one.
-        # That bounds both at 65,535 entries even when a fence takes the whole drain to pass
-        # (mosquitto 2.0.11 queues the PINGRESP behind every message it floods past the window).
-        self._unfenced: dict[int, int] = {}
-        self._fenced: dict[int, int] = {}
+        # Acks written since the last fence, and those the outstanding fence covers. By packet
+        # id, because the broker may reuse an id only once it has read our PUBACK for it, so a
+        # newer ack of the same id supersedes the older one. That bounds both at 65,535 entries
+        # even when a fence takes the whole drain to pass (mosquitto 2.0.11 queues the PINGRESP
+        # behind every message it floods past the window), in fixed memory (bridge/mqtt/acks.py).
+        self._unfenced = AckLedger()
+        self._fenced = AckLedger()
         self.received = 0
         self.fences_passed = 0
 
@@ -96,9 +98,7 @@ class WireDriver:
         else:
             self._client.ack(mid, qos)
         if wire is not None:
-            unfenced = self._unfenced
-            unfenced.pop(mid, None)  # keeps ack order: the id moves to the end
-            unfenced[mid] = key
+            self._unfenced.add(mid, key)
             self._schedule_flush()
         self._unacked -= 1
         if self._reading_paused and self._unacked < self._window:
@@ -202,7 +202,8 @@ class WireDriver:
     def _fence_passed(self) -> None:
         """The broker answered the outstanding fence: it has read every acknowledgement
         written before it."""
-        covered, self._fenced = list(self._fenced.items()), {}
+        covered = self._fenced.items()
+        self._fenced.clear()
         self.fences_passed += 1
         if self._unfenced:
             self._schedule_flush()  # the next fence, for what was written meanwhile
@@ -215,7 +216,9 @@ class WireDriver:
             return
         if self._client.want_write():
             self._client.loop_write()  # acknowledgements paho holds (QoS 2) go first
-        self._fenced, self._unfenced = self._unfenced, {}
+        # One fence is out at a time, so the fenced ledger is empty here: the two swap places.
+        self._fenced, self._unfenced = self._unfenced, self._fenced
+        self._unfenced.clear()
         wire.queue_pingreq()
 
     # -- writing ---------------------------------------------------------------------------
@@ -291,8 +294,8 @@ class WireDriver:
 
     def _void_fences(self) -> None:
         """The connection ended: whether the broker read what was not fenced is unknown."""
-        self._unfenced = {}
-        self._fenced = {}
+        self._unfenced.clear()
+        self._fenced.clear()
 
     def register_write(self, _c: mqtt.Client, _ud: Any, sock: WireSocket | Any) -> None:
         """paho has bytes to send."""

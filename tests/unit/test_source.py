@@ -502,7 +502,7 @@ async def test_while_a_fence_is_out_a_reused_packet_id_keeps_only_its_newest_ack
 
             await until(arrived, f"message {k}")
             source.ack(mid, 1, 100 + k)
-        assert len(source._driver._unfenced) == 2  # the bound under test
+        assert len(source._driver._unfenced) == 2  # the bound under test: one entry per id
         peer.release_ping()
         await until(lambda: peer.held_pings == 1, "the next fence")
         peer.release_ping()
