@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from bridge import failpoints
 from bridge.mapping.mapper import Mapped, Mapper
 from bridge.metrics import BridgeMetrics
 from bridge.models import DeadLetter, PayloadExcerpt, Record
+from bridge.mqtt.acks import PACKET_IDS
 from bridge.sparkplug.parking import ParkingLimits
 from bridge.sparkplug_flow import SparkplugFlow, SparkplugWork
 from bridge.unmatched import UnmatchedTopics
@@ -86,8 +87,12 @@ class Intake:
         # entry is that message, and reusing its receive time keeps its record id, so the spool
         # stores it once even when the payload carries no timestamp. A PUBACK written is not one
         # read (it may die in a socket buffer): entries go only when a fence after the PUBACK
-        # has passed (acks_read). Bounded by the 65,535 packet ids.
-        self._unacked: dict[int, tuple[str, bytes, int]] = {}
+        # has passed (acks_read). Indexed by packet id: the receive time (0: no entry) and a
+        # signature of topic and payload digest. Fixed memory (1 MB): a drain through mosquitto
+        # fills all 65,535 ids (its PINGRESP comes behind the whole flood, so no fence passes),
+        # where a dict of tuples held 14 MB of small objects.
+        self._unacked_us = array("q", bytes(8 * PACKET_IDS))
+        self._unacked_sig = array("q", bytes(8 * PACKET_IDS))
         self._acked_since_commit: list[tuple[int, int]] = []
         # Packet id -> receive time of its row in the spool's unacked table.
         self._persisted: dict[int, int] = {}
@@ -181,15 +186,15 @@ class Intake:
                 digest = payload.digest
             else:
                 digest = hashlib.blake2b(payload, digest_size=8).digest()
+            # hash() is salted per process, and the table lives in this process only.
+            sig = hash((topic, digest))
             if dup:
-                earlier = self._unacked.get(mid)
-                if earlier is not None and earlier[0] == topic and earlier[1] == digest:
-                    received_us = earlier[2]
+                earlier = self._unacked_us[mid]
+                if earlier and self._unacked_sig[mid] == sig:
+                    received_us = earlier
                     redelivered = True
-            # Interned: a drain through mosquitto holds up to 65,535 entries (its PINGRESP
-            # comes behind the whole flood, so no fence passes), and a plant's topics repeat:
-            # one string per topic instead of one per message (-5 MB at 65,535).
-            self._unacked[mid] = (sys.intern(topic), digest, received_us)
+            self._unacked_us[mid] = received_us
+            self._unacked_sig[mid] = sig
         mapped = self._mapper.map(topic, payload, received_us)
         self._received += 1
         dead = self._account(mapped, topic, payload, received_us, redelivered)
@@ -253,10 +258,10 @@ class Intake:
         them, and have the next commit drop their rows. An entry newer than the message
         acknowledged (its id already reused) is another message's and stays."""
         self._m.mqtt_puback_fences.inc()
+        unacked = self._unacked_us
         for mid, received_us in acks:
-            entry = self._unacked.get(mid)
-            if entry is not None and entry[2] <= received_us:
-                del self._unacked[mid]
+            if 0 < unacked[mid] <= received_us:
+                unacked[mid] = 0
             row = self._persisted.get(mid)
             if row is not None and row <= received_us:
                 del self._persisted[mid]
@@ -282,12 +287,14 @@ class Intake:
     def restore_unacked(self, entries: dict[int, tuple[str, bytes, int]]) -> None:
         """Receive times an earlier run committed whose PUBACK the broker may not have read
         (at start)."""
-        self._unacked.update(entries)
+        for mid, (topic, digest, received_us) in entries.items():
+            self._unacked_us[mid] = received_us
+            self._unacked_sig[mid] = hash((topic, digest))
         self._persisted.update({mid: e[2] for mid, e in entries.items()})
 
     def session_lost(self) -> None:
         """The broker has no session: nothing will be redelivered."""
-        self._unacked.clear()
+        self._unacked_us = array("q", bytes(8 * PACKET_IDS))
         self._acked_since_commit.clear()
         self._persisted.clear()
         self._forget_all = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import tracemalloc
 
 import pytest
 
@@ -202,21 +203,33 @@ def test_a_puback_read_for_an_older_message_keeps_a_reused_ids_entry() -> None:
     assert intake.take_acked() == (False, [(5, new.received_us)])
 
 
-def test_unacked_entries_of_one_topic_share_one_string() -> None:
-    """A drain through mosquitto keeps up to 65,535 entries until a fence passes (its PINGRESP
-    comes after the whole flood): messages of one topic, each decoded into a string of its
-    own, hold one string between them, and a DUP still matches its entry."""
+def test_every_packet_id_unacknowledged_holds_no_memory_per_message() -> None:
+    """A drain through mosquitto keeps an entry for each of the 65,535 packet ids until a
+    fence passes (its PINGRESP comes after the whole flood): the table is allocated once, so a
+    full one costs no memory per message, and a DUP still matches only its own entry (same
+    id, topic and payload)."""
     clock = FakeClock(NOW_S)
     intake, _ = make_intake(clock)
-    topics = ["/".join(["tele", "d1", "temp"]) for _ in range(3)]  # equal, not identical
-    assert topics[0] is not topics[1]
-    first = receive(intake, topics[0], b"21.5", 1)
-    receive(intake, topics[1], b"21.6", 2)
-    kept = intake._unacked  # what the table holds is the point here
-    assert kept[1][0] == "tele/d1/temp"
-    assert kept[1][0] is kept[2][0]
+    intake.receive("tele/d0/temp", b"0", 1, 1, False, 1)  # mapper caches warmed
+    intake.take(1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for mid in range(1, 65_536):
+            intake.receive(f"tele/d{mid % 50}/temp", b"%d" % mid, mid, 1, False, 1)
+            intake.take(1)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held} bytes held for 65,535 unacknowledged messages"
+    first = receive(intake, "tele/d7/temp", b"7", 7)
+    intake.take(1)
     clock.advance(1.0)
-    assert receive(intake, topics[2], b"21.5", 1, dup=True).received_us == first.received_us
+    assert receive(intake, "tele/d7/temp", b"7", 7, dup=True).received_us == first.received_us
+    intake.take(1)
+    assert receive(intake, "tele/d7/temp", b"8", 7, dup=True).received_us != first.received_us
+    intake.take(1)
+    assert receive(intake, "tele/d8/temp", b"8", 7, dup=True).received_us != first.received_us
 
 
 def test_restored_entries_are_recognised_and_reported_when_acknowledged() -> None:
