@@ -105,8 +105,8 @@ OPERATOR_NOTES: dict[str, str] = {
     "spool_devices_over_share": "above 0: one device sends far more than the others while the "
     "spool nears its cap",
     "mqtt_connects": "rising fast means a flapping link",
-    "mqtt_puback_fences": "rises while messages are acknowledged in a live flow; flat for most of a "
-    "backlog drain is expected (mosquitto 2.0 answers the PINGREQ behind every message it "
+    "mqtt_puback_fences": "rises while messages are acknowledged in a live flow; flat for most "
+    "of a backlog drain is expected (mosquitto 2.0 answers the PINGREQ behind every message it "
     "queued ahead of it); flat in a live flow means the broker reads no PUBACK (their receive "
     "times stay in the spool's `unacked` table)",
     "mqtt_session_lost": "messages queued at the broker while the bridge was away may be gone: "
