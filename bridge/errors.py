@@ -40,6 +40,7 @@ EX_UNAVAILABLE = (
 EX_TEMPFAIL = 75  # sysexits.h: try again later (here: another bridge holds the spool)
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd units use RestartPreventExitStatus=78
 EX_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EX_TERMINATED = 143  # 128 + SIGTERM, as shells report it
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EX_OK, "ok; `run` also exits 0 after a graceful stop (SIGTERM/SIGINT)"),
@@ -80,6 +81,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         "of that name; `alerts apply`: the API refused the token or api.base_url is wrong",
     ),
     (EX_INTERRUPTED, "interrupted (Ctrl-C) in a command other than `run`"),
+    (
+        EX_TERMINATED,
+        "stopped by SIGTERM in a command other than `run`, after stopping what it started "
+        "(`demo`, `bench`, `soak`: the private broker, API and bridge processes)",
+    ),
 )
 """Each exit code and what it means, for the reference page and ``--help``."""
 
@@ -231,3 +237,9 @@ class SpoolLocked(SpoolError):
 class SpoolTooNew(SpoolError):
     """The spool was written by a newer bridge whose layout this version does not know; it is
     left untouched (exit 78, like a configuration error: restarting cannot fix it)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a command other than ``run`` (which stops gracefully on its own): it unwinds
+    like Ctrl-C, so that the code that started a private broker, API or bridge process stops
+    it on the way out. Not a :class:`BridgeError`: no ``except Exception`` may swallow it."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from bridge import __version__
 from bridge.cli import (
@@ -42,6 +44,7 @@ from bridge.errors import (
     EX_INTERRUPTED,
     EX_OK,
     EX_TEMPFAIL,
+    EX_TERMINATED,
     EX_UNAVAILABLE,
     BrokerError,
     ConfigError,
@@ -49,6 +52,7 @@ from bridge.errors import (
     SpoolError,
     SpoolLocked,
     SpoolTooNew,
+    Terminated,
 )
 from bridge.logs import json_line, requested_format
 from bridge.spool.schema import SCHEMA_VERSION
@@ -111,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "run")
     args = build_parser().parse_args(args_list)
     handler: Handler = args.handler
+    previous = _raise_on_sigterm()
     try:
         return handler(args)
     except ConfigError as exc:
@@ -128,11 +133,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolError as exc:
         print(f"metriqo-bridge: spool error: {exc}", file=sys.stderr)
         return EX_FAILURE
+    except Terminated:
+        return EX_TERMINATED
     except KeyboardInterrupt:
         return EX_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()  # "| head" closed the pipe: stop quietly, as other tools do
         return EX_OK
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
+    """SIGTERM raises :class:`Terminated` from here on (the default would end the process at
+    once, leaving the broker and bridge processes of ``demo``, ``bench`` or ``soak`` running);
+    ``run`` and the simulators install their own handlers while their loop runs. Returns the
+    handler to restore (None off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
 
 
 def _report_config_error(exc: ConfigError) -> None:

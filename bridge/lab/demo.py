@@ -30,7 +30,14 @@ import aiohttp
 
 from bridge.app import Bridge
 from bridge.config.loader import load_settings
-from bridge.errors import EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE
+from bridge.errors import (
+    EX_FAILURE,
+    EX_INTERRUPTED,
+    EX_OK,
+    EX_TERMINATED,
+    EX_UNAVAILABLE,
+    Terminated,
+)
 from bridge.lab.apiserver.ratelimits import EndpointLimits
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.broker import BrokerUnavailable, LocalBroker
@@ -83,9 +90,9 @@ def run_demo(args: argparse.Namespace) -> int:
     except BrokerUnavailable as exc:
         print(f"metriqo-bridge demo: cannot start a local broker: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("\ninterrupted: local broker, API and bridge stopped", file=sys.stderr)
-        return EX_INTERRUPTED
+        return EX_TERMINATED if isinstance(exc, Terminated) else EX_INTERRUPTED
 
 
 # The read-back is the demo's oracle (one GET /metrics per series), not a client under the

@@ -85,6 +85,7 @@ class SideSession:
         self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._old_sigint: Any = None
+        self._old_sigterm: Any = None
         self._error = ""
         self._v5 = settings.protocol == "v5"
         client = mqtt.Client(
@@ -131,8 +132,10 @@ class SideSession:
             # wherever the main thread is: raised inside the queue's lock it could leave that
             # lock held, and paho's thread, putting the next message, would then block the
             # disconnect forever (seen once as a tap that did not stop on SIGINT). A second
-            # Ctrl-C interrupts as usual.
+            # Ctrl-C interrupts as usual. SIGTERM the same way (the command line turns it into
+            # an exception like Ctrl-C's).
             self._old_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigint)
         return self
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -149,6 +152,9 @@ class SideSession:
         if self._old_sigint is not None:
             signal.signal(signal.SIGINT, self._old_sigint)
             self._old_sigint = None
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
         self._close()
 
     def messages(self, *, seconds: float, limit: int) -> Iterator[SideMessage]:

@@ -279,12 +279,14 @@ def _read_until(proc: subprocess.Popen[str], lines: list[dict[str, object]], wan
             seen += 1
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 async def test_tap_prints_what_the_bridge_delivers_and_sends_nothing(
-    broker: LocalBroker, api: LocalApi, tmp_path: Path
+    broker: LocalBroker, api: LocalApi, tmp_path: Path, stop: signal.Signals
 ) -> None:
     """tap's points equal the points the running bridge delivers for the same messages, its
     requests hold at most 100 points, its own API sees no request, no spool file appears, and
-    unmatched and dead-lettered messages are printed with their reason."""
+    unmatched and dead-lettered messages are printed with their reason. Ctrl-C or SIGTERM ends
+    it the same way: what it holds is flushed and it exits 0."""
     n = 150
     start_ms = int(time.time() * 1000) - n
     mappings = tmp_path / "mappings.yaml"
@@ -328,7 +330,7 @@ async def test_tap_prints_what_the_bridge_delivers_and_sends_nothing(
             async with asyncio.timeout(120):
                 await asyncio.to_thread(_read_until, proc, lines, n + 1)
                 await api.store.wait_for_points(4 * n, 120)
-            proc.send_signal(signal.SIGINT)  # ends the tap: it flushes what it holds
+            proc.send_signal(stop)  # ends the tap: it flushes what it holds
             out, err = await asyncio.to_thread(proc.communicate, timeout=60)
         finally:
             if proc.poll() is None:
