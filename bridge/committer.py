@@ -100,7 +100,10 @@ class Committer:
             if result is not None:
                 # Only a commit that went through says what commits take: one that waited for
                 # spool space would stretch the gaps long after.
-                pacing.ended(loop.time())
+                ended = loop.time()
+                pacing.ended(ended)
+                self._m.commit_messages.observe(len(batch))
+                self._m.commit_duration.observe(ended - began)
                 self._acknowledge(batch)
                 self._count(batch, result)
                 if log.isEnabledFor(logging.DEBUG):
