@@ -43,6 +43,15 @@ def _command(pid: int) -> str:
         return ""
 
 
+def _look(pid: int, started: dict[int, str]) -> None:
+    """Record the descendants of ``pid`` with their command lines, read again each time: a
+    child seen between fork and exec still shows its parent's."""
+    for child in _descendants(pid):
+        cmd = _command(child)
+        if cmd:
+            started[child] = cmd
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a zombie of ours would be reaped; one of a child is its job)."""
     try:
@@ -73,12 +82,15 @@ def test_sigterm_stops_the_processes_the_command_started(args: list[str]) -> Non
         deadline = time.monotonic() + 60
         broker = None
         while broker is None and proc.poll() is None and time.monotonic() < deadline:
-            started.update({p: _command(p) for p in _descendants(proc.pid) - started.keys()})
+            _look(proc.pid, started)
             broker = next((p for p, cmd in started.items() if "mosquitto" in cmd), None)
             time.sleep(0.05)
-        assert broker is not None, "the command started no broker"
+        if broker is None:
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"no broker seen (exit {proc.returncode}): {err.decode()[-2000:]}")
         time.sleep(1.0)  # into the run: the bridge and the traffic are under way
-        started.update({p: _command(p) for p in _descendants(proc.pid) - started.keys()})
+        _look(proc.pid, started)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == EX_TERMINATED, err.decode(errors="replace")[-2000:]
@@ -91,6 +103,8 @@ def test_sigterm_stops_the_processes_the_command_started(args: list[str]) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()  # a failure here must not leak the pipe
         for pid, cmd in started.items():
             if _running(pid) and _command(pid) == cmd:  # still the process it started
                 os.kill(pid, signal.SIGKILL)
