@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from bridge.lab.broker import LocalBroker, free_port
 from tests.support import REPO, TOKEN
 from tests.support.deploy import IMAGE_UID, SPOOL_VOLUME, final_stage, load_dockerfile
 from tests.support.harness import delivered_points, publish
+from tests.support.http_get import http_get
 from tests.support.tools import require_tool
 
 IMAGE_ENV = "METRIQO_IMAGE_UNDER_TEST"
@@ -127,10 +127,8 @@ async def _wait_ready(podman: Podman, cid: str, port: int) -> None:
     """Until /readyz answers 200; fail at once if the container stops."""
 
     def ready() -> bool:
-        url = f"http://127.0.0.1:{port}/readyz"
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-        return False
+        got = http_get(f"http://127.0.0.1:{port}/readyz")
+        return got is not None and got[0] == 200
 
     async with asyncio.timeout(60):
         while not await asyncio.to_thread(ready):

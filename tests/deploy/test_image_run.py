@@ -48,6 +48,7 @@ from tests.support.deploy import (
     load_dockerfile,
 )
 from tests.support.harness import delivered_points, publish
+from tests.support.http_get import http_get
 from tests.support.tools import require_tool
 
 GRACE_S = 30.0  # compose stop_grace_period and Kubernetes' default: SIGKILL after this
@@ -264,12 +265,8 @@ async def _wait_ready(proc: asyncio.subprocess.Process, port: int, log: Path) ->
     """Wait until the bridge's /readyz answers 200 (fail at once if it exits)."""
 
     def ready() -> bool:
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r,
-        ):
-            return bool(r.status == 200)
-        return False
+        got = http_get(f"http://127.0.0.1:{port}/readyz")
+        return got is not None and got[0] == 200
 
     async with asyncio.timeout(30):
         while not await asyncio.to_thread(ready):

@@ -284,7 +284,8 @@ def scrape(port: int, path: str) -> tuple[int, str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
             return int(r.status), r.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        with exc:  # a 503 carries a body; Python 3.14+ warns when it is left open
+            return exc.code, exc.read().decode()
 
 
 def sample(text: str, name: str) -> float:

@@ -74,7 +74,8 @@ def _ready_problems(http_port: int) -> str:
             body: bytes = r.read()
             return body.decode()
     except urllib.error.HTTPError as exc:
-        return str(exc.read().decode())
+        with exc:  # a 503 carries a body; Python 3.14+ warns when it is left open
+            return str(exc.read().decode())
     except OSError as exc:
         return str(exc)
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bridge.lab.broker.process import free_port
 from bridge.spool.store import Spool
 from tests.support import REPO, TOKEN
 from tests.support.harness import TEST_MAPPINGS, publish
+from tests.support.http_get import http_get
 
 
 def _env() -> dict[str, str]:
@@ -65,12 +65,9 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, path: str = 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"bridge exited {proc.returncode}:\n{log.read_text()}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r,
-        ):
-            if r.status == 200:
-                return
+        got = http_get(f"http://127.0.0.1:{port}{path}")
+        if got is not None and got[0] == 200:
+            return
         time.sleep(0.1)
     pytest.fail(f"bridge not ready:\n{log.read_text()[-3000:]}")
 
