@@ -124,7 +124,7 @@ class SpoolSettings:
     synchronous: Synchronous = "FULL"
     dedup_window_s: float = 900.0
     when_full: WhenFull = "back-pressure"
-    reserve_bytes: int = 8 << 20
+    reserve_bytes: int = 32 << 20  # and the WAL is checkpointed at half of it (spool/file.py)
     fair_share: bool = True  # spool/fairshare.py
     fair_share_at: float = 0.8  # of max_bytes
     held_max_bytes: int | None = None  # None: a quarter of max_bytes

@@ -316,7 +316,9 @@ class SpoolModel(_Section):
         _SPOOL.reserve_bytes,
         ge=0,
         description="disk kept free beside the spool and given back when the disk is full, so "
-        "delivered points can still be deleted; 0: none",
+        "delivered points can still be deleted; 0: none. SQLite's write-ahead log is "
+        "checkpointed every half of it (at most 16 MiB, at least 1 MiB): a larger reserve "
+        "writes less per point",
     )
 
 

@@ -70,7 +70,7 @@ class SpoolFile:
         self.reserve.ensure()
         with self._closed_on_failure():
             try:
-                self._db = _connect(self.path, self.settings.synchronous)
+                self._db = _connect(self.path, self.settings)
                 healthy = _healthy(self._db)
             except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
                 log.error("spool %s cannot be read: %s", self.path, exc)
@@ -80,7 +80,7 @@ class SpoolFile:
                     self._db.close()
                     self._db = None
                 self._move_aside()
-                self._db = _connect(self.path, self.settings.synchronous)
+                self._db = _connect(self.path, self.settings)
             schema.install(self.conn, self.path)
             self.load_counters()
 
@@ -96,7 +96,7 @@ class SpoolFile:
         if not self.path.exists():
             raise SpoolError(f"no spool at {self.path} (check spool.path)")
         with self._closed_on_failure():
-            self._db = _connect(self.path, self.settings.synchronous)
+            self._db = _connect(self.path, self.settings)
             if not _healthy(self._db):
                 raise SpoolError(f"spool {self.path} failed its integrity check")
             schema.install(self._db, self.path)
@@ -337,13 +337,27 @@ class SpoolFile:
 # group commit or a settled request touches a handful: 1 KiB pages write about 40 % fewer
 # bytes per point than SQLite's 4 KiB (flash wear on an edge gateway), at the same CPU.
 PAGE_SIZE = 1024
-# WAL bytes between automatic checkpoints. SQLite counts this limit in pages (1,000 by
-# default): with 1 KiB pages that checkpointed every MiB, and each checkpoint writes every
-# page the WAL changed since the last one, however often it changed. 4 MiB, SQLite's default
-# with its default 4 KiB pages, lets the hot pages (the ends of the tables, the counters)
-# be checkpointed once for more transactions: 582 -> 493 bytes written per point in a live
-# flow, and the WAL stays within half of the spool's disk reserve.
-WAL_CHECKPOINT_BYTES = 4 << 20
+# WAL bytes between automatic checkpoints, at most. SQLite counts this limit in pages (1,000
+# by default: every MiB with 1 KiB pages), and each checkpoint writes every page the WAL
+# changed since the last one, however often it changed: the hot pages (the ends of the tables,
+# the counters, the header) and, in a backlog, the pages of records delivered within the same
+# interval are written to the database file once for more transactions. 1 -> 4 MiB: 582 ->
+# 493 bytes written per point in a live flow; 4 -> 16 MiB: 285-291 -> 262-265 in a backlog
+# drain, 361-370 -> 350-356 in a live flow at 2,000 msg/s, p99 latency unchanged
+# (docs/design/performance.md, round 9).
+WAL_CHECKPOINT_BYTES = 16 << 20
+# ...and at most half the disk reserve (checkpoint_bytes): a checkpoint may grow the database
+# file by as much as the WAL holds, and on a full disk that growth comes out of the reserve.
+MIN_WAL_CHECKPOINT_BYTES = 1 << 20
+
+
+def checkpoint_bytes(reserve_bytes: int) -> int:
+    """WAL bytes between checkpoints for a spool with a disk reserve of ``reserve_bytes``:
+    :data:`WAL_CHECKPOINT_BYTES`, or half the reserve where that is less (not under
+    :data:`MIN_WAL_CHECKPOINT_BYTES`); with no reserve (0), :data:`WAL_CHECKPOINT_BYTES`."""
+    if reserve_bytes <= 0:
+        return WAL_CHECKPOINT_BYTES
+    return max(MIN_WAL_CHECKPOINT_BYTES, min(WAL_CHECKPOINT_BYTES, reserve_bytes // 2))
 
 
 def due(now: float, planned: float, every: float) -> bool:
@@ -353,7 +367,7 @@ def due(now: float, planned: float, every: float) -> bool:
     return not now < planned <= now + every
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+def _connect(path: Path, settings: SpoolSettings) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, one per group commit.
     new = not path.exists() or path.stat().st_size == 0
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -366,8 +380,9 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
-        db.execute(f"PRAGMA synchronous={synchronous}")
+        checkpoint = checkpoint_bytes(settings.reserve_bytes) // page_size
+        db.execute(f"PRAGMA wal_autocheckpoint={checkpoint}")
+        db.execute(f"PRAGMA synchronous={settings.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
     except BaseException:

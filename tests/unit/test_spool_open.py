@@ -265,19 +265,20 @@ def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> Non
 
 
 @pytest.mark.parametrize("page_size", [None, 4096])
-def test_the_wal_is_checkpointed_after_about_4_mib_whatever_the_page_size(
+def test_the_wal_is_checkpointed_after_half_the_reserve_whatever_the_page_size(
     path: Path, page_size: int | None
 ) -> None:
-    """SQLite's automatic checkpoint counts pages: the spool sets it to 4 MiB of them, for its
-    own 1 KiB pages and for a file an older bridge made with 4 KiB pages. The WAL file keeps
-    the size it reached before the checkpoint that restarts it."""
+    """SQLite's automatic checkpoint counts pages: the spool sets it to half its disk reserve
+    in bytes (here 8 MiB, so 4 MiB), for its own 1 KiB pages and for a file an older bridge
+    made with 4 KiB pages. The WAL file keeps the size it reached before the checkpoint that
+    restarts it."""
     if page_size is not None:
         path.parent.mkdir(parents=True)
         old = sqlite3.connect(path)
         old.execute(f"PRAGMA page_size={page_size}")
         old.execute("PRAGMA journal_mode=WAL")
         old.close()
-    s = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    s = Spool(SpoolSettings(path, reserve_bytes=8 << 20), clock=FakeClock(NOW_S))
     s.open()
     try:
         assert s.file.conn.execute("PRAGMA page_size").fetchone()[0] == (page_size or 1024)
@@ -286,5 +287,29 @@ def test_the_wal_is_checkpointed_after_about_4_mib_whatever_the_page_size(
             s.outbox.delivered([r.seq for r in s.outbox.fetch(0, 500)])
         wal = Path(f"{path}-wal").stat().st_size
         assert 3 << 20 < wal < 6 << 20
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("reserve", "expected"),
+    [
+        (0, 16 << 20),  # no reserve: the most
+        (32 << 20, 16 << 20),  # the default reserve
+        (64 << 20, 16 << 20),  # never more than 16 MiB
+        (6 << 20, 3 << 20),
+        (1 << 20, 1 << 20),  # never less than 1 MiB
+    ],
+)
+def test_the_checkpoint_interval_follows_the_reserve(
+    path: Path, reserve: int, expected: int
+) -> None:
+    """A checkpoint can grow the database file by what the WAL holds; on a full disk that
+    comes out of the reserve given back, so the WAL holds at most half of it."""
+    s = Spool(SpoolSettings(path, reserve_bytes=reserve), clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        pages = s.file.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert pages * 1024 == expected
     finally:
         s.close()
