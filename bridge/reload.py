@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge import heap
 from bridge.config.files import file_key
 from bridge.errors import ConfigError
 from bridge.mapping.identifiers import IdentifierLimits
@@ -65,6 +66,7 @@ class MappingReloader:
             extra={"path": str(path), "rules": len(rules)},
         )
         added, removed = self._swap(make_mapper(rules, self._s))
+        heap.refreeze()  # the old rules' cycles were frozen with the rest at start-up
         self._m.config_reloads.labels("success").inc()
         self._m.config_last_reload_ok.set(1)
         self._m.config_last_reload_time.set(time.time())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import __version__
+from bridge import __version__, heap
 from bridge.cli.command import Subparsers
 from bridge.cli.flags import add_settings_flags, settings_from
 from bridge.errors import EX_OK
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         settings.state_dir,
         loop_name,
     )
+    heap.settle()  # start-up is done: what it made lives as long as the process
     with asyncio.Runner(loop_factory=new_loop) as runner:
         runner.run(serve())
     log.info("stopped")
