@@ -346,8 +346,10 @@ PAGE_SIZE = 1024
 # drain, 361-370 -> 350-356 in a live flow at 2,000 msg/s, p99 latency unchanged
 # (docs/design/performance.md, round 9).
 WAL_CHECKPOINT_BYTES = 16 << 20
-# ...and at most half the disk reserve (checkpoint_bytes): a checkpoint may grow the database
-# file by as much as the WAL holds, and on a full disk that growth comes out of the reserve.
+# checkpoint_bytes keeps the interval within half the disk reserve, because a checkpoint may
+# grow the database file by as much as the WAL holds and on a full disk that growth comes out
+# of the reserve; but never under this floor, so a reserve under 2 MiB checkpoints every MiB
+# rather than after every few transactions.
 MIN_WAL_CHECKPOINT_BYTES = 1 << 20
 
 
