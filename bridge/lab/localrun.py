@@ -227,7 +227,15 @@ class BridgeProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> int:
-        """SIGTERM and wait (SIGKILL after 60 s); the exit code, or -1 if never started."""
+        """SIGTERM and wait (SIGKILL after 60 s); the exit code, or -1 if never started.
+
+        With a LocalApi still up, ``await api.settle()`` next, before reading its store or
+        leaving it: a connection the bridge opened as it died can still wait in the kernel's
+        queue. Read without settling, the store may lack a request the server is about to
+        take in; left without settling, Python 3.11's ``Server.close()`` can come between
+        that connection's accept and its transport's setup, and the half-built transport is
+        then never closed (a ResourceWarning when the garbage collector finds it).
+        """
         if self.proc is None or self.proc.poll() is not None:
             return -1 if self.proc is None else self.proc.returncode
         try:

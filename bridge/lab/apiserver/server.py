@@ -406,6 +406,15 @@ class LocalApi:
         """
         if self._runner is None or self._runner.server is None:
             raise RuntimeError("LocalApi is not running")
+        await self._take_in_waiting()
+        server = self._runner.server
+        # aiohttp's Server signals no connection's end, so it is polled.
+        while server.connections:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    async def _take_in_waiting(self) -> None:
+        """Returns once every connection waiting in the kernel's queue when called has been
+        accepted and set up: a request of our own is answered after all of them."""
         client_tls = None
         if self._ssl_context is not None:
             # Our own server, asked only to answer: its certificate is not what is checked here.
@@ -418,10 +427,6 @@ class LocalApi:
             await reader.read()
         finally:
             writer.close()
-        server = self._runner.server
-        # aiohttp's Server signals no connection's end, so it is polled.
-        while server.connections:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Self:
         """Binds and starts serving."""
@@ -442,6 +447,14 @@ class LocalApi:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stops serving and closes open connections."""
+        if self._runner is not None:
+            # Python 3.11's Server.close() can fall between a waiting connection's accept and
+            # its transport's setup; that half-built transport is never closed (CPython
+            # gh-109564 and kin). Taking the queue in first closes that gap for clients that
+            # died or stopped before we leave; a client still connecting now can still race.
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._take_in_waiting()
         runner, self._runner = self._runner, None
         self._port = None
         if runner is not None:

@@ -132,6 +132,7 @@ class EdgeBench:
                 code = await asyncio.to_thread(bridge.stop)
                 queued.close()
                 live.close()
+            await api.settle()  # see BridgeProcess.stop
             cgroup_peak = box.peak_mb()
             requests = list(api.store.requests)
         total = self.backlog + self.live

@@ -156,6 +156,7 @@ async def _one_group(
         finally:
             for b in bridges:
                 await asyncio.to_thread(b.stop)
+        await api.settle()  # see BridgeProcess.stop
         arrived = [
             (p.device_id, p.metric, round(p.timestamp.timestamp() * 1000))
             for p in api.store.points()

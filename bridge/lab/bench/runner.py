@@ -186,6 +186,7 @@ class _Bench:
             finally:
                 code = await asyncio.to_thread(bridge.stop)
                 publisher.close()
+            await api.settle()  # see BridgeProcess.stop
             requests = list(api.store.requests)
         report = summarize(
             self.mode,

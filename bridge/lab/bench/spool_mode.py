@@ -170,6 +170,7 @@ class SpoolBench:
             # drain lasts until it has exited.
             await asyncio.to_thread(bridge.stop)
             drain_s = time.monotonic() - start
+            await api.settle()  # see BridgeProcess.stop
             return ready_s, drained, drain_s, list(api.store.requests)
 
     async def _watch(
