@@ -78,6 +78,13 @@ class Report:
     disk_write_bytes: float = math.nan
     disk_bytes_per_message: float = math.nan
     disk_bytes_per_point: float = math.nan
+    # A backlog's two phases (bench/phases.py): taking in while delivering, then delivering.
+    intake_seconds_from_connect: float = math.nan
+    intake_messages_per_s: float = math.nan
+    delivery_after_intake_points_per_s: float = math.nan
+    delivery_after_intake_cpu_us_per_point: float = math.nan
+    intake_cpu_us_per_message_estimated: float = math.nan
+    delivery_share_of_cpu_estimated: float = math.nan
     settings: dict[str, object] = field(default_factory=dict)
     baselines: list[dict[str, object]] = field(default_factory=list)
     targets: list[dict[str, object]] = field(default_factory=list)

@@ -40,6 +40,7 @@ from bridge.errors import EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.bench.baselines import Baseline, BaselineClients
 from bridge.lab.bench.forms import FORMS_TARGET_RATIO, time_forms
+from bridge.lab.bench.phases import add_phases, drain_phases
 from bridge.lab.bench.report import (
     Report,
     Sample,
@@ -205,6 +206,19 @@ class _Bench:
             connected = max(1e-9, report.seconds_to_last_delivery - run.connected)
             report.seconds_connected_to_last_delivery = round(connected, 3)
             report.messages_per_s_from_connect = round(self.messages / connected, 1)
+            deliveries = [
+                (r.received_wall.timestamp() - run.t0, r.points_written)
+                for r in requests
+                if r.status == 201
+            ]
+            phases = drain_phases(
+                self.samples,
+                deliveries,
+                messages=self.messages,
+                points=self.messages * METRICS_PER_MESSAGE,
+                connected=run.connected,
+            )
+            add_phases(report, phases)
         report.settings = {k: v for k, v in self.settings.items() if "token" not in k}
         report.settings["api_limit_per_min"] = a.api_limit
         if not run.delivered:
