@@ -38,7 +38,12 @@ from bridge.lab.bench.report import (
     summarize,
     target,
 )
-from bridge.lab.bench.workspace import DEVICES, await_delivery, bridge_settings
+from bridge.lab.bench.workspace import (
+    DEVICES,
+    await_delivery,
+    bridge_settings,
+    collector_paused,
+)
 from bridge.lab.broker import LocalBroker, free_port
 from bridge.lab.localrun import (
     BENCH_MAPPINGS,
@@ -90,7 +95,7 @@ class EdgeBench:
 
     async def run(self) -> int:
         """Print the report (and write it as JSON); 0 when nothing was lost."""
-        with confined("0", int(self.args.memory_mb)) as box:
+        with confined("0", int(self.args.memory_mb)) as box, collector_paused():
             report = await self._measure(box)
         print(render_edge(report))
         if self.args.json_out is not None:

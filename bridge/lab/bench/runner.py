@@ -61,7 +61,13 @@ from bridge.lab.bench.rules import (
     time_rule_sets,
 )
 from bridge.lab.bench.spool_mode import SpoolBench
-from bridge.lab.bench.workspace import BENCH_TOPIC, DEVICES, await_delivery, bridge_settings
+from bridge.lab.bench.workspace import (
+    BENCH_TOPIC,
+    DEVICES,
+    await_delivery,
+    bridge_settings,
+    collector_paused,
+)
 from bridge.lab.broker import BrokerUnavailable, LocalBroker, free_port
 from bridge.lab.localrun import (
     BENCH_MAPPINGS,
@@ -176,9 +182,13 @@ class _Bench:
 
     async def measure(self) -> Report:
         """Run the bench and the baselines; the report with its targets."""
-        a = self.args
         bridge = BridgeProcess(self.workdir, self.settings, self.token)
         publisher = ProcessPublisher(self.broker.port, self.messages, self.base_ms, DEVICES)
+        with collector_paused():
+            return await self._measure(bridge, publisher)
+
+    async def _measure(self, bridge: BridgeProcess, publisher: ProcessPublisher) -> Report:
+        a = self.args
         async with LocalApi(
             self.token, port=self.api_port, rate_limit_per_minute=a.api_limit
         ) as api:

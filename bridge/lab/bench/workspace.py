@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.lab.apiserver.server import LocalApi
@@ -14,6 +16,28 @@ from bridge.lab.localrun import BridgeProcess
 
 DEVICES = 20
 BENCH_TOPIC = "bench/+/env"  # the bridge's subscription for BENCH_MAPPINGS
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector of the bench's own process off while it measures.
+
+    This process hosts the stand-in API, whose store keeps an object for every point it
+    accepted, and the collector's full collections walk them all: in a 30 s flow at 2,000
+    msg/s on a 2-core machine, six of them paused this process for 30-99 ms each. A request
+    arriving meanwhile is answered (and its arrival time taken) after the pause, so the bridge's
+    publish-to-API latency counted the bench's pauses: p99 55-86 ms, where the bridge's own
+    receive-to-2xx histogram had 99.2 % under 50 ms. Objects are still freed by reference
+    counting while it is off; the cycles left are collected once, at the end.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
 
 
 def bridge_settings(
