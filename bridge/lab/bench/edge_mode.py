@@ -27,6 +27,7 @@ from bridge.errors import EX_FAILURE, EX_OK
 from bridge.lab.apiserver.server import LocalApi
 from bridge.lab.apiserver.store import RequestRecord
 from bridge.lab.bench.edge import Confinement, confined
+from bridge.lab.bench.phases import FIELDS as PHASE_FIELDS
 from bridge.lab.bench.report import (
     TARGET_LATENCY_OVER_LINGER_S,
     Report,
@@ -256,7 +257,9 @@ def render_edge(report: EdgeReport) -> str:
     """The run's table, then the edge figures, targets and verdict."""
     run = report.run
     width = 36
-    lines = [f"{k.replace('_', ' '):<{width}}  {v}" for k, v in run.items() if k != "settings"]
+    # The drain's phases are a backlog's alone: here a live flow runs through the drain.
+    skip = ("settings", *PHASE_FIELDS)
+    lines = [f"{k.replace('_', ' '):<{width}}  {v}" for k, v in run.items() if k not in skip]
     for k, v in asdict(report).items():
         if k not in ("run", "targets", "problems", "mode"):
             lines.append(f"{k.replace('_', ' '):<{width}}  {v}")

@@ -110,6 +110,17 @@ def drain_phases(
     )
 
 
+# The report's fields that add_phases fills (left out where a mode never measures them).
+FIELDS = (
+    "intake_seconds_from_connect",
+    "intake_messages_per_s",
+    "delivery_after_intake_points_per_s",
+    "delivery_after_intake_cpu_us_per_point",
+    "intake_cpu_us_per_message_estimated",
+    "delivery_share_of_cpu_estimated",
+)
+
+
 def add_phases(report: Report, phases: DrainPhases | None) -> None:
     """Put a drain's phases into its report (left NaN when they could not be told apart)."""
     if phases is None:
