@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bridge.serving import before_close
 from bridge.settings import HttpSettings
 
 ReadinessProbe = Callable[[], list[str]]  # returns the reasons for not being ready
@@ -53,6 +54,9 @@ class StatusServer:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._runner is not None:
+            # A scraper that connected as the bridge stops must not be left half-accepted
+            # (bridge/serving.py); bounded, so a stop never waits long for it.
+            await before_close(self._host, self.port, within_s=1.0)
             await self._runner.cleanup()
 
     async def _metrics(self, _req: web.Request) -> web.Response:

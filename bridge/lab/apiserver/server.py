@@ -50,6 +50,7 @@ from bridge.lab.apiserver.validation import (
     validate_telemetry,
 )
 from bridge.limits import TELEMETRY_REQUESTS_PER_MINUTE
+from bridge.serving import before_close, take_in_waiting
 
 API_PREFIX = "/api/v2"
 NOTIFIER = web.AppKey("notifier", Notifier)
@@ -406,27 +407,11 @@ class LocalApi:
         """
         if self._runner is None or self._runner.server is None:
             raise RuntimeError("LocalApi is not running")
-        await self._take_in_waiting()
+        await take_in_waiting(self._host, self.port, tls=self._ssl_context is not None)
         server = self._runner.server
         # aiohttp's Server signals no connection's end, so it is polled.
         while server.connections:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-
-    async def _take_in_waiting(self) -> None:
-        """Returns once every connection waiting in the kernel's queue when called has been
-        accepted and set up: a request of our own is answered after all of them."""
-        client_tls = None
-        if self._ssl_context is not None:
-            # Our own server, asked only to answer: its certificate is not what is checked here.
-            client_tls = ssl.create_default_context()
-            client_tls.check_hostname = False
-            client_tls.verify_mode = ssl.CERT_NONE
-        reader, writer = await asyncio.open_connection(self._host, self.port, ssl=client_tls)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: settle\r\nConnection: close\r\n\r\n")
-            await reader.read()
-        finally:
-            writer.close()
 
     async def __aenter__(self) -> Self:
         """Binds and starts serving."""
@@ -447,14 +432,8 @@ class LocalApi:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Stops serving and closes open connections."""
-        if self._runner is not None:
-            # Python 3.11's Server.close() can fall between a waiting connection's accept and
-            # its transport's setup; that half-built transport is never closed (CPython
-            # gh-109564 and kin). Taking the queue in first closes that gap for clients that
-            # died or stopped before we leave; a client still connecting now can still race.
-            with contextlib.suppress(OSError, TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await self._take_in_waiting()
+        if self._runner is not None:  # see bridge/serving.py
+            await before_close(self._host, self.port, tls=self._ssl_context is not None)
         runner, self._runner = self._runner, None
         self._port = None
         if runner is not None:
