@@ -14,7 +14,7 @@ from bridge.status import StatusServer
 
 
 def _server() -> StatusServer:
-    return StatusServer(CollectorRegistry(), lambda: [], HttpSettings(host="127.0.0.1", port=0))
+    return StatusServer(CollectorRegistry(), list, HttpSettings(host="127.0.0.1", port=0))
 
 
 def _connect(port: int) -> socket.socket:
