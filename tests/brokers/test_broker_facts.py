@@ -183,7 +183,13 @@ async def test_redelivery_after_a_reconnect(
     clients.append(first)
     await _subscribe(first, "facts/redeliver")
     assert await asyncio.to_thread(_publish, matrix_broker, "facts/redeliver", payloads)
-    await until(lambda: len(first.got) == 5, "5 messages, unacknowledged", timeout=20)
+    if facts.holds_back:
+        # Some may wait in the store for the session's next reconnect, which must then bring
+        # them with the unacknowledged ones (test_every_message_arrives_at_the_latest_...).
+        await until(lambda: len(first.got) >= 1, "a message, unacknowledged", timeout=20)
+        await asyncio.sleep(2)  # whatever is not held back has arrived by now
+    else:
+        await until(lambda: len(first.got) == 5, "5 messages, unacknowledged", timeout=20)
     began = time.monotonic()  # the broker sent them at the latest now
     first.close(abruptly=True)
     again = Client(matrix_broker, "facts-redeliver", clean=False).connect()
