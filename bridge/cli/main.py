@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version_line() -> str:
-    """``metriqo-bridge 0.1.0 (spool layout 4)``: the installed version (from the git tag it was
+    """``metriqo-bridge 0.1.0 (spool layout 5)``: the installed version (from the git tag it was
     built at) and the spool layout it writes. A spool of a lower layout is migrated when opened;
     one of a higher layout is refused, untouched (docs/operations/upgrades-and-backups.md)."""
     return f"metriqo-bridge {__version__} (spool layout {SCHEMA_VERSION})"

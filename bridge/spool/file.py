@@ -309,6 +309,7 @@ class SpoolFile:
         self.delivered_points_total = int(self.meta_get("delivered_points") or 0)
         self.dropped_points_total = int(self.meta_get("dropped_points") or 0)
         self._data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        schema.count_devices(db)
         self.dead_letters.measure(db)
         self.refresh_oldest()
         self.refresh_size()
@@ -386,6 +387,9 @@ def _connect(path: Path, settings: SpoolSettings) -> sqlite3.Connection:
         db.execute(f"PRAGMA wal_autocheckpoint={checkpoint}")
         db.execute(f"PRAGMA synchronous={settings.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
+        # The devices' totals (schema.TEMP_DEVICES) live in the temporary database: in memory,
+        # never written to disk.
+        db.execute("PRAGMA temp_store=MEMORY")
         db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
     except BaseException:
         # A file that is not a database fails here, before the spool holds the connection to

@@ -6,6 +6,9 @@ misreading it. 0 means a new file or one from before versions were recorded (lay
 Layout 2: record ids begin with the timestamp (see :func:`bridge.models.record_id`).
 Layout 3: the ``held`` records and the ``devices`` totals of the fair share
 (:mod:`bridge.spool.fairshare`); an older bridge would not see held points, so it refuses.
+Layout 4: the delivered ids in the order of delivery, the audit by minute first.
+Layout 5: the ``devices`` totals leave the file for the connection's temporary database
+(:data:`TEMP_DEVICES`); an older bridge would find no totals, so it refuses.
 Tables that an older bridge may safely ignore are added without a new version: every open
 creates the missing ones (``coalesce_state``; ``deadband_state``, whose loss only means the
 next value of each metric is sent; ``sparkplug_aliases``, which an older bridge without
@@ -28,7 +31,7 @@ from bridge.models import Record, SpooledRecord, record_id
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATE_CHUNK = 10_000
 
 # In the order of delivery (``id``), which is the order they are forgotten in. Layout 3 kept
@@ -93,7 +96,7 @@ CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, at_us);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 -- Ids of recently delivered records: a broker that redelivers a message after the bridge
 -- delivered it (its PUBACK was lost in a broker restart) does not cause a second delivery.
-"""  # noqa: S608 (constants only)
+"""
     + DELIVERED_IDS
     + """
 -- Running aggregates of coalescing rules, one row per device, metric and window. Updated in the
@@ -163,33 +166,6 @@ CREATE TABLE IF NOT EXISTS held (
     n INTEGER NOT NULL,
     received_us INTEGER NOT NULL
 );
--- Points waiting per device, kept by the triggers below in the transaction that changes
--- them, whichever code (or process) writes: the fair share reads a device's total without
--- scanning the records. ``head`` is at most the seq of the device's oldest waiting record.
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    points INTEGER NOT NULL DEFAULT 0,
-    held INTEGER NOT NULL DEFAULT 0,
-    head INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS records_devices_in AFTER INSERT ON records BEGIN
-    INSERT INTO devices (device_id, points, head) VALUES (NEW.device_id, NEW.n, NEW.seq)
-    ON CONFLICT (device_id) DO UPDATE SET
-        head = CASE WHEN points <= 0 THEN excluded.head ELSE head END,
-        points = points + excluded.points;
-END;
-CREATE TRIGGER IF NOT EXISTS records_devices_out AFTER DELETE ON records BEGIN
-    UPDATE devices SET points = points - OLD.n WHERE device_id = OLD.device_id;
-    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
-END;
-CREATE TRIGGER IF NOT EXISTS held_devices_in AFTER INSERT ON held BEGIN
-    INSERT INTO devices (device_id, held) VALUES (NEW.device_id, NEW.n)
-    ON CONFLICT (device_id) DO UPDATE SET held = held + excluded.held;
-END;
-CREATE TRIGGER IF NOT EXISTS held_devices_out AFTER DELETE ON held BEGIN
-    UPDATE devices SET held = held - OLD.n WHERE device_id = OLD.device_id;
-    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
-END;
 -- The alias tables of Sparkplug B edge nodes, written in the commit of the BIRTH that defines
 -- them (spool/sparkplug.py). device is '' for a node's own metrics; alias NULL for a metric
 -- born without one.
@@ -223,6 +199,77 @@ CREATE TABLE IF NOT EXISTS unacked (
 );
 """
 )
+
+# Points waiting per device, for the fair share and fair batches: a device's total without
+# scanning the records. Kept in the connection's temporary database, not in the file: its
+# rows are derived (rebuilt from the records at every open, :func:`count_devices`), and as a
+# table of the file every group commit and settlement wrote its pages to the WAL and
+# checkpointed them again. Layouts 3 and 4 kept it there (layout 5 drops it): 16 % fewer
+# bytes per point with 2,000 devices (docs/design/performance.md, round 11). The temporary
+# triggers keep it in the transaction that changes the records; another connection's writes
+# (a ``dead-letters requeue``) do not fire them, so the spool rebuilds it when it sees such
+# writes (:meth:`~bridge.spool.file.SpoolFile.external_changes`). ``head`` is at most the seq
+# of the device's oldest waiting record.
+TEMP_DEVICES = """
+CREATE TEMP TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    points INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0,
+    head INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TEMP TRIGGER IF NOT EXISTS records_devices_in AFTER INSERT ON main.records BEGIN
+    INSERT INTO devices (device_id, points, head) VALUES (NEW.device_id, NEW.n, NEW.seq)
+    ON CONFLICT (device_id) DO UPDATE SET
+        head = CASE WHEN points <= 0 THEN excluded.head ELSE head END,
+        points = points + excluded.points;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS records_devices_out AFTER DELETE ON main.records BEGIN
+    UPDATE devices SET points = points - OLD.n WHERE device_id = OLD.device_id;
+    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS held_devices_in AFTER INSERT ON main.held BEGIN
+    INSERT INTO devices (device_id, held) VALUES (NEW.device_id, NEW.n)
+    ON CONFLICT (device_id) DO UPDATE SET held = held + excluded.held;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS held_devices_out AFTER DELETE ON main.held BEGIN
+    UPDATE devices SET held = held - OLD.n WHERE device_id = OLD.device_id;
+    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
+"""
+# The tables and triggers of layouts 3 and 4 that layout 5 keeps in the temporary database.
+_LAYOUT5_DROPPED = (
+    "DROP TRIGGER IF EXISTS main.records_devices_in",
+    "DROP TRIGGER IF EXISTS main.records_devices_out",
+    "DROP TRIGGER IF EXISTS main.held_devices_in",
+    "DROP TRIGGER IF EXISTS main.held_devices_out",
+    "DROP TABLE IF EXISTS main.devices",
+)
+
+
+def count_devices(db: sqlite3.Connection) -> None:
+    """(Re)build the temporary ``devices`` totals from the records and held points in the
+    file, in one transaction (another connection may be writing)."""
+    db.execute("BEGIN")
+    try:
+        db.execute("DELETE FROM temp.devices")
+        # An upsert per row in seq order, not GROUP BY: that sorts every row first, in
+        # memory here (temp_store), megabytes for a spool of millions of points.
+        db.execute(
+            "INSERT INTO temp.devices (device_id, points, head) "
+            "SELECT device_id, n, seq FROM main.records WHERE true ORDER BY seq "
+            "ON CONFLICT (device_id) DO UPDATE SET points = points + excluded.points"
+        )
+        db.execute(
+            "INSERT INTO temp.devices (device_id, held) "
+            "SELECT device_id, n FROM main.held WHERE true "
+            "ON CONFLICT (device_id) DO UPDATE SET held = held + excluded.held"
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
 
 RECORD_COLUMNS = "seq, device_id, ts_us, metrics, received_us"
 INSERT_RECORD = (
@@ -312,7 +359,12 @@ def install(db: sqlite3.Connection, path: Path) -> None:
             _count_devices(db)
         if found < 4:
             _layout4(db)
+        if found < 5:
+            with _upgrade(db, 5):
+                for statement in _LAYOUT5_DROPPED:
+                    db.execute(statement)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.executescript(TEMP_DEVICES)
 
 
 @contextlib.contextmanager
@@ -364,14 +416,10 @@ def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
 
 
 def _count_devices(db: sqlite3.Connection) -> None:
-    """Layout 2 -> 3: the devices' totals of the records already waiting (the triggers keep
-    them from now on), in one transaction with the new layout version."""
+    """Layout 2 -> 3: the devices' totals of the records already waiting. Layout 5 keeps them
+    outside the file (:data:`TEMP_DEVICES`), so only the version changes."""
     with _upgrade(db, 3):
-        db.execute("DELETE FROM devices")
-        db.execute(
-            "INSERT INTO devices (device_id, points, head) "
-            "SELECT device_id, SUM(n), MIN(seq) FROM records GROUP BY device_id"
-        )
+        pass
 
 
 def _layout4(db: sqlite3.Connection) -> None:

@@ -1,5 +1,6 @@
-"""Spool layout versions: record ids that sort by time (layout 2), and the migration of a
-layout 1 spool, whose ids were a plain hash, at open."""
+"""Spool layout versions: record ids that sort by time (layout 2), the migration of a layout 1
+spool, whose ids were a plain hash, at open, and the devices' totals that layout 5 keeps out of
+the file."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     spool.open()
     try:
         db = spool.file.conn
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         stored = dict(db.execute("SELECT ts_us, rid FROM records").fetchall())
         assert stored == {r.ts_us: r.record_id for r in records}
         assert db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0] == 0
@@ -87,7 +88,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
         assert result.points_duplicate == 2
         assert [r.ts_us for r in spool.outbox.fetch(0, 100)] == [r.ts_us for r in records]
         assert spool.file.depth_points == 50
-        # Layout 3: each device's total of the records already waiting.
+        # Each device's total of the records already waiting, counted at open.
         totals = dict(db.execute("SELECT device_id, points FROM devices").fetchall())
         assert totals == {"d0": 18, "d1": 16, "d2": 16}
     finally:
@@ -113,11 +114,7 @@ def test_a_layout2_spool_gets_its_device_totals_at_open(tmp_path: Path) -> None:
     spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(9)], [])
     spool.close()
     db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TRIGGER records_devices_in; DROP TRIGGER records_devices_out;"
-        "DROP TRIGGER held_devices_in; DROP TRIGGER held_devices_out;"
-        "DROP TABLE devices; DROP TABLE held; PRAGMA user_version=2;"
-    )
+    db.executescript("DROP TABLE held; PRAGMA user_version=2;")
     db.close()
 
     spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
@@ -181,5 +178,113 @@ def test_a_layout3_spool_keeps_its_delivered_ids_and_audit_in_the_new_order(tmp_
             (minute,),
         ).fetchone()
         assert added == (2, 5.0 + _rec(9).metrics["a"])
+    finally:
+        spool.close()
+
+
+# The devices' totals as layouts 3 and 4 kept them: a table of the file, kept by triggers.
+_LAYOUT4_DEVICES = """
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    points INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0,
+    head INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TRIGGER records_devices_in AFTER INSERT ON records BEGIN
+    INSERT INTO devices (device_id, points, head) VALUES (NEW.device_id, NEW.n, NEW.seq)
+    ON CONFLICT (device_id) DO UPDATE SET
+        head = CASE WHEN points <= 0 THEN excluded.head ELSE head END,
+        points = points + excluded.points;
+END;
+CREATE TRIGGER records_devices_out AFTER DELETE ON records BEGIN
+    UPDATE devices SET points = points - OLD.n WHERE device_id = OLD.device_id;
+    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
+CREATE TRIGGER held_devices_in AFTER INSERT ON held BEGIN
+    INSERT INTO devices (device_id, held) VALUES (NEW.device_id, NEW.n)
+    ON CONFLICT (device_id) DO UPDATE SET held = held + excluded.held;
+END;
+CREATE TRIGGER held_devices_out AFTER DELETE ON held BEGIN
+    UPDATE devices SET held = held - OLD.n WHERE device_id = OLD.device_id;
+    DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
+INSERT INTO devices (device_id, points, head)
+    SELECT device_id, SUM(n), MIN(seq) FROM records GROUP BY device_id;
+PRAGMA user_version=4;
+"""
+
+
+def _file_tables(path: Path) -> set[str]:
+    """The tables and triggers in the spool file itself, as another connection sees them."""
+    db = sqlite3.connect(path)
+    try:
+        return {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    finally:
+        db.close()
+
+
+def test_a_layout4_spool_loses_its_device_table_and_keeps_its_totals(tmp_path: Path) -> None:
+    """Layout 4 kept the devices' totals in the file; layout 5 drops that table and its
+    triggers at open and keeps the totals in memory: counted from what waits, then kept by
+    every commit and delete, and never written to the file."""
+    path = tmp_path / "spool.db"
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(9)], [])
+    spool.close()
+    db = sqlite3.connect(path)
+    db.executescript(_LAYOUT4_DEVICES)
+    db.close()
+    assert "devices" in _file_tables(path)
+
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        db = spool.file.conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert not _file_tables(path) & {
+            "devices",
+            "records_devices_in",
+            "records_devices_out",
+            "held_devices_in",
+            "held_devices_out",
+        }
+        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d1": 8}
+        spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1"])
+        spool.writer.commit([_rec(20, device="d2")], [])
+        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d2": 2}
+        assert "devices" not in _file_tables(path)
+    finally:
+        spool.close()
+
+
+def test_device_totals_follow_writes_of_another_connection(tmp_path: Path) -> None:
+    """Another connection's writes (a ``dead-letters requeue`` beside the running bridge) do not
+    fire the bridge's triggers: the spool counts the totals again when it notices them."""
+    path = tmp_path / "spool.db"
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        spool.writer.commit([_rec(i, device="d1") for i in range(3)], [])
+        db = spool.file.conn
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute(
+            "INSERT INTO records (rid, device_id, ts_us, metrics, n, received_us) "
+            "VALUES (?, 'd9', ?, '{\"a\": 1.0}', 1, ?)",
+            (b"\x02" * 16, T0_US, T0_US),
+        )
+        other.execute("DELETE FROM records WHERE seq = (SELECT MIN(seq) FROM records)")
+        other.execute(
+            "INSERT INTO held (rid, device_id, ts_us, metrics, n, received_us) "
+            "VALUES (?, 'd1', ?, '{\"a\": 1.0, \"b\": 2.0}', 2, ?)",
+            (b"\x03" * 16, T0_US, T0_US),
+        )
+        other.close()
+        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d1": 6}
+        assert spool.file.external_changes() == -1  # one point of d9 in, two of d1 out
+        totals = db.execute("SELECT device_id, points, held FROM devices").fetchall()
+        assert sorted(totals) == [("d1", 4, 2), ("d9", 1, 0)]
+        head = db.execute("SELECT head FROM devices WHERE device_id = 'd1'").fetchone()[0]
+        assert head == min(r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1")
     finally:
         spool.close()
