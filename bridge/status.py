@@ -15,6 +15,11 @@ ReadinessProbe = Callable[[], list[str]]  # returns the reasons for not being re
 DebugProvider = Callable[[], object]  # returns a JSON-serialisable value
 TopProvider = Callable[[int], Awaitable[object]]  # the heaviest talkers, at most N of them
 TOP_DEFAULT, TOP_MAX = 10, 100
+# How long a stop waits for requests still being answered (aiohttp's default is 60 s). Every
+# handler answers in milliseconds; one still running after this is stuck (a spool query
+# behind a full disk, say), and a bridge told to stop must not wait a minute for it: a
+# supervisor's own grace (Kubernetes: 30 s) would end in SIGKILL.
+STOP_GRACE_S = 2.0
 
 
 class StatusServer:
@@ -44,7 +49,7 @@ class StatusServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/unmatched", self._debug_unmatched)
         app.router.add_get("/debug/top-devices", self._debug_top_devices)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
