@@ -204,7 +204,7 @@ CREATE TABLE IF NOT EXISTS unacked (
 # scanning the records. Kept in the connection's temporary database, not in the file: its
 # rows are derived (rebuilt from the records at every open, :func:`count_devices`), and as a
 # table of the file every group commit and settlement wrote its pages to the WAL and
-# checkpointed them again. Layouts 3 and 4 kept it there (layout 5 drops it): 16 % fewer
+# checkpointed them again. Layouts 3 and 4 kept it there (layout 5 drops it): 13 % fewer
 # bytes per point with 2,000 devices (docs/design/performance.md, round 11). The temporary
 # triggers keep it in the transaction that changes the records; another connection's writes
 # (a ``dead-letters requeue``) do not fire them, so the spool rebuilds it when it sees such
