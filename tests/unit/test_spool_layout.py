@@ -8,6 +8,8 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bridge.models import Record, record_id
 from bridge.settings import SpoolSettings
 from bridge.spool.schema import SCHEMA_VERSION
@@ -100,32 +102,6 @@ def test_a_new_spool_starts_at_the_current_layout(tmp_path: Path) -> None:
     spool.open()
     try:
         assert spool.file.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    finally:
-        spool.close()
-
-
-def test_a_layout2_spool_gets_its_device_totals_at_open(tmp_path: Path) -> None:
-    """A spool from before the fair share (no held records, no device totals) is upgraded in
-    place: each device's total is counted from the records waiting, and the triggers keep the
-    totals from then on."""
-    path = tmp_path / "spool.db"
-    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    spool.open()
-    spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(9)], [])
-    spool.close()
-    db = sqlite3.connect(path)
-    db.executescript("DROP TABLE held; PRAGMA user_version=2;")
-    db.close()
-
-    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    spool.open()
-    try:
-        db = spool.file.conn
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d1": 8}
-        spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1"])
-        spool.writer.commit([_rec(20, device="d2")], [])
-        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 10, "d2": 2}
     finally:
         spool.close()
 
@@ -223,19 +199,25 @@ def _file_tables(path: Path) -> set[str]:
         db.close()
 
 
-def test_a_layout4_spool_loses_its_device_table_and_keeps_its_totals(tmp_path: Path) -> None:
-    """Layout 4 kept the devices' totals in the file; layout 5 drops that table and its
-    triggers at open and keeps the totals in memory: counted from what waits, then kept by
-    every commit and delete, and never written to the file."""
+# A layout 2 spool: from before the fair share (no held records, no device totals).
+_LAYOUT2 = "DROP TABLE held; PRAGMA user_version=2;"
+
+
+@pytest.mark.parametrize("older", [_LAYOUT2, _LAYOUT4_DEVICES], ids=["layout2", "layout4"])
+def test_an_older_spool_gets_its_device_totals_at_open(tmp_path: Path, older: str) -> None:
+    """A spool from before the fair share (layout 2) or one that kept the devices' totals in
+    the file (layouts 3 and 4) is upgraded in place: no totals' table or triggers are left in
+    the file, each device's total is counted from the records waiting, then kept by every
+    commit and delete, and never written to the file."""
     path = tmp_path / "spool.db"
     spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(9)], [])
     spool.close()
     db = sqlite3.connect(path)
-    db.executescript(_LAYOUT4_DEVICES)
+    db.executescript(older)
     db.close()
-    assert "devices" in _file_tables(path)
+    assert ("devices" in _file_tables(path)) == (older == _LAYOUT4_DEVICES)
 
     spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
