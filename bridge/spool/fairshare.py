@@ -7,8 +7,9 @@ message stalls every device. The fair share therefore acts after the commit, ins
 
 - A device is *over its share* when it holds more than ``OVER_SHARE_MARGIN`` times an equal
   share of the points waiting, counting at least two devices (so a device alone in the spool
-  still leaves room for one yet to report). The ``devices`` table (kept by triggers) gives each
-  device's total without scanning the records.
+  still leaves room for one yet to report). The ``devices`` table (in memory, kept by
+  triggers: :data:`bridge.spool.schema.TEMP_DEVICES`) gives each device's total without
+  scanning the records.
 - ``back-pressure``: from ``spool.fair_share_at`` of ``max_bytes`` on, the records of a device
   over its share (and of any device that already has held records, which keeps its order) go
   to the ``held`` table: committed and acknowledged like any other, counted as held, and kept
