@@ -356,7 +356,7 @@ def install(db: sqlite3.Connection, path: Path) -> None:
         if found < 2:
             _migrate_record_ids(db, path)
         if found < 3:
-            _count_devices(db)
+            _layout3(db)
         if found < 4:
             _layout4(db)
         if found < 5:
@@ -415,9 +415,9 @@ def _migrate_record_ids(db: sqlite3.Connection, path: Path) -> None:
         db.execute("DELETE FROM delivered_ids")
 
 
-def _count_devices(db: sqlite3.Connection) -> None:
-    """Layout 2 -> 3: the devices' totals of the records already waiting. Layout 5 keeps them
-    outside the file (:data:`TEMP_DEVICES`), so only the version changes."""
+def _layout3(db: sqlite3.Connection) -> None:
+    """Layout 2 -> 3: the ``held`` table (made by :data:`SCHEMA`) and the devices' totals, which
+    layout 5 keeps outside the file (:data:`TEMP_DEVICES`): only the version changes."""
     with _upgrade(db, 3):
         pass
 
