@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 from bridge.batcher import Batch
 from bridge.errors import PermanentDelivery
@@ -91,7 +90,7 @@ class Rejections:
 
         async def probe(names: list[str], refusal: PermanentDelivery | None) -> None:
             if refusal is None:
-                part = replace(record, metrics={k: record.metrics[k] for k in names})
+                part = record._replace(metrics={k: record.metrics[k] for k in names})
                 _written, refusal = await self._send(Batch((part,), len(names)))
                 if refusal is None:
                     return
