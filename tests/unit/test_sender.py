@@ -198,6 +198,22 @@ async def test_a_token_no_header_can_carry_is_refused_before_anything_is_sent(to
     assert TOKEN[8:] not in f"{exc} {exc!r} {exc.args}"
 
 
+async def test_a_token_read_again_is_checked_again() -> None:
+    """The check is remembered for the token that passed it, not for the sender: a token
+    re-read from its file with a line break is refused even after good ones were sent, and
+    the good one is sent again after it."""
+    api = Api()
+    tokens = [TOKEN, TOKEN + "\n", TOKEN]
+    async with serving(api), Sender(SenderSettings(base_url=api.url), lambda: tokens[0]) as sender:
+        await sender.post([OBJ], "key-1")
+        tokens.pop(0)
+        with pytest.raises(RetryableDelivery, match="the API token cannot be sent"):
+            await sender.post([OBJ], "key-2")
+        tokens.pop(0)
+        await sender.post([OBJ], "key-3")
+    assert [r.headers["Idempotency-Key"] for r in api.seen] == ["key-1", "key-3"]
+
+
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_redirects_are_not_followed(status: int) -> None:
     """A 3xx is retryable and no request reaches the Location target (the token stays home)."""
