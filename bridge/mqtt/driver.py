@@ -45,6 +45,13 @@ AcksRead = Callable[[list[tuple[int, int]]], None]
 _BYTES_PER_WAKEUP = 1 << 20  # read at most this much per readiness callback, then yield
 
 
+def _unwatch(remove: Callable[[int], object], fd: int) -> None:
+    """Stop watching ``fd`` with the loop's ``remove_reader`` or ``remove_writer``, ignoring
+    what it returns: asyncio's loop returns a bool, uvloop's None, and code compiled from
+    these types (mypyc) checks a result typed ``bool``."""
+    remove(fd)
+
+
 class WireDriver:
     """Moves bytes between one paho client's socket and the event loop."""
 
@@ -195,7 +202,7 @@ class WireDriver:
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._loop is not None and self._sock is not None:
             self._reading_paused = True
-            self._loop.remove_reader(self._sock.fd)
+            _unwatch(self._loop.remove_reader, self._sock.fd)
 
     # -- fences ----------------------------------------------------------------------------
 
@@ -246,7 +253,7 @@ class WireDriver:
         if wire is None or self._sock is not wire or self._loop is None:
             return
         if wire.flush() and not self._client.want_write():
-            self._loop.remove_writer(wire.fd)
+            _unwatch(self._loop.remove_writer, wire.fd)
         elif wire.error is not None:
             self._surface_close(wire)
 
@@ -283,8 +290,8 @@ class WireDriver:
         fd = sock.fd if isinstance(sock, WireSocket) else sock.fileno()
 
         def remove() -> None:
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
+            _unwatch(loop.remove_reader, fd)
+            _unwatch(loop.remove_writer, fd)
             if self._sock is sock:
                 self._sock = None
                 self._reading_paused = False
@@ -312,6 +319,6 @@ class WireDriver:
         def remove() -> None:
             if isinstance(sock, WireSocket) and sock.tx:
                 return
-            loop.remove_writer(sock.fd if isinstance(sock, WireSocket) else sock.fileno())
+            _unwatch(loop.remove_writer, sock.fd if isinstance(sock, WireSocket) else sock.fileno())
 
         self._call_on_loop(remove)

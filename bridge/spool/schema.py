@@ -332,8 +332,10 @@ def json_available(db: sqlite3.Connection) -> bool:
     return True
 
 
-def spooled(row: tuple[int, str, int, bytes, int]) -> SpooledRecord:
-    """A :class:`SpooledRecord` from a row of :data:`RECORD_COLUMNS`."""
+def spooled(row: tuple[int, str, int, bytes | str, int]) -> SpooledRecord:
+    """A :class:`SpooledRecord` from a row of :data:`RECORD_COLUMNS`. The metrics are JSON,
+    as a BLOB from the bridge's own writes, or as TEXT where another program wrote the row
+    (a BLOB column keeps the type a value came with)."""
     seq, device, ts_us, metrics, received_us = row
     return SpooledRecord(seq, device, ts_us, orjson.loads(metrics), received_us)
 
