@@ -1,7 +1,7 @@
 """The record types that flow from the mapper through the spool to the API, in one place.
 
-Plain frozen dataclasses (:class:`SpooledRecord` a named tuple, which delivery makes faster)
-with no behaviour beyond their own identity: the mapper makes
+Plain frozen dataclasses, and one named tuple (:class:`SpooledRecord`, which delivery makes
+for every record it reads), with no behaviour beyond their own identity: the mapper makes
 :class:`Record` and :class:`DeadLetter`, the spool stores them and hands back
 :class:`SpooledRecord`, :class:`CommitResult` (with the dead letters it :class:`Pruned`) and
 :class:`DeadLetterRow`. A payload too large to
