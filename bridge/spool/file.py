@@ -390,6 +390,12 @@ def _connect(path: Path, settings: SpoolSettings) -> sqlite3.Connection:
         # The devices' totals (schema.TEMP_DEVICES) live in the temporary database: in memory,
         # never written to disk.
         db.execute("PRAGMA temp_store=MEMORY")
+        # Debian's SQLite (and so the container image's) is built with SECURE_DELETE: every
+        # page a settlement frees was overwritten with zeros and written to the WAL, then again
+        # by the checkpoint. FAST still zeroes deleted rows in the pages a transaction writes
+        # anyway, not pages that only go to the free list: 431 -> 399 bytes written per point
+        # in `bench disk` (docs/design/performance.md, round 13).
+        db.execute("PRAGMA secure_delete=FAST")
         db.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after checkpoints
     except BaseException:
         # A file that is not a database fails here, before the spool holds the connection to

@@ -264,6 +264,19 @@ def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> Non
     assert after < size / 2
 
 
+def test_pages_a_settlement_frees_are_not_written_again(spool: Spool) -> None:
+    """Distributions build SQLite with SECURE_DELETE (Debian's, this machine's: the default
+    here is 1), which overwrites every freed page with zeros through the WAL. The spool asks
+    for FAST: deleted rows are still zeroed inside pages written anyway, freed pages are
+    left as they are. Reopening a spool sets it again (it is not stored in the file)."""
+    assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
+    spool = reopen(spool)
+    try:
+        assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2
+    finally:
+        spool.close()
+
+
 @pytest.mark.parametrize("page_size", [None, 4096])
 def test_the_wal_is_checkpointed_after_half_the_reserve_whatever_the_page_size(
     path: Path, page_size: int | None
