@@ -8,12 +8,14 @@ import os
 import random
 import sqlite3
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from bridge.errors import SpoolError, SpoolLocked
 from bridge.settings import SpoolSettings
+from bridge.spool.census import UNLISTED, PageCensus
 from bridge.spool.deadletters import DeadLetterFilter
 from bridge.spool.facade import AsyncSpool
 from bridge.spool.store import Spool
@@ -264,17 +266,40 @@ def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> Non
     assert after < size / 2
 
 
-def test_pages_a_settlement_frees_are_not_written_again(spool: Spool) -> None:
-    """Distributions build SQLite with SECURE_DELETE (Debian's, this machine's: the default
-    here is 1), which overwrites every freed page with zeros through the WAL. The spool asks
-    for FAST: deleted rows are still zeroed inside pages written anyway, freed pages are
-    left as they are. Reopening a spool sets it again (it is not stored in the file)."""
+def _pages_settlements_write(spool: Spool) -> Counter[str]:
+    """Pages of the WAL that 16 settlements of 25 four-metric records (one request of 100
+    points each, as delivery settles them) write, by b-tree."""
+    spool.writer.commit([rec(i, n=4) for i in range(400)], [])
+    census = PageCensus(spool.file)
+    if not census.start():
+        pytest.skip("this SQLite has no dbstat")
+    records = spool.outbox.fetch(0, 400)
+    for start in range(0, 400, 25):
+        spool.outbox.delivered([r.seq for r in records[start : start + 25]])
+        census.take("settle")
+    return census.pages["settle"]
+
+
+def test_pages_a_settlement_frees_are_not_written_again(path: Path, spool: Spool) -> None:
+    """Distributions build SQLite with SECURE_DELETE (Debian's, this machine's), which
+    overwrites every page a delete empties with zeros, through the WAL. The spool asks for
+    FAST, on every open: deleted rows are still zeroed inside pages written anyway, emptied
+    pages go to the free list as they are. Against the same settlement with secure delete
+    on, the settlement writes fewer pages of the free list, the same of the records."""
     assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
     spool = reopen(spool)
+    assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2
+    fast = _pages_settlements_write(spool)
+    spool.close()
+    other = Spool(SpoolSettings(path.with_name("other.db")), clock=FakeClock(NOW_S))
+    other.open()
     try:
-        assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2
+        other.file.conn.execute("PRAGMA secure_delete=ON")
+        zeroed = _pages_settlements_write(other)
     finally:
-        spool.close()
+        other.close()
+    assert fast[UNLISTED] + 10 < zeroed[UNLISTED]
+    assert fast["records"] == zeroed["records"]
 
 
 @pytest.mark.parametrize("page_size", [None, 4096])
