@@ -112,6 +112,7 @@ class Bridge:
     def _swap_mapper(self, mapper: Mapper) -> tuple[list[str], list[str]]:
         self.mapper = self.intake.mapper = mapper
         _log_cover(mapper)
+        _warn_state_kept_apart(self.settings, mapper)
         if self.source is None:
             return [], []
         return self.source.update_subscriptions(mapper.subscriptions)
@@ -170,6 +171,7 @@ class Bridge:
                 spool, sender, self.metrics, s.delivery, on_space_freed=self._space_freed
             )
             _log_cover(self.mapper)
+            _warn_state_kept_apart(s, self.mapper)
             host = _sparkplug_host(s, self.intake, self.metrics)
             self.source = MqttSource(
                 s.mqtt,
@@ -354,6 +356,35 @@ def _log_cover(mapper: Mapper) -> None:
             sub,
             ", ".join(rule_filters),
             OUTSIDE_FILTERS,
+        )
+
+
+def _warn_state_kept_apart(s: Settings, mapper: Mapper) -> None:
+    """Name the rules whose per-device state each member of a share group keeps apart: a
+    coalesced window sent once per member over part of its readings, deadbands compared with
+    what each member sent, Sparkplug DATA parked where its BIRTH did not arrive
+    (docs/operations/scaling-out.md). ``api.replicas`` says the group has several members."""
+    if not s.mqtt.share_group or s.delivery.replicas <= 1:
+        return
+    kept = [
+        f"{rule.name} ({what})"
+        for rule in mapper.rules
+        for what in (
+            "coalesce" if rule.coalesce is not None else "",
+            "deadband" if rule.deadband is not None else "",
+            "sparkplug" if rule.sparkplug is not None else "",
+        )
+        if what
+    ]
+    if kept:
+        log.warning(
+            "share group %r of %d bridges: each bridge keeps its own coalescing windows, "
+            "deadbands and Sparkplug aliases and sees only its share of a device's messages, "
+            "so these rules act on part of each device's readings: %s; run them on a bridge "
+            "outside the group (docs/operations/scaling-out.md)",
+            s.mqtt.share_group,
+            s.delivery.replicas,
+            ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else ""),
         )
 
 

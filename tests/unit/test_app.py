@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -256,3 +257,61 @@ async def test_reload_keeps_the_old_rules_on_a_broken_file_and_takes_a_good_one(
             lambda: ("s1", "temp", 20.5) in stored(api),
             "the new rule maps",
         )
+
+
+COALESCED = (
+    RULES
+    + """
+  - name: slow-env
+    topic: "plant/{site}/env"
+    device_id: "{site}"
+    metrics: {temp: temp}
+    coalesce: {window_s: 60, function: avg}
+"""
+)
+BANDED = (
+    RULES
+    + """
+  - name: banded-env
+    topic: "plant/{site}/env"
+    device_id: "{site}"
+    metrics: {temp: temp}
+    deadband: {absolute: 0.5}
+"""
+)
+
+
+def kept_apart(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "keeps its own coalescing" in r.message]
+
+
+async def test_a_share_group_names_the_rules_whose_state_each_member_keeps_apart(
+    broker: LocalBroker, api: LocalApi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each bridge of a share group keeps its own coalescing windows, deadbands and Sparkplug
+    aliases and sees only part of a device's messages: with api.replicas above 1 the bridge
+    names the rules that have such state, at start and after a reload; alone, nothing."""
+    caplog.set_level(logging.WARNING, logger="bridge.app")
+    grouped = settings_for(
+        broker.port, api.url, tmp_path, **{"mqtt.share_group": "hall3", "api.replicas": "2"}
+    )
+    grouped.mapping.file.write_text(COALESCED, encoding="utf-8")
+    bridge = make_bridge(grouped)
+    async with running(bridge):
+        [said] = kept_apart(caplog)
+        assert "share group 'hall3' of 2 bridges" in said
+        assert "slow-env (coalesce)" in said
+        assert "plain" not in said
+        caplog.clear()
+        grouped.mapping.file.write_text(BANDED, encoding="utf-8")
+        assert await bridge.reload() is True
+        [said] = kept_apart(caplog)
+        assert "banded-env (deadband)" in said
+        assert "slow-env" not in said
+        caplog.clear()
+
+    (tmp_path / "alone").mkdir()
+    alone = settings_for(broker.port, api.url, tmp_path / "alone", **{"mqtt.share_group": "hall3"})
+    alone.mapping.file.write_text(COALESCED, encoding="utf-8")
+    async with running(make_bridge(alone)):
+        assert kept_apart(caplog) == []
