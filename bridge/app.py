@@ -369,12 +369,12 @@ def _warn_state_kept_apart(s: Settings, mapper: Mapper) -> None:
     kept = [
         f"{rule.name} ({what})"
         for rule in mapper.rules
-        for what in (
-            "coalesce" if rule.coalesce is not None else "",
-            "deadband" if rule.deadband is not None else "",
-            "sparkplug" if rule.sparkplug is not None else "",
+        for what, state in (
+            ("coalesce", rule.coalesce),
+            ("deadband", rule.deadband),
+            ("sparkplug", rule.sparkplug),
         )
-        if what
+        if state is not None
     ]
     if kept:
         log.warning(

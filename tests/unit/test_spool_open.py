@@ -288,9 +288,11 @@ def test_pages_a_settlement_frees_are_not_written_again(path: Path, spool: Spool
     on, the settlement writes fewer pages of the free list, the same of the records."""
     assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
     spool = reopen(spool)
-    assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2
-    fast = _pages_settlements_write(spool)
-    spool.close()
+    try:
+        assert spool.file.conn.execute("PRAGMA secure_delete").fetchone()[0] == 2
+        fast = _pages_settlements_write(spool)
+    finally:
+        spool.close()
     other = Spool(SpoolSettings(path.with_name("other.db")), clock=FakeClock(NOW_S))
     other.open()
     try:
