@@ -54,7 +54,16 @@ def _summary(db: sqlite3.Connection) -> str:
     check = db.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
         raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
-    records, points = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
+    # Settled records (layout 6) wait for nothing: only their sweep is still to come.
+    settled = db.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'settled'"
+    ).fetchone()
+    records, points = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "
+        "WHERE seq NOT IN (SELECT seq FROM settled)"
+        if settled
+        else "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records"
+    ).fetchone()
     dead = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
     version = db.execute("PRAGMA user_version").fetchone()[0]
     return (

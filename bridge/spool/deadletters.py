@@ -21,7 +21,7 @@ from bridge.models import DeadLetterRow, Record
 from bridge.settings import DeadLetterSettings
 from bridge.spool.dlbudget import PRUNE_TO, Pruned, cost_sql
 from bridge.spool.file import IN_CHUNK, SpoolFile
-from bridge.spool.schema import INSERT_RECORD, record_row
+from bridge.spool.schema import INSERT_RECORD, record_row, sweep_settled
 
 log = logging.getLogger(__name__)
 _WALK = 1000  # rows per query when looking for the oldest dead letters holding some bytes
@@ -110,14 +110,16 @@ class DeadLetters:
         :meth:`prune_for_disk` makes: on a full disk even the deletes need room (in the WAL,
         and in the database file for the checkpoint that makes it small again)."""
         file = self._file
-        if file.dead_letters.count and file.free_disk_bytes() < file.disk_room(need):
+        if file.dead_letters.count and file.reserve.free_disk_bytes() < file.reserve.disk_room(
+            need
+        ):
             self.prune_for_disk(need)
 
     def prune_for_disk(self, need: int) -> bool:
         """The disk is full: prune the oldest dead letters so that a write of ``need`` bytes
         fits; True if some were pruned.
 
-        Prunes until the filesystem has the room :meth:`SpoolFile.disk_room` asks for — and an
+        Prunes until the filesystem has the room :meth:`DiskReserve.disk_room` asks for — and an
         eighth of the dead letters at least, so a flood does not come back here at every
         commit. It deletes in steps of a quarter of the reserve (at least 256 KiB), each given
         back to the filesystem before the next, because on a full disk even a delete needs room
@@ -128,11 +130,11 @@ class DeadLetters:
         held = file.dead_letters
         if not held.count or file.full:
             return False
-        room = file.disk_room(need)
+        room = file.reserve.disk_room(need)
         at_least = held.bytes // 8
         step = max(256 << 10, file.reserve.size // 4)
         freed = 0
-        while held.count and (freed < at_least or file.free_disk_bytes() < room):
+        while held.count and (freed < at_least or file.reserve.free_disk_bytes() < room):
             before = held.bytes
             try:
                 self._prune("disk_full", "id <= ?", self._oldest_holding(step))
@@ -273,6 +275,10 @@ class DeadLetters:
         file = self._file
         db = file.conn
         with file.transaction("requeue"):
+            if file.unswept.seqs:
+                # Settled records keep their ids in ``records`` until a sweep: out with them
+                # first, or a resend of one of them would be taken for a duplicate.
+                sweep_settled(db)
             top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
             db.executemany(INSERT_RECORD, [record_row(r) for r in records])
             points = int(

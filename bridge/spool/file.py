@@ -26,6 +26,7 @@ from bridge.settings import SpoolSettings
 from bridge.spool import schema
 from bridge.spool.dlbudget import Held
 from bridge.spool.reserve import DiskReserve
+from bridge.spool.unswept import Unswept
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class SpoolFile:
         self.depth_records = 0
         self.depth_points = 0
         self.oldest_received_us: int | None = None
+        self.unswept = Unswept()  # settled, still in ``records``: waiting no more
         self.used_bytes = 0
         self.delivered_points_total = 0
         self.dropped_points_total = 0
@@ -175,8 +177,9 @@ class SpoolFile:
 
         ``sync=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
         one transaction). Only for what may be lost on a power cut without losing a reading:
-        deletes of delivered records. A lost delete re-sends identical points after a restart;
-        and the next synced commit (every intake commit is one) makes it durable too, as the
+        the settlements of delivered records and their sweeps. A lost settlement re-sends
+        identical points after a restart (a lost sweep only leaves its records settled); and
+        the next synced commit (every intake commit is one) makes it durable too, as the
         WAL is written in order.
 
         Raises:
@@ -230,21 +233,6 @@ class SpoolFile:
             self.conn.executescript("PRAGMA incremental_vacuum;")
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
-    def free_disk_bytes(self) -> int:
-        """Bytes free for this user on the spool's filesystem."""
-        try:
-            stat = os.statvfs(self.path.parent)
-        except OSError:
-            return 0
-        return stat.f_bavail * stat.f_frsize
-
-    def disk_room(self, need: int) -> int:
-        """Free disk a write of ``need`` bytes wants: twice that (the WAL, then the database
-        file at the next checkpoint), at least 1 MiB of it, another MiB, and the reserve if it
-        was given back."""
-        reserve = self.reserve
-        return (reserve.size if reserve.missing else 0) + 2 * max(need, 1 << 20) + (1 << 20)
-
     def add_to_meta(self, db: sqlite3.Connection, key: str, n: int) -> None:
         """Add ``n`` to a persistent counter, inside the caller's transaction."""
         db.execute(
@@ -295,14 +283,17 @@ class SpoolFile:
             held.measure(self.conn)
 
     def refresh_oldest(self) -> None:
-        """Re-read the receive time of the oldest waiting record."""
-        row = self.conn.execute("SELECT received_us FROM records ORDER BY seq LIMIT 1").fetchone()
-        self.oldest_received_us = int(row[0]) if row else None
+        """Re-read the receive time of the oldest waiting record (settled ones wait no more)."""
+        self.oldest_received_us = self.unswept.oldest_waiting(self.conn)
 
     def load_counters(self) -> None:
         """Re-read every counter from the database."""
         db = self.conn
-        n_rec, n_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
+        self.unswept.load(db, self.clock())
+        n_rec, n_pts = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "
+            "WHERE seq NOT IN (SELECT seq FROM settled)"
+        ).fetchone()
         self.depth_records, self.depth_points = int(n_rec), int(n_pts)
         h_rec, h_pts = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM held").fetchone()
         self.held_records, self.held_points = int(h_rec), int(h_pts)

@@ -1,10 +1,13 @@
-"""The delivery side of the spool: handing records out in batches, then settling each one.
+"""The delivery side of the spool: handing records out in batches, then settling each one
+(the settling itself in :mod:`bridge.spool.settlement`).
 
 A record is handed out to a request and stays in the spool until the transaction that counts
 its acceptance (:meth:`Outbox.delivered`) or moves it to the dead letters (:meth:`Outbox.reject`,
-:meth:`Outbox.settle_partly`). Handed-out records are never deleted by the drop-oldest policy,
-so a point is either delivered or counted as dropped, never both. Oldest first by default, a
-cursor marks what has been handed out; ``newest_first`` takes the newest waiting records.
+:meth:`Outbox.settle_partly`); settled records not swept out yet are never handed out again
+(:class:`~bridge.spool.unswept.Unswept`). Handed-out records are never deleted by the
+drop-oldest policy, so a point is either delivered or counted as dropped, never both. Oldest
+first by default, a cursor marks what has been handed out; ``newest_first`` takes the newest
+waiting records.
 
 Fair batches: when one device holds more than half of the oldest-first batches while other
 devices have points waiting, the batches are taken across devices instead
@@ -27,10 +30,9 @@ import orjson
 from bridge.batcher import Batch, dominant_device, take_batch, take_fair_batches
 from bridge.models import SpooledRecord
 from bridge.spool.audit import DeliveryAudit
-from bridge.spool.file import IN_CHUNK, SpoolFile, due
-from bridge.spool.schema import RECORD_COLUMNS, forget_delivered, json_available, spooled
-
-_PRUNE_EVERY_S = 60.0
+from bridge.spool.file import SpoolFile
+from bridge.spool.schema import RECORD_COLUMNS, json_available, spooled
+from bridge.spool.settlement import Settlement
 
 # The next ? records after a seq, as one JSON array: Python's sqlite3 gives up and retakes the
 # interpreter lock at every statement step, and while the event loop is busy each retake can
@@ -81,7 +83,6 @@ class Outbox:
         # Seqs fetched for delivery and not yet settled (see the module docstring).
         self.handed_out: set[int] = set()
         self._cursor = 0  # every record up to this seq is handed out (or gone)
-        self._next_prune = 0.0
         self.fair = file.settings.fair_share
         # For fair batches: seq -> (device, points) of the records handed out, and where to
         # resume scanning for each device (every record of it below is handed out or gone).
@@ -89,6 +90,7 @@ class Outbox:
         self._resume: dict[str, int] = {}
         self._json: bool | None = None  # whether SQLite has the JSON functions
         self._per_record = 1  # points of the smallest record last fetched
+        self.settlement = Settlement(file, self.audit, self._settled)
 
     # -- handing out -----------------------------------------------------------------------
 
@@ -110,10 +112,12 @@ class Outbox:
             return [batch]
         handed = self.handed_out
         ahead = sum(1 for seq in handed if seq > self._cursor)  # taken by fair batches
+        # Settled after a fair batch and not swept out yet: fetch() leaves them out.
+        settled_ahead = self._file.unswept.top > self._cursor
         want = max_points * count
         if self._json is None:
             self._json = json_available(self._file.conn)
-        if not ahead and self._json:
+        if not ahead and not settled_ahead and self._json:
             rows, self._per_record = fetch_points(
                 self._file.conn, self._cursor, want, self._per_record
             )
@@ -146,6 +150,7 @@ class Outbox:
         """Batches taken across the devices with points waiting (see the module docstring);
         empty when no other device has points waiting beside the dominant one."""
         db = self._file.conn
+        taken, unswept = self.handed_out, self._file.unswept.seqs
         inflight: dict[str, int] = {}
         for seq, (device, points) in list(self._handed_info.items()):
             if seq in self.handed_out:
@@ -170,7 +175,9 @@ class Outbox:
                 "ORDER BY seq LIMIT ?",
                 (device, start, per),
             ).fetchall()
-            queues.append([spooled(row) for row in rows if row[0] not in self.handed_out])
+            queues.append(
+                [spooled(row) for row in rows if row[0] not in taken and row[0] not in unswept]
+            )
         batches = take_fair_batches(queues, count, max_points, single_object=single_object)
         if len(self._resume) > 4 * len(lanes) + 1024:
             self._resume.clear()  # bounded; positions are only an optimisation
@@ -180,20 +187,29 @@ class Outbox:
         return batches
 
     def fetch(self, after_seq: int, limit: int) -> list[SpooledRecord]:
-        """Up to ``limit`` records with ``seq > after_seq``, oldest first."""
-        rows = self._file.conn.execute(
+        """Up to ``limit`` waiting records with ``seq > after_seq``, oldest first (settled
+        records not swept out yet are left out)."""
+        file = self._file
+        skip = file.unswept.above(after_seq)
+        rows = file.conn.execute(
             f"SELECT {RECORD_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
-            (after_seq, limit),
+            (after_seq, limit + skip),
         ).fetchall()
-        return [spooled(row) for row in rows]
+        if not skip:
+            return [spooled(row) for row in rows]
+        unswept = file.unswept.seqs
+        return [spooled(row) for row in rows if row[0] not in unswept][:limit]
 
     def fetch_newest(self, limit: int) -> list[SpooledRecord]:
         """Up to ``limit`` of the newest records not handed out yet, newest first."""
+        taken, unswept = self.handed_out, self._file.unswept.seqs
         rows = self._file.conn.execute(
             f"SELECT {RECORD_COLUMNS} FROM records ORDER BY seq DESC LIMIT ?",  # noqa: S608
-            (limit + len(self.handed_out),),
+            (limit + len(taken) + len(unswept),),
         ).fetchall()
-        return [spooled(row) for row in rows if row[0] not in self.handed_out][:limit]
+        return [spooled(row) for row in rows if row[0] not in taken and row[0] not in unswept][
+            :limit
+        ]
 
     def hand_out(self, seqs: Sequence[int]) -> None:
         """Mark records as taken by a request until they are settled."""
@@ -208,166 +224,20 @@ class Outbox:
             for seq in seqs:
                 info.pop(seq, None)
 
-    # -- settling --------------------------------------------------------------------------
+    # -- settling (spool/settlement.py) ---------------------------------------------------
 
     def delivered(self, seqs: Sequence[int], sent: Sequence[SpooledRecord] = ()) -> None:
-        """Delete delivered records, remember their ids and count them, in one transaction.
+        """:meth:`Settlement.delivered <bridge.spool.settlement.Settlement.delivered>`."""
+        self.settlement.delivered(seqs, sent)
 
-        The delivery loop batches the seqs of several accepted requests into one call, so the
-        commit of this transaction is shared by all of them. ``sent``: the records as handed
-        out, if the caller has them; the audit then takes their values from there instead of
-        decoding them from the file again. Seqs no longer in the spool are skipped.
-        """
-        if seqs:
-            self._file.freeing(lambda: self._delete_delivered(seqs, sent))
-
-    def _delete_delivered(self, seqs: Sequence[int], sent: Sequence[SpooledRecord]) -> None:
-        file = self._file
-        db = file.conn
-        now = file.clock()
-        at_us = int(now * 1_000_000)
-        known = {r.seq: r for r in sent}
-        points = rows = 0
-        with file.transaction("delete", sync=False):
-            for start in range(0, len(seqs), IN_CHUNK):
-                chunk = tuple(seqs[start : start + IN_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    f"INSERT OR REPLACE INTO delivered_ids (rid, at_us) "  # noqa: S608
-                    f"SELECT rid, ? FROM records WHERE seq IN ({marks})",
-                    (at_us, *chunk),
-                )
-                present, stored = (
-                    db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
-                        f"WHERE seq IN ({marks})",
-                        chunk,
-                    ).fetchone()
-                    if all(seq in known for seq in chunk)
-                    else (-1, 0)
-                )
-                if present == len(chunk):
-                    # All still here, and the values sent are at hand: one step each for the
-                    # count and the delete (RETURNING steps, and retakes the interpreter lock,
-                    # once per row); the audit takes the values from what was sent.
-                    db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
-                    accepted = [known[seq] for seq in chunk]
-                    self.audit.record(
-                        db, ((r.device_id, r.ts_us, r.metrics) for r in accepted), at_us
-                    )
-                    rows += present
-                    points += int(stored)
-                    continue
-                if present >= 0:
-                    # The values sent are at hand: the delete reads back only which records
-                    # were still here, and the audit takes the values from what was sent.
-                    gone = db.execute(
-                        f"DELETE FROM records WHERE seq IN ({marks}) RETURNING seq, n",  # noqa: S608
-                        chunk,
-                    ).fetchall()
-                    accepted = [known[seq] for seq, _n in gone]
-                    self.audit.record(
-                        db, ((r.device_id, r.ts_us, r.metrics) for r in accepted), at_us
-                    )
-                    counts = [n for _seq, n in gone]
-                else:
-                    found = db.execute(
-                        f"SELECT device_id, ts_us, metrics, n FROM records "  # noqa: S608
-                        f"WHERE seq IN ({marks})",
-                        chunk,
-                    ).fetchall()
-                    self.audit.record(db, ((d, t, orjson.loads(m)) for d, t, m, _ in found), at_us)
-                    db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)  # noqa: S608
-                    counts = [n for _d, _t, _m, n in found]
-                rows += len(counts)
-                points += sum(int(n) for n in counts)
-            if due(now, self._next_prune, _PRUNE_EVERY_S):
-                self._next_prune = now + _PRUNE_EVERY_S
-                forget_delivered(db, at_us, file.settings.dedup_window_s)
-            file.add_to_meta(db, "delivered_points", points)
-        self._settled(seqs)
-        file.depth_records -= rows
-        file.depth_points -= points
-        file.delivered_points_total += points
-        file.refresh_oldest()
-        file.refresh_size()
+    def sweep(self) -> None:
+        """:meth:`Settlement.sweep <bridge.spool.settlement.Settlement.sweep>`."""
+        self.settlement.sweep()
 
     def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
-        """Move records the API refused to the dead letters, in one transaction."""
-        if seqs:
-            self._file.freeing(lambda: self._reject(seqs, reason, detail))
-
-    def _reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
-        file = self._file
-        db = file.conn
-        marks = ",".join("?" * len(seqs))
-        with file.transaction("delete"):
-            rows = db.execute(
-                f"SELECT device_id, ts_us, metrics, n, received_us FROM records "  # noqa: S608
-                f"WHERE seq IN ({marks})",
-                tuple(seqs),
-            ).fetchall()
-            db.executemany(
-                "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
-                " detail) VALUES (?1, ?2, '', '', ?3, length(?3), ?4)",
-                [
-                    (
-                        received_us,
-                        reason,
-                        orjson.dumps(
-                            {"device_id": device, "ts_us": ts, "metrics": orjson.loads(metrics)}
-                        ),
-                        detail,
-                    )
-                    for device, ts, metrics, _n, received_us in rows
-                ],
-            )
-            db.execute(f"DELETE FROM records WHERE seq IN ({marks})", tuple(seqs))  # noqa: S608
-        self._settled(seqs)
-        file.depth_records -= len(rows)
-        file.depth_points -= sum(int(r[3]) for r in rows)
-        file.dead_letters.measure(db)  # they count apart from the cap (see dlbudget.py)
-        file.refresh_oldest()
-        file.refresh_size()
+        """:meth:`Settlement.reject <bridge.spool.settlement.Settlement.reject>`."""
+        self.settlement.reject(seqs, reason, detail)
 
     def settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
-        """The API accepted some metrics of record ``seq`` and refused ``refused``: in one
-        transaction dead-letter the refused ones (as a record of just those) and delete the
-        record, counting the rest as delivered."""
-        self._file.freeing(lambda: self._settle_partly(seq, refused, reason, detail))
-
-    def _settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
-        file = self._file
-        db = file.conn
-        with file.transaction("delete"):
-            row = db.execute(
-                "SELECT rid, device_id, ts_us, n, received_us, metrics FROM records WHERE seq = ?",
-                (seq,),
-            ).fetchone()
-            if row is None:
-                return
-            rid, device, ts_us, n, received_us, metrics = row
-            if refused:
-                payload = orjson.dumps({"device_id": device, "ts_us": ts_us, "metrics": refused})
-                db.execute(
-                    "INSERT INTO dead_letters (at_us, reason, rule, topic, payload, payload_size,"
-                    " detail) VALUES (?, ?, '', '', ?, ?, ?)",
-                    (received_us, reason, payload, len(payload), detail),
-                )
-            at_us = int(file.clock() * 1_000_000)
-            db.execute(
-                "INSERT OR REPLACE INTO delivered_ids (rid, at_us) VALUES (?, ?)", (rid, at_us)
-            )
-            accepted = {k: v for k, v in orjson.loads(metrics).items() if k not in refused}
-            self.audit.record(db, [(device, ts_us, accepted)], at_us)
-            db.execute("DELETE FROM records WHERE seq = ?", (seq,))
-            delivered = int(n) - len(refused)
-            file.add_to_meta(db, "delivered_points", delivered)
-        self._settled((seq,))
-        file.depth_records -= 1
-        file.depth_points -= int(n)
-        file.delivered_points_total += delivered
-        if refused:
-            file.dead_letters.measure(db)  # they count apart from the cap (see dlbudget.py)
-        file.refresh_oldest()
-        file.refresh_size()
+        """:meth:`Settlement.settle_partly <bridge.spool.settlement.Settlement.settle_partly>`."""
+        self.settlement.settle_partly(seq, refused, reason, detail)

@@ -78,3 +78,17 @@ class DiskReserve:
             self.size,
         )
         return True
+
+    def free_disk_bytes(self) -> int:
+        """Bytes free for this user on the filesystem of the reserve (and the spool)."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        return stat.f_bavail * stat.f_frsize
+
+    def disk_room(self, need: int) -> int:
+        """Free disk a write of ``need`` bytes wants: twice that (the WAL, then the database
+        file at the next checkpoint), at least 1 MiB of it, another MiB, and the reserve if it
+        was given back."""
+        return (self.size if self.missing else 0) + 2 * max(need, 1 << 20) + (1 << 20)

@@ -9,6 +9,8 @@ Layout 3: the ``held`` records and the ``devices`` totals of the fair share
 Layout 4: the delivered ids in the order of delivery, the audit by minute first.
 Layout 5: the ``devices`` totals leave the file for the connection's temporary database
 (:data:`TEMP_DEVICES`); an older bridge would find no totals, so it refuses.
+Layout 6: the ``settled`` records, delivered but not yet swept out of ``records``
+(:data:`SETTLED`); an older bridge would send them again, so it refuses.
 Tables that an older bridge may safely ignore are added without a new version: every open
 creates the missing ones (``coalesce_state``; ``deadband_state``, whose loss only means the
 next value of each metric is sent; ``sparkplug_aliases``, which an older bridge without
@@ -31,7 +33,7 @@ from bridge.models import Record, SpooledRecord, record_id
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _MIGRATE_CHUNK = 10_000
 
 # In the order of delivery (``id``), which is the order they are forgotten in. Layout 3 kept
@@ -58,6 +60,18 @@ DELIVERY_AUDIT = """CREATE TABLE IF NOT EXISTS delivery_audit (
     hi REAL NOT NULL,
     PRIMARY KEY (minute_us, device_id, metric)
 ) WITHOUT ROWID;"""
+# Records whose acceptance is counted and that still lie in ``records``: a settlement adds
+# their seqs here (with the time, for the delivered ids) instead of deleting each record and
+# inserting its id into ``delivered_ids`` at once; a sweep does both for the records of many
+# settlements in one transaction (spool/settlement.py). A settlement then writes the pages of
+# this table's end instead of a delete's pages in the middle of ``records``, its id index, the
+# free list and ``delivered_ids``' index: 399 -> 305 bytes written per point in `bench disk`
+# (docs/design/performance.md, round 14). Every reader of waiting records leaves these out
+# (spool/unswept.py).
+SETTLED = """CREATE TABLE IF NOT EXISTS settled (
+    seq INTEGER PRIMARY KEY,
+    at_us INTEGER NOT NULL
+);"""
 # Tables layout 4 made anew: its first column (where layout 3's differs), the statement, the
 # columns copied across, and the order they are copied in.
 _LAYOUT4 = (
@@ -98,6 +112,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 -- delivered it (its PUBACK was lost in a broker restart) does not cause a second delivery.
 """
     + DELIVERED_IDS
+    + SETTLED
     + """
 -- Running aggregates of coalescing rules, one row per device, metric and window. Updated in the
 -- same transaction that precedes the MQTT acknowledgement, so they are as durable as records;
@@ -223,9 +238,17 @@ CREATE TEMP TRIGGER IF NOT EXISTS records_devices_in AFTER INSERT ON main.record
         head = CASE WHEN points <= 0 THEN excluded.head ELSE head END,
         points = points + excluded.points;
 END;
-CREATE TEMP TRIGGER IF NOT EXISTS records_devices_out AFTER DELETE ON main.records BEGIN
+CREATE TEMP TRIGGER IF NOT EXISTS records_devices_out AFTER DELETE ON main.records
+WHEN NOT EXISTS (SELECT 1 FROM main.settled WHERE seq = OLD.seq) BEGIN
     UPDATE devices SET points = points - OLD.n WHERE device_id = OLD.device_id;
     DELETE FROM devices WHERE device_id = OLD.device_id AND points <= 0 AND held <= 0;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS settled_devices_in AFTER INSERT ON main.settled BEGIN
+    UPDATE devices SET points = points - (SELECT n FROM main.records WHERE seq = NEW.seq)
+    WHERE device_id = (SELECT device_id FROM main.records WHERE seq = NEW.seq);
+    DELETE FROM devices
+    WHERE device_id = (SELECT device_id FROM main.records WHERE seq = NEW.seq)
+    AND points <= 0 AND held <= 0;
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS held_devices_in AFTER INSERT ON main.held BEGIN
     INSERT INTO devices (device_id, held) VALUES (NEW.device_id, NEW.n)
@@ -256,7 +279,8 @@ def count_devices(db: sqlite3.Connection) -> None:
         # memory here (temp_store), megabytes for a spool of millions of points.
         db.execute(
             "INSERT INTO temp.devices (device_id, points, head) "
-            "SELECT device_id, n, seq FROM main.records WHERE true ORDER BY seq "
+            "SELECT device_id, n, seq FROM main.records "
+            "WHERE seq NOT IN (SELECT seq FROM main.settled) ORDER BY seq "
             "ON CONFLICT (device_id) DO UPDATE SET points = points + excluded.points"
         )
         db.execute(
@@ -307,6 +331,20 @@ def record_row(r: Record) -> RecordRow:
         len(r.metrics),
         r.received_us,
     )
+
+
+def sweep_settled(db: sqlite3.Connection) -> int:
+    """Within the caller's transaction: the settled records' ids into ``delivered_ids`` (in
+    the order they were settled), the records out of ``records`` (the devices' totals left
+    them at settlement, so the trigger skips them), and ``settled`` emptied. Returns how
+    many records left."""
+    db.execute(
+        "INSERT OR REPLACE INTO delivered_ids (rid, at_us) "
+        "SELECT r.rid, s.at_us FROM settled s JOIN records r ON r.seq = s.seq ORDER BY s.seq"
+    )
+    gone = db.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM settled)").rowcount
+    db.execute("DELETE FROM settled")
+    return int(gone)
 
 
 def forget_delivered(db: sqlite3.Connection, now_us: int, window_s: float) -> None:

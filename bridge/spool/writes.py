@@ -222,7 +222,7 @@ class IntakeWriter:
 
     def forget_for_disk(self, need: int) -> bool:
         """The disk is full: forget delivered ids until a write of ``need`` bytes has room
-        (:meth:`SpoolFile.disk_room`); True once it has. See :meth:`_forget_when_idle`."""
+        (:meth:`DiskReserve.disk_room`); True once it has. See :meth:`_forget_when_idle`."""
         return self._forget_when_idle(lambda file: _disk_room(file, need))
 
     def _forget_when_idle(self, done: Callable[[SpoolFile], bool]) -> bool:
@@ -245,6 +245,14 @@ class IntakeWriter:
         """
         file = self._file
         db = file.conn
+        if file.unswept.seqs:
+            # Settled records first: they wait for nothing, and a sweep forgets nothing.
+            try:
+                self._outbox.sweep()
+            except SpoolError as exc:
+                log.warning("could not sweep the settled records out: %s", exc)
+            if done(file):
+                return True
         # The audit's log first: folded, it takes less room and nothing is forgotten.
         try:
             self._outbox.audit.fold_now()
@@ -283,10 +291,11 @@ class IntakeWriter:
         """
         file = self._file
         db = file.conn
-        handed_out = self._outbox.handed_out
+        # Settled records are not waiting (a failed sweep may have left some): never victims.
+        handed_out = self._outbox.handed_out | file.unswept.seqs
         dropped = fair_dropped = 0
         target = file.settings.max_bytes * 0.98
-        while file.data_bytes >= target and file.depth_records > len(handed_out):
+        while file.data_bytes >= target and file.depth_records > len(self._outbox.handed_out):
             per_record = file.data_bytes / max(1, file.depth_records)
             want = max(16, int((file.data_bytes - target) / per_record) + 1)
             over = self._fair.drop_victims(want, handed_out)
@@ -345,4 +354,4 @@ def _disk_room(file: SpoolFile, need: int) -> bool:
     """Give the freed pages back to the filesystem, then see if a write of ``need`` fits."""
     file.reclaim()
     file.refresh_size()
-    return file.free_disk_bytes() >= file.disk_room(need)
+    return file.reserve.free_disk_bytes() >= file.reserve.disk_room(need)

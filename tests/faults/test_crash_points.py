@@ -89,7 +89,11 @@ def _ms(ts_us: int) -> int:
 def _spooled_points(path: Path) -> frozenset[Point]:
     db = _open_ro(path)
     try:
-        rows = db.execute("SELECT device_id, ts_us, metrics FROM records").fetchall()
+        # Settled records wait for their sweep: delivered, not spooled.
+        rows = db.execute(
+            "SELECT device_id, ts_us, metrics FROM records "
+            "WHERE seq NOT IN (SELECT seq FROM settled)"
+        ).fetchall()
     finally:
         db.close()
     return frozenset(

@@ -27,18 +27,22 @@ def test_the_flow_spans_the_devices_and_seconds_asked_for() -> None:
 
 def test_the_census_gives_each_page_a_commit_wrote_to_its_table(spool: Spool) -> None:
     """A commit writes pages of the records table and its id index, and of the header; a
-    settlement those of the delivered ids. Pages per transaction are averaged by kind."""
+    settlement those of the settled records, their sweep those of the delivered ids. Pages per
+    transaction are averaged by kind."""
     census = PageCensus(spool.file)
     assert census.start()
     spool.writer.commit([rec(i, n=4) for i in range(40)], [])
     census.take("commit")
     spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100)])
     census.take("settle")
+    spool.outbox.sweep()
+    census.take("sweep")
     found = census.per_transaction()
     assert {"records", "sqlite_autoindex_records_1", "sqlite_schema"} <= found["commit"].keys()
-    assert "sqlite_autoindex_delivered_ids_1" in found["settle"]
-    assert "sqlite_autoindex_delivered_ids_1" not in found["commit"]
-    assert census.transactions == {"commit": 1, "settle": 1}
+    assert "settled" in found["settle"]
+    assert {"sqlite_autoindex_delivered_ids_1", "settled"} <= found["sweep"].keys()
+    assert "sqlite_autoindex_delivered_ids_1" not in found["commit"].keys() | found["settle"]
+    assert census.transactions == {"commit": 1, "settle": 1, "sweep": 1}
 
 
 def test_bench_disk_accounts_for_every_point_and_reports_the_census(

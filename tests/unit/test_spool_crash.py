@@ -88,11 +88,21 @@ def snapshot(path: Path) -> tuple[object, ...]:
         assert s.file.moved_aside is None
         assert integrity(s) == ["ok"]
         db = s.file.conn
-        rows = db.execute("SELECT seq, rid, metrics, n FROM records ORDER BY seq").fetchall()
+        # Settled records wait no more and their ids count as delivered, swept out or not.
+        rows = db.execute(
+            "SELECT seq, rid, metrics, n FROM records "
+            "WHERE seq NOT IN (SELECT seq FROM settled) ORDER BY seq"
+        ).fetchall()
         assert (s.file.depth_records, s.file.depth_points) == (len(rows), sum(r[3] for r in rows))
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         assert s.file.delivered_points_total == int(meta.get("delivered_points", 0))
-        ids = sorted(r for (r,) in db.execute("SELECT rid FROM delivered_ids"))
+        ids = sorted(
+            r
+            for (r,) in db.execute(
+                "SELECT rid FROM delivered_ids UNION ALL "
+                "SELECT rid FROM records WHERE seq IN (SELECT seq FROM settled)"
+            )
+        )
         dead = db.execute("SELECT reason, payload FROM dead_letters ORDER BY id").fetchall()
         return rows, meta, ids, dead
     finally:
@@ -150,5 +160,50 @@ def test_every_crash_point_of_an_operation_leaves_all_of_it_or_none(
             kill_at,
         )
         assert snapshot(path) == (after if committed else before), (name, kill_at, committed)
+        outcomes.add(committed)
+    assert outcomes == {False, True}
+
+
+def raw_counts(path: Path) -> tuple[int, int, int]:
+    """Records, settled records and delivered ids as the file holds them."""
+    s = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    s.open()
+    try:
+        db = s.file.conn
+        return (
+            db.execute("SELECT COUNT(*) FROM records").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM settled").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0],
+        )
+    finally:
+        s.close()
+
+
+def test_every_crash_point_of_a_sweep_leaves_it_whole_or_undone(tmp_path: Path) -> None:
+    """SIGKILL before each SQL statement of a sweep of settled records: after restart they
+    are all still settled in ``records`` or all gone with their ids remembered, and what
+    waits and what counts as delivered is the same either way."""
+    base = tmp_path / "base.db"
+    spool = Spool(SpoolSettings(base, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    spool.writer.commit(
+        [Record("d1", T0_US + i, {"t": float(i), "v": 1.0}, T0_US) for i in range(6)], []
+    )
+    spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 3)])
+    assert len(spool.file.unswept) == 3
+    spool.close()
+    before = snapshot(base)
+    assert raw_counts(base) == (6, 3, 0)
+    outcomes = set()
+    for kill_at in [*range(25), 10**6]:
+        path = tmp_path / f"crash-{kill_at}.db"
+        shutil.copy(base, path)
+        committed = run_and_crash(
+            functools.partial(Spool, SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S)),
+            lambda s: s.outbox.sweep(),
+            kill_at,
+        )
+        assert raw_counts(path) == ((3, 0, 3) if committed else (6, 3, 0)), kill_at
+        assert snapshot(path) == before, kill_at
         outcomes.add(committed)
     assert outcomes == {False, True}

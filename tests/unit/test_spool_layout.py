@@ -81,7 +81,7 @@ def test_a_layout1_spool_is_migrated_at_open(tmp_path: Path) -> None:
     spool.open()
     try:
         db = spool.file.conn
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         stored = dict(db.execute("SELECT ts_us, rid FROM records").fetchall())
         assert stored == {r.ts_us: r.record_id for r in records}
         assert db.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0] == 0
@@ -203,27 +203,33 @@ def _file_tables(path: Path) -> set[str]:
 _LAYOUT2 = "DROP TABLE held; PRAGMA user_version=2;"
 
 
+def _older_spool(tmp_path: Path, records: int, older: str) -> Path:
+    """A spool of ``records`` records from two devices, made older by the SQL ``older``."""
+    path = tmp_path / "spool.db"
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(records)], [])
+    spool.close()
+    db = sqlite3.connect(path)
+    db.executescript(older)
+    db.close()
+    return path
+
+
 @pytest.mark.parametrize("older", [_LAYOUT2, _LAYOUT4_DEVICES], ids=["layout2", "layout4"])
 def test_an_older_spool_gets_its_device_totals_at_open(tmp_path: Path, older: str) -> None:
     """A spool from before the fair share (layout 2) or one that kept the devices' totals in
     the file (layouts 3 and 4) is upgraded in place: no totals' table or triggers are left in
     the file, each device's total is counted from the records waiting, then kept by every
     commit and delete, and never written to the file."""
-    path = tmp_path / "spool.db"
-    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
-    spool.open()
-    spool.writer.commit([_rec(i, device=f"d{i % 2}") for i in range(9)], [])
-    spool.close()
-    db = sqlite3.connect(path)
-    db.executescript(older)
-    db.close()
+    path = _older_spool(tmp_path, 9, older)
     assert ("devices" in _file_tables(path)) == (older == _LAYOUT4_DEVICES)
 
     spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
     spool.open()
     try:
         db = spool.file.conn
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert not _file_tables(path) & {
             "devices",
             "records_devices_in",
@@ -268,5 +274,26 @@ def test_device_totals_follow_writes_of_another_connection(tmp_path: Path) -> No
         assert sorted(totals) == [("d1", 4, 2), ("d9", 1, 0)]
         head = db.execute("SELECT head FROM devices WHERE device_id = 'd1'").fetchone()[0]
         assert head == min(r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1")
+    finally:
+        spool.close()
+
+
+def test_a_layout5_spool_gets_the_settled_records_table_at_open(tmp_path: Path) -> None:
+    """Layout 5 deleted each record at its settlement: it has no ``settled`` table. Opened,
+    the file gets one and layout 6, and what waited still waits, delivered as before."""
+    path = _older_spool(tmp_path, 6, "DROP TABLE settled; PRAGMA user_version=5;")
+    assert "settled" not in _file_tables(path)
+
+    spool = Spool(SpoolSettings(path, reserve_bytes=0), clock=FakeClock(NOW_S))
+    spool.open()
+    try:
+        db = spool.file.conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert "settled" in _file_tables(path)
+        assert (spool.file.depth_records, spool.file.depth_points) == (6, 12)
+        spool.outbox.delivered([r.seq for r in spool.outbox.fetch(0, 100) if r.device_id == "d1"])
+        assert [r.device_id for r in spool.outbox.fetch(0, 100)] == ["d0"] * 3
+        assert dict(db.execute("SELECT device_id, points FROM devices")) == {"d0": 6}
+        assert (spool.file.depth_records, spool.file.delivered_points_total) == (3, 6)
     finally:
         spool.close()

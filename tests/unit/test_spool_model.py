@@ -195,7 +195,8 @@ class SpoolMachine(RuleBasedStateMachine):
             return set()
         marks = ",".join("?" * len(rids))
         rows = self.spool.file.conn.execute(
-            f"SELECT rid FROM records WHERE rid IN ({marks})",  # noqa: S608
+            f"SELECT rid FROM records WHERE rid IN ({marks}) "  # noqa: S608
+            "AND seq NOT IN (SELECT seq FROM settled)",
             tuple(rids),
         ).fetchall()
         return {bytes(r[0]) for r in rows}
@@ -528,8 +529,19 @@ class SpoolMachine(RuleBasedStateMachine):
     def spool_matches_the_model(self) -> None:
         """The file holds exactly the model's records; counters agree with the file."""
         db = self.spool.file.conn
+        # Settled records stay in ``records`` until a sweep; they wait no more, and their ids
+        # are remembered as delivered.
+        settled = {int(seq) for (seq,) in db.execute("SELECT seq FROM settled")}
+        assert settled == self.spool.file.unswept.seqs, "settled records in the file and in memory"
+        assert not settled - {
+            int(seq)
+            for (seq,) in db.execute(
+                "SELECT seq FROM records WHERE seq IN (SELECT seq FROM settled)"
+            )
+        }, "a settled record left records without its sweep"
         rows = db.execute(
-            "SELECT seq, rid, device_id, ts_us, metrics, n, received_us FROM records ORDER BY seq"
+            "SELECT seq, rid, device_id, ts_us, metrics, n, received_us FROM records "
+            "WHERE seq NOT IN (SELECT seq FROM settled) ORDER BY seq"
         ).fetchall()
         assert [bytes(r[1]) for r in rows] == list(self.waiting), "records lost, added or moved"
         for (seq, _rid, device, ts_us, metrics, n, received_us), w in zip(
@@ -545,7 +557,10 @@ class SpoolMachine(RuleBasedStateMachine):
             assert n == len(stored)
             w.seq = int(seq)
         depth = sum(w.points for w in self.waiting.values())
-        count, total = db.execute("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records").fetchone()
+        count, total = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "
+            "WHERE seq NOT IN (SELECT seq FROM settled)"
+        ).fetchone()
         assert (self.spool.file.depth_records, self.spool.file.depth_points) == (count, total), (
             "depth"
         )
@@ -581,6 +596,10 @@ class SpoolMachine(RuleBasedStateMachine):
         ), "points stored != waiting + delivered + dead-lettered + dropped"
 
         remembered = {bytes(r) for (r,) in db.execute("SELECT rid FROM delivered_ids")}
+        remembered |= {
+            bytes(r)
+            for (r,) in db.execute("SELECT rid FROM records WHERE seq IN (SELECT seq FROM settled)")
+        }
         assert not remembered & set(self.waiting), "a delivered record is waiting again"
         certain = {rid for rid in self.remembered if self._certain(rid)}
         assert certain <= remembered, "a recently delivered id was forgotten"

@@ -268,7 +268,8 @@ def test_new_spools_can_give_free_pages_back_to_a_full_disk(spool: Spool) -> Non
 
 def _pages_settlements_write(spool: Spool) -> Counter[str]:
     """Pages of the WAL that 16 settlements of 25 four-metric records (one request of 100
-    points each, as delivery settles them) write, by b-tree."""
+    points each, as delivery settles them) and the sweep of them out of the spool write, by
+    b-tree."""
     spool.writer.commit([rec(i, n=4) for i in range(400)], [])
     census = PageCensus(spool.file)
     if not census.start():
@@ -277,6 +278,9 @@ def _pages_settlements_write(spool: Spool) -> Counter[str]:
     for start in range(0, 400, 25):
         spool.outbox.delivered([r.seq for r in records[start : start + 25]])
         census.take("settle")
+    assert len(spool.file.unswept) == 400  # fewer than a sweep waits for
+    spool.outbox.sweep()
+    census.take("settle")
     return census.pages["settle"]
 
 
