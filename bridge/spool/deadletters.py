@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from bridge.errors import SpoolFull
 from bridge.models import DeadLetterRow, Record
 from bridge.settings import DeadLetterSettings
+from bridge.spool.audit import DeliveryAudit
 from bridge.spool.dlbudget import PRUNE_TO, Pruned, cost_sql
 from bridge.spool.file import IN_CHUNK, SpoolFile
 from bridge.spool.schema import INSERT_RECORD, record_row, sweep_settled
@@ -66,8 +67,14 @@ class DeadLetterFilter:
 class DeadLetters:
     """The dead letters of a spool file, kept within ``budget``."""
 
-    def __init__(self, file: SpoolFile, budget: DeadLetterSettings | None = None) -> None:
+    def __init__(
+        self,
+        file: SpoolFile,
+        budget: DeadLetterSettings | None = None,
+        audit: DeliveryAudit | None = None,
+    ) -> None:
         self._file = file
+        self._audit = audit or DeliveryAudit(file)  # for the sweep before a requeue
         self.budget = budget or DeadLetterSettings()
         self._pruned: Counter[tuple[str, str]] = Counter()
 
@@ -275,10 +282,11 @@ class DeadLetters:
         file = self._file
         db = file.conn
         with file.transaction("requeue"):
-            if file.unswept.seqs:
-                # Settled records keep their ids in ``records`` until a sweep: out with them
-                # first, or a resend of one of them would be taken for a duplicate.
-                sweep_settled(db)
+            # Settled records keep their ids in ``records`` until a sweep: out with them first,
+            # or a resend of one of them would be taken for a duplicate. Whatever this process
+            # knows: a running bridge may have settled more since it looked.
+            self._audit.record_settled(db)
+            sweep_settled(db)
             top = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0]
             db.executemany(INSERT_RECORD, [record_row(r) for r in records])
             points = int(

@@ -90,17 +90,30 @@ class AsyncSpool:
         return await self._run(lambda: self._spool.deadbands.prune_stale(now_us))
 
     async def prune_audit(self, now_us: int) -> tuple[int, int]:
-        """About once a minute: drop audit rows past their retention and evict delivered
-        devices over the cap; returns (audit rows, devices) deleted ((0, 0) when not due)."""
-        audit = self._spool.audit
+        """About once a minute: sweep the settled records into the audit, drop audit rows past
+        their retention and evict delivered devices over the cap; returns (audit rows,
+        devices) deleted ((0, 0) when not due)."""
+        spool = self._spool
+        audit = spool.audit
         if not audit.prune_due(now_us / 1_000_000):
             return (0, 0)
-        return await self._run(lambda: audit.prune(now_us))
+
+        def prune() -> tuple[int, int]:
+            spool.sweep_settled()
+            return audit.prune(now_us)
+
+        return await self._run(prune)
 
     async def audit_pick(self, since_us: int, until_us: int, r: float) -> AuditRow | None:
-        """One random audited minute of one series (see :meth:`DeliveryAudit.pick`)."""
-        audit = self._spool.audit
-        return await self._run(lambda: audit.pick(since_us, until_us, r))
+        """One random audited minute of one series (see :meth:`DeliveryAudit.pick`), the
+        settled records swept into the audit first."""
+        spool = self._spool
+
+        def pick() -> AuditRow | None:
+            spool.sweep_settled()
+            return spool.audit.pick(since_us, until_us, r)
+
+        return await self._run(pick)
 
     async def keep_dead_letters(self) -> Pruned:
         """Prune dead letters beyond their budget; returns every prune since the last call
@@ -154,12 +167,10 @@ class AsyncSpool:
         )
 
     async def delivered(self, records: Sequence[SpooledRecord]) -> None:
-        """The API accepted these records (as handed out): delete and count them."""
+        """The API accepted these records (as handed out): count them as delivered."""
         spool = self._spool
         seqs = [r.seq for r in records]
-        await self._run(
-            lambda: spool.making_room(lambda: spool.outbox.delivered(seqs, sent=records))
-        )
+        await self._run(lambda: spool.making_room(lambda: spool.outbox.delivered(seqs)))
 
     async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """The API refused these records for good: move them to the dead letters."""

@@ -226,9 +226,9 @@ class Outbox:
 
     # -- settling (spool/settlement.py) ---------------------------------------------------
 
-    def delivered(self, seqs: Sequence[int], sent: Sequence[SpooledRecord] = ()) -> None:
+    def delivered(self, seqs: Sequence[int]) -> None:
         """:meth:`Settlement.delivered <bridge.spool.settlement.Settlement.delivered>`."""
-        self.settlement.delivered(seqs, sent)
+        self.settlement.delivered(seqs)
 
     def sweep(self) -> None:
         """:meth:`Settlement.sweep <bridge.spool.settlement.Settlement.sweep>`."""

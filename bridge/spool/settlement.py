@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from bridge.models import SpooledRecord
 from bridge.spool import schema
 from bridge.spool.audit import DeliveryAudit
 from bridge.spool.file import IN_CHUNK, SpoolFile, due
@@ -41,19 +40,18 @@ class Settlement:
         self._forget = forget
         self._next_prune = 0.0
 
-    def delivered(self, seqs: Sequence[int], sent: Sequence[SpooledRecord] = ()) -> None:
+    def delivered(self, seqs: Sequence[int]) -> None:
         """Count delivered records as settled, in one transaction; sweep them out of the
         spool when a sweep is due (:meth:`sweep`).
 
         The delivery loop batches the seqs of several accepted requests into one call, so the
-        commit of this transaction is shared by all of them. ``sent``: the records as handed
-        out, if the caller has them; the audit then takes their values from there instead of
-        decoding them from the file again. Seqs no longer waiting in the spool are skipped.
+        commit of this transaction is shared by all of them. Seqs no longer waiting in the
+        spool are skipped.
         """
         file = self._file
         seqs = [seq for seq in seqs if seq not in file.unswept]
         if seqs:
-            file.freeing(lambda: self._settle(seqs, sent))
+            file.freeing(lambda: self._settle(seqs))
         unswept = file.unswept
         if unswept.seqs and (
             len(unswept) >= SWEEP_RECORDS
@@ -61,61 +59,35 @@ class Settlement:
         ):
             self.sweep()
 
-    def _settle(self, seqs: Sequence[int], sent: Sequence[SpooledRecord]) -> None:
+    def _settle(self, seqs: Sequence[int]) -> None:
         file = self._file
         db = file.conn
         now = file.clock()
         at_us = int(now * 1_000_000)
-        known = {r.seq: r for r in sent}
         points = 0
         settled: list[int] = []
         with file.transaction("delete", sync=False):
             for start in range(0, len(seqs), IN_CHUNK):
                 chunk = tuple(seqs[start : start + IN_CHUNK])
                 marks = ",".join("?" * len(chunk))
-                present, stored = (
-                    db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
-                        f"WHERE seq IN ({marks})",
-                        chunk,
-                    ).fetchone()
-                    if all(seq in known for seq in chunk)
-                    else (-1, 0)
-                )
+                # Usually all still here: one step for the count (a row each only if not).
+                present, stored = db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
+                    f"WHERE seq IN ({marks})",
+                    chunk,
+                ).fetchone()
                 if present == len(chunk):
-                    # All still here, and the values sent are at hand: one step each for the
-                    # count and the settlement; the audit takes the values from what was sent.
                     here = list(chunk)
-                    accepted = [known[seq] for seq in chunk]
-                    self.audit.record(
-                        db, ((r.device_id, r.ts_us, r.metrics) for r in accepted), at_us
-                    )
                     points += int(stored)
-                elif present >= 0:
-                    # The values sent are at hand: read back only which records are still
-                    # here, and the audit takes the values from what was sent.
+                else:
                     found = db.execute(
                         f"SELECT seq, n FROM records WHERE seq IN ({marks})",  # noqa: S608
                         chunk,
                     ).fetchall()
                     here = [seq for seq, _n in found]
-                    accepted = [known[seq] for seq in here]
-                    self.audit.record(
-                        db, ((r.device_id, r.ts_us, r.metrics) for r in accepted), at_us
-                    )
                     points += sum(int(n) for _seq, n in found)
-                else:
-                    rows = db.execute(
-                        f"SELECT seq, device_id, ts_us, metrics, n FROM records "  # noqa: S608
-                        f"WHERE seq IN ({marks})",
-                        chunk,
-                    ).fetchall()
-                    here = [seq for seq, *_ in rows]
-                    self.audit.record(
-                        db, ((d, t, orjson.loads(m)) for _s, d, t, m, _n in rows), at_us
-                    )
-                    points += sum(int(n) for *_, n in rows)
                 if here:
+                    # The audit of these points is written at their sweep, with this time.
                     db.execute(
                         f"INSERT OR IGNORE INTO settled (seq, at_us) "  # noqa: S608
                         f"SELECT seq, ? FROM records WHERE seq IN ({marks})",
@@ -134,8 +106,9 @@ class Settlement:
         file.refresh_oldest()
 
     def sweep(self) -> None:
-        """Move the settled records out: their ids into the delivered-id memory, the records
-        deleted, in one transaction for many settlements (schema.SETTLED says why)."""
+        """Move the settled records out: their points into the audit, their ids into the
+        delivered-id memory, the records deleted, in one transaction for many settlements
+        (schema.SETTLED says why)."""
         file = self._file
         file.freeing(self._sweep)
         file.refresh_size()
@@ -143,6 +116,7 @@ class Settlement:
     def _sweep(self) -> None:
         file = self._file
         with file.transaction("delete", sync=False):
+            self.audit.record_settled(file.conn)
             schema.sweep_settled(file.conn)
         file.unswept.clear()
 

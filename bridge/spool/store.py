@@ -69,7 +69,7 @@ class Spool:
         self.deadbands = DeadbandGate(self.file)
         self.writer = IntakeWriter(self.file, self.outbox, self.fair, self.deadbands)
         self.coalescer = Coalescer(self.file)
-        self.dead_letters = DeadLetters(self.file, dead_letters)
+        self.dead_letters = DeadLetters(self.file, dead_letters, self.audit)
 
     def open(self) -> None:
         """Lock and open the file (see :meth:`SpoolFile.open`)."""
@@ -82,6 +82,11 @@ class Spool:
     def close(self) -> None:
         """Close the file and release the lock (idempotent)."""
         self.file.close()
+
+    def sweep_settled(self) -> None:
+        """Sweep the settled records out now, if there are any (spool/settlement.py)."""
+        if self.file.unswept.seqs:
+            self.outbox.sweep()
 
     def making_room(self, write: Callable[[], _T], need: int = 0) -> _T:
         """Run a spool write; if the disk is full, prune the oldest dead letters to make room

@@ -40,9 +40,7 @@ def main(directory: Path) -> None:
     def deliver() -> None:
         outbox = spool.outbox
         while batches := outbox.take_batches(4, 100, single_object=False, newest_first=False):
-            outbox.delivered(
-                [s for b in batches for s in b.seqs], [r for b in batches for r in b.records]
-            )
+            outbox.delivered([s for b in batches for s in b.seqs])
 
     def ids() -> int:
         return int(spool.file.conn.execute("SELECT COUNT(*) FROM delivered_ids").fetchone()[0])

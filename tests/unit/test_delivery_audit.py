@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,9 +59,11 @@ def rec(t_s: float, device: str = "d", **metrics: float) -> Record:
 
 
 def deliver_all(spool: Spool) -> list[int]:
+    """Deliver every waiting record and sweep them out: their audit is then logged."""
     batches = spool.outbox.take_batches(10, 100, single_object=False, newest_first=False)
     seqs = [seq for b in batches for seq in b.seqs]
     spool.outbox.delivered(seqs)
+    spool.outbox.sweep()
     return seqs
 
 
@@ -207,7 +210,7 @@ def test_the_folded_log_matches_a_direct_computation(
 def test_what_is_read_is_the_same_before_and_after_the_log_is_folded(
     tmp_path: Path, clock: Clock
 ) -> None:
-    """Each settlement appends to the log; every FOLD_EVERY the log goes into the tables.
+    """Each sweep appends to the log; every FOLD_EVERY the log goes into the tables.
     ``rows`` and ``devices`` read both, so a fold changes nothing that they show."""
     spool = open_spool(tmp_path / "s.db", clock)
     try:
@@ -219,7 +222,7 @@ def test_what_is_read_is_the_same_before_and_after_the_log_is_folded(
             if n in (FOLD_EVERY - 2, FOLD_EVERY + 4):
                 reads.append((spool.audit.rows(0, 2**62), spool.audit.devices()))
         logged = spool.file.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0]
-        assert logged == 5  # folded once, at the 64th settlement
+        assert logged == 5  # folded once, at the 64th sweep
         spool.audit.prune(int(clock.now * S))  # folds the rest first
         assert spool.file.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == 0
         assert (spool.audit.rows(0, 2**62), spool.audit.devices()) == reads[-1]
@@ -262,28 +265,31 @@ def test_pick_finds_a_row_of_a_random_minute_within_the_window(spool: Spool) -> 
     assert one in spool.audit.rows(T0 + MINUTE_US, T0 + 2 * MINUTE_US)
 
 
-def test_the_audit_of_the_records_sent_is_the_audit_read_from_the_file(
+def test_settled_records_are_audited_alike_before_and_after_their_sweep(
     tmp_path: Path, clock: Clock
 ) -> None:
-    """The delivery loop hands the records it sent to the delete, which audits their values
-    from there: the same rows as when they are read back from the file, and a record already
-    gone (delivered before) is not audited again."""
+    """The audit of delivered records is written at their sweep, from the file; until then
+    the readers take the settled records in from the file: the same rows and devices either
+    way, and a record delivered twice (a late answer) is audited once."""
     records = [rec(t, f"d{t % 3}", temp=float(t), hum=100.0 - t) for t in range(0, 150, 7)]
-    audits = []
-    for sent in (False, True):
-        spool = open_spool(tmp_path / f"{sent}.db", clock)
-        try:
-            spool.commit(records, [])
-            batches = spool.outbox.take_batches(10, 100, single_object=False, newest_first=False)
-            taken = [r for b in batches for r in b.records]
-            seqs = [r.seq for r in taken]
-            spool.outbox.delivered(seqs, sent=taken if sent else ())
-            spool.outbox.delivered(seqs, sent=taken if sent else ())
-            audits.append((spool.audit.rows(0, 2**62), spool.file.delivered_points_total))
-        finally:
-            spool.close()
-    assert audits[0] == audits[1]
-    assert sum(row.n for row in audits[0][0]) == audits[0][1] == 2 * len(records)
+    spool = open_spool(tmp_path / "s.db", clock)
+    try:
+        spool.commit(records, [])
+        batches = spool.outbox.take_batches(10, 100, single_object=False, newest_first=False)
+        seqs = [r.seq for b in batches for r in b.records]
+        spool.outbox.delivered(seqs)
+        spool.outbox.delivered(seqs)
+        assert spool.file.unswept.seqs == set(seqs)
+        before = (spool.audit.rows(0, 2**62), spool.audit.devices())
+        spool.outbox.sweep()
+        assert spool.file.conn.execute("SELECT COUNT(*) FROM settled").fetchone()[0] == 0
+        after = (spool.audit.rows(0, 2**62), spool.audit.devices())
+    finally:
+        spool.close()
+    assert before == after
+    assert sum(row.n for row in after[0]) == spool.file.delivered_points_total == 2 * len(records)
+    per_device = Counter(r.device_id for r in records)
+    assert {d.device_id: d.points for d in after[1]} == {d: 2 * n for d, n in per_device.items()}
 
 
 def test_the_prune_is_due_once_a_minute_and_at_once_after_the_clock_was_set_back(

@@ -104,7 +104,8 @@ def snapshot(path: Path) -> tuple[object, ...]:
             )
         )
         dead = db.execute("SELECT reason, payload FROM dead_letters ORDER BY id").fetchall()
-        return rows, meta, ids, dead
+        audit = s.audit.rows(0, 2**62), s.audit.devices()  # settled records counted in
+        return rows, meta, ids, dead, audit
     finally:
         s.close()
 

@@ -103,7 +103,7 @@ def _drive(
             )
             if not batches:
                 break
-            outbox.delivered(batches[0].seqs, batches[0].records)
+            outbox.delivered(batches[0].seqs)
             settled += batches[0].points
             after("settle")
     return committed, settled
