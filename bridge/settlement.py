@@ -1,9 +1,10 @@
 """Writing the API's verdicts into the spool.
 
-Accepted records are deleted in shared transactions: one commit for every request that
-completed meanwhile, instead of one per request. A delete never waits for more records to share
-it: a record accepted and not yet deleted is sent again after a crash, so that window stays as
-short as the spool allows.
+Accepted records are settled in shared transactions: one commit for every request that
+completed meanwhile, instead of one per request. A settlement never waits for more records to
+share it: a record accepted and not yet settled is sent again after a crash, so that window
+stays as short as the spool allows (the spool deletes settled records later, in bulk:
+:mod:`bridge.spool.settler`).
 
 Refusals move records to the dead letters. Both free space, so after each one the commit loop
 may try again (``on_freed``). On a full disk a write that frees space is retried (a delete in

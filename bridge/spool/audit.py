@@ -4,7 +4,7 @@ accepted points per device, metric and minute of their timestamp (``delivery_aud
 sum, min and max).
 
 Both are written in the transaction that deletes the accepted records: the sweep of the
-settled records (:mod:`bridge.spool.settlement`; a partial settlement deletes its record at
+settled records (:mod:`bridge.spool.settler`; a partial settlement deletes its record at
 once), as one appended row of ``audit_log``: the accepted (device, timestamp, metrics, and
 the time of their settlement), read from the records, in JSON compressed with zlib; one row
 for a sweep's many settlements compresses better and writes fewer pages than one each
@@ -52,7 +52,7 @@ FOLD_BYTES = 128 << 10
 
 
 AuditKey = tuple[str, str, int]  # device, metric, minute_us
-# The settled records not swept out yet (spool/settlement.py), as the sweep audits them.
+# The settled records not swept out yet (spool/settler.py), as the sweep audits them.
 _SETTLED_ROWS = (
     "SELECT r.device_id, r.ts_us, r.metrics, s.at_us FROM settled s "
     "JOIN records r ON r.seq = s.seq ORDER BY s.seq"

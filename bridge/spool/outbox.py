@@ -1,5 +1,5 @@
 """The delivery side of the spool: handing records out in batches, then settling each one
-(the settling itself in :mod:`bridge.spool.settlement`).
+(the settling itself in :mod:`bridge.spool.settler`).
 
 A record is handed out to a request and stays in the spool until the transaction that counts
 its acceptance (:meth:`Outbox.delivered`) or moves it to the dead letters (:meth:`Outbox.reject`,
@@ -32,7 +32,7 @@ from bridge.models import SpooledRecord
 from bridge.spool.audit import DeliveryAudit
 from bridge.spool.file import SpoolFile
 from bridge.spool.schema import RECORD_COLUMNS, json_available, spooled
-from bridge.spool.settlement import Settlement
+from bridge.spool.settler import Settler
 
 # The next ? records after a seq, as one JSON array: Python's sqlite3 gives up and retakes the
 # interpreter lock at every statement step, and while the event loop is busy each retake can
@@ -90,7 +90,7 @@ class Outbox:
         self._resume: dict[str, int] = {}
         self._json: bool | None = None  # whether SQLite has the JSON functions
         self._per_record = 1  # points of the smallest record last fetched
-        self.settlement = Settlement(file, self.audit, self._settled)
+        self.settler = Settler(file, self.audit, self._settled)
 
     # -- handing out -----------------------------------------------------------------------
 
@@ -224,20 +224,20 @@ class Outbox:
             for seq in seqs:
                 info.pop(seq, None)
 
-    # -- settling (spool/settlement.py) ---------------------------------------------------
+    # -- settling (spool/settler.py) -------------------------------------------------------
 
     def delivered(self, seqs: Sequence[int]) -> None:
-        """:meth:`Settlement.delivered <bridge.spool.settlement.Settlement.delivered>`."""
-        self.settlement.delivered(seqs)
+        """:meth:`Settler.delivered <bridge.spool.settler.Settler.delivered>`."""
+        self.settler.delivered(seqs)
 
     def sweep(self) -> None:
-        """:meth:`Settlement.sweep <bridge.spool.settlement.Settlement.sweep>`."""
-        self.settlement.sweep()
+        """:meth:`Settler.sweep <bridge.spool.settler.Settler.sweep>`."""
+        self.settler.sweep()
 
     def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
-        """:meth:`Settlement.reject <bridge.spool.settlement.Settlement.reject>`."""
-        self.settlement.reject(seqs, reason, detail)
+        """:meth:`Settler.reject <bridge.spool.settler.Settler.reject>`."""
+        self.settler.reject(seqs, reason, detail)
 
     def settle_partly(self, seq: int, refused: dict[str, float], reason: str, detail: str) -> None:
-        """:meth:`Settlement.settle_partly <bridge.spool.settlement.Settlement.settle_partly>`."""
-        self.settlement.settle_partly(seq, refused, reason, detail)
+        """:meth:`Settler.settle_partly <bridge.spool.settler.Settler.settle_partly>`."""
+        self.settler.settle_partly(seq, refused, reason, detail)

@@ -63,7 +63,7 @@ DELIVERY_AUDIT = """CREATE TABLE IF NOT EXISTS delivery_audit (
 # Records whose acceptance is counted and that still lie in ``records``: a settlement adds
 # their seqs here (with the time, for the delivered ids) instead of deleting each record and
 # inserting its id into ``delivered_ids`` at once; a sweep does both for the records of many
-# settlements in one transaction (spool/settlement.py). A settlement then writes the pages of
+# settlements in one transaction (spool/settler.py). A settlement then writes the pages of
 # this table's end instead of a delete's pages in the middle of ``records``, its id index, the
 # free list and ``delivered_ids``' index: 399 -> 305 bytes written per point in `bench disk`
 # (docs/design/performance.md, round 14). Every reader of waiting records leaves these out

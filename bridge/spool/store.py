@@ -84,7 +84,7 @@ class Spool:
         self.file.close()
 
     def sweep_settled(self) -> None:
-        """Sweep the settled records out now, if there are any (spool/settlement.py)."""
+        """Sweep the settled records out now, if there are any (spool/settler.py)."""
         if self.file.unswept.seqs:
             self.outbox.sweep()
 

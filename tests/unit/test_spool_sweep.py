@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.spool import settlement
+from bridge.spool import settler
 from bridge.spool.store import Spool
 from tests.support.clock import FakeClock
 from tests.support.spool import rec, reopen
@@ -80,7 +80,7 @@ def test_settled_records_stay_delivered_across_a_restart(spool: Spool) -> None:
 def test_a_sweep_comes_after_enough_records_or_enough_time(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(settlement, "SWEEP_RECORDS", 5)
+    monkeypatch.setattr(settler, "SWEEP_RECORDS", 5)
     clock = spool.file.clock
     assert isinstance(clock, FakeClock)
     spool.writer.commit([rec(i) for i in range(20)], [])
@@ -90,7 +90,7 @@ def test_a_sweep_comes_after_enough_records_or_enough_time(
     spool.outbox.delivered(seqs[4:5])  # the fifth: swept
     assert _counts(spool) == (15, 0, 5)
     spool.outbox.delivered(seqs[5:6])
-    clock.advance(settlement.SWEEP_EVERY_S - 0.5)
+    clock.advance(settler.SWEEP_EVERY_S - 0.5)
     spool.outbox.delivered(seqs[6:7])
     assert _counts(spool) == (15, 2, 5)
     clock.advance(1.0)  # the first of them settled more than SWEEP_EVERY_S ago
@@ -114,7 +114,7 @@ def test_fair_batches_settled_ahead_of_the_cursor_are_never_sent_again(spool: Sp
         sent += seqs
         outbox.delivered(seqs)
     assert small <= set(sent[:100]), "the quieter device was served early (fair batches)"
-    assert settlement.SWEEP_RECORDS > 330  # nothing swept on the way
+    assert settler.SWEEP_RECORDS > 330  # nothing swept on the way
     assert len(sent) == len(set(sent)) == 330
     assert spool.file.depth_records == 0
     assert spool.file.delivered_points_total == 660

@@ -1,12 +1,12 @@
 """The settling side of the spool: every answer of the API to a request ends here.
 
 Accepted records are counted as delivered in one transaction per call (the delivery loop
-gathers several requests into one), with the values the API took into the delivery audit.
-They stay in ``records``, marked in the ``settled`` table, until a sweep deletes the records of
-many settlements at once and moves their ids to the delivered-id memory
-(:data:`~bridge.spool.schema.SETTLED` says what that saves); meanwhile
-:class:`~bridge.spool.unswept.Unswept` keeps them out of everything that reads waiting records.
-Refused records (all of a record, or some of its metrics) go to the dead letters at once.
+gathers several requests into one). They stay in ``records``, marked in the ``settled`` table,
+until a sweep writes their audit, moves their ids to the delivered-id memory and deletes them,
+for many settlements at once (:data:`~bridge.spool.schema.SETTLED` says what that saves);
+meanwhile :class:`~bridge.spool.unswept.Unswept` keeps them out of everything that reads
+waiting records. Refused records (all of a record, or some of its metrics) go to the dead
+letters at once. The async side, which gathers the API's answers, is :mod:`bridge.settlement`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SWEEP_RECORDS = 512
 SWEEP_EVERY_S = 5.0
 
 
-class Settlement:
+class Settler:
     """Settles records handed out by the outbox; ``forget`` tells the outbox which left."""
 
     def __init__(
