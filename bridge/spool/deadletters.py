@@ -116,10 +116,8 @@ class DeadLetters:
         """Prune the oldest dead letters before the disk is full, if it has less room than
         :meth:`prune_for_disk` makes: on a full disk even the deletes need room (in the WAL,
         and in the database file for the checkpoint that makes it small again)."""
-        file = self._file
-        if file.dead_letters.count and file.reserve.free_disk_bytes() < file.reserve.disk_room(
-            need
-        ):
+        file, reserve = self._file, self._file.reserve
+        if file.dead_letters.count and reserve.free_disk_bytes() < reserve.disk_room(need):
             self.prune_for_disk(need)
 
     def prune_for_disk(self, need: int) -> bool:
