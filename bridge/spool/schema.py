@@ -333,18 +333,16 @@ def record_row(r: Record) -> RecordRow:
     )
 
 
-def sweep_settled(db: sqlite3.Connection) -> int:
+def sweep_settled(db: sqlite3.Connection) -> None:
     """Within the caller's transaction: the settled records' ids into ``delivered_ids`` (in
     the order they were settled), the records out of ``records`` (the devices' totals left
-    them at settlement, so the trigger skips them), and ``settled`` emptied. Returns how
-    many records left."""
+    them at settlement, so the trigger skips them), and ``settled`` emptied."""
     db.execute(
         "INSERT OR REPLACE INTO delivered_ids (rid, at_us) "
         "SELECT r.rid, s.at_us FROM settled s JOIN records r ON r.seq = s.seq ORDER BY s.seq"
     )
-    gone = db.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM settled)").rowcount
+    db.execute("DELETE FROM records WHERE seq IN (SELECT seq FROM settled)")
     db.execute("DELETE FROM settled")
-    return int(gone)
 
 
 def forget_delivered(db: sqlite3.Connection, now_us: int, window_s: float) -> None:

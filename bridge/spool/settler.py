@@ -49,7 +49,8 @@ class Settler:
         spool are skipped.
         """
         file = self._file
-        seqs = [seq for seq in seqs if seq not in file.unswept]
+        already = file.unswept.seqs  # the set itself: no method call per seq
+        seqs = [seq for seq in seqs if seq not in already]
         if seqs:
             file.freeing(lambda: self._settle(seqs))
         unswept = file.unswept
@@ -123,7 +124,8 @@ class Settler:
     def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """Move records the API refused to the dead letters, in one transaction. Seqs no
         longer waiting in the spool are skipped."""
-        seqs = [seq for seq in seqs if seq not in self._file.unswept]
+        already = self._file.unswept.seqs
+        seqs = [seq for seq in seqs if seq not in already]
         if seqs:
             self._file.freeing(lambda: self._reject(seqs, reason, detail))
 
@@ -164,7 +166,7 @@ class Settler:
         """The API accepted some metrics of record ``seq`` and refused ``refused``: in one
         transaction dead-letter the refused ones (as a record of just those) and delete the
         record, counting the rest as delivered. A record no longer waiting is left alone."""
-        if seq in self._file.unswept:
+        if seq in self._file.unswept.seqs:
             return  # settled already (a late answer): its sweep removes it
         self._file.freeing(lambda: self._settle_partly(seq, refused, reason, detail))
 

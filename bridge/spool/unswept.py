@@ -26,9 +26,6 @@ class Unswept:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def __contains__(self, seq: object) -> bool:
-        return seq in self.seqs
-
     def add(self, seqs: Iterable[int], now: float) -> None:
         """Records whose settlement committed."""
         seqs = list(seqs)
