@@ -170,7 +170,8 @@ class AsyncSpool:
         """The API accepted these records (as handed out): count them as delivered."""
         spool = self._spool
         seqs = [r.seq for r in records]
-        await self._run(lambda: spool.making_room(lambda: spool.outbox.delivered(seqs)))
+        points = [len(r.metrics) for r in records]
+        await self._run(lambda: spool.making_room(lambda: spool.outbox.delivered(seqs, points)))
 
     async def reject(self, seqs: Sequence[int], reason: str, detail: str) -> None:
         """The API refused these records for good: move them to the dead letters."""

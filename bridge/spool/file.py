@@ -59,6 +59,8 @@ class SpoolFile:
         # The dead letters' share of used_bytes: they have their own budget (dlbudget.py).
         self.dead_letters = Held()
         self._data_version = 0
+        # (connection, relaxed) as last set by transaction(); None: not known (set it again).
+        self._synchronous: tuple[sqlite3.Connection, bool] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -72,8 +74,8 @@ class SpoolFile:
         self.reserve.ensure()
         with self._closed_on_failure():
             try:
-                self._db = _connect(self.path, self.settings)
-                healthy = _healthy(self._db)
+                self._attach()
+                healthy = _healthy(self.conn)
             except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
                 log.error("spool %s cannot be read: %s", self.path, exc)
                 healthy = False
@@ -82,7 +84,7 @@ class SpoolFile:
                     self._db.close()
                     self._db = None
                 self._move_aside()
-                self._db = _connect(self.path, self.settings)
+                self._attach()
             schema.install(self.conn, self.path)
             self.load_counters()
 
@@ -98,11 +100,16 @@ class SpoolFile:
         if not self.path.exists():
             raise SpoolError(f"no spool at {self.path} (check spool.path)")
         with self._closed_on_failure():
-            self._db = _connect(self.path, self.settings)
-            if not _healthy(self._db):
+            self._attach()
+            if not _healthy(self.conn):
                 raise SpoolError(f"spool {self.path} failed its integrity check")
-            schema.install(self._db, self.path)
+            schema.install(self.conn, self.path)
             self.load_counters()
+
+    def _attach(self) -> None:
+        """Connect to the file; the connection starts at the configured ``synchronous``."""
+        self._db = _connect(self.path, self.settings)
+        self._synchronous = (self._db, False)
 
     @contextlib.contextmanager
     def _closed_on_failure(self) -> Iterator[None]:
@@ -175,12 +182,16 @@ class SpoolFile:
     def transaction(self, what: str, *, sync: bool = True) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE … COMMIT``, rolled back on any error and translated once.
 
-        ``sync=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this
-        one transaction). Only for what may be lost on a power cut without losing a reading:
-        the settlements of delivered records and their sweeps. A lost settlement re-sends
-        identical points after a restart (a lost sweep only leaves its records settled); and
-        the next synced commit (every intake commit is one) makes it durable too, as the
-        WAL is written in order.
+        ``sync=False`` commits without waiting for the disk (``synchronous=NORMAL``). Only for
+        what may be lost on a power cut without losing a reading: the settlements of delivered
+        records and their sweeps. A lost settlement re-sends identical points after a restart
+        (a lost sweep only leaves its records settled); and the next synced commit (every
+        intake commit is one) makes it durable too, as the WAL is written in order.
+
+        The level is switched before ``BEGIN`` only when it changes (a drain runs several
+        settlements per intake commit, and each statement on the spool's thread waits for the
+        interpreter lock: performance.md, round 15). Every write of this connection goes
+        through here, so none commits at the relaxed level by mistake.
 
         Raises:
             SpoolFull: the disk is full (intake treats that as back-pressure; the deletes
@@ -191,8 +202,10 @@ class SpoolFile:
         configured = self.settings.synchronous
         relaxed = not sync and configured != "NORMAL"
         try:
-            if relaxed:
-                db.execute("PRAGMA synchronous=NORMAL")
+            if self._synchronous != (db, relaxed):
+                self._synchronous = None  # not known until the switch has gone through
+                db.execute(f"PRAGMA synchronous={'NORMAL' if relaxed else configured}")
+                self._synchronous = (db, relaxed)
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
@@ -204,10 +217,6 @@ class SpoolFile:
         except BaseException:
             self._rollback()  # never leave a transaction open: every later write would fail
             raise
-        finally:
-            if relaxed:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute(f"PRAGMA synchronous={configured}")
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -321,8 +330,9 @@ class SpoolFile:
         return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str) -> None:
-        """Write a small persistent value."""
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        """Write a small persistent value (synced: see :meth:`transaction`)."""
+        with self.transaction("meta") as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
 # Pages of new spool files. Every commit writes each page it touches to the WAL whole, and a

@@ -226,9 +226,9 @@ class Outbox:
 
     # -- settling (spool/settler.py) -------------------------------------------------------
 
-    def delivered(self, seqs: Sequence[int]) -> None:
+    def delivered(self, seqs: Sequence[int], points: Sequence[int] | None = None) -> None:
         """:meth:`Settler.delivered <bridge.spool.settler.Settler.delivered>`."""
-        self.settler.delivered(seqs)
+        self.settler.delivered(seqs, points)
 
     def sweep(self) -> None:
         """:meth:`Settler.sweep <bridge.spool.settler.Settler.sweep>`."""

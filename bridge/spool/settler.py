@@ -40,19 +40,25 @@ class Settler:
         self._forget = forget
         self._next_prune = 0.0
 
-    def delivered(self, seqs: Sequence[int]) -> None:
+    def delivered(self, seqs: Sequence[int], points: Sequence[int] | None = None) -> None:
         """Count delivered records as settled, in one transaction; sweep them out of the
         spool when a sweep is due (:meth:`sweep`).
 
         The delivery loop batches the seqs of several accepted requests into one call, so the
         commit of this transaction is shared by all of them. Seqs no longer waiting in the
-        spool are skipped.
+        spool are skipped. ``points``, when given, are the points of each record as it was
+        handed out (in the order of ``seqs``): records never change once stored, so when all
+        are still there they are not read again.
         """
         file = self._file
         already = file.unswept.seqs  # the set itself: no method call per seq
-        seqs = [seq for seq in seqs if seq not in already]
+        if points is None:
+            seqs, known = [seq for seq in seqs if seq not in already], None
+        else:
+            pairs = [(seq, n) for seq, n in zip(seqs, points, strict=True) if seq not in already]
+            seqs, known = [seq for seq, _n in pairs], [n for _seq, n in pairs]
         if seqs:
-            file.freeing(lambda: self._settle(seqs))
+            file.freeing(lambda: self._settle(seqs, known))
         unswept = file.unswept
         if unswept.seqs and (
             len(unswept) >= SWEEP_RECORDS
@@ -60,7 +66,7 @@ class Settler:
         ):
             self.sweep()
 
-    def _settle(self, seqs: Sequence[int]) -> None:
+    def _settle(self, seqs: Sequence[int], known: Sequence[int] | None) -> None:
         file = self._file
         db = file.conn
         now = file.clock()
@@ -71,30 +77,24 @@ class Settler:
             for start in range(0, len(seqs), IN_CHUNK):
                 chunk = tuple(seqs[start : start + IN_CHUNK])
                 marks = ",".join("?" * len(chunk))
-                # Usually all still here: one step for the count (a row each only if not).
-                present, stored = db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM records "  # noqa: S608
-                    f"WHERE seq IN ({marks})",
+                # The audit of these points is written at their sweep, with this time. None of
+                # them is in `settled` yet (see delivered), so the rows inserted are the records
+                # still here: usually all of them, and then this is the only statement.
+                inserted = db.execute(
+                    f"INSERT OR IGNORE INTO settled (seq, at_us) "  # noqa: S608
+                    f"SELECT seq, ? FROM records WHERE seq IN ({marks})",
+                    (at_us, *chunk),
+                ).rowcount
+                if inserted == len(chunk) and known is not None:
+                    settled += chunk
+                    points += sum(known[start : start + IN_CHUNK])
+                    continue
+                found = db.execute(
+                    f"SELECT seq, n FROM records WHERE seq IN ({marks})",  # noqa: S608
                     chunk,
-                ).fetchone()
-                if present == len(chunk):
-                    here = list(chunk)
-                    points += int(stored)
-                else:
-                    found = db.execute(
-                        f"SELECT seq, n FROM records WHERE seq IN ({marks})",  # noqa: S608
-                        chunk,
-                    ).fetchall()
-                    here = [seq for seq, _n in found]
-                    points += sum(int(n) for _seq, n in found)
-                if here:
-                    # The audit of these points is written at their sweep, with this time.
-                    db.execute(
-                        f"INSERT OR IGNORE INTO settled (seq, at_us) "  # noqa: S608
-                        f"SELECT seq, ? FROM records WHERE seq IN ({marks})",
-                        (at_us, *chunk),
-                    )
-                settled += here
+                ).fetchall()
+                settled += [seq for seq, _n in found]
+                points += sum(int(n) for _seq, n in found)
             if due(now, self._next_prune, _PRUNE_EVERY_S):
                 self._next_prune = now + _PRUNE_EVERY_S
                 forget_delivered(db, at_us, file.settings.dedup_window_s)
