@@ -190,8 +190,8 @@ class SpoolFile:
 
         The level is switched before ``BEGIN`` only when it changes (a drain runs several
         settlements per intake commit, and each statement on the spool's thread waits for the
-        interpreter lock: performance.md, round 15). Every write of this connection goes
-        through here, so none commits at the relaxed level by mistake.
+        interpreter lock: performance.md, round 15). Every row this connection writes goes
+        through here (:meth:`reclaim` moves no row), so none commits at a level left relaxed.
 
         Raises:
             SpoolFull: the disk is full (intake treats that as back-pressure; the deletes
