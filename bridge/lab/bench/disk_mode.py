@@ -103,7 +103,8 @@ def _drive(
             )
             if not batches:
                 break
-            outbox.delivered(batches[0].seqs)
+            # With each record's points, as the bridge's delivery settles them.
+            outbox.delivered(batches[0].seqs, [r.points for r in batches[0].records])
             settled += batches[0].points
             after("settle")
     return committed, settled
