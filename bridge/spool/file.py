@@ -59,8 +59,8 @@ class SpoolFile:
         # The dead letters' share of used_bytes: they have their own budget (dlbudget.py).
         self.dead_letters = Held()
         self._data_version = 0
-        # (connection, relaxed) as last set by transaction(); None: not known (set it again).
-        self._synchronous: tuple[sqlite3.Connection, bool] | None = None
+        # Whether transaction() left the connection at the relaxed level; None: not known.
+        self._relaxed: bool | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class SpoolFile:
     def _attach(self) -> None:
         """Connect to the file; the connection starts at the configured ``synchronous``."""
         self._db = _connect(self.path, self.settings)
-        self._synchronous = (self._db, False)
+        self._relaxed = False
 
     @contextlib.contextmanager
     def _closed_on_failure(self) -> Iterator[None]:
@@ -202,10 +202,10 @@ class SpoolFile:
         configured = self.settings.synchronous
         relaxed = not sync and configured != "NORMAL"
         try:
-            if self._synchronous != (db, relaxed):
-                self._synchronous = None  # not known until the switch has gone through
+            if self._relaxed is not relaxed:
+                self._relaxed = None  # not known until the switch has gone through
                 db.execute(f"PRAGMA synchronous={'NORMAL' if relaxed else configured}")
-                self._synchronous = (db, relaxed)
+                self._relaxed = relaxed
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")

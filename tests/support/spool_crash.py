@@ -79,8 +79,6 @@ def _child(
         spool.open()
         spool.file.conn.execute("PRAGMA cache_size=1")  # spill uncommitted pages into the WAL
         spool.file._db = cast("sqlite3.Connection", KillSwitch(spool.file.conn, kill_at, fd))
-        # The stand-in is at the level the connection was left at: no extra statement.
-        spool.file._synchronous = (spool.file._db, False)
         op(spool)
         os.kill(os.getpid(), signal.SIGKILL)  # committed, then killed before anything else
     except BaseException as exc:  # noqa: BLE001  # report anything to the parent, never return
