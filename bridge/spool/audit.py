@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -139,8 +140,9 @@ def fold_log(
 
 def _accepted(
     rows: Iterable[tuple[int, int, bytes]], settled: Iterable[tuple[str, int, str, int]]
-) -> Iterator[list[tuple[str, int, dict[str, float], int]]]:
-    """Each log row's records, then the settled ones, as (device, ts_us, metrics, at_us)."""
+) -> Iterator[list[Sequence[Any]]]:
+    """Each log row's records, then the settled ones, as (device, ts_us, metrics, at_us):
+    tuples, or the JSON lists a sweep's row holds as they are (not copied into tuples)."""
     for _log_id, row_at_us, body in rows:
         accepted = orjson.loads(zlib.decompress(body))
         # A sweep's row has each settlement's time (it spans many), a settlement's not.
